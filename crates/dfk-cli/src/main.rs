@@ -1,0 +1,99 @@
+//! `dfk`: image classification with Fisher vectors and Deep Fisher Kernels.
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+/// Options shared by every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Print nothing but errors (no progress bars).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Print machine-readable JSON results on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "dfk", version, about = "Fisher vectors and Deep Fisher Kernels for image classification")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train and evaluate on the embedded Fashion-MNIST subset, print accuracy, write a report.
+    Demo(commands::demo::Args),
+    /// Fit, import or export a GMM.
+    #[command(subcommand)]
+    Gmm(commands::gmm::GmmCommand),
+    /// Encode descriptors (.npy) into Fisher vectors (.npy).
+    Fisher(commands::fisher::Args),
+    /// Train or apply one-vs-rest linear SVMs on feature vectors (.npy).
+    #[command(subcommand)]
+    Svm(commands::svm::SvmCommand),
+    /// Extract dense SIFT descriptors from a data set into a cache.
+    Extract(commands::extract::Args),
+    /// Train a pipeline (PCA + GMM + Fisher vectors + SVMs), optionally with Deep Fisher Kernel learning.
+    Train(commands::train::Args),
+    /// Evaluate a model on a labelled data set.
+    Eval(commands::eval::Args),
+    /// Predict classes for new images.
+    Predict(commands::predict::Args),
+    /// Encode a data set's images into Fisher vectors (.npy).
+    Encode(commands::encode::Args),
+    /// Describe what a model file holds.
+    Info(commands::info::Args),
+    /// Measure throughput (descriptors/s, GFLOP/s) of the hot stages on this machine.
+    Bench(commands::bench::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = if cli.global.quiet { "error" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    let threads = cli.global.threads.unwrap_or(0);
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+    {
+        eprintln!("error: cannot start {threads} worker threads: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    let g = &cli.global;
+    let result = match cli.command {
+        Command::Demo(a) => commands::demo::run(a, g),
+        Command::Gmm(a) => commands::gmm::run(a, g),
+        Command::Fisher(a) => commands::fisher::run(a, g),
+        Command::Svm(a) => commands::svm::run(a, g),
+        Command::Extract(a) => commands::extract::run(a, g),
+        Command::Train(a) => commands::train::run(a, g),
+        Command::Eval(a) => commands::eval::run(a, g),
+        Command::Predict(a) => commands::predict::run(a, g),
+        Command::Encode(a) => commands::encode::run(a, g),
+        Command::Info(a) => commands::info::run(a, g),
+        Command::Bench(a) => commands::bench::run(a, g),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

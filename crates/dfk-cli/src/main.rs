@@ -43,6 +43,8 @@ enum Command {
     Extract(commands::extract::Args),
     /// Train a pipeline (PCA + GMM + Fisher vectors + SVMs), optionally with Deep Fisher Kernel learning.
     Train(commands::train::Args),
+    /// Train with Deep Fisher Kernel learning: the GMM learned jointly with the SVMs.
+    Deep(commands::deep::Args),
     /// Evaluate a model on a labelled data set.
     Eval(commands::eval::Args),
     /// Predict classes for new images.
@@ -83,6 +85,7 @@ fn main() -> std::process::ExitCode {
         Command::Svm(a) => commands::svm::run(a, g),
         Command::Extract(a) => commands::extract::run(a, g),
         Command::Train(a) => commands::train::run(a, g),
+        Command::Deep(a) => commands::deep::run(a, g),
         Command::Eval(a) => commands::eval::run(a, g),
         Command::Predict(a) => commands::predict::run(a, g),
         Command::Encode(a) => commands::encode::run(a, g),

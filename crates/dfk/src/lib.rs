@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod pca;
+pub mod pipeline;
 pub mod sift;
 pub mod stats;
 pub mod svm;

@@ -1,6 +1,7 @@
 //! One module per subcommand; each has clap `Args` and a `run` function.
 
 pub mod bench;
+pub mod deep;
 pub mod demo;
 pub mod encode;
 pub mod eval;

@@ -1,15 +1,156 @@
-//! Small SIMD-friendly kernels used by the hot loops: exp and row softmax.
+//! Small SIMD kernels used by the hot loops: a polynomial `exp`, row softmax, `y += a·x`, and an
+//! FMA throughput probe.
 //!
-//! Each kernel has a plain scalar definition here; faster runtime-dispatched versions must agree
-//! with it (tests compare them).
+//! Every kernel has a plain scalar twin that defines it; the vectorised versions are selected at
+//! run time ([`SimdLevel::detect`]: AVX-512F, else AVX2+FMA, else scalar) and compute the same
+//! arithmetic (same polynomial, same fused multiply-adds), so they agree with the twin to a few
+//! ulps. Tests run every level the machine supports against the scalar twin. Nothing here needs
+//! the crate to be built with `-C target-cpu`.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Instruction-set level a kernel runs at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SimdLevel {
+    /// Portable scalar code (the reference definition).
+    Scalar,
+    /// 256-bit AVX2 with FMA.
+    Avx2,
+    /// 512-bit AVX-512F.
+    Avx512,
+}
+
+impl SimdLevel {
+    /// The best level this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                return SimdLevel::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return SimdLevel::Avx2;
+            }
+        }
+        SimdLevel::Scalar
+    }
+
+    /// Every level this CPU supports, scalar first.
+    pub fn available() -> Vec<Self> {
+        let best = Self::detect();
+        [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512]
+            .into_iter()
+            .filter(|l| l.lanes() <= best.lanes())
+            .collect()
+    }
+
+    /// `f32` lanes per vector register at this level.
+    pub fn lanes(self) -> usize {
+        match self {
+            SimdLevel::Scalar => 1,
+            SimdLevel::Avx2 => 8,
+            SimdLevel::Avx512 => 16,
+        }
+    }
+
+    /// Short name for reports (`scalar`, `avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Scalar => "scalar",
+            SimdLevel::Avx2 => "avx2+fma",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+
+    /// `self` if the CPU supports it, else the best supported level below it. Makes an
+    /// explicitly requested level safe to run.
+    pub fn clamp_to_cpu(self) -> Self {
+        let best = Self::detect();
+        if self.lanes() <= best.lanes() {
+            self
+        } else {
+            best
+        }
+    }
+}
+
+/// Below this, `e^x` is smaller than the smallest normal `f32` and [`exp_scalar`] returns 0
+/// (no denormals: they are slow and meaningless as posteriors).
+pub const EXP_UNDERFLOW: f32 = -87.336_55;
+/// Above this, `e^x` overflows `f32` and [`exp_scalar`] returns +∞.
+pub const EXP_OVERFLOW: f32 = 88.722_84;
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+// ln 2 split in two (Cephes): C1 is exact in a few bits so `x − n·C1` is exact.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+// Cephes expf minimax polynomial for e^r − 1 − r on |r| ≤ ln2/2.
+const P0: f32 = 1.987_569_1e-4;
+const P1: f32 = 1.398_2e-3;
+const P2: f32 = 8.333_452e-3;
+const P3: f32 = 4.166_579_6e-2;
+const P4: f32 = 1.666_666_5e-1;
+const P5: f32 = 5.000_000_1e-1;
+
+/// `e^x` in `f32` (Cephes-style: `x = n ln2 + r`, a degree-7 polynomial on `r`, then `2^n`),
+/// relative error about 1e-7 over the normal range. Returns exactly 0 for
+/// `x < EXP_UNDERFLOW` (including −∞), +∞ above [`EXP_OVERFLOW`], NaN for NaN.
+/// This is the reference the SIMD versions reproduce operation by operation.
+#[inline]
+pub fn exp_scalar(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    if x < EXP_UNDERFLOW {
+        return 0.0;
+    }
+    if x > EXP_OVERFLOW {
+        return f32::INFINITY;
+    }
+    let n = (x * LOG2E).round_ties_even();
+    let r = (-n).mul_add(LN2_HI, x);
+    let r = (-n).mul_add(LN2_LO, r);
+    let mut p = P0.mul_add(r, P1);
+    p = p.mul_add(r, P2);
+    p = p.mul_add(r, P3);
+    p = p.mul_add(r, P4);
+    p = p.mul_add(r, P5);
+    let y = p.mul_add(r * r, r) + 1.0;
+    // 2^n as two normal factors so that n ∈ [−126, 128] never leaves the exponent range.
+    let n = n as i32;
+    let n1 = n >> 1;
+    let n2 = n - n1;
+    y * f32::from_bits(((n1 + 127) as u32) << 23) * f32::from_bits(((n2 + 127) as u32) << 23)
+}
 
 /// Replaces `row` by `softmax(row)` and returns `log Σ exp(row)` (log-sum-exp with max
-/// subtraction, so large negative log-densities do not underflow to NaN).
+/// subtraction, so very negative log-densities underflow to exact zeros instead of NaN).
+/// Runs at the best level the CPU supports.
 pub fn softmax_in_place(row: &mut [f32]) -> f64 {
+    softmax_in_place_at(SimdLevel::detect(), row)
+}
+
+/// [`softmax_in_place`] at a given level (clamped to what the CPU supports).
+pub fn softmax_in_place_at(level: SimdLevel, row: &mut [f32]) -> f64 {
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: clamp_to_cpu guarantees the CPU has AVX-512F and FMA.
+        SimdLevel::Avx512 => unsafe { x86::softmax_avx512(row) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: clamp_to_cpu guarantees the CPU has AVX2 and FMA.
+        SimdLevel::Avx2 => unsafe { x86::softmax_avx2(row) },
+        _ => softmax_scalar(row),
+    }
+}
+
+/// Scalar twin of [`softmax_in_place`]: max, then `exp_scalar(v − max)` summed in `f64`, then
+/// scaling by the reciprocal sum.
+pub fn softmax_scalar(row: &mut [f32]) -> f64 {
     let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f64;
     for v in row.iter_mut() {
-        *v = (*v - max).exp();
+        *v = exp_scalar(*v - max);
         sum += *v as f64;
     }
     let inv = (1.0 / sum) as f32;
@@ -17,4 +158,502 @@ pub fn softmax_in_place(row: &mut [f32]) -> f64 {
         *v *= inv;
     }
     max as f64 + sum.ln()
+}
+
+/// Applies [`exp_scalar`] to every element of `xs` at the best supported level.
+pub fn exp_in_place(xs: &mut [f32]) {
+    exp_in_place_at(SimdLevel::detect(), xs)
+}
+
+/// [`exp_in_place`] at a given level (clamped to what the CPU supports).
+pub fn exp_in_place_at(level: SimdLevel, xs: &mut [f32]) {
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu).
+        SimdLevel::Avx512 => unsafe { x86::exp_slice_avx512(xs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu).
+        SimdLevel::Avx2 => unsafe { x86::exp_slice_avx2(xs) },
+        _ => xs.iter_mut().for_each(|v| *v = exp_scalar(*v)),
+    }
+}
+
+/// `y += a · x` (`x` and `y` of equal length) at the given level; the scalar twin uses the same
+/// fused multiply-add, so every level gives identical results.
+pub fn axpy_at(level: SimdLevel, a: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy: x and y lengths differ");
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); lengths checked above.
+        SimdLevel::Avx512 => unsafe { x86::axpy_avx512(a, x, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu); lengths checked above.
+        SimdLevel::Avx2 => unsafe { x86::axpy_avx2(a, x, y) },
+        _ => axpy_scalar(a, x, y),
+    }
+}
+
+/// Scalar twin of [`axpy_at`].
+pub fn axpy_scalar(a: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi = a.mul_add(xi, *yi);
+    }
+}
+
+/// Runs `iters` rounds of independent fused multiply-add chains at `level` on one thread and
+/// returns the number of floating-point operations done (2 per lane per FMA). Used to measure
+/// the machine's attainable FMA peak: time it and divide.
+pub fn fma_probe(level: SimdLevel, iters: u64) -> u64 {
+    const CHAINS: u64 = 12;
+    let level = level.clamp_to_cpu();
+    let flops = iters * CHAINS * 2 * level.lanes() as u64;
+    let sink = match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu).
+        SimdLevel::Avx512 => unsafe { x86::fma_probe_avx512(iters) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu).
+        SimdLevel::Avx2 => unsafe { x86::fma_probe_avx2(iters) },
+        _ => {
+            let mut acc = [1.0f32; CHAINS as usize];
+            for _ in 0..iters {
+                for a in acc.iter_mut() {
+                    *a = a.mul_add(0.999_999, 1e-7);
+                }
+                std::hint::black_box(&mut acc);
+            }
+            acc.iter().sum()
+        }
+    };
+    std::hint::black_box(sink);
+    flops
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+
+    macro_rules! exp_body {
+        ($x:expr, $ps:ident, $si:ident, $set1:ident, $set1i:ident, $fmadd:ident, $fnmadd:ident,
+         $mul:ident, $add:ident, $min:ident, $max:ident, $round:expr, $cvt:ident, $addi:ident,
+         $subi:ident, $srai:ident, $slli:ident, $cast:ident) => {{
+            let x = $x;
+            let xc = $min($max(x, $set1(EXP_UNDERFLOW)), $set1(EXP_OVERFLOW));
+            let n = $round($mul(xc, $set1(LOG2E)));
+            let r = $fnmadd(n, $set1(LN2_HI), xc);
+            let r = $fnmadd(n, $set1(LN2_LO), r);
+            let mut p = $fmadd($set1(P0), r, $set1(P1));
+            p = $fmadd(p, r, $set1(P2));
+            p = $fmadd(p, r, $set1(P3));
+            p = $fmadd(p, r, $set1(P4));
+            p = $fmadd(p, r, $set1(P5));
+            let y = $add($fmadd(p, $mul(r, r), r), $set1(1.0));
+            let ni = $cvt(n);
+            let n1 = $srai::<1>(ni);
+            let n2 = $subi(ni, n1);
+            let bias = $set1i(127);
+            let s1 = $cast($slli::<23>($addi(n1, bias)));
+            let s2 = $cast($slli::<23>($addi(n2, bias)));
+            $mul($mul(y, s1), s2)
+        }};
+    }
+
+    /// e^x on 16 lanes; see [`exp_scalar`] for the special cases.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    fn exp512(x: __m512) -> __m512 {
+        let y = exp_body!(
+            x,
+            __m512,
+            __m512i,
+            _mm512_set1_ps,
+            _mm512_set1_epi32,
+            _mm512_fmadd_ps,
+            _mm512_fnmadd_ps,
+            _mm512_mul_ps,
+            _mm512_add_ps,
+            _mm512_min_ps,
+            _mm512_max_ps,
+            |v| _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
+            _mm512_cvtps_epi32,
+            _mm512_add_epi32,
+            _mm512_sub_epi32,
+            _mm512_srai_epi32,
+            _mm512_slli_epi32,
+            _mm512_castsi512_ps
+        );
+        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_UNDERFLOW));
+        let over = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, _mm512_set1_ps(EXP_OVERFLOW));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+        let y = _mm512_mask_mov_ps(y, under, _mm512_setzero_ps());
+        let y = _mm512_mask_mov_ps(y, over, _mm512_set1_ps(f32::INFINITY));
+        _mm512_mask_mov_ps(y, nan, x)
+    }
+
+    /// e^x on 8 lanes; see [`exp_scalar`] for the special cases.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp256(x: __m256) -> __m256 {
+        let y = exp_body!(
+            x,
+            __m256,
+            __m256i,
+            _mm256_set1_ps,
+            _mm256_set1_epi32,
+            _mm256_fmadd_ps,
+            _mm256_fnmadd_ps,
+            _mm256_mul_ps,
+            _mm256_add_ps,
+            _mm256_min_ps,
+            _mm256_max_ps,
+            |v| _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
+            _mm256_cvtps_epi32,
+            _mm256_add_epi32,
+            _mm256_sub_epi32,
+            _mm256_srai_epi32,
+            _mm256_slli_epi32,
+            _mm256_castsi256_ps
+        );
+        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_UNDERFLOW));
+        let over = _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(EXP_OVERFLOW));
+        let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
+        let y = _mm256_andnot_ps(under, y);
+        let y = _mm256_blendv_ps(y, _mm256_set1_ps(f32::INFINITY), over);
+        _mm256_blendv_ps(y, x, nan)
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn exp_slice_avx512(xs: &mut [f32]) {
+        let mut chunks = xs.chunks_exact_mut(16);
+        for c in &mut chunks {
+            // SAFETY: `c` holds exactly 16 f32 (unaligned load/store).
+            unsafe {
+                let v = _mm512_loadu_ps(c.as_ptr());
+                _mm512_storeu_ps(c.as_mut_ptr(), exp512(v));
+            }
+        }
+        for v in chunks.into_remainder() {
+            *v = exp_scalar(*v);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp_slice_avx2(xs: &mut [f32]) {
+        let mut chunks = xs.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: `c` holds exactly 8 f32 (unaligned load/store).
+            unsafe {
+                let v = _mm256_loadu_ps(c.as_ptr());
+                _mm256_storeu_ps(c.as_mut_ptr(), exp256(v));
+            }
+        }
+        for v in chunks.into_remainder() {
+            *v = exp_scalar(*v);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn softmax_avx512(row: &mut [f32]) -> f64 {
+        let (body, tail) = row.split_at_mut(row.len() / 16 * 16);
+        let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+        for c in body.chunks_exact(16) {
+            // SAFETY: `c` holds exactly 16 f32.
+            vmax = _mm512_max_ps(vmax, unsafe { _mm512_loadu_ps(c.as_ptr()) });
+        }
+        let max = tail
+            .iter()
+            .fold(_mm512_reduce_max_ps(vmax), |m, &v| m.max(v));
+        let vm = _mm512_set1_ps(max);
+        let mut vsum = _mm512_setzero_ps();
+        for c in body.chunks_exact_mut(16) {
+            // SAFETY: `c` holds exactly 16 f32.
+            unsafe {
+                let e = exp512(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), vm));
+                _mm512_storeu_ps(c.as_mut_ptr(), e);
+                vsum = _mm512_add_ps(vsum, e);
+            }
+        }
+        let mut sum = _mm512_reduce_add_ps(vsum) as f64;
+        for v in tail.iter_mut() {
+            *v = exp_scalar(*v - max);
+            sum += *v as f64;
+        }
+        let inv = (1.0 / sum) as f32;
+        let vinv = _mm512_set1_ps(inv);
+        for c in body.chunks_exact_mut(16) {
+            // SAFETY: `c` holds exactly 16 f32.
+            unsafe {
+                let v = _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), vinv);
+                _mm512_storeu_ps(c.as_mut_ptr(), v);
+            }
+        }
+        for v in tail.iter_mut() {
+            *v *= inv;
+        }
+        max as f64 + sum.ln()
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn hmax256(v: __m256) -> f32 {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
+        _mm_cvtss_f32(m)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn softmax_avx2(row: &mut [f32]) -> f64 {
+        let (body, tail) = row.split_at_mut(row.len() / 8 * 8);
+        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+        for c in body.chunks_exact(8) {
+            // SAFETY: `c` holds exactly 8 f32.
+            vmax = _mm256_max_ps(vmax, unsafe { _mm256_loadu_ps(c.as_ptr()) });
+        }
+        let max = tail.iter().fold(hmax256(vmax), |m, &v| m.max(v));
+        let vm = _mm256_set1_ps(max);
+        let mut vsum = _mm256_setzero_ps();
+        for c in body.chunks_exact_mut(8) {
+            // SAFETY: `c` holds exactly 8 f32.
+            unsafe {
+                let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), vm));
+                _mm256_storeu_ps(c.as_mut_ptr(), e);
+                vsum = _mm256_add_ps(vsum, e);
+            }
+        }
+        let mut sum = hsum256(vsum) as f64;
+        for v in tail.iter_mut() {
+            *v = exp_scalar(*v - max);
+            sum += *v as f64;
+        }
+        let inv = (1.0 / sum) as f32;
+        let vinv = _mm256_set1_ps(inv);
+        for c in body.chunks_exact_mut(8) {
+            // SAFETY: `c` holds exactly 8 f32.
+            unsafe {
+                let v = _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), vinv);
+                _mm256_storeu_ps(c.as_mut_ptr(), v);
+            }
+        }
+        for v in tail.iter_mut() {
+            *v *= inv;
+        }
+        max as f64 + sum.ln()
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn axpy_avx512(a: f32, x: &[f32], y: &mut [f32]) {
+        let va = _mm512_set1_ps(a);
+        let n = x.len() / 16 * 16;
+        for (xc, yc) in x[..n].chunks_exact(16).zip(y[..n].chunks_exact_mut(16)) {
+            // SAFETY: both chunks hold exactly 16 f32.
+            unsafe {
+                let v = _mm512_fmadd_ps(
+                    va,
+                    _mm512_loadu_ps(xc.as_ptr()),
+                    _mm512_loadu_ps(yc.as_ptr()),
+                );
+                _mm512_storeu_ps(yc.as_mut_ptr(), v);
+            }
+        }
+        axpy_scalar(a, &x[n..], &mut y[n..]);
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
+        let va = _mm256_set1_ps(a);
+        let n = x.len() / 8 * 8;
+        for (xc, yc) in x[..n].chunks_exact(8).zip(y[..n].chunks_exact_mut(8)) {
+            // SAFETY: both chunks hold exactly 8 f32.
+            unsafe {
+                let v = _mm256_fmadd_ps(
+                    va,
+                    _mm256_loadu_ps(xc.as_ptr()),
+                    _mm256_loadu_ps(yc.as_ptr()),
+                );
+                _mm256_storeu_ps(yc.as_mut_ptr(), v);
+            }
+        }
+        axpy_scalar(a, &x[n..], &mut y[n..]);
+    }
+
+    macro_rules! probe_body {
+        ($iters:expr, $ty:ty, $set1:ident, $fmadd:ident, $add:ident) => {{
+            let mul = $set1(0.999_999);
+            let inc = $set1(1e-7);
+            let mut acc: [$ty; 12] = [$set1(1.0); 12];
+            for _ in 0..$iters {
+                for a in acc.iter_mut() {
+                    *a = $fmadd(*a, mul, inc);
+                }
+            }
+            let mut s = acc[0];
+            for a in &acc[1..] {
+                s = $add(s, *a);
+            }
+            s
+        }};
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn fma_probe_avx512(iters: u64) -> f32 {
+        let s = probe_body!(
+            iters,
+            __m512,
+            _mm512_set1_ps,
+            _mm512_fmadd_ps,
+            _mm512_add_ps
+        );
+        _mm512_reduce_add_ps(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn fma_probe_avx2(iters: u64) -> f32 {
+        let s = probe_body!(
+            iters,
+            __m256,
+            _mm256_set1_ps,
+            _mm256_fmadd_ps,
+            _mm256_add_ps
+        );
+        hsum256(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs spanning the whole range, the special values, and the underflow boundary.
+    fn exp_inputs() -> Vec<f32> {
+        let mut xs: Vec<f32> = (0..20_000)
+            .map(|i| -100.0 + 190.0 * i as f32 / 20_000.0)
+            .collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            1e-30,
+            -1e-30,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            -1e30,
+            1e30,
+            f32::MIN,
+            EXP_UNDERFLOW,
+            EXP_UNDERFLOW - 1e-5,
+            EXP_UNDERFLOW + 1e-4,
+            EXP_OVERFLOW,
+            88.5,
+            -0.346_573_6,
+            0.346_573_6,
+        ]);
+        // Odd length exercises the scalar tails of the vector loops.
+        xs.push(-3.5);
+        xs
+    }
+
+    #[test]
+    fn exp_scalar_matches_f64_exp() {
+        for x in exp_inputs() {
+            let got = exp_scalar(x);
+            let want = (x as f64).exp();
+            if x < EXP_UNDERFLOW {
+                assert_eq!(got, 0.0, "exp({x})");
+            } else if want > f32::MAX as f64 {
+                assert_eq!(got, f32::INFINITY, "exp({x})");
+            } else {
+                let rel = (got as f64 - want).abs() / want;
+                assert!(rel < 2.5e-7, "exp({x}) = {got}, want {want}, rel {rel}");
+            }
+        }
+        assert!(exp_scalar(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn exp_levels_agree_with_scalar_twin() {
+        let xs = exp_inputs();
+        let want: Vec<f32> = xs.iter().map(|&x| exp_scalar(x)).collect();
+        for level in SimdLevel::available() {
+            let mut got = xs.clone();
+            exp_in_place_at(level, &mut got);
+            for ((g, w), x) in got.iter().zip(&want).zip(&xs) {
+                let ok = g == w || (g - w).abs() <= 2.0 * f32::EPSILON * w.abs();
+                assert!(ok, "{level:?}: exp({x}) = {g}, scalar {w}");
+            }
+            let mut nan = vec![f32::NAN; 17];
+            exp_in_place_at(level, &mut nan);
+            assert!(nan.iter().all(|v| v.is_nan()), "{level:?}: NaN lost");
+        }
+    }
+
+    #[test]
+    fn softmax_levels_agree_with_scalar_twin_and_f64() {
+        for len in [1usize, 3, 8, 16, 31, 64, 256, 257] {
+            // Log-densities as the GMM produces them: a few close ones, most very negative,
+            // some −∞ (zero weights).
+            let row: Vec<f32> = (0..len)
+                .map(|i| match i % 7 {
+                    0 => -1.0e4 - i as f32,
+                    1 if i > 0 => f32::NEG_INFINITY,
+                    2 => -150.0 + (i as f32) * 0.25,
+                    _ => -((i * 37 % 11) as f32) * 0.7 - 250.0,
+                })
+                .collect();
+            let m = row
+                .iter()
+                .cloned()
+                .fold(f64::NEG_INFINITY, |a, b| a.max(b as f64));
+            let s: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+            let lse = m + s.ln();
+            let mut scalar = row.clone();
+            let lse_s = softmax_scalar(&mut scalar);
+            assert!((lse_s - lse).abs() < 1e-6 * lse.abs().max(1.0));
+            for (&p, &v) in scalar.iter().zip(&row) {
+                let want = (v as f64 - lse).exp();
+                assert!(
+                    (p as f64 - want).abs() < 1e-6 * want + 1e-30,
+                    "{p} vs {want}"
+                );
+            }
+            for level in SimdLevel::available() {
+                let mut got = row.clone();
+                let l = softmax_in_place_at(level, &mut got);
+                assert!((l - lse_s).abs() < 1e-6 * lse.abs().max(1.0), "{level:?}");
+                for (g, w) in got.iter().zip(&scalar) {
+                    assert!(
+                        (g - w).abs() <= 4.0 * f32::EPSILON * w,
+                        "{level:?}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn axpy_levels_are_identical() {
+        let x: Vec<f32> = (0..131).map(|i| (i as f32 * 0.37).sin()).collect();
+        let y0: Vec<f32> = (0..131).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut want = y0.clone();
+        axpy_scalar(0.3, &x, &mut want);
+        assert!((want[5] - (y0[5] + 0.3 * x[5])).abs() < 1e-6);
+        for level in SimdLevel::available() {
+            let mut y = y0.clone();
+            axpy_at(level, 0.3, &x, &mut y);
+            assert_eq!(y, want, "{level:?}");
+        }
+    }
+
+    #[test]
+    fn fma_probe_counts_flops() {
+        for level in SimdLevel::available() {
+            assert_eq!(fma_probe(level, 10), 10 * 12 * 2 * level.lanes() as u64);
+        }
+    }
 }

@@ -113,3 +113,914 @@ impl Gmm {
         2 * self.k * self.d
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation and fitting by EM.
+// ---------------------------------------------------------------------------------------------
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::stats::{block_posteriors, GmmTerms, Scratch, SufficientStats, BLOCK};
+
+/// Rows per parallel task. Each task's statistics are computed sequentially and the tasks are
+/// merged in row order, so results do not depend on the number of threads.
+const CHUNK: usize = 4 * BLOCK;
+
+/// Absolute lower bound on every variance, whatever the relative floor.
+const MIN_VARIANCE: f64 = 1e-10;
+
+/// A component is empty when its mass Σᵢγᵢₖ is below `EMPTY_MASS · max(1, N/K)` (VLFeat's rule).
+const EMPTY_MASS: f64 = 1e-2;
+
+/// Checks a descriptor matrix (`N × d` row-major) and returns `N`.
+fn check_data(x: &[f32], d: usize) -> Result<usize> {
+    if d == 0 {
+        return Err(Error::param("d", d, "at least 1 dimension"));
+    }
+    if x.len() % d != 0 {
+        return Err(Error::param(
+            "descriptor matrix length",
+            x.len(),
+            format!("a multiple of the dimension d = {d}"),
+        ));
+    }
+    if x.is_empty() {
+        return Err(Error::Empty {
+            what: "descriptor matrix".into(),
+        });
+    }
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite {
+            what: format!(
+                "descriptor row {} (dimension {}, value {})",
+                i / d,
+                i % d,
+                x[i]
+            ),
+            index: i,
+        });
+    }
+    Ok(x.len() / d)
+}
+
+/// Runs `work` on every `CHUNK`-row block of `x` in parallel (with per-thread state from
+/// `init`) and hands the results to `consume` in row order.
+fn ordered_chunks<S, T, I, W, C>(x: &[f32], d: usize, init: I, work: W, mut consume: C)
+where
+    T: Send,
+    I: Fn() -> S + Sync + Send,
+    W: Fn(&mut S, usize, &[f32]) -> T + Sync + Send,
+    C: FnMut(T),
+{
+    // Several tasks per thread for load balance; the grouping does not affect the merge order.
+    let group = CHUNK * d * 4 * rayon::current_num_threads().max(1);
+    for (g, rows) in x.chunks(group).enumerate() {
+        let first = g * group / d;
+        let parts: Vec<T> = rows
+            .par_chunks(CHUNK * d)
+            .enumerate()
+            .map_init(&init, |state, (c, chunk)| {
+                work(state, first + c * CHUNK, chunk)
+            })
+            .collect();
+        parts.into_iter().for_each(&mut consume);
+    }
+}
+
+/// Writes `row - shift` for every row of `x` into `out`.
+fn centre_into(x: &[f32], shift: &[f32], out: &mut [f32]) {
+    for (o, r) in out
+        .chunks_exact_mut(shift.len())
+        .zip(x.chunks_exact(shift.len()))
+    {
+        for ((o, &v), &s) in o.iter_mut().zip(r).zip(shift) {
+            *o = v - s;
+        }
+    }
+}
+
+/// The same GMM with every mean translated by `−shift`.
+fn shifted(gmm: &Gmm, shift: &[f32]) -> Result<Gmm> {
+    let mut means = gmm.means.clone();
+    for m in means.chunks_exact_mut(gmm.d) {
+        for (v, &s) in m.iter_mut().zip(shift) {
+            *v -= s;
+        }
+    }
+    Gmm::new(
+        gmm.k,
+        gmm.d,
+        means,
+        gmm.variances.clone(),
+        gmm.weights.clone(),
+    )
+}
+
+/// Per-thread working memory of the E-step: kernel scratch and a centred copy of one chunk.
+fn e_scratch(k: usize, d: usize) -> (Scratch, Vec<f32>) {
+    (Scratch::new(k, d), vec![0.0; CHUNK * d])
+}
+
+/// E-step over all rows of `x`: the sufficient statistics of `x − shift` under `terms` (a model
+/// in the same shifted coordinates), merged in row order.
+fn e_step(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> SufficientStats {
+    let (k, d) = (terms.k(), terms.d());
+    let mut total = SufficientStats::zeros(k, d);
+    ordered_chunks(
+        x,
+        d,
+        || e_scratch(k, d),
+        |(scratch, buf), _, chunk| {
+            let buf = &mut buf[..chunk.len()];
+            centre_into(chunk, shift, buf);
+            let mut st = SufficientStats::zeros(k, d);
+            st.accumulate(terms, buf, scratch);
+            st
+        },
+        |st| total.merge(&st),
+    );
+    total
+}
+
+/// `log p(xᵢ)` of every row of `x − shift` under `terms`.
+fn row_logliks(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> Vec<f64> {
+    let (k, d) = (terms.k(), terms.d());
+    let mut out = vec![0f64; x.len() / d];
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK * d))
+        .for_each_init(
+            || e_scratch(k, d),
+            |(scratch, buf), (ll, chunk)| {
+                let buf = &mut buf[..chunk.len()];
+                centre_into(chunk, shift, buf);
+                for (ll, block) in ll.chunks_mut(BLOCK).zip(buf.chunks(BLOCK * d)) {
+                    let n = block.len() / d;
+                    block_posteriors(terms, block, n, scratch);
+                    ll.copy_from_slice(&scratch.row_ll[..n]);
+                }
+            },
+        );
+    out
+}
+
+/// Mixture-weighted mean Σₖ πₖ μₖ: a centring point that keeps the f32 matrix-product form of
+/// the log-densities well conditioned when the data are far from the origin.
+fn model_centre(gmm: &Gmm) -> Vec<f32> {
+    let mut c = vec![0f64; gmm.d];
+    for (m, &w) in gmm.means.chunks_exact(gmm.d).zip(&gmm.weights) {
+        for (c, &v) in c.iter_mut().zip(m) {
+            *c += w as f64 * v as f64;
+        }
+    }
+    c.into_iter().map(|v| v as f32).collect()
+}
+
+impl Gmm {
+    /// Average log-likelihood `(1/N) Σᵢ log Σₖ πₖ 𝒩(xᵢ; μₖ, diag σ²ₖ)` of the rows of `x`
+    /// (`N × D`, natural log, including the `−(D/2) log 2π` term), by log-sum-exp.
+    pub fn log_likelihood(&self, x: &[f32]) -> Result<f64> {
+        let n = check_data(x, self.d)?;
+        let shift = model_centre(self);
+        let terms = GmmTerms::new(&shifted(self, &shift)?);
+        let mut total = 0f64;
+        ordered_chunks(
+            x,
+            self.d,
+            || e_scratch(self.k, self.d),
+            |(scratch, buf), _, chunk| {
+                let buf = &mut buf[..chunk.len()];
+                centre_into(chunk, &shift, buf);
+                let mut sum = 0f64;
+                for block in buf.chunks(BLOCK * self.d) {
+                    let rows = block.len() / self.d;
+                    block_posteriors(&terms, block, rows, scratch);
+                    sum += scratch.row_ll[..rows].iter().sum::<f64>();
+                }
+                sum
+            },
+            |s| total += s,
+        );
+        Ok(total / n as f64)
+    }
+
+    /// Posteriors `γᵢₖ = πₖ 𝒩(xᵢ; μₖ, σ²ₖ) / Σⱼ πⱼ 𝒩(xᵢ; μⱼ, σ²ⱼ)` of the rows of `x`
+    /// (`N × D`), returned `N × K` row-major; each row sums to one.
+    pub fn posteriors(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let n = check_data(x, self.d)?;
+        let (k, d) = (self.k, self.d);
+        let shift = model_centre(self);
+        let terms = GmmTerms::new(&shifted(self, &shift)?);
+        let mut out = vec![0f32; n * k];
+        out.par_chunks_mut(CHUNK * k)
+            .zip(x.par_chunks(CHUNK * d))
+            .for_each_init(
+                || e_scratch(k, d),
+                |(scratch, buf), (post, chunk)| {
+                    let buf = &mut buf[..chunk.len()];
+                    centre_into(chunk, &shift, buf);
+                    for (post, block) in post.chunks_mut(BLOCK * k).zip(buf.chunks(BLOCK * d)) {
+                        let rows = block.len() / d;
+                        block_posteriors(&terms, block, rows, scratch);
+                        post.copy_from_slice(&scratch.post[..rows * k]);
+                    }
+                },
+            );
+        Ok(out)
+    }
+}
+
+/// How [`fit_gmm`] chooses the starting model of each restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GmmInit {
+    /// k-means++ seeding (D²-weighted sampling), then every (sampled) descriptor is assigned to
+    /// its nearest seed and each component starts from its cluster's mean, variance and size.
+    KMeansPlusPlus,
+    /// As [`GmmInit::KMeansPlusPlus`], followed by `iters` Lloyd iterations of k-means before
+    /// the cluster statistics are taken.
+    KMeans {
+        /// Number of Lloyd iterations.
+        iters: usize,
+    },
+    /// `K` distinct random descriptors as means, the data variance for every component,
+    /// uniform weights.
+    Random,
+}
+
+/// Parameters of [`fit_gmm`]. Build with [`GmmParams::new`] and the builder-style setters;
+/// [`GmmParams::validate`] (called by the fitting functions) rejects invalid values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GmmParams {
+    /// Number of components `K`.
+    pub k: usize,
+    /// Maximum number of EM iterations (M-steps) per restart.
+    pub max_iter: usize,
+    /// Convergence: stop when `|ℓₜ − ℓₜ₋₁| ≤ tol · |ℓₜ|` for the average log-likelihood ℓ.
+    pub tol: f64,
+    /// Number of independent initialisations; the model with the best final likelihood is kept.
+    pub restarts: usize,
+    /// Seed of the random number generator (ChaCha8; restart `r` uses stream `r`).
+    pub seed: u64,
+    /// Relative variance floor: every σ²ₖd ≥ max(variance_floor · Var(x_d), 1e-10), where
+    /// Var(x_d) is the variance of dimension `d` over the data (as VLFeat's lower bounds).
+    pub variance_floor: f64,
+    /// Absolute weight floor: πₖ ≥ weight_floor before the weights are renormalised.
+    pub weight_floor: f64,
+    /// Initialisation method.
+    pub init: GmmInit,
+    /// Number of randomly sampled descriptors the initialisation runs on (`None`: all).
+    pub kmeans_sample: Option<usize>,
+}
+
+impl Default for GmmParams {
+    fn default() -> Self {
+        Self::new(16)
+    }
+}
+
+impl GmmParams {
+    /// Default parameters for `k` components: 100 iterations, tol 1e-6, one restart, seed 0,
+    /// variance floor 1e-4 (relative), weight floor 1e-6, k-means++ initialisation on at most
+    /// 100 000 descriptors.
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            max_iter: 100,
+            tol: 1e-6,
+            restarts: 1,
+            seed: 0,
+            variance_floor: 1e-4,
+            weight_floor: 1e-6,
+            init: GmmInit::KMeansPlusPlus,
+            kmeans_sample: Some(100_000),
+        }
+    }
+    /// Sets [`GmmParams::max_iter`].
+    pub fn max_iter(mut self, v: usize) -> Self {
+        self.max_iter = v;
+        self
+    }
+    /// Sets [`GmmParams::tol`].
+    pub fn tol(mut self, v: f64) -> Self {
+        self.tol = v;
+        self
+    }
+    /// Sets [`GmmParams::restarts`].
+    pub fn restarts(mut self, v: usize) -> Self {
+        self.restarts = v;
+        self
+    }
+    /// Sets [`GmmParams::seed`].
+    pub fn seed(mut self, v: u64) -> Self {
+        self.seed = v;
+        self
+    }
+    /// Sets [`GmmParams::variance_floor`].
+    pub fn variance_floor(mut self, v: f64) -> Self {
+        self.variance_floor = v;
+        self
+    }
+    /// Sets [`GmmParams::weight_floor`].
+    pub fn weight_floor(mut self, v: f64) -> Self {
+        self.weight_floor = v;
+        self
+    }
+    /// Sets [`GmmParams::init`].
+    pub fn init(mut self, v: GmmInit) -> Self {
+        self.init = v;
+        self
+    }
+    /// Sets [`GmmParams::kmeans_sample`].
+    pub fn kmeans_sample(mut self, v: Option<usize>) -> Self {
+        self.kmeans_sample = v;
+        self
+    }
+
+    /// Checks every parameter; the error names the parameter and its valid range.
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0 {
+            return Err(Error::param("k", self.k, "at least 1 component"));
+        }
+        if self.restarts == 0 {
+            return Err(Error::param("restarts", self.restarts, "at least 1"));
+        }
+        if !(self.tol.is_finite() && self.tol >= 0.0) {
+            return Err(Error::param("tol", self.tol, "a finite value >= 0"));
+        }
+        if !(self.variance_floor.is_finite() && self.variance_floor >= 0.0) {
+            return Err(Error::param(
+                "variance_floor",
+                self.variance_floor,
+                "a finite value >= 0 (relative to the data variance)",
+            ));
+        }
+        if !(self.weight_floor.is_finite()
+            && self.weight_floor >= 0.0
+            && self.weight_floor * (self.k as f64) < 1.0)
+        {
+            return Err(Error::param(
+                "weight_floor",
+                self.weight_floor,
+                format!("a value in [0, 1/k) = [0, {})", 1.0 / self.k as f64),
+            ));
+        }
+        if let Some(s) = self.kmeans_sample {
+            if s < self.k {
+                return Err(Error::param(
+                    "kmeans_sample",
+                    s,
+                    format!("at least k = {} descriptors", self.k),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Result of [`fit_gmm`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct GmmFit {
+    /// The model of the best restart.
+    pub gmm: Gmm,
+    /// Average log-likelihood of the best restart before the first M-step (index 0) and after
+    /// each M-step; the last entry is the likelihood of `gmm`.
+    pub loglik_history: Vec<f64>,
+    /// Number of EM iterations (M-steps) of the best restart.
+    pub iterations: usize,
+    /// Whether the best restart stopped on the tolerance rather than on `max_iter`.
+    pub converged: bool,
+    /// Final average log-likelihood of every restart, in order.
+    pub restarts_ll: Vec<f64>,
+}
+
+/// Per-dimension mean and (population) variance of the data, in f64.
+fn data_moments(x: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = (x.len() / d) as f64;
+    let mut mean = vec![0f64; d];
+    ordered_chunks(
+        x,
+        d,
+        || (),
+        |_, _, chunk| {
+            let mut s = vec![0f64; d];
+            for r in chunk.chunks_exact(d) {
+                for (s, &v) in s.iter_mut().zip(r) {
+                    *s += v as f64;
+                }
+            }
+            s
+        },
+        |s| mean.iter_mut().zip(&s).for_each(|(m, v)| *m += v),
+    );
+    mean.iter_mut().for_each(|m| *m /= n);
+    let mut var = vec![0f64; d];
+    ordered_chunks(
+        x,
+        d,
+        || (),
+        |_, _, chunk| {
+            let mut s = vec![0f64; d];
+            for r in chunk.chunks_exact(d) {
+                for ((s, &v), &m) in s.iter_mut().zip(r).zip(&mean) {
+                    *s += (v as f64 - m).powi(2);
+                }
+            }
+            s
+        },
+        |s| var.iter_mut().zip(&s).for_each(|(m, v)| *m += v),
+    );
+    var.iter_mut().for_each(|v| *v /= n);
+    (mean, var)
+}
+
+/// What every EM iteration on one data set shares: centring shift and floors.
+struct EmContext<'a> {
+    x: &'a [f32],
+    n: usize,
+    d: usize,
+    k: usize,
+    /// Data mean (f32): the data are centred on it chunk by chunk, the model kept centred.
+    shift: Vec<f32>,
+    /// Per-dimension variance floor.
+    floor: Vec<f64>,
+    /// Per-dimension data variance.
+    data_var: Vec<f64>,
+    weight_floor: f64,
+}
+
+impl<'a> EmContext<'a> {
+    fn new(x: &'a [f32], d: usize, params: &GmmParams) -> Result<Self> {
+        params.validate()?;
+        let n = check_data(x, d)?;
+        if n < params.k {
+            return Err(Error::param(
+                "k",
+                params.k,
+                format!("at most the number of descriptors N = {n}"),
+            ));
+        }
+        let (mean, data_var) = data_moments(x, d);
+        let floor = data_var
+            .iter()
+            .map(|&v| (params.variance_floor * v).max(MIN_VARIANCE))
+            .collect();
+        Ok(Self {
+            x,
+            n,
+            d,
+            k: params.k,
+            shift: mean.iter().map(|&m| m as f32).collect(),
+            floor,
+            data_var,
+            weight_floor: params.weight_floor,
+        })
+    }
+
+    /// One EM iteration on a centred model: returns the new centred model and the average
+    /// log-likelihood of `gmm`.
+    fn step(&self, gmm: &Gmm) -> Result<(Gmm, f64)> {
+        let stats = e_step(&GmmTerms::new(gmm), self.x, &self.shift);
+        let ll = stats.loglik / self.n as f64;
+        Ok((self.m_step(&stats)?, ll))
+    }
+
+    /// Average log-likelihood of a centred model.
+    fn loglik(&self, gmm: &Gmm) -> f64 {
+        row_logliks(&GmmTerms::new(gmm), self.x, &self.shift)
+            .iter()
+            .sum::<f64>()
+            / self.n as f64
+    }
+
+    /// M-step in f64: μ = s1/s0, σ² = max(s2/s0 − μ², floor), π = max(s0/N, weight_floor)
+    /// renormalised; empty components are re-seeded.
+    fn m_step(&self, st: &SufficientStats) -> Result<Gmm> {
+        let (k, d) = (self.k, self.d);
+        let mut means = vec![0f64; k * d];
+        let mut vars = vec![0f64; k * d];
+        let mut weights = vec![0f64; k];
+        let empty_mass = EMPTY_MASS * (self.n as f64 / k as f64).max(1.0);
+        let mut empty = Vec::new();
+        for c in 0..k {
+            let s0 = st.s0[c];
+            if !(s0 >= empty_mass) {
+                empty.push(c);
+                continue;
+            }
+            for j in 0..d {
+                let mu = st.s1[c * d + j] / s0;
+                means[c * d + j] = mu;
+                vars[c * d + j] = (st.s2[c * d + j] / s0 - mu * mu).max(self.floor[j]);
+            }
+            weights[c] = s0 / self.n as f64;
+        }
+        if !empty.is_empty() {
+            self.reseed(&empty, &mut means, &mut vars, &mut weights)?;
+        }
+        self.build(&means, &vars, &weights)
+    }
+
+    /// Re-seeds the `empty` components at the descriptors with the lowest likelihood under the
+    /// other components, with their average variance and weight 1/K.
+    fn reseed(
+        &self,
+        empty: &[usize],
+        means: &mut [f64],
+        vars: &mut [f64],
+        weights: &mut [f64],
+    ) -> Result<()> {
+        let (k, d) = (self.k, self.d);
+        let live: Vec<usize> = (0..k).filter(|c| !empty.contains(c)).collect();
+        if live.is_empty() {
+            return Err(Error::Invalid(
+                "GMM fitting: every component became empty".into(),
+            ));
+        }
+        let pick = |v: &[f64]| -> Vec<f32> {
+            live.iter()
+                .flat_map(|&c| v[c * d..(c + 1) * d].iter().map(|&x| x as f32))
+                .collect()
+        };
+        let sub = Gmm::new(
+            live.len(),
+            d,
+            pick(means),
+            pick(vars),
+            live.iter()
+                .map(|&c| weights[c].max(f64::MIN_POSITIVE) as f32)
+                .collect(),
+        )?;
+        let ll = row_logliks(&GmmTerms::new(&sub), self.x, &self.shift);
+        let mut order: Vec<usize> = (0..self.n).collect();
+        order.sort_by(|&a, &b| ll[a].total_cmp(&ll[b]).then(a.cmp(&b)));
+        let mut avg_var = vec![0f64; d];
+        for &c in &live {
+            for j in 0..d {
+                avg_var[j] += vars[c * d + j] / live.len() as f64;
+            }
+        }
+        for (&c, &row) in empty.iter().zip(&order) {
+            for j in 0..d {
+                means[c * d + j] = self.x[row * d + j] as f64 - self.shift[j] as f64;
+                vars[c * d + j] = avg_var[j].max(self.floor[j]);
+            }
+            weights[c] = 1.0 / k as f64;
+        }
+        tracing::debug!(components = ?empty, "GMM: re-seeded empty components");
+        Ok(())
+    }
+
+    /// A centred model from f64 parameters, applying the variance and weight floors.
+    fn build(&self, means: &[f64], vars: &[f64], weights: &[f64]) -> Result<Gmm> {
+        let d = self.d;
+        let vars = vars
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v.max(self.floor[i % d]) as f32)
+            .collect();
+        let total: f64 = weights.iter().map(|&w| w.max(self.weight_floor)).sum();
+        let weights = weights
+            .iter()
+            .map(|&w| (w.max(self.weight_floor) / total) as f32)
+            .collect();
+        Gmm::new(
+            self.k,
+            d,
+            means.iter().map(|&m| m as f32).collect(),
+            vars,
+            weights,
+        )
+    }
+
+    /// Translates a centred model back to data coordinates.
+    fn uncentre(&self, gmm: &Gmm) -> Result<Gmm> {
+        let neg: Vec<f32> = self.shift.iter().map(|&s| -s).collect();
+        shifted(gmm, &neg)
+    }
+
+    /// Runs EM from the centred model `gmm` until convergence or `max_iter`.
+    fn run(&self, mut gmm: Gmm, params: &GmmParams) -> Result<(Gmm, Vec<f64>, usize, bool)> {
+        let mut history = Vec::with_capacity(params.max_iter + 1);
+        if params.max_iter == 0 {
+            history.push(self.loglik(&gmm));
+            return Ok((gmm, history, 0, false));
+        }
+        let (mut next, ll) = self.step(&gmm)?;
+        history.push(ll);
+        for it in 1..=params.max_iter {
+            gmm = next;
+            let ll = if it == params.max_iter {
+                next = gmm.clone();
+                self.loglik(&gmm)
+            } else {
+                let (n, ll) = self.step(&gmm)?;
+                next = n;
+                ll
+            };
+            let prev = history[history.len() - 1];
+            history.push(ll);
+            if (ll - prev).abs() <= params.tol * ll.abs() {
+                return Ok((gmm, history, it, true));
+            }
+        }
+        Ok((gmm, history, params.max_iter, false))
+    }
+}
+
+/// One EM iteration from `gmm` on the rows of `x` (`N × D`): the E-step through the shared
+/// matrix-product kernel ([`crate::stats`]), then the M-step in f64 (μ = s1/s0,
+/// σ² = max(s2/s0 − μ², floor), π = max(s0/N, weight_floor) renormalised, empty components
+/// re-seeded). Uses `params.variance_floor` and `params.weight_floor` (the other fields must
+/// be valid but are unused; `k` must equal `gmm.k()`). Returns the new model and the average
+/// log-likelihood of the *old* model (as scikit-learn reports it).
+pub fn em_step(gmm: &Gmm, x: &[f32], params: &GmmParams) -> Result<(Gmm, f64)> {
+    if params.k != gmm.k {
+        return Err(Error::param(
+            "k",
+            params.k,
+            format!("the number of components of the GMM ({})", gmm.k),
+        ));
+    }
+    let ctx = EmContext::new(x, gmm.d, params)?;
+    let (next, ll) = ctx.step(&shifted(gmm, &ctx.shift)?)?;
+    Ok((ctx.uncentre(&next)?, ll))
+}
+
+/// Fits a diagonal GMM to the rows of `x` (`N × d`) by EM: for each of `params.restarts`
+/// restarts an initialisation ([`GmmInit`]) followed by EM until the relative change of the
+/// average log-likelihood is at most `params.tol` or `params.max_iter` iterations; the restart
+/// with the highest final likelihood is returned. Deterministic for a given seed, and
+/// independent of the rayon thread count.
+pub fn fit_gmm(x: &[f32], d: usize, params: &GmmParams) -> Result<GmmFit> {
+    let ctx = EmContext::new(x, d, params)?;
+    let mut best: Option<(Gmm, Vec<f64>, usize, bool)> = None;
+    let mut restarts_ll = Vec::with_capacity(params.restarts);
+    for r in 0..params.restarts {
+        let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
+        rng.set_stream(r as u64);
+        let init = initialise(&ctx, params, &mut rng)?;
+        let run = ctx.run(init, params)?;
+        let ll = run.1[run.1.len() - 1];
+        restarts_ll.push(ll);
+        if best.as_ref().is_none_or(|b| ll > b.1[b.1.len() - 1]) {
+            best = Some(run);
+        }
+    }
+    let (gmm, loglik_history, iterations, converged) =
+        best.ok_or_else(|| Error::Invalid("GMM fitting ran no restart".into()))?;
+    Ok(GmmFit {
+        gmm: ctx.uncentre(&gmm)?,
+        loglik_history,
+        iterations,
+        converged,
+        restarts_ll,
+    })
+}
+
+/// Like [`fit_gmm`] but EM starts from `init` (one run; `params.restarts`, `init` and `seed`
+/// are not used).
+pub fn fit_gmm_from(x: &[f32], init: &Gmm, params: &GmmParams) -> Result<GmmFit> {
+    if params.k != init.k {
+        return Err(Error::param(
+            "k",
+            params.k,
+            format!("the number of components of the initial GMM ({})", init.k),
+        ));
+    }
+    let ctx = EmContext::new(x, init.d, params)?;
+    let (gmm, loglik_history, iterations, converged) =
+        ctx.run(shifted(init, &ctx.shift)?, params)?;
+    let ll = loglik_history[loglik_history.len() - 1];
+    Ok(GmmFit {
+        gmm: ctx.uncentre(&gmm)?,
+        loglik_history,
+        iterations,
+        converged,
+        restarts_ll: vec![ll],
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Initialisation: k-means++ seeding and Lloyd iterations with matrix-product distances.
+// ---------------------------------------------------------------------------------------------
+
+/// The centred model a restart starts from.
+fn initialise(ctx: &EmContext<'_>, params: &GmmParams, rng: &mut ChaCha8Rng) -> Result<Gmm> {
+    let (n, d, k) = (ctx.n, ctx.d, ctx.k);
+    let rows: Vec<usize> = match params.kmeans_sample {
+        Some(s) if s < n => {
+            let mut idx = rand::seq::index::sample(rng, n, s).into_vec();
+            idx.sort_unstable();
+            idx
+        }
+        _ => (0..n).collect(),
+    };
+    let mut sample = vec![0f32; rows.len() * d];
+    for (out, &r) in sample.chunks_exact_mut(d).zip(&rows) {
+        centre_into(&ctx.x[r * d..(r + 1) * d], &ctx.shift, out);
+    }
+    let m = rows.len();
+    if params.init == GmmInit::Random {
+        let idx = rand::seq::index::sample(rng, m, k).into_vec();
+        let means: Vec<f64> = idx
+            .iter()
+            .flat_map(|&r| sample[r * d..(r + 1) * d].iter().map(|&v| v as f64))
+            .collect();
+        let vars: Vec<f64> = (0..k).flat_map(|_| ctx.data_var.iter().copied()).collect();
+        return ctx.build(&means, &vars, &vec![1.0 / k as f64; k]);
+    }
+    let mut centres = kmeans_plus_plus(&sample, d, k, rng);
+    let iters = match params.init {
+        GmmInit::KMeans { iters } => iters,
+        _ => 0,
+    };
+    let mut assign = assign_pass(&sample, d, &centres, k);
+    for _ in 0..iters {
+        let moved = assign.update_centres(&sample, d, &mut centres);
+        assign = assign_pass(&sample, d, &centres, k);
+        if !moved {
+            break;
+        }
+    }
+    // Cluster statistics; a cluster left empty keeps its centre, the data variance and 1/K.
+    let mut means = vec![0f64; k * d];
+    let mut vars = vec![0f64; k * d];
+    let mut weights = vec![0f64; k];
+    for c in 0..k {
+        let cnt = assign.count[c];
+        for j in 0..d {
+            let i = c * d + j;
+            if cnt > 0.0 {
+                let mu = assign.sum[i] / cnt;
+                means[i] = mu;
+                vars[i] = assign.sumsq[i] / cnt - mu * mu;
+            } else {
+                means[i] = centres[i] as f64;
+                vars[i] = ctx.data_var[j];
+            }
+        }
+        weights[c] = if cnt > 0.0 {
+            cnt / m as f64
+        } else {
+            1.0 / k as f64
+        };
+    }
+    ctx.build(&means, &vars, &weights)
+}
+
+/// k-means++ seeding: the first centre uniformly at random, each next one with probability
+/// proportional to the squared distance to the nearest centre so far.
+fn kmeans_plus_plus(x: &[f32], d: usize, k: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let n = x.len() / d;
+    let mut centres = Vec::with_capacity(k * d);
+    let mut mind = vec![f64::INFINITY; n];
+    let mut next = rng.random_range(0..n);
+    for j in 0..k {
+        let c = x[next * d..(next + 1) * d].to_vec();
+        centres.extend_from_slice(&c);
+        if j + 1 == k {
+            break;
+        }
+        mind.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK * d))
+            .for_each(|(md, rows)| {
+                for (m, r) in md.iter_mut().zip(rows.chunks_exact(d)) {
+                    let dist: f64 = r
+                        .iter()
+                        .zip(&c)
+                        .map(|(&a, &b)| ((a - b) as f64).powi(2))
+                        .sum();
+                    *m = m.min(dist);
+                }
+            });
+        let total: f64 = mind.iter().sum();
+        next = if total > 0.0 {
+            let mut r = rng.random::<f64>() * total;
+            let mut pick = n - 1;
+            for (i, &v) in mind.iter().enumerate() {
+                if r < v {
+                    pick = i;
+                    break;
+                }
+                r -= v;
+            }
+            pick
+        } else {
+            // Fewer distinct descriptors than components.
+            rng.random_range(0..n)
+        };
+    }
+    centres
+}
+
+/// Hard-assignment statistics of a k-means pass.
+struct Assignment {
+    count: Vec<f64>,
+    sum: Vec<f64>,
+    sumsq: Vec<f64>,
+    /// Squared distance of each row to its nearest centre.
+    mind: Vec<f32>,
+}
+
+impl Assignment {
+    /// Lloyd update: centres to cluster means; an empty cluster takes the row farthest from its
+    /// centre (distinct rows for several empties). Returns whether any centre moved.
+    fn update_centres(&self, x: &[f32], d: usize, centres: &mut [f32]) -> bool {
+        let k = self.count.len();
+        let mut far: Vec<usize> = Vec::new();
+        let mut moved = false;
+        for c in 0..k {
+            let new: Vec<f32> = if self.count[c] > 0.0 {
+                (0..d)
+                    .map(|j| (self.sum[c * d + j] / self.count[c]) as f32)
+                    .collect()
+            } else {
+                if far.is_empty() {
+                    far = (0..self.mind.len()).collect();
+                    far.sort_by(|&a, &b| self.mind[b].total_cmp(&self.mind[a]).then(a.cmp(&b)));
+                    far.truncate(k);
+                    far.reverse();
+                }
+                let r = far.pop().unwrap_or(0);
+                x[r * d..(r + 1) * d].to_vec()
+            };
+            moved |= new[..] != centres[c * d..(c + 1) * d];
+            centres[c * d..(c + 1) * d].copy_from_slice(&new);
+        }
+        moved
+    }
+}
+
+/// Assigns every row of `x` to its nearest centre using `‖x‖² − 2 x cᵀ + ‖c‖²` (one matrix
+/// product per block) and accumulates the clusters' counts, sums and sums of squares in f64.
+fn assign_pass(x: &[f32], d: usize, centres: &[f32], k: usize) -> Assignment {
+    let cnorm: Vec<f32> = centres
+        .chunks_exact(d)
+        .map(|c| c.iter().map(|v| v * v).sum())
+        .collect();
+    let mut out = Assignment {
+        count: vec![0.0; k],
+        sum: vec![0.0; k * d],
+        sumsq: vec![0.0; k * d],
+        mind: Vec::with_capacity(x.len() / d),
+    };
+    ordered_chunks(
+        x,
+        d,
+        || vec![0f32; BLOCK * k],
+        |dots, _, chunk| {
+            let mut part = Assignment {
+                count: vec![0.0; k],
+                sum: vec![0.0; k * d],
+                sumsq: vec![0.0; k * d],
+                mind: Vec::with_capacity(chunk.len() / d),
+            };
+            for block in chunk.chunks(BLOCK * d) {
+                let rows = block.len() / d;
+                let dots = &mut dots[..rows * k];
+                matmul(
+                    MatMut::from_row_major_slice_mut(dots, rows, k),
+                    Accum::Replace,
+                    MatRef::from_row_major_slice(block, rows, d),
+                    MatRef::from_row_major_slice(centres, k, d).transpose(),
+                    1.0f32,
+                    Par::Seq,
+                );
+                for (r, dr) in block.chunks_exact(d).zip(dots.chunks_exact(k)) {
+                    let xn: f32 = r.iter().map(|v| v * v).sum();
+                    let (mut best, mut bd) = (0, f32::INFINITY);
+                    for (c, (&dot, &cn)) in dr.iter().zip(&cnorm).enumerate() {
+                        let dist = cn - 2.0 * dot;
+                        if dist < bd {
+                            bd = dist;
+                            best = c;
+                        }
+                    }
+                    part.count[best] += 1.0;
+                    for (j, &v) in r.iter().enumerate() {
+                        part.sum[best * d + j] += v as f64;
+                        part.sumsq[best * d + j] += (v as f64) * (v as f64);
+                    }
+                    part.mind.push((bd + xn).max(0.0));
+                }
+            }
+            part
+        },
+        |p| {
+            out.count
+                .iter_mut()
+                .zip(&p.count)
+                .for_each(|(a, b)| *a += b);
+            out.sum.iter_mut().zip(&p.sum).for_each(|(a, b)| *a += b);
+            out.sumsq
+                .iter_mut()
+                .zip(&p.sumsq)
+                .for_each(|(a, b)| *a += b);
+            out.mind.extend_from_slice(&p.mind);
+        },
+    );
+    out
+}

@@ -1,1 +1,356 @@
-//! (in progress)
+//! Image data sets and precomputed descriptors: what the pipeline trains and evaluates on.
+//!
+//! A [`Dataset`] is a list of [`Item`]s (an image, on disk or in memory, with its class indices)
+//! and the class names. Loaders:
+//!
+//! | layout | function |
+//! |---|---|
+//! | `root/<class>/*.{png,jpg,jpeg,bmp,pgm}` (classes sorted by name) | [`load_folder`], [`load_folder_splits`] |
+//! | list file: `path label [label ...]` per line | [`load_list`], [`load_list_splits`] |
+//! | PASCAL VOC devkit (`ImageSets/Main`, `JPEGImages`) | [`load_voc`], [`load_voc_with`] |
+//! | IDX (MNIST, Fashion-MNIST), gzipped or raw | [`load_idx`], [`load_fashion_mnist`] |
+//! | the embedded Fashion-MNIST subset | [`embedded_fashion_mnist`] |
+//! | precomputed descriptors (`.npy`) | [`Descriptors`] |
+//!
+//! File-backed loaders check that every image exists and has a readable header; what happens
+//! to one that does not is chosen by [`OnError`]: fail with its path, or skip it and report how
+//! many were skipped. Full decoding happens in [`Dataset::load_gray`] (errors name the file), or
+//! up front with [`Dataset::retain_decodable`].
+
+mod descriptors;
+mod embedded;
+mod folder;
+mod idx;
+mod list;
+mod split;
+mod voc;
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+pub use descriptors::Descriptors;
+pub use embedded::embedded_fashion_mnist;
+pub use folder::{load_folder, load_folder_splits, load_folder_with};
+pub use idx::{load_fashion_mnist, load_idx, read_idx, IdxArray};
+pub use list::{load_list, load_list_splits, load_list_with};
+pub use split::{stratified_split, Split};
+pub use voc::{load_voc, load_voc_with, VocData, VocDifficult, VocOptions, VOC_CLASSES};
+
+/// The ten Fashion-MNIST class names, in label order.
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// File extensions (lower case) recognised as images by the folder loader.
+pub const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "bmp", "pgm"];
+
+/// What a loader does with an image it cannot use (missing, unreadable, corrupt).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// Stop with an error naming the file.
+    #[default]
+    Fail,
+    /// Leave the item out, log it, and count it in the returned skip count.
+    Skip,
+}
+
+/// Where an image's pixels come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageSource {
+    /// An image file, decoded on demand (any format the `image` crate reads).
+    File(PathBuf),
+    /// An 8-bit grey image held in memory, `height × width` row-major.
+    Memory {
+        width: usize,
+        height: usize,
+        pixels: Vec<u8>,
+    },
+}
+
+/// One image and its class indices (exactly one for single-label data sets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub source: ImageSource,
+    pub labels: Vec<usize>,
+}
+
+/// A labelled image collection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dataset {
+    /// Class `c` is named `class_names[c]`.
+    pub class_names: Vec<String>,
+    pub items: Vec<Item>,
+    /// Whether items may carry several labels (then `labels()` is [`crate::svm::Labels::MultiLabel`]).
+    pub multilabel: bool,
+}
+
+/// An 8-bit grey image decoded from an [`ImageSource`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrayU8 {
+    pub width: usize,
+    pub height: usize,
+    /// `height × width`, row-major.
+    pub pixels: Vec<u8>,
+}
+
+impl ImageSource {
+    /// A short description for messages: the path, or `memory image`.
+    pub fn describe(&self) -> String {
+        match self {
+            ImageSource::File(p) => p.display().to_string(),
+            ImageSource::Memory { width, height, .. } => format!("memory image {width}x{height}"),
+        }
+    }
+
+    /// Decodes the image to 8-bit grey (luma, as the `image` crate converts colour).
+    pub fn decode_u8(&self) -> Result<GrayU8> {
+        match self {
+            ImageSource::File(path) => {
+                let img = image::ImageReader::open(path)
+                    .map_err(|e| Error::io(path, e))?
+                    .with_guessed_format()
+                    .map_err(|e| Error::io(path, e))?
+                    .decode()
+                    .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
+                let luma = img.to_luma8();
+                Ok(GrayU8 {
+                    width: luma.width() as usize,
+                    height: luma.height() as usize,
+                    pixels: luma.into_raw(),
+                })
+            }
+            ImageSource::Memory {
+                width,
+                height,
+                pixels,
+            } => {
+                if pixels.len() != width * height {
+                    return Err(Error::dim(
+                        format!("pixels of a {width}x{height} memory image"),
+                        width * height,
+                        pixels.len(),
+                    ));
+                }
+                Ok(GrayU8 {
+                    width: *width,
+                    height: *height,
+                    pixels: pixels.clone(),
+                })
+            }
+        }
+    }
+}
+
+/// Checks that `path` exists and has a readable image header (cheap: the pixels are not
+/// decoded). Returns the reason when it does not.
+pub(crate) fn check_image_header(path: &Path) -> std::result::Result<(), String> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| format!("cannot open: {e}"))?
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if reader.format().is_none() {
+        return Err("not a recognised image format".into());
+    }
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| format!("unreadable image header: {e}"))?;
+    if w == 0 || h == 0 {
+        return Err(format!("empty image ({w}x{h})"));
+    }
+    Ok(())
+}
+
+/// Applies `policy` to image files: checks every header (in parallel) and returns which to keep
+/// and how many were skipped; with `Fail`, the first bad file is an error naming it.
+pub(crate) fn check_files(paths: &[&Path], policy: OnError) -> Result<(Vec<bool>, usize)> {
+    let checks: Vec<std::result::Result<(), String>> =
+        paths.par_iter().map(|p| check_image_header(p)).collect();
+    let mut keep = Vec::with_capacity(paths.len());
+    let mut skipped = 0;
+    for (path, check) in paths.iter().zip(checks) {
+        match (check, policy) {
+            (Ok(()), _) => keep.push(true),
+            (Err(reason), OnError::Fail) => return Err(Error::format(path, reason)),
+            (Err(reason), OnError::Skip) => {
+                tracing::warn!("skipping {}: {reason}", path.display());
+                keep.push(false);
+                skipped += 1;
+            }
+        }
+    }
+    Ok((keep, skipped))
+}
+
+/// [`check_files`] on `(path, labels)` candidates, returning the items kept.
+pub(crate) fn checked_items(
+    candidates: Vec<(PathBuf, Vec<usize>)>,
+    policy: OnError,
+) -> Result<(Vec<Item>, usize)> {
+    let paths: Vec<&Path> = candidates.iter().map(|(p, _)| p.as_path()).collect();
+    let (keep, skipped) = check_files(&paths, policy)?;
+    let items = candidates
+        .into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|((path, labels), _)| Item {
+            source: ImageSource::File(path),
+            labels,
+        })
+        .collect();
+    Ok((items, skipped))
+}
+
+impl Dataset {
+    /// Builds a data set, checking that every label names a class and single-label items have
+    /// exactly one label.
+    pub fn new(class_names: Vec<String>, items: Vec<Item>, multilabel: bool) -> Result<Self> {
+        let ds = Dataset {
+            class_names,
+            items,
+            multilabel,
+        };
+        ds.validate()?;
+        Ok(ds)
+    }
+
+    /// Checks the invariants listed at [`Dataset::new`].
+    pub fn validate(&self) -> Result<()> {
+        let c = self.class_names.len();
+        for (i, item) in self.items.iter().enumerate() {
+            if !self.multilabel && item.labels.len() != 1 {
+                return Err(Error::Invalid(format!(
+                    "item {i} ({}) has {} labels: a single-label data set needs exactly one",
+                    item.source.describe(),
+                    item.labels.len()
+                )));
+            }
+            if let Some(&l) = item.labels.iter().find(|&&l| l >= c) {
+                return Err(Error::Invalid(format!(
+                    "item {i} ({}) has label {l}, but there are only {c} classes",
+                    item.source.describe()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether there are no items.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.class_names.len()
+    }
+
+    /// The first label of every item (the class of a single-label data set).
+    pub fn first_labels(&self) -> Vec<usize> {
+        self.items
+            .iter()
+            .map(|it| it.labels.first().copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// Items per class (an item with several labels counts once for each).
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes()];
+        for item in &self.items {
+            for &l in &item.labels {
+                if let Some(n) = counts.get_mut(l) {
+                    *n += 1;
+                }
+            }
+        }
+        counts
+    }
+
+    /// Replaces the class names (e.g. the Fashion-MNIST names for an IDX file, whose labels are
+    /// bare numbers). There must be at least as many names as the largest label + 1.
+    pub fn with_class_names(mut self, names: Vec<String>) -> Result<Self> {
+        self.class_names = names;
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// A data set of the items at `indices` (in that order), same classes.
+    pub fn subset(&self, indices: &[usize]) -> Result<Self> {
+        let items = indices
+            .iter()
+            .map(|&i| {
+                self.items
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| Error::param("subset index", i, format!("< {}", self.len())))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Dataset {
+            class_names: self.class_names.clone(),
+            items,
+            multilabel: self.multilabel,
+        })
+    }
+
+    /// Decodes item `i` to 8-bit grey; errors name the file.
+    pub fn load_u8(&self, i: usize) -> Result<GrayU8> {
+        self.items
+            .get(i)
+            .ok_or_else(|| Error::param("item index", i, format!("< {}", self.len())))?
+            .source
+            .decode_u8()
+    }
+
+    /// Decodes every image (in parallel) and keeps those that decode: `Fail` returns the first
+    /// failure (with its path), `Skip` drops failures and returns how many were dropped.
+    pub fn retain_decodable(&self, policy: OnError) -> Result<(Dataset, usize)> {
+        let results: Vec<Result<()>> = self
+            .items
+            .par_iter()
+            .map(|it| it.source.decode_u8().map(|_| ()))
+            .collect();
+        let mut items = Vec::with_capacity(self.len());
+        let mut skipped = 0;
+        for (item, r) in self.items.iter().zip(results) {
+            match (r, policy) {
+                (Ok(()), _) => items.push(item.clone()),
+                (Err(e), OnError::Fail) => return Err(e),
+                (Err(e), OnError::Skip) => {
+                    tracing::warn!("skipping {e}");
+                    skipped += 1;
+                }
+            }
+        }
+        Ok((
+            Dataset {
+                class_names: self.class_names.clone(),
+                items,
+                multilabel: self.multilabel,
+            },
+            skipped,
+        ))
+    }
+}
+
+/// Error for a split or data set that ended up with no items.
+pub(crate) fn empty(what: impl std::fmt::Display) -> Error {
+    Error::Empty {
+        what: what.to_string(),
+    }
+}

@@ -1,0 +1,140 @@
+//! Image-folder layout: `root/<class>/<image>`, one sub-folder per class.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::{checked_items, empty, Dataset, OnError, Split, IMAGE_EXTENSIONS};
+use crate::error::{Error, Result};
+
+/// Entries of `dir` sorted by file name; hidden entries (leading `.`) are left out.
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if !entry.file_name().to_string_lossy().starts_with('.') {
+            entries.push(entry.path());
+        }
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+/// Class folder names directly under `root`, sorted.
+fn class_dirs(root: &Path) -> Result<Vec<String>> {
+    Ok(sorted_entries(root)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect())
+}
+
+fn is_image(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
+}
+
+/// Collects the images of `root/<class>/` for the given class list (a class folder that is
+/// absent contributes nothing).
+fn collect(root: &Path, classes: &[String], policy: OnError) -> Result<(Dataset, usize)> {
+    let mut candidates = Vec::new();
+    for (c, name) in classes.iter().enumerate() {
+        let dir = root.join(name);
+        if !dir.is_dir() {
+            continue;
+        }
+        for path in sorted_entries(&dir)?.into_iter().filter(|p| is_image(p)) {
+            candidates.push((path, vec![c]));
+        }
+    }
+    if candidates.is_empty() {
+        return Err(empty(format!(
+            "image folder {} (no {} files in its class folders)",
+            root.display(),
+            IMAGE_EXTENSIONS.join("/")
+        )));
+    }
+    let (items, skipped) = checked_items(candidates, policy)?;
+    if items.is_empty() {
+        return Err(empty(format!(
+            "image folder {} after skipping {skipped} unreadable images",
+            root.display()
+        )));
+    }
+    Ok((
+        Dataset {
+            class_names: classes.to_vec(),
+            items,
+            multilabel: false,
+        },
+        skipped,
+    ))
+}
+
+/// Loads `root/<class>/*.{png,jpg,jpeg,bmp,pgm}` (extensions in any case): classes are the
+/// sub-folders sorted by name, images within a class sorted by name. Every image's header is
+/// checked; `policy` decides whether a bad one fails the load or is skipped (the count of
+/// skipped images is returned). No class folder, or no image at all, is [`Error::Empty`].
+pub fn load_folder_with(root: impl AsRef<Path>, policy: OnError) -> Result<(Dataset, usize)> {
+    let root = root.as_ref();
+    let classes = class_dirs(root)?;
+    if classes.is_empty() {
+        return Err(empty(format!("class folders under {}", root.display())));
+    }
+    collect(root, &classes, policy)
+}
+
+/// [`load_folder_with`] with [`OnError::Fail`].
+pub fn load_folder(root: impl AsRef<Path>) -> Result<Dataset> {
+    Ok(load_folder_with(root, OnError::Fail)?.0)
+}
+
+/// Loads explicit splits `root/train/<class>/...`, and `root/val/...`, `root/test/...` when
+/// present. The classes are the sorted union of the class folders of all splits, so labels
+/// agree across splits. A split folder without images is [`Error::Empty`]. Returns the splits
+/// and the total number of skipped images.
+pub fn load_folder_splits(root: impl AsRef<Path>, policy: OnError) -> Result<(Split, usize)> {
+    let root = root.as_ref();
+    let train_dir = root.join("train");
+    if !train_dir.is_dir() {
+        return Err(Error::io(
+            &train_dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "expected a train/ folder with one sub-folder per class",
+            ),
+        ));
+    }
+    let dirs: Vec<PathBuf> = ["train", "val", "test"]
+        .iter()
+        .map(|s| root.join(s))
+        .filter(|p| p.is_dir())
+        .collect();
+    let mut classes = BTreeSet::new();
+    for dir in &dirs {
+        classes.extend(class_dirs(dir)?);
+    }
+    if classes.is_empty() {
+        return Err(empty(format!(
+            "class folders under {}",
+            train_dir.display()
+        )));
+    }
+    let classes: Vec<String> = classes.into_iter().collect();
+    let mut skipped = 0;
+    let mut load = |name: &str| -> Result<Option<Dataset>> {
+        let dir = root.join(name);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let (ds, s) = collect(&dir, &classes, policy)?;
+        skipped += s;
+        Ok(Some(ds))
+    };
+    let train = load("train")?.ok_or_else(|| empty("train split"))?;
+    let val = load("val")?;
+    let test = load("test")?;
+    Ok((Split { train, val, test }, skipped))
+}

@@ -1,0 +1,235 @@
+//! List files: one image per line, `path label [label ...]`.
+//!
+//! The path is relative to the folder of the list file (or absolute) and may contain neither
+//! whitespace nor commas; labels follow, separated by whitespace or commas. `#` starts a comment
+//! (at the start of a line or after whitespace); blank lines are ignored. The data set is
+//! multi-label when any line has more than one distinct label.
+//!
+//! Classes: given explicitly, else read from `classes.txt` beside the list file (one name per
+//! line), else inferred: `0..=max` when every label is a non-negative integer, otherwise the
+//! sorted distinct label names. With a class list, a label is a class name or, failing that,
+//! an integer index into the list; anything else "names no class" and is an error.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::{checked_items, empty, Dataset, OnError, Split};
+use crate::error::{Error, Result};
+
+/// One parsed line.
+struct Entry {
+    line: usize,
+    path: PathBuf,
+    labels: Vec<String>,
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+/// Removes a `#` comment that starts the line or follows whitespace.
+fn strip_comment(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()) {
+            return &line[..i];
+        }
+    }
+    line
+}
+
+fn parse(list: &Path) -> Result<Vec<Entry>> {
+    let text = read_text(list)?;
+    let base = list.parent().unwrap_or(Path::new(""));
+    let mut entries = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let mut tokens = strip_comment(raw)
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|t| !t.is_empty());
+        let Some(path) = tokens.next() else { continue };
+        let labels: Vec<String> = tokens.map(str::to_string).collect();
+        if labels.is_empty() {
+            return Err(Error::format(
+                list,
+                format!(
+                    "line {}: `{}` has no label: expected a path then one or more labels",
+                    i + 1,
+                    raw.trim()
+                ),
+            ));
+        }
+        entries.push(Entry {
+            line: i + 1,
+            path: base.join(path),
+            labels,
+        });
+    }
+    if entries.is_empty() {
+        return Err(empty(format!("list file {}", list.display())));
+    }
+    Ok(entries)
+}
+
+/// Reads `classes.txt` (one name per line, `#` comments) when it exists beside `list`.
+fn classes_beside(list: &Path) -> Result<Option<Vec<String>>> {
+    let path = list.parent().unwrap_or(Path::new("")).join("classes.txt");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let names: Vec<String> = read_text(&path)?
+        .lines()
+        .map(|l| strip_comment(l).trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if names.is_empty() {
+        return Err(empty(format!("class list {}", path.display())));
+    }
+    let distinct: BTreeSet<&String> = names.iter().collect();
+    if distinct.len() != names.len() {
+        return Err(Error::format(&path, "a class name is listed twice"));
+    }
+    Ok(Some(names))
+}
+
+/// Class names inferred from the labels of all lists.
+fn infer_classes(lists: &[(&Path, Vec<Entry>)]) -> Vec<String> {
+    let all = || lists.iter().flat_map(|(_, e)| e).flat_map(|e| &e.labels);
+    let numbers: Option<Vec<usize>> = all().map(|l| l.parse::<usize>().ok()).collect();
+    match numbers.and_then(|n| n.into_iter().max()) {
+        Some(max) => (0..=max).map(|c| c.to_string()).collect(),
+        None => {
+            let names: BTreeSet<&String> = all().collect();
+            names.into_iter().cloned().collect()
+        }
+    }
+}
+
+fn resolve(list: &Path, entry: &Entry, classes: &[String]) -> Result<Vec<usize>> {
+    let mut out = Vec::with_capacity(entry.labels.len());
+    for label in &entry.labels {
+        let c = classes
+            .iter()
+            .position(|n| n == label)
+            .or_else(|| label.parse::<usize>().ok().filter(|&c| c < classes.len()))
+            .ok_or_else(|| {
+                Error::format(
+                    list,
+                    format!(
+                        "line {}: label `{label}` names no class (classes: {})",
+                        entry.line,
+                        classes.join(", ")
+                    ),
+                )
+            })?;
+        out.push(c);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Labelled entries of several lists resolved against one class list.
+pub(crate) struct Resolved {
+    /// Per list: `(path, sorted distinct class indices)` per entry, in file order.
+    pub lists: Vec<Vec<(PathBuf, Vec<usize>)>>,
+    pub classes: Vec<String>,
+    pub multilabel: bool,
+}
+
+/// Parses the lists and resolves their labels against one class list (`classes`, else
+/// `classes.txt` beside the first list, else inferred from all lists). Files are not opened.
+pub(crate) fn resolve_lists(paths: &[&Path], classes: Option<&[String]>) -> Result<Resolved> {
+    let lists = paths
+        .iter()
+        .map(|&p| Ok((p, parse(p)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let classes = match classes {
+        Some([]) => return Err(empty("class list")),
+        Some(c) => c.to_vec(),
+        None => match classes_beside(paths[0])? {
+            Some(c) => c,
+            None => infer_classes(&lists),
+        },
+    };
+    let mut resolved = Vec::with_capacity(lists.len());
+    let mut multilabel = false;
+    for (list, entries) in &lists {
+        let mut candidates = Vec::with_capacity(entries.len());
+        for e in entries {
+            let labels = resolve(list, e, &classes)?;
+            multilabel |= labels.len() > 1;
+            candidates.push((e.path.clone(), labels));
+        }
+        resolved.push(candidates);
+    }
+    Ok(Resolved {
+        lists: resolved,
+        classes,
+        multilabel,
+    })
+}
+
+/// Builds one data set per list with a shared class list; returns them with the total skip count.
+fn load_lists(
+    paths: &[&Path],
+    classes: Option<&[String]>,
+    policy: OnError,
+) -> Result<(Vec<Dataset>, usize)> {
+    let resolved = resolve_lists(paths, classes)?;
+    let mut skipped = 0;
+    let mut out = Vec::with_capacity(paths.len());
+    for (list, candidates) in paths.iter().zip(resolved.lists) {
+        let (items, s) = checked_items(candidates, policy)?;
+        skipped += s;
+        if items.is_empty() {
+            return Err(empty(format!(
+                "list file {} after skipping {s} unreadable images",
+                list.display()
+            )));
+        }
+        out.push(Dataset {
+            class_names: resolved.classes.clone(),
+            items,
+            multilabel: resolved.multilabel,
+        });
+    }
+    Ok((out, skipped))
+}
+
+/// Loads a list file (format in the module docs). `classes` overrides `classes.txt` and
+/// inference. Every image's header is checked; `policy` decides whether a missing or unreadable
+/// image fails the load or is skipped (the count of skipped images is returned).
+pub fn load_list_with(
+    path: impl AsRef<Path>,
+    classes: Option<&[String]>,
+    policy: OnError,
+) -> Result<(Dataset, usize)> {
+    let (mut sets, skipped) = load_lists(&[path.as_ref()], classes, policy)?;
+    Ok((sets.remove(0), skipped))
+}
+
+/// [`load_list_with`] with the classes from `classes.txt` or inferred, and [`OnError::Fail`].
+pub fn load_list(path: impl AsRef<Path>) -> Result<Dataset> {
+    Ok(load_list_with(path, None, OnError::Fail)?.0)
+}
+
+/// Loads explicit train / val / test list files with one class list for all of them (given,
+/// else `classes.txt` beside the training list, else inferred from the labels of all lists), so
+/// class indices agree across splits. A list without entries is [`Error::Empty`].
+pub fn load_list_splits(
+    train: impl AsRef<Path>,
+    val: Option<&Path>,
+    test: Option<&Path>,
+    classes: Option<&[String]>,
+    policy: OnError,
+) -> Result<(Split, usize)> {
+    let mut paths = vec![train.as_ref()];
+    paths.extend(val);
+    paths.extend(test);
+    let (sets, skipped) = load_lists(&paths, classes, policy)?;
+    let mut sets = sets.into_iter();
+    let train = sets.next().ok_or_else(|| empty("train split"))?;
+    let val = if val.is_some() { sets.next() } else { None };
+    let test = if test.is_some() { sets.next() } else { None };
+    Ok((Split { train, val, test }, skipped))
+}

@@ -1,0 +1,77 @@
+//! Train / validation / test splits: explicit ones come from the loaders, a seeded stratified
+//! one from [`stratified_split`].
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::{empty, Dataset};
+use crate::error::{Error, Result};
+
+/// A data set divided into training, and optionally validation and test, parts that share one
+/// class list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Split {
+    pub train: Dataset,
+    pub val: Option<Dataset>,
+    pub test: Option<Dataset>,
+}
+
+/// Splits `data` into `(rest, held_out)` with about `fraction` of every class held out.
+///
+/// Each item belongs to one stratum: its label, or for a multi-label item its rarest label (the
+/// usual approximation to multi-label stratification); items without labels form their own
+/// stratum. Within a stratum of `m` items, `round(fraction · m)` chosen by a seeded shuffle are
+/// held out. Both parts keep the original item order. Errors: `fraction` outside `(0, 1)`, an
+/// empty data set, or a split that leaves either part empty.
+pub fn stratified_split(data: &Dataset, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(Error::param(
+            "split fraction",
+            fraction,
+            "strictly between 0 and 1",
+        ));
+    }
+    if data.is_empty() {
+        return Err(empty("data set to split"));
+    }
+    data.validate()?;
+    let counts = data.class_counts();
+    let c = data.classes();
+    let mut strata: Vec<Vec<usize>> = vec![Vec::new(); c + 1];
+    for (i, item) in data.items.iter().enumerate() {
+        let s = item
+            .labels
+            .iter()
+            .copied()
+            .min_by_key(|&l| (counts[l], l))
+            .unwrap_or(c);
+        strata[s].push(i);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut held = vec![false; data.len()];
+    for stratum in &mut strata {
+        stratum.shuffle(&mut rng);
+        let take = (fraction * stratum.len() as f64).round() as usize;
+        for &i in &stratum[..take] {
+            held[i] = true;
+        }
+    }
+    let (mut rest, mut out) = (Vec::new(), Vec::new());
+    for (i, &h) in held.iter().enumerate() {
+        if h {
+            out.push(i);
+        } else {
+            rest.push(i);
+        }
+    }
+    if rest.is_empty() || out.is_empty() {
+        return Err(empty(format!(
+            "split part (fraction {fraction} of {} items leaves {} + {})",
+            data.len(),
+            rest.len(),
+            out.len()
+        )));
+    }
+    Ok((data.subset(&rest)?, data.subset(&out)?))
+}

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod util;
 
 /// Options shared by every subcommand.
 #[derive(Debug, Clone, clap::Args)]
@@ -16,10 +17,17 @@ pub struct Global {
     /// Print machine-readable JSON results on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Seed of every random choice (sampling, initialisation, shuffling).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "dfk", version, about = "Fisher vectors and Deep Fisher Kernels for image classification")]
+#[command(
+    name = "dfk",
+    version,
+    about = "Fisher vectors and Deep Fisher Kernels for image classification"
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -96,7 +104,12 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // Usage errors found after parsing exit with 2, like clap's own.
+            if e.downcast_ref::<util::UsageError>().is_some() {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

@@ -1,1 +1,463 @@
-//! (in progress)
+//! The dfk model file: one self-describing container for everything a trained pipeline needs.
+//!
+//! A model file is a [safetensors](https://github.com/huggingface/safetensors) file. Its arrays
+//! hold the numbers (little-endian, exact: `f32` parameters as `F32`, `f64` solver values as
+//! `F64`), and its `__metadata__` map holds one key, [`METADATA_KEY`], whose value is a JSON
+//! document ([`Header`]): the format name and version, the `kind` of file (a whole pipeline,
+//! a GMM alone, SVMs alone), class names, the pipeline configuration and the training history.
+//!
+//! | array | dtype | shape |
+//! |---|---|---|
+//! | `gmm.means`, `gmm.variances` | F32 | K × D |
+//! | `gmm.weights` | F32 | K |
+//! | `pca.mean` | F32 | D_in |
+//! | `pca.components` | F32 | dims × D_in |
+//! | `pca.eigenvalues` | F32 | dims |
+//! | `svm.w` | F32 | C × dim |
+//! | `svm.b` | F32 | C |
+//! | `svm.primal`, `svm.dual` | F64 | C |
+//! | `svm.iterations` | I64 | C |
+//! | `svm.alpha` | F64 | C × n (n = 0 when the duals were not kept) |
+//!
+//! Files are written atomically and load back bit for bit: saving a loaded model reproduces
+//! the file byte for byte.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::gmm::Gmm;
+use crate::npy::write_bytes_atomic;
+use crate::pca::Pca;
+
+/// Name stored in every header, to tell a dfk model from other safetensors files.
+pub const FORMAT_NAME: &str = "dfk-model";
+/// Version of the layout described in the module documentation. Files of another version are
+/// rejected with an error naming both versions.
+pub const FORMAT_VERSION: u32 = 1;
+/// The `__metadata__` key holding the JSON [`Header`].
+pub const METADATA_KEY: &str = "dfk";
+
+/// What a model file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// A whole pipeline: optional PCA, GMM, optional SVMs, configuration and history.
+    Pipeline,
+    /// A GMM alone (`dfk gmm fit/import`).
+    Gmm,
+    /// One-vs-rest SVMs alone (`dfk svm train`).
+    Svm,
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModelKind::Pipeline => "pipeline",
+            ModelKind::Gmm => "gmm",
+            ModelKind::Svm => "svm",
+        })
+    }
+}
+
+/// The JSON document stored under [`METADATA_KEY`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// Always [`FORMAT_NAME`].
+    pub format: String,
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// What the file holds.
+    pub kind: ModelKind,
+    /// The program that wrote the file (`dfk <version>`), for information only.
+    pub writer: String,
+    /// Class names, in the order of the SVM rows (may be empty).
+    pub class_names: Vec<String>,
+    /// Whether the PCA whitens (absent without PCA).
+    pub pca_whiten: Option<bool>,
+    /// Whether the SVMs are multi-label (absent without SVMs).
+    pub svm_multilabel: Option<bool>,
+    /// The pipeline configuration (`null` when none).
+    pub config: serde_json::Value,
+    /// The training history (`null` when none).
+    pub history: serde_json::Value,
+}
+
+/// A whole trained pipeline, as stored in a model file of kind `pipeline`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelFile {
+    /// Descriptor projection, when the pipeline uses PCA.
+    pub pca: Option<Pca>,
+    /// The mixture the Fisher vectors are computed against.
+    pub gmm: Gmm,
+    /// Class names in the order of the SVM rows.
+    pub class_names: Vec<String>,
+    /// The pipeline configuration (see `dfk::pipeline::PipelineConfig`).
+    pub config: serde_json::Value,
+    /// Training history (timings, objectives, validation curves), free-form JSON.
+    pub history: serde_json::Value,
+}
+
+impl ModelFile {
+    /// Writes the model to `path` atomically.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let mut w = Writer::default();
+        w.gmm(&self.gmm);
+        if let Some(pca) = &self.pca {
+            w.pca(pca);
+        }
+        let header = Header {
+            format: FORMAT_NAME.into(),
+            format_version: FORMAT_VERSION,
+            kind: ModelKind::Pipeline,
+            writer: writer_name(),
+            class_names: self.class_names.clone(),
+            pca_whiten: self.pca.as_ref().map(|p| p.whiten),
+            svm_multilabel: None,
+            config: self.config.clone(),
+            history: self.history.clone(),
+        };
+        w.finish(path.as_ref(), &header)
+    }
+
+    /// Reads a model file of kind `pipeline`, checking the format version and every array's
+    /// dtype and shape.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = read_file(path)?;
+        let r = Reader::new(path, &bytes)?;
+        r.expect_kind(&[ModelKind::Pipeline])?;
+        let gmm = r.gmm()?;
+        let pca = if r.has("pca.mean") {
+            Some(r.pca()?)
+        } else {
+            None
+        };
+        if let (Some(pca), Some(_)) = (&pca, Some(&gmm)) {
+            // The GMM models projected descriptors, possibly with (x, y) appended.
+            if gmm.d() < pca.dims() {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "gmm.means has dimension {} but the PCA outputs {}: expected at least the PCA dimension",
+                        gmm.d(),
+                        pca.dims()
+                    ),
+                ));
+            }
+        }
+        let header = r.header;
+        Ok(ModelFile {
+            pca,
+            gmm,
+            class_names: header.class_names,
+            config: header.config,
+            history: header.history,
+        })
+    }
+}
+
+/// Writes a GMM alone (a model file of kind `gmm`) atomically.
+pub fn save_gmm(path: impl AsRef<Path>, gmm: &Gmm) -> Result<()> {
+    let mut w = Writer::default();
+    w.gmm(gmm);
+    w.finish(path.as_ref(), &bare_header(ModelKind::Gmm, Vec::new()))
+}
+
+/// Reads the GMM of a model file of kind `gmm` or `pipeline`.
+pub fn load_gmm(path: impl AsRef<Path>) -> Result<Gmm> {
+    let path = path.as_ref();
+    let bytes = read_file(path)?;
+    let r = Reader::new(path, &bytes)?;
+    r.expect_kind(&[ModelKind::Gmm, ModelKind::Pipeline])?;
+    r.gmm()
+}
+
+/// What a model file holds, for `dfk info`: its header and each array's dtype and shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// The JSON header.
+    pub header: Header,
+    /// `(name, dtype, shape)` of every array, sorted by name.
+    pub arrays: Vec<(String, String, Vec<usize>)>,
+    /// File size in bytes.
+    pub bytes: usize,
+}
+
+/// Reads a model file's header and array shapes without interpreting the arrays.
+pub fn summarize(path: impl AsRef<Path>) -> Result<Summary> {
+    let path = path.as_ref();
+    let bytes = read_file(path)?;
+    let r = Reader::new(path, &bytes)?;
+    let mut arrays: Vec<_> = r
+        .tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| (name, format!("{:?}", t.dtype()), t.shape().to_vec()))
+        .collect();
+    arrays.sort();
+    Ok(Summary {
+        header: r.header.clone(),
+        arrays,
+        bytes: bytes.len(),
+    })
+}
+
+fn writer_name() -> String {
+    format!("dfk {}", env!("CARGO_PKG_VERSION"))
+}
+
+fn bare_header(kind: ModelKind, class_names: Vec<String>) -> Header {
+    Header {
+        format: FORMAT_NAME.into(),
+        format_version: FORMAT_VERSION,
+        kind,
+        writer: writer_name(),
+        class_names,
+        pca_whiten: None,
+        svm_multilabel: None,
+        config: serde_json::Value::Null,
+        history: serde_json::Value::Null,
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Collects arrays as little-endian bytes, then serialises them with the header.
+#[derive(Default)]
+struct Writer {
+    arrays: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+}
+
+impl Writer {
+    fn f32(&mut self, name: &str, shape: Vec<usize>, v: &[f32]) {
+        let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.arrays.push((name.into(), Dtype::F32, shape, bytes));
+    }
+
+    fn f64(&mut self, name: &str, shape: Vec<usize>, v: &[f64]) {
+        let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.arrays.push((name.into(), Dtype::F64, shape, bytes));
+    }
+
+    fn i64(&mut self, name: &str, shape: Vec<usize>, v: &[i64]) {
+        let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.arrays.push((name.into(), Dtype::I64, shape, bytes));
+    }
+
+    fn gmm(&mut self, gmm: &Gmm) {
+        let (k, d) = (gmm.k(), gmm.d());
+        self.f32("gmm.means", vec![k, d], gmm.means());
+        self.f32("gmm.variances", vec![k, d], gmm.variances());
+        self.f32("gmm.weights", vec![k], gmm.weights());
+    }
+
+    fn pca(&mut self, pca: &Pca) {
+        let (dims, d_in) = (pca.dims(), pca.d_in());
+        self.f32("pca.mean", vec![d_in], &pca.mean);
+        self.f32("pca.components", vec![dims, d_in], &pca.components);
+        self.f32("pca.eigenvalues", vec![dims], &pca.eigenvalues);
+    }
+
+    fn finish(self, path: &Path, header: &Header) -> Result<()> {
+        let json = serde_json::to_string(header)
+            .map_err(|e| Error::format(path, format!("cannot encode the model header: {e}")))?;
+        let views = self
+            .arrays
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                TensorView::new(*dtype, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| Error::format(path, format!("array {name}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let metadata = HashMap::from([(METADATA_KEY.to_string(), json)]);
+        let bytes = safetensors::serialize(views, Some(metadata))
+            .map_err(|e| Error::format(path, format!("cannot encode the model: {e}")))?;
+        write_bytes_atomic(path, &bytes)
+    }
+}
+
+/// A parsed model file: checked header plus typed, shape-checked access to its arrays.
+struct Reader<'a> {
+    path: &'a Path,
+    header: Header,
+    tensors: SafeTensors<'a>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(path: &'a Path, bytes: &'a [u8]) -> Result<Self> {
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| {
+            Error::format(
+                path,
+                format!("not a dfk model file (expected a safetensors container; {e}); the file may be truncated or of another type"),
+            )
+        })?;
+        let (_, metadata) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| Error::format(path, format!("unreadable model header: {e}")))?;
+        let json = metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(METADATA_KEY))
+            .ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("a safetensors file without the `{METADATA_KEY}` metadata entry: not a dfk model file"),
+                )
+            })?;
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| Error::format(path, format!("model header is not valid JSON: {e}")))?;
+        let format = value.get("format").and_then(|v| v.as_str());
+        if format != Some(FORMAT_NAME) {
+            return Err(Error::format(
+                path,
+                format!("header field `format` is {format:?}: expected \"{FORMAT_NAME}\""),
+            ));
+        }
+        let version = value.get("format_version").and_then(|v| v.as_u64());
+        if version != Some(FORMAT_VERSION as u64) {
+            return Err(Error::format(
+                path,
+                format!(
+                    "header field `format_version` is {}: this dfk reads version {FORMAT_VERSION} (re-create the model with this version)",
+                    version.map_or("missing".to_string(), |v| v.to_string())
+                ),
+            ));
+        }
+        let header: Header = serde_json::from_value(value)
+            .map_err(|e| Error::format(path, format!("model header: {e}")))?;
+        Ok(Reader {
+            path,
+            header,
+            tensors,
+        })
+    }
+
+    fn expect_kind(&self, kinds: &[ModelKind]) -> Result<()> {
+        if kinds.contains(&self.header.kind) {
+            return Ok(());
+        }
+        let wanted: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+        Err(Error::format(
+            self.path,
+            format!(
+                "header field `kind` is {}: expected a model of kind {}",
+                self.header.kind,
+                wanted.join(" or ")
+            ),
+        ))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.tensors.tensor(name).is_ok()
+    }
+
+    fn view(&self, name: &str, dtype: Dtype, rank: usize) -> Result<TensorView<'a>> {
+        let t = self
+            .tensors
+            .tensor(name)
+            .map_err(|_| Error::format(self.path, format!("array `{name}` is missing")))?;
+        if t.dtype() != dtype {
+            return Err(Error::format(
+                self.path,
+                format!(
+                    "array `{name}` has dtype {:?}: expected {dtype:?}",
+                    t.dtype()
+                ),
+            ));
+        }
+        if t.shape().len() != rank {
+            return Err(Error::format(
+                self.path,
+                format!(
+                    "array `{name}` has shape {:?}: expected rank {rank}",
+                    t.shape()
+                ),
+            ));
+        }
+        Ok(t)
+    }
+
+    fn check_shape(&self, name: &str, got: &[usize], expected: &[usize]) -> Result<()> {
+        if got != expected {
+            return Err(Error::format(
+                self.path,
+                format!("array `{name}` has shape {got:?}: expected {expected:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn f32(&self, name: &str, rank: usize) -> Result<(Vec<f32>, Vec<usize>)> {
+        let t = self.view(name, Dtype::F32, rank)?;
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok((v, t.shape().to_vec()))
+    }
+
+    fn f64(&self, name: &str, rank: usize) -> Result<(Vec<f64>, Vec<usize>)> {
+        let t = self.view(name, Dtype::F64, rank)?;
+        let v = t
+            .data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            .collect();
+        Ok((v, t.shape().to_vec()))
+    }
+
+    fn i64(&self, name: &str, rank: usize) -> Result<(Vec<i64>, Vec<usize>)> {
+        let t = self.view(name, Dtype::I64, rank)?;
+        let v = t
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            .collect();
+        Ok((v, t.shape().to_vec()))
+    }
+
+    fn invalid(&self, what: &str, e: Error) -> Error {
+        Error::format(self.path, format!("{what}: {e}"))
+    }
+
+    fn gmm(&self) -> Result<Gmm> {
+        let (means, ms) = self.f32("gmm.means", 2)?;
+        let (k, d) = (ms[0], ms[1]);
+        let (variances, vs) = self.f32("gmm.variances", 2)?;
+        self.check_shape("gmm.variances", &vs, &[k, d])?;
+        let (weights, ws) = self.f32("gmm.weights", 1)?;
+        self.check_shape("gmm.weights", &ws, &[k])?;
+        let checked = Gmm::new(k, d, means, variances, weights.clone())
+            .map_err(|e| self.invalid("the GMM arrays (gmm.*)", e))?;
+        // `Gmm::new` renormalises the weights, which can move a stored weight by one ulp; the
+        // stored values were normalised when saved, so restore them exactly.
+        let mut value = serde_json::to_value(&checked)
+            .map_err(|e| Error::format(self.path, format!("GMM: {e}")))?;
+        value["weights"] = serde_json::to_value(&weights)
+            .map_err(|e| Error::format(self.path, format!("GMM weights: {e}")))?;
+        serde_json::from_value(value)
+            .map_err(|e| Error::format(self.path, format!("GMM weights: {e}")))
+    }
+
+    fn pca(&self) -> Result<Pca> {
+        let (mean, ms) = self.f32("pca.mean", 1)?;
+        let (components, cs) = self.f32("pca.components", 2)?;
+        let (eigenvalues, es) = self.f32("pca.eigenvalues", 1)?;
+        self.check_shape("pca.components", &cs, &[es[0], ms[0]])?;
+        let whiten = self.header.pca_whiten.ok_or_else(|| {
+            Error::format(
+                self.path,
+                "header field `pca_whiten` is missing although the file holds a PCA",
+            )
+        })?;
+        Pca::new(mean, components, eigenvalues, whiten)
+            .map_err(|e| self.invalid("the PCA arrays (pca.*)", e))
+    }
+}

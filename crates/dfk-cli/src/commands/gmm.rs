@@ -1,8 +1,176 @@
+//! `dfk gmm fit | import | export`: a diagonal GMM to and from `.npy` descriptors and arrays.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use dfk::gmm::{fit_gmm, Gmm, GmmParams};
+use dfk::{model, npy};
+use serde_json::json;
+
+use crate::util::{emit, usage};
 use crate::Global;
 
 #[derive(Debug, clap::Subcommand)]
-pub enum GmmCommand {}
+pub enum GmmCommand {
+    /// Fit a GMM to descriptors (N×D float32/float64 .npy) by EM.
+    Fit(FitArgs),
+    /// Build a GMM file from means (K×D), variances (K×D) and weights (K) .npy arrays.
+    Import(ImportArgs),
+    /// Write a GMM's means.npy, variances.npy and weights.npy (float32) into a folder.
+    Export(ExportArgs),
+}
 
-pub fn run(_args: GmmCommand, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("this subcommand is being built")
+#[derive(Debug, clap::Args)]
+pub struct FitArgs {
+    /// Descriptors, N×D float32 or float64 .npy.
+    #[arg(long)]
+    descriptors: PathBuf,
+    /// Number of components.
+    #[arg(long)]
+    k: usize,
+    /// Maximum EM iterations.
+    #[arg(long, default_value_t = 100)]
+    max_iter: usize,
+    /// Relative log-likelihood change at which EM stops.
+    #[arg(long, default_value_t = 1e-6)]
+    tol: f64,
+    /// Independent initialisations (the best likelihood is kept).
+    #[arg(long, default_value_t = 1)]
+    restarts: usize,
+    /// Variance floor relative to each dimension's data variance.
+    #[arg(long, default_value_t = 1e-4)]
+    variance_floor: f64,
+    /// Output GMM file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// Means, K×D .npy.
+    #[arg(long)]
+    means: PathBuf,
+    /// Diagonal variances σ², K×D .npy.
+    #[arg(long)]
+    variances: PathBuf,
+    /// Mixture weights, K .npy (renormalised to sum to one).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Output GMM file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// A GMM or pipeline model file.
+    gmm: PathBuf,
+    /// Folder for means.npy, variances.npy, weights.npy (created if missing).
+    #[arg(long)]
+    out_dir: PathBuf,
+}
+
+pub fn run(args: GmmCommand, g: &Global) -> anyhow::Result<()> {
+    match args {
+        GmmCommand::Fit(a) => fit(a, g),
+        GmmCommand::Import(a) => import(a, g),
+        GmmCommand::Export(a) => export(a, g),
+    }
+}
+
+fn fit(a: FitArgs, g: &Global) -> anyhow::Result<()> {
+    if a.k == 0 {
+        return usage("--k must be at least 1");
+    }
+    let (x, n, d) = npy::read_f32_matrix(&a.descriptors)?;
+    npy::require_finite(&a.descriptors, &x, d)?;
+    if n < a.k {
+        anyhow::bail!(
+            "{}: {n} descriptors cannot fit {} components (need at least K rows)",
+            a.descriptors.display(),
+            a.k
+        );
+    }
+    let params = GmmParams::new(a.k)
+        .max_iter(a.max_iter)
+        .tol(a.tol)
+        .restarts(a.restarts)
+        .variance_floor(a.variance_floor)
+        .seed(g.seed);
+    params.validate()?;
+    let start = std::time::Instant::now();
+    let fit = fit_gmm(&x, d, &params)
+        .with_context(|| format!("fitting a GMM to {}", a.descriptors.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    model::save_gmm(&a.out, &fit.gmm)?;
+    let ll = fit.loglik_history.last().copied().unwrap_or(f64::NAN);
+    emit(
+        g,
+        &json!({"out": a.out, "k": a.k, "d": d, "descriptors": n, "iterations": fit.iterations,
+                "converged": fit.converged, "log_likelihood": ll, "seconds": secs}),
+        &format!(
+            "fitted K={} D={d} on {n} descriptors: {} iterations ({}), average log-likelihood {ll:.4}, {secs:.2} s → {}",
+            a.k,
+            fit.iterations,
+            if fit.converged { "converged" } else { "iteration limit" },
+            a.out.display()
+        ),
+    );
+    Ok(())
+}
+
+fn import(a: ImportArgs, g: &Global) -> anyhow::Result<()> {
+    let (means, k, d) = npy::read_f32_matrix(&a.means)?;
+    let (variances, kv, dv) = npy::read_f32_matrix(&a.variances)?;
+    if (kv, dv) != (k, d) {
+        anyhow::bail!(
+            "{}: shape ({kv}, {dv}) does not match the means' ({k}, {d})",
+            a.variances.display()
+        );
+    }
+    let weights = npy::read_f32_vector(&a.weights)?;
+    if weights.len() != k {
+        anyhow::bail!(
+            "{}: {} weights, expected K = {k} (one per row of the means)",
+            a.weights.display(),
+            weights.len()
+        );
+    }
+    npy::require_finite(&a.means, &means, d)?;
+    npy::require_finite(&a.variances, &variances, d)?;
+    npy::require_finite(&a.weights, &weights, 1)?;
+    let gmm = Gmm::new(k, d, means, variances, weights).with_context(|| {
+        format!(
+            "invalid GMM from {}, {}, {}",
+            a.means.display(),
+            a.variances.display(),
+            a.weights.display()
+        )
+    })?;
+    model::save_gmm(&a.out, &gmm)?;
+    emit(
+        g,
+        &json!({"out": a.out, "k": k, "d": d}),
+        &format!("imported K={k} D={d} → {}", a.out.display()),
+    );
+    Ok(())
+}
+
+fn export(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
+    let gmm = model::load_gmm(&a.gmm)?;
+    std::fs::create_dir_all(&a.out_dir)
+        .with_context(|| format!("cannot create {}", a.out_dir.display()))?;
+    let (k, d) = (gmm.k(), gmm.d());
+    npy::write_f32_matrix(a.out_dir.join("means.npy"), gmm.means(), k, d)?;
+    npy::write_f32_matrix(a.out_dir.join("variances.npy"), gmm.variances(), k, d)?;
+    npy::write_f32_vector(a.out_dir.join("weights.npy"), gmm.weights())?;
+    emit(
+        g,
+        &json!({"out_dir": a.out_dir, "k": k, "d": d}),
+        &format!(
+            "wrote means.npy, variances.npy, weights.npy (K={k}, D={d}) to {}",
+            a.out_dir.display()
+        ),
+    );
+    Ok(())
 }

@@ -1,0 +1,203 @@
+//! `dfk::model`: bit-exact round trips and a clear error for every malformed file.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use dfk::gmm::Gmm;
+use dfk::model::{self, ModelFile, FORMAT_VERSION, METADATA_KEY};
+use dfk::pca::Pca;
+use safetensors::tensor::{Dtype, TensorView};
+
+/// Values that are awkward for text formats: non-terminating binary fractions, tiny and huge.
+fn awkward(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let t = (i as f32 + 1.0) * 0.1 + seed as f32 * 0.37;
+            (t.sin() * 3.3).exp() * 1.000_000_1
+        })
+        .collect()
+}
+
+fn gmm() -> Gmm {
+    let (k, d) = (3, 5);
+    let w = awkward(k, 7);
+    Gmm::new(k, d, awkward(k * d, 1), awkward(k * d, 2), w).unwrap()
+}
+
+fn pipeline() -> ModelFile {
+    let (dims, d_in) = (3, 4);
+    let pca = Pca::new(
+        awkward(d_in, 3),
+        awkward(dims * d_in, 4),
+        vec![3.5, 2.25, 0.1],
+        true,
+    )
+    .unwrap();
+    ModelFile {
+        pca: Some(pca),
+        gmm: gmm(),
+        class_names: vec!["t-shirt".into(), "trouser".into(), "ankle boot ☂".into()],
+        config: serde_json::json!({"k": 3, "c": 0.1 + 0.2, "pca_dims": 3, "whiten": true}),
+        history: serde_json::json!({"objective": [1.0 / 3.0, 0.123_456_789_012_345_68, 1e-300]}),
+    }
+}
+
+#[test]
+fn pipeline_round_trips_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.dfk"), dir.path().join("b.dfk"));
+    let m = pipeline();
+    m.save(&a).unwrap();
+    let loaded = ModelFile::load(&a).unwrap();
+    assert_eq!(loaded, m);
+    loaded.save(&b).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    // Nothing but the two files: the temporary files were renamed.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    // The GMM of a pipeline file serves the core subcommands too.
+    assert_eq!(model::load_gmm(&a).unwrap(), m.gmm);
+    let s = model::summarize(&a).unwrap();
+    assert_eq!(s.header.kind, model::ModelKind::Pipeline);
+    assert!(s
+        .arrays
+        .iter()
+        .any(|(n, _, shape)| n == "gmm.means" && shape == &vec![3, 5]));
+}
+
+#[test]
+fn gmm_file_round_trips_and_is_not_a_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("g.dfk"), dir.path().join("h.dfk"));
+    let g = gmm();
+    model::save_gmm(&a, &g).unwrap();
+    let back = model::load_gmm(&a).unwrap();
+    assert_eq!(back, g);
+    model::save_gmm(&b, &back).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let e = ModelFile::load(&a).unwrap_err().to_string();
+    assert!(e.contains("g.dfk") && e.contains("kind"), "{e}");
+}
+
+/// Writes a safetensors file with the given header JSON and arrays.
+fn craft(path: &Path, header: Option<serde_json::Value>, arrays: &[(&str, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = arrays
+        .iter()
+        .map(|(n, s, v)| {
+            (
+                n.to_string(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let meta = header.map(|h| HashMap::from([(METADATA_KEY.to_string(), h.to_string())]));
+    std::fs::write(path, safetensors::serialize(views, meta).unwrap()).unwrap();
+}
+
+fn header(version: u32, kind: &str) -> serde_json::Value {
+    serde_json::json!({
+        "format": "dfk-model", "format_version": version, "kind": kind, "writer": "test",
+        "class_names": [], "pca_whiten": null, "svm_multilabel": null,
+        "config": null, "history": null
+    })
+}
+
+fn gmm_arrays(var_shape: Vec<usize>, mean0: f32) -> Vec<(&'static str, Vec<usize>, Vec<f32>)> {
+    let mut means = vec![0.5f32; 6];
+    means[0] = mean0;
+    vec![
+        ("gmm.means", vec![2, 3], means),
+        (
+            "gmm.variances",
+            var_shape.clone(),
+            vec![1.0; var_shape.iter().product()],
+        ),
+        ("gmm.weights", vec![2], vec![0.5, 0.5]),
+    ]
+}
+
+fn load_err(path: &Path) -> String {
+    let e = model::load_gmm(path).unwrap_err().to_string();
+    assert!(
+        e.contains(&path.display().to_string()),
+        "no file name in {e}"
+    );
+    e
+}
+
+#[test]
+fn malformed_files_give_errors_naming_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+
+    craft(
+        &p("ok.dfk"),
+        Some(header(FORMAT_VERSION, "gmm")),
+        &gmm_arrays(vec![2, 3], 0.0),
+    );
+    assert_eq!(model::load_gmm(p("ok.dfk")).unwrap().k(), 2);
+
+    craft(
+        &p("v99.dfk"),
+        Some(header(99, "gmm")),
+        &gmm_arrays(vec![2, 3], 0.0),
+    );
+    assert!(load_err(&p("v99.dfk")).contains("format_version"));
+
+    craft(
+        &p("shape.dfk"),
+        Some(header(FORMAT_VERSION, "gmm")),
+        &gmm_arrays(vec![2, 4], 0.0),
+    );
+    assert!(load_err(&p("shape.dfk")).contains("gmm.variances"));
+
+    craft(
+        &p("nan.dfk"),
+        Some(header(FORMAT_VERSION, "gmm")),
+        &gmm_arrays(vec![2, 3], f32::NAN),
+    );
+    assert!(load_err(&p("nan.dfk")).contains("non-finite"));
+
+    let mut missing = gmm_arrays(vec![2, 3], 0.0);
+    missing.pop();
+    craft(
+        &p("missing.dfk"),
+        Some(header(FORMAT_VERSION, "gmm")),
+        &missing,
+    );
+    assert!(load_err(&p("missing.dfk")).contains("gmm.weights"));
+
+    craft(&p("plain.safetensors"), None, &gmm_arrays(vec![2, 3], 0.0));
+    assert!(load_err(&p("plain.safetensors")).contains("not a dfk model"));
+
+    craft(
+        &p("kind.dfk"),
+        Some(header(FORMAT_VERSION, "svm")),
+        &gmm_arrays(vec![2, 3], 0.0),
+    );
+    assert!(load_err(&p("kind.dfk")).contains("kind"));
+
+    let mut other = header(FORMAT_VERSION, "gmm");
+    other["format"] = "something-else".into();
+    craft(&p("other.dfk"), Some(other), &gmm_arrays(vec![2, 3], 0.0));
+    assert!(load_err(&p("other.dfk")).contains("format"));
+
+    let good = std::fs::read(p("ok.dfk")).unwrap();
+    std::fs::write(p("truncated.dfk"), &good[..good.len() - 3]).unwrap();
+    assert!(load_err(&p("truncated.dfk")).contains("truncated"));
+
+    std::fs::write(p("text.dfk"), b"not a model at all").unwrap();
+    load_err(&p("text.dfk"));
+
+    let e = model::load_gmm(p("absent.dfk")).unwrap_err().to_string();
+    assert!(e.contains("absent.dfk"), "{e}");
+}

@@ -12,7 +12,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
 use crate::gmm::Gmm;
-use crate::kernels;
+use crate::kernels::{self, SimdLevel};
 
 /// Rows per block: small enough that a block's scratch stays in L2 cache.
 pub const BLOCK: usize = 256;
@@ -31,6 +31,8 @@ pub struct GmmTerms {
     bias: Vec<f32>,
     /// −(D/2) log 2π, added to the log-sum-exp to give true log-densities.
     log_norm: f64,
+    /// SIMD level of the softmax and sparse-statistics kernels.
+    level: SimdLevel,
 }
 
 impl GmmTerms {
@@ -56,7 +58,20 @@ impl GmmTerms {
             coef,
             bias,
             log_norm: -(d as f64) * HALF_LOG_2PI,
+            level: SimdLevel::detect(),
         }
+    }
+
+    /// The same terms with the element-wise kernels run at `level` (clamped to what the CPU
+    /// supports); for tests and benchmarks comparing dispatch levels.
+    pub fn with_level(mut self, level: SimdLevel) -> Self {
+        self.level = level.clamp_to_cpu();
+        self
+    }
+
+    /// The SIMD level the element-wise kernels run at.
+    pub fn level(&self) -> SimdLevel {
+        self.level
     }
 
     /// Number of components.
@@ -80,6 +95,8 @@ pub struct Scratch {
     pub stats: Vec<f32>,
     /// `BLOCK` per-row log-likelihoods.
     pub row_ll: Vec<f64>,
+    /// `K` per-component sums of the block's posteriors, Σᵢ γᵢₖ (f32, one block).
+    col: Vec<f32>,
 }
 
 impl Scratch {
@@ -90,6 +107,7 @@ impl Scratch {
             post: vec![0.0; BLOCK * k],
             stats: vec![0.0; k * 2 * d],
             row_ll: vec![0.0; BLOCK],
+            col: vec![0.0; k],
         }
     }
 }
@@ -121,13 +139,31 @@ pub fn block_posteriors(terms: &GmmTerms, x: &[f32], n: usize, scratch: &mut Scr
         Par::Seq,
     );
     for (row, ll) in post.chunks_exact_mut(k).zip(&mut scratch.row_ll[..n]) {
-        *ll = kernels::softmax_in_place(row) + terms.log_norm;
+        *ll = kernels::softmax_in_place_at(terms.level, row) + terms.log_norm;
     }
 }
 
 /// Computes `γᵀ[x², x]` (`K × 2D`, into `scratch.stats`) for the block whose posteriors and
 /// augmented rows [`block_posteriors`] left in `scratch`.
+///
+/// Posteriors that are exactly zero (log-density more than ~87 below the row's best, or removed
+/// by [`prune_posteriors`]) contribute nothing, so when few are non-zero the product is formed
+/// sparsely — one `γᵢₖ · [xᵢ², xᵢ]` update per non-zero — which gives the same sums up to f32
+/// rounding order. Otherwise it is one dense GEMM.
 pub fn block_statistics(terms: &GmmTerms, n: usize, scratch: &mut Scratch) {
+    let nnz = scratch.post[..n * terms.k]
+        .iter()
+        .filter(|&&g| g != 0.0)
+        .count();
+    if nnz * SPARSE_RATIO <= n * terms.k {
+        statistics_sparse(terms, n, scratch);
+    } else {
+        statistics_dense(terms, n, scratch);
+    }
+}
+
+/// `γᵀ[x², x]` as one GEMM.
+fn statistics_dense(terms: &GmmTerms, n: usize, scratch: &mut Scratch) {
     let (k, d) = (terms.k, terms.d);
     matmul(
         MatMut::from_row_major_slice_mut(&mut scratch.stats, k, 2 * d),
@@ -137,6 +173,45 @@ pub fn block_statistics(terms: &GmmTerms, n: usize, scratch: &mut Scratch) {
         1.0f32,
         Par::Seq,
     );
+}
+
+/// `γᵀ[x², x]` as one `stats[k] += γᵢₖ [xᵢ², xᵢ]` update per non-zero posterior.
+fn statistics_sparse(terms: &GmmTerms, n: usize, scratch: &mut Scratch) {
+    let (k, d) = (terms.k, terms.d);
+    scratch.stats.fill(0.0);
+    let post = &scratch.post[..n * k];
+    let aug = &scratch.aug[..n * 2 * d];
+    for (g, a) in post.chunks_exact(k).zip(aug.chunks_exact(2 * d)) {
+        for (c, &gc) in g.iter().enumerate() {
+            if gc != 0.0 {
+                let st = &mut scratch.stats[c * 2 * d..(c + 1) * 2 * d];
+                kernels::axpy_at(terms.level, gc, a, st);
+            }
+        }
+    }
+}
+
+/// The sparse form of [`block_statistics`] is used when at most `1/SPARSE_RATIO` of the block's
+/// posteriors are non-zero (one sparse update costs about as much as this many dense ones).
+const SPARSE_RATIO: usize = 4;
+
+/// Sets every posterior below `threshold` in the block to zero (VLFeat's rule for Fisher
+/// vectors: such terms are skipped, not renormalised) and returns how many were removed.
+/// Zeroed posteriors let [`block_statistics`] use its sparse form.
+pub fn prune_posteriors(
+    terms: &GmmTerms,
+    n: usize,
+    threshold: f32,
+    scratch: &mut Scratch,
+) -> usize {
+    let mut removed = 0;
+    for g in &mut scratch.post[..n * terms.k] {
+        if *g < threshold && *g != 0.0 {
+            *g = 0.0;
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Sufficient statistics of a set of descriptors under a GMM, accumulated in `f64`.
@@ -197,10 +272,13 @@ impl SufficientStats {
             let n = block.len() / d;
             block_posteriors(terms, block, n, scratch);
             block_statistics(terms, n, scratch);
+            // Column sums in f32 within the block (as the statistics GEMM sums), f64 across.
+            scratch.col.fill(0.0);
             for row in scratch.post[..n * k].chunks_exact(k) {
-                for (s, &g) in self.s0.iter_mut().zip(row) {
-                    *s += g as f64;
-                }
+                kernels::axpy_at(terms.level, 1.0, row, &mut scratch.col);
+            }
+            for (s, &g) in self.s0.iter_mut().zip(&scratch.col) {
+                *s += g as f64;
             }
             for c in 0..k {
                 let st = &scratch.stats[c * 2 * d..(c + 1) * 2 * d];
@@ -269,5 +347,90 @@ mod tests {
         st.accumulate(&terms, &x, &mut scratch);
         assert_eq!(st.count, n);
         assert!((st.s0.iter().sum::<f64>() - n as f64).abs() < 1e-5);
+    }
+
+    /// A mixture with well-separated and overlapping components and rows drawn near them, so
+    /// posteriors range from exact zeros to ties.
+    fn mixture(k: usize, d: usize, n: usize) -> (Gmm, Vec<f32>) {
+        let h = |i: usize| ((i as f64 * 0.618_034).fract() - 0.5) as f32;
+        let means: Vec<f32> = (0..k * d).map(|i| h(i * 7 + 3)).collect();
+        let vars: Vec<f32> = (0..k * d)
+            .map(|i| 0.002 + 0.01 * (h(i * 13) + 0.5))
+            .collect();
+        let weights: Vec<f32> = (0..k).map(|c| 1.0 + (c % 3) as f32).collect();
+        let x: Vec<f32> = (0..n * d)
+            .map(|i| means[(i / d * 5 % k) * d + i % d] + 0.08 * h(i * 31 + 1))
+            .collect();
+        (Gmm::new(k, d, means, vars, weights).unwrap(), x)
+    }
+
+    #[test]
+    fn sparse_and_dense_statistics_agree_at_every_level() {
+        let (k, d, n) = (37, 24, 200);
+        let (gmm, x) = mixture(k, d, n);
+        for level in SimdLevel::available() {
+            let terms = GmmTerms::new(&gmm).with_level(level);
+            let mut scratch = Scratch::new(k, d);
+            block_posteriors(&terms, &x, n, &mut scratch);
+            let zeros = scratch.post[..n * k].iter().filter(|&&g| g == 0.0).count();
+            assert!(zeros > n * k / 2, "test data should give many exact zeros");
+            statistics_dense(&terms, n, &mut scratch);
+            let dense = scratch.stats.clone();
+            statistics_sparse(&terms, n, &mut scratch);
+            // Direct f64 sums Σᵢ γᵢₖ [xᵢ², xᵢ] from the same posteriors.
+            for c in 0..k {
+                for j in 0..2 * d {
+                    let want: f64 = (0..n)
+                        .map(|i| scratch.post[i * k + c] as f64 * scratch.aug[i * 2 * d + j] as f64)
+                        .sum();
+                    let tol = 1e-5 * (want.abs() + 1e-3);
+                    let (s, g) = (scratch.stats[c * 2 * d + j], dense[c * 2 * d + j]);
+                    assert!((s as f64 - want).abs() < tol, "{level:?} sparse {c} {j}");
+                    assert!((g as f64 - want).abs() < tol, "{level:?} dense {c} {j}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_levels_give_the_same_posteriors() {
+        let (k, d, n) = (19, 8, 70);
+        let (gmm, x) = mixture(k, d, n);
+        let mut reference = Scratch::new(k, d);
+        let scalar = GmmTerms::new(&gmm).with_level(SimdLevel::Scalar);
+        block_posteriors(&scalar, &x, n, &mut reference);
+        for level in SimdLevel::available() {
+            let terms = GmmTerms::new(&gmm).with_level(level);
+            let mut scratch = Scratch::new(k, d);
+            block_posteriors(&terms, &x, n, &mut scratch);
+            for (a, b) in scratch.post[..n * k].iter().zip(&reference.post[..n * k]) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.max(1e-30),
+                    "{level:?}: {a} vs {b}"
+                );
+            }
+            for (a, b) in scratch.row_ll[..n].iter().zip(&reference.row_ll[..n]) {
+                assert!((a - b).abs() < 1e-6, "{level:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn pruning_zeroes_small_posteriors_only() {
+        let (k, d, n) = (19, 8, 70);
+        let (gmm, x) = mixture(k, d, n);
+        let terms = GmmTerms::new(&gmm);
+        let mut scratch = Scratch::new(k, d);
+        block_posteriors(&terms, &x, n, &mut scratch);
+        let before = scratch.post.clone();
+        let small = before[..n * k]
+            .iter()
+            .filter(|&&g| g > 0.0 && g < 1e-3)
+            .count();
+        assert!(small > 0, "test data should have small posteriors");
+        assert_eq!(prune_posteriors(&terms, n, 1e-3, &mut scratch), small);
+        for (a, b) in scratch.post[..n * k].iter().zip(&before) {
+            assert_eq!(*a, if *b < 1e-3 { 0.0 } else { *b });
+        }
     }
 }

@@ -1,0 +1,248 @@
+//! Backtracking line search with the Armijo sufficient-decrease condition.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Step-size rule: try `t`, accept when J(θ + t d) ≤ J(θ) + c₁ t ⟨∇J, d⟩, otherwise halve;
+/// the next search starts from `grow` × the accepted step, capped at `max_step`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LineSearch {
+    /// Armijo constant c₁ (1e-4).
+    pub c1: f64,
+    /// First step of the first search (0.1).
+    pub initial_step: f64,
+    /// Largest step (1.0).
+    pub max_step: f64,
+    /// Factor after a failed trial (0.5).
+    pub shrink: f64,
+    /// Factor applied to an accepted step to start the next search (1.5).
+    pub grow: f64,
+    /// The search gives up when the step falls below this (1e-4): the iterate is then
+    /// (numerically) stationary along the direction.
+    pub min_step: f64,
+}
+
+impl Default for LineSearch {
+    fn default() -> Self {
+        Self {
+            c1: 1e-4,
+            initial_step: 0.1,
+            max_step: 1.0,
+            shrink: 0.5,
+            grow: 1.5,
+            min_step: 1e-4,
+        }
+    }
+}
+
+/// An accepted step: its size, the objective there, what the evaluation produced, and how many
+/// trials (evaluations) the search took.
+#[derive(Debug)]
+pub struct Accepted<T> {
+    /// Accepted step size t.
+    pub step: f64,
+    /// J(θ + t d).
+    pub value: f64,
+    /// Whatever the evaluation returned alongside J (encodings, SVMs).
+    pub payload: T,
+    /// Number of evaluations, including the accepted one.
+    pub trials: usize,
+}
+
+/// Result of one search: an accepted step, or none after `trials` rejected ones.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    /// The Armijo condition held at some t ≥ `min_step`.
+    Accepted(Accepted<T>),
+    /// No step ≥ `min_step` decreased J enough (or the direction is not a descent direction).
+    Failed {
+        /// Number of evaluations made.
+        trials: usize,
+    },
+}
+
+impl LineSearch {
+    /// Checks the constants; the error names the field and its valid range.
+    pub fn validate(&self) -> Result<()> {
+        let pos = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::param(name, v, "a finite value > 0"))
+            }
+        };
+        pos("min_step", self.min_step)?;
+        if !(self.c1 > 0.0 && self.c1 < 1.0) {
+            return Err(Error::param("c1", self.c1, "a value in (0, 1)"));
+        }
+        if !(self.shrink > 0.0 && self.shrink < 1.0) {
+            return Err(Error::param("shrink", self.shrink, "a value in (0, 1)"));
+        }
+        if !(self.grow.is_finite() && self.grow >= 1.0) {
+            return Err(Error::param("grow", self.grow, "a finite value >= 1"));
+        }
+        if !(self.max_step.is_finite() && self.max_step >= self.min_step) {
+            return Err(Error::param(
+                "max_step",
+                self.max_step,
+                format!("a finite value >= min_step = {}", self.min_step),
+            ));
+        }
+        if !(self.initial_step >= self.min_step && self.initial_step <= self.max_step) {
+            return Err(Error::param(
+                "initial_step",
+                self.initial_step,
+                format!(
+                    "a value in [min_step, max_step] = [{}, {}]",
+                    self.min_step, self.max_step
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The starting step of the search after one that accepted `accepted`.
+    pub fn next_step(&self, accepted: f64) -> f64 {
+        (accepted * self.grow).min(self.max_step)
+    }
+
+    /// Searches along a direction with slope `slope` = ⟨∇J(θ), d⟩ from J(θ) = `f0`, starting at
+    /// step `t0`. `eval(t)` returns `Some((J(θ + t d), payload))`, or `None` when the step
+    /// produced non-finite parameters or values; such a step counts as a failed trial and is
+    /// shrunk like one. Errors from `eval` are passed on.
+    pub fn search<T>(
+        &self,
+        f0: f64,
+        slope: f64,
+        t0: f64,
+        mut eval: impl FnMut(f64) -> Result<Option<(f64, T)>>,
+    ) -> Result<Outcome<T>> {
+        if !(slope < 0.0 && slope.is_finite() && f0.is_finite()) {
+            return Ok(Outcome::Failed { trials: 0 });
+        }
+        let mut t = t0.clamp(self.min_step, self.max_step);
+        let mut trials = 0;
+        while t >= self.min_step {
+            trials += 1;
+            if let Some((value, payload)) = eval(t)? {
+                if value.is_finite() && value <= f0 + self.c1 * t * slope {
+                    return Ok(Outcome::Accepted(Accepted {
+                        step: t,
+                        value,
+                        payload,
+                        trials,
+                    }));
+                }
+            }
+            t *= self.shrink;
+        }
+        Ok(Outcome::Failed { trials })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_first_sufficient_decrease_and_halves_before() {
+        // J(t) = (t − 0.01)² along d with slope −0.02 at t = 0: the decrease condition
+        // (t − 0.01)² ≤ 1e-4 − 1e-4·0.02·t holds only for t ≲ 0.02.
+        let ls = LineSearch::default();
+        let mut tried = Vec::new();
+        let out = ls
+            .search(1e-4, -0.02, 0.1, |t| {
+                tried.push(t);
+                Ok(Some(((t - 0.01) * (t - 0.01), ())))
+            })
+            .unwrap();
+        match out {
+            Outcome::Accepted(a) => {
+                assert_eq!(tried, vec![0.1, 0.05, 0.025, 0.0125]);
+                assert_eq!(a.step, 0.0125);
+                assert_eq!(a.trials, 4);
+                assert!(a.value < 1e-4);
+            }
+            Outcome::Failed { .. } => panic!("search failed"),
+        }
+        assert!((ls.next_step(0.0125) - 0.01875).abs() < 1e-15);
+        assert_eq!(ls.next_step(0.9), 1.0);
+    }
+
+    #[test]
+    fn non_finite_trials_are_shrunk() {
+        let ls = LineSearch::default();
+        let out = ls
+            .search(1.0, -1.0, 1.0, |t| {
+                Ok(if t > 0.3 {
+                    None
+                } else if t > 0.2 {
+                    Some((f64::NAN, ()))
+                } else {
+                    Some((1.0 - t, ()))
+                })
+            })
+            .unwrap();
+        match out {
+            Outcome::Accepted(a) => assert_eq!((a.step, a.trials), (0.125, 4)),
+            Outcome::Failed { .. } => panic!("search failed"),
+        }
+    }
+
+    #[test]
+    fn fails_on_ascent_or_flat_objective() {
+        let ls = LineSearch::default();
+        let mut calls = 0;
+        let out = ls
+            .search(1.0, 0.5, 0.1, |_| {
+                calls += 1;
+                Ok(Some((0.0, ())))
+            })
+            .unwrap();
+        assert!(matches!(out, Outcome::Failed { trials: 0 }));
+        assert_eq!(calls, 0);
+        let out = ls.search(1.0, -1.0, 0.1, |_| Ok(Some((1.0, ())))).unwrap();
+        // 0.1 → 0.05 → … halving while ≥ 1e-4: 10 trials.
+        assert!(matches!(out, Outcome::Failed { trials: 10 }));
+    }
+
+    #[test]
+    fn errors_pass_through_and_bad_constants_are_rejected() {
+        let ls = LineSearch::default();
+        let r: Result<Outcome<()>> = ls.search(1.0, -1.0, 0.1, |_| Err(Error::Invalid("x".into())));
+        assert!(r.is_err());
+        assert!(ls.validate().is_ok());
+        for bad in [
+            LineSearch {
+                c1: 0.0,
+                ..ls.clone()
+            },
+            LineSearch {
+                shrink: 1.0,
+                ..ls.clone()
+            },
+            LineSearch {
+                grow: 0.5,
+                ..ls.clone()
+            },
+            LineSearch {
+                min_step: 0.0,
+                ..ls.clone()
+            },
+            LineSearch {
+                initial_step: 2.0,
+                ..ls.clone()
+            },
+            LineSearch {
+                max_step: f64::INFINITY,
+                ..ls.clone()
+            },
+        ] {
+            assert!(matches!(
+                bad.validate(),
+                Err(Error::InvalidParameter { .. })
+            ));
+        }
+    }
+}

@@ -871,13 +871,25 @@ fn initialise(ctx: &EmContext<'_>, params: &GmmParams, rng: &mut ChaCha8Rng) -> 
     ctx.build(&means, &vars, &weights)
 }
 
-/// k-means++ seeding: the first centre uniformly at random, each next one with probability
-/// proportional to the squared distance to the nearest centre so far.
+/// Squared Euclidean distance in f64.
+fn dist2(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&u, &v)| ((u - v) as f64).powi(2))
+        .sum()
+}
+
+/// Greedy k-means++ seeding (as scikit-learn's): the first centre uniformly at random; then at
+/// each step `2 + ⌊ln K⌋` candidates drawn with probability proportional to the squared
+/// distance to the nearest centre so far, keeping the one that lowers the total squared
+/// distance most.
 fn kmeans_plus_plus(x: &[f32], d: usize, k: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
     let n = x.len() / d;
+    let trials = 2 + (k as f64).ln() as usize;
     let mut centres = Vec::with_capacity(k * d);
     let mut mind = vec![f64::INFINITY; n];
     let mut next = rng.random_range(0..n);
+    let mut cumsum = vec![0f64; n];
     for j in 0..k {
         let c = x[next * d..(next + 1) * d].to_vec();
         centres.extend_from_slice(&c);
@@ -888,30 +900,46 @@ fn kmeans_plus_plus(x: &[f32], d: usize, k: usize, rng: &mut ChaCha8Rng) -> Vec<
             .zip(x.par_chunks(CHUNK * d))
             .for_each(|(md, rows)| {
                 for (m, r) in md.iter_mut().zip(rows.chunks_exact(d)) {
-                    let dist: f64 = r
-                        .iter()
-                        .zip(&c)
-                        .map(|(&a, &b)| ((a - b) as f64).powi(2))
-                        .sum();
-                    *m = m.min(dist);
+                    *m = m.min(dist2(r, &c));
                 }
             });
-        let total: f64 = mind.iter().sum();
-        next = if total > 0.0 {
-            let mut r = rng.random::<f64>() * total;
-            let mut pick = n - 1;
-            for (i, &v) in mind.iter().enumerate() {
-                if r < v {
-                    pick = i;
-                    break;
-                }
-                r -= v;
-            }
-            pick
-        } else {
+        let mut total = 0f64;
+        for (s, &m) in cumsum.iter_mut().zip(&mind) {
+            total += m;
+            *s = total;
+        }
+        if !(total > 0.0) {
             // Fewer distinct descriptors than components.
-            rng.random_range(0..n)
-        };
+            next = rng.random_range(0..n);
+            continue;
+        }
+        let cands: Vec<usize> = (0..trials)
+            .map(|_| {
+                let r = rng.random::<f64>() * total;
+                cumsum.partition_point(|&s| s <= r).min(n - 1)
+            })
+            .collect();
+        // Potential of each candidate, summed chunk by chunk in row order.
+        let mut potential = vec![0f64; trials];
+        ordered_chunks(
+            x,
+            d,
+            || (),
+            |_, first, rows| {
+                let mut p = vec![0f64; trials];
+                for (i, r) in rows.chunks_exact(d).enumerate() {
+                    for (p, &c) in p.iter_mut().zip(&cands) {
+                        *p += mind[first + i].min(dist2(r, &x[c * d..(c + 1) * d]));
+                    }
+                }
+                p
+            },
+            |p| potential.iter_mut().zip(&p).for_each(|(a, b)| *a += b),
+        );
+        let best = (0..trials)
+            .min_by(|&a, &b| potential[a].total_cmp(&potential[b]))
+            .unwrap_or(0);
+        next = cands[best];
     }
     centres
 }

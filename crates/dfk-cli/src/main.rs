@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod report;
 mod util;
 
 /// Options shared by every subcommand.

@@ -1,0 +1,472 @@
+//! `--report DIR`: a self-contained `index.html` with inline SVG plots (plotters' SVG backend)
+//! and `report.json` with the numbers. Both files are written atomically.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use dfk::pipeline::{Evaluation, StageTime};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde_json::{json, Value};
+
+/// Everything a report shows.
+pub struct Report<'a> {
+    /// Page title.
+    pub title: &'a str,
+    /// Metrics on the evaluated set.
+    pub evaluation: &'a Evaluation,
+    /// Wall-clock time per stage.
+    pub timings: &'a [StageTime],
+    /// Training history (from the model file); `objective`/`validation` arrays are plotted
+    /// when present, at the top level or under `deep`.
+    pub history: &'a Value,
+    /// The pipeline configuration.
+    pub config: &'a Value,
+    /// Free-form facts shown in the summary table (data set, model file, ...).
+    pub facts: Vec<(String, String)>,
+}
+
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("drawing a plot: {e:?}")
+}
+
+type Area<'b> = DrawingArea<SVGBackend<'b>, Shift>;
+
+fn svg(
+    width: u32,
+    height: u32,
+    draw: impl FnOnce(&Area) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        draw(&root)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(out)
+}
+
+fn class_name(e: &Evaluation, c: usize) -> String {
+    e.class_names
+        .get(c)
+        .cloned()
+        .unwrap_or_else(|| format!("class {c}"))
+}
+
+fn confusion_svg(e: &Evaluation) -> anyhow::Result<String> {
+    let c = e.classes;
+    let size = (60 + 44 * c as u32).clamp(420, 900);
+    svg(size + 140, size + 60, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption("Confusion matrix (row-normalised)", ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(110)
+            .y_label_area_size(130)
+            .build_cartesian_2d(0.0..c as f64, c as f64..0.0)
+            .map_err(plot_err)?;
+        let names: Vec<String> = (0..c).map(|i| class_name(e, i)).collect();
+        let label = |v: &f64| {
+            let i = v.floor() as usize;
+            if (v - v.floor() - 0.5).abs() < 1e-9 && i < c {
+                names[i].clone()
+            } else {
+                String::new()
+            }
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(2 * c + 1)
+            .y_labels(2 * c + 1)
+            .x_label_formatter(&label)
+            .y_label_formatter(&label)
+            .x_label_style(
+                ("sans-serif", 12)
+                    .into_font()
+                    .transform(FontTransform::Rotate90),
+            )
+            .x_desc("predicted")
+            .y_desc("true")
+            .draw()
+            .map_err(plot_err)?;
+        let mut cells = Vec::with_capacity(c * c);
+        let mut texts = Vec::new();
+        for (t, row) in e.confusion.iter().enumerate() {
+            let total: usize = row.iter().sum::<usize>().max(1);
+            for (p, &count) in row.iter().enumerate() {
+                let f = count as f64 / total as f64;
+                let shade = (255.0 * (1.0 - f)) as u8;
+                let color = RGBColor(shade, shade, 255);
+                cells.push(Rectangle::new(
+                    [(p as f64, t as f64), (p as f64 + 1.0, t as f64 + 1.0)],
+                    color.filled(),
+                ));
+                if c <= 20 && count > 0 {
+                    let text_color = if f > 0.5 { &WHITE } else { &BLACK };
+                    texts.push(Text::new(
+                        count.to_string(),
+                        (p as f64 + 0.3, t as f64 + 0.6),
+                        ("sans-serif", 11).into_font().color(text_color),
+                    ));
+                }
+            }
+        }
+        chart.draw_series(cells).map_err(plot_err)?;
+        chart.draw_series(texts).map_err(plot_err)?;
+        Ok(())
+    })
+}
+
+fn ap_svg(e: &Evaluation) -> anyhow::Result<String> {
+    let c = e.classes;
+    svg(760, 120 + 24 * c as u32, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!("Average precision per class (mAP {:.2} %)", 100.0 * e.map),
+                ("sans-serif", 20),
+            )
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(130)
+            .build_cartesian_2d(0.0..100.0, c as f64..0.0)
+            .map_err(plot_err)?;
+        let names: Vec<String> = (0..c).map(|i| class_name(e, i)).collect();
+        chart
+            .configure_mesh()
+            .y_labels(2 * c + 1)
+            .y_label_formatter(&|v: &f64| {
+                let i = v.floor() as usize;
+                if (v - v.floor() - 0.5).abs() < 1e-9 && i < c {
+                    names[i].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .x_desc("AP (%)")
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(e.per_class_ap.iter().enumerate().map(|(i, &ap)| {
+                Rectangle::new(
+                    [(0.0, i as f64 + 0.15), (100.0 * ap, i as f64 + 0.85)],
+                    PALETTE[i % PALETTE.len()].filled(),
+                )
+            }))
+            .map_err(plot_err)?;
+        chart
+            .draw_series(e.per_class_ap.iter().enumerate().map(|(i, &ap)| {
+                Text::new(
+                    format!("{:.1}", 100.0 * ap),
+                    ((100.0 * ap - 9.0).max(1.0), i as f64 + 0.65),
+                    ("sans-serif", 11).into_font().color(&WHITE),
+                )
+            }))
+            .map_err(plot_err)?;
+        Ok(())
+    })
+}
+
+fn pr_svg(e: &Evaluation) -> anyhow::Result<String> {
+    svg(760, 520, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption("Precision–recall curves", ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..1.0, 0.0..1.02)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("recall")
+            .y_desc("precision")
+            .draw()
+            .map_err(plot_err)?;
+        for (i, curve) in e.pr_curves.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    curve
+                        .recall
+                        .iter()
+                        .zip(&curve.precision)
+                        .map(|(&r, &p)| (r, p)),
+                    color.stroke_width(2),
+                ))
+                .map_err(plot_err)?
+                .label(format!(
+                    "{} (AP {:.1})",
+                    class_name(e, i),
+                    100.0 * e.per_class_ap.get(i).copied().unwrap_or(0.0)
+                ))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 11))
+            .draw()
+            .map_err(plot_err)?;
+        Ok(())
+    })
+}
+
+fn timing_svg(timings: &[StageTime]) -> anyhow::Result<String> {
+    let n = timings.len();
+    let max = timings
+        .iter()
+        .map(|t| t.seconds)
+        .fold(0.0, f64::max)
+        .max(1e-3);
+    svg(760, 100 + 28 * n as u32, |root| {
+        let total: f64 = timings.iter().map(|t| t.seconds).sum();
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!("Time per stage (total {total:.1} s)"),
+                ("sans-serif", 20),
+            )
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(110)
+            .build_cartesian_2d(0.0..max * 1.15, n as f64..0.0)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .y_labels(2 * n + 1)
+            .y_label_formatter(&|v: &f64| {
+                let i = v.floor() as usize;
+                if (v - v.floor() - 0.5).abs() < 1e-9 && i < n {
+                    timings[i].stage.clone()
+                } else {
+                    String::new()
+                }
+            })
+            .x_desc("seconds")
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(timings.iter().enumerate().map(|(i, t)| {
+                Rectangle::new(
+                    [(0.0, i as f64 + 0.2), (t.seconds, i as f64 + 0.8)],
+                    PALETTE[0].filled(),
+                )
+            }))
+            .map_err(plot_err)?;
+        chart
+            .draw_series(timings.iter().enumerate().map(|(i, t)| {
+                Text::new(
+                    format!("{:.2} s", t.seconds),
+                    (t.seconds + max * 0.01, i as f64 + 0.65),
+                    ("sans-serif", 11),
+                )
+            }))
+            .map_err(plot_err)?;
+        Ok(())
+    })
+}
+
+/// Finds numeric series to plot in the history: `objective`, `validation` (top level or under
+/// `deep`), and the EM log-likelihood `gmm.loglik`.
+fn history_series(history: &Value) -> Vec<(String, Vec<f64>)> {
+    let numbers = |v: &Value| -> Option<Vec<f64>> {
+        let a = v.as_array()?;
+        let out: Vec<f64> = a.iter().filter_map(|x| x.as_f64()).collect();
+        (out.len() >= 2 && out.len() == a.len()).then_some(out)
+    };
+    let mut series = Vec::new();
+    for scope in [Some(history), history.get("deep")].into_iter().flatten() {
+        if let Some(obj) = scope.as_object() {
+            for (key, value) in obj {
+                if key.contains("objective") || key.contains("validation") {
+                    if let Some(v) = numbers(value) {
+                        series.push((key.clone(), v));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(v) = history.pointer("/gmm/loglik").and_then(numbers) {
+        series.push(("EM log-likelihood per descriptor".into(), v));
+    }
+    series
+}
+
+fn series_svg(name: &str, values: &[f64]) -> anyhow::Result<String> {
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let pad = ((hi - lo) * 0.05).max(1e-9);
+    svg(760, 360, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(name, ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..(values.len() - 1) as f64, lo - pad..hi + pad)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("iteration")
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(LineSeries::new(
+                values.iter().enumerate().map(|(i, &v)| (i as f64, v)),
+                PALETTE[3].stroke_width(2),
+            ))
+            .map_err(plot_err)?;
+        chart
+            .draw_series(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| Circle::new((i as f64, v), 3, PALETTE[3].filled())),
+            )
+            .map_err(plot_err)?;
+        Ok(())
+    })
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2} %", 100.0 * v)
+}
+
+/// Renders the report's HTML page.
+pub fn html(r: &Report) -> anyhow::Result<String> {
+    let e = r.evaluation;
+    let mut page = String::new();
+    let title = escape(r.title);
+    write!(
+        page,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n\
+<style>body{{font-family:sans-serif;margin:2em auto;max-width:1000px;color:#222}}\
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}\
+th{{background:#f3f3f3}}figure{{margin:1.5em 0}}svg{{max-width:100%;height:auto}}\
+pre{{background:#f7f7f7;padding:1em;overflow-x:auto}}</style></head><body>\n<h1>{title}</h1>\n"
+    )?;
+    page.push_str("<h2>Summary</h2>\n<table>\n");
+    let mut rows: Vec<(String, String)> = Vec::new();
+    if let Some(a) = e.accuracy {
+        rows.push(("accuracy".into(), pct(a)));
+    }
+    for (k, a) in &e.top_k {
+        if *k > 1 {
+            rows.push((format!("top-{k} accuracy"), pct(*a)));
+        }
+    }
+    rows.push(("mAP".into(), pct(e.map)));
+    rows.push(("mAP (11-point, VOC 2007)".into(), pct(e.map_voc11)));
+    rows.push(("images".into(), e.images.to_string()));
+    rows.push(("classes".into(), e.classes.to_string()));
+    rows.extend(r.facts.iter().cloned());
+    for (k, v) in rows {
+        writeln!(
+            page,
+            "<tr><th>{}</th><td>{}</td></tr>",
+            escape(&k),
+            escape(&v)
+        )?;
+    }
+    page.push_str("</table>\n");
+
+    let mut figure = |heading: &str, body: String| {
+        let _ = write!(
+            page,
+            "<h2>{}</h2>\n<figure>\n{body}\n</figure>\n",
+            escape(heading)
+        );
+    };
+    if !e.confusion.is_empty() {
+        figure("Confusion matrix", confusion_svg(e)?);
+    }
+    figure("Average precision per class", ap_svg(e)?);
+    figure("Precision–recall", pr_svg(e)?);
+    if !r.timings.is_empty() {
+        figure("Timing", timing_svg(r.timings)?);
+    }
+    for (name, values) in history_series(r.history) {
+        figure(
+            &format!("Training history: {name}"),
+            series_svg(&name, &values)?,
+        );
+    }
+    page.push_str("<h2>Per-class results</h2>\n<table><tr><th>class</th><th>AP</th>");
+    if !e.confusion.is_empty() {
+        page.push_str("<th>recall (accuracy on the class)</th><th>images</th>");
+    }
+    page.push_str("</tr>\n");
+    for c in 0..e.classes {
+        write!(
+            page,
+            "<tr><td>{}</td><td>{}</td>",
+            escape(&class_name(e, c)),
+            pct(e.per_class_ap[c])
+        )?;
+        if let Some(row) = e.confusion.get(c) {
+            let total: usize = row.iter().sum();
+            write!(
+                page,
+                "<td>{}</td><td>{total}</td>",
+                pct(row[c] as f64 / total.max(1) as f64)
+            )?;
+        }
+        page.push_str("</tr>\n");
+    }
+    page.push_str("</table>\n<h2>Configuration</h2>\n<pre>");
+    page.push_str(&escape(
+        &serde_json::to_string_pretty(r.config).unwrap_or_default(),
+    ));
+    page.push_str(
+        "</pre>\n<p>Numbers: <a href=\"report.json\">report.json</a>.</p>\n</body></html>\n",
+    );
+    Ok(page)
+}
+
+/// Writes `index.html` and `report.json` into `dir` (created if missing).
+pub fn write(dir: &Path, r: &Report) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let page = html(r)?;
+    let numbers = json!({
+        "title": r.title,
+        "evaluation": r.evaluation,
+        "timings": r.timings,
+        "history": r.history,
+        "config": r.config,
+        "facts": r.facts.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect::<serde_json::Map<String, Value>>(),
+    });
+    dfk::npy::write_bytes_atomic(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(&numbers)?.as_bytes(),
+    )?;
+    dfk::npy::write_bytes_atomic(dir.join("index.html"), page.as_bytes())?;
+    Ok(())
+}

@@ -22,8 +22,13 @@ pub enum SimdLevel {
 }
 
 impl SimdLevel {
-    /// The best level this CPU supports.
+    /// The best level this CPU supports (detected once, then cached).
     pub fn detect() -> Self {
+        static BEST: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(Self::probe_cpu)
+    }
+
+    fn probe_cpu() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
@@ -200,6 +205,42 @@ pub fn axpy_scalar(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `out += aᵀ b` skipping the zero entries of `a`: `a` is `n × k`, `b` is `n × w`, `out` is
+/// `k × w` (all row-major). For every non-zero `a[i][c]`, row `c` of `out` gets `a[i][c] · b[i]`
+/// (one fused multiply-add per element, in row order). Cost is proportional to the number of
+/// non-zeros, so a mostly-zero `a` (GMM posteriors) is much cheaper than a dense product.
+pub fn sparse_atb_at(
+    level: SimdLevel,
+    a: &[f32],
+    b: &[f32],
+    n: usize,
+    k: usize,
+    w: usize,
+    out: &mut [f32],
+) {
+    assert!(a.len() == n * k && b.len() == n * w && out.len() == k * w);
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); lengths checked above.
+        SimdLevel::Avx512 => unsafe { x86::sparse_atb_avx512(a, b, k, w, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu); lengths checked above.
+        SimdLevel::Avx2 => unsafe { x86::sparse_atb_avx2(a, b, k, w, out) },
+        _ => sparse_atb_scalar(a, b, k, w, out),
+    }
+}
+
+/// Scalar twin of [`sparse_atb_at`].
+pub fn sparse_atb_scalar(a: &[f32], b: &[f32], k: usize, w: usize, out: &mut [f32]) {
+    for (ar, br) in a.chunks_exact(k).zip(b.chunks_exact(w)) {
+        for (c, &g) in ar.iter().enumerate() {
+            if g != 0.0 {
+                axpy_scalar(g, br, &mut out[c * w..(c + 1) * w]);
+            }
+        }
+    }
+}
+
 /// Runs `iters` rounds of independent fused multiply-add chains at `level` on one thread and
 /// returns the number of floating-point operations done (2 per lane per FMA). Used to measure
 /// the machine's attainable FMA peak: time it and divide.
@@ -233,92 +274,63 @@ pub fn fma_probe(level: SimdLevel, iters: u64) -> u64 {
 mod x86 {
     use super::*;
 
-    macro_rules! exp_body {
-        ($x:expr, $ps:ident, $si:ident, $set1:ident, $set1i:ident, $fmadd:ident, $fnmadd:ident,
-         $mul:ident, $add:ident, $min:ident, $max:ident, $round:expr, $cvt:ident, $addi:ident,
-         $subi:ident, $srai:ident, $slli:ident, $cast:ident) => {{
-            let x = $x;
-            let xc = $min($max(x, $set1(EXP_UNDERFLOW)), $set1(EXP_OVERFLOW));
-            let n = $round($mul(xc, $set1(LOG2E)));
-            let r = $fnmadd(n, $set1(LN2_HI), xc);
-            let r = $fnmadd(n, $set1(LN2_LO), r);
-            let mut p = $fmadd($set1(P0), r, $set1(P1));
-            p = $fmadd(p, r, $set1(P2));
-            p = $fmadd(p, r, $set1(P3));
-            p = $fmadd(p, r, $set1(P4));
-            p = $fmadd(p, r, $set1(P5));
-            let y = $add($fmadd(p, $mul(r, r), r), $set1(1.0));
-            let ni = $cvt(n);
-            let n1 = $srai::<1>(ni);
-            let n2 = $subi(ni, n1);
-            let bias = $set1i(127);
-            let s1 = $cast($slli::<23>($addi(n1, bias)));
-            let s2 = $cast($slli::<23>($addi(n2, bias)));
-            $mul($mul(y, s1), s2)
-        }};
-    }
-
-    /// e^x on 16 lanes; see [`exp_scalar`] for the special cases.
+    /// e^x on 16 lanes; see [`exp_scalar`] for the special cases. `2^n` is one `vscalefps`,
+    /// exact for the normal results this range gives, so values match the scalar twin.
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
     fn exp512(x: __m512) -> __m512 {
-        let y = exp_body!(
-            x,
-            __m512,
-            __m512i,
-            _mm512_set1_ps,
-            _mm512_set1_epi32,
-            _mm512_fmadd_ps,
-            _mm512_fnmadd_ps,
-            _mm512_mul_ps,
-            _mm512_add_ps,
-            _mm512_min_ps,
-            _mm512_max_ps,
-            |v| _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
-            _mm512_cvtps_epi32,
-            _mm512_add_epi32,
-            _mm512_sub_epi32,
-            _mm512_srai_epi32,
-            _mm512_slli_epi32,
-            _mm512_castsi512_ps
+        let set1 = _mm512_set1_ps;
+        let xc = _mm512_min_ps(_mm512_max_ps(x, set1(EXP_UNDERFLOW)), set1(EXP_OVERFLOW));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(xc, set1(LOG2E)),
         );
-        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_UNDERFLOW));
-        let over = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, _mm512_set1_ps(EXP_OVERFLOW));
+        let r = _mm512_fnmadd_ps(n, set1(LN2_HI), xc);
+        let r = _mm512_fnmadd_ps(n, set1(LN2_LO), r);
+        let mut p = _mm512_fmadd_ps(set1(P0), r, set1(P1));
+        p = _mm512_fmadd_ps(p, r, set1(P2));
+        p = _mm512_fmadd_ps(p, r, set1(P3));
+        p = _mm512_fmadd_ps(p, r, set1(P4));
+        p = _mm512_fmadd_ps(p, r, set1(P5));
+        let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), set1(1.0));
+        let y = _mm512_scalef_ps(y, n);
+        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, set1(EXP_UNDERFLOW));
+        let over = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, set1(EXP_OVERFLOW));
         let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
         let y = _mm512_mask_mov_ps(y, under, _mm512_setzero_ps());
-        let y = _mm512_mask_mov_ps(y, over, _mm512_set1_ps(f32::INFINITY));
+        let y = _mm512_mask_mov_ps(y, over, set1(f32::INFINITY));
         _mm512_mask_mov_ps(y, nan, x)
     }
 
-    /// e^x on 8 lanes; see [`exp_scalar`] for the special cases.
+    /// e^x on 8 lanes; see [`exp_scalar`] for the special cases. `2^n` is built from the
+    /// exponent bits in two normal halves, as in the scalar twin.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn exp256(x: __m256) -> __m256 {
-        let y = exp_body!(
-            x,
-            __m256,
-            __m256i,
-            _mm256_set1_ps,
-            _mm256_set1_epi32,
-            _mm256_fmadd_ps,
-            _mm256_fnmadd_ps,
-            _mm256_mul_ps,
-            _mm256_add_ps,
-            _mm256_min_ps,
-            _mm256_max_ps,
-            |v| _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
-            _mm256_cvtps_epi32,
-            _mm256_add_epi32,
-            _mm256_sub_epi32,
-            _mm256_srai_epi32,
-            _mm256_slli_epi32,
-            _mm256_castsi256_ps
+        let set1 = _mm256_set1_ps;
+        let xc = _mm256_min_ps(_mm256_max_ps(x, set1(EXP_UNDERFLOW)), set1(EXP_OVERFLOW));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(xc, set1(LOG2E)),
         );
-        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_UNDERFLOW));
-        let over = _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(EXP_OVERFLOW));
+        let r = _mm256_fnmadd_ps(n, set1(LN2_HI), xc);
+        let r = _mm256_fnmadd_ps(n, set1(LN2_LO), r);
+        let mut p = _mm256_fmadd_ps(set1(P0), r, set1(P1));
+        p = _mm256_fmadd_ps(p, r, set1(P2));
+        p = _mm256_fmadd_ps(p, r, set1(P3));
+        p = _mm256_fmadd_ps(p, r, set1(P4));
+        p = _mm256_fmadd_ps(p, r, set1(P5));
+        let y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), set1(1.0));
+        let ni = _mm256_cvtps_epi32(n);
+        let n1 = _mm256_srai_epi32::<1>(ni);
+        let n2 = _mm256_sub_epi32(ni, n1);
+        let bias = _mm256_set1_epi32(127);
+        let s1 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n1, bias)));
+        let s2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n2, bias)));
+        let y = _mm256_mul_ps(_mm256_mul_ps(y, s1), s2);
+        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, set1(EXP_UNDERFLOW));
+        let over = _mm256_cmp_ps::<_CMP_GT_OQ>(x, set1(EXP_OVERFLOW));
         let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
         let y = _mm256_andnot_ps(under, y);
-        let y = _mm256_blendv_ps(y, _mm256_set1_ps(f32::INFINITY), over);
+        let y = _mm256_blendv_ps(y, set1(f32::INFINITY), over);
         _mm256_blendv_ps(y, x, nan)
     }
 
@@ -448,6 +460,7 @@ mod x86 {
         max as f64 + sum.ln()
     }
 
+    #[inline]
     #[target_feature(enable = "avx512f,fma")]
     pub(super) fn axpy_avx512(a: f32, x: &[f32], y: &mut [f32]) {
         let va = _mm512_set1_ps(a);
@@ -466,6 +479,7 @@ mod x86 {
         axpy_scalar(a, &x[n..], &mut y[n..]);
     }
 
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
         let va = _mm256_set1_ps(a);
@@ -482,6 +496,28 @@ mod x86 {
             }
         }
         axpy_scalar(a, &x[n..], &mut y[n..]);
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn sparse_atb_avx512(a: &[f32], b: &[f32], k: usize, w: usize, out: &mut [f32]) {
+        for (ar, br) in a.chunks_exact(k).zip(b.chunks_exact(w)) {
+            for (c, &g) in ar.iter().enumerate() {
+                if g != 0.0 {
+                    axpy_avx512(g, br, &mut out[c * w..(c + 1) * w]);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn sparse_atb_avx2(a: &[f32], b: &[f32], k: usize, w: usize, out: &mut [f32]) {
+        for (ar, br) in a.chunks_exact(k).zip(b.chunks_exact(w)) {
+            for (c, &g) in ar.iter().enumerate() {
+                if g != 0.0 {
+                    axpy_avx2(g, br, &mut out[c * w..(c + 1) * w]);
+                }
+            }
+        }
     }
 
     macro_rules! probe_body {
@@ -647,6 +683,36 @@ mod tests {
             let mut y = y0.clone();
             axpy_at(level, 0.3, &x, &mut y);
             assert_eq!(y, want, "{level:?}");
+        }
+    }
+
+    #[test]
+    fn sparse_atb_levels_match_dense_product() {
+        let (n, k, w) = (23, 9, 37);
+        let a: Vec<f32> = (0..n * k)
+            .map(|i| {
+                if i % 3 == 0 {
+                    (i as f32 * 0.1).sin()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let b: Vec<f32> = (0..n * w).map(|i| (i as f32 * 0.07).cos()).collect();
+        let mut want = vec![0f32; k * w];
+        sparse_atb_scalar(&a, &b, k, w, &mut want);
+        for c in 0..k {
+            for j in 0..w {
+                let dense: f64 = (0..n)
+                    .map(|i| a[i * k + c] as f64 * b[i * w + j] as f64)
+                    .sum();
+                assert!((want[c * w + j] as f64 - dense).abs() < 1e-5);
+            }
+        }
+        for level in SimdLevel::available() {
+            let mut got = vec![0f32; k * w];
+            sparse_atb_at(level, &a, &b, n, k, w, &mut got);
+            assert_eq!(got, want, "{level:?}");
         }
     }
 

@@ -179,16 +179,15 @@ fn statistics_dense(terms: &GmmTerms, n: usize, scratch: &mut Scratch) {
 fn statistics_sparse(terms: &GmmTerms, n: usize, scratch: &mut Scratch) {
     let (k, d) = (terms.k, terms.d);
     scratch.stats.fill(0.0);
-    let post = &scratch.post[..n * k];
-    let aug = &scratch.aug[..n * 2 * d];
-    for (g, a) in post.chunks_exact(k).zip(aug.chunks_exact(2 * d)) {
-        for (c, &gc) in g.iter().enumerate() {
-            if gc != 0.0 {
-                let st = &mut scratch.stats[c * 2 * d..(c + 1) * 2 * d];
-                kernels::axpy_at(terms.level, gc, a, st);
-            }
-        }
-    }
+    kernels::sparse_atb_at(
+        terms.level,
+        &scratch.post[..n * k],
+        &scratch.aug[..n * 2 * d],
+        n,
+        k,
+        2 * d,
+        &mut scratch.stats,
+    );
 }
 
 /// The sparse form of [`block_statistics`] is used when at most `1/SPARSE_RATIO` of the block's

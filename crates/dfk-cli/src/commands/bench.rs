@@ -1,8 +1,426 @@
+//! `dfk bench`: throughput of the hot stages on this machine, in descriptors/s and GFLOP/s
+//! (8·K·D flops per descriptor for encoding and EM, as `docs/performance.md` counts them), with
+//! the fraction of the machine's FMA peak measured at the dispatched SIMD level.
+//!
+//! Data are synthetic (seeded, PCA-like unit-norm descriptors drawn from a mixture, and that
+//! mixture as the GMM) unless `--data`/`--gmm` give `.npy` files, which is how the comparison
+//! harness in `bench/` feeds every implementation the same workload.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use rayon::prelude::*;
+use serde_json::json;
+
+use dfk::gmm::{Gmm, GmmParams};
+use dfk::kernels::{self, SimdLevel};
+use dfk::stats::{self, GmmTerms, Scratch, SufficientStats};
+
 use crate::Global;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// FMA throughput of all worker threads at the dispatched SIMD level.
+    Peak,
+    /// The shared kernel alone: posteriors + statistics of every descriptor (images × per-image).
+    Stats,
+    /// One EM iteration (`dfk::gmm::em_step`) on `--n` descriptors.
+    Em,
+    /// GMM initialisation: `fit_gmm` with one EM iteration, minus one `em_step`.
+    Init,
+    /// Accuracy of the f32 matrix-product log-densities against direct f64 evaluation.
+    Accuracy,
+}
 
-pub fn run(_args: Args, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("this subcommand is being built")
+/// `dfk bench` options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Stage to measure.
+    #[arg(long, value_enum, default_value = "stats")]
+    pub stage: Stage,
+    /// Descriptor dimension (synthetic data).
+    #[arg(long, default_value_t = 64)]
+    pub d: usize,
+    /// GMM components (synthetic data).
+    #[arg(long, default_value_t = 256)]
+    pub k: usize,
+    /// Images (stats/encode stages).
+    #[arg(long, default_value_t = 200)]
+    pub images: usize,
+    /// Descriptors per image (stats/encode stages).
+    #[arg(long, default_value_t = 1000)]
+    pub per_image: usize,
+    /// Descriptors (em/init stages).
+    #[arg(long, default_value_t = 50_000)]
+    pub n: usize,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Descriptors as an `.npy` matrix (rows × D) instead of synthetic data.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// GMM as three `.npy` files `<prefix>_means.npy`, `_variances.npy`, `_weights.npy`.
+    #[arg(long)]
+    pub gmm: Option<PathBuf>,
+    /// SIMD level for the element-wise kernels and the peak probe (default: best available).
+    #[arg(long, value_enum)]
+    pub simd: Option<Level>,
+    /// Seed of the synthetic data.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Within-cluster noise of the synthetic data, relative to the spread of the centres
+    /// (larger: more overlap, denser posteriors).
+    #[arg(long, default_value_t = 1.0)]
+    pub noise: f64,
+}
+
+/// `--simd` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Level {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+impl From<Level> for SimdLevel {
+    fn from(l: Level) -> Self {
+        match l {
+            Level::Scalar => SimdLevel::Scalar,
+            Level::Avx2 => SimdLevel::Avx2,
+            Level::Avx512 => SimdLevel::Avx512,
+        }
+    }
+}
+
+/// Synthetic PCA-like data: `k` cluster centres with per-dimension spread decaying like PCA
+/// eigenvalues, points = centre + noise, rows L2-normalised; the GMM is the clusters' own
+/// weights, means and (floored) variances, as a fitted model would be.
+pub fn synthetic(
+    n: usize,
+    d: usize,
+    k: usize,
+    noise: f64,
+    seed: u64,
+) -> anyhow::Result<(Vec<f32>, Gmm)> {
+    let mut rng = SplitMix(seed);
+    let spread: Vec<f64> = (0..d)
+        .map(|j| 1.0 / (1.0 + j as f64 / 4.0).sqrt())
+        .collect();
+    let normal = |rng: &mut SplitMix| -> f64 {
+        // Box–Muller.
+        let u = rng.uniform().max(1e-300);
+        let v = rng.uniform();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    };
+    let centres: Vec<f64> = (0..k * d)
+        .map(|i| normal(&mut rng) * spread[i % d])
+        .collect();
+    let mut x = vec![0f32; n * d];
+    let mut label = vec![0usize; n];
+    for (i, row) in x.chunks_exact_mut(d).enumerate() {
+        let c = (rng.next() % k as u64) as usize;
+        label[i] = c;
+        let mut v: Vec<f64> = (0..d)
+            .map(|j| centres[c * d + j] + noise * spread[j] * normal(&mut rng))
+            .collect();
+        let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-12);
+        v.iter_mut().for_each(|a| *a /= norm);
+        row.iter_mut().zip(&v).for_each(|(r, &a)| *r = a as f32);
+    }
+    let (mut cnt, mut s1, mut s2) = (vec![0f64; k], vec![0f64; k * d], vec![0f64; k * d]);
+    for (row, &c) in x.chunks_exact(d).zip(&label) {
+        cnt[c] += 1.0;
+        for (j, &v) in row.iter().enumerate() {
+            s1[c * d + j] += v as f64;
+            s2[c * d + j] += (v as f64).powi(2);
+        }
+    }
+    let mut means = vec![0f32; k * d];
+    let mut vars = vec![0f32; k * d];
+    for c in 0..k {
+        let m = cnt[c].max(1.0);
+        for j in 0..d {
+            let mu = s1[c * d + j] / m;
+            means[c * d + j] = mu as f32;
+            vars[c * d + j] = (s2[c * d + j] / m - mu * mu).max(1e-5) as f32;
+        }
+    }
+    let weights = cnt.iter().map(|&c| (c + 1.0) as f32).collect();
+    Ok((x, Gmm::new(k, d, means, vars, weights)?))
+}
+
+/// SplitMix64: a tiny seeded generator, enough for synthetic benchmark data.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn load_gmm(prefix: &std::path::Path) -> anyhow::Result<Gmm> {
+    let file = |suffix: &str| PathBuf::from(format!("{}_{suffix}.npy", prefix.display()));
+    let (means, k, d) = dfk::npy::read_f32_matrix(file("means"))?;
+    let (vars, kv, dv) = dfk::npy::read_f32_matrix(file("variances"))?;
+    if (kv, dv) != (k, d) {
+        bail!("GMM variances are {kv}×{dv}, means {k}×{d}");
+    }
+    let weights = dfk::npy::read_f32_vector(file("weights"))?;
+    Ok(Gmm::new(k, d, means, vars, weights)?)
+}
+
+/// The workload: descriptors (`rows × D`) and the GMM.
+fn workload(args: &Args, rows: usize) -> anyhow::Result<(Vec<f32>, Gmm)> {
+    match (&args.data, &args.gmm) {
+        (Some(data), Some(prefix)) => {
+            let gmm = load_gmm(prefix).context("loading --gmm")?;
+            let (x, r, d) = dfk::npy::read_f32_matrix(data)?;
+            if d != gmm.d() {
+                bail!("--data has {d} columns, the GMM {} dimensions", gmm.d());
+            }
+            if r < rows {
+                bail!("--data has {r} rows, the stage needs {rows}");
+            }
+            Ok((x[..rows * d].to_vec(), gmm))
+        }
+        (None, None) => synthetic(rows, args.d, args.k, args.noise, args.seed),
+        _ => bail!("give both --data and --gmm, or neither"),
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Times `f` `reps` times (after one warm-up run) and returns the times in seconds.
+fn time_reps(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Vec<f64>> {
+    f()?;
+    (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f()?;
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .collect()
+}
+
+/// FMA peak of the current pool: every worker runs the probe at once (about 50 ms at
+/// ~100 GFLOP/s per thread); the best of five trials, since other load only lowers it.
+pub fn measure_peak(level: SimdLevel) -> f64 {
+    let threads = rayon::current_num_threads();
+    let iters = 200_000_000 / level.lanes() as u64;
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let flops: u64 = (0..threads)
+                .into_par_iter()
+                .map(|_| kernels::fma_probe(level, iters))
+                .sum();
+            flops as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Statistics of every image (rows `i·per..(i+1)·per`), parallel over images, one scratch per
+/// worker: the kernel work of Fisher-vector encoding.
+fn stats_pass(terms: &GmmTerms, x: &[f32], per: usize) -> f64 {
+    let (k, d) = (terms.k(), terms.d());
+    x.par_chunks(per * d)
+        .map_init(
+            || (Scratch::new(k, d), SufficientStats::zeros(k, d)),
+            |(scratch, st), img| {
+                st.clear();
+                st.accumulate(terms, img, scratch);
+                st.loglik
+            },
+        )
+        .sum()
+}
+
+/// Posterior density of a sample: fraction of posteriors that are non-zero and ≥ 1e-6.
+fn density(terms: &GmmTerms, x: &[f32]) -> (f64, f64) {
+    let (k, d) = (terms.k(), terms.d());
+    let mut scratch = Scratch::new(k, d);
+    let rows = (x.len() / d).min(4 * stats::BLOCK);
+    let (mut nz, mut big) = (0usize, 0usize);
+    for block in x[..rows * d].chunks(stats::BLOCK * d) {
+        let n = block.len() / d;
+        stats::block_posteriors(terms, block, n, &mut scratch);
+        nz += scratch.post[..n * k].iter().filter(|&&g| g != 0.0).count();
+        big += scratch.post[..n * k].iter().filter(|&&g| g >= 1e-6).count();
+    }
+    let tot = (rows * k) as f64;
+    (nz as f64 / tot, big as f64 / tot)
+}
+
+/// Largest errors of the f32 GEMM-form log-likelihoods and posteriors against f64 direct
+/// evaluation `log πₖ − ½Σ log 2πσ² − ½Σ (x−μ)²/σ²`.
+fn accuracy(terms: &GmmTerms, gmm: &Gmm, x: &[f32]) -> (f64, f64, f64) {
+    let (k, d) = (gmm.k(), gmm.d());
+    let mut scratch = Scratch::new(k, d);
+    let rows = (x.len() / d).min(2048);
+    let (mut ll_err, mut post_err, mut ll_rel) = (0f64, 0f64, 0f64);
+    let mut l = vec![0f64; k];
+    for block in x[..rows * d].chunks(stats::BLOCK * d) {
+        let n = block.len() / d;
+        stats::block_posteriors(terms, block, n, &mut scratch);
+        for (i, row) in block.chunks_exact(d).enumerate() {
+            for (c, lc) in l.iter_mut().enumerate() {
+                let (m, v) = (gmm.mean(c), gmm.variance(c));
+                let mut s = (gmm.weights()[c] as f64).ln();
+                for j in 0..d {
+                    let z = row[j] as f64 - m[j] as f64;
+                    let var = v[j] as f64;
+                    s -= 0.5 * (std::f64::consts::TAU * var).ln() + 0.5 * z * z / var;
+                }
+                *lc = s;
+            }
+            let mx = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = mx + l.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
+            let e = (scratch.row_ll[i] - lse).abs();
+            ll_err = ll_err.max(e);
+            ll_rel = ll_rel.max(e / lse.abs().max(1.0));
+            for (c, lc) in l.iter().enumerate() {
+                let g = (lc - lse).exp();
+                post_err = post_err.max((scratch.post[i * k + c] as f64 - g).abs());
+            }
+        }
+    }
+    (ll_err, ll_rel, post_err)
+}
+
+pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
+    let level = args
+        .simd
+        .map(SimdLevel::from)
+        .unwrap_or_else(SimdLevel::detect);
+    let level = level.clamp_to_cpu();
+    let threads = rayon::current_num_threads();
+    let mut report = json!({
+        "stage": format!("{:?}", args.stage).to_lowercase(),
+        "threads": threads,
+        "simd": level.name(),
+    });
+    let peak = measure_peak(level);
+    report["peak_gflops"] = json!(peak);
+    let flops_per_desc = |gmm: &Gmm| 8.0 * gmm.k() as f64 * gmm.d() as f64;
+    match args.stage {
+        Stage::Peak => {}
+        Stage::Stats => {
+            let rows = args.images * args.per_image;
+            let (x, gmm) = workload(&args, rows)?;
+            let terms = GmmTerms::new(&gmm).with_level(level);
+            let mut times = time_reps(args.reps, || {
+                std::hint::black_box(stats_pass(&terms, &x, args.per_image));
+                Ok(())
+            })?;
+            let (nz, big) = density(&terms, &x);
+            report["nonzero_posteriors"] = json!(nz);
+            report["posteriors_ge_1e-6"] = json!(big);
+            throughput(
+                &mut report,
+                &mut times,
+                rows,
+                flops_per_desc(&gmm),
+                peak,
+                &gmm,
+            );
+        }
+        Stage::Em => {
+            let (x, gmm) = workload(&args, args.n)?;
+            let params = GmmParams::new(gmm.k());
+            let mut ll = 0.0;
+            let mut times = time_reps(args.reps, || {
+                ll = dfk::gmm::em_step(&gmm, &x, &params)?.1;
+                Ok(())
+            })?;
+            let terms = GmmTerms::new(&gmm).with_level(level);
+            let (nz, big) = density(&terms, &x);
+            report["nonzero_posteriors"] = json!(nz);
+            report["posteriors_ge_1e-6"] = json!(big);
+            report["loglik"] = json!(ll);
+            throughput(
+                &mut report,
+                &mut times,
+                args.n,
+                flops_per_desc(&gmm),
+                peak,
+                &gmm,
+            );
+        }
+        Stage::Init => {
+            let (x, gmm) = workload(&args, args.n)?;
+            let params = GmmParams::new(gmm.k()).max_iter(1);
+            let mut fit_ll = 0.0;
+            let mut fit = time_reps(args.reps, || {
+                let f = dfk::gmm::fit_gmm(&x, gmm.d(), &params)?;
+                fit_ll = f.loglik_history.last().copied().unwrap_or(f64::NAN);
+                Ok(())
+            })?;
+            let mut step = time_reps(args.reps, || {
+                dfk::gmm::em_step(&gmm, &x, &params)?;
+                Ok(())
+            })?;
+            let (tf, ts) = (median(&mut fit), median(&mut step));
+            report["k"] = json!(gmm.k());
+            report["descriptors"] = json!(args.n);
+            report["fit_1iter_s"] = json!(tf);
+            report["em_step_s"] = json!(ts);
+            report["init_s"] = json!(tf - ts);
+            report["loglik_after_1_iter"] = json!(fit_ll);
+        }
+        Stage::Accuracy => {
+            let (x, gmm) = workload(&args, args.n.min(2048))?;
+            let terms = GmmTerms::new(&gmm).with_level(level);
+            let (abs, rel, post) = accuracy(&terms, &gmm, &x);
+            report["k"] = json!(gmm.k());
+            report["d"] = json!(gmm.d());
+            report["max_abs_loglik_error"] = json!(abs);
+            report["max_rel_loglik_error"] = json!(rel);
+            report["max_abs_posterior_error"] = json!(post);
+        }
+    }
+    if g.json {
+        println!("{report}");
+    } else {
+        for (key, v) in report.as_object().into_iter().flatten() {
+            println!("{key:>24}: {v}");
+        }
+    }
+    Ok(())
+}
+
+fn throughput(
+    report: &mut serde_json::Value,
+    times: &mut [f64],
+    rows: usize,
+    flops: f64,
+    peak: f64,
+    gmm: &Gmm,
+) {
+    let lo = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = times.iter().cloned().fold(0.0, f64::max);
+    let t = median(times);
+    let rate = rows as f64 / t;
+    report["k"] = json!(gmm.k());
+    report["d"] = json!(gmm.d());
+    report["descriptors"] = json!(rows);
+    report["times_s"] = json!(times);
+    report["median_s"] = json!(t);
+    report["min_s"] = json!(lo);
+    report["max_s"] = json!(hi);
+    report["desc_per_s"] = json!(rate);
+    report["gflops"] = json!(rate * flops / 1e9);
+    report["fraction_of_peak"] = json!(rate * flops / 1e9 / peak);
 }

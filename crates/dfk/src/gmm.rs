@@ -871,77 +871,99 @@ fn initialise(ctx: &EmContext<'_>, params: &GmmParams, rng: &mut ChaCha8Rng) -> 
     ctx.build(&means, &vars, &weights)
 }
 
-/// Squared Euclidean distance in f64.
-fn dist2(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&u, &v)| ((u - v) as f64).powi(2))
-        .sum()
-}
-
 /// Greedy k-means++ seeding (as scikit-learn's): the first centre uniformly at random; then at
 /// each step `2 + ⌊ln K⌋` candidates drawn with probability proportional to the squared
 /// distance to the nearest centre so far, keeping the one that lowers the total squared
-/// distance most.
+/// distance most. Distances to the candidates are one matrix product per chunk,
+/// `‖x‖² − 2 x cᵀ + ‖c‖²`.
 fn kmeans_plus_plus(x: &[f32], d: usize, k: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
     let n = x.len() / d;
     let trials = 2 + (k as f64).ln() as usize;
+    let xnorm: Vec<f32> = x
+        .par_chunks(d)
+        .map(|r| r.iter().map(|v| v * v).sum())
+        .collect();
     let mut centres = Vec::with_capacity(k * d);
-    let mut mind = vec![f64::INFINITY; n];
-    let mut next = rng.random_range(0..n);
+    let mut mind = vec![f32::INFINITY; n];
+    let mut dist = vec![0f32; n * trials];
     let mut cumsum = vec![0f64; n];
-    for j in 0..k {
-        let c = x[next * d..(next + 1) * d].to_vec();
-        centres.extend_from_slice(&c);
-        if j + 1 == k {
-            break;
+    let mut cands = vec![rng.random_range(0..n)];
+    loop {
+        let l = cands.len();
+        let cmat: Vec<f32> = cands
+            .iter()
+            .flat_map(|&c| x[c * d..(c + 1) * d].iter().copied())
+            .collect();
+        let cnorm: Vec<f32> = cands.iter().map(|&c| xnorm[c]).collect();
+        let dist = &mut dist[..n * l];
+        dist.par_chunks_mut(CHUNK * l)
+            .zip(x.par_chunks(CHUNK * d))
+            .zip(xnorm.par_chunks(CHUNK))
+            .for_each(|((dc, xc), xn)| {
+                let rows = xn.len();
+                matmul(
+                    MatMut::from_row_major_slice_mut(dc, rows, l),
+                    Accum::Replace,
+                    MatRef::from_row_major_slice(xc, rows, d),
+                    MatRef::from_row_major_slice(&cmat, l, d).transpose(),
+                    -2.0f32,
+                    Par::Seq,
+                );
+                for (row, &xn) in dc.chunks_exact_mut(l).zip(xn) {
+                    for (v, &cn) in row.iter_mut().zip(&cnorm) {
+                        *v = (*v + xn + cn).max(0.0);
+                    }
+                }
+            });
+        // Potential of each candidate, partial sums merged in row order.
+        let parts: Vec<Vec<f64>> = dist
+            .par_chunks(CHUNK * l)
+            .zip(mind.par_chunks(CHUNK))
+            .map(|(dc, md)| {
+                let mut p = vec![0f64; l];
+                for (row, &m) in dc.chunks_exact(l).zip(md) {
+                    for (p, &v) in p.iter_mut().zip(row) {
+                        *p += v.min(m) as f64;
+                    }
+                }
+                p
+            })
+            .collect();
+        let mut potential = vec![0f64; l];
+        for p in &parts {
+            potential.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
+        let best = (0..l)
+            .min_by(|&a, &b| potential[a].total_cmp(&potential[b]))
+            .unwrap_or(0);
+        centres.extend_from_slice(&cmat[best * d..(best + 1) * d]);
+        if centres.len() == k * d {
+            return centres;
         }
         mind.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK * d))
-            .for_each(|(md, rows)| {
-                for (m, r) in md.iter_mut().zip(rows.chunks_exact(d)) {
-                    *m = m.min(dist2(r, &c));
+            .zip(dist.par_chunks(CHUNK * l))
+            .for_each(|(md, dc)| {
+                for (m, row) in md.iter_mut().zip(dc.chunks_exact(l)) {
+                    *m = m.min(row[best]);
                 }
             });
         let mut total = 0f64;
         for (s, &m) in cumsum.iter_mut().zip(&mind) {
-            total += m;
+            total += m as f64;
             *s = total;
         }
-        if !(total > 0.0) {
+        cands = if total > 0.0 {
+            (0..trials)
+                .map(|_| {
+                    let r = rng.random::<f64>() * total;
+                    cumsum.partition_point(|&s| s <= r).min(n - 1)
+                })
+                .collect()
+        } else {
             // Fewer distinct descriptors than components.
-            next = rng.random_range(0..n);
-            continue;
-        }
-        let cands: Vec<usize> = (0..trials)
-            .map(|_| {
-                let r = rng.random::<f64>() * total;
-                cumsum.partition_point(|&s| s <= r).min(n - 1)
-            })
-            .collect();
-        // Potential of each candidate, summed chunk by chunk in row order.
-        let mut potential = vec![0f64; trials];
-        ordered_chunks(
-            x,
-            d,
-            || (),
-            |_, first, rows| {
-                let mut p = vec![0f64; trials];
-                for (i, r) in rows.chunks_exact(d).enumerate() {
-                    for (p, &c) in p.iter_mut().zip(&cands) {
-                        *p += mind[first + i].min(dist2(r, &x[c * d..(c + 1) * d]));
-                    }
-                }
-                p
-            },
-            |p| potential.iter_mut().zip(&p).for_each(|(a, b)| *a += b),
-        );
-        let best = (0..trials)
-            .min_by(|&a, &b| potential[a].total_cmp(&potential[b]))
-            .unwrap_or(0);
-        next = cands[best];
+            vec![rng.random_range(0..n)]
+        };
     }
-    centres
 }
 
 /// Hard-assignment statistics of a k-means pass.

@@ -25,6 +25,7 @@ const BLOCK: usize = 1024;
 
 /// Parameters of [`fit_pca`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PcaParams {
     /// Output dimension (number of principal components kept), `1 ≤ dims ≤ D_in`.
     pub dims: usize,
@@ -164,24 +165,25 @@ impl Pca {
         self.eigenvalues.len()
     }
 
-    /// Per-output scale: `1/√(λⱼ + ε)` when whitening, else 1.
-    fn scale(&self, j: usize) -> f32 {
-        if self.whiten {
-            let eps = WHITEN_EPS_REL
-                * self
-                    .eigenvalues
-                    .iter()
-                    .fold(0.0f64, |m, &l| m.max(l as f64));
-            let denom = (self.eigenvalues[j] as f64 + eps).sqrt();
-            if denom > 0.0 {
-                (1.0 / denom) as f32
-            } else {
-                // All eigenvalues are zero: the data are constant, nothing to rescale.
-                1.0
-            }
-        } else {
-            1.0
-        }
+    /// Whitening scales `1/√(λⱼ + ε)`, `ε = WHITEN_EPS_REL·λ₁` (1 where every λ is 0: the data
+    /// were constant and there is nothing to rescale).
+    fn whitening_scales(&self) -> Vec<f32> {
+        let eps = WHITEN_EPS_REL
+            * self
+                .eigenvalues
+                .iter()
+                .fold(0.0f64, |m, &l| m.max(l as f64));
+        self.eigenvalues
+            .iter()
+            .map(|&l| {
+                let denom = (l as f64 + eps).sqrt();
+                if denom > 0.0 {
+                    (1.0 / denom) as f32
+                } else {
+                    1.0
+                }
+            })
+            .collect()
     }
 
     /// Projects the rows of `x` (`N × D_in`), returning `N × dims`.
@@ -215,7 +217,11 @@ impl Pca {
             ));
         }
         check_finite("PCA input", x)?;
-        let scale: Vec<f32> = (0..dims).map(|j| self.scale(j)).collect();
+        let scale = if self.whiten {
+            self.whitening_scales()
+        } else {
+            Vec::new()
+        };
         let w = MatRef::from_row_major_slice(&self.components, dims, d_in);
         for (xb, ob) in x.chunks(BLOCK * d_in).zip(out.chunks_mut(BLOCK * dims)) {
             let rows = xb.len() / d_in;

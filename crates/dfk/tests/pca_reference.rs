@@ -285,3 +285,29 @@ fn l2_rows_and_spatial_augmentation() {
     ));
     assert!(append_spatial(&desc, 2, &pos, 0, 20).is_err());
 }
+
+#[test]
+fn whitened_training_data_has_unit_variance() {
+    let (x, shape) = npy_f32("x.npy");
+    let pca = fit_pca(&x, shape[1], &PcaParams::new(8).whiten(true)).unwrap();
+    let y = pca.transform(&x).unwrap();
+    let n = shape[0] as f64;
+    for j in 0..8 {
+        let col: Vec<f64> = y.iter().skip(j).step_by(8).map(|&v| v as f64).collect();
+        let mean = col.iter().sum::<f64>() / n;
+        let var = col.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0);
+        assert!(mean.abs() < 1e-4, "mean of column {j}: {mean}");
+        // ε = 1e-5·λ₁ shrinks the variance by at most λ₁/λ₈ · 1e-5 ≈ 3e-5 here.
+        assert!((var - 1.0).abs() < 1e-4, "variance of column {j}: {var}");
+    }
+}
+
+#[test]
+fn constant_data_gives_zero_variances() {
+    let x = vec![2.5f32; 40];
+    let pca = fit_pca(&x, 4, &PcaParams::new(2).whiten(true)).unwrap();
+    assert_eq!(pca.eigenvalues, [0.0, 0.0]);
+    assert_eq!(pca.mean, [2.5; 4]);
+    let y = pca.transform(&x[..8]).unwrap();
+    assert!(y.iter().all(|&v| v == 0.0), "{y:?}");
+}

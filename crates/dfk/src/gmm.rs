@@ -173,20 +173,14 @@ fn ordered_chunks<S, T, I, W, C>(x: &[f32], d: usize, init: I, work: W, mut cons
 where
     T: Send,
     I: Fn() -> S + Sync + Send,
-    W: Fn(&mut S, usize, &[f32]) -> T + Sync + Send,
+    W: Fn(&mut S, &[f32]) -> T + Sync + Send,
     C: FnMut(T),
 {
-    // Several tasks per thread for load balance; the grouping does not affect the merge order.
-    let group = CHUNK * d * 4 * rayon::current_num_threads().max(1);
-    for (g, rows) in x.chunks(group).enumerate() {
-        let first = g * group / d;
-        let parts: Vec<T> = rows
-            .par_chunks(CHUNK * d)
-            .enumerate()
-            .map_init(&init, |state, (c, chunk)| {
-                work(state, first + c * CHUNK, chunk)
-            })
-            .collect();
+    // Several tasks per thread for load balance, a bounded number of results held at once; the
+    // grouping does not affect the merge order.
+    let group = CHUNK * d * 16 * rayon::current_num_threads().max(1);
+    for rows in x.chunks(group) {
+        let parts: Vec<T> = rows.par_chunks(CHUNK * d).map_init(&init, &work).collect();
         parts.into_iter().for_each(&mut consume);
     }
 }
@@ -234,7 +228,7 @@ fn e_step(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> SufficientStats {
         x,
         d,
         || e_scratch(k, d),
-        |(scratch, buf), _, chunk| {
+        |(scratch, buf), chunk| {
             let buf = &mut buf[..chunk.len()];
             centre_into(chunk, shift, buf);
             let mut st = SufficientStats::zeros(k, d);
@@ -291,7 +285,7 @@ impl Gmm {
             x,
             self.d,
             || e_scratch(self.k, self.d),
-            |(scratch, buf), _, chunk| {
+            |(scratch, buf), chunk| {
                 let buf = &mut buf[..chunk.len()];
                 centre_into(chunk, &shift, buf);
                 let mut sum = 0f64;
@@ -504,7 +498,7 @@ fn data_moments(x: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
         x,
         d,
         || (),
-        |_, _, chunk| {
+        |_, chunk| {
             let mut s = vec![0f64; d];
             for r in chunk.chunks_exact(d) {
                 for (s, &v) in s.iter_mut().zip(r) {
@@ -521,7 +515,7 @@ fn data_moments(x: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
         x,
         d,
         || (),
-        |_, _, chunk| {
+        |_, chunk| {
             let mut s = vec![0f64; d];
             for r in chunk.chunks_exact(d) {
                 for ((s, &v), &m) in s.iter_mut().zip(r).zip(&mean) {
@@ -606,7 +600,8 @@ impl<'a> EmContext<'a> {
         let mut empty = Vec::new();
         for c in 0..k {
             let s0 = st.s0[c];
-            if !(s0 >= empty_mass) {
+            // Also catches a NaN mass.
+            if s0.is_nan() || s0 < empty_mass {
                 empty.push(c);
                 continue;
             }
@@ -702,31 +697,32 @@ impl<'a> EmContext<'a> {
     }
 
     /// Runs EM from the centred model `gmm` until convergence or `max_iter`.
-    fn run(&self, mut gmm: Gmm, params: &GmmParams) -> Result<(Gmm, Vec<f64>, usize, bool)> {
+    fn run(&self, init: Gmm, params: &GmmParams) -> Result<(Gmm, Vec<f64>, usize, bool)> {
+        let converged = |prev: f64, ll: f64| (ll - prev).abs() <= params.tol * ll.abs();
         let mut history = Vec::with_capacity(params.max_iter + 1);
         if params.max_iter == 0 {
-            history.push(self.loglik(&gmm));
-            return Ok((gmm, history, 0, false));
+            history.push(self.loglik(&init));
+            return Ok((init, history, 0, false));
         }
-        let (mut next, ll) = self.step(&gmm)?;
+        // Each E-step gives the likelihood of the current model and the statistics of the next.
+        let mut current = init;
+        let (mut next, ll) = self.step(&current)?;
         history.push(ll);
-        for it in 1..=params.max_iter {
-            gmm = next;
-            let ll = if it == params.max_iter {
-                next = gmm.clone();
-                self.loglik(&gmm)
-            } else {
-                let (n, ll) = self.step(&gmm)?;
-                next = n;
-                ll
-            };
+        for it in 1..params.max_iter {
+            current = next;
+            let (n, ll) = self.step(&current)?;
+            next = n;
             let prev = history[history.len() - 1];
             history.push(ll);
-            if (ll - prev).abs() <= params.tol * ll.abs() {
-                return Ok((gmm, history, it, true));
+            if converged(prev, ll) {
+                return Ok((current, history, it, true));
             }
         }
-        Ok((gmm, history, params.max_iter, false))
+        // After the last M-step only the likelihood of the returned model is needed.
+        let ll = self.loglik(&next);
+        let prev = history[history.len() - 1];
+        history.push(ll);
+        Ok((next, history, params.max_iter, converged(prev, ll)))
     }
 }
 
@@ -839,17 +835,16 @@ fn initialise(ctx: &EmContext<'_>, params: &GmmParams, rng: &mut ChaCha8Rng) -> 
     };
     let mut assign = assign_pass(&sample, d, &centres, k);
     for _ in 0..iters {
-        let moved = assign.update_centres(&sample, d, &mut centres);
-        assign = assign_pass(&sample, d, &centres, k);
-        if !moved {
+        if !assign.update_centres(&sample, d, &mut centres) {
             break;
         }
+        assign = assign_pass(&sample, d, &centres, k);
     }
     // Cluster statistics; a cluster left empty keeps its centre, the data variance and 1/K.
     let mut means = vec![0f64; k * d];
     let mut vars = vec![0f64; k * d];
     let mut weights = vec![0f64; k];
-    for c in 0..k {
+    for (c, w) in weights.iter_mut().enumerate() {
         let cnt = assign.count[c];
         for j in 0..d {
             let i = c * d + j;
@@ -862,7 +857,7 @@ fn initialise(ctx: &EmContext<'_>, params: &GmmParams, rng: &mut ChaCha8Rng) -> 
                 vars[i] = ctx.data_var[j];
             }
         }
-        weights[c] = if cnt > 0.0 {
+        *w = if cnt > 0.0 {
             cnt / m as f64
         } else {
             1.0 / k as f64
@@ -1021,7 +1016,7 @@ fn assign_pass(x: &[f32], d: usize, centres: &[f32], k: usize) -> Assignment {
         x,
         d,
         || vec![0f32; BLOCK * k],
-        |dots, _, chunk| {
+        |dots, chunk| {
             let mut part = Assignment {
                 count: vec![0.0; k],
                 sum: vec![0.0; k * d],

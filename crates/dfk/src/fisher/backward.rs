@@ -1,0 +1,333 @@
+//! Backward pass of the Fisher vector: the gradient of `L = ⟨g, φ(X)⟩` with respect to the GMM
+//! means μ, log-standard deviations s = log σ and softmax weight logits a (π = softmax(a)),
+//! method.md §3, in matrix-product form.
+//!
+//! With `c_k = 1/(N√π_k)`, `c'_k = c_k/√2`, `z_ikd = (x_id − μ_kd)/σ_kd`:
+//!
+//! ```text
+//! ∂L/∂p   = (g − φ⟨φ, g⟩)/‖p‖                        (l2; the identity otherwise)
+//! ∂L/∂Φ   = ∂L/∂p · a (|Φ| + ε)^(a−1)                 (improved; split into G^u, G^v)
+//! A_ik    = Σ_d [c_k G^u_kd z_ikd + c'_k G^v_kd (z²_ikd − 1)] = [x², x]_i W + r  (one GEMM)
+//! B_ik    = γ_ik (A_ik − Σ_j γ_ij A_ij)                = ∂L/∂l_ik
+//! T       = Bᵀ [x², x], T0 = Σ_i B_ik                  (one GEMM)
+//! ∂L/∂μ   = ((T1 − μ T0)/σ − c G^u S0 − √2 G^v u)/σ
+//! ∂L/∂s   = (T2 − 2μ T1 + μ² T0)/σ² − T0 − G^u u − 2 G^v (v + c' S0)
+//! E_k     = T0_k − ½ Σ_d (G^u u + G^v v),   ∂L/∂a_j = E_j − π_j Σ_k E_k
+//! ```
+//!
+//! where `S0 = Σ_i γ_ik`, `u`, `v` are the forward quantities. Posteriors VLFeat skips (below
+//! the threshold, inactive components) are constants zero in the forward pass, so they get no
+//! direct term; the exact derivative of that function is `B_ik = γ_ik (m_ik A_ik − Σ_j m_ij γ_ij
+//! A_ij)` with the mask `m`, which is what is computed.
+//!
+//! Two passes over each image: the first is the forward pass (Φ, p and ‖p‖ are needed before
+//! A can be formed), the second recomputes γ block by block and forms A, B and T; nothing of
+//! size N × K × D is stored.
+
+use rayon::prelude::*;
+
+use super::{gemm_add, gemm_tn, image_error, FisherEncoder, FisherScratch, L2_FLOOR};
+use crate::error::{check_finite, Error, Result};
+use crate::stats::BLOCK;
+
+/// Gradient of a scalar with respect to the GMM parameters, accumulated in f64.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GmmGradient {
+    /// Number of components.
+    pub k: usize,
+    /// Dimension.
+    pub d: usize,
+    /// `K × D`: ∂L/∂μ.
+    pub means: Vec<f64>,
+    /// `K × D`: ∂L/∂s with s = log σ.
+    pub log_std: Vec<f64>,
+    /// `K`: ∂L/∂a with π = softmax(a).
+    pub weight_logits: Vec<f64>,
+}
+
+impl GmmGradient {
+    /// A zero gradient for `k` components in `d` dimensions.
+    pub fn zeros(k: usize, d: usize) -> Self {
+        Self {
+            k,
+            d,
+            means: vec![0.0; k * d],
+            log_std: vec![0.0; k * d],
+            weight_logits: vec![0.0; k],
+        }
+    }
+
+    /// Adds `other` (same shape) element-wise.
+    pub fn merge(&mut self, other: &Self) {
+        debug_assert!(self.k == other.k && self.d == other.d);
+        for (a, b) in self.means.iter_mut().zip(&other.means) {
+            *a += b;
+        }
+        for (a, b) in self.log_std.iter_mut().zip(&other.log_std) {
+            *a += b;
+        }
+        for (a, b) in self.weight_logits.iter_mut().zip(&other.weight_logits) {
+            *a += b;
+        }
+    }
+
+    /// Multiplies every entry by `f`.
+    pub fn scale(&mut self, f: f64) {
+        self.means
+            .iter_mut()
+            .chain(&mut self.log_std)
+            .chain(&mut self.weight_logits)
+            .for_each(|v| *v *= f);
+    }
+
+    /// `∂L/∂(log σ²) = ½ ∂L/∂(log σ)`, `K × D`.
+    pub fn log_variance(&self) -> Vec<f64> {
+        self.log_std.iter().map(|v| 0.5 * v).collect()
+    }
+}
+
+/// Images are summed in at most this many fixed chunks, so the order of the f64 sums (and the
+/// result) does not depend on the thread count.
+const MAX_CHUNKS: usize = 64;
+
+impl FisherEncoder {
+    /// Adds to `grad` the gradient of `L = ⟨grad_phi, φ(x)⟩` for one image `x` (`N × D`),
+    /// with ε = `options.sqrt_epsilon`; see the module documentation of the backward pass.
+    pub fn backward(
+        &self,
+        x: &[f32],
+        grad_phi: &[f32],
+        grad: &mut GmmGradient,
+        scratch: &mut FisherScratch,
+    ) -> Result<()> {
+        let (k, d) = (self.gmm.k(), self.gmm.d());
+        if grad_phi.len() != self.len() {
+            return Err(Error::dim(
+                "upstream gradient ∂L/∂φ",
+                self.len(),
+                grad_phi.len(),
+            ));
+        }
+        if grad.k != k || grad.d != d || grad.means.len() != k * d {
+            return Err(Error::dim(
+                "gradient accumulator (K·D)",
+                k * d,
+                grad.k * grad.d,
+            ));
+        }
+        check_finite("upstream gradient ∂L/∂φ", grad_phi)?;
+        self.forward(x, scratch)?;
+        let n_total = (x.len() / d) as f64;
+        self.upstream_phi(grad_phi, scratch);
+        self.coefficients(n_total, scratch);
+        self.second_pass(x, scratch);
+        self.parameter_gradient(n_total, grad, scratch);
+        Ok(())
+    }
+
+    /// Sum over images of [`backward`](Self::backward), image `i` being rows
+    /// `offsets[i]..offsets[i+1]` of `data` and its upstream gradient row `i` of `grad_phis`
+    /// (`images × 2KD`). Parallel over images with per-thread scratch; images whose upstream
+    /// gradient is all zero are skipped. The result does not depend on the thread count.
+    pub fn backward_batch(
+        &self,
+        data: &[f32],
+        offsets: &[usize],
+        grad_phis: &[f32],
+    ) -> Result<GmmGradient> {
+        let images = self.check_batch(data, offsets)?;
+        let len = self.len();
+        if grad_phis.len() != images * len {
+            return Err(Error::dim(
+                format!("upstream gradients ({images} images × {len})"),
+                images * len,
+                grad_phis.len(),
+            ));
+        }
+        let (k, d) = (self.gmm.k(), self.gmm.d());
+        let per = images.div_ceil(MAX_CHUNKS).max(1);
+        let chunks = images.div_ceil(per);
+        let parts: Vec<Result<GmmGradient>> = (0..chunks)
+            .into_par_iter()
+            .map_init(
+                || self.scratch(),
+                |scratch, c| {
+                    let mut g = GmmGradient::zeros(k, d);
+                    for i in c * per..((c + 1) * per).min(images) {
+                        let gp = &grad_phis[i * len..(i + 1) * len];
+                        if gp.iter().all(|&v| v == 0.0) {
+                            continue;
+                        }
+                        let x = &data[offsets[i] * d..offsets[i + 1] * d];
+                        self.backward(x, gp, &mut g, scratch)
+                            .map_err(|e| image_error(i, e))?;
+                    }
+                    Ok(g)
+                },
+            )
+            .collect();
+        let mut total = GmmGradient::zeros(k, d);
+        for p in parts {
+            total.merge(&p?);
+        }
+        Ok(total)
+    }
+
+    /// Turns `scratch.out` (φ) into ∂L/∂Φ given ∂L/∂φ; `scratch.phi` keeps Φ.
+    fn upstream_phi(&self, grad_phi: &[f32], scratch: &mut FisherScratch) {
+        let o = &self.options;
+        if o.l2 {
+            let dot: f64 = scratch
+                .out
+                .iter()
+                .zip(grad_phi)
+                .map(|(&f, &g)| f * g as f64)
+                .sum();
+            // Below the floor the divisor is the constant 1e-12, not ‖p‖.
+            let proj = if scratch.norm > L2_FLOOR { dot } else { 0.0 };
+            let inv = 1.0 / scratch.norm;
+            for (o, &g) in scratch.out.iter_mut().zip(grad_phi) {
+                *o = (g as f64 - *o * proj) * inv;
+            }
+        } else {
+            for (o, &g) in scratch.out.iter_mut().zip(grad_phi) {
+                *o = g as f64;
+            }
+        }
+        if o.improved {
+            let (a, eps) = (o.power as f64, o.sqrt_epsilon as f64);
+            for (o, &f) in scratch.out.iter_mut().zip(&scratch.phi) {
+                let t = f.abs() + eps;
+                // At Φ = 0 with ε = 0 the derivative is unbounded; take the subgradient 0.
+                *o = if t > 0.0 {
+                    *o * a * t.powf(a - 1.0)
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+
+    /// Fills `W` (`2D × K`) and `r` (`K`) so that `A = [x², x] W + r` in the shifted frame.
+    fn coefficients(&self, n_total: f64, scratch: &mut FisherScratch) {
+        let (k, d) = (self.gmm.k(), self.gmm.d());
+        let kd = k * d;
+        scratch.w.fill(0.0);
+        scratch.r.fill(0.0);
+        for c in 0..k {
+            if !self.active[c] {
+                continue;
+            }
+            let ck = 1.0 / (n_total * (self.gmm.weights()[c] as f64).sqrt());
+            let ckv = ck / std::f64::consts::SQRT_2;
+            let mut r = 0f64;
+            for j in 0..d {
+                let i = c * d + j;
+                let (m, sg) = (self.cmeans[i], self.sigma[i]);
+                let (gu, gv) = (scratch.out[i], scratch.out[kd + i]);
+                let cu = ck * gu / sg;
+                let cv = ckv * gv / (sg * sg);
+                scratch.w[j * k + c] = cv as f32;
+                scratch.w[(d + j) * k + c] = (cu - 2.0 * cv * m) as f32;
+                r += -cu * m + cv * m * m - ckv * gv;
+            }
+            scratch.r[c] = r as f32;
+        }
+    }
+
+    /// Second pass: recomputes γ per block, forms A, B and accumulates T0, T1, T2 in f64.
+    fn second_pass(&self, x: &[f32], scratch: &mut FisherScratch) {
+        let (k, d) = (self.gmm.k(), self.gmm.d());
+        let thr = self.options.posterior_threshold;
+        scratch.t0.fill(0.0);
+        scratch.t1.fill(0.0);
+        scratch.t2.fill(0.0);
+        for block in x.chunks(BLOCK * d) {
+            let n = self.block_posteriors(block, scratch);
+            let a = &mut scratch.a[..n * k];
+            for row in a.chunks_exact_mut(k) {
+                row.copy_from_slice(&scratch.r);
+            }
+            gemm_add(a, &scratch.block.aug[..n * 2 * d], &scratch.w, n, 2 * d, k);
+            for (arow, grow) in a
+                .chunks_exact_mut(k)
+                .zip(scratch.block.post[..n * k].chunks_exact(k))
+            {
+                let mut s = 0f64;
+                for ((av, &g), &act) in arow.iter_mut().zip(grow).zip(&self.active) {
+                    if act && g >= thr {
+                        s += g as f64 * *av as f64;
+                    } else {
+                        *av = 0.0;
+                    }
+                }
+                let s = s as f32;
+                for (av, &g) in arow.iter_mut().zip(grow) {
+                    *av = g * (*av - s);
+                }
+                for (t, &b) in scratch.t0.iter_mut().zip(arow.iter()) {
+                    *t += b as f64;
+                }
+            }
+            gemm_tn(
+                &mut scratch.bt,
+                &scratch.a[..n * k],
+                &scratch.block.aug[..n * 2 * d],
+                n,
+                k,
+                2 * d,
+            );
+            for c in 0..k {
+                let st = &scratch.bt[c * 2 * d..(c + 1) * 2 * d];
+                let (sq, lin) = st.split_at(d);
+                for j in 0..d {
+                    scratch.t2[c * d + j] += sq[j] as f64;
+                    scratch.t1[c * d + j] += lin[j] as f64;
+                }
+            }
+        }
+    }
+
+    /// Combines T, S and ∂L/∂Φ into the parameter gradient (added to `grad`).
+    /// `scratch.t0` is overwritten with E.
+    fn parameter_gradient(
+        &self,
+        n_total: f64,
+        grad: &mut GmmGradient,
+        scratch: &mut FisherScratch,
+    ) {
+        let (k, d) = (self.gmm.k(), self.gmm.d());
+        let kd = k * d;
+        let mut e_sum = 0f64;
+        for c in 0..k {
+            let t0 = scratch.t0[c];
+            let mut ek = t0;
+            let act = self.active[c];
+            let ck = 1.0 / (n_total * (self.gmm.weights()[c] as f64).sqrt());
+            let ckv = ck / std::f64::consts::SQRT_2;
+            let s0 = scratch.s0[c];
+            for j in 0..d {
+                let i = c * d + j;
+                let (m, sg) = (self.cmeans[i], self.sigma[i]);
+                let (t1, t2) = (scratch.t1[i], scratch.t2[i]);
+                let tz = (t1 - m * t0) / sg;
+                let tz2 = (t2 - 2.0 * m * t1 + m * m * t0) / (sg * sg);
+                let (mut dm, mut ds) = (tz, tz2 - t0);
+                if act {
+                    let (gu, gv) = (scratch.out[i], scratch.out[kd + i]);
+                    let (u, v) = (scratch.phi[i], scratch.phi[kd + i]);
+                    dm -= ck * gu * s0 + std::f64::consts::SQRT_2 * gv * u;
+                    ds -= gu * u + 2.0 * gv * (v + ckv * s0);
+                    ek -= 0.5 * (gu * u + gv * v);
+                }
+                grad.means[i] += dm / sg;
+                grad.log_std[i] += ds;
+            }
+            scratch.t0[c] = ek;
+            e_sum += ek;
+        }
+        for (c, g) in grad.weight_logits.iter_mut().enumerate() {
+            *g += scratch.t0[c] - self.gmm.weights()[c] as f64 * e_sum;
+        }
+    }
+}

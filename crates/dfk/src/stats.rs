@@ -162,14 +162,15 @@ pub fn block_statistics(terms: &GmmTerms, n: usize, scratch: &mut Scratch) {
     }
 }
 
-/// `γᵀ[x², x]` as one GEMM.
+/// `γᵀ[x², x]` as one GEMM, computed as its transpose `[x², x]ᵀ γ` (2D × K) written through a
+/// transposed view of `stats`: faer's kernels run this orientation faster for these shapes.
 fn statistics_dense(terms: &GmmTerms, n: usize, scratch: &mut Scratch) {
     let (k, d) = (terms.k, terms.d);
     matmul(
-        MatMut::from_row_major_slice_mut(&mut scratch.stats, k, 2 * d),
+        MatMut::from_row_major_slice_mut(&mut scratch.stats, k, 2 * d).transpose_mut(),
         Accum::Replace,
-        MatRef::from_row_major_slice(&scratch.post[..n * k], n, k).transpose(),
-        MatRef::from_row_major_slice(&scratch.aug[..n * 2 * d], n, 2 * d),
+        MatRef::from_row_major_slice(&scratch.aug[..n * 2 * d], n, 2 * d).transpose(),
+        MatRef::from_row_major_slice(&scratch.post[..n * k], n, k),
         1.0f32,
         Par::Seq,
     );

@@ -1,0 +1,115 @@
+/* Times VLFeat 0.9.21 (Debian libvlfeat-dev) on the comparison workloads written by
+ * make_workload.py. Build: cc -O2 -fopenmp vlfeat_bench.c -lvl -lm -o vlfeat_bench
+ *
+ *   vlfeat_bench encode DIR IMAGES PER_IMAGE REPS THREADS   vl_fisher_encode (improved), per image
+ *   vlfeat_bench em     DIR N ITERS REPS THREADS             vl_gmm_em from the given GMM
+ *   vlfeat_bench init   DIR N REPS THREADS                   vl_gmm_init_with_kmeans (VLFeat's default
+ *                                                            k-means), then one EM iteration for the LL
+ *
+ * DIR holds x.f32 (rows x D, little-endian float32), gmm_means.f32, gmm_variances.f32 (K x D),
+ * gmm_weights.f32 (K) and dims.txt ("rows D K"). Prints one JSON object per line. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <vl/generic.h>
+#include <vl/fisher.h>
+#include <vl/gmm.h>
+#include <vl/kmeans.h>
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+static float *load(const char *dir, const char *name, size_t count) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen(path, "rb");
+  if (!f) { fprintf(stderr, "cannot open %s\n", path); exit(2); }
+  float *buf = malloc(count * sizeof(float));
+  if (!buf || fread(buf, sizeof(float), count, f) != count) {
+    fprintf(stderr, "%s: expected %zu floats\n", path, count);
+    exit(2);
+  }
+  fclose(f);
+  return buf;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 3) { fprintf(stderr, "usage: see the header of vlfeat_bench.c\n"); return 2; }
+  const char *mode = argv[1], *dir = argv[2];
+  char path[4096];
+  snprintf(path, sizeof path, "%s/dims.txt", dir);
+  FILE *f = fopen(path, "r");
+  size_t rows, D, K;
+  if (!f || fscanf(f, "%zu %zu %zu", &rows, &D, &K) != 3) { fprintf(stderr, "bad %s\n", path); return 2; }
+  fclose(f);
+  float *x = load(dir, "x.f32", rows * D);
+  float *means = load(dir, "gmm_means.f32", K * D);
+  float *vars = load(dir, "gmm_variances.f32", K * D);
+  float *weights = load(dir, "gmm_weights.f32", K);
+
+  if (!strcmp(mode, "encode") && argc == 7) {
+    size_t images = atoi(argv[3]), per = atoi(argv[4]), reps = atoi(argv[5]);
+    vl_set_num_threads(atoi(argv[6]));
+    if (images * per > rows) { fprintf(stderr, "not enough rows\n"); return 2; }
+    float *enc = malloc(2 * K * D * sizeof(float));
+    for (size_t r = 0; r <= reps; r++) {
+      double t = now(), check = 0;
+      for (size_t i = 0; i < images; i++) {
+        vl_fisher_encode(enc, VL_TYPE_FLOAT, means, D, K, vars, weights, x + i * per * D, per,
+                         VL_FISHER_FLAG_IMPROVED);
+        check += enc[0];
+      }
+      t = now() - t;
+      if (r > 0) /* the first run warms up */
+        printf("{\"impl\":\"vlfeat\",\"stage\":\"encode\",\"k\":%zu,\"d\":%zu,\"descriptors\":%zu,"
+               "\"seconds\":%.6f,\"threads\":%zu,\"check\":%g}\n",
+               K, D, images * per, t, vl_get_max_threads(), check);
+    }
+    free(enc);
+  } else if (!strcmp(mode, "em") && argc == 7) {
+    size_t n = atoi(argv[3]), iters = atoi(argv[4]), reps = atoi(argv[5]);
+    vl_set_num_threads(atoi(argv[6]));
+    if (n > rows) { fprintf(stderr, "not enough rows\n"); return 2; }
+    for (size_t r = 0; r < reps; r++) {
+      VlGMM *gmm = vl_gmm_new(VL_TYPE_FLOAT, D, K);
+      vl_gmm_set_means(gmm, means);
+      vl_gmm_set_covariances(gmm, vars);
+      vl_gmm_set_priors(gmm, weights);
+      vl_gmm_set_max_num_iterations(gmm, iters);
+      double t = now();
+      double ll = vl_gmm_em(gmm, x, n);
+      t = now() - t;
+      printf("{\"impl\":\"vlfeat\",\"stage\":\"em\",\"k\":%zu,\"d\":%zu,\"descriptors\":%zu,"
+             "\"seconds\":%.6f,\"iterations\":%zu,\"loglik_total\":%.6f,\"threads\":%zu}\n",
+             K, D, n, t / iters, iters, ll, vl_get_max_threads());
+      vl_gmm_delete(gmm);
+    }
+  } else if (!strcmp(mode, "init") && argc == 6) {
+    size_t n = atoi(argv[3]), reps = atoi(argv[4]);
+    vl_set_num_threads(atoi(argv[5]));
+    if (n > rows) { fprintf(stderr, "not enough rows\n"); return 2; }
+    for (size_t r = 0; r < reps; r++) {
+      VlGMM *gmm = vl_gmm_new(VL_TYPE_FLOAT, D, K);
+      vl_gmm_set_max_num_iterations(gmm, 1);
+      double t = now();
+      vl_gmm_init_with_kmeans(gmm, x, n, NULL);
+      t = now() - t;
+      /* One EM iteration: vl_gmm_em returns the log-likelihood (sum over the data) of the model
+       * it starts the last iteration from, i.e. of the initialisation. */
+      double ll = vl_gmm_em(gmm, x, n);
+      printf("{\"impl\":\"vlfeat\",\"stage\":\"init\",\"k\":%zu,\"d\":%zu,\"descriptors\":%zu,"
+             "\"seconds\":%.6f,\"loglik_avg\":%.6f,\"threads\":%zu}\n",
+             K, D, n, t, ll / n, vl_get_max_threads());
+      vl_gmm_delete(gmm);
+    }
+  } else {
+    fprintf(stderr, "unknown mode or wrong argument count: see vlfeat_bench.c\n");
+    return 2;
+  }
+  free(x); free(means); free(vars); free(weights);
+  return 0;
+}

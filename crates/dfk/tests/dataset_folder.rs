@@ -74,6 +74,11 @@ fn classes_sorted_and_images_by_name() {
     assert_eq!((img.width, img.height), (5, 4));
     let want: Vec<u8> = (0..20).map(|v| 10 + v).collect();
     assert_eq!(img.pixels, want);
+    let g = ds.load_gray(3).unwrap();
+    assert_eq!((g.width, g.height), (5, 4));
+    for (a, &b) in g.pixels.iter().zip(&want) {
+        assert!((a - b as f32 / 255.0).abs() < 1e-6, "{a} vs {b}");
+    }
     // Colour converts to luma: pure red (255, 0, 0) → 0.2126·255 ≈ 54 (the image crate's Rec. 709 weights).
     let red = ds.load_u8(0).unwrap();
     assert_eq!((red.width, red.height), (4, 3));
@@ -115,6 +120,9 @@ fn truncated_image_found_by_decoding() {
     assert_eq!(ds.len(), 3);
     let err = ds.load_u8(1).unwrap_err();
     assert!(err.to_string().contains("half.png"), "{err}");
+    let err = ds.load_gray(1).unwrap_err();
+    assert!(err.to_string().contains("half.png"), "{err}");
+    assert!(ds.load_gray(3).is_err());
     match ds.retain_decodable(OnError::Fail) {
         Err(Error::Format { path, .. }) => assert!(path.ends_with("a/half.png")),
         other => panic!("expected a format error, got {other:?}"),

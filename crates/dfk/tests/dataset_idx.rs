@@ -51,6 +51,11 @@ fn tiny_raw_images_with_gzipped_labels() {
     assert_eq!((img.width, img.height), (3, 2));
     let want: Vec<u8> = (6..12).map(|v| v * 10).collect();
     assert_eq!(img.pixels, want);
+    let g = ds.load_gray(1).unwrap();
+    assert_eq!((g.width, g.height), (3, 2));
+    for (a, &b) in g.pixels.iter().zip(&want) {
+        assert!((a - b as f32 / 255.0).abs() < 1e-7);
+    }
     assert!(matches!(
         &ds.items[0].source,
         ImageSource::Memory {

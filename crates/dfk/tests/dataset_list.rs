@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use dfk::dataset::{load_list, load_list_splits, load_list_with, ImageSource, OnError};
+use dfk::svm::Labels;
 use dfk::Error;
 
 fn gray(path: &Path) {
@@ -41,6 +42,13 @@ fn single_label_names_inferred_and_sorted() {
     assert_eq!(ds.class_names, ["cat", "dog"]);
     assert!(!ds.multilabel);
     assert_eq!(ds.first_labels(), [1, 0, 1]);
+    match ds.labels() {
+        Labels::MultiClass { labels, classes } => {
+            assert_eq!(classes, 2);
+            assert_eq!(labels, [1, 0, 1]);
+        }
+        other => panic!("expected multi-class, got {other:?}"),
+    }
     match &ds.items[1].source {
         ImageSource::File(p) => assert!(p.ends_with("img/b.png"), "{p:?}"),
         other => panic!("{other:?}"),
@@ -74,6 +82,13 @@ fn multi_label_with_commas_and_class_file() {
     // `0` is an index into the class file; duplicates collapse.
     assert_eq!(ds.items[1].labels, [0, 2]);
     assert_eq!(ds.class_counts(), [2, 1, 1]);
+    match ds.labels() {
+        Labels::MultiLabel { targets, classes } => {
+            assert_eq!(classes, 3);
+            assert_eq!(targets, [true, true, false, true, false, true]);
+        }
+        other => panic!("expected multi-label, got {other:?}"),
+    }
 }
 
 #[test]

@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::sift::GrayImage;
+use crate::svm::Labels;
 
 pub use descriptors::Descriptors;
 pub use embedded::embedded_fashion_mnist;
@@ -106,6 +108,19 @@ pub struct GrayU8 {
 }
 
 impl ImageSource {
+    /// Decodes the image to grey in `[0, 1]`: files through [`GrayImage::from_dynamic`] (so
+    /// 16-bit and float images keep their precision), 8-bit memory images divided by 255.
+    pub fn load_gray(&self) -> Result<GrayImage> {
+        match self {
+            ImageSource::File(path) => Ok(GrayImage::from_dynamic(&open_image(path)?)),
+            ImageSource::Memory {
+                width,
+                height,
+                pixels,
+            } => GrayImage::from_u8(*width, *height, pixels),
+        }
+    }
+
     /// A short description for messages: the path, or `memory image`.
     pub fn describe(&self) -> String {
         match self {
@@ -118,13 +133,7 @@ impl ImageSource {
     pub fn decode_u8(&self) -> Result<GrayU8> {
         match self {
             ImageSource::File(path) => {
-                let img = image::ImageReader::open(path)
-                    .map_err(|e| Error::io(path, e))?
-                    .with_guessed_format()
-                    .map_err(|e| Error::io(path, e))?
-                    .decode()
-                    .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
-                let luma = img.to_luma8();
+                let luma = open_image(path)?.to_luma8();
                 Ok(GrayU8 {
                     width: luma.width() as usize,
                     height: luma.height() as usize,
@@ -151,6 +160,16 @@ impl ImageSource {
             }
         }
     }
+}
+
+/// Opens and decodes an image file (format guessed from its content); errors name the file.
+fn open_image(path: &Path) -> Result<image::DynamicImage> {
+    image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .decode()
+        .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))
 }
 
 /// Checks that `path` exists and has a readable image header (cheap: the pixels are not
@@ -269,6 +288,30 @@ impl Dataset {
             .collect()
     }
 
+    /// The labels in the form the SVM and metrics take: [`Labels::MultiClass`] (each item's
+    /// label) for a single-label data set, [`Labels::MultiLabel`] (`n × C` membership) for a
+    /// multi-label one. Assumes the invariants of [`Dataset::validate`]; a label that names no
+    /// class is left out.
+    pub fn labels(&self) -> Labels {
+        let classes = self.classes();
+        if self.multilabel {
+            let mut targets = vec![false; self.len() * classes];
+            for (row, item) in targets.chunks_exact_mut(classes.max(1)).zip(&self.items) {
+                for &l in &item.labels {
+                    if let Some(t) = row.get_mut(l) {
+                        *t = true;
+                    }
+                }
+            }
+            Labels::MultiLabel { targets, classes }
+        } else {
+            Labels::MultiClass {
+                labels: self.first_labels(),
+                classes,
+            }
+        }
+    }
+
     /// Items per class (an item with several labels counts once for each).
     pub fn class_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.classes()];
@@ -315,6 +358,15 @@ impl Dataset {
             .ok_or_else(|| Error::param("item index", i, format!("< {}", self.len())))?
             .source
             .decode_u8()
+    }
+
+    /// Decodes item `i` to grey in `[0, 1]` (see [`ImageSource::load_gray`]); errors name the file.
+    pub fn load_gray(&self, i: usize) -> Result<GrayImage> {
+        self.items
+            .get(i)
+            .ok_or_else(|| Error::param("item index", i, format!("< {}", self.len())))?
+            .source
+            .load_gray()
     }
 
     /// Decodes every image (in parallel) and keeps those that decode: `Fail` returns the first

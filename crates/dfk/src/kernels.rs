@@ -498,11 +498,29 @@ mod x86 {
         axpy_scalar(a, &x[n..], &mut y[n..]);
     }
 
+    /// Non-zeros are found 16 at a time with a vector compare and visited by their mask bits,
+    /// so a sparse row costs no branch mispredictions per zero.
     #[target_feature(enable = "avx512f,fma")]
     pub(super) fn sparse_atb_avx512(a: &[f32], b: &[f32], k: usize, w: usize, out: &mut [f32]) {
+        let zero = _mm512_setzero_ps();
         for (ar, br) in a.chunks_exact(k).zip(b.chunks_exact(w)) {
-            for (c, &g) in ar.iter().enumerate() {
+            let mut chunks = ar.chunks_exact(16);
+            let mut base = 0;
+            for ch in &mut chunks {
+                // SAFETY: `ch` holds exactly 16 f32.
+                let v = unsafe { _mm512_loadu_ps(ch.as_ptr()) };
+                let mut mask = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v, zero);
+                while mask != 0 {
+                    let j = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    let c = base + j;
+                    axpy_avx512(ch[j], br, &mut out[c * w..(c + 1) * w]);
+                }
+                base += 16;
+            }
+            for (j, &g) in chunks.remainder().iter().enumerate() {
                 if g != 0.0 {
+                    let c = base + j;
                     axpy_avx512(g, br, &mut out[c * w..(c + 1) * w]);
                 }
             }
@@ -511,9 +529,25 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn sparse_atb_avx2(a: &[f32], b: &[f32], k: usize, w: usize, out: &mut [f32]) {
+        let zero = _mm256_setzero_ps();
         for (ar, br) in a.chunks_exact(k).zip(b.chunks_exact(w)) {
-            for (c, &g) in ar.iter().enumerate() {
+            let mut chunks = ar.chunks_exact(8);
+            let mut base = 0;
+            for ch in &mut chunks {
+                // SAFETY: `ch` holds exactly 8 f32.
+                let v = unsafe { _mm256_loadu_ps(ch.as_ptr()) };
+                let mut mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(v, zero)) as u32;
+                while mask != 0 {
+                    let j = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    let c = base + j;
+                    axpy_avx2(ch[j], br, &mut out[c * w..(c + 1) * w]);
+                }
+                base += 8;
+            }
+            for (j, &g) in chunks.remainder().iter().enumerate() {
                 if g != 0.0 {
+                    let c = base + j;
                     axpy_avx2(g, br, &mut out[c * w..(c + 1) * w]);
                 }
             }
@@ -688,7 +722,7 @@ mod tests {
 
     #[test]
     fn sparse_atb_levels_match_dense_product() {
-        let (n, k, w) = (23, 9, 37);
+        let (n, k, w) = (23, 41, 37);
         let a: Vec<f32> = (0..n * k)
             .map(|i| {
                 if i % 3 == 0 {

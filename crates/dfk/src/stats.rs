@@ -191,6 +191,42 @@ fn statistics_sparse(terms: &GmmTerms, n: usize, scratch: &mut Scratch) {
     );
 }
 
+/// Adds the block's statistics (left in `scratch` by [`block_posteriors`] and
+/// [`block_statistics`]) to `f64` accumulators: `s0[k] += Σᵢ γᵢₖ` (`K`), `s1[k·D + j] += Σᵢ γᵢₖ xᵢⱼ`
+/// and `s2[k·D + j] += Σᵢ γᵢₖ xᵢⱼ²` (`K × D`). The posterior column sums are formed in f32
+/// within the block (as the statistics GEMM sums) with the vector kernel, then added in f64.
+pub fn add_block_sums(
+    terms: &GmmTerms,
+    n: usize,
+    scratch: &mut Scratch,
+    s0: &mut [f64],
+    s1: &mut [f64],
+    s2: &mut [f64],
+) {
+    let (k, d) = (terms.k, terms.d);
+    scratch.col.fill(0.0);
+    for row in scratch.post[..n * k].chunks_exact(k) {
+        kernels::axpy_at(terms.level, 1.0, row, &mut scratch.col);
+    }
+    for (s, &g) in s0.iter_mut().zip(&scratch.col) {
+        *s += g as f64;
+    }
+    for ((st, s1), s2) in scratch
+        .stats
+        .chunks_exact(2 * d)
+        .zip(s1.chunks_exact_mut(d))
+        .zip(s2.chunks_exact_mut(d))
+    {
+        let (sq, lin) = st.split_at(d);
+        for (s, &v) in s2.iter_mut().zip(sq) {
+            *s += v as f64;
+        }
+        for (s, &v) in s1.iter_mut().zip(lin) {
+            *s += v as f64;
+        }
+    }
+}
+
 /// The sparse form of [`block_statistics`] is used when at most `1/SPARSE_RATIO` of the block's
 /// posteriors are non-zero (one sparse update costs about as much as this many dense ones).
 const SPARSE_RATIO: usize = 4;
@@ -267,27 +303,12 @@ impl SufficientStats {
 
     /// Accumulates the statistics of the rows of `x` (`n × D`, any `n`), block by block.
     pub fn accumulate(&mut self, terms: &GmmTerms, x: &[f32], scratch: &mut Scratch) {
-        let (k, d) = (terms.k, terms.d);
+        let d = terms.d;
         for block in x.chunks(BLOCK * d) {
             let n = block.len() / d;
             block_posteriors(terms, block, n, scratch);
             block_statistics(terms, n, scratch);
-            // Column sums in f32 within the block (as the statistics GEMM sums), f64 across.
-            scratch.col.fill(0.0);
-            for row in scratch.post[..n * k].chunks_exact(k) {
-                kernels::axpy_at(terms.level, 1.0, row, &mut scratch.col);
-            }
-            for (s, &g) in self.s0.iter_mut().zip(&scratch.col) {
-                *s += g as f64;
-            }
-            for c in 0..k {
-                let st = &scratch.stats[c * 2 * d..(c + 1) * 2 * d];
-                let (sq, lin) = st.split_at(d);
-                for j in 0..d {
-                    self.s2[c * d + j] += sq[j] as f64;
-                    self.s1[c * d + j] += lin[j] as f64;
-                }
-            }
+            add_block_sums(terms, n, scratch, &mut self.s0, &mut self.s1, &mut self.s2);
             self.loglik += scratch.row_ll[..n].iter().sum::<f64>();
             self.count += n;
         }
@@ -431,6 +452,49 @@ mod tests {
         assert_eq!(prune_posteriors(&terms, n, 1e-3, &mut scratch), small);
         for (a, b) in scratch.post[..n * k].iter().zip(&before) {
             assert_eq!(*a, if *b < 1e-3 { 0.0 } else { *b });
+        }
+    }
+
+    #[test]
+    fn accumulated_statistics_match_f64_direct_sums() {
+        let (k, d, n) = (21, 16, 700);
+        let (gmm, x) = mixture(k, d, n);
+        let l = log_densities_direct(&gmm, &x);
+        let (mut s0, mut s1, mut s2) = (vec![0f64; k], vec![0f64; k * d], vec![0f64; k * d]);
+        for (i, row) in x.chunks_exact(d).enumerate() {
+            let li = &l[i * k..(i + 1) * k];
+            let m = li.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = m + li.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            for c in 0..k {
+                let g = (li[c] - lse).exp();
+                s0[c] += g;
+                for j in 0..d {
+                    s1[c * d + j] += g * row[j] as f64;
+                    s2[c * d + j] += g * (row[j] as f64).powi(2);
+                }
+            }
+        }
+        for level in SimdLevel::available() {
+            let terms = GmmTerms::new(&gmm).with_level(level);
+            let mut st = SufficientStats::zeros(k, d);
+            st.accumulate(&terms, &x, &mut Scratch::new(k, d));
+            assert_eq!(st.count, n);
+            for c in 0..k {
+                assert!(
+                    (st.s0[c] - s0[c]).abs() < 1e-4 * (1.0 + s0[c]),
+                    "{level:?} s0 {c}"
+                );
+            }
+            for i in 0..k * d {
+                assert!(
+                    (st.s1[i] - s1[i]).abs() < 1e-4 * (1.0 + s1[i].abs()),
+                    "{level:?} s1"
+                );
+                assert!(
+                    (st.s2[i] - s2[i]).abs() < 1e-4 * (1.0 + s2[i]),
+                    "{level:?} s2"
+                );
+            }
         }
     }
 }

@@ -59,3 +59,86 @@ pub fn emit(g: &Global, value: &serde_json::Value, human: &str) {
         println!("{human}");
     }
 }
+
+/// Progress bars for the library's pipeline stages (one bar per stage). Without bars (quiet,
+/// JSON, or no terminal), each finished stage is logged with its duration unless `--quiet`.
+pub struct Bars<'a> {
+    g: &'a Global,
+    current: std::sync::Mutex<Option<(ProgressBar, String, std::time::Instant)>>,
+}
+
+impl<'a> Bars<'a> {
+    pub fn new(g: &'a Global) -> Self {
+        Bars {
+            g,
+            current: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl dfk::pipeline::Progress for Bars<'_> {
+    fn start(&self, stage: &str, total: usize) {
+        let pb = if total > 1 {
+            bar(self.g, total as u64, stage)
+        } else {
+            spinner(self.g, stage)
+        };
+        if let Ok(mut c) = self.current.lock() {
+            *c = Some((pb, stage.to_string(), std::time::Instant::now()));
+        }
+    }
+
+    fn advance(&self, n: usize) {
+        if let Ok(c) = self.current.lock() {
+            if let Some((pb, _, _)) = c.as_ref() {
+                pb.inc(n as u64);
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Ok(mut c) = self.current.lock() {
+            if let Some((pb, stage, start)) = c.take() {
+                pb.finish();
+                if !show_progress(self.g) && !self.g.quiet && !self.g.json {
+                    eprintln!("{stage:>14}: {:.2} s", start.elapsed().as_secs_f64());
+                }
+            }
+        }
+    }
+}
+
+/// A spinner with elapsed time for a step without a known length.
+pub fn spinner(g: &Global, message: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(
+        None,
+        if show_progress(g) {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>14} {spinner} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.set_message(message.to_string());
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+/// The descriptor cache folder: `--cache DIR`, else `$XDG_CACHE_HOME/dfk`, else
+/// `$HOME/.cache/dfk`; `None` with `--no-cache` or when no home is known.
+pub fn cache_dir(flag: Option<&std::path::Path>, disabled: bool) -> Option<std::path::PathBuf> {
+    if disabled {
+        return None;
+    }
+    if let Some(p) = flag {
+        return Some(p.to_path_buf());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    Some(base.join("dfk").join("descriptors"))
+}

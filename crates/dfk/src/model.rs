@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::gmm::Gmm;
 use crate::npy::write_bytes_atomic;
 use crate::pca::Pca;
+use crate::svm::{BinarySvm, OneVsRest};
 
 /// Name stored in every header, to tell a dfk model from other safetensors files.
 pub const FORMAT_NAME: &str = "dfk-model";
@@ -93,6 +94,8 @@ pub struct ModelFile {
     pub pca: Option<Pca>,
     /// The mixture the Fisher vectors are computed against.
     pub gmm: Gmm,
+    /// The classifiers, when trained.
+    pub svm: Option<OneVsRest>,
     /// Class names in the order of the SVM rows.
     pub class_names: Vec<String>,
     /// The pipeline configuration (see `dfk::pipeline::PipelineConfig`).
@@ -109,6 +112,9 @@ impl ModelFile {
         if let Some(pca) = &self.pca {
             w.pca(pca);
         }
+        if let Some(svm) = &self.svm {
+            w.svm(svm)?;
+        }
         let header = Header {
             format: FORMAT_NAME.into(),
             format_version: FORMAT_VERSION,
@@ -116,7 +122,7 @@ impl ModelFile {
             writer: writer_name(),
             class_names: self.class_names.clone(),
             pca_whiten: self.pca.as_ref().map(|p| p.whiten),
-            svm_multilabel: None,
+            svm_multilabel: self.svm.as_ref().map(|s| s.multilabel),
             config: self.config.clone(),
             history: self.history.clone(),
         };
@@ -136,6 +142,7 @@ impl ModelFile {
         } else {
             None
         };
+        let svm = if r.has("svm.w") { Some(r.svm()?) } else { None };
         if let (Some(pca), Some(_)) = (&pca, Some(&gmm)) {
             // The GMM models projected descriptors, possibly with (x, y) appended.
             if gmm.d() < pca.dims() {
@@ -149,10 +156,23 @@ impl ModelFile {
                 ));
             }
         }
+        if let Some(svm) = &svm {
+            if svm.dim != gmm.fisher_len() {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "svm.w has {} columns: expected the Fisher vector length 2KD = {}",
+                        svm.dim,
+                        gmm.fisher_len()
+                    ),
+                ));
+            }
+        }
         let header = r.header;
         Ok(ModelFile {
             pca,
             gmm,
+            svm,
             class_names: header.class_names,
             config: header.config,
             history: header.history,
@@ -174,6 +194,32 @@ pub fn load_gmm(path: impl AsRef<Path>) -> Result<Gmm> {
     let r = Reader::new(path, &bytes)?;
     r.expect_kind(&[ModelKind::Gmm, ModelKind::Pipeline])?;
     r.gmm()
+}
+
+/// Writes one-vs-rest SVMs alone (a model file of kind `svm`) atomically; `class_names` may
+/// be empty.
+pub fn save_svm(path: impl AsRef<Path>, svm: &OneVsRest, class_names: &[String]) -> Result<()> {
+    let mut w = Writer::default();
+    w.svm(svm)?;
+    let mut header = bare_header(ModelKind::Svm, class_names.to_vec());
+    header.svm_multilabel = Some(svm.multilabel);
+    w.finish(path.as_ref(), &header)
+}
+
+/// Reads the SVMs (and class names) of a model file of kind `svm` or `pipeline`.
+pub fn load_svm(path: impl AsRef<Path>) -> Result<(OneVsRest, Vec<String>)> {
+    let path = path.as_ref();
+    let bytes = read_file(path)?;
+    let r = Reader::new(path, &bytes)?;
+    r.expect_kind(&[ModelKind::Svm, ModelKind::Pipeline])?;
+    if !r.has("svm.w") {
+        return Err(Error::format(
+            path,
+            "the model holds no SVMs (array svm.w is missing): train them first",
+        ));
+    }
+    let svm = r.svm()?;
+    Ok((svm, r.header.class_names.clone()))
 }
 
 /// What a model file holds, for `dfk info`: its header and each array's dtype and shape.
@@ -262,6 +308,41 @@ impl Writer {
         self.f32("pca.mean", vec![d_in], &pca.mean);
         self.f32("pca.components", vec![dims, d_in], &pca.components);
         self.f32("pca.eigenvalues", vec![dims], &pca.eigenvalues);
+    }
+
+    fn svm(&mut self, svm: &OneVsRest) -> Result<()> {
+        let c = svm.models.len();
+        if c != svm.classes {
+            return Err(Error::dim("SVM models (one per class)", svm.classes, c));
+        }
+        let n_alpha = svm.models.first().map_or(0, |m| m.alpha.len());
+        let mut w = Vec::with_capacity(c * svm.dim);
+        let mut alpha = Vec::with_capacity(c * n_alpha);
+        for (i, m) in svm.models.iter().enumerate() {
+            if m.w.len() != svm.dim {
+                return Err(Error::dim(format!("SVM {i} weights"), svm.dim, m.w.len()));
+            }
+            if m.alpha.len() != n_alpha {
+                return Err(Error::dim(
+                    format!("SVM {i} dual variables"),
+                    n_alpha,
+                    m.alpha.len(),
+                ));
+            }
+            w.extend_from_slice(&m.w);
+            alpha.extend_from_slice(&m.alpha);
+        }
+        let b: Vec<f32> = svm.models.iter().map(|m| m.b).collect();
+        let primal: Vec<f64> = svm.models.iter().map(|m| m.primal).collect();
+        let dual: Vec<f64> = svm.models.iter().map(|m| m.dual).collect();
+        let iterations: Vec<i64> = svm.models.iter().map(|m| m.iterations as i64).collect();
+        self.f32("svm.w", vec![c, svm.dim], &w);
+        self.f32("svm.b", vec![c], &b);
+        self.f64("svm.primal", vec![c], &primal);
+        self.f64("svm.dual", vec![c], &dual);
+        self.i64("svm.iterations", vec![c], &iterations);
+        self.f64("svm.alpha", vec![c, n_alpha], &alpha);
+        Ok(())
     }
 
     fn finish(self, path: &Path, header: &Header) -> Result<()> {
@@ -459,5 +540,58 @@ impl<'a> Reader<'a> {
         })?;
         Pca::new(mean, components, eigenvalues, whiten)
             .map_err(|e| self.invalid("the PCA arrays (pca.*)", e))
+    }
+
+    fn svm(&self) -> Result<OneVsRest> {
+        let (w, ws) = self.f32("svm.w", 2)?;
+        let (c, dim) = (ws[0], ws[1]);
+        let (b, bs) = self.f32("svm.b", 1)?;
+        self.check_shape("svm.b", &bs, &[c])?;
+        let (primal, ps) = self.f64("svm.primal", 1)?;
+        self.check_shape("svm.primal", &ps, &[c])?;
+        let (dual, ds) = self.f64("svm.dual", 1)?;
+        self.check_shape("svm.dual", &ds, &[c])?;
+        let (iterations, is) = self.i64("svm.iterations", 1)?;
+        self.check_shape("svm.iterations", &is, &[c])?;
+        let (alpha, a_shape) = self.f64("svm.alpha", 2)?;
+        if a_shape[0] != c {
+            return Err(Error::format(
+                self.path,
+                format!("array `svm.alpha` has shape {a_shape:?}: expected {c} rows"),
+            ));
+        }
+        let n = a_shape[1];
+        crate::error::check_finite("svm.w", &w).map_err(|e| self.invalid("svm.w", e))?;
+        crate::error::check_finite("svm.b", &b).map_err(|e| self.invalid("svm.b", e))?;
+        if c == 0 || dim == 0 {
+            return Err(Error::format(
+                self.path,
+                format!(
+                    "array `svm.w` has shape {ws:?}: expected at least one class and one feature"
+                ),
+            ));
+        }
+        let multilabel = self.header.svm_multilabel.ok_or_else(|| {
+            Error::format(
+                self.path,
+                "header field `svm_multilabel` is missing although the file holds SVMs",
+            )
+        })?;
+        let models = (0..c)
+            .map(|i| BinarySvm {
+                w: w[i * dim..(i + 1) * dim].to_vec(),
+                b: b[i],
+                alpha: alpha[i * n..(i + 1) * n].to_vec(),
+                primal: primal[i],
+                dual: dual[i],
+                iterations: iterations[i].max(0) as usize,
+            })
+            .collect();
+        Ok(OneVsRest {
+            classes: c,
+            dim,
+            multilabel,
+            models,
+        })
     }
 }

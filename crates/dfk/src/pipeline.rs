@@ -1,7 +1,256 @@
-//! The image classification pipeline around the Fisher vector (being assembled): progress
-//! reporting, stage timings and evaluation results.
+//! The image classification pipeline around the Fisher vector: configuration, dense SIFT
+//! extraction, descriptor preprocessing, GMM fitting, encoding, SVM training, evaluation.
+//!
+//! The stages follow the paper's Table 1 (see `docs/method.md`):
+//!
+//! 1. dense SIFT descriptors of every image ([`extract_descriptors`]);
+//! 2. preprocessing ([`Preprocessor`]): PCA projection (optional, fitted on a sample), L2
+//!    normalisation of each descriptor, and optionally the descriptor's position `(x, y)` in
+//!    the image, scaled to `[−0.5, 0.5]²`, appended;
+//! 3. a diagonal GMM fitted by EM on a sample of preprocessed descriptors;
+//! 4. improved Fisher vectors ([`encode_all`]);
+//! 5. one-vs-rest linear SVMs; [`evaluate`] computes accuracy, per-class AP, mAP, the
+//!    confusion matrix and top-k accuracy from the scores.
+//!
+//! Preprocessing is kept apart from encoding so that a GMM learned by another method (the
+//! Deep Fisher Kernel trainer) can be swapped in: [`Preprocessor::apply_all`] produces the
+//! descriptors any GMM of dimension [`Preprocessor::dim`] encodes.
+//!
+//! Every long stage reports progress through a [`Progress`] observer, so the command-line tool
+//! can draw progress bars without this crate depending on a terminal library.
 
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::seq::index::sample;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::dataset::{Dataset, Descriptors};
+use crate::error::{Error, Result};
+use crate::fisher::{FisherEncoder, FisherOptions};
+use crate::gmm::{fit_gmm, Gmm, GmmFit, GmmInit, GmmParams};
+use crate::metrics;
+use crate::model::ModelFile;
+use crate::npy;
+use crate::pca::{fit_pca, l2_normalize_rows, Pca, PcaParams};
+use crate::sift::{dense_sift_with, DsiftParams, DsiftScratch, GrayImage};
+use crate::svm::{train_one_vs_rest, ClassWeighting, Labels, OneVsRest, SvmParams};
+
+/// PCA settings; `dims = 0` disables the projection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PcaConfig {
+    /// Output dimension (0: no PCA).
+    pub dims: usize,
+    /// Divide each output by the square root of its eigenvalue.
+    pub whiten: bool,
+    /// At most this many descriptors (randomly drawn) estimate the covariance.
+    pub sample: usize,
+}
+
+impl Default for PcaConfig {
+    fn default() -> Self {
+        PcaConfig {
+            dims: 32,
+            whiten: false,
+            sample: 100_000,
+        }
+    }
+}
+
+/// GMM settings (see [`crate::gmm::GmmParams`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GmmConfig {
+    /// Number of components `K`.
+    pub k: usize,
+    /// Maximum EM iterations.
+    pub max_iter: usize,
+    /// Relative log-likelihood change at which EM stops.
+    pub tol: f64,
+    /// Independent initialisations.
+    pub restarts: usize,
+    /// Variance floor relative to each dimension's data variance.
+    pub variance_floor: f64,
+    /// Absolute weight floor.
+    pub weight_floor: f64,
+    /// Lloyd iterations after k-means++ seeding (0: k-means++ seeding only).
+    pub kmeans_iters: usize,
+    /// At most this many descriptors (randomly drawn) are used for EM.
+    pub sample: usize,
+}
+
+impl Default for GmmConfig {
+    fn default() -> Self {
+        GmmConfig {
+            k: 64,
+            max_iter: 30,
+            tol: 1e-4,
+            restarts: 1,
+            variance_floor: 1e-3,
+            weight_floor: 1e-6,
+            kmeans_iters: 0,
+            sample: 200_000,
+        }
+    }
+}
+
+/// How the classes of the one-vs-rest SVMs are weighted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weighting {
+    /// Every sample has cost C.
+    Uniform,
+    /// Positives and negatives of each task weighted to equal total cost.
+    Balanced,
+}
+
+/// Linear SVM settings (see [`crate::svm::SvmParams`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SvmConfig {
+    /// Cost `C` of the hinge loss.
+    pub c: f64,
+    /// Stopping tolerance of dual coordinate descent.
+    pub eps: f64,
+    /// Maximum epochs.
+    pub max_iter: usize,
+    /// Value of the appended bias feature (0: no bias).
+    pub bias: f32,
+    /// Class weighting.
+    pub weighting: Weighting,
+}
+
+impl Default for SvmConfig {
+    fn default() -> Self {
+        SvmConfig {
+            c: 3.0,
+            eps: 0.1,
+            max_iter: 1000,
+            bias: 1.0,
+            weighting: Weighting::Uniform,
+        }
+    }
+}
+
+impl SvmConfig {
+    /// The library parameters these settings stand for (seeded with `seed`).
+    pub fn params(&self, seed: u64) -> SvmParams {
+        SvmParams {
+            c: self.c,
+            eps: self.eps,
+            max_iter: self.max_iter,
+            bias: self.bias,
+            seed,
+            ..SvmParams::default()
+        }
+    }
+
+    /// The library class weighting.
+    pub fn weighting(&self) -> ClassWeighting {
+        match self.weighting {
+            Weighting::Uniform => ClassWeighting::Uniform,
+            Weighting::Balanced => ClassWeighting::Balanced,
+        }
+    }
+}
+
+/// Everything that defines a trained pipeline except the data; stored in every model file and
+/// loadable from TOML (every field optional, defaults as [`PipelineConfig::default`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Dense SIFT.
+    pub sift: DsiftParams,
+    /// PCA projection of the descriptors.
+    pub pca: PcaConfig,
+    /// L2-normalise each (projected) descriptor.
+    pub l2_normalize: bool,
+    /// Append each descriptor's position `(x, y) ∈ [−0.5, 0.5]²`.
+    pub spatial: bool,
+    /// The GMM.
+    pub gmm: GmmConfig,
+    /// The Fisher vector.
+    pub fisher: FisherOptions,
+    /// The SVMs.
+    pub svm: SvmConfig,
+    /// Seed of every random choice (samples, initialisation, SVM coordinate order).
+    pub seed: u64,
+}
+
+impl Default for PipelineConfig {
+    /// Defaults for small grey images such as Fashion-MNIST (see `docs/cli.md`): dense RootSIFT
+    /// on the image upsampled to 56×56 ([`fashion_mnist_sift`]), PCA to 32, L2, (x, y)
+    /// appended, K = 64, C = 3.
+    fn default() -> Self {
+        PipelineConfig {
+            sift: fashion_mnist_sift(),
+            pca: PcaConfig::default(),
+            l2_normalize: true,
+            spatial: true,
+            gmm: GmmConfig::default(),
+            fisher: FisherOptions::default(),
+            svm: SvmConfig::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// Dense SIFT for Fashion-MNIST-sized images (28×28): RootSIFT on the image upsampled to
+/// 56×56, bins of 4 and 6 pixels every 4 pixels.
+pub fn fashion_mnist_sift() -> DsiftParams {
+    DsiftParams {
+        bin_sizes: vec![4, 6],
+        step: 4,
+        root_sift: true,
+        resize: Some((56, 56)),
+        ..DsiftParams::default()
+    }
+}
+
+impl PipelineConfig {
+    /// Checks every value, naming the first invalid one.
+    pub fn validate(&self) -> Result<()> {
+        self.sift.validate()?;
+        if self.pca.dims > 0 && self.pca.sample < 2 {
+            return Err(Error::param("pca.sample", self.pca.sample, "at least 2"));
+        }
+        if self.gmm.sample == 0 {
+            return Err(Error::param("gmm.sample", 0, "at least K"));
+        }
+        self.gmm_params().validate()?;
+        if !(self.svm.c > 0.0) || !self.svm.c.is_finite() {
+            return Err(Error::param("svm.c", self.svm.c, "a positive number"));
+        }
+        if !(self.svm.eps > 0.0) {
+            return Err(Error::param("svm.eps", self.svm.eps, "a positive number"));
+        }
+        self.fisher.validate()?;
+        Ok(())
+    }
+
+    /// The GMM fitting parameters.
+    pub fn gmm_params(&self) -> GmmParams {
+        let g = &self.gmm;
+        GmmParams::new(g.k)
+            .max_iter(g.max_iter)
+            .tol(g.tol)
+            .restarts(g.restarts)
+            .variance_floor(g.variance_floor)
+            .weight_floor(g.weight_floor)
+            .init(if g.kmeans_iters > 0 {
+                GmmInit::KMeans {
+                    iters: g.kmeans_iters,
+                }
+            } else {
+                GmmInit::KMeansPlusPlus
+            })
+            .seed(self.seed)
+    }
+}
 
 /// Reports the progress of long stages. `start` opens a stage of `total` steps, `advance`
 /// adds finished steps (called from worker threads), `finish` closes the stage.
@@ -23,6 +272,384 @@ impl Progress for Silent {
     fn finish(&self) {}
 }
 
+/// Dense descriptors of a set of images with each descriptor's normalised position.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RawDescriptors {
+    /// The descriptors (`rows × 128` for SIFT) and per-image offsets.
+    pub descriptors: Descriptors,
+    /// `rows × 2`: each descriptor's centre `(x, y)` scaled to `[−0.5, 0.5]²`
+    /// (`(p + 0.5)/size − 0.5`, pixel `k` centred at `k`).
+    pub positions: Vec<f32>,
+}
+
+impl RawDescriptors {
+    /// Number of images.
+    pub fn images(&self) -> usize {
+        self.descriptors.images()
+    }
+}
+
+/// Extracts dense SIFT from every image of `data`, in parallel on the current rayon pool;
+/// `progress` is called with the number of images finished (from worker threads). An image
+/// that yields no descriptor (smaller than one descriptor) is an error naming it.
+pub fn extract_descriptors(
+    data: &Dataset,
+    params: &DsiftParams,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<RawDescriptors> {
+    if data.is_empty() {
+        return Err(Error::Empty {
+            what: "data set".into(),
+        });
+    }
+    params.validate()?;
+    let per_image: Vec<(Vec<f32>, Vec<f32>)> = (0..data.len())
+        .into_par_iter()
+        .map_init(DsiftScratch::new, |scratch, i| {
+            let name = || data.items[i].source.describe();
+            let img = data.load_u8(i)?;
+            let gray = GrayImage::from_u8(img.width, img.height, &img.pixels)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", name())))?;
+            let (mut d, mut keypoints) = (Vec::new(), Vec::new());
+            dense_sift_with(&gray, params, scratch, &mut d, &mut keypoints)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", name())))?;
+            if keypoints.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "{}: no descriptors ({}x{} image is smaller than one descriptor)",
+                    name(),
+                    img.width,
+                    img.height
+                )));
+            }
+            // Keypoints are in the coordinates of the image passed in (before any resize).
+            let (w, h) = (img.width as f32, img.height as f32);
+            let mut pos = Vec::with_capacity(2 * keypoints.len());
+            for k in &keypoints {
+                pos.push((k.x + 0.5) / w - 0.5);
+                pos.push((k.y + 0.5) / h - 0.5);
+            }
+            progress(1);
+            Ok((d, pos))
+        })
+        .collect::<Result<_>>()?;
+    let dim = per_image[0].0.len() / (per_image[0].1.len() / 2);
+    let rows: usize = per_image.iter().map(|(_, p)| p.len() / 2).sum();
+    let mut data_out = Vec::with_capacity(rows * dim);
+    let mut positions = Vec::with_capacity(rows * 2);
+    let mut offsets = Vec::with_capacity(per_image.len() + 1);
+    offsets.push(0);
+    for (d, p) in per_image {
+        data_out.extend_from_slice(&d);
+        positions.extend_from_slice(&p);
+        offsets.push(positions.len() / 2);
+    }
+    Ok(RawDescriptors {
+        descriptors: Descriptors::new(data_out, dim, offsets)?,
+        positions,
+    })
+}
+
+/// A 64-bit FNV-1a hash, for cache keys (not cryptographic).
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// Cache key of a data set's descriptors: a hash of the SIFT settings and of every image's
+/// content (file bytes or in-memory pixels), so a changed image or setting misses the cache.
+pub fn descriptor_cache_key(data: &Dataset, sift: &DsiftParams) -> Result<String> {
+    let mut h = Fnv::new();
+    h.write(
+        serde_json::to_string(sift)
+            .map_err(|e| Error::Invalid(e.to_string()))?
+            .as_bytes(),
+    );
+    h.write(env!("CARGO_PKG_VERSION").as_bytes());
+    let item_hashes: Vec<u64> = data
+        .items
+        .par_iter()
+        .map(|item| {
+            let mut ih = Fnv::new();
+            match &item.source {
+                crate::dataset::ImageSource::File(p) => {
+                    let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+                    ih.write(&bytes);
+                }
+                crate::dataset::ImageSource::Memory {
+                    width,
+                    height,
+                    pixels,
+                } => {
+                    ih.write(&(*width as u64).to_le_bytes());
+                    ih.write(&(*height as u64).to_le_bytes());
+                    ih.write(pixels);
+                }
+            }
+            Ok(ih.0)
+        })
+        .collect::<Result<_>>()?;
+    for x in item_hashes {
+        h.write(&x.to_le_bytes());
+    }
+    Ok(format!("{:016x}-{}", h.0, data.len()))
+}
+
+/// Returns the descriptors of `data`, from `cache_dir/<key>/` when present there, else
+/// extracted and (with a cache directory) stored there. Returns whether the cache was hit.
+pub fn load_or_extract(
+    data: &Dataset,
+    sift: &DsiftParams,
+    cache_dir: Option<&Path>,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<(RawDescriptors, bool)> {
+    let Some(cache_dir) = cache_dir else {
+        return Ok((extract_descriptors(data, sift, progress)?, false));
+    };
+    let dir = cache_dir.join(descriptor_cache_key(data, sift)?);
+    let files = CacheFiles::new(&dir);
+    if files.complete() {
+        let descriptors = Descriptors::from_npy(&files.data, &files.offsets)?;
+        let (positions, rows, cols) = npy::read_f32_matrix(&files.positions)?;
+        if cols != 2 || rows != descriptors.rows() || descriptors.images() != data.len() {
+            return Err(Error::format(
+                &files.positions,
+                "cached descriptors do not match the data set: delete the cache folder",
+            ));
+        }
+        progress(data.len());
+        return Ok((
+            RawDescriptors {
+                descriptors,
+                positions,
+            },
+            true,
+        ));
+    }
+    let raw = extract_descriptors(data, sift, progress)?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let d = &raw.descriptors;
+    npy::write_f32_matrix(&files.positions, &raw.positions, d.rows(), 2)?;
+    // The data file is written last: its presence marks a complete entry.
+    let offsets: Vec<i64> = d.offsets.iter().map(|&o| o as i64).collect();
+    npy::write_i64_vector(&files.offsets, &offsets)?;
+    npy::write_f32_matrix(&files.data, &d.data, d.rows(), d.dim)?;
+    Ok((raw, false))
+}
+
+struct CacheFiles {
+    data: PathBuf,
+    offsets: PathBuf,
+    positions: PathBuf,
+}
+
+impl CacheFiles {
+    fn new(dir: &Path) -> Self {
+        CacheFiles {
+            data: dir.join("descriptors.npy"),
+            offsets: dir.join("offsets.npy"),
+            positions: dir.join("positions.npy"),
+        }
+    }
+    fn complete(&self) -> bool {
+        self.data.is_file() && self.offsets.is_file() && self.positions.is_file()
+    }
+}
+
+/// Draws `min(n, max)` distinct indices out of `n` (sorted), seeded.
+fn sample_rows(n: usize, max: usize, seed: u64) -> Vec<usize> {
+    if n <= max {
+        return (0..n).collect();
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut idx = sample(&mut rng, n, max).into_vec();
+    idx.sort_unstable();
+    idx
+}
+
+/// Descriptor preprocessing: `x ↦ [L2(P x), x_pos, y_pos]` with `P` the optional PCA projection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocessor {
+    /// Dimension of the raw descriptors.
+    pub d_in: usize,
+    /// The projection, when used.
+    pub pca: Option<Pca>,
+    /// L2-normalise each projected descriptor.
+    pub l2: bool,
+    /// Append the position.
+    pub spatial: bool,
+}
+
+impl Preprocessor {
+    /// Fits the PCA (when `config.pca.dims > 0`) on a seeded sample of the raw descriptors.
+    pub fn fit(raw: &Descriptors, config: &PipelineConfig) -> Result<Self> {
+        let pca = if config.pca.dims > 0 {
+            let params = PcaParams::new(config.pca.dims)
+                .whiten(config.pca.whiten)
+                .sample(config.pca.sample)
+                .seed(config.seed);
+            Some(fit_pca(&raw.data, raw.dim, &params)?)
+        } else {
+            None
+        };
+        Ok(Preprocessor {
+            d_in: raw.dim,
+            pca,
+            l2: config.l2_normalize,
+            spatial: config.spatial,
+        })
+    }
+
+    /// Rebuilds the preprocessor of a stored pipeline.
+    pub fn from_parts(d_in: usize, pca: Option<Pca>, config: &PipelineConfig) -> Result<Self> {
+        if let Some(p) = &pca {
+            if p.d_in() != d_in {
+                return Err(Error::dim("PCA input dimension", d_in, p.d_in()));
+            }
+        }
+        Ok(Preprocessor {
+            d_in,
+            pca,
+            l2: config.l2_normalize,
+            spatial: config.spatial,
+        })
+    }
+
+    /// Output dimension `D` (the GMM's dimension).
+    pub fn dim(&self) -> usize {
+        self.pca.as_ref().map_or(self.d_in, |p| p.dims()) + if self.spatial { 2 } else { 0 }
+    }
+
+    /// Preprocesses `x` (`N × d_in`) with positions `N × 2`, returning `N × dim()`.
+    pub fn apply(&self, x: &[f32], positions: &[f32]) -> Result<Vec<f32>> {
+        if x.len() % self.d_in != 0 {
+            return Err(Error::dim(
+                "descriptor values (N × d_in)",
+                self.d_in,
+                x.len(),
+            ));
+        }
+        let n = x.len() / self.d_in;
+        if self.spatial && positions.len() != 2 * n {
+            return Err(Error::dim(
+                "descriptor positions (N × 2)",
+                2 * n,
+                positions.len(),
+            ));
+        }
+        let mut y = match &self.pca {
+            Some(p) => p.transform(x)?,
+            None => x.to_vec(),
+        };
+        let d = y.len() / n.max(1);
+        if self.l2 {
+            l2_normalize_rows(&mut y, d);
+        }
+        if !self.spatial {
+            return Ok(y);
+        }
+        let mut out = Vec::with_capacity(n * (d + 2));
+        for (row, pos) in y.chunks_exact(d).zip(positions.chunks_exact(2)) {
+            out.extend_from_slice(row);
+            out.extend_from_slice(pos);
+        }
+        Ok(out)
+    }
+
+    /// Preprocesses every image's descriptors (parallel over blocks of images).
+    pub fn apply_all(&self, raw: &RawDescriptors) -> Result<Descriptors> {
+        let d = &raw.descriptors;
+        if d.dim != self.d_in {
+            return Err(Error::dim("raw descriptor dimension", self.d_in, d.dim));
+        }
+        let images = d.images();
+        let block = 256;
+        let blocks: Vec<Vec<f32>> = (0..images.div_ceil(block))
+            .into_par_iter()
+            .map(|b| {
+                let (i0, i1) = (b * block, ((b + 1) * block).min(images));
+                let (r0, r1) = (d.offsets[i0], d.offsets[i1]);
+                self.apply(
+                    &d.data[r0 * d.dim..r1 * d.dim],
+                    &raw.positions[2 * r0..2 * r1],
+                )
+            })
+            .collect::<Result<_>>()?;
+        let out_dim = self.dim();
+        let mut data = Vec::with_capacity(d.rows() * out_dim);
+        for b in blocks {
+            data.extend_from_slice(&b);
+        }
+        Descriptors::new(data, out_dim, d.offsets.clone())
+    }
+}
+
+/// Fits the GMM on a seeded sample of at most `config.gmm.sample` preprocessed descriptors.
+pub fn fit_gmm_sampled(desc: &Descriptors, config: &PipelineConfig) -> Result<GmmFit> {
+    let rows = sample_rows(desc.rows(), config.gmm.sample, config.seed ^ 0x9e37_79b9);
+    let d = desc.dim;
+    let x: Vec<f32> = if rows.len() == desc.rows() {
+        desc.data.clone()
+    } else {
+        rows.iter()
+            .flat_map(|&r| desc.data[r * d..(r + 1) * d].iter().copied())
+            .collect()
+    };
+    fit_gmm(&x, d, &config.gmm_params())
+}
+
+/// Encodes every image of `desc` against `gmm` (`images × 2KD`, row-major), in blocks of
+/// images on the current rayon pool; `progress` is called with the images finished.
+pub fn encode_all(
+    gmm: &Gmm,
+    options: FisherOptions,
+    desc: &Descriptors,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Vec<f32>> {
+    let encoder = FisherEncoder::new(gmm, options)?;
+    let len = encoder.len();
+    let images = desc.images();
+    let mut out = vec![0.0f32; images * len];
+    let block = 64;
+    for (b, chunk) in out.chunks_mut(block * len).enumerate() {
+        let i0 = b * block;
+        let i1 = i0 + chunk.len() / len;
+        let r0 = desc.offsets[i0];
+        let local: Vec<usize> = desc.offsets[i0..=i1].iter().map(|o| o - r0).collect();
+        let data = &desc.data[r0 * desc.dim..desc.offsets[i1] * desc.dim];
+        encoder.encode_batch(data, &local, chunk)?;
+        progress(i1 - i0);
+    }
+    Ok(out)
+}
+
+/// The class labels of a data set in the SVM's form.
+pub fn dataset_labels(data: &Dataset) -> Labels {
+    let classes = data.classes();
+    if data.multilabel {
+        let mut targets = vec![false; data.len() * classes];
+        for (i, item) in data.items.iter().enumerate() {
+            for &l in &item.labels {
+                targets[i * classes + l] = true;
+            }
+        }
+        Labels::MultiLabel { targets, classes }
+    } else {
+        Labels::MultiClass {
+            labels: data.first_labels(),
+            classes,
+        }
+    }
+}
+
 /// Wall-clock time of one pipeline stage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StageTime {
@@ -30,6 +657,223 @@ pub struct StageTime {
     pub stage: String,
     /// Seconds.
     pub seconds: f64,
+}
+
+/// Records stage timings.
+#[derive(Default)]
+struct Clock {
+    times: Vec<StageTime>,
+}
+
+impl Clock {
+    fn time<T>(&mut self, stage: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t = Instant::now();
+        let out = f()?;
+        self.times.push(StageTime {
+            stage: stage.into(),
+            seconds: t.elapsed().as_secs_f64(),
+        });
+        Ok(out)
+    }
+}
+
+/// A trained pipeline: preprocessing, GMM, SVMs, class names and the configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pipeline {
+    /// The configuration it was trained with.
+    pub config: PipelineConfig,
+    /// Descriptor preprocessing.
+    pub pre: Preprocessor,
+    /// The GMM of the Fisher vectors.
+    pub gmm: Gmm,
+    /// One-vs-rest classifiers on the Fisher vectors.
+    pub svm: OneVsRest,
+    /// Class names, in SVM order.
+    pub class_names: Vec<String>,
+}
+
+/// What [`fit_pipeline`] returns besides the pipeline.
+#[derive(Clone, Debug)]
+pub struct FitOutput {
+    /// The trained pipeline.
+    pub pipeline: Pipeline,
+    /// Training history (stage timings, EM log-likelihoods, SVM objective, training accuracy),
+    /// stored in the model file.
+    pub history: serde_json::Value,
+    /// Stage timings.
+    pub timings: Vec<StageTime>,
+    /// The training Fisher vectors (`images × 2KD`).
+    pub train_features: Vec<f32>,
+    /// Whether the training descriptors came from the cache.
+    pub cache_hit: bool,
+}
+
+/// Trains the whole pipeline on `train`: descriptors (cached in `cache_dir` when given), PCA
+/// on a sample, preprocessing, GMM by EM, Fisher vectors, one-vs-rest SVMs.
+pub fn fit_pipeline(
+    train: &Dataset,
+    config: &PipelineConfig,
+    cache_dir: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<FitOutput> {
+    config.validate()?;
+    let mut clock = Clock::default();
+    progress.start("descriptors", train.len());
+    let (raw, cache_hit) = clock.time("descriptors", || {
+        load_or_extract(train, &config.sift, cache_dir, &|n| progress.advance(n))
+    })?;
+    progress.finish();
+    let mut out = fit_from_descriptors(&raw, &dataset_labels(train), config, progress)?;
+    out.pipeline.class_names = train.class_names.clone();
+    clock.times.append(&mut out.timings);
+    out.timings = clock.times;
+    out.history["timings"] = serde_json::to_value(&out.timings).unwrap_or_default();
+    out.cache_hit = cache_hit;
+    Ok(out)
+}
+
+/// Trains preprocessing, GMM and SVMs from already extracted descriptors.
+pub fn fit_from_descriptors(
+    raw: &RawDescriptors,
+    labels: &Labels,
+    config: &PipelineConfig,
+    progress: &dyn Progress,
+) -> Result<FitOutput> {
+    config.validate()?;
+    if labels.n() != raw.images() {
+        return Err(Error::dim(
+            "labels (one per image)",
+            raw.images(),
+            labels.n(),
+        ));
+    }
+    let mut clock = Clock::default();
+    progress.start("PCA", 1);
+    let pre = clock.time("pca", || Preprocessor::fit(&raw.descriptors, config))?;
+    progress.finish();
+    progress.start("preprocess", 1);
+    let desc = clock.time("preprocess", || pre.apply_all(raw))?;
+    progress.finish();
+    progress.start("GMM (EM)", 1);
+    let gmm_fit = clock.time("gmm", || fit_gmm_sampled(&desc, config))?;
+    progress.finish();
+    progress.start("Fisher vectors", raw.images());
+    let fv = clock.time("encode", || {
+        encode_all(&gmm_fit.gmm, config.fisher, &desc, &|n| progress.advance(n))
+    })?;
+    progress.finish();
+    let n = raw.images();
+    let dim = gmm_fit.gmm.fisher_len();
+    progress.start("SVMs", 1);
+    let svm = clock.time("svm", || {
+        train_one_vs_rest(
+            &fv,
+            n,
+            dim,
+            labels,
+            &config.svm.params(config.seed),
+            config.svm.weighting(),
+            None,
+        )
+    })?;
+    progress.finish();
+    let train_eval = evaluate(&svm.scores(&fv, n), labels, &[])?;
+    let history = serde_json::json!({
+        "gmm": {
+            "loglik": gmm_fit.loglik_history,
+            "iterations": gmm_fit.iterations,
+            "converged": gmm_fit.converged,
+        },
+        "svm_objective": svm.objective(),
+        "train_accuracy": train_eval.accuracy,
+        "train_map": train_eval.map,
+    });
+    Ok(FitOutput {
+        pipeline: Pipeline {
+            config: config.clone(),
+            pre,
+            gmm: gmm_fit.gmm,
+            svm,
+            class_names: Vec::new(),
+        },
+        history,
+        timings: clock.times,
+        train_features: fv,
+        cache_hit: false,
+    })
+}
+
+impl Pipeline {
+    /// The model file holding this pipeline (with `history`).
+    pub fn to_model(&self, history: serde_json::Value) -> Result<ModelFile> {
+        Ok(ModelFile {
+            pca: self.pre.pca.clone(),
+            gmm: self.gmm.clone(),
+            svm: Some(self.svm.clone()),
+            class_names: self.class_names.clone(),
+            config: serde_json::to_value(&self.config)
+                .map_err(|e| Error::Invalid(format!("cannot encode the configuration: {e}")))?,
+            history,
+        })
+    }
+
+    /// Rebuilds a pipeline from a model file (which must hold SVMs and a configuration).
+    pub fn from_model(model: &ModelFile, path: &Path) -> Result<Self> {
+        let config: PipelineConfig = serde_json::from_value(model.config.clone())
+            .map_err(|e| Error::format(path, format!("header field `config`: {e}")))?;
+        let svm = model
+            .svm
+            .clone()
+            .ok_or_else(|| Error::format(path, "the model holds no SVMs: it cannot classify"))?;
+        let d_in = match &model.pca {
+            Some(p) => p.d_in(),
+            None => model.gmm.d() - if config.spatial { 2 } else { 0 },
+        };
+        let pre = Preprocessor::from_parts(d_in, model.pca.clone(), &config)
+            .map_err(|e| Error::format(path, e))?;
+        if pre.dim() != model.gmm.d() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "the GMM has dimension {} but the preprocessing outputs {}",
+                    model.gmm.d(),
+                    pre.dim()
+                ),
+            ));
+        }
+        Ok(Pipeline {
+            config,
+            pre,
+            gmm: model.gmm.clone(),
+            svm,
+            class_names: model.class_names.clone(),
+        })
+    }
+
+    /// Extracts, preprocesses and encodes a data set: `images × 2KD` Fisher vectors.
+    pub fn encode_dataset(
+        &self,
+        data: &Dataset,
+        cache_dir: Option<&Path>,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f32>> {
+        progress.start("descriptors", data.len());
+        let (raw, _) =
+            load_or_extract(data, &self.config.sift, cache_dir, &|n| progress.advance(n))?;
+        progress.finish();
+        let desc = self.pre.apply_all(&raw)?;
+        progress.start("Fisher vectors", data.len());
+        let fv = encode_all(&self.gmm, self.config.fisher, &desc, &|n| {
+            progress.advance(n)
+        })?;
+        progress.finish();
+        Ok(fv)
+    }
+
+    /// SVM scores (`n × classes`) of Fisher vectors.
+    pub fn scores(&self, features: &[f32], n: usize) -> Vec<f32> {
+        self.svm.scores(features, n)
+    }
 }
 
 /// A precision–recall curve.
@@ -66,4 +910,88 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<usize>>,
     /// One precision–recall curve per class, thinned to at most 200 points.
     pub pr_curves: Vec<PrCurve>,
+}
+
+fn thin(p: Vec<f64>, r: Vec<f64>, max: usize) -> PrCurve {
+    if p.len() <= max {
+        return PrCurve {
+            precision: p,
+            recall: r,
+        };
+    }
+    let step = p.len() as f64 / max as f64;
+    let mut idx: Vec<usize> = (0..max).map(|i| (i as f64 * step) as usize).collect();
+    idx.push(p.len() - 1);
+    idx.dedup();
+    PrCurve {
+        precision: idx.iter().map(|&i| p[i]).collect(),
+        recall: idx.iter().map(|&i| r[i]).collect(),
+    }
+}
+
+/// Evaluates scores (`n × C`, row-major) against labels.
+pub fn evaluate(scores: &[f32], labels: &Labels, class_names: &[String]) -> Result<Evaluation> {
+    let (n, c) = (labels.n(), labels.classes());
+    if scores.len() != n * c {
+        return Err(Error::dim("scores (images × classes)", n * c, scores.len()));
+    }
+    if n == 0 {
+        return Err(Error::Empty {
+            what: "evaluation set".into(),
+        });
+    }
+    crate::error::check_finite("scores", scores)?;
+    let per_class_ap = metrics::per_class_ap(scores, labels, false)?;
+    let voc11 = metrics::per_class_ap(scores, labels, true)?;
+    let mut pr_curves = Vec::with_capacity(c);
+    for class in 0..c {
+        let s: Vec<f32> = (0..n).map(|i| scores[i * c + class]).collect();
+        let pos: Vec<bool> = labels.binary(class).iter().map(|&y| y > 0.0).collect();
+        let (p, r) = metrics::precision_recall_curve(&s, &pos)?;
+        pr_curves.push(thin(p, r, 200));
+    }
+    let (accuracy, top_k, confusion) = match labels {
+        Labels::MultiClass { labels: truth, .. } => {
+            let pred: Vec<usize> = scores
+                .chunks_exact(c)
+                .map(|row| {
+                    row.iter()
+                        .enumerate()
+                        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                            if v > bv {
+                                (i, v)
+                            } else {
+                                (bi, bv)
+                            }
+                        })
+                        .0
+                })
+                .collect();
+            let cm = metrics::confusion_matrix(&pred, truth, c)?;
+            let top_k = [1, 2, 5]
+                .iter()
+                .filter(|&&k| k <= c)
+                .map(|&k| Ok((k, metrics::top_k_accuracy(scores, c, truth, k)?)))
+                .collect::<Result<_>>()?;
+            (
+                Some(metrics::accuracy(&pred, truth)?),
+                top_k,
+                cm.chunks(c).map(|r| r.to_vec()).collect(),
+            )
+        }
+        Labels::MultiLabel { .. } => (None, Vec::new(), Vec::new()),
+    };
+    Ok(Evaluation {
+        images: n,
+        classes: c,
+        class_names: class_names.to_vec(),
+        multilabel: matches!(labels, Labels::MultiLabel { .. }),
+        accuracy,
+        top_k,
+        map: metrics::mean_ap(&per_class_ap)?,
+        map_voc11: metrics::mean_ap(&voc11)?,
+        per_class_ap,
+        confusion,
+        pr_curves,
+    })
 }

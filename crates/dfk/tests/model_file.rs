@@ -6,6 +6,7 @@ use std::path::Path;
 use dfk::gmm::Gmm;
 use dfk::model::{self, ModelFile, FORMAT_VERSION, METADATA_KEY};
 use dfk::pca::Pca;
+use dfk::svm::{BinarySvm, OneVsRest};
 use safetensors::tensor::{Dtype, TensorView};
 
 /// Values that are awkward for text formats: non-terminating binary fractions, tiny and huge.
@@ -24,6 +25,24 @@ fn gmm() -> Gmm {
     Gmm::new(k, d, awkward(k * d, 1), awkward(k * d, 2), w).unwrap()
 }
 
+fn svm(dim: usize, classes: usize) -> OneVsRest {
+    OneVsRest {
+        classes,
+        dim,
+        multilabel: false,
+        models: (0..classes)
+            .map(|c| BinarySvm {
+                w: awkward(dim, 10 + c as u32),
+                b: -0.1 * c as f32,
+                alpha: vec![0.0, 1.0 / 3.0, 3.0],
+                primal: 1.0 / 7.0,
+                dual: 1.0 / 9.0,
+                iterations: 17 + c,
+            })
+            .collect(),
+    }
+}
+
 fn pipeline() -> ModelFile {
     let (dims, d_in) = (3, 4);
     let pca = Pca::new(
@@ -36,6 +55,7 @@ fn pipeline() -> ModelFile {
     ModelFile {
         pca: Some(pca),
         gmm: gmm(),
+        svm: Some(svm(2 * 3 * 5, 3)),
         class_names: vec!["t-shirt".into(), "trouser".into(), "ankle boot ☂".into()],
         config: serde_json::json!({"k": 3, "c": 0.1 + 0.2, "pca_dims": 3, "whiten": true}),
         history: serde_json::json!({"objective": [1.0 / 3.0, 0.123_456_789_012_345_68, 1e-300]}),
@@ -62,6 +82,36 @@ fn pipeline_round_trips_bit_for_bit() {
         .arrays
         .iter()
         .any(|(n, _, shape)| n == "gmm.means" && shape == &vec![3, 5]));
+}
+
+#[test]
+fn svm_file_round_trips_and_pipeline_serves_its_svms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, p) = (
+        dir.path().join("s.dfk"),
+        dir.path().join("t.dfk"),
+        dir.path().join("p.dfk"),
+    );
+    let s = svm(12, 4);
+    let names: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
+    model::save_svm(&a, &s, &names).unwrap();
+    let (back, back_names) = model::load_svm(&a).unwrap();
+    assert_eq!((&back, &back_names), (&s, &names));
+    model::save_svm(&b, &back, &back_names).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert!(model::load_gmm(&a)
+        .unwrap_err()
+        .to_string()
+        .contains("kind"));
+    let m = pipeline();
+    m.save(&p).unwrap();
+    assert_eq!(model::load_svm(&p).unwrap().0, m.svm.unwrap());
+    // SVMs whose width is not the GMM's Fisher vector length make an inconsistent pipeline.
+    let mut bad = pipeline();
+    bad.svm = Some(svm(7, 3));
+    bad.save(&p).unwrap();
+    let e = ModelFile::load(&p).unwrap_err().to_string();
+    assert!(e.contains("svm.w") && e.contains("p.dfk"), "{e}");
 }
 
 #[test]

@@ -1,8 +1,65 @@
+//! `dfk encode`: Fisher vectors of a data set's images with a trained model's preprocessing
+//! and GMM, written as `.npy`.
+
+use std::path::PathBuf;
+
+use dfk::npy;
+use serde_json::json;
+
+use crate::commands::eval::load_pipeline;
+use crate::options::DataArgs;
+use crate::util::{cache_dir, emit, Bars};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Model file (from `dfk train`).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// With --fashion-mnist or --embedded: encode the test set instead of the training set.
+    #[arg(long)]
+    test: bool,
+    /// Output Fisher vectors, images × 2KD float32 .npy.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the first label of each image as int64 .npy.
+    #[arg(long)]
+    labels_out: Option<PathBuf>,
+    /// Descriptor cache folder.
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Extract descriptors afresh and do not store them.
+    #[arg(long)]
+    no_cache: bool,
+}
 
-pub fn run(_args: Args, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("this subcommand is being built")
+pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    let pipeline = load_pipeline(&a.model)?;
+    let loaded = a.data.load()?;
+    let data = match (&loaded.test, a.test) {
+        (Some(t), true) => t,
+        (None, true) => return crate::util::usage("--test needs --fashion-mnist or --embedded"),
+        _ => &loaded.train,
+    };
+    let cache = cache_dir(a.cache.as_deref(), a.no_cache);
+    let fv = pipeline.encode_dataset(data, cache.as_deref(), &Bars::new(g))?;
+    let dim = pipeline.gmm.fisher_len();
+    npy::write_f32_matrix(&a.out, &fv, data.len(), dim)?;
+    if let Some(p) = &a.labels_out {
+        let labels: Vec<i64> = data.first_labels().iter().map(|&l| l as i64).collect();
+        npy::write_i64_vector(p, &labels)?;
+    }
+    emit(
+        g,
+        &json!({"out": a.out, "images": data.len(), "dim": dim}),
+        &format!(
+            "encoded {} images → {}×{dim} → {}",
+            data.len(),
+            data.len(),
+            a.out.display()
+        ),
+    );
+    Ok(())
 }

@@ -1,8 +1,91 @@
+//! `dfk eval`: metrics of a trained model on a labelled data set.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use dfk::model::ModelFile;
+use dfk::pipeline::Pipeline;
+use serde_json::json;
+
+use crate::commands::train::evaluate_on;
+use crate::options::DataArgs;
+use crate::report::{self, Report};
+use crate::util::{cache_dir, emit};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Model file (from `dfk train`).
+    #[arg(long)]
+    model: PathBuf,
+    /// The labelled images (for --fashion-mnist and --embedded: their test set).
+    #[command(flatten)]
+    data: DataArgs,
+    /// Write an HTML + JSON report here.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+    /// Descriptor cache folder (default: $XDG_CACHE_HOME/dfk/descriptors or ~/.cache/dfk/descriptors).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Extract descriptors afresh and do not store them.
+    #[arg(long)]
+    no_cache: bool,
+}
 
-pub fn run(_args: Args, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("this subcommand is being built")
+/// Loads a pipeline model, naming the file in errors.
+pub fn load_pipeline(path: &std::path::Path) -> anyhow::Result<Pipeline> {
+    let model = ModelFile::load(path)?;
+    Ok(Pipeline::from_model(&model, path)?)
+}
+
+pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let pipeline = load_pipeline(&a.model)?;
+    let loaded = a.data.load()?;
+    let data = loaded.test.as_ref().unwrap_or(&loaded.train);
+    if data.classes() != pipeline.svm.classes {
+        anyhow::bail!(
+            "{} has {} classes but the model in {} was trained on {}",
+            loaded.description,
+            data.classes(),
+            a.model.display(),
+            pipeline.svm.classes
+        );
+    }
+    let cache = cache_dir(a.cache.as_deref(), a.no_cache);
+    let mut timings = Vec::new();
+    let e = evaluate_on(&pipeline, data, cache.as_deref(), g, &mut timings, "")?;
+    let secs = start.elapsed().as_secs_f64();
+    if let Some(dir) = &a.report {
+        let model = ModelFile::load(&a.model)?;
+        report::write(
+            dir,
+            &Report {
+                title: "dfk evaluation report",
+                evaluation: &e,
+                timings: &timings,
+                history: &model.history,
+                config: &model.config,
+                facts: vec![
+                    ("data".into(), loaded.description.clone()),
+                    ("model".into(), a.model.display().to_string()),
+                ],
+            },
+        )?;
+    }
+    let acc = e
+        .accuracy
+        .map_or(String::new(), |v| format!("accuracy {:.2} %, ", 100.0 * v));
+    emit(
+        g,
+        &json!({"images": e.images, "accuracy": e.accuracy, "map": e.map, "map_voc11": e.map_voc11,
+                "top_k": e.top_k, "per_class_ap": e.per_class_ap, "seconds": secs}),
+        &format!(
+            "{} images: {acc}mAP {:.2} % ({:.1} s)",
+            e.images,
+            100.0 * e.map,
+            secs
+        ),
+    );
+    Ok(())
 }

@@ -1,8 +1,90 @@
+//! `dfk extract`: dense SIFT descriptors of a data set into the cache (and optionally into
+//! `.npy` files), so that training runs with the same settings do not extract again.
+
+use std::path::PathBuf;
+
+use dfk::npy;
+use dfk::pipeline::{descriptor_cache_key, load_or_extract};
+use serde_json::json;
+
+use crate::options::{ConfigArgs, DataArgs};
+use crate::util::{bar, cache_dir, emit, usage};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// With --fashion-mnist or --embedded: extract the test set too.
+    #[arg(long)]
+    with_test: bool,
+    /// Also write descriptors.npy (rows × 128), offsets.npy (int64), positions.npy (rows × 2)
+    /// and labels.npy (int64, first label) into this folder.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// Descriptor cache folder (default: $XDG_CACHE_HOME/dfk/descriptors or ~/.cache/dfk/descriptors).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Do not use the cache (then --out-dir is required).
+    #[arg(long)]
+    no_cache: bool,
+}
 
-pub fn run(_args: Args, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("this subcommand is being built")
+pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    let cfg = a.config.resolve(g)?;
+    if a.no_cache && a.out_dir.is_none() {
+        return usage("--no-cache without --out-dir would keep nothing");
+    }
+    let loaded = a.data.load()?;
+    let cache = cache_dir(a.cache.as_deref(), a.no_cache);
+    let mut sets = vec![("train", &loaded.train)];
+    if a.with_test {
+        match &loaded.test {
+            Some(t) => sets.push(("test", t)),
+            None => return usage("--with-test needs --fashion-mnist or --embedded"),
+        }
+    }
+    let mut results = Vec::new();
+    for (name, data) in sets {
+        let pb = bar(g, data.len() as u64, &format!("{name} SIFT"));
+        let (raw, hit) = load_or_extract(data, &cfg.sift, cache.as_deref(), &|n| pb.inc(n as u64))?;
+        pb.finish();
+        let d = &raw.descriptors;
+        if let Some(dir) = &a.out_dir {
+            let dir = if a.with_test {
+                dir.join(name)
+            } else {
+                dir.clone()
+            };
+            std::fs::create_dir_all(&dir)?;
+            d.save_npy(dir.join("descriptors.npy"), dir.join("offsets.npy"))?;
+            npy::write_f32_matrix(dir.join("positions.npy"), &raw.positions, d.rows(), 2)?;
+            let labels: Vec<i64> = data.first_labels().iter().map(|&l| l as i64).collect();
+            npy::write_i64_vector(dir.join("labels.npy"), &labels)?;
+        }
+        let key = descriptor_cache_key(data, &cfg.sift)?;
+        results.push(
+            json!({"set": name, "images": data.len(), "descriptors": d.rows(),
+                            "dim": d.dim, "cache_hit": hit, "cache_key": key}),
+        );
+        if !g.json && !g.quiet {
+            println!(
+                "{name}: {} images, {} descriptors of dimension {}{}",
+                data.len(),
+                d.rows(),
+                d.dim,
+                match (&cache, hit) {
+                    (Some(c), true) => format!(" (from cache {})", c.join(&key).display()),
+                    (Some(c), false) => format!(" (cached in {})", c.join(&key).display()),
+                    (None, _) => String::new(),
+                }
+            );
+        }
+    }
+    if g.json {
+        emit(g, &json!({ "sets": results }), "");
+    }
+    Ok(())
 }

@@ -1,8 +1,78 @@
+//! `dfk info`: what a model file holds.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use dfk::model;
+use dfk::pipeline::PipelineConfig;
+
+use crate::util::emit;
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// A model file (pipeline, GMM or SVM).
+    model: Option<PathBuf>,
+    /// Print the pipeline configuration as TOML (usable with `--config`); without a model
+    /// file, the default configuration.
+    #[arg(long)]
+    config: bool,
+}
 
-pub fn run(_args: Args, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("this subcommand is being built")
+pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    let Some(path) = &a.model else {
+        if a.config {
+            print!("{}", toml::to_string(&PipelineConfig::default())?);
+            return Ok(());
+        }
+        return crate::util::usage("give a model file (or --config for the default configuration)");
+    };
+    let s = model::summarize(path)?;
+    if a.config {
+        let cfg: PipelineConfig = serde_json::from_value(s.header.config.clone())
+            .map_err(|e| anyhow::anyhow!("{}: header field `config`: {e}", path.display()))?;
+        print!("{}", toml::to_string(&cfg)?);
+        return Ok(());
+    }
+    let h = &s.header;
+    let mut text = String::new();
+    writeln!(
+        text,
+        "{}: dfk model of kind {} (format version {}, written by {}), {} bytes",
+        path.display(),
+        h.kind,
+        h.format_version,
+        h.writer,
+        s.bytes
+    )?;
+    if !h.class_names.is_empty() {
+        writeln!(
+            text,
+            "classes ({}): {}",
+            h.class_names.len(),
+            h.class_names.join(", ")
+        )?;
+    }
+    writeln!(text, "arrays:")?;
+    for (name, dtype, shape) in &s.arrays {
+        writeln!(text, "  {name:<16} {dtype:<4} {shape:?}")?;
+    }
+    if let Some(obj) = h.history.as_object() {
+        for key in [
+            "train_accuracy",
+            "test_accuracy",
+            "test_map",
+            "svm_objective",
+            "data",
+        ] {
+            if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
+                writeln!(text, "{key}: {v}")?;
+            }
+        }
+    }
+    if !h.config.is_null() {
+        writeln!(text, "configuration: {}", h.config)?;
+    }
+    emit(g, &serde_json::to_value(&s)?, text.trim_end());
+    Ok(())
 }

@@ -1,8 +1,135 @@
+//! `dfk predict`: class scores and predicted labels for new images, as CSV or JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use dfk::dataset::{Dataset, ImageSource, Item};
+use dfk::npy::write_bytes_atomic;
+use serde_json::json;
+
+use crate::commands::eval::load_pipeline;
+use crate::options::DataArgs;
+use crate::util::{usage, Bars};
 use crate::Global;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One row per image: image, predicted class, then one score column per class.
+    Csv,
+    /// An array of {image, label, class, scores}.
+    Json,
+}
 
-pub fn run(_args: Args, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("this subcommand is being built")
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model file (from `dfk train`).
+    #[arg(long)]
+    model: PathBuf,
+    /// Image files to classify (or use the data options).
+    images: Vec<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output format (default: csv, or json with --json).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    let pipeline = load_pipeline(&a.model)?;
+    let has_data = a.data.data.is_some() || a.data.fashion_mnist.is_some() || a.data.embedded;
+    let data = match (a.images.is_empty(), has_data) {
+        (false, false) => {
+            for p in &a.images {
+                if !p.is_file() {
+                    anyhow::bail!("{}: no such image file", p.display());
+                }
+            }
+            Dataset {
+                class_names: pipeline.class_names.clone(),
+                items: a
+                    .images
+                    .iter()
+                    .map(|p| Item {
+                        source: ImageSource::File(p.clone()),
+                        labels: Vec::new(),
+                    })
+                    .collect(),
+                multilabel: false,
+            }
+        }
+        (true, true) => {
+            let loaded = a.data.load()?;
+            loaded.test.unwrap_or(loaded.train)
+        }
+        _ => return usage(
+            "give image files or one data option (--data, --fashion-mnist, --embedded), not both",
+        ),
+    };
+    let fv = pipeline.encode_dataset(&data, None, &Bars::new(g))?;
+    let n = data.len();
+    let c = pipeline.svm.classes;
+    let scores = pipeline.scores(&fv, n);
+    let pred = dfk::svm::argmax_rows(&scores, c);
+    let names: Vec<String> = (0..c)
+        .map(|i| {
+            pipeline
+                .class_names
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| i.to_string())
+        })
+        .collect();
+    let format = a
+        .format
+        .unwrap_or(if g.json { Format::Json } else { Format::Csv });
+    let mut text = String::new();
+    match format {
+        Format::Csv => {
+            text.push_str("image,label,class");
+            for name in &names {
+                text.push(',');
+                text.push_str(&csv_field(&format!("score:{name}")));
+            }
+            text.push('\n');
+            for i in 0..n {
+                text.push_str(&csv_field(&data.items[i].source.describe()));
+                text.push_str(&format!(",{},{}", pred[i], csv_field(&names[pred[i]])));
+                for s in &scores[i * c..(i + 1) * c] {
+                    text.push_str(&format!(",{s}"));
+                }
+                text.push('\n');
+            }
+        }
+        Format::Json => {
+            let rows: Vec<serde_json::Value> = (0..n)
+                .map(|i| {
+                    json!({
+                        "image": data.items[i].source.describe(),
+                        "label": pred[i],
+                        "class": names[pred[i]],
+                        "scores": scores[i * c..(i + 1) * c],
+                    })
+                })
+                .collect();
+            text = serde_json::to_string_pretty(&rows)?;
+            text.push('\n');
+        }
+    }
+    match &a.out {
+        Some(p) => write_bytes_atomic(p, text.as_bytes())?,
+        None => std::io::stdout().write_all(text.as_bytes())?,
+    }
+    Ok(())
 }

@@ -1,8 +1,188 @@
+//! `dfk train`: fit the whole pipeline (descriptors, PCA, GMM, Fisher vectors, SVMs) on a data
+//! set, evaluate on its test set when it has one, save the model, optionally write a report.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dfk::dataset::Dataset;
+use dfk::pipeline::{
+    dataset_labels, evaluate, fit_pipeline, Evaluation, Pipeline, PipelineConfig, StageTime,
+};
+use serde_json::json;
+
+use crate::options::{ConfigArgs, DataArgs, Loaded};
+use crate::report::{self, Report};
+use crate::util::{cache_dir, emit, Bars};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Output model file.
+    #[arg(long, default_value = "model.dfk")]
+    out: PathBuf,
+    /// Write an HTML + JSON report of the test-set (else training-set) evaluation here.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+    /// Descriptor cache folder (default: $XDG_CACHE_HOME/dfk/descriptors or ~/.cache/dfk/descriptors).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Extract descriptors afresh and do not store them.
+    #[arg(long)]
+    no_cache: bool,
+}
 
-pub fn run(_args: Args, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("this subcommand is being built")
+/// What a training run produced.
+pub struct Trained {
+    pub pipeline: Pipeline,
+    pub history: serde_json::Value,
+    pub timings: Vec<StageTime>,
+    /// Evaluation on the test set (`tested = true`) or else on the training set.
+    pub evaluation: Evaluation,
+    pub tested: bool,
+    pub seconds: f64,
+}
+
+/// Scores a data set with a trained pipeline and evaluates, appending the stage timings.
+pub fn evaluate_on(
+    pipeline: &Pipeline,
+    data: &Dataset,
+    cache: Option<&Path>,
+    g: &Global,
+    timings: &mut Vec<StageTime>,
+    prefix: &str,
+) -> anyhow::Result<Evaluation> {
+    let t = Instant::now();
+    let fv = pipeline.encode_dataset(data, cache, &Bars::new(g))?;
+    timings.push(StageTime {
+        stage: format!("{prefix}descriptors + encode"),
+        seconds: t.elapsed().as_secs_f64(),
+    });
+    let t = Instant::now();
+    let scores = pipeline.scores(&fv, data.len());
+    let e = evaluate(&scores, &dataset_labels(data), &pipeline.class_names)?;
+    timings.push(StageTime {
+        stage: format!("{prefix}score + metrics"),
+        seconds: t.elapsed().as_secs_f64(),
+    });
+    Ok(e)
+}
+
+/// Trains on `loaded.train`, evaluates on `loaded.test` (or the training set).
+pub fn train_and_evaluate(
+    loaded: &Loaded,
+    cfg: &PipelineConfig,
+    cache: Option<&Path>,
+    g: &Global,
+) -> anyhow::Result<Trained> {
+    let start = Instant::now();
+    let bars = Bars::new(g);
+    let fit = fit_pipeline(&loaded.train, cfg, cache, &bars)?;
+    let mut timings = fit.timings;
+    let (evaluation, tested) = match &loaded.test {
+        Some(test) => (
+            evaluate_on(&fit.pipeline, test, cache, g, &mut timings, "test ")?,
+            true,
+        ),
+        None => {
+            let scores = fit.pipeline.scores(&fit.train_features, loaded.train.len());
+            let e = evaluate(
+                &scores,
+                &dataset_labels(&loaded.train),
+                &fit.pipeline.class_names,
+            )?;
+            (e, false)
+        }
+    };
+    let mut history = fit.history;
+    history["timings"] = serde_json::to_value(&timings)?;
+    history["data"] = json!(loaded.description);
+    history["train_images"] = json!(loaded.train.len());
+    if tested {
+        history["test_accuracy"] = json!(evaluation.accuracy);
+        history["test_map"] = json!(evaluation.map);
+        history["test_images"] = json!(evaluation.images);
+    }
+    Ok(Trained {
+        pipeline: fit.pipeline,
+        history,
+        timings,
+        evaluation,
+        tested,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// One line of results for people, and the JSON for scripts.
+pub fn summarize(t: &Trained, model: Option<&Path>) -> (serde_json::Value, String) {
+    let e = &t.evaluation;
+    let set = if t.tested { "test" } else { "training" };
+    let acc = e
+        .accuracy
+        .map_or(String::new(), |a| format!("accuracy {:.2} %, ", 100.0 * a));
+    let human = format!(
+        "{set} set ({} images): {acc}mAP {:.2} % — trained in {:.1} s{}",
+        e.images,
+        100.0 * e.map,
+        t.seconds,
+        model.map_or(String::new(), |m| format!(" → {}", m.display()))
+    );
+    let value = json!({
+        "evaluated_on": set,
+        "images": e.images,
+        "accuracy": e.accuracy,
+        "map": e.map,
+        "top_k": e.top_k,
+        "seconds": t.seconds,
+        "timings": t.timings,
+        "model": model,
+    });
+    (value, human)
+}
+
+/// Writes the report of a training run.
+pub fn write_report(
+    dir: &Path,
+    t: &Trained,
+    title: &str,
+    facts: Vec<(String, String)>,
+) -> anyhow::Result<()> {
+    let config = serde_json::to_value(&t.pipeline.config)?;
+    report::write(
+        dir,
+        &Report {
+            title,
+            evaluation: &t.evaluation,
+            timings: &t.timings,
+            history: &t.history,
+            config: &config,
+            facts,
+        },
+    )
+}
+
+pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    let cfg = a.config.resolve(g)?;
+    let loaded = a.data.load()?;
+    let cache = cache_dir(a.cache.as_deref(), a.no_cache);
+    let t = train_and_evaluate(&loaded, &cfg, cache.as_deref(), g)?;
+    let model = t.pipeline.to_model(t.history.clone())?;
+    model.save(&a.out)?;
+    if let Some(dir) = &a.report {
+        let facts = vec![
+            ("data".to_string(), loaded.description.clone()),
+            ("model".to_string(), a.out.display().to_string()),
+            (
+                "evaluated on".to_string(),
+                if t.tested { "test set" } else { "training set" }.to_string(),
+            ),
+        ];
+        write_report(dir, &t, "dfk training report", facts)?;
+    }
+    let (value, human) = summarize(&t, Some(&a.out));
+    emit(g, &value, &human);
+    Ok(())
 }

@@ -1,0 +1,438 @@
+//! The core subcommands end to end (`dfk gmm`, `dfk fisher`, `dfk svm`) on `.npy` fixtures
+//! (`fixtures/cli/make_fixtures.py`; expected Fisher vectors are VLFeat 0.9.21's), and every
+//! malformed-input path: non-zero exit, a message naming the file, no output left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dfk::npy;
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/cli")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn dfk(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dfk"))
+        .args(args)
+        .output()
+        .expect("run dfk")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = dfk(args);
+    assert!(
+        out.status.success(),
+        "dfk {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail with `code`, mention `needle` (a file name) on stderr, and
+/// leave `out` absent.
+fn fails(args: &[&str], code: i32, needle: &str, out: &Path) {
+    let o = dfk(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "dfk {args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "dfk {args:?}: {err:?} does not name {needle}"
+    );
+    assert!(!out.exists(), "dfk {args:?} left {}", out.display());
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn import_gmm(dir: &Path) -> PathBuf {
+    let gmm = dir.join("g.dfk");
+    ok(&[
+        "gmm",
+        "import",
+        "--means",
+        &fixture("means_f64.npy"),
+        "--variances",
+        &fixture("variances_f64.npy"),
+        "--weights",
+        &fixture("weights_f32.npy"),
+        "--out",
+        &s(&gmm),
+    ]);
+    gmm
+}
+
+#[test]
+fn gmm_import_export_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let gmm = import_gmm(dir.path());
+    let out = dir.path().join("exported");
+    ok(&["gmm", "export", &s(&gmm), "--out-dir", &s(&out)]);
+    for (name, src) in [
+        ("means.npy", "means_f64.npy"),
+        ("variances.npy", "variances_f64.npy"),
+    ] {
+        let (got, r, c) = npy::read_f32_matrix(out.join(name)).unwrap();
+        let (want, r2, c2) = npy::read_f32_matrix(fixture(src)).unwrap();
+        assert_eq!((r, c), (r2, c2));
+        assert_eq!(got, want, "{name}");
+    }
+    let w = npy::read_f32_vector(out.join("weights.npy")).unwrap();
+    let want = npy::read_f32_vector(fixture("weights_f32.npy")).unwrap();
+    for (a, b) in w.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{a} vs {b}");
+    }
+    // Importing the export gives the same model file, byte for byte.
+    let again = dir.path().join("again.dfk");
+    ok(&[
+        "gmm",
+        "import",
+        "--means",
+        &s(&out.join("means.npy")),
+        "--variances",
+        &s(&out.join("variances.npy")),
+        "--weights",
+        &s(&out.join("weights.npy")),
+        "--out",
+        &s(&again),
+    ]);
+    assert_eq!(std::fs::read(&gmm).unwrap(), std::fs::read(&again).unwrap());
+}
+
+fn assert_close(got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len());
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!((a - b).abs() <= tol, "entry {i}: {a} vs VLFeat {b}");
+    }
+}
+
+#[test]
+fn fisher_matches_vlfeat_on_npy_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let gmm = import_gmm(dir.path());
+    let (improved, _, _) = npy::read_f32_matrix(fixture("fv_improved_vlfeat.npy")).unwrap();
+    let (raw, _, _) = npy::read_f32_matrix(fixture("fv_raw_vlfeat.npy")).unwrap();
+
+    let one = dir.path().join("one.npy");
+    ok(&[
+        "fisher",
+        "--gmm",
+        &s(&gmm),
+        "--descriptors",
+        &fixture("descriptors.npy"),
+        "--out",
+        &s(&one),
+    ]);
+    let (fv, n, len) = npy::read_f32_matrix(&one).unwrap();
+    assert_eq!((n, len), (1, 24));
+    assert_close(&fv, &improved, 1e-5);
+
+    let two = dir.path().join("two.npy");
+    ok(&[
+        "fisher",
+        "--gmm",
+        &s(&gmm),
+        "--descriptors",
+        &fixture("two_images.npy"),
+        "--offsets",
+        &fixture("two_offsets.npy"),
+        "--out",
+        &s(&two),
+    ]);
+    let (fv, n, _) = npy::read_f32_matrix(&two).unwrap();
+    assert_eq!(n, 2);
+    assert_close(&fv[..24], &improved, 1e-5);
+    assert_close(&fv[24..], &improved, 1e-5);
+
+    let plain = dir.path().join("plain.npy");
+    ok(&[
+        "fisher",
+        "--gmm",
+        &s(&gmm),
+        "--descriptors",
+        &fixture("descriptors.npy"),
+        "--plain",
+        "--out",
+        &s(&plain),
+    ]);
+    let (fv, _, _) = npy::read_f32_matrix(&plain).unwrap();
+    assert_close(&fv, &raw, 1e-5);
+}
+
+#[test]
+fn svm_train_and_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("svm.dfk");
+    let json = ok(&[
+        "--json",
+        "svm",
+        "train",
+        "--features",
+        &fixture("features.npy"),
+        "--labels",
+        &fixture("labels.npy"),
+        "--c",
+        "1",
+        "--out",
+        &s(&model),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["classes"], 3);
+    let scores = dir.path().join("scores.npy");
+    ok(&[
+        "svm",
+        "predict",
+        &s(&model),
+        "--features",
+        &fixture("features.npy"),
+        "--out",
+        &s(&scores),
+    ]);
+    let (sc, n, c) = npy::read_f32_matrix(&scores).unwrap();
+    assert_eq!((n, c), (60, 3));
+    let labels = npy::read_labels(fixture("labels.npy")).unwrap();
+    for i in 0..n {
+        let row = &sc[i * c..(i + 1) * c];
+        let best = (0..c).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        assert_eq!(best, labels[i], "sample {i}: scores {row:?}");
+        // Separable blobs: the true class's SVM is positive, the others negative.
+        assert!(row[labels[i]] > 0.0 && row.iter().filter(|&&v| v > 0.0).count() == 1);
+    }
+}
+
+#[test]
+fn malformed_inputs_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let gmm = import_gmm(dir.path());
+    let out = dir.path().join("out.npy");
+    let o = s(&out);
+    let g = s(&gmm);
+    for (bad, needle) in [
+        ("descriptors_int.npy", "not a float type"),
+        ("descriptors_rank3.npy", "rank 3"),
+        ("descriptors_truncated.npy", "truncated"),
+        ("descriptors_nan.npy", "row 3, column 2"),
+        ("descriptors_d5.npy", "dimension 4"),
+        ("missing.npy", "missing.npy"),
+    ] {
+        let path = fixture(bad);
+        fails(
+            &["fisher", "--gmm", &g, "--descriptors", &path, "--out", &o],
+            1,
+            &path,
+            &out,
+        );
+        fails(
+            &["fisher", "--gmm", &g, "--descriptors", &path, "--out", &o],
+            1,
+            needle,
+            &out,
+        );
+    }
+    for bad in ["offsets_decreasing.npy", "offsets_out_of_range.npy"] {
+        let path = fixture(bad);
+        fails(
+            &[
+                "fisher",
+                "--gmm",
+                &g,
+                "--descriptors",
+                &fixture("two_images.npy"),
+                "--offsets",
+                &path,
+                "--out",
+                &o,
+            ],
+            1,
+            &path,
+            &out,
+        );
+    }
+    // A model file of the wrong kind, and a file that is no model at all.
+    let svm = dir.path().join("svm.dfk");
+    ok(&[
+        "svm",
+        "train",
+        "--features",
+        &fixture("features.npy"),
+        "--labels",
+        &fixture("labels.npy"),
+        "--out",
+        &s(&svm),
+    ]);
+    fails(
+        &[
+            "fisher",
+            "--gmm",
+            &s(&svm),
+            "--descriptors",
+            &fixture("descriptors.npy"),
+            "--out",
+            &o,
+        ],
+        1,
+        "kind",
+        &out,
+    );
+    let not_model = fixture("descriptors.npy");
+    fails(
+        &[
+            "fisher",
+            "--gmm",
+            &not_model,
+            "--descriptors",
+            &fixture("descriptors.npy"),
+            "--out",
+            &o,
+        ],
+        1,
+        &not_model,
+        &out,
+    );
+    fails(
+        &[
+            "svm",
+            "predict",
+            &g,
+            "--features",
+            &fixture("features.npy"),
+            "--out",
+            &o,
+        ],
+        1,
+        &g,
+        &out,
+    );
+    // SVM inputs.
+    let m = dir.path().join("m.dfk");
+    for (labels, needle) in [
+        ("labels_short.npy", "50 labels"),
+        ("labels_negative.npy", "negative"),
+    ] {
+        let path = fixture(labels);
+        fails(
+            &[
+                "svm",
+                "train",
+                "--features",
+                &fixture("features.npy"),
+                "--labels",
+                &path,
+                "--out",
+                &s(&m),
+            ],
+            1,
+            &path,
+            &m,
+        );
+        fails(
+            &[
+                "svm",
+                "train",
+                "--features",
+                &fixture("features.npy"),
+                "--labels",
+                &path,
+                "--out",
+                &s(&m),
+            ],
+            1,
+            needle,
+            &m,
+        );
+    }
+    fails(
+        &[
+            "svm",
+            "predict",
+            &s(&svm),
+            "--features",
+            &fixture("descriptors.npy"),
+            "--out",
+            &o,
+        ],
+        1,
+        "expect 6",
+        &out,
+    );
+    // GMM import with mismatched shapes.
+    fails(
+        &[
+            "gmm",
+            "import",
+            "--means",
+            &fixture("means_f64.npy"),
+            "--variances",
+            &fixture("descriptors.npy"),
+            "--weights",
+            &fixture("weights_f32.npy"),
+            "--out",
+            &s(&m),
+        ],
+        1,
+        &fixture("descriptors.npy"),
+        &m,
+    );
+    // Usage errors exit with 2.
+    fails(
+        &["fisher", "--gmm", &g, "--out", &o],
+        2,
+        "--descriptors",
+        &out,
+    );
+    fails(
+        &[
+            "gmm",
+            "fit",
+            "--descriptors",
+            &fixture("descriptors.npy"),
+            "--k",
+            "0",
+            "--out",
+            &s(&m),
+        ],
+        2,
+        "--k",
+        &m,
+    );
+    // Nothing but the inputs and models made above is left in the folder.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["g.dfk", "svm.dfk"]);
+}
+
+#[test]
+fn gmm_fit_writes_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("fit.dfk");
+    let out = ok(&[
+        "--json",
+        "gmm",
+        "fit",
+        "--descriptors",
+        &fixture("features.npy"),
+        "--k",
+        "3",
+        "--seed",
+        "1",
+        "--out",
+        &s(&m),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["k"], 3);
+    let g = dfk::model::load_gmm(&m).unwrap();
+    assert_eq!((g.k(), g.d()), (3, 6));
+    // The three blobs are found: every mean is near one of the centres (4 e_c).
+    for k in 0..3 {
+        let mean = g.mean(k);
+        let c = (0..3).max_by(|&a, &b| mean[a].total_cmp(&mean[b])).unwrap();
+        assert!((mean[c] - 4.0).abs() < 0.5, "component {k}: {mean:?}");
+    }
+}

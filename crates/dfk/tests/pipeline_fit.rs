@@ -1,0 +1,233 @@
+//! `dfk::pipeline`: configuration, extraction and its cache, preprocessing, a small end-to-end
+//! fit, model round trip and evaluation.
+
+use dfk::dataset::{embedded_fashion_mnist, Dataset, Descriptors};
+use dfk::model::ModelFile;
+use dfk::pca::Pca;
+use dfk::pipeline::{
+    evaluate, extract_descriptors, fit_from_descriptors, fit_pipeline, load_or_extract, Pipeline,
+    PipelineConfig, Preprocessor, RawDescriptors, Silent,
+};
+use dfk::svm::Labels;
+
+fn small_train(n: usize) -> Dataset {
+    let (train, _) = embedded_fashion_mnist().unwrap();
+    // The subset is stratified; take every class.
+    let idx: Vec<usize> = (0..n).map(|i| i * (train.len() / n)).collect();
+    train.subset(&idx).unwrap()
+}
+
+#[test]
+fn config_round_trips_through_json_and_rejects_unknown_keys() {
+    let mut cfg = PipelineConfig::default();
+    cfg.gmm.k = 7;
+    cfg.svm.c = 0.1 + 0.2;
+    cfg.sift.resize = None;
+    let v = serde_json::to_value(&cfg).unwrap();
+    let back: PipelineConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(back, cfg);
+    let partial: PipelineConfig = serde_json::from_str(r#"{"gmm": {"k": 5}}"#).unwrap();
+    assert_eq!(partial.gmm.k, 5);
+    assert_eq!(partial.svm, PipelineConfig::default().svm);
+    assert!(serde_json::from_str::<PipelineConfig>(r#"{"gmm": {"kk": 5}}"#).is_err());
+    assert!(serde_json::from_str::<PipelineConfig>(r#"{"colour": 1}"#).is_err());
+    let mut bad = PipelineConfig::default();
+    bad.svm.c = -1.0;
+    assert!(bad.validate().unwrap_err().to_string().contains("svm.c"));
+    bad = PipelineConfig::default();
+    bad.gmm.k = 0;
+    assert!(bad.validate().is_err());
+}
+
+#[test]
+fn extraction_is_deterministic_and_positions_are_normalised() {
+    let data = small_train(20);
+    let cfg = PipelineConfig::default();
+    let counted = std::sync::atomic::AtomicUsize::new(0);
+    let raw = extract_descriptors(&data, &cfg.sift, &|n| {
+        counted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    })
+    .unwrap();
+    assert_eq!(counted.into_inner(), 20);
+    assert_eq!(raw.images(), 20);
+    assert_eq!(raw.descriptors.dim, 128);
+    assert_eq!(raw.positions.len(), 2 * raw.descriptors.rows());
+    assert!(raw.positions.iter().all(|p| (-0.5..=0.5).contains(p)));
+    // Every image of the same size yields the same number of descriptors.
+    let per: Vec<usize> = raw
+        .descriptors
+        .offsets
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .collect();
+    assert!(per.iter().all(|&c| c == per[0] && c > 0));
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let again = one.install(|| extract_descriptors(&data, &cfg.sift, &|_| {}).unwrap());
+    assert_eq!(again, raw);
+}
+
+#[test]
+fn descriptor_cache_hits_and_misses() {
+    let data = small_train(10);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = PipelineConfig::default();
+    let (a, hit_a) = load_or_extract(&data, &cfg.sift, Some(dir.path()), &|_| {}).unwrap();
+    let (b, hit_b) = load_or_extract(&data, &cfg.sift, Some(dir.path()), &|_| {}).unwrap();
+    assert!(!hit_a && hit_b);
+    assert_eq!(a, b);
+    cfg.sift.step += 1;
+    let (c, hit_c) = load_or_extract(&data, &cfg.sift, Some(dir.path()), &|_| {}).unwrap();
+    assert!(!hit_c);
+    assert_ne!(c.descriptors.rows(), a.descriptors.rows());
+    let other = small_train(9);
+    let (_, hit_d) = load_or_extract(&other, &cfg.sift, Some(dir.path()), &|_| {}).unwrap();
+    assert!(!hit_d);
+}
+
+#[test]
+fn preprocessing_projects_normalises_and_appends_positions() {
+    // A PCA that keeps the first two coordinates of 3-d descriptors.
+    let pca = Pca::new(
+        vec![0.0; 3],
+        vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        vec![2.0, 1.0],
+        false,
+    )
+    .unwrap();
+    let mut cfg = PipelineConfig::default();
+    cfg.l2_normalize = true;
+    cfg.spatial = true;
+    let pre = Preprocessor::from_parts(3, Some(pca), &cfg).unwrap();
+    assert_eq!(pre.dim(), 4);
+    let y = pre
+        .apply(&[3.0, 4.0, 9.0, 0.0, 0.0, 1.0], &[0.1, -0.2, 0.3, 0.4])
+        .unwrap();
+    assert_eq!(y, vec![0.6, 0.8, 0.1, -0.2, 0.0, 0.0, 0.3, 0.4]);
+    assert!(pre.apply(&[1.0, 2.0], &[0.0, 0.0]).is_err());
+    assert!(pre.apply(&[1.0, 2.0, 3.0], &[0.0]).is_err());
+}
+
+#[test]
+fn evaluation_of_known_scores() {
+    let labels = Labels::MultiClass {
+        labels: vec![0, 1, 2, 2],
+        classes: 3,
+    };
+    let scores = [
+        0.9, 0.1, 0.0, // 0 → 0
+        0.2, 0.7, 0.1, // 1 → 1
+        0.1, 0.8, 0.3, // 2 → 1 (second: 2)
+        0.0, 0.1, 0.5, // 2 → 2
+    ];
+    let names = vec!["a".to_string(), "b".into(), "c".into()];
+    let e = evaluate(&scores, &labels, &names).unwrap();
+    assert_eq!(e.accuracy, Some(0.75));
+    assert_eq!(
+        e.confusion,
+        vec![vec![1, 0, 0], vec![0, 1, 0], vec![0, 1, 1]]
+    );
+    assert_eq!(e.top_k[0], (1, 0.75));
+    assert_eq!(e.top_k[1], (2, 1.0));
+    // Class 1: scores 0.1, 0.7, 0.8, 0.1 with one positive (image 1) ranked second: AP 1/2.
+    assert!((e.per_class_ap[1] - 0.5).abs() < 1e-12);
+    assert!((e.per_class_ap[0] - 1.0).abs() < 1e-12);
+    assert!((e.per_class_ap[2] - 1.0).abs() < 1e-12);
+    assert!((e.map - 2.5 / 3.0).abs() < 1e-12);
+    assert_eq!(e.pr_curves.len(), 3);
+    assert!(evaluate(&scores[..11], &labels, &names).is_err());
+    let mut nan = scores;
+    nan[4] = f32::NAN;
+    assert!(evaluate(&nan, &labels, &names).is_err());
+}
+
+/// Images whose descriptors cluster by class: class c's descriptors lie near 10·e_c.
+fn synthetic(
+    images: usize,
+    classes: usize,
+    per_image: usize,
+    dim: usize,
+) -> (RawDescriptors, Labels) {
+    let mut data = Vec::new();
+    let mut positions = Vec::new();
+    let mut offsets = vec![0];
+    let mut labels = Vec::new();
+    let mut state = 12345u64;
+    let mut rnd = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+    };
+    for i in 0..images {
+        let c = i % classes;
+        labels.push(c);
+        for r in 0..per_image {
+            for j in 0..dim {
+                let centre = if j == c { 10.0 } else { 0.0 };
+                data.push(centre + rnd());
+            }
+            positions.push(r as f32 / per_image as f32 - 0.5);
+            positions.push(rnd());
+        }
+        offsets.push(offsets.last().unwrap() + per_image);
+    }
+    (
+        RawDescriptors {
+            descriptors: Descriptors::new(data, dim, offsets).unwrap(),
+            positions,
+        },
+        Labels::MultiClass { labels, classes },
+    )
+}
+
+#[test]
+fn fit_from_descriptors_separates_synthetic_classes_and_round_trips() {
+    let (raw, labels) = synthetic(30, 3, 12, 8);
+    let mut cfg = PipelineConfig::default();
+    cfg.pca.dims = 4;
+    cfg.gmm.k = 4;
+    cfg.gmm.max_iter = 20;
+    let fit = fit_from_descriptors(&raw, &labels, &cfg, &Silent).unwrap();
+    assert_eq!(fit.history["train_accuracy"], 1.0);
+    let p = &fit.pipeline;
+    assert_eq!(p.gmm.d(), 4 + 2);
+    assert_eq!(fit.train_features.len(), 30 * p.gmm.fisher_len());
+    let stages: Vec<&str> = fit.timings.iter().map(|t| t.stage.as_str()).collect();
+    assert_eq!(stages, ["pca", "preprocess", "gmm", "encode", "svm"]);
+
+    // Seeded: the same fit again gives the same model.
+    let again = fit_from_descriptors(&raw, &labels, &cfg, &Silent).unwrap();
+    assert_eq!(again.pipeline, fit.pipeline);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.dfk");
+    let mut named = p.clone();
+    named.class_names = vec!["x".into(), "y".into(), "z".into()];
+    named
+        .to_model(fit.history.clone())
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    let model = ModelFile::load(&path).unwrap();
+    let back = Pipeline::from_model(&model, &path).unwrap();
+    assert_eq!(back, named);
+}
+
+#[test]
+fn fit_pipeline_on_a_few_fashion_mnist_images() {
+    let data = small_train(100);
+    let mut cfg = PipelineConfig::default();
+    cfg.gmm.k = 8;
+    cfg.gmm.max_iter = 10;
+    cfg.pca.dims = 16;
+    let fit = fit_pipeline(&data, &cfg, None, &Silent).unwrap();
+    assert_eq!(fit.pipeline.class_names.len(), 10);
+    assert_eq!(fit.pipeline.svm.classes, 10);
+    // 100 images in 2·8·18 = 288 dimensions are linearly separable.
+    assert!(fit.history["train_accuracy"].as_f64().unwrap() > 0.95);
+    let fv = fit.pipeline.encode_dataset(&data, None, &Silent).unwrap();
+    assert_eq!(fv, fit.train_features);
+}

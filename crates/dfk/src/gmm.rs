@@ -1069,3 +1069,73 @@ fn assign_pass(x: &[f32], d: usize, centres: &[f32], k: usize) -> Assignment {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn points(n: usize, d: usize, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n * d).map(|_| rng.random_range(-5.0f32..5.0)).collect()
+    }
+
+    #[test]
+    fn assignment_matches_brute_force_nearest_centre() {
+        let (n, d, k) = (3000, 7, 9);
+        let x = points(n, d, 1);
+        let centres = points(k, d, 2);
+        let a = assign_pass(&x, d, &centres, k);
+        let mut count = vec![0f64; k];
+        let mut sum = vec![0f64; k * d];
+        for (i, r) in x.chunks_exact(d).enumerate() {
+            let dist = |c: usize| dist2_f64(r, &centres[c * d..(c + 1) * d]);
+            let best = (0..k).min_by(|&a, &b| dist(a).total_cmp(&dist(b))).unwrap();
+            count[best] += 1.0;
+            for j in 0..d {
+                sum[best * d + j] += r[j] as f64;
+            }
+            assert!((a.mind[i] as f64 - dist(best)).abs() < 1e-3 * (1.0 + dist(best)));
+        }
+        assert_eq!(a.count, count);
+        for (u, v) in a.sum.iter().zip(&sum) {
+            assert!((u - v).abs() < 1e-9 * (1.0 + v.abs()));
+        }
+    }
+
+    fn dist2_f64(a: &[f32], b: &[f32]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(&u, &v)| (u as f64 - v as f64).powi(2))
+            .sum()
+    }
+
+    #[test]
+    fn kmeans_plus_plus_picks_distinct_rows() {
+        let (n, d, k) = (500, 3, 20);
+        let x = points(n, d, 3);
+        let c = kmeans_plus_plus(&x, d, k, &mut ChaCha8Rng::seed_from_u64(0));
+        let mut rows: Vec<usize> = c
+            .chunks_exact(d)
+            .map(|c| x.chunks_exact(d).position(|r| r == c).expect("a data row"))
+            .collect();
+        rows.sort_unstable();
+        rows.dedup();
+        assert_eq!(rows.len(), k);
+        // Fewer distinct rows than centres: no panic, every centre is that row.
+        let same = [1.0f32, 2.0, 3.0].repeat(30);
+        let c = kmeans_plus_plus(&same, d, 5, &mut ChaCha8Rng::seed_from_u64(0));
+        assert_eq!(c, [1.0f32, 2.0, 3.0].repeat(5));
+    }
+
+    #[test]
+    fn lloyd_update_moves_empty_clusters_to_the_farthest_rows() {
+        let d = 1;
+        let x = [0.0f32, 0.1, 0.2, 10.0];
+        // The second centre is far from everything: its cluster is empty.
+        let mut centres = vec![0.0f32, 100.0];
+        let a = assign_pass(&x, d, &centres, 2);
+        assert_eq!(a.count, vec![4.0, 0.0]);
+        assert!(a.update_centres(&x, d, &mut centres));
+        assert_eq!(centres, vec![2.575, 10.0]);
+    }
+}

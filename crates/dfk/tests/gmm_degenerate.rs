@@ -35,9 +35,9 @@ fn reference(gmm: &Gmm, x: &[f32]) -> (Vec<f64>, Vec<f64>) {
             .map(|c| {
                 let mut l = (gmm.weights()[c] as f64).ln()
                     - 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
-                for j in 0..d {
-                    let v = gmm.variance(c)[j] as f64;
-                    l -= 0.5 * v.ln() + 0.5 * (row[j] as f64 - gmm.mean(c)[j] as f64).powi(2) / v;
+                for ((&xv, &m), &v) in row.iter().zip(gmm.mean(c)).zip(gmm.variance(c)) {
+                    let v = v as f64;
+                    l -= 0.5 * v.ln() + 0.5 * (xv as f64 - m as f64).powi(2) / v;
                 }
                 l
             })
@@ -228,10 +228,10 @@ fn one_component_is_the_sample_mean_and_variance() {
     assert!(fit.converged && fit.iterations <= 2);
     assert_eq!(fit.gmm.weights(), &[1.0]);
     let var = data_variance(&x, d);
-    for j in 0..d {
+    for (j, &v) in var.iter().enumerate() {
         let m = x.iter().skip(j).step_by(d).map(|&v| v as f64).sum::<f64>() / 2000.0;
         assert!((fit.gmm.mean(0)[j] as f64 - m).abs() < 1e-4 * m.abs());
-        assert!(rel(fit.gmm.variance(0)[j] as f64, var[j]) < 1e-4);
+        assert!(rel(fit.gmm.variance(0)[j] as f64, v) < 1e-4);
     }
 }
 

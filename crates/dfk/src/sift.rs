@@ -319,6 +319,11 @@ pub struct DsiftScratch {
     smoothed: Vec<f32>,
     tmp: Vec<f32>,
     pad: Vec<f32>,
+    /// Per-row gradient work: gx, gy (then the two orientation weights), lower bin.
+    gx: Vec<f32>,
+    gy: Vec<f32>,
+    bins: Vec<u32>,
+    /// `h × w × 8` orientation-interleaved gradient planes.
     grad: Vec<f32>,
     vert: Vec<f32>,
     horiz: Vec<f32>,
@@ -408,14 +413,7 @@ pub fn dense_sift_with(
     keypoints.reserve(total);
     let arch = pulp::Arch::new();
     for grid in &grids {
-        let start = descriptors.len();
-        descriptors.resize(start + grid.count() * DESCRIPTOR_LEN, 0.0);
-        let out = &mut descriptors[start..];
-        // Compiled for the best instruction set of this CPU (AVX2 where present); the code
-        // is plain float arithmetic without fused multiply-adds, so results do not depend
-        // on the dispatch.
-        arch.dispatch(|| extract_scale(work, params, grid, scratch, out));
-        let start_kp = keypoints.len();
+        let start = keypoints.len();
         let half = 0.5 * (NB - 1) as f32 * grid.bin as f32;
         for j in 0..grid.ny {
             for i in 0..grid.nx {
@@ -430,11 +428,11 @@ pub fn dense_sift_with(
                 });
             }
         }
-        let kps = &mut keypoints[start_kp..];
-        let norm_const = ((grid.bin * (NB - 1) + 1) as f32).powi(2);
-        for (d, kp) in out.chunks_exact_mut(DESCRIPTOR_LEN).zip(kps.iter_mut()) {
-            kp.contrast = finish_descriptor(d, norm_const, params);
-        }
+        let kps = &mut keypoints[start..];
+        // Compiled for the best instruction set of this CPU (AVX2 where present); the code
+        // is plain float arithmetic without fused multiply-adds, so results do not depend
+        // on the dispatch.
+        arch.dispatch(|| extract_scale(work, params, grid, scratch, descriptors, kps));
     }
     Ok(())
 }
@@ -483,39 +481,57 @@ impl ScaleGrid {
     fn count(&self) -> usize {
         self.nx * self.ny
     }
+
+    /// Raw descriptor mass is divided by this (VLFeat's `normConstant`, the frame area).
+    fn frame_area(&self) -> f32 {
+        ((self.bin * (NB - 1) + 1) as f32).powi(2)
+    }
 }
 
-/// Fills `out` (`count × 128`) with the raw (unnormalised) descriptors of one scale.
+/// Appends the finished descriptors of one scale to `out` and sets the contrast of `kps`.
 #[inline(always)]
 fn extract_scale(
     image: &GrayImage,
     params: &DsiftParams,
     grid: &ScaleGrid,
     scratch: &mut DsiftScratch,
-    out: &mut [f32],
+    out: &mut Vec<f32>,
+    kps: &mut [Keypoint],
 ) {
     let (w, h) = (grid.width, grid.height);
     let sigma = grid.bin as f64 / params.magnif as f64;
-    let pixels: &[f32] = if params.smooth && sigma * sigma > 0.25 {
+    let smoothed = params.smooth && sigma * sigma > 0.25;
+    if smoothed {
         let taps = gaussian_taps((sigma * sigma - 0.25).sqrt());
-        smooth(
-            &image.pixels,
-            w,
-            h,
-            &taps,
-            &mut scratch.smoothed,
-            &mut scratch.tmp,
-            &mut scratch.pad,
-        );
-        &scratch.smoothed
-    } else {
-        &image.pixels
-    };
-    gradient_planes(pixels, w, h, &mut scratch.grad);
-    match params.window {
-        Window::Flat => flat_window(grid, params.window_size, scratch, out),
-        Window::Gaussian => gaussian_window(grid, params.window_size, scratch, out),
+        smooth(&image.pixels, w, h, &taps, scratch);
     }
+    let pixels = if smoothed {
+        &scratch.smoothed[..w * h]
+    } else {
+        &image.pixels[..]
+    };
+    gradient_planes(
+        pixels,
+        w,
+        h,
+        &mut scratch.gx,
+        &mut scratch.gy,
+        &mut scratch.bins,
+        &mut scratch.grad,
+    );
+    match params.window {
+        Window::Flat => flat_window(grid, params, scratch, out, kps),
+        Window::Gaussian => gaussian_window(grid, params, scratch, out, kps),
+    }
+}
+
+/// Grows `v` to at least `n` elements (never shrinks, never clears) and returns `&mut v[..n]`;
+/// callers overwrite every element they read.
+fn buffer(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
 }
 
 /// VLFeat's `_vl_new_gaussian_fitler_f`: half-width `⌈3σ⌉`, taps `exp(−x²/2σ²)` rounded to
@@ -538,45 +554,60 @@ fn gaussian_taps(sigma: f64) -> Vec<f32> {
     taps
 }
 
-/// Separable convolution by the symmetric `taps`, columns then rows, borders padded by
-/// continuity (`vl_imsmooth_f`).
+/// Separable convolution of `src` by the symmetric `taps` into `scratch.smoothed`, columns
+/// then rows, borders padded by continuity (`vl_imsmooth_f`).
 #[inline(always)]
-fn smooth(
-    src: &[f32],
-    w: usize,
-    h: usize,
-    taps: &[f32],
-    out: &mut Vec<f32>,
-    tmp: &mut Vec<f32>,
-    pad: &mut Vec<f32>,
-) {
+fn smooth(src: &[f32], w: usize, h: usize, taps: &[f32], scratch: &mut DsiftScratch) {
     let r = taps.len() / 2;
-    tmp.clear();
-    tmp.resize(w * h, 0.0);
-    for y in 0..h {
-        let dst = &mut tmp[y * w..(y + 1) * w];
-        for (k, &t) in taps.iter().enumerate() {
-            let yy = (y + k).saturating_sub(r).min(h - 1);
-            let row = &src[yy * w..(yy + 1) * w];
-            for (d, s) in dst.iter_mut().zip(row) {
+    let tmp = buffer(&mut scratch.tmp, w * h);
+    for (y, dst) in tmp.chunks_exact_mut(w).enumerate() {
+        convolve_rows(src, w, h, y, taps, dst);
+    }
+    let pad = buffer(&mut scratch.pad, w + 2 * r);
+    let out = buffer(&mut scratch.smoothed, w * h);
+    for (row, dst) in scratch.tmp[..w * h]
+        .chunks_exact(w)
+        .zip(out.chunks_exact_mut(w))
+    {
+        pad[..r].fill(row[0]);
+        pad[r..r + w].copy_from_slice(row);
+        pad[r + w..].fill(row[w - 1]);
+        dst.copy_from_slice(&pad[..w]);
+        for t in dst.iter_mut() {
+            *t *= taps[0];
+        }
+        for (k, &t) in taps.iter().enumerate().skip(1) {
+            for (d, s) in dst.iter_mut().zip(&pad[k..k + w]) {
                 *d += t * s;
             }
         }
     }
-    out.clear();
-    out.resize(w * h, 0.0);
-    pad.clear();
-    pad.resize(w + 2 * r, 0.0);
-    for y in 0..h {
-        let row = &tmp[y * w..(y + 1) * w];
-        pad[..r].fill(row[0]);
-        pad[r..r + w].copy_from_slice(row);
-        pad[r + w..].fill(row[w - 1]);
-        let dst = &mut out[y * w..(y + 1) * w];
+}
+
+/// `out = Σ_k taps[k] · rows[clamp(y + k − r)]` for a `rows` matrix of `h` rows of `len`
+/// floats (continuity padding), accumulated in register-sized chunks.
+#[inline(always)]
+fn convolve_rows(rows: &[f32], len: usize, h: usize, y: usize, taps: &[f32], out: &mut [f32]) {
+    const CHUNK: usize = 64;
+    let r = taps.len() / 2;
+    let start = |k: usize| (y + k).saturating_sub(r).min(h - 1) * len;
+    let mut c = 0;
+    while c + CHUNK <= len {
+        let mut acc = [0.0f32; CHUNK];
         for (k, &t) in taps.iter().enumerate() {
-            for (d, s) in dst.iter_mut().zip(&pad[k..k + w]) {
-                *d += t * s;
+            let src = &rows[start(k) + c..][..CHUNK];
+            for (a, s) in acc.iter_mut().zip(src) {
+                *a += t * s;
             }
+        }
+        out[c..c + CHUNK].copy_from_slice(&acc);
+        c += CHUNK;
+    }
+    let rest = &mut out[c..];
+    rest.fill(0.0);
+    for (k, &t) in taps.iter().enumerate() {
+        for (a, s) in rest.iter_mut().zip(&rows[start(k) + c..start(k) + len]) {
+            *a += t * s;
         }
     }
 }
@@ -625,14 +656,27 @@ fn fast_atan2(y: f32, x: f32) -> f32 {
 /// Writes the 8 orientation planes of the gradient, interleaved: `grad[(y·w + x)·8 + t]`.
 /// The modulus is split between the two orientation bins around the angle, linearly.
 #[inline(always)]
-fn gradient_planes(img: &[f32], w: usize, h: usize, grad: &mut Vec<f32>) {
+fn gradient_planes(
+    img: &[f32],
+    w: usize,
+    h: usize,
+    gx: &mut Vec<f32>,
+    gy: &mut Vec<f32>,
+    bins: &mut Vec<u32>,
+    grad: &mut Vec<f32>,
+) {
     const TWO_PI: f32 = (2.0 * std::f64::consts::PI) as f32;
     let bins_per_radian = NT as f64 / (2.0 * std::f64::consts::PI);
-    grad.clear();
-    grad.resize(w * h * NT, 0.0);
-    for y in 0..h {
+    let gx = buffer(gx, w);
+    let gy = buffer(gy, w);
+    if bins.len() < w {
+        bins.resize(w, 0);
+    }
+    let bins = &mut bins[..w];
+    let grad = buffer(grad, w * h * NT);
+    for (y, out) in grad.chunks_exact_mut(w * NT).enumerate() {
         let row = &img[y * w..(y + 1) * w];
-        let (up, down, fy) = if y == 0 {
+        let (up, down, f) = if y == 0 {
             (row, &img[w..2 * w], 1.0f32)
         } else if y == h - 1 {
             (&img[(y - 1) * w..y * w], row, 1.0)
@@ -643,38 +687,41 @@ fn gradient_planes(img: &[f32], w: usize, h: usize, grad: &mut Vec<f32>) {
                 0.5,
             )
         };
-        let out = &mut grad[y * w * NT..(y + 1) * w * NT];
-        for x in 0..w {
-            let gy = fy * (down[x] - up[x]);
-            let gx = if x == 0 {
-                row[1] - row[0]
-            } else if x == w - 1 {
-                row[x] - row[x - 1]
-            } else {
-                0.5 * (row[x + 1] - row[x - 1])
-            };
-            let angle = fast_atan2(gy, gx);
-            let modulus = fast_sqrt(gx * gx + gy * gy);
+        for ((g, d), u) in gy.iter_mut().zip(down).zip(up) {
+            *g = f * (d - u);
+        }
+        gx[0] = row[1] - row[0];
+        gx[w - 1] = row[w - 1] - row[w - 2];
+        for (g, pair) in gx[1..w - 1].iter_mut().zip(row.windows(3)) {
+            *g = 0.5 * (pair[2] - pair[0]);
+        }
+        // Polar form, in place: gx ← weight of the lower bin, gy ← weight of the upper one.
+        for ((a, b), bin) in gx.iter_mut().zip(gy.iter_mut()).zip(bins.iter_mut()) {
+            let (x, y) = (*a, *b);
+            let angle = fast_atan2(y, x);
+            let modulus = fast_sqrt(x * x + y * y);
             let angle = if angle < 0.0 { angle + TWO_PI } else { angle };
             let nt = (angle as f64 * bins_per_radian) as f32;
-            let bin = nt as usize; // nt >= 0: truncation is floor
-            let frac = nt - bin as f32;
-            let px = &mut out[x * NT..(x + 1) * NT];
-            px[bin % NT] = (1.0 - frac) * modulus;
-            px[(bin + 1) % NT] = frac * modulus;
+            let t = nt as i32; // nt >= 0: truncation is floor
+            let frac = nt - t as f32;
+            *bin = t as u32 % NT as u32;
+            *a = (1.0 - frac) * modulus;
+            *b = frac * modulus;
         }
-    }
-}
-
-/// `out = Σ_k taps[k] · rows[clamp(y + k − r)]` over interleaved rows of `len` floats.
-#[inline(always)]
-fn vertical_at(grad: &[f32], len: usize, h: usize, y: usize, taps: &[f32], out: &mut [f32]) {
-    let r = taps.len() / 2;
-    out.fill(0.0);
-    for (k, &t) in taps.iter().enumerate() {
-        let yy = (y + k).saturating_sub(r).min(h - 1);
-        for (o, s) in out.iter_mut().zip(&grad[yy * len..(yy + 1) * len]) {
-            *o += t * s;
+        // Lane-wise selects rather than two indexed stores: vectorises, and avoids a
+        // store-forwarding stall per pixel.
+        for (((px, &t), &lo), &hi) in out.chunks_exact_mut(NT).zip(&*bins).zip(&*gx).zip(&*gy) {
+            let next = (t + 1) % NT as u32;
+            for (k, p) in px.iter_mut().enumerate() {
+                let k = k as u32;
+                *p = if k == t {
+                    lo
+                } else if k == next {
+                    hi
+                } else {
+                    0.0
+                };
+            }
         }
     }
 }
@@ -734,7 +781,13 @@ fn gaussian_bin_taps(bin: usize, index: usize, window_size: f32) -> Vec<f32> {
 /// Flat window: one triangular convolution per needed row and column, shared by all the
 /// spatial bins that sample it, then the per-bin window weight.
 #[inline(always)]
-fn flat_window(grid: &ScaleGrid, window_size: f32, scratch: &mut DsiftScratch, out: &mut [f32]) {
+fn flat_window(
+    grid: &ScaleGrid,
+    params: &DsiftParams,
+    scratch: &mut DsiftScratch,
+    out: &mut Vec<f32>,
+    kps: &mut [Keypoint],
+) {
     let (w, h, b) = (grid.width, grid.height, grid.bin);
     let len = w * NT;
     let taps: Vec<f32> = (0..2 * b - 1)
@@ -760,95 +813,105 @@ fn flat_window(grid: &ScaleGrid, window_size: f32, scratch: &mut DsiftScratch, o
     };
     let rows = mark(&mut scratch.row_of, h, grid.min_y, grid.ny);
     let cols = mark(&mut scratch.col_of, w, grid.min_x, grid.nx);
-    scratch.vert.clear();
-    scratch.vert.resize(rows.len() * len, 0.0);
-    scratch.horiz.clear();
-    scratch.horiz.resize(rows.len() * cols.len() * NT, 0.0);
-    for (ri, &y) in rows.iter().enumerate() {
-        let v = &mut scratch.vert[ri * len..(ri + 1) * len];
-        vertical_at(&scratch.grad, len, h, y, &taps, v);
-        let hrow = &mut scratch.horiz[ri * cols.len() * NT..(ri + 1) * cols.len() * NT];
-        for (ci, &x) in cols.iter().enumerate() {
-            hrow[ci * NT..(ci + 1) * NT].copy_from_slice(&horizontal_at(v, w, x, &taps));
+    let ncols = cols.len();
+    let vert = buffer(&mut scratch.vert, len);
+    let horiz = buffer(&mut scratch.horiz, rows.len() * ncols * NT);
+    for (&y, hrow) in rows.iter().zip(horiz.chunks_exact_mut(ncols * NT)) {
+        convolve_rows(&scratch.grad, len, h, y, &taps, vert);
+        for (&x, px) in cols.iter().zip(hrow.chunks_exact_mut(NT)) {
+            px.copy_from_slice(&horizontal_at(vert, w, x, &taps));
         }
     }
     // VLFeat: triangle of unit integral (1/b² per axis), then × b · window mean per axis.
     let scale = (1.0 / (b as f64 * b as f64)) as f32;
     let weights: Vec<f32> = (0..NB)
-        .map(|i| window_mean(b, i, window_size) * b as f32)
+        .map(|i| window_mean(b, i, params.window_size) * b as f32)
         .collect();
-    let ncols = cols.len();
+    let frame_area = grid.frame_area();
+    let mut d = [0.0f32; DESCRIPTOR_LEN];
     for j in 0..grid.ny {
         for i in 0..grid.nx {
-            let d = &mut out[(j * grid.nx + i) * DESCRIPTOR_LEN..][..DESCRIPTOR_LEN];
             for by in 0..NB {
                 let ri = scratch.row_of[grid.min_y + j * grid.step + by * b];
                 for bx in 0..NB {
                     let ci = scratch.col_of[grid.min_x + i * grid.step + bx * b];
                     let wgt = weights[bx] * weights[by];
-                    let src = &scratch.horiz[(ri * ncols + ci) * NT..][..NT];
+                    let src = &horiz[(ri * ncols + ci) * NT..][..NT];
                     let dst = &mut d[(by * NB + bx) * NT..][..NT];
                     for (o, s) in dst.iter_mut().zip(src) {
                         *o = wgt * (scale * (scale * s));
                     }
                 }
             }
+            kps[j * grid.nx + i].contrast = finish_descriptor(&mut d, frame_area, params);
+            out.extend_from_slice(&d);
         }
     }
 }
 
-/// Gaussian window: per spatial bin its own separable kernel (triangle × Gaussian).
+/// Gaussian window: per spatial bin its own separable kernel (triangle × Gaussian). One grid
+/// row at a time: the 4 vertically convolved image rows, then every descriptor of the row.
 #[inline(always)]
 fn gaussian_window(
     grid: &ScaleGrid,
-    window_size: f32,
+    params: &DsiftParams,
     scratch: &mut DsiftScratch,
-    out: &mut [f32],
+    out: &mut Vec<f32>,
+    kps: &mut [Keypoint],
 ) {
     let (w, h, b) = (grid.width, grid.height, grid.bin);
     let len = w * NT;
     let taps: Vec<Vec<f32>> = (0..NB)
-        .map(|i| gaussian_bin_taps(b, i, window_size))
+        .map(|i| gaussian_bin_taps(b, i, params.window_size))
         .collect();
-    scratch.vert.clear();
-    scratch.vert.resize(grid.ny * len, 0.0);
-    for (by, ytaps) in taps.iter().enumerate() {
-        for j in 0..grid.ny {
+    let frame_area = grid.frame_area();
+    let vert = buffer(&mut scratch.vert, NB * len);
+    let mut d = [0.0f32; DESCRIPTOR_LEN];
+    for j in 0..grid.ny {
+        for (by, v) in vert.chunks_exact_mut(len).enumerate() {
             let y = grid.min_y + j * grid.step + by * b;
-            vertical_at(
-                &scratch.grad,
-                len,
-                h,
-                y,
-                ytaps,
-                &mut scratch.vert[j * len..(j + 1) * len],
-            );
+            convolve_rows(&scratch.grad, len, h, y, &taps[by], v);
         }
-        for (bx, xtaps) in taps.iter().enumerate() {
-            for j in 0..grid.ny {
-                let v = &scratch.vert[j * len..(j + 1) * len];
-                for i in 0..grid.nx {
+        for i in 0..grid.nx {
+            for (by, v) in vert.chunks_exact(len).enumerate() {
+                for (bx, xtaps) in taps.iter().enumerate() {
                     let x = grid.min_x + i * grid.step + bx * b;
-                    let d = &mut out[(j * grid.nx + i) * DESCRIPTOR_LEN..][..DESCRIPTOR_LEN];
                     d[(by * NB + bx) * NT..][..NT].copy_from_slice(&horizontal_at(v, w, x, xtaps));
                 }
             }
+            kps[j * grid.nx + i].contrast = finish_descriptor(&mut d, frame_area, params);
+            out.extend_from_slice(&d);
         }
     }
 }
 
+/// Sum of `d` with 8 interleaved partial sums (vectorisable; `d.len()` is a multiple of 8).
+#[inline(always)]
+fn sum8(d: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; NT];
+    for c in d.chunks_exact(NT) {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
 /// VLFeat's `_vl_dsift_normalize_histogram`: divide by `fast_sqrt(Σ x²) + ε`.
+#[inline(always)]
 fn normalize_l2(d: &mut [f32]) {
-    let norm = fast_sqrt(d.iter().map(|v| v * v).sum::<f32>()) + f32::EPSILON;
+    let norm = fast_sqrt(sum8(d, |v| v * v)) + f32::EPSILON;
+    let inv = 1.0 / norm;
     for v in d {
-        *v /= norm;
+        *v *= inv;
     }
 }
 
 /// Normalise, clamp, renormalise, threshold and optionally RootSIFT one raw descriptor;
 /// returns its contrast (raw mass over the frame area, VLFeat's keypoint norm).
+#[inline(always)]
 fn finish_descriptor(d: &mut [f32], frame_area: f32, params: &DsiftParams) -> f32 {
-    let contrast = d.iter().sum::<f32>() / frame_area;
+    let contrast = sum8(d, |v| v) / frame_area;
     normalize_l2(d);
     for v in d.iter_mut() {
         *v = v.min(params.clamp);
@@ -857,10 +920,11 @@ fn finish_descriptor(d: &mut [f32], frame_area: f32, params: &DsiftParams) -> f3
     if contrast < params.contrast_threshold {
         d.fill(0.0);
     } else if params.root_sift {
-        let l1: f32 = d.iter().sum();
+        let l1 = sum8(d, |v| v);
         if l1 > 0.0 {
+            let inv = 1.0 / l1;
             for v in d.iter_mut() {
-                *v = (*v / l1).sqrt();
+                *v = (*v * inv).sqrt();
             }
         }
     }

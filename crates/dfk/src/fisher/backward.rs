@@ -26,9 +26,9 @@
 
 use rayon::prelude::*;
 
-use super::{gemm_add, gemm_tn, image_error, FisherEncoder, FisherScratch, L2_FLOOR};
+use super::{image_error, FisherEncoder, FisherScratch, L2_FLOOR};
 use crate::error::{check_finite, Error, Result};
-use crate::stats::BLOCK;
+use crate::stats::{self, BLOCK};
 
 /// Gradient of a scalar with respect to the GMM parameters, accumulated in f64.
 #[derive(Clone, Debug, PartialEq)]
@@ -208,34 +208,33 @@ impl FisherEncoder {
         }
     }
 
-    /// Fills `W` (`2D × K`) and `r` (`K`) so that `A = [x², x] W + r` in the shifted frame.
+    /// Fills `cu = c G^u/σ`, `cv = c' G^v/σ²` and `r = −Σ_d c' G^v` so that
+    /// `A_ik = r_k + Σ_d δ (cu + cv δ)` with `δ = x_id − μ_kd`.
     fn coefficients(&self, n_total: f64, scratch: &mut FisherScratch) {
         let (k, d) = (self.gmm.k(), self.gmm.d());
         let kd = k * d;
-        scratch.w.fill(0.0);
-        scratch.r.fill(0.0);
         for c in 0..k {
-            if !self.active[c] {
-                continue;
-            }
             let ck = 1.0 / (n_total * (self.gmm.weights()[c] as f64).sqrt());
             let ckv = ck / std::f64::consts::SQRT_2;
             let mut r = 0f64;
             for j in 0..d {
                 let i = c * d + j;
-                let (m, sg) = (self.cmeans[i], self.sigma[i]);
                 let (gu, gv) = (scratch.out[i], scratch.out[kd + i]);
-                let cu = ck * gu / sg;
-                let cv = ckv * gv / (sg * sg);
-                scratch.w[j * k + c] = cv as f32;
-                scratch.w[(d + j) * k + c] = (cu - 2.0 * cv * m) as f32;
-                r += -cu * m + cv * m * m - ckv * gv;
+                scratch.cu[i] = ck * gu / self.sigma[i];
+                scratch.cv[i] = ckv * gv * self.inv_var[i];
+                r -= ckv * gv;
             }
-            scratch.r[c] = r as f32;
+            scratch.r[c] = r;
         }
     }
 
-    /// Second pass: recomputes γ per block, forms A, B and accumulates T0, T1, T2 in f64.
+    /// Second pass: recomputes γ per block and accumulates `T0 = Σ_i B_ik`,
+    /// `T1 = Σ_i B_ik (x_i − μ_k)`, `T2 = Σ_i B_ik (x_i − μ_k)²` in f64.
+    ///
+    /// Where γ is kept (`γ ≥ threshold`, active component) A and B are formed directly about
+    /// μ_k (few entries per row). Where γ was skipped, `B_ik = −γ_ik Σ_j γ_ij A_ij` is tiny but
+    /// dense; those entries go through [`stats::block_statistics`] (`Bᵀ[x², x]` in the shifted
+    /// frame, sparse or GEMM) and are moved to the centred form afterwards.
     fn second_pass(&self, x: &[f32], scratch: &mut FisherScratch) {
         let (k, d) = (self.gmm.k(), self.gmm.d());
         let thr = self.options.posterior_threshold;
@@ -244,46 +243,81 @@ impl FisherEncoder {
         scratch.t2.fill(0.0);
         for block in x.chunks(BLOCK * d) {
             let n = self.block_posteriors(block, scratch);
-            let a = &mut scratch.a[..n * k];
-            for row in a.chunks_exact_mut(k) {
-                row.copy_from_slice(&scratch.r);
-            }
-            gemm_add(a, &scratch.block.aug[..n * 2 * d], &scratch.w, n, 2 * d, k);
-            for (arow, grow) in a
-                .chunks_exact_mut(k)
-                .zip(scratch.block.post[..n * k].chunks_exact(k))
+            let mut skipped = false;
+            for (row, post) in block
+                .chunks_exact(d)
+                .zip(scratch.block.post[..n * k].chunks_exact_mut(k))
             {
                 let mut s = 0f64;
-                for ((av, &g), &act) in arow.iter_mut().zip(grow).zip(&self.active) {
-                    if act && g >= thr {
-                        s += g as f64 * *av as f64;
-                    } else {
-                        *av = 0.0;
+                for (c, &g) in post.iter().enumerate() {
+                    if g != 0.0 && g >= thr && self.active[c] {
+                        let r = c * d..(c + 1) * d;
+                        let mut a = scratch.r[c];
+                        for (((&x, &m), &cu), &cv) in row
+                            .iter()
+                            .zip(&self.means[r.clone()])
+                            .zip(&scratch.cu[r.clone()])
+                            .zip(&scratch.cv[r])
+                        {
+                            let t = x as f64 - m;
+                            a += t * (cu + cv * t);
+                        }
+                        scratch.lrow[c] = a;
+                        s += g as f64 * a;
                     }
                 }
-                let s = s as f32;
-                for (av, &g) in arow.iter_mut().zip(grow) {
-                    *av = g * (*av - s);
-                }
-                for (t, &b) in scratch.t0.iter_mut().zip(arow.iter()) {
-                    *t += b as f64;
+                for (c, g) in post.iter_mut().enumerate() {
+                    if *g == 0.0 {
+                        continue;
+                    }
+                    let gf = *g as f64;
+                    if *g >= thr && self.active[c] {
+                        let b = gf * (scratch.lrow[c] - s);
+                        scratch.t0[c] += b;
+                        let r = c * d..(c + 1) * d;
+                        let (t1, t2) = (&mut scratch.t1[r.clone()], &mut scratch.t2[r.clone()]);
+                        for (((a1, a2), &x), &m) in
+                            t1.iter_mut().zip(t2).zip(row).zip(&self.means[r])
+                        {
+                            let t = x as f64 - m;
+                            *a1 += b * t;
+                            *a2 += b * t * t;
+                        }
+                        *g = 0.0;
+                    } else {
+                        *g = (-gf * s) as f32;
+                        skipped |= *g != 0.0;
+                    }
                 }
             }
-            gemm_tn(
-                &mut scratch.bt,
-                &scratch.a[..n * k],
-                &scratch.block.aug[..n * 2 * d],
-                n,
-                k,
-                2 * d,
-            );
-            for c in 0..k {
-                let st = &scratch.bt[c * 2 * d..(c + 1) * 2 * d];
-                let (sq, lin) = st.split_at(d);
-                for j in 0..d {
-                    scratch.t2[c * d + j] += sq[j] as f64;
-                    scratch.t1[c * d + j] += lin[j] as f64;
-                }
+            if skipped {
+                self.add_skipped(n, scratch);
+            }
+        }
+    }
+
+    /// Adds the skipped entries' `B` (left in the posterior buffer) to T0..T2 via one
+    /// `Bᵀ[x², x]` product in the shifted frame: `Σ B δ = T1' − μ' T0'`,
+    /// `Σ B δ² = T2' − 2μ' T1' + μ'² T0'` with `μ' = μ − c`.
+    fn add_skipped(&self, n: usize, scratch: &mut FisherScratch) {
+        let (k, d) = (self.gmm.k(), self.gmm.d());
+        stats::block_statistics(&self.terms, n, &mut scratch.block);
+        for c in 0..k {
+            let b0: f64 = scratch.block.post[..n * k]
+                .iter()
+                .skip(c)
+                .step_by(k)
+                .map(|&b| b as f64)
+                .sum();
+            scratch.t0[c] += b0;
+            let st = &scratch.block.stats[c * 2 * d..(c + 1) * 2 * d];
+            let (sq, lin) = st.split_at(d);
+            for j in 0..d {
+                let i = c * d + j;
+                let m = self.cmeans[i];
+                let (b1, b2) = (lin[j] as f64, sq[j] as f64);
+                scratch.t1[i] += b1 - m * b0;
+                scratch.t2[i] += b2 - 2.0 * m * b1 + m * m * b0;
             }
         }
     }
@@ -308,11 +342,8 @@ impl FisherEncoder {
             let s0 = scratch.s0[c];
             for j in 0..d {
                 let i = c * d + j;
-                let (m, sg) = (self.cmeans[i], self.sigma[i]);
-                let (t1, t2) = (scratch.t1[i], scratch.t2[i]);
-                let tz = (t1 - m * t0) / sg;
-                let tz2 = (t2 - 2.0 * m * t1 + m * m * t0) / (sg * sg);
-                let (mut dm, mut ds) = (tz, tz2 - t0);
+                let sg = self.sigma[i];
+                let (mut dm, mut ds) = (scratch.t1[i] / sg, scratch.t2[i] * self.inv_var[i] - t0);
                 if act {
                     let (gu, gv) = (scratch.out[i], scratch.out[kd + i]);
                     let (u, v) = (scratch.phi[i], scratch.phi[kd + i]);

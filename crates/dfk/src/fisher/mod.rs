@@ -15,19 +15,23 @@
 //! Like VLFeat, posteriors `γ_ik < posterior_threshold` (1e-6) are skipped, not renormalised,
 //! and components with `π_k < 1e-6` are skipped (their blocks are zero).
 //!
-//! The sums are matrix products: with `S0_k = Σ γ_ik`, `S1 = γᵀx`, `S2 = γᵀx²` (one GEMM
-//! `γᵀ[x², x]` per block of [`BLOCK`] rows, [`crate::stats`]), `u = (S1 − μ S0)/(σ N √π)` and
-//! `v = ((S2 − 2μ S1 + μ² S0)/σ² − S0)/(N √(2π))`. This expanded form cancels: its rounding
-//! error grows like `(μ/σ)²`. The encoder therefore works on data shifted by the GMM's centre
-//! `c = Σ_k π_k μ_k` (posteriors and Φ are translation invariant), so only `(μ_k − c)/σ_k`
-//! matters, and it accumulates the block statistics in `f64` across blocks.
+//! Matrix-product form and precision. The log-densities of a block of [`BLOCK`] descriptors
+//! are one f32 GEMM ([`crate::stats::block_posteriors`]) on data shifted by the GMM's centre
+//! `c = Σ_k π_k μ_k`. That form cancels (`x²/σ² − 2xμ/σ² + μ²/σ²`): its error grows like
+//! `((μ − c)/σ)²` and reached 1e-4 in the log-density for tight, off-centre components. So
+//! the entries that matter, `γ_ik ≥ 1e-7`, are then recomputed directly in f64 from
+//! `(x − μ_k)²/σ²_k` and the row renormalised with the rest of the GEMM values (error ≪ 1e-7
+//! absolute). Likewise the expanded statistics `(S2 − 2μ S1 + μ² S0)/σ²` from the GEMM
+//! `γᵀ[x², x]` lost up to 1.4e-5 relative on such data; with VLFeat's threshold only a few
+//! posteriors per descriptor are non-zero, so the statistics are accumulated directly about
+//! each component's mean, `Σ γ (x − μ_k)` and `Σ γ (x − μ_k)²`, in f64 (the cost is a small
+//! fraction of the log-density GEMM). With `posterior_threshold = 0` every non-zero
+//! posterior is accumulated that way (VLFeat's cost for that part).
 
 mod backward;
 
 pub use backward::GmmGradient;
 
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +41,13 @@ use crate::stats::{self, GmmTerms, Scratch, BLOCK};
 
 /// Components with a weight below this are skipped (VLFeat 0.9.21's rule).
 pub const MIN_PRIOR: f32 = 1e-6;
+
+/// Posteriors at or above this (from the GEMM) are recomputed exactly; the GEMM's relative
+/// error (≤ ~1e-3 in the worst cases measured) cannot move a posterior ≥ 1e-6 below it.
+const REFINE: f32 = 1e-7;
+
+/// ½ log(2π).
+const HALF_LOG_2PI: f64 = 0.918_938_533_204_672_8;
 
 /// How the Fisher vector is post-processed.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -107,8 +118,16 @@ pub struct FisherEncoder {
     center: Vec<f32>,
     /// `K × D`: `μ − c`, the means in the shifted frame.
     cmeans: Vec<f64>,
-    /// `K × D`: σ.
+    /// `K × D`: μ.
+    means: Vec<f64>,
+    /// `K × D`: σ and 1/σ².
     sigma: Vec<f64>,
+    inv_var: Vec<f64>,
+    /// `K`: log π_k − ½ Σ_d log σ²_kd (the log-density without the quadratic term and the
+    /// −(D/2) log 2π that the GEMM's row log-likelihood includes).
+    lbias: Vec<f64>,
+    /// −(D/2) log 2π.
+    log_norm: f64,
     /// `K`: whether the component takes part (π ≥ [`MIN_PRIOR`]).
     active: Vec<bool>,
 }
@@ -120,7 +139,9 @@ pub struct FisherScratch {
     block: Scratch,
     /// `BLOCK × D`: the shifted descriptors of a block.
     xc: Vec<f32>,
-    /// `K`, `K × D`, `K × D`: f64 sums Σγ, Σγx, Σγx² over the image (shifted frame).
+    /// `K`: exact log-densities of one descriptor (NaN where not recomputed); backward: A.
+    lrow: Vec<f64>,
+    /// `K`, `K × D`, `K × D`: f64 sums Σγ, Σγ(x − μ), Σγ(x − μ)² over the image.
     s0: Vec<f64>,
     s1: Vec<f64>,
     s2: Vec<f64>,
@@ -130,14 +151,12 @@ pub struct FisherScratch {
     out: Vec<f64>,
     /// ‖p‖ of the last image (1 when not normalised).
     norm: f64,
-    /// Backward: `2D × K` coefficients of `A = [x², x] W + r`, `K` offsets r.
-    w: Vec<f32>,
-    r: Vec<f32>,
-    /// Backward: `BLOCK × K` values of A, then B.
-    a: Vec<f32>,
-    /// Backward: `K × 2D` block product Bᵀ[x², x].
-    bt: Vec<f32>,
-    /// Backward: f64 sums Σ B, Bᵀx, Bᵀx² over the image.
+    /// Backward: `K × D` coefficients of `A_ik = r_k + Σ_d δ (cu + cv δ)`, δ = x − μ, and `K`
+    /// offsets r.
+    cu: Vec<f64>,
+    cv: Vec<f64>,
+    r: Vec<f64>,
+    /// Backward: f64 sums Σ B, Σ B (x − μ), Σ B (x − μ)² over the image.
     t0: Vec<f64>,
     t1: Vec<f64>,
     t2: Vec<f64>,
@@ -168,6 +187,12 @@ impl FisherEncoder {
             .enumerate()
             .map(|(i, &m)| m as f64 - center[i % d] as f64)
             .collect();
+        let lbias = (0..k)
+            .map(|c| {
+                let logdet: f64 = gmm.variance(c).iter().map(|&v| (v as f64).ln()).sum();
+                (gmm.weights()[c] as f64).ln() - 0.5 * logdet
+            })
+            .collect();
         let shifted_gmm = Gmm::new(
             k,
             d,
@@ -181,7 +206,11 @@ impl FisherEncoder {
             terms: GmmTerms::new(&shifted_gmm),
             center,
             cmeans,
+            means: gmm.means().iter().map(|&v| v as f64).collect(),
             sigma: gmm.variances().iter().map(|&v| (v as f64).sqrt()).collect(),
+            inv_var: gmm.variances().iter().map(|&v| 1.0 / v as f64).collect(),
+            lbias,
+            log_norm: -(d as f64) * HALF_LOG_2PI,
             active: gmm.weights().iter().map(|&w| w >= MIN_PRIOR).collect(),
         })
     }
@@ -212,16 +241,16 @@ impl FisherEncoder {
         FisherScratch {
             block: Scratch::new(k, d),
             xc: vec![0.0; BLOCK * d],
+            lrow: vec![0.0; k],
             s0: vec![0.0; k],
             s1: vec![0.0; k * d],
             s2: vec![0.0; k * d],
             phi: vec![0.0; 2 * k * d],
             out: vec![0.0; 2 * k * d],
             norm: 1.0,
-            w: vec![0.0; 2 * d * k],
+            cu: vec![0.0; k * d],
+            cv: vec![0.0; k * d],
             r: vec![0.0; k],
-            a: vec![0.0; BLOCK * k],
-            bt: vec![0.0; k * 2 * d],
             t0: vec![0.0; k],
             t1: vec![0.0; k * d],
             t2: vec![0.0; k * d],
@@ -336,7 +365,62 @@ impl FisherEncoder {
             }
         }
         stats::block_posteriors(&self.terms, &scratch.xc[..n * d], n, &mut scratch.block);
+        self.refine(x, n, scratch);
         n
+    }
+
+    /// Recomputes the posteriors `γ_ik ≥ REFINE` of the block from exact f64 log-densities
+    /// and renormalises each row together with the remaining (GEMM) values.
+    fn refine(&self, x: &[f32], n: usize, scratch: &mut FisherScratch) {
+        let (k, d) = (self.gmm.k(), self.gmm.d());
+        let lrow = &mut scratch.lrow;
+        for i in 0..n {
+            let row = &x[i * d..(i + 1) * d];
+            let post = &mut scratch.block.post[i * k..(i + 1) * k];
+            let lse = scratch.block.row_ll[i] - self.log_norm;
+            let mut max = f64::NEG_INFINITY;
+            let mut rest = 0f64;
+            for c in 0..k {
+                if post[c] >= REFINE {
+                    let l = self.log_density(c, row);
+                    lrow[c] = l;
+                    max = max.max(l);
+                } else {
+                    lrow[c] = f64::NAN;
+                    rest += post[c] as f64;
+                }
+            }
+            let tail = (lse - max).exp();
+            let mut z = rest * tail;
+            for &l in lrow.iter() {
+                if !l.is_nan() {
+                    z += (l - max).exp();
+                }
+            }
+            let inv = 1.0 / z;
+            for (p, &l) in post.iter_mut().zip(lrow.iter()) {
+                *p = if l.is_nan() {
+                    (*p as f64 * tail * inv) as f32
+                } else {
+                    ((l - max).exp() * inv) as f32
+                };
+            }
+        }
+    }
+
+    /// `log π_k − ½ Σ_d log σ²_kd − ½ Σ_d (x_d − μ_kd)²/σ²_kd` in f64.
+    fn log_density(&self, c: usize, row: &[f32]) -> f64 {
+        let d = self.gmm.d();
+        let (m, iv) = (
+            &self.means[c * d..(c + 1) * d],
+            &self.inv_var[c * d..(c + 1) * d],
+        );
+        let mut q = 0f64;
+        for ((&x, &m), &iv) in row.iter().zip(m).zip(iv) {
+            let t = x as f64 - m;
+            q += t * t * iv;
+        }
+        self.lbias[c] - 0.5 * q
     }
 
     /// Zeroes the posteriors VLFeat skips: below the threshold, or of inactive components.
@@ -367,22 +451,23 @@ impl FisherEncoder {
         for block in x.chunks(BLOCK * d) {
             let n = self.block_posteriors(block, scratch);
             self.prune(n, scratch);
-            stats::block_statistics(&self.terms, n, &mut scratch.block);
-            for row in scratch.block.post[..n * k].chunks_exact(k) {
-                for (s, &g) in scratch.s0.iter_mut().zip(row) {
-                    *s += g as f64;
-                }
-            }
-            for c in 0..k {
-                let st = &scratch.block.stats[c * 2 * d..(c + 1) * 2 * d];
-                let (sq, lin) = st.split_at(d);
-                let s1 = &mut scratch.s1[c * d..(c + 1) * d];
-                for (s, &v) in s1.iter_mut().zip(lin) {
-                    *s += v as f64;
-                }
-                let s2 = &mut scratch.s2[c * d..(c + 1) * d];
-                for (s, &v) in s2.iter_mut().zip(sq) {
-                    *s += v as f64;
+            for (row, post) in block
+                .chunks_exact(d)
+                .zip(scratch.block.post[..n * k].chunks_exact(k))
+            {
+                for (c, &g) in post.iter().enumerate() {
+                    if g == 0.0 {
+                        continue;
+                    }
+                    let g = g as f64;
+                    scratch.s0[c] += g;
+                    let r = c * d..(c + 1) * d;
+                    let (s1, s2) = (&mut scratch.s1[r.clone()], &mut scratch.s2[r.clone()]);
+                    for (((a1, a2), &x), &m) in s1.iter_mut().zip(s2).zip(row).zip(&self.means[r]) {
+                        let t = x as f64 - m;
+                        *a1 += g * t;
+                        *a2 += g * t * t;
+                    }
                 }
             }
         }
@@ -401,10 +486,8 @@ impl FisherEncoder {
             let s0 = scratch.s0[c];
             for j in 0..d {
                 let i = c * d + j;
-                let (m, sg) = (self.cmeans[i], self.sigma[i]);
-                let (s1, s2) = (scratch.s1[i], scratch.s2[i]);
-                scratch.phi[i] = cu * (s1 - m * s0) / sg;
-                scratch.phi[kd + i] = cv * ((s2 - 2.0 * m * s1 + m * m * s0) / (sg * sg) - s0);
+                scratch.phi[i] = cu * scratch.s1[i] / self.sigma[i];
+                scratch.phi[kd + i] = cv * (scratch.s2[i] * self.inv_var[i] - s0);
             }
         }
         self.postprocess(scratch);
@@ -454,28 +537,4 @@ fn image_error(i: usize, e: Error) -> Error {
         Error::Invalid(m) => Error::Invalid(format!("image {i}: {m}")),
         other => other,
     }
-}
-
-/// `C (rows × cols) += A (rows × inner) · B (inner × cols)`, all row-major f32.
-fn gemm_add(c: &mut [f32], a: &[f32], b: &[f32], rows: usize, inner: usize, cols: usize) {
-    matmul(
-        MatMut::from_row_major_slice_mut(c, rows, cols),
-        Accum::Add,
-        MatRef::from_row_major_slice(a, rows, inner),
-        MatRef::from_row_major_slice(b, inner, cols),
-        1.0f32,
-        Par::Seq,
-    );
-}
-
-/// `C (rows × cols) = Aᵀ · B` with `A` `inner × rows` and `B` `inner × cols`, row-major f32.
-fn gemm_tn(c: &mut [f32], a: &[f32], b: &[f32], inner: usize, rows: usize, cols: usize) {
-    matmul(
-        MatMut::from_row_major_slice_mut(c, rows, cols),
-        Accum::Replace,
-        MatRef::from_row_major_slice(a, inner, rows).transpose(),
-        MatRef::from_row_major_slice(b, inner, cols),
-        1.0f32,
-        Par::Seq,
-    );
 }

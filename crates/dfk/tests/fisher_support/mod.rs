@@ -22,7 +22,11 @@ impl Params {
             k: gmm.k(),
             d: gmm.d(),
             mu: gmm.means().iter().map(|&v| v as f64).collect(),
-            s: gmm.variances().iter().map(|&v| 0.5 * (v as f64).ln()).collect(),
+            s: gmm
+                .variances()
+                .iter()
+                .map(|&v| 0.5 * (v as f64).ln())
+                .collect(),
             a: gmm.weights().iter().map(|&v| (v as f64).ln()).collect(),
         }
     }
@@ -143,7 +147,12 @@ pub fn forward(x: &[f64], th: &Params, o: &RefOptions) -> Forward {
 
 /// Gradient of ⟨g, φ(x)⟩ by the per-descriptor formulas of method.md §3 (with the skip mask):
 /// returns (∂μ, ∂s, ∂a).
-pub fn backward(x: &[f64], th: &Params, o: &RefOptions, g: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn backward(
+    x: &[f64],
+    th: &Params,
+    o: &RefOptions,
+    g: &[f64],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (k, d) = (th.k, th.d);
     let n = x.len() / d;
     let kd = k * d;
@@ -151,7 +160,13 @@ pub fn backward(x: &[f64], th: &Params, o: &RefOptions, g: &[f64]) -> (Vec<f64>,
     let pi = th.priors();
     let dot: f64 = f.phi.iter().zip(g).map(|(a, b)| a * b).sum();
     let gp: Vec<f64> = (0..2 * kd)
-        .map(|j| if o.l2 { (g[j] - f.phi[j] * dot) / f.norm } else { g[j] })
+        .map(|j| {
+            if o.l2 {
+                (g[j] - f.phi[j] * dot) / f.norm
+            } else {
+                g[j]
+            }
+        })
         .collect();
     let gphi: Vec<f64> = (0..2 * kd)
         .map(|j| {
@@ -169,7 +184,8 @@ pub fn backward(x: &[f64], th: &Params, o: &RefOptions, g: &[f64]) -> (Vec<f64>,
         .collect();
     let c: Vec<f64> = pi.iter().map(|p| 1.0 / (n as f64 * p.sqrt())).collect();
     let cp: Vec<f64> = c.iter().map(|v| v / 2f64.sqrt()).collect();
-    let z = |i: usize, cc: usize, j: usize| (x[i * d + j] - th.mu[cc * d + j]) / th.s[cc * d + j].exp();
+    let z =
+        |i: usize, cc: usize, j: usize| (x[i * d + j] - th.mu[cc * d + j]) / th.s[cc * d + j].exp();
     let mut dmu = vec![0.0; kd];
     let mut ds = vec![0.0; kd];
     let mut e = vec![0.0; k];
@@ -182,7 +198,8 @@ pub fn backward(x: &[f64], th: &Params, o: &RefOptions, g: &[f64]) -> (Vec<f64>,
                 (0..d)
                     .map(|j| {
                         let zz = z(i, cc, j);
-                        c[cc] * gphi[cc * d + j] * zz + cp[cc] * gphi[kd + cc * d + j] * (zz * zz - 1.0)
+                        c[cc] * gphi[cc * d + j] * zz
+                            + cp[cc] * gphi[kd + cc * d + j] * (zz * zz - 1.0)
                     })
                     .sum()
             })
@@ -234,7 +251,14 @@ impl Rng {
 
 /// A random GMM (means spread `spread`, σ in [0.5, 1.2]·`scale`) and `n` descriptors drawn
 /// from it, as f32.
-pub fn random_case(rng: &mut Rng, k: usize, d: usize, n: usize, spread: f64, scale: f64) -> (Gmm, Vec<f32>) {
+pub fn random_case(
+    rng: &mut Rng,
+    k: usize,
+    d: usize,
+    n: usize,
+    spread: f64,
+    scale: f64,
+) -> (Gmm, Vec<f32>) {
     let means: Vec<f32> = (0..k * d).map(|_| (spread * rng.normal()) as f32).collect();
     let vars: Vec<f32> = (0..k * d)
         .map(|_| (scale * (0.5 + 0.7 * rng.uniform())).powi(2) as f32)
@@ -257,7 +281,11 @@ pub fn to_f64(x: &[f32]) -> Vec<f64> {
 /// max |a − b| and that divided by max(max|b|, tiny).
 pub fn errors(a: &[f64], b: &[f64]) -> (f64, f64) {
     assert_eq!(a.len(), b.len());
-    let abs = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let abs = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
     let scale = b.iter().map(|v| v.abs()).fold(0.0, f64::max).max(1e-300);
     (abs, abs / scale)
 }

@@ -137,17 +137,21 @@ impl DataArgs {
     }
 }
 
+/// A `--resize` value: a size, or none (keep the image size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resize(pub Option<(u32, u32)>);
+
 /// Parses `WxH` (or `none`).
-fn parse_resize(s: &str) -> Result<Option<(u32, u32)>, String> {
+fn parse_resize(s: &str) -> Result<Resize, String> {
     if s.eq_ignore_ascii_case("none") {
-        return Ok(None);
+        return Ok(Resize(None));
     }
     let (w, h) = s
         .split_once(['x', 'X'])
         .ok_or_else(|| format!("expected WIDTHxHEIGHT or none, got {s:?}"))?;
     let w: u32 = w.trim().parse().map_err(|e| format!("width {w:?}: {e}"))?;
     let h: u32 = h.trim().parse().map_err(|e| format!("height {h:?}: {e}"))?;
-    Ok(Some((w, h)))
+    Ok(Resize(Some((w, h))))
 }
 
 /// Window choice on the command line.
@@ -188,7 +192,7 @@ pub struct ConfigArgs {
     pub root_sift: Option<bool>,
     /// Resize images to WxH before extraction, or `none`.
     #[arg(long, value_parser = parse_resize, help_heading = "Descriptors")]
-    pub resize: Option<Option<(u32, u32)>>,
+    pub resize: Option<Resize>,
     /// PCA output dimension (0: no PCA).
     #[arg(long, help_heading = "Preprocessing")]
     pub pca_dims: Option<usize>,
@@ -248,7 +252,9 @@ impl ConfigArgs {
         set!(self.step, cfg.sift.step);
         set!(self.magnif, cfg.sift.magnif);
         set!(self.root_sift, cfg.sift.root_sift);
-        set!(self.resize, cfg.sift.resize);
+        if let Some(Resize(r)) = self.resize {
+            cfg.sift.resize = r;
+        }
         if let Some(w) = self.window {
             cfg.sift.window = match w {
                 WindowArg::Flat => Window::Flat,

@@ -19,7 +19,7 @@
 //! Every long stage reports progress through a [`Progress`] observer, so the command-line tool
 //! can draw progress bars without this crate depending on a terminal library.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use rand::seq::index::sample;
@@ -36,7 +36,7 @@ use crate::metrics;
 use crate::model::ModelFile;
 use crate::npy;
 use crate::pca::{fit_pca, l2_normalize_rows, Pca, PcaParams};
-use crate::sift::{dense_sift_with, DsiftParams, DsiftScratch, GrayImage};
+use crate::sift::{dense_sift_with, DsiftParams, DsiftScratch, GrayImage, DESCRIPTOR_LEN};
 use crate::svm::{train_one_vs_rest, ClassWeighting, Labels, OneVsRest, SvmParams};
 
 /// PCA settings; `dims = 0` disables the projection.
@@ -289,23 +289,19 @@ impl RawDescriptors {
     }
 }
 
-/// Extracts dense SIFT from every image of `data`, in parallel on the current rayon pool;
-/// `progress` is called with the number of images finished (from worker threads). An image
-/// that yields no descriptor (smaller than one descriptor) is an error naming it.
-pub fn extract_descriptors(
+/// Images per extraction chunk: bounds the raw descriptors held at once when streaming.
+const CHUNK_IMAGES: usize = 1024;
+
+/// Extracts dense SIFT from the images `indices` of `data` (parallel), in that order.
+fn extract_images(
     data: &Dataset,
+    indices: &[usize],
     params: &DsiftParams,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<RawDescriptors> {
-    if data.is_empty() {
-        return Err(Error::Empty {
-            what: "data set".into(),
-        });
-    }
-    params.validate()?;
-    let per_image: Vec<(Vec<f32>, Vec<f32>)> = (0..data.len())
-        .into_par_iter()
-        .map_init(DsiftScratch::new, |scratch, i| {
+    let per_image: Vec<(Vec<f32>, Vec<f32>)> = indices
+        .par_iter()
+        .map_init(DsiftScratch::new, |scratch, &i| {
             let name = || data.items[i].source.describe();
             let img = data.load_u8(i)?;
             let gray = GrayImage::from_u8(img.width, img.height, &img.pixels)
@@ -332,21 +328,72 @@ pub fn extract_descriptors(
             Ok((d, pos))
         })
         .collect::<Result<_>>()?;
-    let dim = per_image[0].0.len() / (per_image[0].1.len() / 2);
     let rows: usize = per_image.iter().map(|(_, p)| p.len() / 2).sum();
-    let mut data_out = Vec::with_capacity(rows * dim);
-    let mut positions = Vec::with_capacity(rows * 2);
-    let mut offsets = Vec::with_capacity(per_image.len() + 1);
-    offsets.push(0);
+    let mut out = RawDescriptors {
+        descriptors: Descriptors {
+            data: Vec::with_capacity(rows * DESCRIPTOR_LEN),
+            dim: DESCRIPTOR_LEN,
+            offsets: Vec::with_capacity(indices.len() + 1),
+        },
+        positions: Vec::with_capacity(2 * rows),
+    };
+    out.descriptors.offsets.push(0);
     for (d, p) in per_image {
-        data_out.extend_from_slice(&d);
-        positions.extend_from_slice(&p);
-        offsets.push(positions.len() / 2);
+        out.descriptors.data.extend_from_slice(&d);
+        out.positions.extend_from_slice(&p);
+        out.descriptors.offsets.push(out.positions.len() / 2);
     }
-    Ok(RawDescriptors {
-        descriptors: Descriptors::new(data_out, dim, offsets)?,
-        positions,
-    })
+    out.descriptors.validate()?;
+    Ok(out)
+}
+
+/// Extracts dense SIFT from every image of `data`, in parallel on the current rayon pool;
+/// `progress` is called with the number of images finished (from worker threads). An image
+/// that yields no descriptor (smaller than one descriptor) is an error naming it.
+pub fn extract_descriptors(
+    data: &Dataset,
+    params: &DsiftParams,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<RawDescriptors> {
+    if data.is_empty() {
+        return Err(Error::Empty {
+            what: "data set".into(),
+        });
+    }
+    params.validate()?;
+    let all: Vec<usize> = (0..data.len()).collect();
+    extract_images(data, &all, params, progress)
+}
+
+/// Extracts and preprocesses every image of `data` in chunks of images, so that only one
+/// chunk's raw SIFT descriptors are held at a time.
+pub fn extract_preprocessed(
+    data: &Dataset,
+    params: &DsiftParams,
+    pre: &Preprocessor,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Descriptors> {
+    if data.is_empty() {
+        return Err(Error::Empty {
+            what: "data set".into(),
+        });
+    }
+    params.validate()?;
+    let mut out = Descriptors {
+        data: Vec::new(),
+        dim: pre.dim(),
+        offsets: vec![0],
+    };
+    let all: Vec<usize> = (0..data.len()).collect();
+    for chunk in all.chunks(CHUNK_IMAGES) {
+        let raw = extract_images(data, chunk, params, progress)?;
+        let d = pre.apply_all(&raw)?;
+        let base = out.rows();
+        out.data.extend_from_slice(&d.data);
+        out.offsets.extend(d.offsets[1..].iter().map(|o| o + base));
+    }
+    out.validate()?;
+    Ok(out)
 }
 
 /// A 64-bit FNV-1a hash, for cache keys (not cryptographic).
@@ -362,11 +409,21 @@ impl Fnv {
             self.0 = self.0.wrapping_mul(0x100_0000_01b3);
         }
     }
+    fn floats(&mut self, v: &[f32]) {
+        for x in v {
+            self.write(&x.to_le_bytes());
+        }
+    }
 }
 
-/// Cache key of a data set's descriptors: a hash of the SIFT settings and of every image's
-/// content (file bytes or in-memory pixels), so a changed image or setting misses the cache.
-pub fn descriptor_cache_key(data: &Dataset, sift: &DsiftParams) -> Result<String> {
+/// Cache key of a data set's preprocessed descriptors: a hash of the SIFT settings, of the
+/// preprocessing (PCA arrays and flags) and of every image's content (file bytes or in-memory
+/// pixels), so a changed image or setting misses the cache.
+pub fn descriptor_cache_key(
+    data: &Dataset,
+    sift: &DsiftParams,
+    pre: &Preprocessor,
+) -> Result<String> {
     let mut h = Fnv::new();
     h.write(
         serde_json::to_string(sift)
@@ -374,6 +431,14 @@ pub fn descriptor_cache_key(data: &Dataset, sift: &DsiftParams) -> Result<String
             .as_bytes(),
     );
     h.write(env!("CARGO_PKG_VERSION").as_bytes());
+    h.write(&[pre.l2 as u8, pre.spatial as u8]);
+    h.write(&(pre.d_in as u64).to_le_bytes());
+    if let Some(p) = &pre.pca {
+        h.floats(&p.mean);
+        h.floats(&p.components);
+        h.floats(&p.eigenvalues);
+        h.write(&[p.whiten as u8]);
+    }
     let item_hashes: Vec<u64> = data
         .items
         .par_iter()
@@ -403,65 +468,70 @@ pub fn descriptor_cache_key(data: &Dataset, sift: &DsiftParams) -> Result<String
     Ok(format!("{:016x}-{}", h.0, data.len()))
 }
 
-/// Returns the descriptors of `data`, from `cache_dir/<key>/` when present there, else
-/// extracted and (with a cache directory) stored there. Returns whether the cache was hit.
+/// Returns the preprocessed descriptors of `data`, from `cache_dir/<key>/` when present there,
+/// else extracted (see [`extract_preprocessed`]) and, with a cache directory, stored there.
+/// Also returns whether the cache was hit.
 pub fn load_or_extract(
     data: &Dataset,
     sift: &DsiftParams,
+    pre: &Preprocessor,
     cache_dir: Option<&Path>,
     progress: &(dyn Fn(usize) + Sync),
-) -> Result<(RawDescriptors, bool)> {
+) -> Result<(Descriptors, bool)> {
     let Some(cache_dir) = cache_dir else {
-        return Ok((extract_descriptors(data, sift, progress)?, false));
+        return Ok((extract_preprocessed(data, sift, pre, progress)?, false));
     };
-    let dir = cache_dir.join(descriptor_cache_key(data, sift)?);
-    let files = CacheFiles::new(&dir);
-    if files.complete() {
-        let descriptors = Descriptors::from_npy(&files.data, &files.offsets)?;
-        let (positions, rows, cols) = npy::read_f32_matrix(&files.positions)?;
-        if cols != 2 || rows != descriptors.rows() || descriptors.images() != data.len() {
+    let dir = cache_dir.join(descriptor_cache_key(data, sift, pre)?);
+    let (data_path, offsets_path) = (dir.join("descriptors.npy"), dir.join("offsets.npy"));
+    if data_path.is_file() && offsets_path.is_file() {
+        let d = Descriptors::from_npy(&data_path, &offsets_path)?;
+        if d.images() != data.len() || d.dim != pre.dim() {
             return Err(Error::format(
-                &files.positions,
-                "cached descriptors do not match the data set: delete the cache folder",
+                &data_path,
+                "cached descriptors do not match the data set: delete this cache folder",
             ));
         }
         progress(data.len());
-        return Ok((
-            RawDescriptors {
-                descriptors,
-                positions,
-            },
-            true,
-        ));
+        return Ok((d, true));
     }
-    let raw = extract_descriptors(data, sift, progress)?;
+    let d = extract_preprocessed(data, sift, pre, progress)?;
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let d = &raw.descriptors;
-    npy::write_f32_matrix(&files.positions, &raw.positions, d.rows(), 2)?;
-    // The data file is written last: its presence marks a complete entry.
+    // The descriptor file is written last: its presence marks a complete entry.
     let offsets: Vec<i64> = d.offsets.iter().map(|&o| o as i64).collect();
-    npy::write_i64_vector(&files.offsets, &offsets)?;
-    npy::write_f32_matrix(&files.data, &d.data, d.rows(), d.dim)?;
-    Ok((raw, false))
+    npy::write_i64_vector(&offsets_path, &offsets)?;
+    npy::write_f32_matrix(&data_path, &d.data, d.rows(), d.dim)?;
+    Ok((d, false))
 }
 
-struct CacheFiles {
-    data: PathBuf,
-    offsets: PathBuf,
-    positions: PathBuf,
-}
-
-impl CacheFiles {
-    fn new(dir: &Path) -> Self {
-        CacheFiles {
-            data: dir.join("descriptors.npy"),
-            offsets: dir.join("offsets.npy"),
-            positions: dir.join("positions.npy"),
-        }
+/// Fits the descriptor preprocessing of `config` on `data`: without PCA nothing is fitted;
+/// with PCA, the descriptors of a seeded random subset of images (enough for
+/// `config.pca.sample` descriptors) are extracted and the PCA is fitted on them.
+pub fn fit_preprocessor(
+    data: &Dataset,
+    config: &PipelineConfig,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Preprocessor> {
+    if data.is_empty() {
+        return Err(Error::Empty {
+            what: "data set".into(),
+        });
     }
-    fn complete(&self) -> bool {
-        self.data.is_file() && self.offsets.is_file() && self.positions.is_file()
+    config.sift.validate()?;
+    if config.pca.dims == 0 {
+        progress(data.len());
+        return Ok(Preprocessor {
+            d_in: DESCRIPTOR_LEN,
+            pca: None,
+            l2: config.l2_normalize,
+            spatial: config.spatial,
+        });
     }
+    let first = extract_images(data, &[0], &config.sift, &|_| {})?;
+    let per_image = first.descriptors.rows().max(1);
+    let images = config.pca.sample.div_ceil(per_image).max(1);
+    let idx = sample_rows(data.len(), images, config.seed ^ 0x5ca1_ab1e);
+    let raw = extract_images(data, &idx, &config.sift, progress)?;
+    Preprocessor::fit(&raw.descriptors, config)
 }
 
 /// Draws `min(n, max)` distinct indices out of `n` (sorted), seeded.
@@ -718,12 +788,19 @@ pub fn fit_pipeline(
 ) -> Result<FitOutput> {
     config.validate()?;
     let mut clock = Clock::default();
-    progress.start("descriptors", train.len());
-    let (raw, cache_hit) = clock.time("descriptors", || {
-        load_or_extract(train, &config.sift, cache_dir, &|n| progress.advance(n))
+    progress.start("PCA sample", 1);
+    let pre = clock.time("pca", || {
+        fit_preprocessor(train, config, &|n| progress.advance(n))
     })?;
     progress.finish();
-    let mut out = fit_from_descriptors(&raw, &dataset_labels(train), config, progress)?;
+    progress.start("descriptors", train.len());
+    let (desc, cache_hit) = clock.time("descriptors", || {
+        load_or_extract(train, &config.sift, &pre, cache_dir, &|n| {
+            progress.advance(n)
+        })
+    })?;
+    progress.finish();
+    let mut out = fit_preprocessed(pre, &desc, &dataset_labels(train), config, progress)?;
     out.pipeline.class_names = train.class_names.clone();
     clock.times.append(&mut out.timings);
     out.timings = clock.times;
@@ -732,7 +809,7 @@ pub fn fit_pipeline(
     Ok(out)
 }
 
-/// Trains preprocessing, GMM and SVMs from already extracted descriptors.
+/// Trains preprocessing, GMM and SVMs from already extracted raw descriptors.
 pub fn fit_from_descriptors(
     raw: &RawDescriptors,
     labels: &Labels,
@@ -740,13 +817,6 @@ pub fn fit_from_descriptors(
     progress: &dyn Progress,
 ) -> Result<FitOutput> {
     config.validate()?;
-    if labels.n() != raw.images() {
-        return Err(Error::dim(
-            "labels (one per image)",
-            raw.images(),
-            labels.n(),
-        ));
-    }
     let mut clock = Clock::default();
     progress.start("PCA", 1);
     let pre = clock.time("pca", || Preprocessor::fit(&raw.descriptors, config))?;
@@ -754,15 +824,43 @@ pub fn fit_from_descriptors(
     progress.start("preprocess", 1);
     let desc = clock.time("preprocess", || pre.apply_all(raw))?;
     progress.finish();
+    let mut out = fit_preprocessed(pre, &desc, labels, config, progress)?;
+    clock.times.append(&mut out.timings);
+    out.timings = clock.times;
+    out.history["timings"] = serde_json::to_value(&out.timings).unwrap_or_default();
+    Ok(out)
+}
+
+/// Trains the GMM (EM on a sample) and the SVMs on preprocessed descriptors `desc`
+/// (the output of `pre`).
+pub fn fit_preprocessed(
+    pre: Preprocessor,
+    desc: &Descriptors,
+    labels: &Labels,
+    config: &PipelineConfig,
+    progress: &dyn Progress,
+) -> Result<FitOutput> {
+    config.validate()?;
+    let n = desc.images();
+    if labels.n() != n {
+        return Err(Error::dim("labels (one per image)", n, labels.n()));
+    }
+    if desc.dim != pre.dim() {
+        return Err(Error::dim(
+            "preprocessed descriptor dimension",
+            pre.dim(),
+            desc.dim,
+        ));
+    }
+    let mut clock = Clock::default();
     progress.start("GMM (EM)", 1);
-    let gmm_fit = clock.time("gmm", || fit_gmm_sampled(&desc, config))?;
+    let gmm_fit = clock.time("gmm", || fit_gmm_sampled(desc, config))?;
     progress.finish();
-    progress.start("Fisher vectors", raw.images());
+    progress.start("Fisher vectors", n);
     let fv = clock.time("encode", || {
-        encode_all(&gmm_fit.gmm, config.fisher, &desc, &|n| progress.advance(n))
+        encode_all(&gmm_fit.gmm, config.fisher, desc, &|k| progress.advance(k))
     })?;
     progress.finish();
-    let n = raw.images();
     let dim = gmm_fit.gmm.fisher_len();
     progress.start("SVMs", 1);
     let svm = clock.time("svm", || {
@@ -858,10 +956,10 @@ impl Pipeline {
         progress: &dyn Progress,
     ) -> Result<Vec<f32>> {
         progress.start("descriptors", data.len());
-        let (raw, _) =
-            load_or_extract(data, &self.config.sift, cache_dir, &|n| progress.advance(n))?;
+        let (desc, _) = load_or_extract(data, &self.config.sift, &self.pre, cache_dir, &|n| {
+            progress.advance(n)
+        })?;
         progress.finish();
-        let desc = self.pre.apply_all(&raw)?;
         progress.start("Fisher vectors", data.len());
         let fv = encode_all(&self.gmm, self.config.fisher, &desc, &|n| {
             progress.advance(n)

@@ -5,8 +5,8 @@ use dfk::dataset::{embedded_fashion_mnist, Dataset, Descriptors};
 use dfk::model::ModelFile;
 use dfk::pca::Pca;
 use dfk::pipeline::{
-    evaluate, extract_descriptors, fit_from_descriptors, fit_pipeline, load_or_extract, Pipeline,
-    PipelineConfig, Preprocessor, RawDescriptors, Silent,
+    evaluate, extract_descriptors, fit_from_descriptors, fit_pipeline, fit_preprocessor,
+    load_or_extract, Pipeline, PipelineConfig, Preprocessor, RawDescriptors, Silent,
 };
 use dfk::svm::Labels;
 
@@ -74,17 +74,27 @@ fn descriptor_cache_hits_and_misses() {
     let data = small_train(10);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = PipelineConfig::default();
-    let (a, hit_a) = load_or_extract(&data, &cfg.sift, Some(dir.path()), &|_| {}).unwrap();
-    let (b, hit_b) = load_or_extract(&data, &cfg.sift, Some(dir.path()), &|_| {}).unwrap();
+    let pre = fit_preprocessor(&data, &cfg, &|_| {}).unwrap();
+    let run = |d: &Dataset, cfg: &PipelineConfig, pre: &Preprocessor| {
+        load_or_extract(d, &cfg.sift, pre, Some(dir.path()), &|_| {}).unwrap()
+    };
+    let (a, hit_a) = run(&data, &cfg, &pre);
+    let (b, hit_b) = run(&data, &cfg, &pre);
     assert!(!hit_a && hit_b);
     assert_eq!(a, b);
+    assert_eq!(a.dim, 32 + 2);
+    // Streaming extraction equals extracting everything, then preprocessing.
+    let raw = extract_descriptors(&data, &cfg.sift, &|_| {}).unwrap();
+    assert_eq!(pre.apply_all(&raw).unwrap(), a);
+    // Another PCA, other SIFT settings or other images miss the cache.
+    let mut other_pre = pre.clone();
+    other_pre.spatial = false;
+    assert!(!run(&data, &cfg, &other_pre).1);
     cfg.sift.step += 1;
-    let (c, hit_c) = load_or_extract(&data, &cfg.sift, Some(dir.path()), &|_| {}).unwrap();
+    let (c, hit_c) = run(&data, &cfg, &pre);
     assert!(!hit_c);
-    assert_ne!(c.descriptors.rows(), a.descriptors.rows());
-    let other = small_train(9);
-    let (_, hit_d) = load_or_extract(&other, &cfg.sift, Some(dir.path()), &|_| {}).unwrap();
-    assert!(!hit_d);
+    assert_ne!(c.rows(), a.rows());
+    assert!(!run(&small_train(9), &cfg, &pre).1);
 }
 
 #[test]
@@ -197,6 +207,7 @@ fn fit_from_descriptors_separates_synthetic_classes_and_round_trips() {
     assert_eq!(fit.train_features.len(), 30 * p.gmm.fisher_len());
     let stages: Vec<&str> = fit.timings.iter().map(|t| t.stage.as_str()).collect();
     assert_eq!(stages, ["pca", "preprocess", "gmm", "encode", "svm"]);
+    assert_eq!(fit.history["timings"].as_array().unwrap().len(), 5);
 
     // Seeded: the same fit again gives the same model.
     let again = fit_from_descriptors(&raw, &labels, &cfg, &Silent).unwrap();

@@ -1,14 +1,15 @@
-//! `dfk extract`: dense SIFT descriptors of a data set into the cache (and optionally into
-//! `.npy` files), so that training runs with the same settings do not extract again.
+//! `dfk extract`: the descriptors of a data set as the GMM sees them (dense SIFT, then PCA, L2
+//! and (x, y) as configured) into the cache, and optionally into `.npy` files, so that training
+//! runs with the same settings do not extract again.
 
 use std::path::PathBuf;
 
 use dfk::npy;
-use dfk::pipeline::{descriptor_cache_key, load_or_extract};
+use dfk::pipeline::{descriptor_cache_key, fit_preprocessor, load_or_extract};
 use serde_json::json;
 
 use crate::options::{ConfigArgs, DataArgs};
-use crate::util::{bar, cache_dir, emit, usage};
+use crate::util::{bar, cache_dir, emit, spinner, usage};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -20,8 +21,9 @@ pub struct Args {
     /// With --fashion-mnist or --embedded: extract the test set too.
     #[arg(long)]
     with_test: bool,
-    /// Also write descriptors.npy (rows × 128), offsets.npy (int64), positions.npy (rows × 2)
-    /// and labels.npy (int64, first label) into this folder.
+    /// Also write descriptors.npy (rows × D float32), offsets.npy (int64, images + 1) and
+    /// labels.npy (int64, first label) here (in train/ and test/ with --with-test). For raw
+    /// 128-d SIFT use --pca-dims 0 --l2 false --spatial false.
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
     /// Descriptor cache folder (default: $XDG_CACHE_HOME/dfk/descriptors or ~/.cache/dfk/descriptors).
@@ -46,12 +48,17 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             None => return usage("--with-test needs --fashion-mnist or --embedded"),
         }
     }
+    // The PCA is fitted on the training set, as `dfk train` does, so the cache entries match.
+    let pb = spinner(g, "PCA sample");
+    let pre = fit_preprocessor(&loaded.train, &cfg, &|_| {})?;
+    pb.finish();
     let mut results = Vec::new();
     for (name, data) in sets {
-        let pb = bar(g, data.len() as u64, &format!("{name} SIFT"));
-        let (raw, hit) = load_or_extract(data, &cfg.sift, cache.as_deref(), &|n| pb.inc(n as u64))?;
+        let pb = bar(g, data.len() as u64, &format!("{name} descriptors"));
+        let (d, hit) = load_or_extract(data, &cfg.sift, &pre, cache.as_deref(), &|n| {
+            pb.inc(n as u64)
+        })?;
         pb.finish();
-        let d = &raw.descriptors;
         if let Some(dir) = &a.out_dir {
             let dir = if a.with_test {
                 dir.join(name)
@@ -60,11 +67,10 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             };
             std::fs::create_dir_all(&dir)?;
             d.save_npy(dir.join("descriptors.npy"), dir.join("offsets.npy"))?;
-            npy::write_f32_matrix(dir.join("positions.npy"), &raw.positions, d.rows(), 2)?;
             let labels: Vec<i64> = data.first_labels().iter().map(|&l| l as i64).collect();
             npy::write_i64_vector(dir.join("labels.npy"), &labels)?;
         }
-        let key = descriptor_cache_key(data, &cfg.sift)?;
+        let key = descriptor_cache_key(data, &cfg.sift, &pre)?;
         results.push(
             json!({"set": name, "images": data.len(), "descriptors": d.rows(),
                             "dim": d.dim, "cache_hit": hit, "cache_key": key}),

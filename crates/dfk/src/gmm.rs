@@ -347,6 +347,7 @@ pub enum GmmInit {
 /// Parameters of [`fit_gmm`]. Build with [`GmmParams::new`] and the builder-style setters;
 /// [`GmmParams::validate`] (called by the fitting functions) rejects invalid values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GmmParams {
     /// Number of components `K`.
     pub k: usize,

@@ -441,3 +441,32 @@ fn invalid_parameters_are_named() {
     assert!(GmmParams::default().validate().is_ok());
     assert_eq!(GmmParams::default().k, 16);
 }
+
+#[test]
+fn gmm_construction_rejects_invalid_parameters() {
+    let ok = |k: usize, d: usize| Gmm::new(k, d, vec![0.0; k * d], vec![1.0; k * d], vec![1.0; k]);
+    assert!(ok(2, 3).is_ok());
+    expect_param(ok(0, 3), "k");
+    expect_param(ok(2, 0), "d");
+    let dim = |r: dfk::Result<Gmm>| assert!(matches!(r, Err(Error::DimMismatch { .. })), "{r:?}");
+    dim(Gmm::new(2, 2, vec![0.0; 3], vec![1.0; 4], vec![0.5; 2]));
+    dim(Gmm::new(2, 2, vec![0.0; 4], vec![1.0; 5], vec![0.5; 2]));
+    dim(Gmm::new(2, 2, vec![0.0; 4], vec![1.0; 4], vec![0.5; 3]));
+    let nonfinite = Gmm::new(1, 2, vec![0.0, f32::NAN], vec![1.0; 2], vec![1.0]);
+    assert!(matches!(nonfinite, Err(Error::NonFinite { index: 1, .. })));
+    let invalid = |r: dfk::Result<Gmm>| assert!(matches!(r, Err(Error::Invalid(_))), "{r:?}");
+    invalid(Gmm::new(1, 2, vec![0.0; 2], vec![1.0, 0.0], vec![1.0]));
+    invalid(Gmm::new(2, 1, vec![0.0; 2], vec![1.0; 2], vec![1.5, -0.5]));
+    invalid(Gmm::new(2, 1, vec![0.0; 2], vec![1.0; 2], vec![0.0, 0.0]));
+    // Weights are renormalised.
+    let g = Gmm::new(2, 1, vec![0.0; 2], vec![1.0; 2], vec![1.0, 3.0]).unwrap();
+    assert_eq!(g.weights(), &[0.25, 0.75]);
+    assert_eq!(g.fisher_len(), 4);
+}
+
+#[test]
+fn params_deserialise_with_defaults() {
+    let p: GmmParams =
+        serde_json::from_str(r#"{"k": 8, "init": {"KMeans": {"iters": 5}}}"#).unwrap();
+    assert_eq!(p, GmmParams::new(8).init(GmmInit::KMeans { iters: 5 }));
+}

@@ -367,9 +367,8 @@ mod tests {
         assert!((rms(&dir.logits) - 1.0).abs() < 1e-12);
         assert!(grad.dot(&dir) < 0.0);
         // μ direction: −σ²∇ up to a positive factor.
-        for i in 0..4 {
-            let expect = -sigma[i] * sigma[i] * grad.means[i];
-            assert!(dir.means[i] * expect >= 0.0);
+        for ((d, s), g) in dir.means.iter().zip(&sigma).zip(&grad.means) {
+            assert!(d * (-s * s * g) >= 0.0);
         }
         let only_means = theta.descent_direction(
             &grad,
@@ -397,8 +396,8 @@ mod tests {
         // Floor of dimension 0: 0.1 × mean(0.25, 1.0); dimension 1: 0.1 × mean(4.0, 0.5).
         let expect = [0.0625f32, 0.225];
         for c in 0..2 {
-            for j in 0..2 {
-                assert!((back.variance(c)[j] - expect[j]).abs() < 1e-6);
+            for (v, e) in back.variance(c).iter().zip(expect) {
+                assert!((v - e).abs() < 1e-6);
             }
         }
         // π₁ ≥ π_min up to the renormalisation of the raise: π_min / (1 + π_min).

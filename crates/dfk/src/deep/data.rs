@@ -1,0 +1,163 @@
+//! The images the trainer works on: descriptors grouped per image, with labels.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result};
+use crate::svm::Labels;
+
+/// A labelled set of images, each a block of descriptors: image `i` is rows
+/// `offsets[i]..offsets[i+1]` of `data` (`rows × d`, row-major).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageSet {
+    /// Descriptors of all images, `rows × d`.
+    pub data: Vec<f32>,
+    /// Descriptor dimension.
+    pub d: usize,
+    /// `images + 1` row offsets, starting at 0 and ending at `rows`.
+    pub offsets: Vec<usize>,
+    /// One label (multi-class) or label set (multi-label) per image.
+    pub labels: Labels,
+}
+
+impl ImageSet {
+    /// Checks the shapes (offsets start at 0, increase strictly — every image needs at least
+    /// one descriptor — and end at the number of rows; one label per image) and that every
+    /// descriptor is finite.
+    pub fn new(data: Vec<f32>, d: usize, offsets: Vec<usize>, labels: Labels) -> Result<Self> {
+        if d == 0 {
+            return Err(Error::param("d", d, "at least 1 dimension"));
+        }
+        if data.len() % d != 0 {
+            return Err(Error::param(
+                "descriptor matrix length",
+                data.len(),
+                format!("a multiple of the dimension d = {d}"),
+            ));
+        }
+        let rows = data.len() / d;
+        if offsets.len() < 2 {
+            return Err(Error::Empty {
+                what: "image set (offsets need at least two entries)".into(),
+            });
+        }
+        if offsets[0] != 0 {
+            return Err(Error::param("offsets[0]", offsets[0], "0"));
+        }
+        if let Some(i) = offsets.windows(2).position(|w| w[1] <= w[0]) {
+            return Err(Error::Invalid(format!(
+                "image {i} has no descriptors (offsets[{i}] = {}, offsets[{}] = {}): every image needs at least one",
+                offsets[i],
+                i + 1,
+                offsets[i + 1]
+            )));
+        }
+        let last = offsets[offsets.len() - 1];
+        if last != rows {
+            return Err(Error::dim("last offset (descriptor rows)", rows, last));
+        }
+        let n = offsets.len() - 1;
+        if labels.n() != n {
+            return Err(Error::dim("labels (one per image)", n, labels.n()));
+        }
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: format!("descriptor row {} (dimension {})", i / d, i % d),
+                index: i,
+            });
+        }
+        Ok(Self {
+            data,
+            d,
+            offsets,
+            labels,
+        })
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Always false: an image set holds at least one image.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Descriptors of image `i`.
+    pub fn image(&self, i: usize) -> &[f32] {
+        &self.data[self.offsets[i] * self.d..self.offsets[i + 1] * self.d]
+    }
+
+    /// The images at `indices`, in that order.
+    pub fn subset(&self, indices: &[usize]) -> Result<Self> {
+        let n = self.len();
+        if let Some(&i) = indices.iter().find(|&&i| i >= n) {
+            return Err(Error::param("image index", i, format!("< {n}")));
+        }
+        let mut data = Vec::new();
+        let mut offsets = vec![0];
+        for &i in indices {
+            data.extend_from_slice(self.image(i));
+            offsets.push(data.len() / self.d);
+        }
+        let labels = match &self.labels {
+            Labels::MultiClass { labels, classes } => Labels::MultiClass {
+                labels: indices.iter().map(|&i| labels[i]).collect(),
+                classes: *classes,
+            },
+            Labels::MultiLabel { targets, classes } => Labels::MultiLabel {
+                targets: indices
+                    .iter()
+                    .flat_map(|&i| targets[i * classes..(i + 1) * classes].iter().copied())
+                    .collect(),
+                classes: *classes,
+            },
+        };
+        Self::new(data, self.d, offsets, labels)
+    }
+
+    /// Splits off a held-out part: `fraction` of the images of each class (multi-class; by
+    /// first positive label for multi-label) chosen with a seeded shuffle. Returns
+    /// `(kept, held_out)`, each in the original image order.
+    pub fn split_holdout(&self, fraction: f64, seed: u64) -> Result<(Self, Self)> {
+        if !(fraction > 0.0 && fraction < 1.0) {
+            return Err(Error::param(
+                "validation fraction",
+                fraction,
+                "a value in (0, 1)",
+            ));
+        }
+        let classes = self.labels.classes();
+        let mut by_class = vec![Vec::new(); classes + 1];
+        for i in 0..self.len() {
+            let c = match &self.labels {
+                Labels::MultiClass { labels, .. } => labels[i],
+                Labels::MultiLabel { targets, classes } => targets[i * classes..(i + 1) * classes]
+                    .iter()
+                    .position(|&t| t)
+                    .unwrap_or(*classes),
+            };
+            by_class[c].push(i);
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut held = vec![false; self.len()];
+        for members in &mut by_class {
+            members.shuffle(&mut rng);
+            let take = (members.len() as f64 * fraction).round() as usize;
+            for &i in members.iter().take(take) {
+                held[i] = true;
+            }
+        }
+        let kept: Vec<usize> = (0..self.len()).filter(|&i| !held[i]).collect();
+        let out: Vec<usize> = (0..self.len()).filter(|&i| held[i]).collect();
+        if kept.is_empty() || out.is_empty() {
+            return Err(Error::Invalid(format!(
+                "a validation fraction of {fraction} of {} images leaves one side empty",
+                self.len()
+            )));
+        }
+        Ok((self.subset(&kept)?, self.subset(&out)?))
+    }
+}

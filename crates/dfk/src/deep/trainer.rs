@@ -1,0 +1,820 @@
+//! The alternating trainer (GMKL-style, method.md §2): encode → solve the SVMs (warm start) →
+//! back-propagate the SVM objective into the GMM → Armijo step that re-encodes and re-solves.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::data::ImageSet;
+use super::history::{DeepHistory, IterationRecord};
+use super::line_search::Outcome;
+use super::params::{DeepParams, GmmMode};
+use super::theta::{Displacement, Floors, Theta};
+use crate::error::{Error, Result};
+use crate::fisher::{FisherEncoder, FisherOptions};
+use crate::gmm::Gmm;
+use crate::metrics;
+use crate::npy::write_bytes_atomic;
+use crate::svm::{train_one_vs_rest, BinarySvm, Labels, OneVsRest};
+
+/// The images the trainer sees: training images (the objective), optional validation images
+/// (model selection and early stopping) and optional test images (reported only).
+#[derive(Clone, Copy, Debug)]
+pub struct DeepData<'a> {
+    /// Images whose SVM objective is minimised.
+    pub train: &'a ImageSet,
+    /// Held-out images: the iterate with the best score here is kept.
+    pub val: Option<&'a ImageSet>,
+    /// Images scored at every iteration for the report; never used for any decision.
+    pub test: Option<&'a ImageSet>,
+}
+
+/// Where the trainer saves its state after every iteration, and whether to continue from it.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    /// Checkpoint file (JSON, written atomically).
+    pub path: PathBuf,
+    /// Continue from `path` when it exists (the settings other than the stopping rules must
+    /// match); otherwise start afresh.
+    pub resume: bool,
+}
+
+/// A trained Deep Fisher Kernel: the kept (best-validated) GMMs and their SVMs.
+#[derive(Clone, Debug)]
+pub struct DeepModel {
+    /// Shared or per-class GMMs.
+    pub mode: GmmMode,
+    /// Learned GMMs: one (shared) or one per class.
+    pub gmms: Vec<Gmm>,
+    /// The GMMs training started from, in the same order.
+    pub initial: Vec<Gmm>,
+    /// SVMs matching `gmms`: one with a model per class (shared), or one per class with a
+    /// single model each (per-class).
+    pub svms: Vec<OneVsRest>,
+    /// Fisher vector settings the SVMs were trained with.
+    pub fisher: FisherOptions,
+    /// Per-iteration record.
+    pub history: DeepHistory,
+}
+
+impl DeepModel {
+    /// Scores (`images × classes`) of the images of `set`: class c's SVM applied to the Fisher
+    /// vector under its GMM.
+    pub fn scores(&self, set: &ImageSet) -> Result<Vec<f32>> {
+        let mut groups = Vec::with_capacity(self.gmms.len());
+        for (g, s) in self.gmms.iter().zip(&self.svms) {
+            groups.push((g.clone(), s, tasks_of(self.mode, groups.len(), s)));
+        }
+        let classes = self.svms.iter().map(|s| s.models.len()).sum();
+        let mut out = vec![0f32; set.len() * classes];
+        for (gmm, svm, tasks) in &groups {
+            let enc = FisherEncoder::new(gmm, self.fisher)?;
+            let feats = encode(&enc, set)?;
+            scatter_scores(&svm.scores(&feats, set.len()), tasks, classes, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Accuracy (multi-class) or mAP (multi-label) on `set`.
+    pub fn evaluate(&self, set: &ImageSet) -> Result<f64> {
+        metric(&set.labels, &self.scores(set)?)
+    }
+}
+
+/// Stop reason that a resumed run with a larger budget may continue from.
+const BUDGET: &str = "iteration budget reached";
+
+/// The SVM state kept between iterations (for warm starts) and in checkpoints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SvmState {
+    classes: usize,
+    dim: usize,
+    multilabel: bool,
+    models: Vec<BinaryState>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct BinaryState {
+    w: Vec<f32>,
+    b: f32,
+    alpha: Vec<f64>,
+    primal: f64,
+    dual: f64,
+    iterations: usize,
+}
+
+impl SvmState {
+    fn from_ovr(s: &OneVsRest) -> Self {
+        Self {
+            classes: s.classes,
+            dim: s.dim,
+            multilabel: s.multilabel,
+            models: s
+                .models
+                .iter()
+                .map(|m| BinaryState {
+                    w: m.w.clone(),
+                    b: m.b,
+                    alpha: m.alpha.clone(),
+                    primal: m.primal,
+                    dual: m.dual,
+                    iterations: m.iterations,
+                })
+                .collect(),
+        }
+    }
+
+    fn to_ovr(&self) -> OneVsRest {
+        OneVsRest {
+            classes: self.classes,
+            dim: self.dim,
+            multilabel: self.multilabel,
+            models: self
+                .models
+                .iter()
+                .map(|m| BinarySvm {
+                    w: m.w.clone(),
+                    b: m.b,
+                    alpha: m.alpha.clone(),
+                    primal: m.primal,
+                    dual: m.dual,
+                    iterations: m.iterations,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One GMM being learned and the tasks (classes) whose objective it minimises.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct GroupState {
+    tasks: Vec<usize>,
+    init: Theta,
+    theta: Theta,
+    floors: Floors,
+    svm: SvmState,
+    objective: f64,
+    /// Training scores (`images × tasks`) at `theta`.
+    train_scores: Vec<f32>,
+    /// First step of the next line search.
+    step: f64,
+    /// False once a line search found no decrease: the GMM then stays where it is.
+    active: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Best {
+    iteration: usize,
+    metric: Option<f64>,
+    thetas: Vec<Theta>,
+    svms: Vec<SvmState>,
+}
+
+/// Everything needed to continue a run exactly where it stopped.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TrainState {
+    format: String,
+    fingerprint: String,
+    train_images: usize,
+    train_rows: usize,
+    iteration: usize,
+    groups: Vec<GroupState>,
+    best: Best,
+    history: DeepHistory,
+    stop: Option<String>,
+}
+
+const CHECKPOINT_FORMAT: &str = "dfk-deep-checkpoint-1";
+
+/// Time spent in each phase of an iteration.
+#[derive(Default)]
+struct Timers {
+    encode: f64,
+    svm: f64,
+}
+
+/// Trains the GMM(s) against the SVM objective (method.md §2).
+///
+/// Starting from `init` (one GMM; in per-class mode also one per class), iteration 0 encodes
+/// the training images, solves the one-vs-rest SVMs and records the plain Fisher kernel. Each
+/// further iteration, for every GMM θ:
+///
+/// 1. upstream g_n = Σ_c −α_{c,n} y_{c,n} w_c over the GMM's tasks (the bias does not depend
+///    on θ), and ∇J(θ) = Σ_n (∂φ_θ(X_n)/∂θ)ᵀ g_n by the FV backward pass (Danskin's theorem);
+/// 2. direction d from [`Theta::descent_direction`] (per-group normalised);
+/// 3. Armijo line search along d, each trial re-encoding the images and re-solving the SVMs
+///    warm-started from the current duals; the floors are applied to every trial point and a
+///    trial with non-finite values counts as a failure.
+///
+/// Then the training/validation/test scores are recorded, the best-validated iterate is kept,
+/// and the state is checkpointed. Stops on the iteration budget, a relative decrease below
+/// `rel_tol`, `patience` iterations without validation improvement, or when no GMM can
+/// decrease its objective any more.
+pub fn train_deep(
+    init: &[Gmm],
+    data: &DeepData,
+    params: &DeepParams,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<DeepModel> {
+    params.validate()?;
+    let train = data.train;
+    for (what, set) in [("validation", data.val), ("test", data.test)] {
+        if let Some(set) = set {
+            if set.d != train.d {
+                return Err(Error::dim(
+                    format!("{what} descriptor dimension"),
+                    train.d,
+                    set.d,
+                ));
+            }
+            if set.labels.classes() != train.labels.classes() {
+                return Err(Error::dim(
+                    format!("{what} classes"),
+                    train.labels.classes(),
+                    set.labels.classes(),
+                ));
+            }
+        }
+    }
+    let classes = train.labels.classes();
+    let inits = initial_gmms(init, params.mode, classes, train.d)?;
+
+    let resumed = match checkpoint {
+        Some(cp) if cp.resume && cp.path.exists() => Some(load_state(&cp.path, params, train)?),
+        _ => None,
+    };
+    let mut state = match resumed {
+        Some(mut s) => {
+            info!(
+                "resuming from {} after iteration {}",
+                checkpoint
+                    .map(|c| c.path.display().to_string())
+                    .unwrap_or_default(),
+                s.iteration
+            );
+            if s.stop.as_deref() == Some(BUDGET) && s.iteration < params.max_iter {
+                s.stop = None;
+            }
+            s
+        }
+        None => {
+            let s = initial_state(&inits, data, params)?;
+            save_checkpoint(checkpoint, &s)?;
+            s
+        }
+    };
+
+    while state.stop.is_none() {
+        if state.iteration >= params.max_iter {
+            state.stop = Some(BUDGET.into());
+        } else {
+            iterate(&mut state, data, params)?;
+        }
+        save_checkpoint(checkpoint, &state)?;
+    }
+    let reason = state.stop.clone().unwrap_or_default();
+    info!(
+        "stopped after iteration {}: {reason}; keeping iteration {}",
+        state.iteration, state.best.iteration
+    );
+    state.history.stop_reason = reason;
+    state.history.best_iteration = state.best.iteration;
+    let gmms = state
+        .best
+        .thetas
+        .iter()
+        .map(Theta::to_gmm)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(DeepModel {
+        mode: params.mode,
+        gmms,
+        initial: state
+            .groups
+            .iter()
+            .map(|g| g.init.to_gmm())
+            .collect::<Result<Vec<_>>>()?,
+        svms: state.best.svms.iter().map(SvmState::to_ovr).collect(),
+        fisher: params.fisher,
+        history: state.history,
+    })
+}
+
+/// One GMM (shared) or one per class (per-class mode; a single given GMM is copied).
+fn initial_gmms(init: &[Gmm], mode: GmmMode, classes: usize, d: usize) -> Result<Vec<Gmm>> {
+    if let Some(g) = init.iter().find(|g| g.d() != d) {
+        return Err(Error::dim("initial GMM dimension", d, g.d()));
+    }
+    match (mode, init.len()) {
+        (GmmMode::Shared, 1) => Ok(init.to_vec()),
+        (GmmMode::PerClass, 1) => Ok(vec![init[0].clone(); classes]),
+        (GmmMode::PerClass, n) if n == classes => Ok(init.to_vec()),
+        (GmmMode::Shared, n) => Err(Error::dim("initial GMMs (shared mode)", 1, n)),
+        (GmmMode::PerClass, n) => Err(Error::dim(
+            "initial GMMs (per-class mode: 1 or one per class)",
+            classes,
+            n,
+        )),
+    }
+}
+
+/// The tasks a GMM serves: all classes (shared) or class `index` (per-class).
+fn tasks_of(mode: GmmMode, index: usize, svm: &OneVsRest) -> Vec<usize> {
+    match mode {
+        GmmMode::Shared => (0..svm.models.len()).collect(),
+        GmmMode::PerClass => vec![index],
+    }
+}
+
+/// Labels of a GMM's sub-problem: the full labels, or class `c` against the rest.
+fn group_labels(labels: &Labels, tasks: &[usize]) -> Labels {
+    if tasks.len() == labels.classes() {
+        return labels.clone();
+    }
+    let n = labels.n();
+    let ys: Vec<Vec<f32>> = tasks.iter().map(|&c| labels.binary(c)).collect();
+    Labels::MultiLabel {
+        targets: (0..n)
+            .flat_map(|i| ys.iter().map(move |y| y[i] > 0.0))
+            .collect(),
+        classes: tasks.len(),
+    }
+}
+
+fn initial_state(inits: &[Gmm], data: &DeepData, params: &DeepParams) -> Result<TrainState> {
+    let start = Instant::now();
+    let train = data.train;
+    let classes = train.labels.classes();
+    let mut timers = Timers::default();
+    let mut groups = Vec::with_capacity(inits.len());
+    for (i, gmm) in inits.iter().enumerate() {
+        let tasks: Vec<usize> = match params.mode {
+            GmmMode::Shared => (0..classes).collect(),
+            GmmMode::PerClass => vec![i],
+        };
+        let floors = Floors::relative_to(gmm, params.variance_floor, params.min_weight);
+        let mut theta = Theta::from_gmm(gmm);
+        theta.project(&floors);
+        let labels = group_labels(&train.labels, &tasks);
+        let (objective, ev) = evaluate(&theta, train, &labels, params, None, &mut timers)?
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the initial GMM {i} gives non-finite Fisher vectors or SVM objective"
+                ))
+            })?;
+        groups.push(GroupState {
+            tasks,
+            init: theta.clone(),
+            theta,
+            floors,
+            svm: SvmState::from_ovr(&ev.svm),
+            objective,
+            train_scores: ev.scores,
+            step: params.line_search.initial_step,
+            active: true,
+        });
+    }
+    let mut record = IterationRecord {
+        iteration: 0,
+        objective: groups.iter().map(|g| g.objective).sum(),
+        svm_epochs: groups.iter().map(|g| epochs(&g.svm)).sum(),
+        time_encode_s: timers.encode,
+        time_svm_s: timers.svm,
+        ..IterationRecord::default()
+    };
+    let best = Best {
+        iteration: 0,
+        metric: None,
+        thetas: groups.iter().map(|g| g.theta.clone()).collect(),
+        svms: groups.iter().map(|g| g.svm.clone()).collect(),
+    };
+    let mut state = TrainState {
+        format: CHECKPOINT_FORMAT.into(),
+        fingerprint: params.fingerprint(),
+        train_images: train.len(),
+        train_rows: train.data.len() / train.d,
+        iteration: 0,
+        groups,
+        best,
+        history: DeepHistory {
+            metric: match train.labels {
+                Labels::MultiClass { .. } => "accuracy".into(),
+                Labels::MultiLabel { .. } => "mAP".into(),
+            },
+            ..DeepHistory::default()
+        },
+        stop: None,
+    };
+    score_and_select(&mut state, data, params, &mut record)?;
+    record.time_total_s = start.elapsed().as_secs_f64();
+    log_record(&record);
+    state.history.records.push(record);
+    Ok(state)
+}
+
+/// One gradient step for every active GMM, then scoring, model selection and stopping rules.
+fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Result<()> {
+    let start = Instant::now();
+    let train = data.train;
+    let previous: f64 = state.groups.iter().map(|g| g.objective).sum();
+    let mut record = IterationRecord {
+        iteration: state.iteration + 1,
+        ..IterationRecord::default()
+    };
+    let mut timers = Timers::default();
+    let mut grad_sq = [0f64; 3];
+    let mut steps = Vec::new();
+    for group in state.groups.iter_mut().filter(|g| g.active) {
+        let labels = group_labels(&train.labels, &group.tasks);
+        let t = Instant::now();
+        let grad = gradient(&group.theta, &group.svm, train, &labels, params)?;
+        record.time_backward_s += t.elapsed().as_secs_f64();
+        for (s, n) in grad_sq.iter_mut().zip(grad.group_norms()) {
+            *s += n * n;
+        }
+        let dir = group.theta.descent_direction(&grad, params.groups);
+        let slope = grad.dot(&dir);
+        let warm = group.svm.to_ovr();
+        let (theta0, floors) = (&group.theta, &group.floors);
+        let outcome = params
+            .line_search
+            .search(group.objective, slope, group.step, |t| {
+                let mut trial = theta0.step(t, &dir);
+                trial.project(floors);
+                let ev = evaluate(&trial, train, &labels, params, Some(&warm), &mut timers)?;
+                Ok(ev.map(|(j, ev)| (j, (trial, ev))))
+            })?;
+        match outcome {
+            Outcome::Accepted(a) => {
+                record.trials += a.trials;
+                let (theta, ev) = a.payload;
+                group.theta = theta;
+                group.svm = SvmState::from_ovr(&ev.svm);
+                group.objective = a.value;
+                group.train_scores = ev.scores;
+                group.step = params.line_search.next_step(a.step);
+                steps.push(a.step);
+            }
+            Outcome::Failed { trials } => {
+                record.trials += trials;
+                record.failed_searches += 1;
+                group.active = false;
+                warn!(
+                    "tasks {:?}: no decrease along the gradient after {trials} trials; this GMM stays fixed",
+                    group.tasks
+                );
+            }
+        }
+    }
+    state.iteration += 1;
+    record.grad_norm = grad_sq.map(f64::sqrt);
+    record.step = if steps.is_empty() {
+        0.0
+    } else {
+        steps.iter().sum::<f64>() / steps.len() as f64
+    };
+    record.objective = state.groups.iter().map(|g| g.objective).sum();
+    record.svm_epochs = state.groups.iter().map(|g| epochs(&g.svm)).sum();
+    record.time_encode_s = timers.encode;
+    record.time_svm_s = timers.svm;
+    score_and_select(state, data, params, &mut record)?;
+    record.time_total_s = start.elapsed().as_secs_f64();
+    log_record(&record);
+    state.history.records.push(record);
+
+    let decrease = (previous - state.groups.iter().map(|g| g.objective).sum::<f64>())
+        / previous.abs().max(f64::MIN_POSITIVE);
+    if state.groups.iter().all(|g| !g.active) {
+        state.stop = Some("no GMM can decrease its objective along the gradient".into());
+    } else if params.rel_tol > 0.0 && decrease < params.rel_tol {
+        state.stop = Some(format!(
+            "relative decrease {decrease:.3e} below rel_tol {}",
+            params.rel_tol
+        ));
+    } else if data.val.is_some()
+        && params.patience > 0
+        && state.iteration - state.best.iteration >= params.patience
+    {
+        state.stop = Some(format!(
+            "no validation improvement for {} iterations",
+            params.patience
+        ));
+    }
+    Ok(())
+}
+
+/// Fills the metrics and displacement of `record` and updates the best iterate (highest
+/// validation score; without validation images, the latest iterate).
+fn score_and_select(
+    state: &mut TrainState,
+    data: &DeepData,
+    params: &DeepParams,
+    record: &mut IterationRecord,
+) -> Result<()> {
+    let train = data.train;
+    let classes = train.labels.classes();
+    let mut scores = vec![0f32; train.len() * classes];
+    for g in &state.groups {
+        scatter_scores(&g.train_scores, &g.tasks, classes, &mut scores);
+    }
+    record.train_metric = metric(&train.labels, &scores)?;
+    let t = Instant::now();
+    if let Some(val) = data.val {
+        record.val_metric = Some(metric(
+            &val.labels,
+            &set_scores(&state.groups, val, params)?,
+        )?);
+    }
+    if let Some(test) = data.test {
+        record.test_metric = Some(metric(
+            &test.labels,
+            &set_scores(&state.groups, test, params)?,
+        )?);
+    }
+    record.time_eval_s = t.elapsed().as_secs_f64();
+    let n = state.groups.len() as f64;
+    let mut disp = Displacement::default();
+    for g in &state.groups {
+        let m = g.theta.displacement(&g.init);
+        disp.means_in_sigma += m.means_in_sigma / n;
+        disp.log_variance_rms += m.log_variance_rms / n;
+        disp.weight_max_abs += m.weight_max_abs / n;
+    }
+    record.displacement = disp;
+    let better = match (record.val_metric, state.best.metric) {
+        (Some(v), Some(b)) => v > b,
+        (Some(_), None) => true,
+        (None, _) => true,
+    };
+    if better {
+        state.best = Best {
+            iteration: record.iteration,
+            metric: record.val_metric,
+            thetas: state.groups.iter().map(|g| g.theta.clone()).collect(),
+            svms: state.groups.iter().map(|g| g.svm.clone()).collect(),
+        };
+    }
+    Ok(())
+}
+
+fn log_record(r: &IterationRecord) {
+    info!(
+        "iteration {}: J {:.6} step {:.4} trials {} |grad| μ {:.3e} s {:.3e} a {:.3e} train {:.4} val {} test {} moved μ {:.3}σ logσ² {:.3} π {:.4} time encode {:.2}s svm {:.2}s backward {:.2}s eval {:.2}s total {:.2}s",
+        r.iteration,
+        r.objective,
+        r.step,
+        r.trials,
+        r.grad_norm[0],
+        r.grad_norm[1],
+        r.grad_norm[2],
+        r.train_metric,
+        r.val_metric.map_or("-".into(), |v| format!("{v:.4}")),
+        r.test_metric.map_or("-".into(), |v| format!("{v:.4}")),
+        r.displacement.means_in_sigma,
+        r.displacement.log_variance_rms,
+        r.displacement.weight_max_abs,
+        r.time_encode_s,
+        r.time_svm_s,
+        r.time_backward_s,
+        r.time_eval_s,
+        r.time_total_s,
+    );
+}
+
+fn epochs(s: &SvmState) -> usize {
+    s.models.iter().map(|m| m.iterations).sum()
+}
+
+/// Result of evaluating J at one θ.
+struct Evaluation {
+    svm: OneVsRest,
+    scores: Vec<f32>,
+}
+
+/// Encodes `set` under θ and solves the SVMs (warm-started from `warm`): `Some((J, …))`, or
+/// `None` when θ, the Fisher vectors or J are not finite.
+fn evaluate(
+    theta: &Theta,
+    set: &ImageSet,
+    labels: &Labels,
+    params: &DeepParams,
+    warm: Option<&OneVsRest>,
+    timers: &mut Timers,
+) -> Result<Option<(f64, Evaluation)>> {
+    let gmm = match theta.to_gmm() {
+        Ok(g) => g,
+        Err(Error::NonFinite { .. } | Error::Invalid(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let t = Instant::now();
+    let enc = FisherEncoder::new(&gmm, params.fisher)?;
+    let feats = match encode(&enc, set) {
+        Ok(f) if f.iter().all(|v| v.is_finite()) => f,
+        Ok(_) | Err(Error::NonFinite { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    timers.encode += t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let n = set.len();
+    let svm = train_one_vs_rest(
+        &feats,
+        n,
+        enc.len(),
+        labels,
+        &params.svm,
+        params.weighting,
+        warm,
+    )?;
+    timers.svm += t.elapsed().as_secs_f64();
+    let j = svm.objective();
+    if !j.is_finite() {
+        return Ok(None);
+    }
+    let scores = svm.scores(&feats, n);
+    Ok(Some((j, Evaluation { svm, scores })))
+}
+
+fn encode(enc: &FisherEncoder, set: &ImageSet) -> Result<Vec<f32>> {
+    let mut feats = vec![0f32; set.len() * enc.len()];
+    enc.encode_batch(&set.data, &set.offsets, &mut feats)?;
+    Ok(feats)
+}
+
+/// ∇J(θ) = Σ_n (∂φ_θ(X_n)/∂θ)ᵀ g_n with g_n = Σ_c −α_{c,n} y_{c,n} w_c (Danskin's theorem:
+/// the SVM solution is held fixed; the bias is not a function of θ).
+fn gradient(
+    theta: &Theta,
+    svm: &SvmState,
+    set: &ImageSet,
+    labels: &Labels,
+    params: &DeepParams,
+) -> Result<Theta> {
+    let gmm = theta.to_gmm()?;
+    let enc = FisherEncoder::new(&gmm, params.fisher)?;
+    let dim = enc.len();
+    let n = set.len();
+    let ys: Vec<Vec<f32>> = (0..svm.models.len()).map(|c| labels.binary(c)).collect();
+    for m in &svm.models {
+        if m.alpha.len() != n || m.w.len() < dim {
+            return Err(Error::Invalid(format!(
+                "SVM state does not match the training set: {} duals for {n} images, {} weights for {dim} features",
+                m.alpha.len(),
+                m.w.len()
+            )));
+        }
+    }
+    let mut upstream = vec![0f32; n * dim];
+    upstream
+        .par_chunks_mut(dim)
+        .enumerate()
+        .for_each(|(i, row)| {
+            for (m, y) in svm.models.iter().zip(&ys) {
+                let coef = -(m.alpha[i] * y[i] as f64) as f32;
+                if coef != 0.0 {
+                    for (r, &w) in row.iter_mut().zip(&m.w[..dim]) {
+                        *r += coef * w;
+                    }
+                }
+            }
+        });
+    let g = enc.backward_batch(&set.data, &set.offsets, &upstream)?;
+    Ok(Theta {
+        k: theta.k,
+        d: theta.d,
+        means: g.means,
+        log_std: g.log_std,
+        logits: g.weight_logits,
+    })
+}
+
+/// Scores of `set` (`images × classes`) under every GMM and its SVMs.
+fn set_scores(groups: &[GroupState], set: &ImageSet, params: &DeepParams) -> Result<Vec<f32>> {
+    let classes = set.labels.classes();
+    let mut out = vec![0f32; set.len() * classes];
+    for g in groups {
+        let enc = FisherEncoder::new(&g.theta.to_gmm()?, params.fisher)?;
+        let feats = encode(&enc, set)?;
+        let s = g.svm.to_ovr().scores(&feats, set.len());
+        scatter_scores(&s, &g.tasks, classes, &mut out);
+    }
+    Ok(out)
+}
+
+/// Writes the columns of `part` (`images × tasks.len()`) into columns `tasks` of `out`.
+fn scatter_scores(part: &[f32], tasks: &[usize], classes: usize, out: &mut [f32]) {
+    for (src, dst) in part
+        .chunks_exact(tasks.len())
+        .zip(out.chunks_exact_mut(classes))
+    {
+        for (&v, &c) in src.iter().zip(tasks) {
+            dst[c] = v;
+        }
+    }
+}
+
+/// Accuracy of the arg-max class (multi-class) or mean AP (multi-label).
+fn metric(labels: &Labels, scores: &[f32]) -> Result<f64> {
+    match labels {
+        Labels::MultiClass { labels, classes } => {
+            let pred: Vec<usize> = scores
+                .chunks_exact(*classes)
+                .map(|row| {
+                    row.iter()
+                        .enumerate()
+                        .fold(
+                            (0, f32::NEG_INFINITY),
+                            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                        )
+                        .0
+                })
+                .collect();
+            metrics::accuracy(&pred, labels)
+        }
+        Labels::MultiLabel { .. } => {
+            metrics::mean_ap(&metrics::per_class_ap(scores, labels, false)?)
+        }
+    }
+}
+
+fn save_checkpoint(cp: Option<&Checkpoint>, state: &TrainState) -> Result<()> {
+    let Some(cp) = cp else { return Ok(()) };
+    let bytes = serde_json::to_vec(state)
+        .map_err(|e| Error::format(&cp.path, format!("cannot serialise the trainer state: {e}")))?;
+    write_bytes_atomic(&cp.path, &bytes)
+}
+
+fn load_state(path: &Path, params: &DeepParams, train: &ImageSet) -> Result<TrainState> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let state: TrainState = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::format(path, format!("not a dfk deep checkpoint: {e}")))?;
+    if state.format != CHECKPOINT_FORMAT {
+        return Err(Error::format(
+            path,
+            format!(
+                "checkpoint format {:?}, expected {CHECKPOINT_FORMAT:?}",
+                state.format
+            ),
+        ));
+    }
+    if state.fingerprint != params.fingerprint() {
+        return Err(Error::format(
+            path,
+            format!(
+                "the checkpoint was made with other settings: {} (now: {})",
+                state.fingerprint,
+                params.fingerprint()
+            ),
+        ));
+    }
+    let rows = train.data.len() / train.d;
+    if state.train_images != train.len() || state.train_rows != rows {
+        return Err(Error::format(
+            path,
+            format!(
+                "the checkpoint was made on {} images / {} descriptors, expected {} / {rows}",
+                state.train_images,
+                state.train_rows,
+                train.len()
+            ),
+        ));
+    }
+    for g in &state.groups {
+        if g.theta.d != train.d
+            || g.theta.means.len() != g.theta.k * g.theta.d
+            || g.theta.log_std.len() != g.theta.k * g.theta.d
+            || g.theta.logits.len() != g.theta.k
+            || !g.theta.is_finite()
+        {
+            return Err(Error::format(
+                path,
+                "checkpoint GMM parameters have the wrong shape or non-finite values",
+            ));
+        }
+    }
+    Ok(state)
+}
+
+/// J(θ) = Σ_c primal objective of the one-vs-rest SVMs trained (from scratch) on the Fisher
+/// vectors of `set` under θ, and its gradient ∇J(θ) by back-propagation with the SVM solution
+/// held fixed — the quantities [`train_deep`] works with, for one shared GMM.
+pub fn objective_and_gradient(
+    theta: &Theta,
+    set: &ImageSet,
+    params: &DeepParams,
+) -> Result<(f64, Theta)> {
+    let mut timers = Timers::default();
+    let (j, ev) =
+        evaluate(theta, set, &set.labels, params, None, &mut timers)?.ok_or_else(|| {
+            Error::Invalid("the GMM gives non-finite Fisher vectors or SVM objective".into())
+        })?;
+    let g = gradient(
+        theta,
+        &SvmState::from_ovr(&ev.svm),
+        set,
+        &set.labels,
+        params,
+    )?;
+    Ok((j, g))
+}

@@ -1,0 +1,329 @@
+//! Deep Fisher Kernel trainer: the gradient of the whole SVM objective against finite
+//! differences (SVM re-solved at every perturbed θ), monotone decrease under the line search,
+//! exact resumption from a checkpoint, and bad input.
+
+use dfk::deep::{
+    objective_and_gradient, train_deep, Checkpoint, DeepData, DeepModel, DeepParams, GmmMode,
+    ImageSet, Theta,
+};
+use dfk::fisher::FisherOptions;
+use dfk::gmm::Gmm;
+use dfk::svm::{Labels, SvmParams};
+use dfk::Error;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// `n` images of `per` descriptors in `d` dimensions; class c's descriptors are drawn around
+/// shifted centres, with a fraction of label noise so the SVM problem is not separable.
+fn synthetic(n: usize, per: usize, d: usize, classes: usize, seed: u64) -> ImageSet {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut data = Vec::with_capacity(n * per * d);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = i % classes;
+        for _ in 0..per {
+            for j in 0..d {
+                let centre = if j % classes == c { 0.6 } else { 0.0 };
+                let v: f64 = rng.random::<f64>() + rng.random::<f64>() + rng.random::<f64>() - 1.5;
+                data.push((centre + v) as f32);
+            }
+        }
+        let noisy = rng.random::<f64>() < 0.15;
+        labels.push(if noisy { (c + 1) % classes } else { c });
+    }
+    ImageSet::new(
+        data,
+        d,
+        (0..=n).map(|i| i * per).collect(),
+        Labels::MultiClass { labels, classes },
+    )
+    .unwrap()
+}
+
+fn gmm(k: usize, d: usize, seed: u64) -> Gmm {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let means = (0..k * d).map(|_| rng.random::<f32>() - 0.5).collect();
+    let vars = (0..k * d)
+        .map(|_| 0.3 + 0.4 * rng.random::<f32>())
+        .collect();
+    let weights = (0..k).map(|_| 0.5 + rng.random::<f32>()).collect();
+    Gmm::new(k, d, means, vars, weights).unwrap()
+}
+
+fn fd_params() -> DeepParams {
+    DeepParams {
+        fisher: FisherOptions {
+            sqrt_epsilon: 1e-4,
+            posterior_threshold: 0.0,
+            ..FisherOptions::default()
+        },
+        svm: SvmParams {
+            c: 0.7,
+            eps: 1e-9,
+            max_iter: 100_000,
+            ..SvmParams::default()
+        },
+        ..DeepParams::default()
+    }
+}
+
+/// Central finite differences of J(θ) (SVM solved from scratch at every point) against the
+/// back-propagated gradient, entry by entry, for means, log σ and weight logits.
+#[test]
+fn svm_objective_gradient_matches_finite_differences() {
+    let set = synthetic(16, 12, 3, 2, 1);
+    let params = fd_params();
+    let theta = Theta::from_gmm(&gmm(2, 3, 2));
+    let (j0, grad) = objective_and_gradient(&theta, &set, &params).unwrap();
+    assert!(j0.is_finite() && j0 > 0.0);
+    let j = |t: &Theta| objective_and_gradient(t, &set, &params).unwrap().0;
+    let h = 1e-3;
+    let mut worst = 0f64;
+    let scale = grad
+        .means
+        .iter()
+        .chain(&grad.log_std)
+        .chain(&grad.logits)
+        .fold(0f64, |m, v| m.max(v.abs()));
+    assert!(scale > 1e-3, "gradient vanishes: {scale}");
+    for group in 0..3 {
+        let len = [theta.means.len(), theta.log_std.len(), theta.logits.len()][group];
+        for i in 0..len {
+            let bump = |delta: f64| {
+                let mut t = theta.clone();
+                match group {
+                    0 => t.means[i] += delta,
+                    1 => t.log_std[i] += delta,
+                    _ => t.logits[i] += delta,
+                }
+                t
+            };
+            let fd = (j(&bump(h)) - j(&bump(-h))) / (2.0 * h);
+            let an = [&grad.means, &grad.log_std, &grad.logits][group][i];
+            let err = (fd - an).abs() / scale;
+            worst = worst.max(err);
+            assert!(
+                err < 5e-3,
+                "group {group} entry {i}: finite difference {fd}, back-propagated {an}"
+            );
+        }
+    }
+    eprintln!("worst relative error {worst:.2e} (gradient scale {scale:.3e}, J = {j0:.6})");
+}
+
+fn train_params(iters: usize) -> DeepParams {
+    DeepParams {
+        max_iter: iters,
+        rel_tol: 0.0,
+        patience: 0,
+        svm: SvmParams {
+            c: 1.0,
+            eps: 1e-3,
+            ..SvmParams::default()
+        },
+        ..DeepParams::default()
+    }
+}
+
+#[test]
+fn objective_decreases_monotonically_under_the_line_search() {
+    let set = synthetic(60, 20, 4, 3, 3);
+    let data = DeepData {
+        train: &set,
+        val: None,
+        test: None,
+    };
+    let model = train_deep(&[gmm(3, 4, 4)], &data, &train_params(6), None).unwrap();
+    let j: Vec<f64> = model.history.records.iter().map(|r| r.objective).collect();
+    assert!(j.len() >= 3, "too few iterations: {j:?}");
+    for w in j.windows(2) {
+        assert!(w[1] <= w[0], "objective increased: {j:?}");
+    }
+    assert!(
+        j[j.len() - 1] < 0.99 * j[0],
+        "objective barely moved: {j:?}"
+    );
+    // Armijo: each accepted step decreased J by at least c₁ t |⟨∇J, d⟩| > 0.
+    for r in &model.history.records[1..] {
+        if r.failed_searches == 0 {
+            assert!(r.step > 0.0 && r.trials >= 1);
+        }
+    }
+    let moved = model.history.records.last().unwrap().displacement;
+    assert!(moved.means_in_sigma > 0.0 && moved.log_variance_rms > 0.0);
+}
+
+#[test]
+fn per_class_mode_decreases_every_class_objective() {
+    let set = synthetic(45, 15, 4, 3, 5);
+    let data = DeepData {
+        train: &set,
+        val: None,
+        test: None,
+    };
+    let params = DeepParams {
+        mode: GmmMode::PerClass,
+        ..train_params(3)
+    };
+    let model = train_deep(&[gmm(2, 4, 6)], &data, &params, None).unwrap();
+    assert_eq!(model.gmms.len(), 3);
+    assert_eq!(model.svms.len(), 3);
+    let j: Vec<f64> = model.history.records.iter().map(|r| r.objective).collect();
+    for w in j.windows(2) {
+        assert!(w[1] <= w[0], "objective increased: {j:?}");
+    }
+    assert!(
+        model.gmms[0] != model.gmms[1],
+        "per-class GMMs did not separate"
+    );
+    let scores = model.scores(&set).unwrap();
+    assert_eq!(scores.len(), 45 * 3);
+    assert!(scores.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn resumed_run_matches_an_uninterrupted_one() {
+    let set = synthetic(40, 15, 3, 2, 7);
+    let val = synthetic(20, 15, 3, 2, 8);
+    let data = DeepData {
+        train: &set,
+        val: Some(&val),
+        test: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let init = [gmm(3, 3, 9)];
+    let straight = train_deep(&init, &data, &train_params(4), None).unwrap();
+    let cp = Checkpoint {
+        path: dir.path().join("run.ckpt"),
+        resume: true,
+    };
+    let first = train_deep(&init, &data, &train_params(2), Some(&cp)).unwrap();
+    assert_eq!(first.history.records.len(), 3);
+    let resumed = train_deep(&init, &data, &train_params(4), Some(&cp)).unwrap();
+    assert_eq!(resumed.history.records.len(), 5);
+    let obj = |m: &DeepModel| {
+        m.history
+            .records
+            .iter()
+            .map(|r| (r.objective, r.step, r.val_metric))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(obj(&straight), obj(&resumed));
+    assert_eq!(straight.gmms, resumed.gmms);
+    assert_eq!(
+        straight.history.best_iteration,
+        resumed.history.best_iteration
+    );
+    for (a, b) in straight.svms.iter().zip(&resumed.svms) {
+        for (ma, mb) in a.models.iter().zip(&b.models) {
+            assert_eq!(ma.w, mb.w);
+            assert_eq!(ma.alpha, mb.alpha);
+        }
+    }
+}
+
+#[test]
+fn resume_rejects_other_settings_and_corrupt_files() {
+    let set = synthetic(20, 10, 3, 2, 10);
+    let data = DeepData {
+        train: &set,
+        val: None,
+        test: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cp = Checkpoint {
+        path: dir.path().join("run.ckpt"),
+        resume: true,
+    };
+    let init = [gmm(2, 3, 11)];
+    train_deep(&init, &data, &train_params(1), Some(&cp)).unwrap();
+    let mut other = train_params(2);
+    other.svm.c = 5.0;
+    assert!(matches!(
+        train_deep(&init, &data, &other, Some(&cp)),
+        Err(Error::Format { .. })
+    ));
+    let smaller = synthetic(10, 10, 3, 2, 10);
+    let small_data = DeepData {
+        train: &smaller,
+        ..data
+    };
+    assert!(matches!(
+        train_deep(&init, &small_data, &train_params(2), Some(&cp)),
+        Err(Error::Format { .. })
+    ));
+    std::fs::write(&cp.path, b"{\"format\": 3").unwrap();
+    assert!(matches!(
+        train_deep(&init, &data, &train_params(2), Some(&cp)),
+        Err(Error::Format { .. })
+    ));
+}
+
+#[test]
+fn bad_input_is_rejected() {
+    let labels = || Labels::MultiClass {
+        labels: vec![0, 1],
+        classes: 2,
+    };
+    let data = vec![0f32; 8];
+    assert!(matches!(
+        ImageSet::new(data.clone(), 2, vec![1, 2, 4], labels()),
+        Err(Error::InvalidParameter { .. })
+    ));
+    assert!(matches!(
+        ImageSet::new(data.clone(), 2, vec![0, 0, 4], labels()),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        ImageSet::new(data.clone(), 2, vec![0, 2, 3], labels()),
+        Err(Error::DimMismatch { .. })
+    ));
+    assert!(matches!(
+        ImageSet::new(data.clone(), 2, vec![0, 1, 2, 4], labels()),
+        Err(Error::DimMismatch { .. })
+    ));
+    let mut nan = data.clone();
+    nan[5] = f32::NAN;
+    assert!(matches!(
+        ImageSet::new(nan, 2, vec![0, 2, 4], labels()),
+        Err(Error::NonFinite { .. })
+    ));
+    let set = synthetic(10, 5, 3, 2, 12);
+    assert!(matches!(
+        set.split_holdout(1.0, 0),
+        Err(Error::InvalidParameter { .. })
+    ));
+    let data = DeepData {
+        train: &set,
+        val: None,
+        test: None,
+    };
+    // GMM of the wrong dimension; two GMMs in shared mode; invalid settings.
+    assert!(matches!(
+        train_deep(&[gmm(2, 4, 0)], &data, &train_params(1), None),
+        Err(Error::DimMismatch { .. })
+    ));
+    assert!(matches!(
+        train_deep(&[gmm(2, 3, 0), gmm(2, 3, 1)], &data, &train_params(1), None),
+        Err(Error::DimMismatch { .. })
+    ));
+    for bad in [
+        DeepParams {
+            variance_floor: 0.0,
+            ..train_params(1)
+        },
+        DeepParams {
+            min_weight: 1.0,
+            ..train_params(1)
+        },
+        DeepParams {
+            rel_tol: -1.0,
+            ..train_params(1)
+        },
+    ] {
+        assert!(matches!(
+            train_deep(&[gmm(2, 3, 0)], &data, &bad, None),
+            Err(Error::InvalidParameter { .. })
+        ));
+    }
+}

@@ -892,10 +892,13 @@ fn kmeans_plus_plus(x: &[f32], d: usize, k: usize, rng: &mut ChaCha8Rng) -> Vec<
             .collect();
         let cnorm: Vec<f32> = cands.iter().map(|&c| xnorm[c]).collect();
         let dist = &mut dist[..n * l];
-        dist.par_chunks_mut(CHUNK * l)
+        // Distances and, per chunk, each candidate's potential Σᵢ min(mindᵢ, ‖xᵢ − c‖²).
+        let parts: Vec<Vec<f64>> = dist
+            .par_chunks_mut(CHUNK * l)
             .zip(x.par_chunks(CHUNK * d))
             .zip(xnorm.par_chunks(CHUNK))
-            .for_each(|((dc, xc), xn)| {
+            .zip(mind.par_chunks(CHUNK))
+            .map(|(((dc, xc), xn), md)| {
                 let rows = xn.len();
                 matmul(
                     MatMut::from_row_major_slice_mut(dc, rows, l),
@@ -905,20 +908,10 @@ fn kmeans_plus_plus(x: &[f32], d: usize, k: usize, rng: &mut ChaCha8Rng) -> Vec<
                     -2.0f32,
                     Par::Seq,
                 );
-                for (row, &xn) in dc.chunks_exact_mut(l).zip(xn) {
-                    for (v, &cn) in row.iter_mut().zip(&cnorm) {
-                        *v = (*v + xn + cn).max(0.0);
-                    }
-                }
-            });
-        // Potential of each candidate, partial sums merged in row order.
-        let parts: Vec<Vec<f64>> = dist
-            .par_chunks(CHUNK * l)
-            .zip(mind.par_chunks(CHUNK))
-            .map(|(dc, md)| {
                 let mut p = vec![0f64; l];
-                for (row, &m) in dc.chunks_exact(l).zip(md) {
-                    for (p, &v) in p.iter_mut().zip(row) {
+                for ((row, &xn), &m) in dc.chunks_exact_mut(l).zip(xn).zip(md) {
+                    for ((v, &cn), p) in row.iter_mut().zip(&cnorm).zip(p.iter_mut()) {
+                        *v = (*v + xn + cn).max(0.0);
                         *p += v.min(m) as f64;
                     }
                 }

@@ -19,10 +19,10 @@ pub struct Global {
     /// Print machine-readable JSON results on stdout.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Seed of every random choice (sampling, initialisation, shuffling); default 0, or the
-    /// configuration file's.
-    #[arg(long, global = true)]
-    pub seed: Option<u64>,
+    /// Seed of every random choice (sampling, initialisation, shuffling); when not given, a
+    /// configuration file's seed is kept.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Parser)]

@@ -279,8 +279,8 @@ impl ConfigArgs {
                 WeightingArg::Balanced => Weighting::Balanced,
             };
         }
-        if let Some(seed) = g.seed {
-            cfg.seed = seed;
+        if crate::util::seed_given() {
+            cfg.seed = g.seed;
         }
         if let Err(e) = cfg.validate() {
             return usage(format!("invalid pipeline settings: {e}"));

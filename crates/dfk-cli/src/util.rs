@@ -142,3 +142,12 @@ pub fn cache_dir(flag: Option<&std::path::Path>, disabled: bool) -> Option<std::
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
     Some(base.join("dfk").join("descriptors"))
 }
+
+/// Whether `--seed` was given on the command line (clap fills in 0 otherwise; a configuration
+/// file's seed is kept unless the flag is explicit).
+pub fn seed_given() -> bool {
+    std::env::args_os().any(|a| {
+        let a = a.to_string_lossy();
+        a == "--seed" || a.starts_with("--seed=")
+    })
+}

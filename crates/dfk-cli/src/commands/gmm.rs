@@ -96,7 +96,7 @@ fn fit(a: FitArgs, g: &Global) -> anyhow::Result<()> {
         .tol(a.tol)
         .restarts(a.restarts)
         .variance_floor(a.variance_floor)
-        .seed(g.seed.unwrap_or(0));
+        .seed(g.seed);
     params.validate()?;
     let start = std::time::Instant::now();
     let fit = fit_gmm(&x, d, &params)

@@ -32,7 +32,7 @@ pub struct Args {
     data: DataArgs,
     /// Output format (default: csv, or json with --json).
     #[arg(long, value_enum)]
-    format: Option<Format>,
+    output_format: Option<Format>,
     /// Write to this file instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -92,7 +92,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         })
         .collect();
     let format = a
-        .format
+        .output_format
         .unwrap_or(if g.json { Format::Json } else { Format::Csv });
     let mut text = String::new();
     match format {

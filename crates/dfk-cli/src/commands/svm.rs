@@ -118,7 +118,7 @@ fn train(a: TrainArgs, g: &Global) -> anyhow::Result<()> {
         eps: a.eps,
         max_iter: a.max_iter,
         bias: a.bias,
-        seed: g.seed.unwrap_or(0),
+        seed: g.seed,
         ..SvmParams::default()
     };
     let weighting = match a.weighting {

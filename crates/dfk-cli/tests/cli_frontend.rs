@@ -1,0 +1,368 @@
+//! The front end end to end on a few embedded Fashion-MNIST images: train (every flag, a TOML
+//! configuration), info, eval with a report (rendered in headless Chromium when installed),
+//! predict, encode, extract; and the usage and data errors with their exit codes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn dfk(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dfk"))
+        .args(args)
+        .output()
+        .expect("run dfk")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = dfk(args);
+    assert!(
+        out.status.success(),
+        "dfk {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str], code: i32, needle: &str) {
+    let o = dfk(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "dfk {args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "dfk {args:?}: {err:?} lacks {needle:?}"
+    );
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Small, fast settings, every pipeline flag given once.
+const SMALL: [&str; 36] = [
+    "--bins",
+    "4,6",
+    "--step",
+    "4",
+    "--magnif",
+    "6",
+    "--window",
+    "flat",
+    "--root-sift",
+    "true",
+    "--resize",
+    "56x56",
+    "--pca-dims",
+    "16",
+    "--whiten",
+    "false",
+    "--l2",
+    "true",
+    "--spatial",
+    "true",
+    "--k",
+    "4",
+    "--gmm-iter",
+    "5",
+    "--gmm-sample",
+    "20000",
+    "--variance-floor",
+    "0.001",
+    "--improved",
+    "true",
+    "--c",
+    "3",
+    "--svm-eps",
+    "0.1",
+    "--bias",
+    "1",
+];
+
+/// Renders `html` in headless Chromium and returns the DOM, or `None` without Chromium.
+fn chromium_dom(html: &Path) -> Option<String> {
+    let chromium = Path::new("/usr/bin/chromium");
+    if !chromium.exists() {
+        eprintln!("notice: /usr/bin/chromium not found, report rendering not checked");
+        return None;
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--dump-dom",
+            &format!("file://{}", html.display()),
+        ])
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn train_info_eval_predict_encode() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.dfk");
+    let report = dir.path().join("report");
+    let (model_s, report_s) = (s(&model), s(&report));
+    let mut args = vec![
+        "--json",
+        "--seed",
+        "3",
+        "train",
+        "--embedded",
+        "--limit",
+        "200",
+        "--no-cache",
+    ];
+    args.extend(SMALL);
+    args.extend([
+        "--weighting",
+        "balanced",
+        "--out",
+        &model_s,
+        "--report",
+        &report_s,
+    ]);
+    let out = ok(&args);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["evaluated_on"], "test");
+    assert_eq!(v["images"], 200);
+    // 200 training images, 10 classes: far better than chance (10 %).
+    assert!(v["accuracy"].as_f64().unwrap() > 0.4, "{v}");
+
+    let info = ok(&["info", &s(&model)]);
+    assert!(
+        info.contains("kind pipeline") && info.contains("gmm.means") && info.contains("Ankle boot"),
+        "{info}"
+    );
+    let toml = ok(&["info", &s(&model), "--config"]);
+    assert!(
+        toml.contains("k = 4") && toml.contains("seed = 3"),
+        "{toml}"
+    );
+
+    // The stored configuration, used as --config, reproduces the model exactly.
+    let cfg = dir.path().join("cfg.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let model2 = dir.path().join("m2.dfk");
+    ok(&[
+        "-q",
+        "train",
+        "--embedded",
+        "--limit",
+        "200",
+        "--no-cache",
+        "--config",
+        &s(&cfg),
+        "--out",
+        &s(&model2),
+    ]);
+    let (a, b) = (
+        dfk::model::ModelFile::load(&model).unwrap(),
+        dfk::model::ModelFile::load(&model2).unwrap(),
+    );
+    assert_eq!((&a.gmm, &a.svm, &a.config), (&b.gmm, &b.svm, &b.config));
+
+    let html = report.join("index.html");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.matches("<svg").count() >= 4,
+        "confusion, AP, PR, timing plots"
+    );
+    let numbers: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(numbers["evaluation"]["classes"], 10);
+    if let Some(dom) = chromium_dom(&html) {
+        assert!(
+            dom.contains("<svg") && dom.contains("Confusion matrix") && dom.contains("Precision"),
+            "{}",
+            &dom[..dom.len().min(500)]
+        );
+    }
+
+    let eval_report = dir.path().join("eval");
+    let out = ok(&[
+        "--json",
+        "eval",
+        "--model",
+        &s(&model),
+        "--embedded",
+        "--limit",
+        "100",
+        "--no-cache",
+        "--report",
+        &s(&eval_report),
+    ]);
+    let e: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(e["images"], 100);
+    assert!(eval_report.join("index.html").is_file());
+
+    let preds = dir.path().join("p.json");
+    ok(&[
+        "predict",
+        "--model",
+        &s(&model),
+        "--embedded",
+        "--limit",
+        "5",
+        "--output-format",
+        "json",
+        "--out",
+        &s(&preds),
+    ]);
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&preds).unwrap()).unwrap();
+    assert_eq!(p.as_array().unwrap().len(), 5);
+    assert_eq!(p[0]["scores"].as_array().unwrap().len(), 10);
+    let csv = ok(&[
+        "predict",
+        "--model",
+        &s(&model),
+        "--embedded",
+        "--limit",
+        "3",
+    ]);
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(csv.starts_with("image,label,class,score:T-shirt/top"));
+
+    let fv = dir.path().join("fv.npy");
+    ok(&[
+        "encode",
+        "--model",
+        &s(&model),
+        "--embedded",
+        "--limit",
+        "7",
+        "--test",
+        "--no-cache",
+        "--out",
+        &s(&fv),
+    ]);
+    let (_, n, d) = dfk::npy::read_f32_matrix(&fv).unwrap();
+    assert_eq!((n, d), (7, 2 * 4 * 18));
+}
+
+#[test]
+fn extract_fills_the_cache_that_train_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("x");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "--json",
+            "extract",
+            "--embedded",
+            "--limit",
+            "50",
+            "--pca-dims",
+            "8",
+            "--cache",
+            cache.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+    };
+    let first = ok(&args(&["--out-dir", out.to_str().unwrap()])
+        .iter()
+        .map(|x| x.as_str())
+        .collect::<Vec<_>>());
+    let v: serde_json::Value = serde_json::from_str(first.trim()).unwrap();
+    assert_eq!(v["sets"][0]["cache_hit"], false);
+    assert_eq!(v["sets"][0]["dim"], 10);
+    let (_, rows, cols) = dfk::npy::read_f32_matrix(out.join("descriptors.npy")).unwrap();
+    assert_eq!(
+        (rows, cols),
+        (v["sets"][0]["descriptors"].as_u64().unwrap() as usize, 10)
+    );
+    let second = ok(&args(&[]).iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    let v: serde_json::Value = serde_json::from_str(second.trim()).unwrap();
+    assert_eq!(v["sets"][0]["cache_hit"], true);
+}
+
+#[test]
+fn usage_and_data_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.dfk");
+    let m = s(&model);
+    // Usage errors: exit 2.
+    fails(&["train", "--out", &m], 2, "exactly one of");
+    fails(
+        &["train", "--embedded", "--data", ".", "--out", &m],
+        2,
+        "exactly one of",
+    );
+    fails(&["train", "--embedded", "--k", "0", "--out", &m], 2, "k");
+    fails(
+        &["train", "--embedded", "--resize", "56by56", "--out", &m],
+        2,
+        "resize",
+    );
+    fails(&["train", "--embedded", "--frobnicate"], 2, "frobnicate");
+    // Data errors: exit 1, naming the file.
+    let bad_cfg = dir.path().join("bad.toml");
+    std::fs::write(&bad_cfg, "[gmm]\nkay = 3\n").unwrap();
+    fails(
+        &["train", "--embedded", "--config", &s(&bad_cfg), "--out", &m],
+        1,
+        &s(&bad_cfg),
+    );
+    let missing = dir.path().join("missing.dfk");
+    fails(
+        &["eval", "--model", &s(&missing), "--embedded"],
+        1,
+        &s(&missing),
+    );
+    let not_folder = dir.path().join("nothing-here");
+    fails(
+        &[
+            "train",
+            "--data",
+            &s(&not_folder),
+            "--format",
+            "folder",
+            "--out",
+            &m,
+        ],
+        1,
+        &s(&not_folder),
+    );
+    // A GMM file is not a pipeline.
+    let gmm = dir.path().join("g.dfk");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/cli");
+    ok(&[
+        "gmm",
+        "import",
+        "--means",
+        &s(&fixtures.join("means_f64.npy")),
+        "--variances",
+        &s(&fixtures.join("variances_f64.npy")),
+        "--weights",
+        &s(&fixtures.join("weights_f32.npy")),
+        "--out",
+        &s(&gmm),
+    ]);
+    let report = dir.path().join("r");
+    fails(
+        &[
+            "eval",
+            "--model",
+            &s(&gmm),
+            "--embedded",
+            "--report",
+            &s(&report),
+        ],
+        1,
+        "kind",
+    );
+    assert!(!model.exists() && !report.exists());
+}

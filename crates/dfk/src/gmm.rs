@@ -261,6 +261,30 @@ fn row_logliks(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> Vec<f64> {
     out
 }
 
+/// `Σᵢ log p(xᵢ)` over the rows of `x − shift` under `terms`, summed in row order.
+fn total_loglik(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> f64 {
+    let (k, d) = (terms.k(), terms.d());
+    let mut total = 0f64;
+    ordered_chunks(
+        x,
+        d,
+        || e_scratch(k, d),
+        |(scratch, buf), chunk| {
+            let buf = &mut buf[..chunk.len()];
+            centre_into(chunk, shift, buf);
+            let mut sum = 0f64;
+            for block in buf.chunks(BLOCK * d) {
+                let rows = block.len() / d;
+                block_posteriors(terms, block, rows, scratch);
+                sum += scratch.row_ll[..rows].iter().sum::<f64>();
+            }
+            sum
+        },
+        |s| total += s,
+    );
+    total
+}
+
 /// Mixture-weighted mean Σₖ πₖ μₖ: a centring point that keeps the f32 matrix-product form of
 /// the log-densities well conditioned when the data are far from the origin.
 fn model_centre(gmm: &Gmm) -> Vec<f32> {
@@ -280,25 +304,7 @@ impl Gmm {
         let n = check_data(x, self.d)?;
         let shift = model_centre(self);
         let terms = GmmTerms::new(&shifted(self, &shift)?);
-        let mut total = 0f64;
-        ordered_chunks(
-            x,
-            self.d,
-            || e_scratch(self.k, self.d),
-            |(scratch, buf), chunk| {
-                let buf = &mut buf[..chunk.len()];
-                centre_into(chunk, &shift, buf);
-                let mut sum = 0f64;
-                for block in buf.chunks(BLOCK * self.d) {
-                    let rows = block.len() / self.d;
-                    block_posteriors(&terms, block, rows, scratch);
-                    sum += scratch.row_ll[..rows].iter().sum::<f64>();
-                }
-                sum
-            },
-            |s| total += s,
-        );
-        Ok(total / n as f64)
+        Ok(total_loglik(&terms, x, &shift) / n as f64)
     }
 
     /// Posteriors `γᵢₖ = πₖ 𝒩(xᵢ; μₖ, σ²ₖ) / Σⱼ πⱼ 𝒩(xᵢ; μⱼ, σ²ⱼ)` of the rows of `x`
@@ -584,10 +590,7 @@ impl<'a> EmContext<'a> {
 
     /// Average log-likelihood of a centred model.
     fn loglik(&self, gmm: &Gmm) -> f64 {
-        row_logliks(&GmmTerms::new(gmm), self.x, &self.shift)
-            .iter()
-            .sum::<f64>()
-            / self.n as f64
+        total_loglik(&GmmTerms::new(gmm), self.x, &self.shift) / self.n as f64
     }
 
     /// M-step in f64: μ = s1/s0, σ² = max(s2/s0 − μ², floor), π = max(s0/N, weight_floor)

@@ -222,10 +222,10 @@ impl PipelineConfig {
             return Err(Error::param("gmm.sample", 0, "at least K"));
         }
         self.gmm_params().validate()?;
-        if !(self.svm.c > 0.0) || !self.svm.c.is_finite() {
+        if !(self.svm.c.is_finite() && self.svm.c > 0.0) {
             return Err(Error::param("svm.c", self.svm.c, "a positive number"));
         }
-        if !(self.svm.eps > 0.0) {
+        if !(self.svm.eps.is_finite() && self.svm.eps > 0.0) {
             return Err(Error::param("svm.eps", self.svm.eps, "a positive number"));
         }
         self.fisher.validate()?;

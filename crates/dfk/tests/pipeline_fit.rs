@@ -107,9 +107,11 @@ fn preprocessing_projects_normalises_and_appends_positions() {
         false,
     )
     .unwrap();
-    let mut cfg = PipelineConfig::default();
-    cfg.l2_normalize = true;
-    cfg.spatial = true;
+    let cfg = PipelineConfig {
+        l2_normalize: true,
+        spatial: true,
+        ..Default::default()
+    };
     let pre = Preprocessor::from_parts(3, Some(pca), &cfg).unwrap();
     assert_eq!(pre.dim(), 4);
     let y = pre

@@ -94,6 +94,11 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let format = a
         .output_format
         .unwrap_or(if g.json { Format::Json } else { Format::Csv });
+    // Files by path; in-memory images (IDX, embedded) by their index in the set.
+    let image = |i: usize| match &data.items[i].source {
+        ImageSource::File(p) => p.display().to_string(),
+        ImageSource::Memory { .. } => format!("#{i}"),
+    };
     let mut text = String::new();
     match format {
         Format::Csv => {
@@ -104,7 +109,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             }
             text.push('\n');
             for i in 0..n {
-                text.push_str(&csv_field(&data.items[i].source.describe()));
+                text.push_str(&csv_field(&image(i)));
                 text.push_str(&format!(",{},{}", pred[i], csv_field(&names[pred[i]])));
                 for s in &scores[i * c..(i + 1) * c] {
                     text.push_str(&format!(",{s}"));
@@ -116,7 +121,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             let rows: Vec<serde_json::Value> = (0..n)
                 .map(|i| {
                     json!({
-                        "image": data.items[i].source.describe(),
+                        "image": image(i),
                         "label": pred[i],
                         "class": names[pred[i]],
                         "scores": scores[i * c..(i + 1) * c],

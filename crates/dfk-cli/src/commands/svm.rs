@@ -104,10 +104,10 @@ fn read_labels(a: &TrainArgs, n: usize) -> anyhow::Result<Labels> {
 }
 
 fn train(a: TrainArgs, g: &Global) -> anyhow::Result<()> {
-    if !(a.c > 0.0) {
+    if !(a.c.is_finite() && a.c > 0.0) {
         return usage("--c must be positive");
     }
-    if !(a.eps > 0.0) {
+    if !(a.eps.is_finite() && a.eps > 0.0) {
         return usage("--eps must be positive");
     }
     let (x, n, dim) = npy::read_f32_matrix(&a.features)?;

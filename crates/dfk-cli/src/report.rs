@@ -8,6 +8,7 @@ use anyhow::Context;
 use dfk::pipeline::{Evaluation, StageTime};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::{json, Value};
 
 /// Everything a report shows.
@@ -75,33 +76,27 @@ fn confusion_svg(e: &Evaluation) -> anyhow::Result<String> {
         let mut chart = ChartBuilder::on(root)
             .caption("Confusion matrix (row-normalised)", ("sans-serif", 20))
             .margin(10)
-            .x_label_area_size(110)
-            .y_label_area_size(130)
+            .x_label_area_size(50)
+            .y_label_area_size(150)
             .build_cartesian_2d(0.0..c as f64, c as f64..0.0)
             .map_err(plot_err)?;
-        let names: Vec<String> = (0..c).map(|i| class_name(e, i)).collect();
-        let label = |v: &f64| {
+        // Rows carry the names, columns the class numbers (long names do not fit below).
+        let names: Vec<String> = (0..c)
+            .map(|i| format!("{} ({i})", class_name(e, i)))
+            .collect();
+        let centre = |v: &f64| {
             let i = v.floor() as usize;
-            if (v - v.floor() - 0.5).abs() < 1e-9 && i < c {
-                names[i].clone()
-            } else {
-                String::new()
-            }
+            ((v - v.floor() - 0.5).abs() < 1e-9 && i < c).then_some(i)
         };
         chart
             .configure_mesh()
             .disable_mesh()
             .x_labels(2 * c + 1)
             .y_labels(2 * c + 1)
-            .x_label_formatter(&label)
-            .y_label_formatter(&label)
-            .x_label_style(
-                ("sans-serif", 12)
-                    .into_font()
-                    .transform(FontTransform::Rotate90),
-            )
-            .x_desc("predicted")
-            .y_desc("true")
+            .x_label_formatter(&|v| centre(v).map_or(String::new(), |i| i.to_string()))
+            .y_label_formatter(&|v| centre(v).map_or(String::new(), |i| names[i].clone()))
+            .x_desc("predicted class")
+            .y_desc("true class")
             .draw()
             .map_err(plot_err)?;
         let mut cells = Vec::with_capacity(c * c);
@@ -120,8 +115,11 @@ fn confusion_svg(e: &Evaluation) -> anyhow::Result<String> {
                     let text_color = if f > 0.5 { &WHITE } else { &BLACK };
                     texts.push(Text::new(
                         count.to_string(),
-                        (p as f64 + 0.3, t as f64 + 0.6),
-                        ("sans-serif", 11).into_font().color(text_color),
+                        (p as f64 + 0.5, t as f64 + 0.5),
+                        ("sans-serif", 11)
+                            .into_font()
+                            .color(text_color)
+                            .pos(Pos::new(HPos::Center, VPos::Center)),
                     ));
                 }
             }
@@ -172,8 +170,11 @@ fn ap_svg(e: &Evaluation) -> anyhow::Result<String> {
             .draw_series(e.per_class_ap.iter().enumerate().map(|(i, &ap)| {
                 Text::new(
                     format!("{:.1}", 100.0 * ap),
-                    ((100.0 * ap - 9.0).max(1.0), i as f64 + 0.65),
-                    ("sans-serif", 11).into_font().color(&WHITE),
+                    ((100.0 * ap - 1.0).max(8.0), i as f64 + 0.5),
+                    ("sans-serif", 11)
+                        .into_font()
+                        .color(&WHITE)
+                        .pos(Pos::new(HPos::Right, VPos::Center)),
                 )
             }))
             .map_err(plot_err)?;
@@ -274,8 +275,11 @@ fn timing_svg(timings: &[StageTime]) -> anyhow::Result<String> {
             .draw_series(timings.iter().enumerate().map(|(i, t)| {
                 Text::new(
                     format!("{:.2} s", t.seconds),
-                    (t.seconds + max * 0.01, i as f64 + 0.65),
-                    ("sans-serif", 11),
+                    (t.seconds + max * 0.01, i as f64 + 0.5),
+                    ("sans-serif", 11)
+                        .into_font()
+                        .color(&BLACK)
+                        .pos(Pos::new(HPos::Left, VPos::Center)),
                 )
             }))
             .map_err(plot_err)?;

@@ -5,7 +5,10 @@
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dfk::gmm::Gmm;
 use dfk::kernels::{self, SimdLevel};
-use dfk::stats::{block_posteriors, block_statistics, GmmTerms, Scratch, SufficientStats, BLOCK};
+use dfk::stats::{
+    block_posteriors, block_statistics, refine_posteriors, GmmTerms, Scratch, SufficientStats,
+    BLOCK,
+};
 
 const D: usize = 64;
 
@@ -36,6 +39,12 @@ fn bench_kernel(c: &mut Criterion) {
         g.throughput(Throughput::Elements(BLOCK as u64));
         g.bench_function(BenchmarkId::new("block_posteriors", k), |b| {
             b.iter(|| block_posteriors(&terms, black_box(&x), BLOCK, &mut scratch))
+        });
+        g.bench_function(BenchmarkId::new("block_posteriors_refined_1e-7", k), |b| {
+            b.iter(|| {
+                block_posteriors(&terms, black_box(&x), BLOCK, &mut scratch);
+                refine_posteriors(&terms, &x, BLOCK, 1e-7, &mut scratch)
+            })
         });
         // Dense posteriors: every entry non-zero, so the statistics take the GEMM path.
         block_posteriors(&terms, &x, BLOCK, &mut scratch);

@@ -241,6 +241,43 @@ pub fn sparse_atb_scalar(a: &[f32], b: &[f32], k: usize, w: usize, out: &mut [f3
     }
 }
 
+/// `Σⱼ (xⱼ − μⱼ)² λⱼ` in `f64` (a squared Mahalanobis distance for a diagonal covariance with
+/// precisions `λ`); `mean` and `ivar` must be at least as long as `x`. The vector levels keep
+/// eight (AVX-512) or four (AVX2) partial sums and fuse the multiply-add; the scalar twin uses
+/// one sum, so results differ by rounding order only.
+pub fn quad_form_at(level: SimdLevel, x: &[f64], mean: &[f64], ivar: &[f64]) -> f64 {
+    let d = x.len();
+    let (mean, ivar) = (&mean[..d], &ivar[..d]);
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); slices have equal lengths.
+        SimdLevel::Avx512 => unsafe { x86::quad_form_avx512(x, mean, ivar) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu); slices have equal lengths.
+        SimdLevel::Avx2 => unsafe { x86::quad_form_avx2(x, mean, ivar) },
+        _ => quad_form_scalar(x, mean, ivar),
+    }
+}
+
+/// Scalar twin of [`quad_form_at`].
+pub fn quad_form_scalar(x: &[f64], mean: &[f64], ivar: &[f64]) -> f64 {
+    x.iter()
+        .zip(mean)
+        .zip(ivar)
+        .fold(0.0, |q, ((&a, &m), &l)| (a - m) * (a - m) * l + q)
+}
+
+/// Appends to `out` the indices `i` with `row[i] ≥ threshold`, in increasing order (vector
+/// compares and mask bits at the vector levels, so no branch per element).
+pub fn indices_at_least_at(level: SimdLevel, row: &[f32], threshold: f32, out: &mut Vec<usize>) {
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F (clamp_to_cpu).
+        SimdLevel::Avx512 => unsafe { x86::indices_at_least_avx512(row, threshold, out) },
+        _ => out.extend((0..row.len()).filter(|&i| row[i] >= threshold)),
+    }
+}
+
 /// Runs `iters` rounds of independent fused multiply-add chains at `level` on one thread and
 /// returns the number of floating-point operations done (2 per lane per FMA). Used to measure
 /// the machine's attainable FMA peak: time it and divide.
@@ -554,6 +591,66 @@ mod x86 {
         }
     }
 
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn quad_form_avx512(x: &[f64], mean: &[f64], ivar: &[f64]) -> f64 {
+        let body = x.len() / 8 * 8;
+        let mut acc = _mm512_setzero_pd();
+        for j in (0..body).step_by(8) {
+            // SAFETY: j + 8 ≤ body ≤ the length of all three slices.
+            unsafe {
+                let z = _mm512_sub_pd(
+                    _mm512_loadu_pd(x.as_ptr().add(j)),
+                    _mm512_loadu_pd(mean.as_ptr().add(j)),
+                );
+                let l = _mm512_loadu_pd(ivar.as_ptr().add(j));
+                acc = _mm512_fmadd_pd(_mm512_mul_pd(z, z), l, acc);
+            }
+        }
+        _mm512_reduce_add_pd(acc) + quad_form_scalar(&x[body..], &mean[body..], &ivar[body..])
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn quad_form_avx2(x: &[f64], mean: &[f64], ivar: &[f64]) -> f64 {
+        let body = x.len() / 4 * 4;
+        let mut acc = _mm256_setzero_pd();
+        for j in (0..body).step_by(4) {
+            // SAFETY: j + 4 ≤ body ≤ the length of all three slices.
+            unsafe {
+                let z = _mm256_sub_pd(
+                    _mm256_loadu_pd(x.as_ptr().add(j)),
+                    _mm256_loadu_pd(mean.as_ptr().add(j)),
+                );
+                let l = _mm256_loadu_pd(ivar.as_ptr().add(j));
+                acc = _mm256_fmadd_pd(_mm256_mul_pd(z, z), l, acc);
+            }
+        }
+        let h = _mm_add_pd(_mm256_castpd256_pd128(acc), _mm256_extractf128_pd::<1>(acc));
+        let s = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+        s + quad_form_scalar(&x[body..], &mean[body..], &ivar[body..])
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn indices_at_least_avx512(row: &[f32], threshold: f32, out: &mut Vec<usize>) {
+        let t = _mm512_set1_ps(threshold);
+        let mut chunks = row.chunks_exact(16);
+        let mut base = 0;
+        for ch in &mut chunks {
+            // SAFETY: `ch` holds exactly 16 f32.
+            let v = unsafe { _mm512_loadu_ps(ch.as_ptr()) };
+            let mut mask = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, t);
+            while mask != 0 {
+                out.push(base + mask.trailing_zeros() as usize);
+                mask &= mask - 1;
+            }
+            base += 16;
+        }
+        for (j, &g) in chunks.remainder().iter().enumerate() {
+            if g >= threshold {
+                out.push(base + j);
+            }
+        }
+    }
+
     macro_rules! probe_body {
         ($iters:expr, $ty:ty, $set1:ident, $fmadd:ident, $add:ident) => {{
             let mul = $set1(0.999_999);
@@ -747,6 +844,27 @@ mod tests {
             let mut got = vec![0f32; k * w];
             sparse_atb_at(level, &a, &b, n, k, w, &mut got);
             assert_eq!(got, want, "{level:?}");
+        }
+    }
+
+    #[test]
+    fn quad_form_and_index_selection_agree_across_levels() {
+        let x: Vec<f64> = (0..67).map(|i| (i as f64 * 0.3).sin()).collect();
+        let m: Vec<f64> = (0..67).map(|i| (i as f64 * 0.7).cos()).collect();
+        let l: Vec<f64> = (0..67).map(|i| 1.0 + (i % 5) as f64).collect();
+        let want = quad_form_scalar(&x, &m, &l);
+        let direct: f64 = (0..67).map(|j| (x[j] - m[j]).powi(2) * l[j]).sum();
+        assert!((want - direct).abs() < 1e-12 * direct);
+        let row: Vec<f32> = (0..37).map(|i| ((i * 7) % 10) as f32 * 0.1).collect();
+        let mut want_idx = Vec::new();
+        indices_at_least_at(SimdLevel::Scalar, &row, 0.5, &mut want_idx);
+        assert_eq!(want_idx.len(), row.iter().filter(|&&v| v >= 0.5).count());
+        for level in SimdLevel::available() {
+            let got = quad_form_at(level, &x, &m, &l);
+            assert!((got - want).abs() < 1e-12 * want, "{level:?}");
+            let mut idx = Vec::new();
+            indices_at_least_at(level, &row, 0.5, &mut idx);
+            assert_eq!(idx, want_idx, "{level:?}");
         }
     }
 

@@ -33,6 +33,11 @@ pub struct GmmTerms {
     log_norm: f64,
     /// SIMD level of the softmax and sparse-statistics kernels.
     level: SimdLevel,
+    /// Direct form for [`refine_posteriors`]: `K × D` means, `K × D` 1/σ², and `K` values
+    /// log π − ½ Σ log σ², all in f64.
+    mean64: Vec<f64>,
+    ivar64: Vec<f64>,
+    dbias: Vec<f64>,
 }
 
 impl GmmTerms {
@@ -41,16 +46,22 @@ impl GmmTerms {
         let (k, d) = (gmm.k(), gmm.d());
         let mut coef = vec![0f32; 2 * d * k];
         let mut bias = vec![0f32; k];
+        let mut ivar64 = vec![0f64; k * d];
+        let mut dbias = vec![0f64; k];
         for c in 0..k {
             let (mean, var) = (gmm.mean(c), gmm.variance(c));
             let mut b = (gmm.weights()[c] as f64).ln();
+            let mut db = b;
             for j in 0..d {
                 let inv = 1.0 / var[j] as f64;
+                ivar64[c * d + j] = inv;
                 coef[j * k + c] = (-0.5 * inv) as f32;
                 coef[(d + j) * k + c] = (mean[j] as f64 * inv) as f32;
                 b -= 0.5 * (var[j] as f64).ln() + 0.5 * (mean[j] as f64).powi(2) * inv;
+                db -= 0.5 * (var[j] as f64).ln();
             }
             bias[c] = b as f32;
+            dbias[c] = db;
         }
         Self {
             k,
@@ -59,6 +70,9 @@ impl GmmTerms {
             bias,
             log_norm: -(d as f64) * HALF_LOG_2PI,
             level: SimdLevel::detect(),
+            mean64: gmm.means().iter().map(|&v| v as f64).collect(),
+            ivar64,
+            dbias,
         }
     }
 
@@ -97,6 +111,10 @@ pub struct Scratch {
     pub row_ll: Vec<f64>,
     /// `K` per-component sums of the block's posteriors, Σᵢ γᵢₖ (f32, one block).
     col: Vec<f32>,
+    /// `D`: one row in f64, and `(component, log-density)` pairs, for [`refine_posteriors`].
+    xd: Vec<f64>,
+    refined: Vec<(usize, f64)>,
+    idx: Vec<usize>,
 }
 
 impl Scratch {
@@ -108,6 +126,9 @@ impl Scratch {
             stats: vec![0.0; k * 2 * d],
             row_ll: vec![0.0; BLOCK],
             col: vec![0.0; k],
+            xd: vec![0.0; d],
+            refined: Vec::with_capacity(k),
+            idx: Vec::with_capacity(k),
         }
     }
 }
@@ -191,6 +212,79 @@ fn statistics_sparse(terms: &GmmTerms, n: usize, scratch: &mut Scratch) {
     );
 }
 
+/// Makes the significant posteriors of a block exact to f64 evaluation: for every row `i` of
+/// `x` (`n × D`, the rows given to [`block_posteriors`]) and every component with
+/// `γᵢₖ ≥ threshold`, recomputes `lᵢₖ = log πₖ − ½ Σ log σ²ₖ − ½ Σ (xᵢ − μₖ)²/σ²ₖ` directly in
+/// f64, then renormalises the row: refined components get `exp(lᵢₖ)/Z`, the others keep their
+/// matrix-product values rescaled to the new `Z`, and `row_ll` becomes `log Z − (D/2) log 2π`.
+///
+/// The matrix-product form loses accuracy when the data spread is large against the component
+/// widths (its terms cancel; see `docs/performance.md`); refining the few components that matter
+/// costs `O(D)` per significant posterior, vectorised at the dispatched level.
+pub fn refine_posteriors(
+    terms: &GmmTerms,
+    x: &[f32],
+    n: usize,
+    threshold: f32,
+    scratch: &mut Scratch,
+) {
+    let (k, d) = (terms.k, terms.d);
+    debug_assert!(n <= BLOCK && x.len() == n * d);
+    let Scratch {
+        post,
+        row_ll,
+        xd,
+        refined,
+        idx,
+        ..
+    } = scratch;
+    for ((row, g), ll) in x
+        .chunks_exact(d)
+        .zip(post.chunks_exact_mut(k))
+        .zip(row_ll.iter_mut())
+        .take(n)
+    {
+        idx.clear();
+        kernels::indices_at_least_at(terms.level, g, threshold, idx);
+        if idx.is_empty() {
+            continue;
+        }
+        xd.iter_mut().zip(row).for_each(|(a, &b)| *a = b as f64);
+        refined.clear();
+        // The row's posteriors sum to one, so the unrefined ones sum to 1 − Σ refined.
+        let mut rest = 1f64;
+        for &c in idx.iter() {
+            rest -= g[c] as f64;
+            let q = kernels::quad_form_at(
+                terms.level,
+                xd,
+                &terms.mean64[c * d..],
+                &terms.ivar64[c * d..],
+            );
+            refined.push((c, terms.dbias[c] - 0.5 * q));
+        }
+        let rest = rest.max(0.0);
+        let max = refined
+            .iter()
+            .map(|r| r.1)
+            .fold(f64::NEG_INFINITY, f64::max);
+        // The unrefined posteriors are exp(l − lse_old); rescale them to the new max.
+        let tail = (*ll - terms.log_norm - max).exp();
+        let mut z = rest * tail;
+        for r in refined.iter_mut() {
+            r.1 = kernels::exp_scalar((r.1 - max) as f32) as f64;
+            z += r.1;
+        }
+        let inv = 1.0 / z;
+        let scale = (tail * inv) as f32;
+        g.iter_mut().for_each(|v| *v *= scale);
+        for &(c, e) in refined.iter() {
+            g[c] = (e * inv) as f32;
+        }
+        *ll = max + z.ln() + terms.log_norm;
+    }
+}
+
 /// Adds the block's statistics (left in `scratch` by [`block_posteriors`] and
 /// [`block_statistics`]) to `f64` accumulators: `s0[k] += Σᵢ γᵢₖ` (`K`), `s1[k·D + j] += Σᵢ γᵢₖ xᵢⱼ`
 /// and `s2[k·D + j] += Σᵢ γᵢₖ xᵢⱼ²` (`K × D`). The posterior column sums are formed in f32
@@ -242,10 +336,10 @@ pub fn prune_posteriors(
 ) -> usize {
     let mut removed = 0;
     for g in &mut scratch.post[..n * terms.k] {
-        if *g < threshold && *g != 0.0 {
-            *g = 0.0;
-            removed += 1;
-        }
+        // Branch-free so that it vectorises.
+        let drop = *g < threshold;
+        removed += (drop && *g != 0.0) as usize;
+        *g = if drop { 0.0 } else { *g };
     }
     removed
 }
@@ -495,6 +589,50 @@ mod tests {
                     "{level:?} s2"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn refinement_restores_f64_accuracy() {
+        // Data far from the origin with narrow components: the expanded form cancels badly.
+        let (k, d, n) = (24, 32, 150);
+        let (gmm0, x0) = mixture(k, d, n);
+        let shift = 4.0f32;
+        let means = gmm0.means().iter().map(|m| m + shift).collect();
+        let vars = gmm0.variances().iter().map(|v| v * 0.05).collect();
+        let gmm = Gmm::new(k, d, means, vars, gmm0.weights().to_vec()).unwrap();
+        let x: Vec<f32> = x0.iter().map(|v| v + shift).collect();
+        let direct = log_densities_direct(&gmm, &x);
+        let errors = |scratch: &Scratch| {
+            let (mut ll_err, mut post_err) = (0f64, 0f64);
+            for i in 0..n {
+                let l = &direct[i * k..(i + 1) * k];
+                let m = l.iter().cloned().fold(f64::MIN, f64::max);
+                let lse = m + l.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+                ll_err = ll_err.max((scratch.row_ll[i] - lse).abs());
+                for c in 0..k {
+                    let g = (l[c] - lse).exp();
+                    post_err = post_err.max((scratch.post[i * k + c] as f64 - g).abs());
+                }
+            }
+            (ll_err, post_err)
+        };
+        for level in SimdLevel::available() {
+            let terms = GmmTerms::new(&gmm).with_level(level);
+            let mut scratch = Scratch::new(k, d);
+            block_posteriors(&terms, &x, n, &mut scratch);
+            let (ll_before, _) = errors(&scratch);
+            refine_posteriors(&terms, &x, n, 1e-7, &mut scratch);
+            let (ll_after, post_after) = errors(&scratch);
+            assert!(
+                ll_before > 1e-3,
+                "{level:?}: the test case should be hard ({ll_before})"
+            );
+            assert!(
+                ll_after < 1e-6,
+                "{level:?}: log-likelihood error {ll_after}"
+            );
+            assert!(post_after < 1e-6, "{level:?}: posterior error {post_after}");
         }
     }
 }

@@ -82,6 +82,9 @@ pub struct Args {
     /// Seed of the synthetic data.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Stats stage: refine posteriors at least this large in f64 (`stats::refine_posteriors`).
+    #[arg(long)]
+    pub refine: Option<f32>,
     /// Training vectors of the svm stage.
     #[arg(long, default_value_t = 2000)]
     pub svm_n: usize,
@@ -252,14 +255,28 @@ pub fn measure_peak(level: SimdLevel) -> f64 {
 
 /// Statistics of every image (rows `i·per..(i+1)·per`), parallel over images, one scratch per
 /// worker: the kernel work of Fisher-vector encoding.
-fn stats_pass(terms: &GmmTerms, x: &[f32], per: usize) -> f64 {
+/// With `refine`, posteriors are refined ([`stats::refine_posteriors`]) and those below the
+/// threshold dropped ([`stats::prune_posteriors`]) before the statistics, as the encoder does.
+fn stats_pass(terms: &GmmTerms, x: &[f32], per: usize, refine: Option<f32>) -> f64 {
     let (k, d) = (terms.k(), terms.d());
     x.par_chunks(per * d)
         .map_init(
             || (Scratch::new(k, d), SufficientStats::zeros(k, d)),
             |(scratch, st), img| {
                 st.clear();
-                st.accumulate(terms, img, scratch);
+                let Some(t) = refine else {
+                    st.accumulate(terms, img, scratch);
+                    return st.loglik;
+                };
+                for block in img.chunks(stats::BLOCK * d) {
+                    let n = block.len() / d;
+                    stats::block_posteriors(terms, block, n, scratch);
+                    stats::refine_posteriors(terms, block, n, t, scratch);
+                    stats::prune_posteriors(terms, n, t, scratch);
+                    stats::block_statistics(terms, n, scratch);
+                    stats::add_block_sums(terms, n, scratch, &mut st.s0, &mut st.s1, &mut st.s2);
+                    st.loglik += scratch.row_ll[..n].iter().sum::<f64>();
+                }
                 st.loglik
             },
         )
@@ -340,7 +357,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             let (x, gmm) = workload(&args, rows)?;
             let terms = GmmTerms::new(&gmm).with_level(level);
             let mut times = time_reps(args.reps, || {
-                std::hint::black_box(stats_pass(&terms, &x, args.per_image));
+                std::hint::black_box(stats_pass(&terms, &x, args.per_image, args.refine));
                 Ok(())
             })?;
             let (nz, big) = density(&terms, &x);

@@ -1,8 +1,412 @@
+//! `dfk deep`: Deep Fisher Kernel training — the GMM learned jointly with the one-vs-rest SVMs
+//! by gradient descent on the SVM objective, starting from an EM fit (the plain Fisher kernel,
+//! recorded as iteration 0).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use dfk::deep::{
+    train_deep, Checkpoint, DeepData, DeepModel, DeepParams, GmmMode, ImageSet, LineSearch,
+    ParamGroups,
+};
+use dfk::fisher::FisherOptions;
+use dfk::gmm::{fit_gmm, Gmm, GmmParams};
+use dfk::model::{load_gmm, save_gmm, save_svm, ModelFile};
+use dfk::npy;
+use dfk::svm::{ClassWeighting, Labels, SvmParams};
+use serde_json::json;
+
+use crate::util::{emit, usage};
 use crate::Global;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// One GMM for all classes, minimising Σ_c J_c.
+    Shared,
+    /// One GMM per class, each minimising its class's J_c.
+    PerClass,
+}
 
-pub fn run(_args: Args, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("this subcommand is being built")
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Training descriptors, `rows × D` (.npy, f32 or f64).
+    #[arg(long, value_name = "X.npy")]
+    pub descriptors: PathBuf,
+    /// Row offsets of the training images (.npy int64, images + 1 entries).
+    #[arg(long, value_name = "O.npy")]
+    pub offsets: PathBuf,
+    /// Training labels (.npy int: one class per image, or `images × classes` 0/1 with
+    /// `--multilabel`).
+    #[arg(long, value_name = "Y.npy")]
+    pub labels: PathBuf,
+    /// Test descriptors, scored at every iteration for the report (never used for decisions).
+    #[arg(long, value_name = "X.npy", requires_all = ["test_offsets", "test_labels"])]
+    pub test_descriptors: Option<PathBuf>,
+    /// Row offsets of the test images.
+    #[arg(long, value_name = "O.npy")]
+    pub test_offsets: Option<PathBuf>,
+    /// Test labels.
+    #[arg(long, value_name = "Y.npy")]
+    pub test_labels: Option<PathBuf>,
+    /// Labels are an `images × classes` 0/1 matrix (multi-label, scored by mAP).
+    #[arg(long)]
+    pub multilabel: bool,
+    /// Use only this many training images (stratified, seeded), before the validation split.
+    #[arg(long, value_name = "N")]
+    pub max_train: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long, value_name = "N")]
+    pub max_test: Option<usize>,
+    /// Fraction of the training images held out for validation (model selection, early
+    /// stopping); 0 = none (the last iterate is kept).
+    #[arg(long, default_value_t = 0.5)]
+    pub val_fraction: f64,
+
+    /// Start from this GMM file (model file of kind gmm or pipeline) instead of fitting by EM.
+    #[arg(long, value_name = "FILE")]
+    pub gmm: Option<PathBuf>,
+    /// Number of GMM components K (EM initialisation).
+    #[arg(long, short = 'k', default_value_t = 16)]
+    pub k: usize,
+    /// EM iterations.
+    #[arg(long, default_value_t = 100)]
+    pub gmm_iters: usize,
+    /// EM restarts.
+    #[arg(long, default_value_t = 1)]
+    pub gmm_restarts: usize,
+    /// EM variance floor, relative to each dimension's data variance.
+    #[arg(long, default_value_t = 1e-3)]
+    pub gmm_variance_floor: f64,
+    /// Descriptors sampled for the k-means++ initialisation of EM.
+    #[arg(long, default_value_t = 100_000)]
+    pub gmm_sample: usize,
+
+    /// Shared GMM or one GMM per class.
+    #[arg(long, value_enum, default_value_t = Mode::Shared)]
+    pub mode: Mode,
+    /// Iteration budget (0 = plain Fisher kernel only).
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Stop when the relative decrease of the objective is below this (0 = never).
+    #[arg(long, default_value_t = 1e-4)]
+    pub rel_tol: f64,
+    /// Stop after this many iterations without a better validation score (0 = never).
+    #[arg(long, default_value_t = 3)]
+    pub patience: usize,
+    /// Parameter groups to learn (comma-separated: means, log-std, weights).
+    #[arg(long, value_delimiter = ',', default_value = "means,log-std,weights")]
+    pub groups: Vec<String>,
+    /// First line-search step.
+    #[arg(long, default_value_t = 0.1)]
+    pub step: f64,
+    /// Largest step.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_step: f64,
+    /// Smallest step before the line search gives up.
+    #[arg(long, default_value_t = 1e-4)]
+    pub min_step: f64,
+    /// Armijo constant c1.
+    #[arg(long, default_value_t = 1e-4)]
+    pub armijo_c1: f64,
+    /// Variance floor during learning, relative to the initial variances.
+    #[arg(long, default_value_t = 1e-3)]
+    pub variance_floor: f64,
+    /// Weight floor during learning.
+    #[arg(long, default_value_t = 1e-4)]
+    pub min_weight: f64,
+    /// ε of the smoothed signed square root sign(Φ)(√(|Φ|+ε) − √ε).
+    #[arg(long, default_value_t = 1e-6)]
+    pub sqrt_epsilon: f32,
+    /// Posterior threshold of the encoder (0 = dense).
+    #[arg(long, default_value_t = 1e-6)]
+    pub posterior_threshold: f32,
+
+    /// SVM cost C.
+    #[arg(long, short = 'C', default_value_t = 3.0)]
+    pub c: f64,
+    /// SVM stopping tolerance (projected gradient).
+    #[arg(long, default_value_t = 0.05)]
+    pub svm_eps: f64,
+    /// SVM epoch limit.
+    #[arg(long, default_value_t = 1000)]
+    pub svm_max_iter: usize,
+    /// SVM bias feature value (0 = no bias).
+    #[arg(long, default_value_t = 1.0)]
+    pub bias: f32,
+    /// Weight each one-vs-rest task's costs by inverse class frequency.
+    #[arg(long)]
+    pub balanced: bool,
+
+    /// Output model file: the learned GMM, its SVMs and the history (per-class mode: the
+    /// initial GMM and the history; class c's GMM and SVM go to `<output>.class<c>.{gmm,svm}`).
+    #[arg(long, short, default_value = "deep.dfk")]
+    pub output: PathBuf,
+    /// Checkpoint file, written every iteration (default: `<output>.ckpt`).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Continue from the checkpoint if it exists.
+    #[arg(long)]
+    pub resume: bool,
+    /// Also write the history as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+}
+
+fn read_set(x: &Path, o: &Path, y: &Path, multilabel: bool) -> anyhow::Result<ImageSet> {
+    let (data, rows, d) = npy::read_f32_matrix(x)?;
+    let offsets = npy::read_usize_offsets(o, rows)?;
+    let labels = if multilabel {
+        let (t, n, c) = npy::read_i64_matrix(y)?;
+        if let Some(v) = t.iter().find(|&&v| v != 0 && v != 1) {
+            anyhow::bail!(
+                "{}: multi-label targets must be 0 or 1, found {v}",
+                y.display()
+            );
+        }
+        Labels::MultiLabel {
+            targets: t.iter().map(|&v| v == 1).collect(),
+            classes: if n == 0 { 0 } else { c },
+        }
+    } else {
+        let l = npy::read_labels(y)?;
+        let classes = l.iter().max().map_or(0, |m| m + 1);
+        Labels::MultiClass { labels: l, classes }
+    };
+    ImageSet::new(data, d, offsets, labels).with_context(|| format!("images of {}", x.display()))
+}
+
+/// Gives multi-class labels of two sets the same number of classes.
+fn align_classes(a: &mut ImageSet, b: &mut ImageSet) {
+    if let (Labels::MultiClass { classes: ca, .. }, Labels::MultiClass { classes: cb, .. }) =
+        (&mut a.labels, &mut b.labels)
+    {
+        let c = (*ca).max(*cb);
+        *ca = c;
+        *cb = c;
+    }
+}
+
+/// A stratified, seeded subset of `n` images.
+fn limit(set: ImageSet, n: usize, seed: u64) -> anyhow::Result<ImageSet> {
+    if n >= set.len() {
+        return Ok(set);
+    }
+    let fraction = 1.0 - n as f64 / set.len() as f64;
+    Ok(set.split_holdout(fraction, seed)?.0)
+}
+
+fn params(a: &Args) -> anyhow::Result<DeepParams> {
+    let mut groups = ParamGroups {
+        means: false,
+        log_std: false,
+        weights: false,
+    };
+    for g in &a.groups {
+        match g.as_str() {
+            "means" => groups.means = true,
+            "log-std" => groups.log_std = true,
+            "weights" => groups.weights = true,
+            other => {
+                return usage(format!(
+                    "--groups: unknown group {other:?}; expected means, log-std or weights"
+                ))
+            }
+        }
+    }
+    Ok(DeepParams {
+        mode: match a.mode {
+            Mode::Shared => GmmMode::Shared,
+            Mode::PerClass => GmmMode::PerClass,
+        },
+        max_iter: a.iters,
+        rel_tol: a.rel_tol,
+        patience: a.patience,
+        groups,
+        line_search: LineSearch {
+            c1: a.armijo_c1,
+            initial_step: a.step,
+            max_step: a.max_step,
+            min_step: a.min_step,
+            ..LineSearch::default()
+        },
+        variance_floor: a.variance_floor,
+        min_weight: a.min_weight,
+        fisher: FisherOptions {
+            sqrt_epsilon: a.sqrt_epsilon,
+            posterior_threshold: a.posterior_threshold,
+            ..FisherOptions::default()
+        },
+        svm: SvmParams {
+            c: a.c,
+            eps: a.svm_eps,
+            max_iter: a.svm_max_iter,
+            bias: a.bias,
+            seed: 0,
+            ..SvmParams::default()
+        },
+        weighting: if a.balanced {
+            ClassWeighting::Balanced
+        } else {
+            ClassWeighting::Uniform
+        },
+    })
+}
+
+fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<Gmm> {
+    if let Some(path) = &a.gmm {
+        return Ok(load_gmm(path)?);
+    }
+    let p = GmmParams::new(a.k)
+        .max_iter(a.gmm_iters)
+        .restarts(a.gmm_restarts)
+        .variance_floor(a.gmm_variance_floor)
+        .seed(seed)
+        .kmeans_sample(Some(a.gmm_sample.max(a.k)));
+    let t = std::time::Instant::now();
+    let fit = fit_gmm(&train.data, train.d, &p).context("EM initialisation")?;
+    tracing::info!(
+        "EM: K = {}, {} iterations, log-likelihood {:.4}, {:.1}s",
+        a.k,
+        fit.iterations,
+        fit.loglik_history.last().copied().unwrap_or(f64::NAN),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(fit.gmm)
+}
+
+pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    let p = params(&a)?;
+    p.validate()?;
+    if !(0.0..1.0).contains(&a.val_fraction) {
+        return usage(format!(
+            "--val-fraction {}: expected a value in [0, 1)",
+            a.val_fraction
+        ));
+    }
+    let mut all = read_set(&a.descriptors, &a.offsets, &a.labels, a.multilabel)?;
+    let mut test = match (&a.test_descriptors, &a.test_offsets, &a.test_labels) {
+        (Some(x), Some(o), Some(y)) => Some(read_set(x, o, y, a.multilabel)?),
+        _ => None,
+    };
+    if let Some(t) = test.as_mut() {
+        align_classes(&mut all, t);
+        if let Some(n) = a.max_test {
+            if n < t.len() {
+                *t = t.subset(&(0..n).collect::<Vec<_>>())?;
+            }
+        }
+    }
+    if let Some(n) = a.max_train {
+        all = limit(all, n, g.seed)?;
+    }
+    let (train, val) = if a.val_fraction > 0.0 {
+        let (t, v) = all.split_holdout(a.val_fraction, g.seed)?;
+        (t, Some(v))
+    } else {
+        (all, None)
+    };
+    tracing::info!(
+        "{} training, {} validation, {} test images; D = {}",
+        train.len(),
+        val.as_ref().map_or(0, |v| v.len()),
+        test.as_ref().map_or(0, |t| t.len()),
+        train.d
+    );
+    let gmm = initial_gmm(&a, &train, g.seed)?;
+    let checkpoint = Checkpoint {
+        path: a
+            .checkpoint
+            .clone()
+            .unwrap_or_else(|| sibling(&a.output, "ckpt")),
+        resume: a.resume,
+    };
+    let data = DeepData {
+        train: &train,
+        val: val.as_ref(),
+        test: test.as_ref(),
+    };
+    let model = train_deep(std::slice::from_ref(&gmm), &data, &p, Some(&checkpoint))?;
+    save_model(&a, &model, &gmm)?;
+    if let Some(h) = &a.history {
+        npy::write_bytes_atomic(h, &serde_json::to_vec_pretty(&model.history)?)?;
+    }
+    let h = &model.history;
+    let first = &h.records[0];
+    let best = &h.records[h.best_iteration];
+    let summary = json!({
+        "metric": h.metric,
+        "iterations": h.records.len() - 1,
+        "best_iteration": h.best_iteration,
+        "stop_reason": h.stop_reason,
+        "objective_initial": first.objective,
+        "objective_best": best.objective,
+        "val_initial": first.val_metric,
+        "val_best": best.val_metric,
+        "test_initial": first.test_metric,
+        "test_best": best.test_metric,
+        "output": a.output,
+    });
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v));
+    emit(
+        g,
+        &summary,
+        &format!(
+            "{}: Fisher kernel (iteration 0) → Deep Fisher Kernel (iteration {}): objective {:.4} → {:.4}, validation {} → {}, test {} → {} ({}); model written to {}",
+            h.metric,
+            h.best_iteration,
+            first.objective,
+            best.objective,
+            fmt(first.val_metric),
+            fmt(best.val_metric),
+            fmt(first.test_metric),
+            fmt(best.test_metric),
+            h.stop_reason,
+            a.output.display()
+        ),
+    );
+    Ok(())
+}
+
+/// `<path>.<ext>` (appended, so `model.dfk` gives `model.dfk.ckpt`).
+fn sibling(path: &Path, ext: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+fn save_model(a: &Args, model: &DeepModel, init: &Gmm) -> anyhow::Result<()> {
+    let classes = model.svms.iter().map(|s| s.models.len()).sum::<usize>();
+    let names: Vec<String> = (0..classes).map(|c| c.to_string()).collect();
+    let mut per_class_files = Vec::new();
+    let (gmm, svm) = match model.mode {
+        GmmMode::Shared => (model.gmms[0].clone(), Some(model.svms[0].clone())),
+        GmmMode::PerClass => {
+            for (c, (gm, sv)) in model.gmms.iter().zip(&model.svms).enumerate() {
+                let gpath = sibling(&a.output, &format!("class{c}.gmm"));
+                let spath = sibling(&a.output, &format!("class{c}.svm"));
+                save_gmm(&gpath, gm)?;
+                save_svm(&spath, sv, &names[c..c + 1])?;
+                per_class_files.push((gpath, spath));
+            }
+            (init.clone(), None)
+        }
+    };
+    let file = ModelFile {
+        pca: None,
+        gmm,
+        svm,
+        class_names: names,
+        config: json!({
+            "deep": {
+                "mode": format!("{:?}", model.mode),
+                "fisher": format!("{:?}", model.fisher),
+                "per_class_gmm_files": per_class_files,
+                "args": format!("{a:?}"),
+            }
+        }),
+        history: json!({ "deep": model.history.to_json() }),
+    };
+    file.save(&a.output)?;
+    Ok(())
 }

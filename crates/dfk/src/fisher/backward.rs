@@ -7,22 +7,32 @@
 //! ```text
 //! ∂L/∂p   = (g − φ⟨φ, g⟩)/‖p‖                        (l2; the identity otherwise)
 //! ∂L/∂Φ   = ∂L/∂p · a (|Φ| + ε)^(a−1)                 (improved; split into G^u, G^v)
-//! A_ik    = Σ_d [c_k G^u_kd z_ikd + c'_k G^v_kd (z²_ikd − 1)] = [x², x]_i W + r  (one GEMM)
-//! B_ik    = γ_ik (A_ik − Σ_j γ_ij A_ij)                = ∂L/∂l_ik
-//! T       = Bᵀ [x², x], T0 = Σ_i B_ik                  (one GEMM)
-//! ∂L/∂μ   = ((T1 − μ T0)/σ − c G^u S0 − √2 G^v u)/σ
-//! ∂L/∂s   = (T2 − 2μ T1 + μ² T0)/σ² − T0 − G^u u − 2 G^v (v + c' S0)
+//! A_ik    = Σ_d [c_k G^u_kd z_ikd + c'_k G^v_kd (z²_ikd − 1)]      (= ∂L/∂γ_ik)
+//! B_ik    = γ_ik (A_ik − Σ_j γ_ij A_ij)                            (= ∂L/∂l_ik)
+//! T0_k = Σ_i B_ik,  T1_kd = Σ_i B_ik (x_id − μ_kd),  T2_kd = Σ_i B_ik (x_id − μ_kd)²
+//! ∂L/∂μ   = (T1/σ − c G^u S0 − √2 G^v u)/σ
+//! ∂L/∂s   = T2/σ² − T0 − G^u u − 2 G^v (v + c' S0)
 //! E_k     = T0_k − ½ Σ_d (G^u u + G^v v),   ∂L/∂a_j = E_j − π_j Σ_k E_k
 //! ```
 //!
-//! where `S0 = Σ_i γ_ik`, `u`, `v` are the forward quantities. Posteriors VLFeat skips (below
-//! the threshold, inactive components) are constants zero in the forward pass, so they get no
-//! direct term; the exact derivative of that function is `B_ik = γ_ik (m_ik A_ik − Σ_j m_ij γ_ij
-//! A_ij)` with the mask `m`, which is what is computed.
+//! where `S0_k = Σ_i γ_ik` and `u`, `v` come from the forward pass (`Σ_i γ z = u/c`,
+//! `Σ_i γ z² = v/c' + S0` remove the other direct terms of method.md §3).
 //!
-//! Two passes over each image: the first is the forward pass (Φ, p and ‖p‖ are needed before
-//! A can be formed), the second recomputes γ block by block and forms A, B and T; nothing of
-//! size N × K × D is stored.
+//! Posteriors VLFeat skips (below the threshold, inactive components) are constant zeros of
+//! the forward function, so A is only needed where γ is kept, and the exact derivative is
+//! `B_ik = γ_ik (m_ik A_ik − Σ_j m_ij γ_ij A_ij)` with the keep-mask `m`.
+//!
+//! Shape of the computation, per image, two passes (Φ, p and ‖p‖ must be known before A can
+//! be formed, so the forward pass runs first; nothing of size N × K × D is stored):
+//! 1. the forward pass ([`FisherEncoder::encode`]'s work: log-density GEMM, exact refinement
+//!    of the significant posteriors, centred f64 statistics);
+//! 2. per block of rows: the posteriors again (same GEMM and refinement), then for the kept
+//!    entries (a few per row with VLFeat's threshold) A, B and their contributions to T
+//!    directly about μ_k in f64 — the expanded GEMM form `[x², x] W + r` cancels like the
+//!    forward statistics do — and for the skipped entries, whose `B = −γ Σ_j m γ A` is tiny
+//!    but dense, one product `Bᵀ[x², x]` ([`stats::block_statistics`], sparse or GEMM) in the
+//!    shifted frame, moved to the centred form afterwards (its cancellation error is relative
+//!    to those tiny values).
 
 use rayon::prelude::*;
 

@@ -272,7 +272,7 @@ pub fn refine_posteriors(
         let tail = (*ll - terms.log_norm - max).exp();
         let mut z = rest * tail;
         for r in refined.iter_mut() {
-            r.1 = kernels::exp_scalar((r.1 - max) as f32) as f64;
+            r.1 = (r.1 - max).exp();
             z += r.1;
         }
         let inv = 1.0 / z;

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use dfk::dataset::{self, Dataset};
-use dfk::pipeline::{PipelineConfig, Weighting};
+use dfk::dataset::{self, Dataset, Descriptors};
+use dfk::pipeline::{PipelineConfig, RawDescriptors, Weighting};
 use dfk::sift::Window;
 
 use crate::util::usage;
@@ -22,6 +22,9 @@ pub enum DataFormat {
     Voc,
     /// Fashion-MNIST/MNIST IDX files: `--data` is the images file, `--labels` the labels file.
     Idx,
+    /// Precomputed descriptors instead of images: a list file `file.npy label [label ...]`
+    /// naming one N_i×D .npy matrix per image (SIFT is skipped; needs --spatial false).
+    Npy,
 }
 
 /// Where the images come from: exactly one of `--data`, `--fashion-mnist`, `--embedded`.
@@ -54,6 +57,8 @@ pub struct DataArgs {
 pub struct Loaded {
     pub train: Dataset,
     pub test: Option<Dataset>,
+    /// With `--format npy`: the precomputed descriptors of `train` (positions zero).
+    pub descriptors: Option<RawDescriptors>,
     /// What was loaded, for messages and reports.
     pub description: String,
 }
@@ -71,6 +76,9 @@ impl DataArgs {
         .count();
         if chosen != 1 {
             return usage("give exactly one of --data, --fashion-mnist, --embedded");
+        }
+        if self.format == Some(DataFormat::Npy) {
+            return self.load_npy();
         }
         let (train, test, description) = if self.embedded {
             let (train, test) = dataset::embedded_fashion_mnist()?;
@@ -102,7 +110,34 @@ impl DataArgs {
         Ok(Loaded {
             train: cut(train)?,
             test: test.map(cut).transpose()?,
+            descriptors: None,
             description,
+        })
+    }
+
+    fn load_npy(&self) -> anyhow::Result<Loaded> {
+        let Some(list) = &self.data else {
+            return usage("--format npy needs --data LIST-FILE");
+        };
+        if self.split.is_some() || self.labels.is_some() {
+            return usage("--split and --labels do not apply to --format npy");
+        }
+        let (mut d, mut data) = Descriptors::from_list(list, None)?;
+        if let Some(n) = self.limit.filter(|&n| n < data.len()) {
+            let idx: Vec<usize> = (0..n).collect();
+            data = data.subset(&idx)?;
+            d.data.truncate(d.offsets[n] * d.dim);
+            d.offsets.truncate(n + 1);
+        }
+        let positions = vec![0.0; 2 * d.rows()];
+        Ok(Loaded {
+            train: data,
+            test: None,
+            descriptors: Some(RawDescriptors {
+                descriptors: d,
+                positions,
+            }),
+            description: format!("precomputed descriptors listed in {}", list.display()),
         })
     }
 
@@ -127,6 +162,7 @@ impl DataArgs {
                 };
                 dataset::load_voc(path, split)?
             }
+            DataFormat::Npy => return self.load_npy().map(|l| l.train),
             DataFormat::Idx => {
                 let Some(labels) = &self.labels else {
                     return usage("--format idx needs --labels LABELS-FILE");

@@ -366,3 +366,63 @@ fn usage_and_data_errors() {
     );
     assert!(!model.exists() && !report.exists());
 }
+
+#[test]
+fn precomputed_descriptors_with_format_npy() {
+    let dir = tempfile::tempdir().unwrap();
+    // 30 images of 3 classes; class c's 6-d descriptors cluster near 5·e_c.
+    let mut list = String::new();
+    for i in 0..30 {
+        let c = i % 3;
+        let rows = 5 + i % 4;
+        let data: Vec<f32> = (0..rows * 6)
+            .map(|j| {
+                let centre = if j % 6 == c { 5.0 } else { 0.0 };
+                centre + ((i * 31 + j * 17) % 13) as f32 / 13.0 - 0.5
+            })
+            .collect();
+        let name = format!("img{i}.npy");
+        dfk::npy::write_f32_matrix(dir.path().join(&name), &data, rows, 6).unwrap();
+        list.push_str(&format!("{name} {}\n", ["a", "b", "c"][c]));
+    }
+    let list_path = dir.path().join("list.txt");
+    std::fs::write(&list_path, list).unwrap();
+    let (l, model) = (s(&list_path), s(&dir.path().join("m.dfk")));
+    let base = ["--data", &l, "--format", "npy"];
+    fails(
+        &[&["train"][..], &base, &["--out", &model]].concat(),
+        2,
+        "--spatial false",
+    );
+    let out = ok(&[
+        &["--json", "train"][..],
+        &base,
+        // K = 1: the Fisher vector is the deviation from the global mean, which points to the
+        // class centre (with K = 3, one component per class, the classes differ only in which
+        // block is active, with random signs: not linearly separable).
+        &[
+            "--spatial",
+            "false",
+            "--pca-dims",
+            "4",
+            "--k",
+            "1",
+            "--out",
+            &model,
+        ],
+    ]
+    .concat());
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["evaluated_on"], "training");
+    assert_eq!(v["accuracy"], 1.0);
+    let out = ok(&[&["--json", "eval", "--model", &model][..], &base].concat());
+    let e: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (e["images"].as_u64(), e["accuracy"].as_f64()),
+        (Some(30), Some(1.0))
+    );
+    let fv = s(&dir.path().join("fv.npy"));
+    ok(&[&["encode", "--model", &model][..], &base, &["--out", &fv]].concat());
+    let (_, n, d) = dfk::npy::read_f32_matrix(&fv).unwrap();
+    assert_eq!((n, d), (30, 2 * 4));
+}

@@ -968,6 +968,17 @@ impl Pipeline {
         Ok(fv)
     }
 
+    /// Preprocesses and encodes precomputed raw descriptors: `images × 2KD` Fisher vectors.
+    pub fn encode_raw(&self, raw: &RawDescriptors, progress: &dyn Progress) -> Result<Vec<f32>> {
+        let desc = self.pre.apply_all(raw)?;
+        progress.start("Fisher vectors", raw.images());
+        let fv = encode_all(&self.gmm, self.config.fisher, &desc, &|n| {
+            progress.advance(n)
+        })?;
+        progress.finish();
+        Ok(fv)
+    }
+
     /// SVM scores (`n × classes`) of Fisher vectors.
     pub fn scores(&self, features: &[f32], n: usize) -> Vec<f32> {
         self.svm.scores(features, n)

@@ -44,7 +44,10 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         _ => &loaded.train,
     };
     let cache = cache_dir(a.cache.as_deref(), a.no_cache);
-    let fv = pipeline.encode_dataset(data, cache.as_deref(), &Bars::new(g))?;
+    let fv = match (&loaded.descriptors, a.test) {
+        (Some(raw), false) => pipeline.encode_raw(raw, &Bars::new(g))?,
+        _ => pipeline.encode_dataset(data, cache.as_deref(), &Bars::new(g))?,
+    };
     let dim = pipeline.gmm.fisher_len();
     npy::write_f32_matrix(&a.out, &fv, data.len(), dim)?;
     if let Some(p) = &a.labels_out {

@@ -42,7 +42,10 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let start = Instant::now();
     let pipeline = load_pipeline(&a.model)?;
     let loaded = a.data.load()?;
-    let data = loaded.test.as_ref().unwrap_or(&loaded.train);
+    let (data, descriptors) = match &loaded.test {
+        Some(t) => (t, None),
+        None => (&loaded.train, loaded.descriptors.as_ref()),
+    };
     if data.classes() != pipeline.svm.classes {
         anyhow::bail!(
             "{} has {} classes but the model in {} was trained on {}",
@@ -54,7 +57,15 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     }
     let cache = cache_dir(a.cache.as_deref(), a.no_cache);
     let mut timings = Vec::new();
-    let e = evaluate_on(&pipeline, data, cache.as_deref(), g, &mut timings, "")?;
+    let e = evaluate_on(
+        &pipeline,
+        data,
+        descriptors,
+        cache.as_deref(),
+        g,
+        &mut timings,
+        "",
+    )?;
     let secs = start.elapsed().as_secs_f64();
     if let Some(dir) = &a.report {
         let model = ModelFile::load(&a.model)?;

@@ -49,6 +49,7 @@ fn csv_field(s: &str) -> String {
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let pipeline = load_pipeline(&a.model)?;
     let has_data = a.data.data.is_some() || a.data.fashion_mnist.is_some() || a.data.embedded;
+    let mut descriptors = None;
     let data = match (a.images.is_empty(), has_data) {
         (false, false) => {
             for p in &a.images {
@@ -71,13 +72,23 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         }
         (true, true) => {
             let loaded = a.data.load()?;
-            loaded.test.unwrap_or(loaded.train)
+            descriptors = loaded.descriptors;
+            match loaded.test {
+                Some(test) => {
+                    descriptors = None;
+                    test
+                }
+                None => loaded.train,
+            }
         }
         _ => return usage(
             "give image files or one data option (--data, --fashion-mnist, --embedded), not both",
         ),
     };
-    let fv = pipeline.encode_dataset(&data, None, &Bars::new(g))?;
+    let fv = match &descriptors {
+        Some(raw) => pipeline.encode_raw(raw, &Bars::new(g))?,
+        None => pipeline.encode_dataset(&data, None, &Bars::new(g))?,
+    };
     let n = data.len();
     let c = pipeline.svm.classes;
     let scores = pipeline.scores(&fv, n);

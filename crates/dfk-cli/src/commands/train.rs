@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use dfk::dataset::Dataset;
 use dfk::pipeline::{
-    dataset_labels, evaluate, fit_pipeline, Evaluation, Pipeline, PipelineConfig, StageTime,
+    dataset_labels, evaluate, fit_from_descriptors, fit_pipeline, Evaluation, Pipeline,
+    PipelineConfig, RawDescriptors, StageTime,
 };
 use serde_json::json;
 
 use crate::options::{ConfigArgs, DataArgs, Loaded};
 use crate::report::{self, Report};
-use crate::util::{cache_dir, emit, Bars};
+use crate::util::{cache_dir, emit, usage, Bars};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -50,13 +51,17 @@ pub struct Trained {
 pub fn evaluate_on(
     pipeline: &Pipeline,
     data: &Dataset,
+    descriptors: Option<&RawDescriptors>,
     cache: Option<&Path>,
     g: &Global,
     timings: &mut Vec<StageTime>,
     prefix: &str,
 ) -> anyhow::Result<Evaluation> {
     let t = Instant::now();
-    let fv = pipeline.encode_dataset(data, cache, &Bars::new(g))?;
+    let fv = match descriptors {
+        Some(raw) => pipeline.encode_raw(raw, &Bars::new(g))?,
+        None => pipeline.encode_dataset(data, cache, &Bars::new(g))?,
+    };
     timings.push(StageTime {
         stage: format!("{prefix}descriptors + encode"),
         seconds: t.elapsed().as_secs_f64(),
@@ -80,11 +85,21 @@ pub fn train_and_evaluate(
 ) -> anyhow::Result<Trained> {
     let start = Instant::now();
     let bars = Bars::new(g);
-    let fit = fit_pipeline(&loaded.train, cfg, cache, &bars)?;
+    let fit = match &loaded.descriptors {
+        Some(raw) => {
+            if cfg.spatial {
+                return usage("precomputed descriptors carry no positions: add --spatial false");
+            }
+            let mut fit = fit_from_descriptors(raw, &dataset_labels(&loaded.train), cfg, &bars)?;
+            fit.pipeline.class_names = loaded.train.class_names.clone();
+            fit
+        }
+        None => fit_pipeline(&loaded.train, cfg, cache, &bars)?,
+    };
     let mut timings = fit.timings;
     let (evaluation, tested) = match &loaded.test {
         Some(test) => (
-            evaluate_on(&fit.pipeline, test, cache, g, &mut timings, "test ")?,
+            evaluate_on(&fit.pipeline, test, None, cache, g, &mut timings, "test ")?,
             true,
         ),
         None => {

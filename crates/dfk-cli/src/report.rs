@@ -287,66 +287,121 @@ fn timing_svg(timings: &[StageTime]) -> anyhow::Result<String> {
     })
 }
 
-/// Finds numeric series to plot in the history: `objective`, `validation` (top level or under
-/// `deep`), and the EM log-likelihood `gmm.loglik`.
-fn history_series(history: &Value) -> Vec<(String, Vec<f64>)> {
+/// A chart of one or more curves over iterations: `(title, [(label, values)])`.
+type Curves = (String, Vec<(String, Vec<f64>)>);
+
+/// Finds curves to plot in the history: numeric arrays whose key contains `objective` or
+/// `validation` (top level or under `deep`), the Deep Fisher Kernel records under
+/// `deep.records` (objective; train/validation/test metric), and the EM log-likelihood.
+fn history_series(history: &Value) -> Vec<Curves> {
     let numbers = |v: &Value| -> Option<Vec<f64>> {
         let a = v.as_array()?;
         let out: Vec<f64> = a.iter().filter_map(|x| x.as_f64()).collect();
         (out.len() >= 2 && out.len() == a.len()).then_some(out)
     };
-    let mut series = Vec::new();
+    let mut charts = Vec::new();
     for scope in [Some(history), history.get("deep")].into_iter().flatten() {
         if let Some(obj) = scope.as_object() {
             for (key, value) in obj {
                 if key.contains("objective") || key.contains("validation") {
                     if let Some(v) = numbers(value) {
-                        series.push((key.clone(), v));
+                        charts.push((key.clone(), vec![(key.clone(), v)]));
                     }
                 }
             }
         }
     }
-    if let Some(v) = history.pointer("/gmm/loglik").and_then(numbers) {
-        series.push(("EM log-likelihood per descriptor".into(), v));
+    if let Some(records) = history.pointer("/deep/records").and_then(|r| r.as_array()) {
+        let field = |name: &str| -> Option<Vec<f64>> {
+            let v: Vec<f64> = records
+                .iter()
+                .filter_map(|r| r.get(name).and_then(|x| x.as_f64()))
+                .collect();
+            (v.len() >= 2 && v.len() == records.len()).then_some(v)
+        };
+        if let Some(v) = field("objective") {
+            charts.push((
+                "Deep Fisher Kernel: SVM objective".into(),
+                vec![("objective".into(), v)],
+            ));
+        }
+        let metric = history
+            .pointer("/deep/metric")
+            .and_then(|m| m.as_str())
+            .unwrap_or("metric")
+            .to_string();
+        let lines: Vec<(String, Vec<f64>)> = [
+            ("train", "train_metric"),
+            ("validation", "val_metric"),
+            ("test", "test_metric"),
+        ]
+        .iter()
+        .filter_map(|(label, key)| field(key).map(|v| (label.to_string(), v)))
+        .collect();
+        if !lines.is_empty() {
+            charts.push((format!("Deep Fisher Kernel: {metric}"), lines));
+        }
     }
-    series
+    if let Some(v) = history.pointer("/gmm/loglik").and_then(numbers) {
+        let name = "EM log-likelihood per descriptor".to_string();
+        charts.push((name.clone(), vec![(name, v)]));
+    }
+    charts
 }
 
-fn series_svg(name: &str, values: &[f64]) -> anyhow::Result<String> {
-    let (lo, hi) = values
+fn series_svg(title: &str, lines: &[(String, Vec<f64>)]) -> anyhow::Result<String> {
+    let (lo, hi) = lines
         .iter()
+        .flat_map(|(_, v)| v.iter())
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
             (a.min(v), b.max(v))
         });
     let pad = ((hi - lo) * 0.05).max(1e-9);
+    let len = lines.iter().map(|(_, v)| v.len()).max().unwrap_or(2).max(2);
     svg(760, 360, |root| {
         let mut chart = ChartBuilder::on(root)
-            .caption(name, ("sans-serif", 20))
+            .caption(title, ("sans-serif", 20))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..(values.len() - 1) as f64, lo - pad..hi + pad)
+            .build_cartesian_2d(0.0..(len - 1) as f64, lo - pad..hi + pad)
             .map_err(plot_err)?;
         chart
             .configure_mesh()
             .x_desc("iteration")
             .draw()
             .map_err(plot_err)?;
-        chart
-            .draw_series(LineSeries::new(
-                values.iter().enumerate().map(|(i, &v)| (i as f64, v)),
-                PALETTE[3].stroke_width(2),
-            ))
-            .map_err(plot_err)?;
-        chart
-            .draw_series(
-                values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &v)| Circle::new((i as f64, v), 3, PALETTE[3].filled())),
-            )
-            .map_err(plot_err)?;
+        for (i, (label, values)) in lines.iter().enumerate() {
+            let color = PALETTE[(i + 3) % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    values.iter().enumerate().map(|(i, &v)| (i as f64, v)),
+                    color.stroke_width(2),
+                ))
+                .map_err(plot_err)?
+                .label(label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(
+                    values
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| Circle::new((i as f64, v), 3, color.filled())),
+                )
+                .map_err(plot_err)?;
+        }
+        if lines.len() > 1 {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 11))
+                .draw()
+                .map_err(plot_err)?;
+        }
         Ok(())
     })
 }
@@ -473,4 +528,38 @@ pub fn write(dir: &Path, r: &Report) -> anyhow::Result<()> {
     )?;
     dfk::npy::write_bytes_atomic(dir.join("index.html"), page.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_deep_fisher_kernel_curves() {
+        let history = json!({
+            "gmm": {"loglik": [1.0, 2.0, 2.5]},
+            "deep": {
+                "metric": "accuracy",
+                "records": [
+                    {"objective": 10.0, "train_metric": 0.8, "val_metric": 0.7, "test_metric": null},
+                    {"objective": 9.0, "train_metric": 0.85, "val_metric": 0.72, "test_metric": null},
+                ],
+            },
+        });
+        let charts = history_series(&history);
+        let titles: Vec<&str> = charts.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(
+            titles,
+            [
+                "Deep Fisher Kernel: SVM objective",
+                "Deep Fisher Kernel: accuracy",
+                "EM log-likelihood per descriptor"
+            ]
+        );
+        let labels: Vec<&str> = charts[1].1.iter().map(|l| l.0.as_str()).collect();
+        assert_eq!(labels, ["train", "validation"]);
+        assert_eq!(charts[0].1[0].1, vec![10.0, 9.0]);
+        let svg = series_svg(&charts[1].0, &charts[1].1).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("validation"));
+    }
 }

@@ -1,0 +1,86 @@
+//! Cost of one Deep Fisher Kernel iteration (line-search encodes + SVM solves + backward pass)
+//! against one Fisher-vector encoding pass over the same training images.
+//!
+//! ```text
+//! cargo run --release -p dfk --example deep_iteration -- X.npy OFFSETS.npy LABELS.npy K [IMAGES] [ITERS]
+//! ```
+//! (e.g. the files written by `fixtures/deep/make_descriptors.py`). Prints one line per
+//! iteration and the median ratio.
+
+use std::time::Instant;
+
+use dfk::deep::{train_deep, DeepData, DeepParams, ImageSet};
+use dfk::fisher::FisherEncoder;
+use dfk::gmm::{fit_gmm, GmmParams};
+use dfk::npy;
+use dfk::svm::Labels;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 5 {
+        return Err("usage: deep_iteration X.npy OFFSETS.npy LABELS.npy K [IMAGES] [ITERS]".into());
+    }
+    let k: usize = args[4].parse()?;
+    let images: usize = args.get(5).map_or(Ok(5000), |s| s.parse())?;
+    let iters: usize = args.get(6).map_or(Ok(5), |s| s.parse())?;
+    let (data, rows, d) = npy::read_f32_matrix(&args[1])?;
+    let offsets = npy::read_usize_offsets(&args[2], rows)?;
+    let labels = npy::read_labels(&args[3])?;
+    let classes = labels.iter().max().map_or(0, |m| m + 1);
+    let all = ImageSet::new(data, d, offsets, Labels::MultiClass { labels, classes })?;
+    let set = all.subset(&(0..images.min(all.len())).collect::<Vec<_>>())?;
+    let gmm = fit_gmm(&set.data, d, &GmmParams::new(k).seed(0))?.gmm;
+    let params = DeepParams {
+        max_iter: iters,
+        rel_tol: 0.0,
+        patience: 0,
+        ..DeepParams::default()
+    };
+
+    let enc = FisherEncoder::new(&gmm, params.fisher)?;
+    let mut out = vec![0f32; set.len() * enc.len()];
+    let mut passes = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        enc.encode_batch(&set.data, &set.offsets, &mut out)?;
+        passes.push(t.elapsed().as_secs_f64());
+    }
+    passes.sort_by(f64::total_cmp);
+    let pass = passes[1];
+    println!(
+        "{} images, {} descriptors, D = {d}, K = {k}, {} threads: one encoding pass {:.3}s ({:.0} desc/s)",
+        set.len(),
+        set.data.len() / d,
+        rayon::current_num_threads(),
+        pass,
+        (set.data.len() / d) as f64 / pass
+    );
+
+    let data = DeepData {
+        train: &set,
+        val: None,
+        test: None,
+    };
+    let model = train_deep(&[gmm], &data, &params, None)?;
+    let mut ratios = Vec::new();
+    for r in &model.history.records[1..] {
+        let work = r.time_encode_s + r.time_svm_s + r.time_backward_s;
+        ratios.push(work / pass);
+        println!(
+            "iteration {}: {} trials, encode {:.3}s, svm {:.3}s ({} epochs), backward {:.3}s, total {:.3}s = {:.1} encoding passes",
+            r.iteration,
+            r.trials,
+            r.time_encode_s,
+            r.time_svm_s,
+            r.svm_epochs,
+            r.time_backward_s,
+            work,
+            work / pass
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    if let Some(m) = ratios.get(ratios.len() / 2) {
+        println!("median iteration = {m:.1} encoding passes");
+    }
+    Ok(())
+}

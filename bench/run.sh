@@ -77,4 +77,9 @@ for K in $KS; do
     done
   fi
 done
+echo "== dense SIFT, 640x480, one thread" >&2
+for ((r = 0; r < REPS; r++)); do
+  $OUT/vlfeat_bench sift 1 >>"$RESULTS"
+  "$DFK" --quiet --threads 1 bench --json --stage sift --reps 1 >>"$RESULTS"
+done
 "$PY" bench/summarise.py "$OUT/meta.json" "$RESULTS" | tee $OUT/summary.md

@@ -23,8 +23,13 @@ def main():
     rows = [json.loads(line) for line in open(sys.argv[2]) if line.strip()]
     groups = defaultdict(lambda: defaultdict(list))
     extra = defaultdict(dict)
+    sift = defaultdict(lambda: defaultdict(list))
     for r in rows:
         impl = r.get("impl", "dfk")
+        if r["stage"] == "sift":
+            for variant in ("four_scales", "bin8"):
+                sift[variant][impl].append(r[variant]["median_s"])
+            continue
         key = (r["stage"] if impl != "dfk" or r["stage"] != "stats" else "encode", r["k"])
         groups[key][impl].append(r)
         if impl == "dfk":
@@ -52,6 +57,12 @@ def main():
                 lls = [r.get("loglik_avg", r.get("loglik_after_1_iter")) for r in rs]
                 print(f"|  |  | {impl}: average log-likelihood after init + 1 EM iteration | "
                       f"{statistics.median(lls):.4f} | | | |")
+    for variant, impls in sift.items():
+        med = {i: statistics.median(ts) for i, ts in impls.items()}
+        for impl, ts in sorted(impls.items(), key=lambda kv: (kv[0] != "dfk", kv[0])):
+            ratio = med[impl] / med["dfk"] if "dfk" in med and impl != "dfk" else None
+            print(f"| sift {variant} (1 thread) | – | {impl} | {med[impl]:.4f} | {min(ts):.4f}–{max(ts):.4f} | "
+                  f"{640 * 480 / med[impl]:,.0f} px/s | {'' if ratio is None else f'{ratio:.1f}x'} |")
     print()
     for key, e in sorted(extra.items()):
         print(f"- dfk {key[0]} K={key[1]}: " + ", ".join(f"{a} = {b:.4g}" if isinstance(b, float) else f"{a} = {b}" for a, b in e.items()))

@@ -5,6 +5,11 @@
  *   vlfeat_bench em     DIR N ITERS REPS THREADS             vl_gmm_em from the given GMM
  *   vlfeat_bench init   DIR N REPS THREADS                   vl_gmm_init_with_kmeans (VLFeat's default
  *                                                            k-means), then one EM iteration for the LL
+ *   vlfeat_bench sift   REPS                                 vl_dsift, flat window, step 4, on the
+ *                                                            synthetic 640x480 image of `dfk bench
+ *                                                            --stage sift`: bins 4/6/8/10 each after
+ *                                                            smoothing with sigma = bin/6 (vl_phow), and
+ *                                                            bin 8 alone without smoothing; one thread
  *
  * DIR holds x.f32 (rows x D, little-endian float32), gmm_means.f32, gmm_variances.f32 (K x D),
  * gmm_weights.f32 (K) and dims.txt ("rows D K"). Prints one JSON object per line. */
@@ -16,6 +21,9 @@
 #include <vl/fisher.h>
 #include <vl/gmm.h>
 #include <vl/kmeans.h>
+#include <vl/dsift.h>
+#include <vl/imopv.h>
+#include <math.h>
 
 static double now(void) {
   struct timespec t;
@@ -37,7 +45,57 @@ static float *load(const char *dir, const char *name, size_t count) {
   return buf;
 }
 
+/* The same deterministic image as dfk's bench (smooth structure plus texture). */
+static float *sift_image(int w, int h) {
+  float *im = malloc(sizeof(float) * w * h);
+  for (int i = 0; i < w * h; i++) {
+    float x = (float)(i % w), y = (float)(i / w);
+    float v = 0.5f + 0.25f * sinf(x * 0.031f) * cosf(y * 0.023f) +
+              0.2f * (sinf(x * 0.71f + y * 1.37f) * cosf(x * 0.13f - y * 0.29f));
+    im[i] = v < 0 ? 0 : (v > 1 ? 1 : v);
+  }
+  return im;
+}
+
+static size_t dsift_once(const float *im, float *tmp, int w, int h, int bin, int smooth) {
+  const float *src = im;
+  if (smooth) {
+    double sigma = bin / 6.0;
+    vl_imsmooth_f(tmp, w, im, w, h, w, sigma, sigma);
+    src = tmp;
+  }
+  VlDsiftFilter *f = vl_dsift_new_basic(w, h, 4, bin);
+  vl_dsift_set_flat_window(f, 1);
+  vl_dsift_process(f, src);
+  size_t n = vl_dsift_get_keypoint_num(f);
+  vl_dsift_delete(f);
+  return n;
+}
+
+static int sift_mode(int reps) {
+  int w = 640, h = 480, bins[4] = {4, 6, 8, 10};
+  float *im = sift_image(w, h), *tmp = malloc(sizeof(float) * w * h);
+  vl_set_num_threads(1);
+  for (int r = 0; r <= reps; r++) {
+    double t = now();
+    size_t n = 0;
+    for (int b = 0; b < 4; b++) n += dsift_once(im, tmp, w, h, bins[b], 1);
+    double t4 = now() - t;
+    t = now();
+    size_t n8 = dsift_once(im, tmp, w, h, 8, 0);
+    double t8 = now() - t;
+    if (r > 0)
+      printf("{\"impl\":\"vlfeat\",\"stage\":\"sift\",\"four_scales\":{\"median_s\":%.6f,"
+             "\"descriptors\":%zu},\"bin8\":{\"median_s\":%.6f,\"descriptors\":%zu}}\n",
+             t4, n, t8, n8);
+  }
+  free(im);
+  free(tmp);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 3 && !strcmp(argv[1], "sift")) return sift_mode(atoi(argv[2]));
   if (argc < 3) { fprintf(stderr, "usage: see the header of vlfeat_bench.c\n"); return 2; }
   const char *mode = argv[1], *dir = argv[2];
   char path[4096];

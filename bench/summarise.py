@@ -54,8 +54,8 @@ def main():
                   f"{n / med[impl]:,.0f} | {'' if ratio is None else f'{ratio:.1f}x'} |")
         if stage == "init":
             for impl, rs in impls.items():
-                lls = [r.get("loglik_avg", r.get("loglik_after_1_iter")) for r in rs]
-                print(f"|  |  | {impl}: average log-likelihood after init + 1 EM iteration | "
+                lls = [r.get("loglik_avg", r.get("loglik_init", r.get("loglik_after_1_iter"))) for r in rs]
+                print(f"|  |  | {impl}: average log-likelihood of the initial model | "
                       f"{statistics.median(lls):.4f} | | | |")
     for variant, impls in sift.items():
         med = {i: statistics.median(ts) for i, ts in impls.items()}

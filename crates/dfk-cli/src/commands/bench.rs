@@ -456,9 +456,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         Stage::Init => {
             let (x, gmm) = workload(&args, args.n)?;
             let params = GmmParams::new(gmm.k()).max_iter(1);
-            let mut fit_ll = 0.0;
+            let (mut init_ll, mut fit_ll) = (0.0, 0.0);
             let mut fit = time_reps(args.reps, || {
                 let f = dfk::gmm::fit_gmm(&x, gmm.d(), &params)?;
+                init_ll = f.loglik_history.first().copied().unwrap_or(f64::NAN);
                 fit_ll = f.loglik_history.last().copied().unwrap_or(f64::NAN);
                 Ok(())
             })?;
@@ -472,6 +473,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             report["fit_1iter_s"] = json!(tf);
             report["em_step_s"] = json!(ts);
             report["init_s"] = json!(tf - ts);
+            report["loglik_init"] = json!(init_ll);
             report["loglik_after_1_iter"] = json!(fit_ll);
         }
         Stage::Accuracy => {

@@ -36,7 +36,9 @@
 
 use rayon::prelude::*;
 
-use super::{image_error, FisherEncoder, FisherScratch, L2_FLOOR};
+use super::{
+    centred_moments, centred_quadratic, image_error, FisherEncoder, FisherScratch, L2_FLOOR,
+};
 use crate::error::{check_finite, Error, Result};
 use crate::stats::{self, BLOCK};
 
@@ -262,16 +264,14 @@ impl FisherEncoder {
                 for (c, &g) in post.iter().enumerate() {
                     if g != 0.0 && g >= thr && self.active[c] {
                         let r = c * d..(c + 1) * d;
-                        let mut a = scratch.r[c];
-                        for (((&x, &m), &cu), &cv) in row
-                            .iter()
-                            .zip(&self.means[r.clone()])
-                            .zip(&scratch.cu[r.clone()])
-                            .zip(&scratch.cv[r])
-                        {
-                            let t = x as f64 - m;
-                            a += t * (cu + cv * t);
-                        }
+                        let a = scratch.r[c]
+                            + centred_quadratic(
+                                self.level,
+                                row,
+                                &self.means[r.clone()],
+                                &scratch.cu[r.clone()],
+                                &scratch.cv[r],
+                            );
                         scratch.lrow[c] = a;
                         s += g as f64 * a;
                     }
@@ -285,14 +285,14 @@ impl FisherEncoder {
                         let b = gf * (scratch.lrow[c] - s);
                         scratch.t0[c] += b;
                         let r = c * d..(c + 1) * d;
-                        let (t1, t2) = (&mut scratch.t1[r.clone()], &mut scratch.t2[r.clone()]);
-                        for (((a1, a2), &x), &m) in
-                            t1.iter_mut().zip(t2).zip(row).zip(&self.means[r])
-                        {
-                            let t = x as f64 - m;
-                            *a1 += b * t;
-                            *a2 += b * t * t;
-                        }
+                        centred_moments(
+                            self.level,
+                            b,
+                            row,
+                            &self.means[r.clone()],
+                            &mut scratch.t1[r.clone()],
+                            &mut scratch.t2[r],
+                        );
                         *g = 0.0;
                     } else {
                         *g = (-gf * s) as f32;

@@ -19,8 +19,9 @@
 //! are one f32 GEMM ([`crate::stats::block_posteriors`]) on data shifted by the GMM's centre
 //! `c = Σ_k π_k μ_k`. That form cancels (`x²/σ² − 2xμ/σ² + μ²/σ²`): its error grows like
 //! `((μ − c)/σ)²` and reached 1e-4 in the log-density for tight, off-centre components. So
-//! the entries that matter, `γ_ik ≥ 1e-7`, are then recomputed directly in f64 from
-//! `(x − μ_k)²/σ²_k` and the row renormalised with the rest of the GEMM values (error ≪ 1e-7
+//! the entries that matter, `γ_ik ≥ 1e-7`, are then recomputed directly in f64 from the
+//! unshifted `(x − μ_k)²/σ²_k` and the row renormalised with the rest of the GEMM values
+//! ([`crate::stats::refine_posteriors`]; error ≪ 1e-7
 //! absolute). Likewise the expanded statistics `(S2 − 2μ S1 + μ² S0)/σ²` from the GEMM
 //! `γᵀ[x², x]` lost up to 1.4e-5 relative on such data; with VLFeat's threshold only a few
 //! posteriors per descriptor are non-zero, so the statistics are accumulated directly about
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gmm::Gmm;
+use crate::kernels::SimdLevel;
 use crate::stats::{self, GmmTerms, Scratch, BLOCK};
 
 /// Components with a weight below this are skipped (VLFeat 0.9.21's rule).
@@ -45,9 +47,6 @@ pub const MIN_PRIOR: f32 = 1e-6;
 /// Posteriors at or above this (from the GEMM) are recomputed exactly; the GEMM's relative
 /// error (≤ ~1e-3 in the worst cases measured) cannot move a posterior ≥ 1e-6 below it.
 const REFINE: f32 = 1e-7;
-
-/// ½ log(2π).
-const HALF_LOG_2PI: f64 = 0.918_938_533_204_672_8;
 
 /// How the Fisher vector is post-processed.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,11 +122,10 @@ pub struct FisherEncoder {
     /// `K × D`: σ and 1/σ².
     sigma: Vec<f64>,
     inv_var: Vec<f64>,
-    /// `K`: log π_k − ½ Σ_d log σ²_kd (the log-density without the quadratic term and the
-    /// −(D/2) log 2π that the GEMM's row log-likelihood includes).
-    lbias: Vec<f64>,
-    /// −(D/2) log 2π.
-    log_norm: f64,
+    /// Terms of the unshifted GMM: exact f64 recomputation of significant posteriors.
+    raw_terms: GmmTerms,
+    /// Vector level of the f64 loops.
+    level: SimdLevel,
     /// `K`: whether the component takes part (π ≥ [`MIN_PRIOR`]).
     active: Vec<bool>,
 }
@@ -139,7 +137,7 @@ pub struct FisherScratch {
     block: Scratch,
     /// `BLOCK × D`: the shifted descriptors of a block.
     xc: Vec<f32>,
-    /// `K`: exact log-densities of one descriptor (NaN where not recomputed); backward: A.
+    /// Backward: `K` values of A for one descriptor.
     lrow: Vec<f64>,
     /// `K`, `K × D`, `K × D`: f64 sums Σγ, Σγ(x − μ), Σγ(x − μ)² over the image.
     s0: Vec<f64>,
@@ -187,12 +185,7 @@ impl FisherEncoder {
             .enumerate()
             .map(|(i, &m)| m as f64 - center[i % d] as f64)
             .collect();
-        let lbias = (0..k)
-            .map(|c| {
-                let logdet: f64 = gmm.variance(c).iter().map(|&v| (v as f64).ln()).sum();
-                (gmm.weights()[c] as f64).ln() - 0.5 * logdet
-            })
-            .collect();
+
         let shifted_gmm = Gmm::new(
             k,
             d,
@@ -209,8 +202,8 @@ impl FisherEncoder {
             means: gmm.means().iter().map(|&v| v as f64).collect(),
             sigma: gmm.variances().iter().map(|&v| (v as f64).sqrt()).collect(),
             inv_var: gmm.variances().iter().map(|&v| 1.0 / v as f64).collect(),
-            lbias,
-            log_norm: -(d as f64) * HALF_LOG_2PI,
+            raw_terms: GmmTerms::new(gmm),
+            level: SimdLevel::detect(),
             active: gmm.weights().iter().map(|&w| w >= MIN_PRIOR).collect(),
         })
     }
@@ -365,62 +358,8 @@ impl FisherEncoder {
             }
         }
         stats::block_posteriors(&self.terms, &scratch.xc[..n * d], n, &mut scratch.block);
-        self.refine(x, n, scratch);
+        stats::refine_posteriors(&self.raw_terms, x, n, REFINE, &mut scratch.block);
         n
-    }
-
-    /// Recomputes the posteriors `γ_ik ≥ REFINE` of the block from exact f64 log-densities
-    /// and renormalises each row together with the remaining (GEMM) values.
-    fn refine(&self, x: &[f32], n: usize, scratch: &mut FisherScratch) {
-        let (k, d) = (self.gmm.k(), self.gmm.d());
-        let lrow = &mut scratch.lrow;
-        for i in 0..n {
-            let row = &x[i * d..(i + 1) * d];
-            let post = &mut scratch.block.post[i * k..(i + 1) * k];
-            let lse = scratch.block.row_ll[i] - self.log_norm;
-            let mut max = f64::NEG_INFINITY;
-            let mut rest = 0f64;
-            for c in 0..k {
-                if post[c] >= REFINE {
-                    let l = self.log_density(c, row);
-                    lrow[c] = l;
-                    max = max.max(l);
-                } else {
-                    lrow[c] = f64::NAN;
-                    rest += post[c] as f64;
-                }
-            }
-            let tail = (lse - max).exp();
-            let mut z = rest * tail;
-            for &l in lrow.iter() {
-                if !l.is_nan() {
-                    z += (l - max).exp();
-                }
-            }
-            let inv = 1.0 / z;
-            for (p, &l) in post.iter_mut().zip(lrow.iter()) {
-                *p = if l.is_nan() {
-                    (*p as f64 * tail * inv) as f32
-                } else {
-                    ((l - max).exp() * inv) as f32
-                };
-            }
-        }
-    }
-
-    /// `log π_k − ½ Σ_d log σ²_kd − ½ Σ_d (x_d − μ_kd)²/σ²_kd` in f64.
-    fn log_density(&self, c: usize, row: &[f32]) -> f64 {
-        let d = self.gmm.d();
-        let (m, iv) = (
-            &self.means[c * d..(c + 1) * d],
-            &self.inv_var[c * d..(c + 1) * d],
-        );
-        let mut q = 0f64;
-        for ((&x, &m), &iv) in row.iter().zip(m).zip(iv) {
-            let t = x as f64 - m;
-            q += t * t * iv;
-        }
-        self.lbias[c] - 0.5 * q
     }
 
     /// Zeroes the posteriors VLFeat skips: below the threshold, or of inactive components.
@@ -462,12 +401,14 @@ impl FisherEncoder {
                     let g = g as f64;
                     scratch.s0[c] += g;
                     let r = c * d..(c + 1) * d;
-                    let (s1, s2) = (&mut scratch.s1[r.clone()], &mut scratch.s2[r.clone()]);
-                    for (((a1, a2), &x), &m) in s1.iter_mut().zip(s2).zip(row).zip(&self.means[r]) {
-                        let t = x as f64 - m;
-                        *a1 += g * t;
-                        *a2 += g * t * t;
-                    }
+                    centred_moments(
+                        self.level,
+                        g,
+                        row,
+                        &self.means[r.clone()],
+                        &mut scratch.s1[r.clone()],
+                        &mut scratch.s2[r],
+                    );
                 }
             }
         }
@@ -537,4 +478,73 @@ fn image_error(i: usize, e: Error) -> Error {
         Error::Invalid(m) => Error::Invalid(format!("image {i}: {m}")),
         other => other,
     }
+}
+
+/// `s1 += g (x − m)` and `s2 += g (x − m)²` element-wise in f64 (the centred statistics).
+fn centred_moments(level: SimdLevel, g: f64, x: &[f32], m: &[f64], s1: &mut [f64], s2: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if level != SimdLevel::Scalar {
+        // SAFETY: every level above Scalar implies AVX2 and FMA (SimdLevel::detect).
+        return unsafe { centred_moments_avx2(g, x, m, s1, s2) };
+    }
+    let _ = level;
+    centred_moments_body(g, x, m, s1, s2)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn centred_moments_avx2(g: f64, x: &[f32], m: &[f64], s1: &mut [f64], s2: &mut [f64]) {
+    centred_moments_body(g, x, m, s1, s2)
+}
+
+#[inline(always)]
+fn centred_moments_body(g: f64, x: &[f32], m: &[f64], s1: &mut [f64], s2: &mut [f64]) {
+    for (((a1, a2), &x), &m) in s1.iter_mut().zip(s2.iter_mut()).zip(x).zip(m) {
+        let t = x as f64 - m;
+        let gt = g * t;
+        *a1 += gt;
+        *a2 += gt * t;
+    }
+}
+
+/// `Σ_d t_d (cu_d + cv_d t_d)` with `t = x − m`, in f64 (the backward pass's A).
+fn centred_quadratic(level: SimdLevel, x: &[f32], m: &[f64], cu: &[f64], cv: &[f64]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if level != SimdLevel::Scalar {
+        // SAFETY: every level above Scalar implies AVX2 and FMA (SimdLevel::detect).
+        return unsafe { centred_quadratic_avx2(x, m, cu, cv) };
+    }
+    let _ = level;
+    centred_quadratic_body(x, m, cu, cv)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn centred_quadratic_avx2(x: &[f32], m: &[f64], cu: &[f64], cv: &[f64]) -> f64 {
+    centred_quadratic_body(x, m, cu, cv)
+}
+
+/// Eight independent partial sums, so the loop vectorises without reassociating.
+#[inline(always)]
+fn centred_quadratic_body(x: &[f32], m: &[f64], cu: &[f64], cv: &[f64]) -> f64 {
+    const L: usize = 8;
+    let mut acc = [0f64; L];
+    let whole = x.len() / L * L;
+    for (((xs, ms), us), vs) in x[..whole]
+        .chunks_exact(L)
+        .zip(m.chunks_exact(L))
+        .zip(cu.chunks_exact(L))
+        .zip(cv.chunks_exact(L))
+    {
+        for l in 0..L {
+            let t = xs[l] as f64 - ms[l];
+            acc[l] += t * (us[l] + vs[l] * t);
+        }
+    }
+    let mut sum: f64 = acc.iter().sum();
+    for i in whole..x.len() {
+        let t = x[i] as f64 - m[i];
+        sum += t * (cu[i] + cv[i] * t);
+    }
+    sum
 }

@@ -267,8 +267,9 @@ pub fn quad_form_scalar(x: &[f64], mean: &[f64], ivar: &[f64]) -> f64 {
         .fold(0.0, |q, ((&a, &m), &l)| (a - m) * (a - m) * l + q)
 }
 
-/// Appends to `out` the indices `i` with `row[i] ≥ threshold`, in increasing order (vector
-/// compares and mask bits at the vector levels, so no branch per element).
+/// Appends to `out` the indices `i` with `row[i] ≥ threshold`, in increasing order. At the
+/// AVX-512 level by vector compares and mask bits (no branch per element); the other levels use
+/// the scalar loop.
 pub fn indices_at_least_at(level: SimdLevel, row: &[f32], threshold: f32, out: &mut Vec<usize>) {
     match level.clamp_to_cpu() {
         #[cfg(target_arch = "x86_64")]

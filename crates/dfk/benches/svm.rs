@@ -2,7 +2,7 @@
 //! scale: 2000 dense unit-norm samples of dimension 16 384 (a K = 128, D = 64 Fisher vector),
 //! labels from a random hyperplane with 10 % flipped, C = 5, eps = 0.01, bias 1. Measures a
 //! cold solve and a warm start from the solution for slightly perturbed features (what each
-//! Deep Fisher Kernel line-search trial does).
+//! Deep Fisher Kernel line-search trial does), and a 10-class one-vs-rest solve.
 //!
 //! `cargo bench -p dfk --bench svm`
 //!
@@ -10,7 +10,7 @@
 //! there (for `fixtures/svm/compare_liblinear.sh`, which times liblinear on the same problem).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use dfk::svm::{train_binary, SvmParams};
+use dfk::svm::{train_binary, train_one_vs_rest, ClassWeighting, Labels, SvmParams};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::io::Write;
@@ -93,6 +93,38 @@ fn bench(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 train_binary(&moved, N, DIM, &y, &cost, &params, Some(&cold.alpha)).expect("solve")
+            })
+        },
+    );
+    // Ten classes: the arg-max of ten random linear functions of the features.
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let proj: Vec<f32> = (0..10 * DIM).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let labels = Labels::MultiClass {
+        labels: x
+            .chunks_exact(DIM)
+            .map(|row| {
+                let s: Vec<f32> = proj
+                    .chunks_exact(DIM)
+                    .map(|p| p.iter().zip(row).map(|(a, b)| a * b).sum())
+                    .collect();
+                (0..10).fold(0, |b, c| if s[c] > s[b] { c } else { b })
+            })
+            .collect(),
+        classes: 10,
+    };
+    let ovr = train_one_vs_rest(&x, N, DIM, &labels, &params, ClassWeighting::Uniform, None)
+        .expect("one-vs-rest");
+    eprintln!(
+        "one-vs-rest, 10 classes, {} threads: epochs per class {:?}",
+        rayon::current_num_threads(),
+        ovr.models.iter().map(|m| m.iterations).collect::<Vec<_>>()
+    );
+    group.bench_function(
+        BenchmarkId::new("one_vs_rest_10", format!("n{N}_d{DIM}_C5_eps0.01")),
+        |b| {
+            b.iter(|| {
+                train_one_vs_rest(&x, N, DIM, &labels, &params, ClassWeighting::Uniform, None)
+                    .expect("solve")
             })
         },
     );

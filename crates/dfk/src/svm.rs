@@ -259,7 +259,9 @@ pub fn train_binary(
     check_both_classes(positives, n, "the binary task")?;
     check_costs(cost, n)?;
     let alpha = initial_alpha(warm_alpha, cost, "warm-start alpha")?;
-    Ok(solve(x, dim, y, cost, params, params.seed, alpha))
+    let task = Task { y, cost, alpha };
+    let mut models = solve(x, dim, vec![task], params, params.seed);
+    Ok(models.remove(0))
 }
 
 /// Per-class costs of one one-vs-rest task: `C` of its positive and of its negative samples.
@@ -510,31 +512,50 @@ pub fn train_one_vs_rest_with_costs(
             }
         }
     }
-    let models = (0..classes)
-        .into_par_iter()
+    let ys: Vec<Vec<f32>> = (0..classes).map(|c| labels.binary(c)).collect();
+    let class_costs: Vec<Vec<f64>> = ys
+        .iter()
+        .zip(costs)
+        .map(|(y, cc)| {
+            y.iter()
+                .map(|&v| if v > 0.0 { cc.positive } else { cc.negative })
+                .collect()
+        })
+        .collect();
+    let alphas = (0..classes)
         .map(|c| {
-            let y = labels.binary(c);
-            let cost: Vec<f64> = y
-                .iter()
-                .map(|&v| {
-                    if v > 0.0 {
-                        costs[c].positive
-                    } else {
-                        costs[c].negative
-                    }
-                })
-                .collect();
-            let alpha = initial_alpha(
+            initial_alpha(
                 warm.map(|w| w.models[c].alpha.as_slice()),
-                &cost,
+                &class_costs[c],
                 &format!("warm-start alpha of class {c}"),
-            )?;
-            let seed = params
-                .seed
-                .wrapping_add((c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            Ok(solve(x, dim, &y, &cost, params, seed, alpha))
+            )
         })
         .collect::<Result<Vec<_>>>()?;
+    let groups = class_groups(classes, dim, rayon::current_num_threads());
+    let mut tasks: Vec<Task> = ys
+        .iter()
+        .zip(&class_costs)
+        .zip(alphas)
+        .map(|((y, cost), alpha)| Task { y, cost, alpha })
+        .collect();
+    let mut grouped = Vec::with_capacity(groups.len());
+    for &size in groups.iter().rev() {
+        grouped.push(tasks.split_off(tasks.len() - size));
+    }
+    grouped.reverse();
+    let models: Vec<BinarySvm> = grouped
+        .into_par_iter()
+        .enumerate()
+        .map(|(g, group)| {
+            let seed = params
+                .seed
+                .wrapping_add((g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            solve(x, dim, group, params, seed)
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flatten()
+        .collect();
     Ok(OneVsRest {
         classes,
         dim,
@@ -612,146 +633,236 @@ fn initial_alpha(warm: Option<&[f64]>, cost: &[f64], what: &str) -> Result<Vec<f
     }
 }
 
+/// Bytes of weight vectors a solver group may keep hot in cache alongside one sample.
+const GROUP_WEIGHT_BYTES: usize = 768 * 1024;
+/// Most tasks solved together in one pass over the data.
+const MAX_GROUP: usize = 8;
+
+/// Sizes of the consecutive class groups solved together: as few groups as keep each group's
+/// `f64` weights within [`GROUP_WEIGHT_BYTES`] (at most [`MAX_GROUP`] classes), but at least one
+/// per thread so all threads work; sizes differ by at most one.
+fn class_groups(classes: usize, dim: usize, threads: usize) -> Vec<usize> {
+    let cap = (GROUP_WEIGHT_BYTES / (8 * dim.max(1))).clamp(1, MAX_GROUP);
+    let count = classes.div_ceil(cap).max(threads).min(classes).max(1);
+    (0..count)
+        .map(|g| classes / count + usize::from(g < classes % count))
+        .collect()
+}
+
+/// One binary task of a solver group: labels, per-sample costs and starting dual variables.
+struct Task<'a> {
+    y: &'a [f32],
+    cost: &'a [f64],
+    alpha: Vec<f64>,
+}
+
 /// Runs the solver compiled for the best instruction set of this CPU.
 fn solve(
     x: &[f32],
     dim: usize,
-    y: &[f32],
-    cost: &[f64],
+    tasks: Vec<Task<'_>>,
     params: &SvmParams,
     seed: u64,
-    alpha: Vec<f64>,
-) -> BinarySvm {
-    pulp::Arch::new().dispatch(|| solve_impl(x, dim, y, cost, params, seed, alpha))
+) -> Vec<BinarySvm> {
+    pulp::Arch::new().dispatch(|| solve_impl(x, dim, tasks, params, seed))
 }
 
-/// Dual coordinate descent (liblinear's `solve_l2r_l1l2_svc` for the L1 loss). Inputs are
+/// Solver state of one task.
+struct State<'a> {
+    y: &'a [f32],
+    cost: &'a [f64],
+    alpha: Vec<f64>,
+    w: Vec<f64>,
+    wb: f64,
+    active: Vec<bool>,
+    n_active: usize,
+    pg_max_old: f64,
+    pg_min_old: f64,
+    pg_max_new: f64,
+    pg_min_new: f64,
+    iterations: usize,
+    running: bool,
+    converged: bool,
+}
+
+/// Dual coordinate descent (liblinear's `solve_l2r_l1l2_svc` for the L1 loss) for several tasks
+/// on the same samples at once. Every task runs liblinear's algorithm unchanged: per epoch a
+/// pass over its active samples in random order, shrinking with the previous epoch's
+/// projected-gradient extremes, stop at `PG_max − PG_min ≤ eps` on the full set. The tasks
+/// share the random order of each epoch (a uniformly random permutation of all samples,
+/// restricted to each task's active ones), so each sample is read from memory once per epoch
+/// for all tasks instead of once per task: the solver is bound by memory bandwidth. Inputs are
 /// validated by the callers.
 #[inline(always)]
 fn solve_impl(
     x: &[f32],
     dim: usize,
-    y: &[f32],
-    cost: &[f64],
+    tasks: Vec<Task<'_>>,
     params: &SvmParams,
     seed: u64,
-    mut alpha: Vec<f64>,
-) -> BinarySvm {
-    let n = y.len();
+) -> Vec<BinarySvm> {
+    let n = x
+        .len()
+        .checked_div(dim)
+        .unwrap_or(0)
+        .max(tasks.first().map_or(0, |t| t.y.len()));
     let row = |i: usize| &x[i * dim..(i + 1) * dim];
     let bias = f64::from(params.bias);
-    let mut w = vec![0f64; dim];
-    let mut wb = 0f64;
+    let mut states: Vec<State> = tasks
+        .into_iter()
+        .map(|t| State {
+            y: t.y,
+            cost: t.cost,
+            alpha: t.alpha,
+            w: vec![0f64; dim],
+            wb: 0.0,
+            active: vec![true; n],
+            n_active: n,
+            pg_max_old: f64::INFINITY,
+            pg_min_old: f64::NEG_INFINITY,
+            pg_max_new: f64::NEG_INFINITY,
+            pg_min_new: f64::INFINITY,
+            iterations: 0,
+            running: true,
+            converged: false,
+        })
+        .collect();
     let mut qd = Vec::with_capacity(n);
-    for (i, &a) in alpha.iter().enumerate() {
+    for i in 0..n {
         let xi = row(i);
         qd.push(sq_norm(xi) + bias * bias);
-        if a != 0.0 {
-            let d = a * f64::from(y[i]);
-            axpy(d, xi, &mut w);
-            wb += d * bias;
+        for s in &mut states {
+            let a = s.alpha[i];
+            if a != 0.0 {
+                let d = a * f64::from(s.y[i]);
+                axpy(d, xi, &mut s.w);
+                s.wb += d * bias;
+            }
         }
     }
-    let mut index: Vec<usize> = (0..n).collect();
+    let mut order: Vec<usize> = (0..n).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut active = n;
-    let mut pg_max_old = f64::INFINITY;
-    let mut pg_min_old = f64::NEG_INFINITY;
-    let mut iterations = 0;
-    let mut converged = false;
-    while iterations < params.max_iter {
-        let mut pg_max_new = f64::NEG_INFINITY;
-        let mut pg_min_new = f64::INFINITY;
-        for i in 0..active {
-            let j = rng.random_range(i..active);
-            index.swap(i, j);
+    while states.iter().any(|s| s.running) {
+        for i in 0..n {
+            let j = rng.random_range(i..n);
+            order.swap(i, j);
         }
-        let mut s = 0;
-        while s < active {
-            let i = index[s];
-            let yi = f64::from(y[i]);
+        for s in states.iter_mut().filter(|s| s.running) {
+            s.pg_max_new = f64::NEG_INFINITY;
+            s.pg_min_new = f64::INFINITY;
+        }
+        for &i in &order {
+            if !states.iter().any(|s| s.running && s.active[i]) {
+                continue;
+            }
             let xi = row(i);
-            let g = yi * (dot_f64(&w, xi) + wb * bias) - 1.0;
-            let c = cost[i];
-            let a = alpha[i];
-            let mut pg = 0.0;
-            if a == 0.0 {
-                if params.shrinking && g > pg_max_old {
-                    active -= 1;
-                    index.swap(s, active);
-                    continue;
-                }
-                if g < 0.0 {
-                    pg = g;
-                }
-            } else if a == c {
-                if params.shrinking && g < pg_min_old {
-                    active -= 1;
-                    index.swap(s, active);
-                    continue;
-                }
-                if g > 0.0 {
-                    pg = g;
-                }
-            } else {
-                pg = g;
+            for s in states.iter_mut().filter(|s| s.running && s.active[i]) {
+                update(s, i, xi, qd[i], bias, params.shrinking);
             }
-            pg_max_new = pg_max_new.max(pg);
-            pg_min_new = pg_min_new.min(pg);
-            if pg.abs() > 1e-12 {
-                // Q_ii = 0 only for an all-zero sample without bias: the step is then ±∞ and the
-                // clip puts α at the bound the gradient points to, as liblinear does.
-                let new = (a - g / qd[i]).clamp(0.0, c);
-                alpha[i] = new;
-                let d = (new - a) * yi;
-                axpy(d, xi, &mut w);
-                wb += d * bias;
-            }
-            s += 1;
         }
-        iterations += 1;
-        if pg_max_new - pg_min_new <= params.eps {
-            if active == n {
-                converged = true;
-                break;
-            }
-            active = n;
-            pg_max_old = f64::INFINITY;
-            pg_min_old = f64::NEG_INFINITY;
-            continue;
+        for s in states.iter_mut().filter(|s| s.running) {
+            end_epoch(s, n, params);
         }
-        pg_max_old = if pg_max_new <= 0.0 {
+    }
+    states
+        .into_iter()
+        .map(|s| {
+            if !s.converged {
+                tracing::warn!(
+                    "svm: reached max_iter = {} epochs before the projected-gradient violation fell to eps = {}",
+                    params.max_iter,
+                    params.eps
+                );
+            }
+            let reg = 0.5 * (s.w.iter().map(|v| v * v).sum::<f64>() + s.wb * s.wb);
+            let mut loss = 0.0;
+            for (i, (&yi, &c)) in s.y.iter().zip(s.cost).enumerate() {
+                let f = dot_f64(&s.w, row(i)) + s.wb * bias;
+                loss += c * (1.0 - f64::from(yi) * f).max(0.0);
+            }
+            let sum_alpha: f64 = s.alpha.iter().sum();
+            BinarySvm {
+                w: s.w.iter().map(|&v| v as f32).collect(),
+                b: (s.wb * bias) as f32,
+                alpha: s.alpha,
+                primal: reg + loss,
+                dual: sum_alpha - reg,
+                iterations: s.iterations,
+            }
+        })
+        .collect()
+}
+
+/// One coordinate step of task `s` on its active sample `i` (or shrinking it).
+#[inline(always)]
+fn update(s: &mut State, i: usize, xi: &[f32], qd: f64, bias: f64, shrinking: bool) {
+    let yi = f64::from(s.y[i]);
+    let g = yi * (dot_f64(&s.w, xi) + s.wb * bias) - 1.0;
+    let c = s.cost[i];
+    let a = s.alpha[i];
+    let mut pg = 0.0;
+    if a == 0.0 {
+        if shrinking && g > s.pg_max_old {
+            s.active[i] = false;
+            s.n_active -= 1;
+            return;
+        }
+        if g < 0.0 {
+            pg = g;
+        }
+    } else if a == c {
+        if shrinking && g < s.pg_min_old {
+            s.active[i] = false;
+            s.n_active -= 1;
+            return;
+        }
+        if g > 0.0 {
+            pg = g;
+        }
+    } else {
+        pg = g;
+    }
+    s.pg_max_new = s.pg_max_new.max(pg);
+    s.pg_min_new = s.pg_min_new.min(pg);
+    if pg.abs() > 1e-12 {
+        // Q_ii = 0 only for an all-zero sample without bias: the step is then ±∞ and the clip
+        // puts α at the bound the gradient points to, as liblinear does.
+        let new = (a - g / qd).clamp(0.0, c);
+        s.alpha[i] = new;
+        let d = (new - a) * yi;
+        axpy(d, xi, &mut s.w);
+        s.wb += d * bias;
+    }
+}
+
+/// liblinear's end-of-epoch test: stop, re-check on the full set, or tighten the shrinking
+/// bounds.
+fn end_epoch(s: &mut State, n: usize, params: &SvmParams) {
+    s.iterations += 1;
+    if s.pg_max_new - s.pg_min_new <= params.eps {
+        if s.n_active == n {
+            s.converged = true;
+            s.running = false;
+            return;
+        }
+        s.active.fill(true);
+        s.n_active = n;
+        s.pg_max_old = f64::INFINITY;
+        s.pg_min_old = f64::NEG_INFINITY;
+    } else {
+        s.pg_max_old = if s.pg_max_new <= 0.0 {
             f64::INFINITY
         } else {
-            pg_max_new
+            s.pg_max_new
         };
-        pg_min_old = if pg_min_new >= 0.0 {
+        s.pg_min_old = if s.pg_min_new >= 0.0 {
             f64::NEG_INFINITY
         } else {
-            pg_min_new
+            s.pg_min_new
         };
     }
-    if !converged {
-        tracing::warn!(
-            "svm: reached max_iter = {} epochs before the projected-gradient violation fell to eps = {}",
-            params.max_iter,
-            params.eps
-        );
-    }
-    let reg = 0.5 * (w.iter().map(|v| v * v).sum::<f64>() + wb * wb);
-    let mut loss = 0.0;
-    for (i, (&yi, &c)) in y.iter().zip(cost).enumerate() {
-        let f = dot_f64(&w, row(i)) + wb * bias;
-        loss += c * (1.0 - f64::from(yi) * f).max(0.0);
-    }
-    let sum_alpha: f64 = alpha.iter().sum();
-    BinarySvm {
-        w: w.iter().map(|&v| v as f32).collect(),
-        b: (wb * bias) as f32,
-        alpha,
-        primal: reg + loss,
-        dual: sum_alpha - reg,
-        iterations,
+    if s.iterations >= params.max_iter {
+        s.running = false;
     }
 }
 

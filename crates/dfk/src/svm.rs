@@ -24,8 +24,10 @@
 //! after shrinking. `w̃ = Σ α_i y_i x̃_i` is kept up to date in `f64`; features stay `f32`.
 //!
 //! The inner products run in a loop compiled for the best instruction set of the CPU (runtime
-//! dispatch); they read each sample once per epoch, so an epoch costs about one pass over the
-//! feature matrix.
+//! dispatch); an epoch costs about one pass over the feature matrix, which is bound by memory
+//! bandwidth at Fisher-vector sizes. One-vs-rest therefore solves its classes in groups that
+//! share each epoch's random sample order: a sample is read once per epoch for the whole group
+//! while each class still runs liblinear's algorithm (its own α, w, shrinking and stopping).
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -441,9 +443,12 @@ pub fn argmax_rows(scores: &[f32], classes: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Trains one binary SVM per class of `labels` on `x` (`n × dim`), classes in parallel on the
-/// current rayon pool. Each class uses cost `params.c` scaled by `weighting`, its own seed
-/// (derived from `params.seed` and the class), and, with `warm`, starts from that model's α.
+/// Trains one binary SVM per class of `labels` on `x` (`n × dim`) with cost `params.c` scaled
+/// by `weighting`; with `warm`, each class starts from that model's α. Classes are solved in
+/// groups sharing one pass over the data per epoch, the groups in parallel on the current rayon
+/// pool (at least one group per thread; the group's seed derives from `params.seed`). The
+/// result is reproducible for a given thread count; other thread counts visit samples in
+/// another order and agree to the solver tolerance.
 pub fn train_one_vs_rest(
     x: &[f32],
     n: usize,
@@ -701,11 +706,7 @@ fn solve_impl(
     params: &SvmParams,
     seed: u64,
 ) -> Vec<BinarySvm> {
-    let n = x
-        .len()
-        .checked_div(dim)
-        .unwrap_or(0)
-        .max(tasks.first().map_or(0, |t| t.y.len()));
+    let n = tasks.first().map_or(0, |t| t.y.len());
     let row = |i: usize| &x[i * dim..(i + 1) * dim];
     let bias = f64::from(params.bias);
     let mut states: Vec<State> = tasks

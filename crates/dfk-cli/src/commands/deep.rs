@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use dfk::dataset::{self, Dataset};
 use dfk::deep::{
     train_deep, Checkpoint, DeepData, DeepModel, DeepParams, GmmMode, ImageSet, LineSearch,
     ParamGroups,
@@ -13,6 +14,11 @@ use dfk::fisher::FisherOptions;
 use dfk::gmm::{fit_gmm, Gmm, GmmParams};
 use dfk::model::{load_gmm, save_gmm, save_svm, ModelFile};
 use dfk::npy;
+use dfk::pca::Pca;
+use dfk::pipeline::{
+    dataset_labels, fit_preprocessor, load_or_extract, PcaConfig, PipelineConfig, SvmConfig,
+    Weighting,
+};
 use dfk::svm::{ClassWeighting, Labels, SvmParams};
 use serde_json::json;
 
@@ -29,16 +35,33 @@ pub enum Mode {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Training descriptors, `rows × D` (.npy, f32 or f64).
-    #[arg(long, value_name = "X.npy")]
-    pub descriptors: PathBuf,
+    /// Training descriptors, `rows × D` (.npy, f32 or f64), instead of images.
+    #[arg(long, value_name = "X.npy", requires_all = ["offsets", "labels"], help_heading = "Data")]
+    pub descriptors: Option<PathBuf>,
     /// Row offsets of the training images (.npy int64, images + 1 entries).
-    #[arg(long, value_name = "O.npy")]
-    pub offsets: PathBuf,
+    #[arg(long, value_name = "O.npy", help_heading = "Data")]
+    pub offsets: Option<PathBuf>,
     /// Training labels (.npy int: one class per image, or `images × classes` 0/1 with
     /// `--multilabel`).
-    #[arg(long, value_name = "Y.npy")]
-    pub labels: PathBuf,
+    #[arg(long, value_name = "Y.npy", help_heading = "Data")]
+    pub labels: Option<PathBuf>,
+    /// Images instead of descriptors: a folder with the four Fashion-MNIST IDX files (training
+    /// and test sets).
+    #[arg(long, value_name = "DIR", help_heading = "Data")]
+    pub fashion_mnist: Option<PathBuf>,
+    /// Images: the embedded Fashion-MNIST subset (training and test sets).
+    #[arg(long, help_heading = "Data")]
+    pub embedded: bool,
+    /// Images: a folder of class sub-folders or a list file (`path label ...` per line).
+    #[arg(long, value_name = "PATH", help_heading = "Data")]
+    pub data: Option<PathBuf>,
+    /// Pipeline configuration (TOML) for images: dense SIFT, PCA, L2, (x, y); default: the
+    /// pipeline's defaults (`dfk train`).
+    #[arg(long, value_name = "FILE.toml", help_heading = "Data")]
+    pub config: Option<PathBuf>,
+    /// Descriptor cache folder for images (none: extract afresh).
+    #[arg(long, value_name = "DIR", help_heading = "Data")]
+    pub cache: Option<PathBuf>,
     /// Test descriptors, scored at every iteration for the report (never used for decisions).
     #[arg(long, value_name = "X.npy", requires_all = ["test_offsets", "test_labels"])]
     pub test_descriptors: Option<PathBuf>,
@@ -283,11 +306,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             a.val_fraction
         ));
     }
-    let mut all = read_set(&a.descriptors, &a.offsets, &a.labels, a.multilabel)?;
-    let mut test = match (&a.test_descriptors, &a.test_offsets, &a.test_labels) {
-        (Some(x), Some(o), Some(y)) => Some(read_set(x, o, y, a.multilabel)?),
-        _ => None,
-    };
+    let (mut all, mut test, pca, mut config) = load_sets(&a, g)?;
     if let Some(t) = test.as_mut() {
         align_classes(&mut all, t);
         if let Some(n) = a.max_test {
@@ -326,7 +345,21 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         test: test.as_ref(),
     };
     let model = train_deep(std::slice::from_ref(&gmm), &data, &p, Some(&checkpoint))?;
-    save_model(&a, &model, &gmm)?;
+    config.fisher = p.fisher;
+    config.svm = SvmConfig {
+        c: a.c,
+        eps: a.svm_eps,
+        max_iter: a.svm_max_iter,
+        bias: a.bias,
+        weighting: if a.balanced {
+            Weighting::Balanced
+        } else {
+            Weighting::Uniform
+        },
+    };
+    config.gmm.k = gmm.k();
+    config.seed = g.seed;
+    save_model(&a, &model, &gmm, pca, &config)?;
     if let Some(h) = &a.history {
         npy::write_bytes_atomic(h, &serde_json::to_vec_pretty(&model.history)?)?;
     }
@@ -375,7 +408,13 @@ fn sibling(path: &Path, ext: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn save_model(a: &Args, model: &DeepModel, init: &Gmm) -> anyhow::Result<()> {
+fn save_model(
+    a: &Args,
+    model: &DeepModel,
+    init: &Gmm,
+    pca: Option<Pca>,
+    config: &PipelineConfig,
+) -> anyhow::Result<()> {
     let classes = model.svms.iter().map(|s| s.models.len()).sum::<usize>();
     let names: Vec<String> = (0..classes).map(|c| c.to_string()).collect();
     let mut per_class_files = Vec::new();
@@ -393,20 +432,117 @@ fn save_model(a: &Args, model: &DeepModel, init: &Gmm) -> anyhow::Result<()> {
         }
     };
     let file = ModelFile {
-        pca: None,
+        pca,
         gmm,
         svm,
         class_names: names,
-        config: json!({
-            "deep": {
+        config: serde_json::to_value(config)?,
+        history: json!({
+            "deep": model.history.to_json(),
+            "deep_settings": {
                 "mode": format!("{:?}", model.mode),
                 "fisher": format!("{:?}", model.fisher),
-                "per_class_gmm_files": per_class_files,
+                "per_class_files": per_class_files,
                 "args": format!("{a:?}"),
-            }
+            },
+            "initial_gmm": {
+                "means": init.means(),
+                "variances": init.variances(),
+                "weights": init.weights(),
+            },
         }),
-        history: json!({ "deep": model.history.to_json() }),
     };
     file.save(&a.output)?;
     Ok(())
+}
+
+/// Descriptors of a data set through the pipeline's extraction and preprocessing.
+fn extract(
+    ds: &Dataset,
+    config: &PipelineConfig,
+    pre: &dfk::pipeline::Preprocessor,
+    cache: Option<&Path>,
+) -> anyhow::Result<ImageSet> {
+    let (desc, _) = load_or_extract(ds, &config.sift, pre, cache, &|_| {})?;
+    Ok(ImageSet::new(
+        desc.data,
+        desc.dim,
+        desc.offsets,
+        dataset_labels(ds),
+    )?)
+}
+
+/// The training and optional test images from exactly one source, the PCA of the image
+/// pipeline (if any) and the pipeline configuration to store with the model.
+fn load_sets(
+    a: &Args,
+    g: &Global,
+) -> anyhow::Result<(ImageSet, Option<ImageSet>, Option<Pca>, PipelineConfig)> {
+    let sources = [
+        a.descriptors.is_some(),
+        a.fashion_mnist.is_some(),
+        a.embedded,
+        a.data.is_some(),
+    ];
+    if sources.iter().filter(|&&b| b).count() != 1 {
+        return usage("give exactly one of --descriptors, --fashion-mnist, --embedded, --data");
+    }
+    if let (Some(x), Some(o), Some(y)) = (&a.descriptors, &a.offsets, &a.labels) {
+        let train = read_set(x, o, y, a.multilabel)?;
+        let test = match (&a.test_descriptors, &a.test_offsets, &a.test_labels) {
+            (Some(x), Some(o), Some(y)) => Some(read_set(x, o, y, a.multilabel)?),
+            _ => None,
+        };
+        // Descriptors are used as given: no SIFT parameters apply, no PCA, no (x, y).
+        let config = PipelineConfig {
+            pca: PcaConfig {
+                dims: 0,
+                ..PcaConfig::default()
+            },
+            l2_normalize: false,
+            spatial: false,
+            ..PipelineConfig::default()
+        };
+        return Ok((train, test, None, config));
+    }
+    if a.descriptors.is_some() {
+        return usage("--descriptors needs --offsets and --labels");
+    }
+    let mut config = match &a.config {
+        Some(p) => crate::options::load_toml(p)?,
+        None => PipelineConfig::default(),
+    };
+    config.seed = g.seed;
+    config.validate()?;
+    let (mut train, test) = if a.embedded {
+        let (tr, te) = dataset::embedded_fashion_mnist()?;
+        (tr, Some(te))
+    } else if let Some(dir) = &a.fashion_mnist {
+        let (tr, te) = dataset::load_fashion_mnist(dir)?;
+        (tr, Some(te))
+    } else {
+        let path = a.data.as_deref().unwrap_or(Path::new("."));
+        let ds = if path.is_dir() {
+            dataset::load_folder(path)?
+        } else {
+            dataset::load_list(path)?
+        };
+        (ds, None)
+    };
+    // Subset before extraction, so only the images used are described.
+    if let Some(n) = a.max_train.filter(|&n| n < train.len()) {
+        train = dataset::stratified_split(&train, 1.0 - n as f64 / train.len() as f64, g.seed)?.0;
+    }
+    let test = match (test, a.max_test) {
+        (Some(t), Some(n)) if n < t.len() => Some(t.subset(&(0..n).collect::<Vec<_>>())?),
+        (t, _) => t,
+    };
+    let pre = fit_preprocessor(&train, &config, &|_| {})?;
+    let cache = a.cache.as_deref();
+    let train_set = extract(&train, &config, &pre, cache)?;
+    let test_set = test
+        .as_ref()
+        .map(|t| extract(t, &config, &pre, cache))
+        .transpose()?;
+    Ok((train_set, test_set, pre.pca, config))
 }

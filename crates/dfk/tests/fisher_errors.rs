@@ -30,7 +30,7 @@ fn empty_image_is_an_error() {
     assert!(matches!(err, Error::Empty { .. }), "{err}");
     let mut g = GmmGradient::zeros(2, 3);
     let err = enc
-        .backward(&[], &vec![1.0; 12], &mut g, &mut enc.scratch())
+        .backward(&[], &[1.0; 12], &mut g, &mut enc.scratch())
         .unwrap_err();
     assert!(matches!(err, Error::Empty { .. }), "{err}");
 }

@@ -220,10 +220,10 @@ pub fn backward(
             }
         }
     }
-    for cc in 0..k {
+    for (cc, ec) in e.iter_mut().enumerate() {
         for j in 0..d {
             let i = cc * d + j;
-            e[cc] -= 0.5 * (gphi[i] * f.phi_raw[i] + gphi[kd + i] * f.phi_raw[kd + i]);
+            *ec -= 0.5 * (gphi[i] * f.phi_raw[i] + gphi[kd + i] * f.phi_raw[kd + i]);
         }
     }
     let es: f64 = e.iter().sum();

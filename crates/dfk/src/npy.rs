@@ -51,12 +51,14 @@ fn read_array(path: &Path) -> Result<Array> {
     let descr = describe(&dtype);
     let type_str = match &dtype {
         DType::Plain(t) => t.clone(),
-        _ => return Err(Error::format(
-            path,
-            format!(
+        _ => {
+            return Err(Error::format(
+                path,
+                format!(
                 "dtype {descr} is a structured or sub-array type: expected a plain numeric array"
             ),
-        )),
+            ))
+        }
     };
     let shape: Vec<usize> = header
         .shape()
@@ -103,38 +105,39 @@ fn read_array(path: &Path) -> Result<Array> {
     let bad = |e: std::io::Error| Error::format(path, format!("cannot decode {descr} data: {e}"));
     let reread = || npyz::NpyFile::new(&bytes[..]).map_err(bad);
     let size = type_str.size_field();
-    let values =
-        match (type_str.type_char(), size) {
-            (TypeChar::Float, 4) => Values::F32(reread()?.into_vec::<f32>().map_err(bad)?),
-            (TypeChar::Float, 8) => Values::F64(reread()?.into_vec::<f64>().map_err(bad)?),
-            (TypeChar::Int, 1) => Values::Int(widen(reread()?.into_vec::<i8>().map_err(bad)?)),
-            (TypeChar::Int, 2) => Values::Int(widen(reread()?.into_vec::<i16>().map_err(bad)?)),
-            (TypeChar::Int, 4) => Values::Int(widen(reread()?.into_vec::<i32>().map_err(bad)?)),
-            (TypeChar::Int, 8) => Values::Int(reread()?.into_vec::<i64>().map_err(bad)?),
-            (TypeChar::Uint, 1) => Values::Int(widen(reread()?.into_vec::<u8>().map_err(bad)?)),
-            (TypeChar::Uint, 2) => Values::Int(widen(reread()?.into_vec::<u16>().map_err(bad)?)),
-            (TypeChar::Uint, 4) => Values::Int(widen(reread()?.into_vec::<u32>().map_err(bad)?)),
-            (TypeChar::Uint, 8) => {
-                let v = reread()?.into_vec::<u64>().map_err(bad)?;
-                let mut out = Vec::with_capacity(v.len());
-                for (i, x) in v.into_iter().enumerate() {
-                    out.push(i64::try_from(x).map_err(|_| {
-                        Error::format(
-                            path,
-                            format!("value {x} at index {i} does not fit in int64"),
-                        )
-                    })?);
-                }
-                Values::Int(out)
+    let values = match (type_str.type_char(), size) {
+        (TypeChar::Float, 4) => Values::F32(reread()?.into_vec::<f32>().map_err(bad)?),
+        (TypeChar::Float, 8) => Values::F64(reread()?.into_vec::<f64>().map_err(bad)?),
+        (TypeChar::Int, 1) => Values::Int(widen(reread()?.into_vec::<i8>().map_err(bad)?)),
+        (TypeChar::Int, 2) => Values::Int(widen(reread()?.into_vec::<i16>().map_err(bad)?)),
+        (TypeChar::Int, 4) => Values::Int(widen(reread()?.into_vec::<i32>().map_err(bad)?)),
+        (TypeChar::Int, 8) => Values::Int(reread()?.into_vec::<i64>().map_err(bad)?),
+        (TypeChar::Uint, 1) => Values::Int(widen(reread()?.into_vec::<u8>().map_err(bad)?)),
+        (TypeChar::Uint, 2) => Values::Int(widen(reread()?.into_vec::<u16>().map_err(bad)?)),
+        (TypeChar::Uint, 4) => Values::Int(widen(reread()?.into_vec::<u32>().map_err(bad)?)),
+        (TypeChar::Uint, 8) => {
+            let v = reread()?.into_vec::<u64>().map_err(bad)?;
+            let mut out = Vec::with_capacity(v.len());
+            for (i, x) in v.into_iter().enumerate() {
+                out.push(i64::try_from(x).map_err(|_| {
+                    Error::format(
+                        path,
+                        format!("value {x} at index {i} does not fit in int64"),
+                    )
+                })?);
             }
-            (TypeChar::Bool, 1) => Values::Bool(reread()?.into_vec::<bool>().map_err(bad)?),
-            _ => return Err(Error::format(
+            Values::Int(out)
+        }
+        (TypeChar::Bool, 1) => Values::Bool(reread()?.into_vec::<bool>().map_err(bad)?),
+        _ => {
+            return Err(Error::format(
                 path,
                 format!(
                     "unsupported dtype {descr}: expected float32/float64, an integer type or bool"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let values = if fortran {
         let (rows, cols) = (shape[0], shape[1]);
         match values {

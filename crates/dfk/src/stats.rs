@@ -410,6 +410,7 @@ impl SufficientStats {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // index loops mirror the formulas being checked
 mod tests {
     use super::*;
 

@@ -327,3 +327,47 @@ fn bad_input_is_rejected() {
         ));
     }
 }
+
+#[test]
+fn multilabel_training_decreases_the_objective_and_reports_map() {
+    let base = synthetic(48, 12, 4, 3, 13);
+    // Label sets: each image's class plus, for every third image, the next class.
+    let Labels::MultiClass { labels, classes } = &base.labels else {
+        unreachable!()
+    };
+    let mut targets = vec![false; labels.len() * classes];
+    for (i, &c) in labels.iter().enumerate() {
+        targets[i * classes + c] = true;
+        if i % 3 == 0 {
+            targets[i * classes + (c + 1) % classes] = true;
+        }
+    }
+    let set = ImageSet::new(
+        base.data.clone(),
+        base.d,
+        base.offsets.clone(),
+        Labels::MultiLabel {
+            targets,
+            classes: *classes,
+        },
+    )
+    .unwrap();
+    let data = DeepData {
+        train: &set,
+        val: Some(&set),
+        test: None,
+    };
+    let model = train_deep(&[gmm(2, 4, 14)], &data, &train_params(3), None).unwrap();
+    assert_eq!(model.history.metric, "mAP");
+    let j: Vec<f64> = model.history.records.iter().map(|r| r.objective).collect();
+    assert!(
+        j.windows(2).all(|w| w[1] <= w[0]),
+        "objective increased: {j:?}"
+    );
+    assert!(j[j.len() - 1] < j[0]);
+    for r in &model.history.records {
+        assert!(r.train_metric > 0.0 && r.train_metric <= 1.0);
+        assert_eq!(r.val_metric, Some(r.train_metric));
+    }
+    assert!(model.svms[0].multilabel);
+}

@@ -32,6 +32,9 @@ pub enum Stage {
     /// Improved Fisher vectors of `--images` images of `--per-image` descriptors
     /// (`FisherEncoder::encode_batch`).
     Encode,
+    /// Backward pass (`FisherEncoder::backward_batch`) against the forward pass on the same
+    /// images; reports both and their ratio.
+    Backward,
     /// One EM iteration (`dfk::gmm::em_step`) on `--n` descriptors.
     Em,
     /// GMM initialisation: `fit_gmm` with one EM iteration, minus one `em_step`.
@@ -394,6 +397,30 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
                 peak,
                 &gmm,
             );
+        }
+        Stage::Backward => {
+            let rows = args.images * args.per_image;
+            let (x, gmm) = workload(&args, rows)?;
+            let enc = FisherEncoder::new(&gmm, FisherOptions::default())?;
+            let offsets: Vec<usize> = (0..=args.images).map(|i| i * args.per_image).collect();
+            let mut fv = vec![0f32; args.images * enc.len()];
+            let mut fwd = time_reps(args.reps, || {
+                enc.encode_batch(&x, &offsets, &mut fv)?;
+                Ok(())
+            })?;
+            // Upstream gradient: the vectors themselves (any non-zero vector costs the same).
+            let mut bwd = time_reps(args.reps, || {
+                std::hint::black_box(enc.backward_batch(&x, &offsets, &fv)?);
+                Ok(())
+            })?;
+            let (tf, tb) = (median(&mut fwd), median(&mut bwd));
+            report["k"] = json!(gmm.k());
+            report["d"] = json!(gmm.d());
+            report["descriptors"] = json!(rows);
+            report["forward_s"] = json!(tf);
+            report["backward_s"] = json!(tb);
+            report["backward_over_forward"] = json!(tb / tf);
+            report["backward_desc_per_s"] = json!(rows as f64 / tb);
         }
         Stage::Sift => {
             let (w, h) = (640usize, 480usize);

@@ -27,6 +27,9 @@ mkdir -p "$OUT"
 : >"$RESULTS"
 
 export OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+# VLFeat's OpenMP threads spin while waiting; on a machine shared with other jobs that made its
+# 2-thread encode 4x slower than 1 thread. Passive waiting gives it its idle-machine speed.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 
 # Python environment: numpy + scikit-learn (reuses the system packages when present).
 VENV=$OUT/.venv

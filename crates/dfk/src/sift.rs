@@ -429,10 +429,14 @@ pub fn dense_sift_with(
             }
         }
         let kps = &mut keypoints[start..];
-        // Compiled for the best instruction set of this CPU (AVX2 where present); the code
-        // is plain float arithmetic without fused multiply-adds, so results do not depend
-        // on the dispatch.
-        arch.dispatch(|| extract_scale(work, params, grid, scratch, descriptors, kps));
+        arch.dispatch(ScaleOp {
+            image: work,
+            params,
+            grid,
+            scratch,
+            out: descriptors,
+            kps,
+        });
     }
     Ok(())
 }
@@ -485,6 +489,35 @@ impl ScaleGrid {
     /// Raw descriptor mass is divided by this (VLFeat's `normConstant`, the frame area).
     fn frame_area(&self) -> f32 {
         ((self.bin * (NB - 1) + 1) as f32).powi(2)
+    }
+}
+
+/// One scale's work, run through `pulp` so that it is compiled for the best instruction set
+/// of this CPU (AVX2 where present; everything below is `#[inline(always)]` so that it lands
+/// inside the dispatched function). The code is plain float arithmetic without fused
+/// multiply-adds, so results do not depend on the dispatch.
+struct ScaleOp<'a> {
+    image: &'a GrayImage,
+    params: &'a DsiftParams,
+    grid: &'a ScaleGrid,
+    scratch: &'a mut DsiftScratch,
+    out: &'a mut Vec<f32>,
+    kps: &'a mut [Keypoint],
+}
+
+impl pulp::WithSimd for ScaleOp<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        extract_scale(
+            self.image,
+            self.params,
+            self.grid,
+            self.scratch,
+            self.out,
+            self.kps,
+        );
     }
 }
 

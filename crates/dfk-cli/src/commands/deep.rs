@@ -128,6 +128,10 @@ pub struct Args {
     /// Smallest step before the line search gives up.
     #[arg(long, default_value_t = 1e-4)]
     pub min_step: f64,
+    /// Plain backtracking: halve a rejected step and start the next search at 1.5× the
+    /// accepted one (default: predict both from the quadratic through the last trial).
+    #[arg(long)]
+    pub plain_backtracking: bool,
     /// Armijo constant c1.
     #[arg(long, default_value_t = 1e-4)]
     pub armijo_c1: f64,
@@ -250,6 +254,7 @@ fn params(a: &Args) -> anyhow::Result<DeepParams> {
             initial_step: a.step,
             max_step: a.max_step,
             min_step: a.min_step,
+            quadratic: !a.plain_backtracking,
             ..LineSearch::default()
         },
         variance_floor: a.variance_floor,

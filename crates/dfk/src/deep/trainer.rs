@@ -454,7 +454,7 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
                 group.svm = SvmState::from_ovr(&ev.svm);
                 group.objective = a.value;
                 group.train_scores = ev.scores;
-                group.step = params.line_search.next_step(a.step);
+                group.step = a.next;
                 steps.push(a.step);
             }
             Outcome::Failed { trials } => {

@@ -32,8 +32,9 @@ pub enum Stage {
     /// Improved Fisher vectors of `--images` images of `--per-image` descriptors
     /// (`FisherEncoder::encode_batch`).
     Encode,
-    /// Backward pass (`FisherEncoder::backward_batch`) against the forward pass on the same
-    /// images; reports both and their ratio.
+    /// Backward pass reusing the forward pass (`FisherEncoder::backward_batch_cached`)
+    /// against that forward pass (`encode_batch_cached`) on the same images, alternating;
+    /// reports both, their ratio, and one run of the uncached `backward_batch`.
     Backward,
     /// One EM iteration (`dfk::gmm::em_step`) on `--n` descriptors.
     Em,
@@ -404,23 +405,38 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             let enc = FisherEncoder::new(&gmm, FisherOptions::default())?;
             let offsets: Vec<usize> = (0..=args.images).map(|i| i * args.per_image).collect();
             let mut fv = vec![0f32; args.images * enc.len()];
-            let mut fwd = time_reps(args.reps, || {
-                enc.encode_batch(&x, &offsets, &mut fv)?;
-                Ok(())
-            })?;
+            let mut cache = enc.encode_batch_cached(&x, &offsets, &mut fv)?;
             // Upstream gradient: the vectors themselves (any non-zero vector costs the same).
-            let mut bwd = time_reps(args.reps, || {
-                std::hint::black_box(enc.backward_batch(&x, &offsets, &fv)?);
-                Ok(())
-            })?;
+            let upstream = fv.clone();
+            std::hint::black_box(enc.backward_batch_cached(&x, &offsets, &fv, &cache, &upstream)?);
+            // Forward (encode_batch_cached) and cached backward alternate, rep by rep.
+            let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
+            for _ in 0..args.reps.max(1) {
+                let t = Instant::now();
+                cache = enc.encode_batch_cached(&x, &offsets, &mut fv)?;
+                fwd.push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                std::hint::black_box(
+                    enc.backward_batch_cached(&x, &offsets, &fv, &cache, &upstream)?,
+                );
+                bwd.push(t.elapsed().as_secs_f64());
+            }
+            // The uncached pass (forward inside, per image), once, for comparison.
+            let t = Instant::now();
+            std::hint::black_box(enc.backward_batch(&x, &offsets, &upstream)?);
+            let tu = t.elapsed().as_secs_f64();
             let (tf, tb) = (median(&mut fwd), median(&mut bwd));
             report["k"] = json!(gmm.k());
             report["d"] = json!(gmm.d());
             report["descriptors"] = json!(rows);
             report["forward_s"] = json!(tf);
-            report["backward_s"] = json!(tb);
+            report["forward_times_s"] = json!(fwd);
+            report["backward_cached_s"] = json!(tb);
+            report["backward_cached_times_s"] = json!(bwd);
             report["backward_over_forward"] = json!(tb / tf);
             report["backward_desc_per_s"] = json!(rows as f64 / tb);
+            report["backward_uncached_s"] = json!(tu);
+            report["uncached_over_forward"] = json!(tu / tf);
         }
         Stage::Sift => {
             let (w, h) = (640usize, 480usize);

@@ -98,6 +98,26 @@ impl GmmGradient {
     }
 }
 
+/// What [`FisherEncoder::backward_batch_cached`] needs from the forward pass of a batch, made
+/// by [`FisherEncoder::encode_batch_cached`]: per image its descriptor count, `‖p‖` (the L2
+/// divisor, 1 without `l2`) and `S0_k = Σ_i γ_ik` (`K` values), i.e. `O(images · K)`.
+/// Φ itself is recovered from the encoded vector: `p = φ‖p‖`, then the signed power inverted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForwardCache {
+    k: usize,
+    len: usize,
+    counts: Vec<usize>,
+    norms: Vec<f64>,
+    s0: Vec<f64>,
+}
+
+impl ForwardCache {
+    /// Number of images the cache describes.
+    pub fn images(&self) -> usize {
+        self.counts.len()
+    }
+}
+
 /// Images are summed in at most this many fixed chunks, so the order of the f64 sums (and the
 /// result) does not depend on the thread count.
 const MAX_CHUNKS: usize = 64;
@@ -127,9 +147,21 @@ impl FisherEncoder {
                 grad.k * grad.d,
             ));
         }
-        check_finite("upstream gradient ∂L/∂φ", grad_phi)?;
         self.forward(x, scratch)?;
-        let n_total = (x.len() / d) as f64;
+        self.backward_from_forward(x, grad_phi, grad, scratch)
+    }
+
+    /// The backward pass of one image whose forward results (Φ, φ, ‖p‖, S0) are in `scratch`:
+    /// one pass over the descriptors.
+    fn backward_from_forward(
+        &self,
+        x: &[f32],
+        grad_phi: &[f32],
+        grad: &mut GmmGradient,
+        scratch: &mut FisherScratch,
+    ) -> Result<()> {
+        check_finite("upstream gradient ∂L/∂φ", grad_phi)?;
+        let n_total = (x.len() / self.gmm.d()) as f64;
         self.upstream_phi(grad_phi, scratch);
         self.coefficients(n_total, scratch);
         self.second_pass(x, scratch);
@@ -141,6 +173,8 @@ impl FisherEncoder {
     /// `offsets[i]..offsets[i+1]` of `data` and its upstream gradient row `i` of `grad_phis`
     /// (`images × 2KD`). Parallel over images with per-thread scratch; images whose upstream
     /// gradient is all zero are skipped. The result does not depend on the thread count.
+    /// When the vectors were just encoded, [`backward_batch_cached`](Self::backward_batch_cached)
+    /// saves the forward pass.
     pub fn backward_batch(
         &self,
         data: &[f32],
@@ -156,7 +190,118 @@ impl FisherEncoder {
                 grad_phis.len(),
             ));
         }
-        let (k, d) = (self.gmm.k(), self.gmm.d());
+        let d = self.gmm.d();
+        self.sum_over_images(images, grad_phis, |i, gp, g, scratch| {
+            self.backward(&data[offsets[i] * d..offsets[i + 1] * d], gp, g, scratch)
+        })
+    }
+
+    /// [`encode_batch`](Self::encode_batch), also returning what
+    /// [`backward_batch_cached`](Self::backward_batch_cached) needs (per image `‖p‖` and S0).
+    pub fn encode_batch_cached(
+        &self,
+        data: &[f32],
+        offsets: &[usize],
+        out: &mut [f32],
+    ) -> Result<ForwardCache> {
+        let images = self.check_batch(data, offsets)?;
+        let (k, d, len) = (self.gmm.k(), self.gmm.d(), self.len());
+        if out.len() != images * len {
+            return Err(Error::dim(
+                format!("Fisher vector batch output ({images} images × {len})"),
+                images * len,
+                out.len(),
+            ));
+        }
+        let mut norms = vec![0f64; images];
+        let mut s0 = vec![0f64; images * k];
+        out.par_chunks_mut(len)
+            .zip(s0.par_chunks_mut(k))
+            .zip(norms.par_iter_mut())
+            .enumerate()
+            .try_for_each_init(
+                || self.scratch(),
+                |scratch, (i, ((row, s0), norm))| {
+                    self.encode(&data[offsets[i] * d..offsets[i + 1] * d], row, scratch)
+                        .map_err(|e| image_error(i, e))?;
+                    s0.copy_from_slice(&scratch.s0);
+                    *norm = scratch.norm;
+                    Ok(())
+                },
+            )?;
+        Ok(ForwardCache {
+            k,
+            len,
+            counts: offsets.windows(2).map(|w| w[1] - w[0]).collect(),
+            norms,
+            s0,
+        })
+    }
+
+    /// The same gradient as [`backward_batch`](Self::backward_batch)`(data, offsets,
+    /// grad_phis)`, reusing `encoded` (the `out` of
+    /// [`encode_batch_cached`](Self::encode_batch_cached) on the same data) and its `cache`:
+    /// one pass over the descriptors instead of two. Φ is recovered from the f32 `encoded`
+    /// vectors, so the result agrees with `backward_batch` to f32 rounding of φ (relative
+    /// ~1e-7), not bit for bit. A cache or `encoded` that does not fit this encoder and batch
+    /// is an error.
+    pub fn backward_batch_cached(
+        &self,
+        data: &[f32],
+        offsets: &[usize],
+        encoded: &[f32],
+        cache: &ForwardCache,
+        grad_phis: &[f32],
+    ) -> Result<GmmGradient> {
+        let images = self.check_batch(data, offsets)?;
+        let (k, d, len) = (self.gmm.k(), self.gmm.d(), self.len());
+        if cache.k != k || cache.len != len {
+            return Err(Error::Invalid(format!(
+                "forward cache was made for K = {} and Fisher vectors of {} values, this encoder has K = {k} and {len}",
+                cache.k, cache.len
+            )));
+        }
+        if cache.images() != images {
+            return Err(Error::dim("forward cache (images)", images, cache.images()));
+        }
+        if let Some(i) = (0..images).find(|&i| cache.counts[i] != offsets[i + 1] - offsets[i]) {
+            return Err(Error::Invalid(format!(
+                "forward cache: image {i} had {} descriptors, the batch gives it {}",
+                cache.counts[i],
+                offsets[i + 1] - offsets[i]
+            )));
+        }
+        if encoded.len() != images * len {
+            return Err(Error::dim(
+                format!("encoded Fisher vectors ({images} images × {len})"),
+                images * len,
+                encoded.len(),
+            ));
+        }
+        if grad_phis.len() != images * len {
+            return Err(Error::dim(
+                format!("upstream gradients ({images} images × {len})"),
+                images * len,
+                grad_phis.len(),
+            ));
+        }
+        self.sum_over_images(images, grad_phis, |i, gp, g, scratch| {
+            let x = &data[offsets[i] * d..offsets[i + 1] * d];
+            let enc = &encoded[i * len..(i + 1) * len];
+            check_finite("encoded Fisher vector", enc)?;
+            self.restore_forward(enc, cache.norms[i], &cache.s0[i * k..(i + 1) * k], scratch);
+            self.backward_from_forward(x, gp, g, scratch)
+        })
+    }
+
+    /// Sums `f(image, upstream, gradient, scratch)` over the images with a non-zero upstream
+    /// gradient, in [`MAX_CHUNKS`] fixed chunks (parallel), so the result does not depend on
+    /// the thread count.
+    fn sum_over_images<F>(&self, images: usize, grad_phis: &[f32], f: F) -> Result<GmmGradient>
+    where
+        F: Fn(usize, &[f32], &mut GmmGradient, &mut FisherScratch) -> Result<()> + Sync,
+    {
+        let (k, d, len) = (self.gmm.k(), self.gmm.d(), self.len());
         let per = images.div_ceil(MAX_CHUNKS).max(1);
         let chunks = images.div_ceil(per);
         let parts: Vec<Result<GmmGradient>> = (0..chunks)
@@ -170,9 +315,7 @@ impl FisherEncoder {
                         if gp.iter().all(|&v| v == 0.0) {
                             continue;
                         }
-                        let x = &data[offsets[i] * d..offsets[i + 1] * d];
-                        self.backward(x, gp, &mut g, scratch)
-                            .map_err(|e| image_error(i, e))?;
+                        f(i, gp, &mut g, scratch).map_err(|e| image_error(i, e))?;
                     }
                     Ok(g)
                 },
@@ -183,6 +326,28 @@ impl FisherEncoder {
             total.merge(&p?);
         }
         Ok(total)
+    }
+
+    /// Puts the forward results of one image back into `scratch` from its encoded vector φ,
+    /// `‖p‖` and S0: `out` = φ, `phi` = Φ (the signed power inverted on `p = φ‖p‖`).
+    fn restore_forward(&self, enc: &[f32], norm: f64, s0: &[f64], scratch: &mut FisherScratch) {
+        let o = &self.options;
+        scratch.norm = norm;
+        scratch.s0.copy_from_slice(s0);
+        let (a, eps) = (o.power as f64, o.sqrt_epsilon as f64);
+        let ea = eps.powf(a);
+        for ((f, p), &e) in scratch.out.iter_mut().zip(&mut scratch.phi).zip(enc) {
+            *f = e as f64;
+            let q = *f * norm;
+            *p = if !o.improved {
+                q
+            } else if a == 0.5 {
+                let t = q.abs() + ea;
+                (t * t - eps).copysign(q)
+            } else {
+                ((q.abs() + ea).powf(1.0 / a) - eps).copysign(q)
+            };
+        }
     }
 
     /// Turns `scratch.out` (φ) into ∂L/∂Φ given ∂L/∂φ; `scratch.phi` keeps Φ.

@@ -32,7 +32,7 @@
 
 mod backward;
 
-pub use backward::GmmGradient;
+pub use backward::{ForwardCache, GmmGradient};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -294,7 +294,7 @@ impl FisherEncoder {
     /// Validates a batch layout and returns the number of images.
     fn check_batch(&self, data: &[f32], offsets: &[usize]) -> Result<usize> {
         let d = self.gmm.d();
-        if data.len() % d != 0 {
+        if !data.len().is_multiple_of(d) {
             return Err(Error::Invalid(format!(
                 "descriptor batch has {} values, not a multiple of the dimension {d}",
                 data.len()
@@ -328,7 +328,7 @@ impl FisherEncoder {
     /// Checks one image's descriptors: a whole number of rows, at least one, all finite.
     fn check_image(&self, x: &[f32]) -> Result<usize> {
         let d = self.gmm.d();
-        if x.len() % d != 0 {
+        if !x.len().is_multiple_of(d) {
             return Err(Error::Invalid(format!(
                 "descriptors have {} values, not a multiple of the GMM dimension {d}",
                 x.len()

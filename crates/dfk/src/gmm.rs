@@ -153,6 +153,13 @@ fn check_data(x: &[f32], d: usize) -> Result<usize> {
             what: "descriptor matrix".into(),
         });
     }
+    // Branch-free test per slice (it vectorises), in parallel; the position only on failure.
+    let finite = x
+        .par_chunks(1 << 16)
+        .all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()));
+    if finite {
+        return Ok(x.len() / d);
+    }
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
         return Err(Error::NonFinite {
             what: format!(
@@ -537,6 +544,40 @@ fn data_moments(x: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, var)
 }
 
+/// Validates the parameters and the data of a fit and returns `N` (at least `k` rows).
+fn check_fit_input(x: &[f32], d: usize, params: &GmmParams) -> Result<usize> {
+    params.validate()?;
+    let n = check_data(x, d)?;
+    if n < params.k {
+        return Err(Error::param(
+            "k",
+            params.k,
+            format!("at most the number of descriptors N = {n}"),
+        ));
+    }
+    Ok(n)
+}
+
+/// Per-dimension data variance from E-step statistics: the posteriors of a row sum to one, so
+/// `Σₖ s1ₖ = Σᵢ xᵢ` and `Σₖ s2ₖ = Σᵢ xᵢ²` (in the centred coordinates of the statistics, which
+/// keeps `E[x²] − E[x]²` free of cancellation).
+fn variance_from_stats(st: &SufficientStats, d: usize) -> Vec<f64> {
+    let mass: f64 = st.s0.iter().sum();
+    let mut s1 = vec![0f64; d];
+    let mut s2 = vec![0f64; d];
+    for (a, b) in st.s1.chunks_exact(d).zip(st.s2.chunks_exact(d)) {
+        s1.iter_mut().zip(a).for_each(|(s, v)| *s += v);
+        s2.iter_mut().zip(b).for_each(|(s, v)| *s += v);
+    }
+    s1.iter()
+        .zip(&s2)
+        .map(|(&s1, &s2)| {
+            let m = s1 / mass;
+            (s2 / mass - m * m).max(0.0)
+        })
+        .collect()
+}
+
 /// What every EM iteration on one data set shares: centring shift and floors.
 struct EmContext<'a> {
     x: &'a [f32],
@@ -554,30 +595,35 @@ struct EmContext<'a> {
 
 impl<'a> EmContext<'a> {
     fn new(x: &'a [f32], d: usize, params: &GmmParams) -> Result<Self> {
-        params.validate()?;
-        let n = check_data(x, d)?;
-        if n < params.k {
-            return Err(Error::param(
-                "k",
-                params.k,
-                format!("at most the number of descriptors N = {n}"),
-            ));
-        }
+        let n = check_fit_input(x, d, params)?;
         let (mean, data_var) = data_moments(x, d);
+        let shift = mean.iter().map(|&m| m as f32).collect();
+        Ok(Self::with_moments(x, n, d, params, shift, data_var))
+    }
+
+    /// A context with a given centring shift and per-dimension data variance.
+    fn with_moments(
+        x: &'a [f32],
+        n: usize,
+        d: usize,
+        params: &GmmParams,
+        shift: Vec<f32>,
+        data_var: Vec<f64>,
+    ) -> Self {
         let floor = data_var
             .iter()
             .map(|&v| (params.variance_floor * v).max(MIN_VARIANCE))
             .collect();
-        Ok(Self {
+        Self {
             x,
             n,
             d,
             k: params.k,
-            shift: mean.iter().map(|&m| m as f32).collect(),
+            shift,
             floor,
             data_var,
             weight_floor: params.weight_floor,
-        })
+        }
     }
 
     /// One EM iteration on a centred model: returns the new centred model and the average
@@ -744,9 +790,15 @@ pub fn em_step(gmm: &Gmm, x: &[f32], params: &GmmParams) -> Result<(Gmm, f64)> {
             format!("the number of components of the GMM ({})", gmm.k),
         ));
     }
-    let ctx = EmContext::new(x, gmm.d, params)?;
-    let (next, ll) = ctx.step(&shifted(gmm, &ctx.shift)?)?;
-    Ok((ctx.uncentre(&next)?, ll))
+    let n = check_fit_input(x, gmm.d, params)?;
+    // No separate pass over the data: the model's centre is the centring point, and the data
+    // variance (for the floors) comes from the E-step's own statistics.
+    let shift = model_centre(gmm);
+    let stats = e_step(&GmmTerms::new(&shifted(gmm, &shift)?), x, &shift);
+    let data_var = variance_from_stats(&stats, gmm.d);
+    let ctx = EmContext::with_moments(x, n, gmm.d, params, shift, data_var);
+    let next = ctx.m_step(&stats)?;
+    Ok((ctx.uncentre(&next)?, stats.loglik / n as f64))
 }
 
 /// Fits a diagonal GMM to the rows of `x` (`N × d`) by EM: for each of `params.restarts`

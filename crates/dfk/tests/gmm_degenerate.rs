@@ -135,6 +135,38 @@ fn em_step_matches_scalar_f64_em() {
     }
 }
 
+/// `em_step` takes the data variance for its floors from the E-step statistics (no separate
+/// pass): a component sitting on a duplicated point must land on `1e-4 · Var(x_d)` computed
+/// directly, also far from the origin and from a model that explains the data badly.
+#[test]
+fn em_step_floors_at_the_data_variance() {
+    let d = 4;
+    let mut x = mixture(1200, d, 3, 500.0, 4);
+    let dup: Vec<f32> = x[..d].to_vec();
+    for row in x.chunks_exact_mut(d).step_by(4) {
+        row.copy_from_slice(&dup);
+    }
+    let floor: Vec<f64> = data_variance(&x, d).iter().map(|v| 1e-4 * v).collect();
+    // Component 0 on the point, narrow; the others broad and off-centre.
+    let mut means = dup.clone();
+    means.extend(x[d..3 * d].iter().map(|v| v + 3.0));
+    let mut vars = vec![1e-3f32; d];
+    vars.extend(vec![50.0f32; 2 * d]);
+    let mut g = Gmm::new(3, d, means, vars, vec![0.3, 0.3, 0.4]).unwrap();
+    for _ in 0..3 {
+        g = em_step(&g, &x, &GmmParams::new(3)).unwrap().0;
+    }
+    for j in 0..d {
+        let v = g.variance(0)[j] as f64;
+        assert!(
+            rel(v, floor[j]) < 1e-5,
+            "variance {v} vs floor {}",
+            floor[j]
+        );
+    }
+    assert!((g.weights()[0] - 0.25).abs() < 1e-3);
+}
+
 #[test]
 fn duplicated_points_collapse_onto_the_variance_floor_and_stay_finite() {
     let d = 4;

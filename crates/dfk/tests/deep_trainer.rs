@@ -222,6 +222,64 @@ fn resumed_run_matches_an_uninterrupted_one() {
     }
 }
 
+/// The same run in a 1-thread and a 2-thread rayon pool. The encoder and backward pass sum in
+/// a fixed order; the one-vs-rest solver visits samples in an order that depends on the thread
+/// count, so its solutions agree to its tolerance — a tight one here, so that the whole runs
+/// agree closely.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let set = synthetic(48, 15, 3, 3, 15);
+    let val = synthetic(24, 15, 3, 3, 16);
+    let data = DeepData {
+        train: &set,
+        val: Some(&val),
+        test: None,
+    };
+    let init = [gmm(3, 3, 17)];
+    let mut params = train_params(4);
+    params.svm.eps = 1e-6;
+    params.svm.max_iter = 100_000;
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| train_deep(&init, &data, &params, None).unwrap())
+    };
+    let (one, two) = (run(1), run(2));
+    assert_eq!(one.history.records.len(), two.history.records.len());
+    assert!(one.history.records.len() >= 3);
+    for (a, b) in one.history.records.iter().zip(&two.history.records) {
+        let rel = (a.objective - b.objective).abs() / a.objective.abs();
+        assert!(
+            rel < 1e-5,
+            "iteration {}: J {} vs {}",
+            a.iteration,
+            a.objective,
+            b.objective
+        );
+        assert_eq!((a.trials, a.val_metric), (b.trials, b.val_metric));
+        assert!((a.step - b.step).abs() <= 1e-6 * a.step.abs());
+    }
+    assert_eq!(one.history.best_iteration, two.history.best_iteration);
+    for (ga, gb) in one.gmms.iter().zip(&two.gmms) {
+        for (x, y) in ga.means().iter().zip(gb.means()) {
+            assert!((x - y).abs() < 1e-5, "means {x} vs {y}");
+        }
+        for (x, y) in ga.variances().iter().zip(gb.variances()) {
+            assert!((x - y).abs() < 1e-5 * x.abs(), "variances {x} vs {y}");
+        }
+    }
+    let worst = one
+        .history
+        .records
+        .iter()
+        .zip(&two.history.records)
+        .map(|(a, b)| (a.objective - b.objective).abs() / a.objective.abs())
+        .fold(0f64, f64::max);
+    eprintln!("largest relative objective difference between 1 and 2 threads: {worst:.2e}");
+}
+
 #[test]
 fn resume_rejects_other_settings_and_corrupt_files() {
     let set = synthetic(20, 10, 3, 2, 10);

@@ -29,7 +29,7 @@ impl ImageSet {
         if d == 0 {
             return Err(Error::param("d", d, "at least 1 dimension"));
         }
-        if data.len() % d != 0 {
+        if !data.len().is_multiple_of(d) {
             return Err(Error::param(
                 "descriptor matrix length",
                 data.len(),

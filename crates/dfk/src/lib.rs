@@ -23,6 +23,7 @@ pub mod model;
 pub mod npy;
 pub mod pca;
 pub mod pipeline;
+pub mod pyramid;
 pub mod sift;
 pub mod stats;
 pub mod svm;

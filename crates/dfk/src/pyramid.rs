@@ -12,7 +12,7 @@
 //!
 //! so each cell is half-open, `[r/rows, (r+1)/rows)` in `y + ½`, except that the last row and
 //! column also hold `+½`: a descriptor exactly on an inner boundary goes to the lower / right
-//! cell. (For an f32 position the product is exact in f64, so the boundary rule holds exactly.)
+//! cell. The rule is applied exactly to the f32 position (no rounding of `y + ½`).
 //!
 //! With `C` cells in all and `φ(X_c)` the Fisher vector of [`FisherEncoder`] (with its
 //! normalisation: improved = signed square root + L2) of the descriptors `X_c` of cell `c`:
@@ -440,9 +440,23 @@ impl PyramidScratch {
 
 /// The cell of `(x, y)` (already checked to lie in `[−0.5, 0.5]²`) in a `rows × cols` grid.
 fn cell_index(rows: usize, cols: usize, x: f32, y: f32) -> usize {
-    // (v + ½)·n is exact in f64 for an f32 v and a small n, so boundaries are exact.
-    let bin = |v: f32, n: usize| (((v as f64 + 0.5) * n as f64).floor() as usize).min(n - 1);
     bin(y, rows) * cols + bin(x, cols)
+}
+
+/// `min(⌊(v + ½)·n⌋, n − 1)` for `v ∈ [−0.5, 0.5]`, decided exactly: `v + ½` rounds for tiny
+/// `v`, but `j ≤ (v + ½)·n` ⇔ `2n·v ≥ 2j − n`, whose product is exact in f64 (24-bit `v`,
+/// `n ≤ 16`), so the estimate is corrected by exact comparisons.
+fn bin(v: f32, n: usize) -> usize {
+    let t = 2.0 * n as f64 * v as f64;
+    let at_least = |j: usize| t >= (2 * j) as f64 - n as f64;
+    let mut j = (((v as f64 + 0.5) * n as f64).floor().max(0.0) as usize).min(n - 1);
+    while j > 0 && !at_least(j) {
+        j -= 1;
+    }
+    while j + 1 < n && at_least(j + 1) {
+        j += 1;
+    }
+    j
 }
 
 /// Multiplies a cell's block by `1/√C` (nothing to do for a single cell).

@@ -8,7 +8,8 @@
 //!    normalisation of each descriptor, and optionally the descriptor's position `(x, y)` in
 //!    the image, scaled to `[−0.5, 0.5]²`, appended;
 //! 3. a diagonal GMM fitted by EM on a sample of preprocessed descriptors;
-//! 4. improved Fisher vectors ([`encode_all`]);
+//! 4. improved Fisher vectors ([`encode_all`]), optionally a spatial pyramid of them
+//!    ([`PipelineConfig::pyramid`], [`encode_all_pyramid`]);
 //! 5. one-vs-rest linear SVMs; [`evaluate`] computes accuracy, per-class AP, mAP, the
 //!    confusion matrix and top-k accuracy from the scores.
 //!
@@ -36,6 +37,7 @@ use crate::metrics;
 use crate::model::ModelFile;
 use crate::npy;
 use crate::pca::{fit_pca, l2_normalize_rows, Pca, PcaParams};
+use crate::pyramid::SpatialPyramid;
 use crate::sift::{dense_sift_with, DsiftParams, DsiftScratch, GrayImage, DESCRIPTOR_LEN};
 use crate::svm::{train_one_vs_rest, ClassWeighting, Labels, OneVsRest, SvmParams};
 
@@ -171,6 +173,12 @@ pub struct PipelineConfig {
     pub l2_normalize: bool,
     /// Append each descriptor's position `(x, y) ∈ [−0.5, 0.5]²`.
     pub spatial: bool,
+    /// Encode a spatial pyramid of Fisher vectors ([`crate::pyramid`]) instead of one FV per
+    /// image, e.g. `[[1, 1], [2, 2], [3, 1]]` (`[rows, cols]` levels); none by default. Works
+    /// with or without `spatial`; needs descriptor positions (not available for precomputed
+    /// descriptors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pyramid: Option<SpatialPyramid>,
     /// The GMM.
     pub gmm: GmmConfig,
     /// The Fisher vector.
@@ -191,6 +199,7 @@ impl Default for PipelineConfig {
             pca: PcaConfig::default(),
             l2_normalize: true,
             spatial: true,
+            pyramid: None,
             gmm: GmmConfig::default(),
             fisher: FisherOptions::default(),
             svm: SvmConfig::default(),
@@ -230,6 +239,14 @@ impl PipelineConfig {
         }
         self.fisher.validate()?;
         Ok(())
+    }
+
+    /// Length of the vectors the SVMs see for `gmm`: the Fisher vector's `2KD`, times the
+    /// number of cells of the pyramid when there is one.
+    pub fn feature_len(&self, gmm: &Gmm) -> usize {
+        self.pyramid
+            .as_ref()
+            .map_or(gmm.fisher_len(), |p| p.feature_len(gmm.fisher_len()))
     }
 
     /// The GMM fitting parameters.
@@ -503,6 +520,53 @@ pub fn load_or_extract(
     Ok((d, false))
 }
 
+/// [`load_or_extract`], plus (with a pyramid in `config`) each descriptor's position `(x, y)`,
+/// `rows × 2`. The positions come from the cache entry of the same preprocessing with `(x, y)`
+/// appended (the default's), whose last two columns are split off when `pre` has no `spatial`,
+/// so a pyramid needs no cache format of its own.
+pub fn load_or_extract_with_positions(
+    data: &Dataset,
+    config: &PipelineConfig,
+    pre: &Preprocessor,
+    cache_dir: Option<&Path>,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<(Descriptors, Option<Vec<f32>>, bool)> {
+    if config.pyramid.is_none() {
+        let (d, hit) = load_or_extract(data, &config.sift, pre, cache_dir, progress)?;
+        return Ok((d, None, hit));
+    }
+    let with_xy = Preprocessor {
+        spatial: true,
+        ..pre.clone()
+    };
+    let (mut d, hit) = load_or_extract(data, &config.sift, &with_xy, cache_dir, progress)?;
+    let positions = column_positions(&d);
+    if !pre.spatial {
+        drop_positions(&mut d);
+    }
+    Ok((d, Some(positions), hit))
+}
+
+/// The last two columns `(x, y)` of every row (`rows × 2`).
+fn column_positions(d: &Descriptors) -> Vec<f32> {
+    let mut positions = Vec::with_capacity(2 * d.rows());
+    for row in d.data.chunks_exact(d.dim) {
+        positions.extend_from_slice(&row[d.dim - 2..]);
+    }
+    positions
+}
+
+/// Removes the last two columns of every row in place (no second copy of the descriptors).
+fn drop_positions(d: &mut Descriptors) {
+    let (dim, rows) = (d.dim, d.rows());
+    let kept = dim - 2;
+    for r in 0..rows {
+        d.data.copy_within(r * dim..r * dim + kept, r * kept);
+    }
+    d.data.truncate(rows * kept);
+    d.dim = kept;
+}
+
 /// Fits the descriptor preprocessing of `config` on `data`: without PCA nothing is fitted;
 /// with PCA, the descriptors of a seeded random subset of images (enough for
 /// `config.pca.sample` descriptors) are extracted and the PCA is fitted on them.
@@ -701,6 +765,51 @@ pub fn encode_all(
     Ok(out)
 }
 
+/// [`encode_all`], or with `pyramid` the spatial pyramid of Fisher vectors of every image
+/// (`images × cells·2KD`, see [`crate::pyramid`]); `positions` holds each descriptor row's
+/// `(x, y)` (`rows × 2`) and is required with a pyramid.
+pub fn encode_all_pyramid(
+    gmm: &Gmm,
+    options: FisherOptions,
+    pyramid: Option<&SpatialPyramid>,
+    desc: &Descriptors,
+    positions: Option<&[f32]>,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Vec<f32>> {
+    let Some(pyramid) = pyramid else {
+        return encode_all(gmm, options, desc, progress);
+    };
+    let Some(positions) = positions else {
+        return Err(Error::Invalid(
+            "a spatial pyramid needs each descriptor's position (x, y), and these descriptors \
+             have none (precomputed descriptors): encode without a pyramid"
+                .into(),
+        ));
+    };
+    if positions.len() != 2 * desc.rows() {
+        return Err(Error::dim(
+            "descriptor positions (rows × 2)",
+            2 * desc.rows(),
+            positions.len(),
+        ));
+    }
+    let encoder = FisherEncoder::new(gmm, options)?;
+    let len = pyramid.feature_len(encoder.len());
+    let images = desc.images();
+    let mut out = vec![0.0f32; images * len];
+    let block = 64;
+    for (b, chunk) in out.chunks_mut(block * len).enumerate() {
+        let i0 = b * block;
+        let i1 = i0 + chunk.len() / len;
+        let (r0, r1) = (desc.offsets[i0], desc.offsets[i1]);
+        let local: Vec<usize> = desc.offsets[i0..=i1].iter().map(|o| o - r0).collect();
+        let data = &desc.data[r0 * desc.dim..r1 * desc.dim];
+        pyramid.encode_batch(&encoder, data, &local, &positions[2 * r0..2 * r1], chunk)?;
+        progress(i1 - i0);
+    }
+    Ok(out)
+}
+
 /// The class labels of a data set in the SVM's form.
 pub fn dataset_labels(data: &Dataset) -> Labels {
     let classes = data.classes();
@@ -794,13 +903,18 @@ pub fn fit_pipeline(
     })?;
     progress.finish();
     progress.start("descriptors", train.len());
-    let (desc, cache_hit) = clock.time("descriptors", || {
-        load_or_extract(train, &config.sift, &pre, cache_dir, &|n| {
-            progress.advance(n)
-        })
+    let (desc, positions, cache_hit) = clock.time("descriptors", || {
+        load_or_extract_with_positions(train, config, &pre, cache_dir, &|n| progress.advance(n))
     })?;
     progress.finish();
-    let mut out = fit_preprocessed(pre, &desc, &dataset_labels(train), config, progress)?;
+    let mut out = fit_preprocessed_with_positions(
+        pre,
+        &desc,
+        positions.as_deref(),
+        &dataset_labels(train),
+        config,
+        progress,
+    )?;
     out.pipeline.class_names = train.class_names.clone();
     clock.times.append(&mut out.timings);
     out.timings = clock.times;
@@ -824,7 +938,8 @@ pub fn fit_from_descriptors(
     progress.start("preprocess", 1);
     let desc = clock.time("preprocess", || pre.apply_all(raw))?;
     progress.finish();
-    let mut out = fit_preprocessed(pre, &desc, labels, config, progress)?;
+    let positions = config.pyramid.as_ref().map(|_| &raw.positions[..]);
+    let mut out = fit_preprocessed_with_positions(pre, &desc, positions, labels, config, progress)?;
     clock.times.append(&mut out.timings);
     out.timings = clock.times;
     out.history["timings"] = serde_json::to_value(&out.timings).unwrap_or_default();
@@ -832,10 +947,28 @@ pub fn fit_from_descriptors(
 }
 
 /// Trains the GMM (EM on a sample) and the SVMs on preprocessed descriptors `desc`
-/// (the output of `pre`).
+/// (the output of `pre`). With a pyramid in `config`, the positions are the last two columns
+/// of `desc` (`pre.spatial`), else see [`fit_preprocessed_with_positions`].
 pub fn fit_preprocessed(
     pre: Preprocessor,
     desc: &Descriptors,
+    labels: &Labels,
+    config: &PipelineConfig,
+    progress: &dyn Progress,
+) -> Result<FitOutput> {
+    let positions = match &config.pyramid {
+        Some(_) if pre.spatial && desc.dim >= 2 => Some(column_positions(desc)),
+        _ => None,
+    };
+    fit_preprocessed_with_positions(pre, desc, positions.as_deref(), labels, config, progress)
+}
+
+/// [`fit_preprocessed`] with each descriptor row's position `(x, y)` (`rows × 2`) given, as a
+/// pyramid in `config` needs.
+pub fn fit_preprocessed_with_positions(
+    pre: Preprocessor,
+    desc: &Descriptors,
+    positions: Option<&[f32]>,
     labels: &Labels,
     config: &PipelineConfig,
     progress: &dyn Progress,
@@ -858,10 +991,17 @@ pub fn fit_preprocessed(
     progress.finish();
     progress.start("Fisher vectors", n);
     let fv = clock.time("encode", || {
-        encode_all(&gmm_fit.gmm, config.fisher, desc, &|k| progress.advance(k))
+        encode_all_pyramid(
+            &gmm_fit.gmm,
+            config.fisher,
+            config.pyramid.as_ref(),
+            desc,
+            positions,
+            &|k| progress.advance(k),
+        )
     })?;
     progress.finish();
-    let dim = gmm_fit.gmm.fisher_len();
+    let dim = config.feature_len(&gmm_fit.gmm);
     progress.start("SVMs", 1);
     let svm = clock.time("svm", || {
         train_one_vs_rest(
@@ -939,6 +1079,20 @@ impl Pipeline {
                 ),
             ));
         }
+        let features = config.feature_len(&model.gmm);
+        if svm.dim != features {
+            return Err(Error::format(
+                path,
+                format!(
+                    "the SVMs take {} features but the GMM's Fisher vectors{} have {features}",
+                    svm.dim,
+                    config
+                        .pyramid
+                        .as_ref()
+                        .map_or(String::new(), |p| format!(" in the pyramid {p}")),
+                ),
+            ));
+        }
         Ok(Pipeline {
             config,
             pre,
@@ -948,7 +1102,13 @@ impl Pipeline {
         })
     }
 
-    /// Extracts, preprocesses and encodes a data set: `images × 2KD` Fisher vectors.
+    /// Length of the vectors the SVMs see (see [`PipelineConfig::feature_len`]).
+    pub fn feature_len(&self) -> usize {
+        self.config.feature_len(&self.gmm)
+    }
+
+    /// Extracts, preprocesses and encodes a data set: `images × 2KD` Fisher vectors (with a
+    /// pyramid, `images × cells·2KD`).
     pub fn encode_dataset(
         &self,
         data: &Dataset,
@@ -956,25 +1116,37 @@ impl Pipeline {
         progress: &dyn Progress,
     ) -> Result<Vec<f32>> {
         progress.start("descriptors", data.len());
-        let (desc, _) = load_or_extract(data, &self.config.sift, &self.pre, cache_dir, &|n| {
-            progress.advance(n)
-        })?;
+        let (desc, positions, _) =
+            load_or_extract_with_positions(data, &self.config, &self.pre, cache_dir, &|n| {
+                progress.advance(n)
+            })?;
         progress.finish();
         progress.start("Fisher vectors", data.len());
-        let fv = encode_all(&self.gmm, self.config.fisher, &desc, &|n| {
-            progress.advance(n)
-        })?;
+        let fv = encode_all_pyramid(
+            &self.gmm,
+            self.config.fisher,
+            self.config.pyramid.as_ref(),
+            &desc,
+            positions.as_deref(),
+            &|n| progress.advance(n),
+        )?;
         progress.finish();
         Ok(fv)
     }
 
-    /// Preprocesses and encodes precomputed raw descriptors: `images × 2KD` Fisher vectors.
+    /// Preprocesses and encodes precomputed raw descriptors: `images × 2KD` Fisher vectors
+    /// (with a pyramid, `images × cells·2KD`, placed by `raw.positions`).
     pub fn encode_raw(&self, raw: &RawDescriptors, progress: &dyn Progress) -> Result<Vec<f32>> {
         let desc = self.pre.apply_all(raw)?;
         progress.start("Fisher vectors", raw.images());
-        let fv = encode_all(&self.gmm, self.config.fisher, &desc, &|n| {
-            progress.advance(n)
-        })?;
+        let fv = encode_all_pyramid(
+            &self.gmm,
+            self.config.fisher,
+            self.config.pyramid.as_ref(),
+            &desc,
+            Some(&raw.positions),
+            &|n| progress.advance(n),
+        )?;
         progress.finish();
         Ok(fv)
     }

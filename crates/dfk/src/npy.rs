@@ -6,12 +6,17 @@
 //! a file shorter (or longer) than its header promises, offsets that do not partition the rows.
 //! Writers go through [`write_atomic`]: a temporary file in the destination directory, renamed
 //! over the target only once it is complete, so a failed write never leaves a partial file.
+//!
+//! For data larger than memory, [`F32MatrixReader`] reads a float matrix a block of rows at a
+//! time and [`F32MatrixWriter`] writes a float32 matrix a block of rows at a time (same bytes as
+//! [`write_f32_matrix`], same temporary-file-and-rename guarantee).
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use npyz::{DType, Order, TypeChar, WriterBuilder};
+use npyz::{DType, Endianness, Order, TypeChar, WriterBuilder};
 
 use crate::error::{Error, Result};
 
@@ -343,17 +348,361 @@ pub fn read_labels(path: impl AsRef<Path>) -> Result<Vec<usize>> {
 /// Returns an error naming `path` and the row/column of the first NaN or infinite value of a
 /// `? × cols` matrix.
 pub fn require_finite(path: impl AsRef<Path>, data: &[f32], cols: usize) -> Result<()> {
+    require_finite_rows(path, data, cols, 0)
+}
+
+/// [`require_finite`] for a block of rows that starts at row `first_row` of the file, so the
+/// error gives the row number in the file.
+pub fn require_finite_rows(
+    path: impl AsRef<Path>,
+    data: &[f32],
+    cols: usize,
+    first_row: usize,
+) -> Result<()> {
     match data.iter().position(|v| !v.is_finite()) {
         Some(i) => Err(Error::format(
             path.as_ref(),
             format!(
                 "non-finite value {} at row {}, column {}: expected finite numbers",
                 data[i],
-                i / cols.max(1),
+                first_row + i / cols.max(1),
                 i % cols.max(1)
             ),
         )),
         None => Ok(()),
+    }
+}
+
+/// Reads a float32 or float64 matrix from a `.npy` file a block of rows at a time (as `f32`,
+/// row-major), so that a file larger than memory is processed in memory bounded by the block.
+///
+/// [`F32MatrixReader::open`] reads and checks the header only: dtype (float32/float64, either
+/// byte order), rank (a rank-1 array of length `n` is `n × 1`) and that the file size matches the
+/// shape, with the same errors as [`read_f32_matrix`]. C-order data are read sequentially;
+/// Fortran-order data one contiguous column segment per column and block.
+#[derive(Debug)]
+pub struct F32MatrixReader {
+    path: PathBuf,
+    file: File,
+    rows: usize,
+    cols: usize,
+    item: usize,
+    big_endian: bool,
+    fortran: bool,
+    data_start: u64,
+    next: usize,
+    bytes: Vec<u8>,
+}
+
+impl F32MatrixReader {
+    /// Opens `path` and checks its header against the file size.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let header = npyz::NpyHeader::from_reader(&mut file).map_err(|e| {
+            Error::format(
+                &path,
+                format!("not a valid .npy file (expected the NumPy magic string and header): {e}"),
+            )
+        })?;
+        let dtype = header.dtype();
+        let descr = describe(&dtype);
+        let DType::Plain(type_str) = &dtype else {
+            return Err(Error::format(
+                &path,
+                format!(
+                    "dtype {descr} is a structured or sub-array type: expected a plain numeric array"
+                ),
+            ));
+        };
+        let item = match (type_str.type_char(), type_str.size_field()) {
+            (TypeChar::Float, 4) => 4,
+            (TypeChar::Float, 8) => 8,
+            (TypeChar::Int | TypeChar::Uint | TypeChar::Bool, _) => {
+                return Err(Error::format(
+                    &path,
+                    format!(
+                        "dtype {descr} is not a float type: expected float32 or float64 values"
+                    ),
+                ))
+            }
+            _ => {
+                return Err(Error::format(
+                    &path,
+                    format!("unsupported dtype {descr}: expected float32 or float64"),
+                ))
+            }
+        };
+        let shape: Vec<usize> = header
+            .shape()
+            .iter()
+            .map(|&s| usize::try_from(s))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::format(&path, "array shape does not fit in memory"))?;
+        let (rows, cols) = match shape[..] {
+            [r, c] => (r, c),
+            [n] => (n, 1),
+            _ => {
+                return Err(Error::format(
+                    &path,
+                    format!(
+                        "array has rank {} (shape {shape:?}): expected a matrix (rank 2, rows × columns)",
+                        shape.len()
+                    ),
+                ))
+            }
+        };
+        let data_start = file.stream_position().map_err(|e| Error::io(&path, e))?;
+        let file_len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        let have = file_len.saturating_sub(data_start);
+        let want = rows
+            .checked_mul(cols)
+            .and_then(|c| c.checked_mul(item))
+            .and_then(|b| u64::try_from(b).ok())
+            .ok_or_else(|| Error::format(&path, "array size overflows"))?;
+        if want > have {
+            return Err(Error::format(
+                &path,
+                format!(
+                    "file is truncated: header promises shape {shape:?} of {descr} ({want} data bytes), found {have} bytes"
+                ),
+            ));
+        }
+        if want < have {
+            return Err(Error::format(
+                &path,
+                format!(
+                    "file has {} bytes of trailing data after the {want} data bytes of shape {shape:?} ({descr})",
+                    have - want
+                ),
+            ));
+        }
+        Ok(Self {
+            path,
+            file,
+            rows,
+            cols,
+            item,
+            big_endian: type_str.endianness() == Endianness::Big,
+            fortran: header.order() == Order::Fortran && shape.len() > 1,
+            data_start,
+            next: 0,
+            bytes: Vec::new(),
+        })
+    }
+
+    /// Number of rows of the matrix.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns of the matrix.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Index of the next row [`read_rows`](Self::read_rows) returns.
+    pub fn position(&self) -> usize {
+        self.next
+    }
+
+    /// Reads the next `count` rows into `out` (resized to `count × cols`, row-major `f32`).
+    /// Values are not checked for finiteness (see [`require_finite_rows`]). Errors: more rows
+    /// than are left, and a file that ends early (e.g. truncated after it was opened).
+    pub fn read_rows(&mut self, count: usize, out: &mut Vec<f32>) -> Result<()> {
+        if count > self.rows - self.next {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "asked for rows {}..{} of a matrix with {} rows",
+                    self.next,
+                    self.next + count,
+                    self.rows
+                ),
+            ));
+        }
+        let (cols, item) = (self.cols, self.item);
+        out.clear();
+        out.resize(count * cols, 0.0);
+        let first = self.next;
+        let ended = |path: &Path, e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::format(
+                    path,
+                    format!(
+                        "file is truncated: it ended within rows {first}..{}",
+                        first + count
+                    ),
+                )
+            } else {
+                Error::io(path, e)
+            }
+        };
+        if self.fortran {
+            // Column j of rows first..first+count is one contiguous run of the file.
+            self.bytes.resize(count * item, 0);
+            for j in 0..cols {
+                let at = self.data_start + ((j * self.rows + first) * item) as u64;
+                self.file
+                    .seek(SeekFrom::Start(at))
+                    .and_then(|_| self.file.read_exact(&mut self.bytes))
+                    .map_err(|e| ended(&self.path, e))?;
+                for (i, v) in decode(&self.bytes, item, self.big_endian).enumerate() {
+                    out[i * cols + j] = v;
+                }
+            }
+        } else {
+            let at = self.data_start + (first * cols * item) as u64;
+            self.bytes.resize(count * cols * item, 0);
+            self.file
+                .seek(SeekFrom::Start(at))
+                .and_then(|_| self.file.read_exact(&mut self.bytes))
+                .map_err(|e| ended(&self.path, e))?;
+            for (o, v) in out
+                .iter_mut()
+                .zip(decode(&self.bytes, item, self.big_endian))
+            {
+                *o = v;
+            }
+        }
+        self.next += count;
+        Ok(())
+    }
+}
+
+/// The `f32` values of raw float32 (`item` = 4) or float64 (8) bytes in either byte order.
+fn decode(bytes: &[u8], item: usize, big_endian: bool) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(item)
+        .map(move |b| match (item, big_endian) {
+            (4, false) => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            (4, true) => f32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            (_, false) => {
+                f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+            }
+            (_, true) => {
+                f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+            }
+        })
+}
+
+/// Writes a `rows × cols` float32 `.npy` matrix a block of rows at a time, in bounded memory.
+///
+/// The header (the row count is known in advance) is written first, then rows as they are
+/// produced, into a temporary file in the destination folder; [`finish`](Self::finish) checks
+/// that every row was written and renames it over the target. A writer dropped unfinished (an
+/// error on the way) removes its temporary file and leaves the target as it was. The bytes are
+/// those [`write_f32_matrix`] writes for the same matrix.
+#[derive(Debug)]
+pub struct F32MatrixWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: Option<std::io::BufWriter<File>>,
+    rows: usize,
+    cols: usize,
+    written: usize,
+    bytes: Vec<u8>,
+}
+
+impl F32MatrixWriter {
+    /// Creates the temporary file next to `path` and writes the header of a `rows × cols`
+    /// float32 matrix.
+    pub fn create(path: impl AsRef<Path>, rows: usize, cols: usize) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if path.file_name().is_none() {
+            return Err(Error::format(&path, "not a file name"));
+        }
+        // npyz renders the header; it is written before any data, so an unfinished writer over
+        // a buffer leaves exactly the header bytes in it.
+        let mut header = Vec::new();
+        {
+            let writer = npyz::WriteOptions::<f32>::new()
+                .default_dtype()
+                .shape(&[rows as u64, cols as u64])
+                .writer(&mut header)
+                .begin_nd()
+                .map_err(|e| Error::io(&path, e))?;
+            drop(writer);
+        }
+        let tmp = temp_path(&path);
+        let mut w = Self {
+            out: None,
+            tmp,
+            rows,
+            cols,
+            written: 0,
+            bytes: Vec::new(),
+            path,
+        };
+        let file = File::create(&w.tmp).map_err(|e| Error::io(&w.path, e))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let wrote = out.write_all(&header);
+        w.out = Some(out);
+        wrote.map_err(|e| Error::io(&w.path, e))?;
+        Ok(w)
+    }
+
+    /// Rows written so far.
+    pub fn rows_written(&self) -> usize {
+        self.written
+    }
+
+    /// Appends whole rows (`data.len()` a multiple of `cols`, at most the rows left).
+    pub fn write_rows(&mut self, data: &[f32]) -> Result<()> {
+        let cols = self.cols.max(1);
+        if !data.len().is_multiple_of(cols) || data.len() / cols > self.rows - self.written {
+            return Err(Error::dim(
+                format!(
+                    "rows for {} ({} of {} rows written, {} columns)",
+                    self.path.display(),
+                    self.written,
+                    self.rows,
+                    self.cols
+                ),
+                (self.rows - self.written) * self.cols,
+                data.len(),
+            ));
+        }
+        let Some(out) = self.out.as_mut() else {
+            return Err(Error::format(&self.path, "writer already finished"));
+        };
+        self.bytes.clear();
+        self.bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+        out.write_all(&self.bytes)
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.written += data.len().checked_div(self.cols).unwrap_or(0);
+        Ok(())
+    }
+
+    /// Checks that all rows were written, flushes, syncs and renames the file over the target.
+    pub fn finish(mut self) -> Result<()> {
+        if self.written != self.rows && self.cols > 0 {
+            return Err(Error::format(
+                &self.path,
+                format!("only {} of {} rows were written", self.written, self.rows),
+            ));
+        }
+        let Some(out) = self.out.take() else {
+            return Err(Error::format(&self.path, "writer already finished"));
+        };
+        let result = (|| {
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&self.tmp, &self.path)
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(Error::io(&self.path, e));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for F32MatrixWriter {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 

@@ -144,3 +144,128 @@ fn non_finite_values_are_located() {
     assert!(e.to_string().contains("x.npy"));
     assert!(e.to_string().contains("row 1, column 0"), "{e}");
 }
+
+/// The 5 × 3 matrix of `f32_5x3.npy` and `f64_5x3_fortran_bigendian.npy`: entry k is k/4 − 2.
+fn m5() -> Vec<f32> {
+    (0..15).map(|k| k as f32 / 4.0 - 2.0).collect()
+}
+
+#[test]
+fn matrix_reader_returns_the_rows_in_blocks_in_every_layout() {
+    for name in [
+        "f32_5x3.npy",
+        "f64_5x3_fortran_bigendian.npy",
+        "f32_2x3_fortran.npy",
+        "f64_2x3_bigendian.npy",
+        "f32_vec3.npy",
+    ] {
+        let (whole, rows, cols) = npy::read_f32_matrix(fixture(name)).unwrap();
+        for block in 1..=rows {
+            let mut r = npy::F32MatrixReader::open(fixture(name)).unwrap();
+            assert_eq!((r.rows(), r.cols()), (rows, cols), "{name}");
+            let mut got = Vec::new();
+            let mut buf = Vec::new();
+            while r.position() < rows {
+                let n = block.min(rows - r.position());
+                r.read_rows(n, &mut buf).unwrap();
+                assert_eq!(buf.len(), n * cols);
+                got.extend_from_slice(&buf);
+            }
+            assert_eq!(got, whole, "{name}, blocks of {block}");
+            // Reading past the end is an error naming the file.
+            let e = err(r.read_rows(1, &mut buf));
+            assert!(e.contains(name) && e.contains("rows"), "{e}");
+        }
+    }
+    assert_eq!(
+        npy::read_f32_matrix(fixture("f32_5x3.npy")).unwrap().0,
+        m5()
+    );
+}
+
+#[test]
+fn matrix_reader_rejects_what_read_f32_matrix_rejects() {
+    for (name, expected) in [
+        ("f32_2x3_truncated.npy", "truncated"),
+        ("f32_2x3_trailing.npy", "trailing"),
+        ("i32_2x3.npy", "not a float type"),
+        ("c64_2x3.npy", "dtype"),
+        ("f32_rank3.npy", "rank 3"),
+        ("not_npy.npy", "not a valid .npy"),
+        ("missing.npy", "missing.npy"),
+    ] {
+        let e = err(npy::F32MatrixReader::open(fixture(name)));
+        assert!(e.contains(name), "no file name in: {e}");
+        assert!(e.contains(expected), "{e:?} lacks {expected:?}");
+    }
+}
+
+#[test]
+fn matrix_reader_reports_a_file_cut_after_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cut.npy");
+    std::fs::copy(fixture("f32_5x3.npy"), &p).unwrap();
+    let mut r = npy::F32MatrixReader::open(&p).unwrap();
+    let mut buf = Vec::new();
+    r.read_rows(2, &mut buf).unwrap();
+    let len = std::fs::metadata(&p).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len - 12)
+        .unwrap();
+    let e = err(r.read_rows(3, &mut buf));
+    assert!(e.contains("cut.npy") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn matrix_writer_writes_the_bytes_of_write_f32_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole.npy");
+    npy::write_f32_matrix(&whole, &m5(), 5, 3).unwrap();
+    for block in 1..=5 {
+        let out = dir.path().join(format!("blocks{block}.npy"));
+        let mut w = npy::F32MatrixWriter::create(&out, 5, 3).unwrap();
+        for rows in m5().chunks(block * 3) {
+            assert!(!out.exists(), "the target appears only at the end");
+            w.write_rows(rows).unwrap();
+        }
+        assert_eq!(w.rows_written(), 5);
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&whole).unwrap());
+    }
+    // Only the outputs: no temporary files left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 6);
+}
+
+#[test]
+fn unfinished_or_short_matrix_writes_leave_the_target_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.npy");
+    std::fs::write(&out, b"before").unwrap();
+    // Dropped after some rows (an error on the way): temporary file removed.
+    let mut w = npy::F32MatrixWriter::create(&out, 5, 3).unwrap();
+    w.write_rows(&m5()[..6]).unwrap();
+    drop(w);
+    // Finished with rows missing: an error, nothing renamed.
+    let mut w = npy::F32MatrixWriter::create(&out, 5, 3).unwrap();
+    w.write_rows(&m5()[..12]).unwrap();
+    let e = err(w.finish());
+    assert!(e.contains("m.npy") && e.contains("4 of 5 rows"), "{e}");
+    // Too many values, or not whole rows: rejected.
+    let mut w = npy::F32MatrixWriter::create(&out, 1, 3).unwrap();
+    assert!(w.write_rows(&m5()[..6]).is_err());
+    assert!(w.write_rows(&m5()[..2]).is_err());
+    drop(w);
+    assert_eq!(std::fs::read(&out).unwrap(), b"before");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let missing = dir.path().join("no/such/dir/m.npy");
+    assert!(err(npy::F32MatrixWriter::create(&missing, 1, 1)).contains("m.npy"));
+}
+
+#[test]
+fn non_finite_values_in_a_block_are_located_in_the_file() {
+    let e = npy::require_finite_rows("x.npy", &[1.0, 2.0, 3.0, f32::INFINITY], 2, 40).unwrap_err();
+    assert!(e.to_string().contains("row 41, column 1"), "{e}");
+}

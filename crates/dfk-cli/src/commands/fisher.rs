@@ -1,13 +1,22 @@
 //! `dfk fisher`: Fisher vectors of descriptors in `.npy` files, in VLFeat's layout.
+//!
+//! The descriptors are streamed: a reader thread reads batches of whole images (by the
+//! offsets) while the previous batch is encoded in parallel, and the vectors are appended to a
+//! temporary output file (header first: the image count is known from the offsets) that is
+//! renamed over `--out` at the end. Memory is bounded by the batch (at most three batches of
+//! descriptors and one of vectors are held), not by the size of the data set; a single image
+//! is never split, so an image larger than the batch is held whole.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use anyhow::Context;
 use dfk::fisher::{FisherEncoder, FisherOptions};
+use dfk::npy::{F32MatrixReader, F32MatrixWriter};
 use dfk::{model, npy};
 use serde_json::json;
 
-use crate::util::emit;
+use crate::util::{emit, usage};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -25,14 +34,22 @@ pub struct Args {
     /// Plain Fisher vector (no signed square root, no L2 normalisation).
     #[arg(long)]
     plain: bool,
+    /// Images read and encoded per batch: memory holds a few batches of descriptors and one of
+    /// Fisher vectors, whatever the size of the data set.
+    #[arg(long, default_value_t = 256)]
+    batch_images: usize,
     /// Output: images × 2KD float32 .npy (all mean blocks, then all variance blocks).
     #[arg(long)]
     out: PathBuf,
 }
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    if a.batch_images == 0 {
+        return usage("--batch-images must be at least 1");
+    }
     let gmm = model::load_gmm(&a.gmm)?;
-    let (x, rows, d) = npy::read_f32_matrix(&a.descriptors)?;
+    let mut reader = F32MatrixReader::open(&a.descriptors)?;
+    let (rows, d) = (reader.rows(), reader.cols());
     if d != gmm.d() {
         anyhow::bail!(
             "{}: descriptors have {d} columns but the GMM in {} has dimension {}",
@@ -41,7 +58,6 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             gmm.d()
         );
     }
-    npy::require_finite(&a.descriptors, &x, d)?;
     let offsets = match &a.offsets {
         Some(p) => npy::read_usize_offsets(p, rows)?,
         None => vec![0, rows],
@@ -62,20 +78,69 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let encoder = FisherEncoder::new(&gmm, options)?;
     let images = offsets.len() - 1;
     let len = encoder.len();
-    let mut out = vec![0.0f32; images * len];
+    let batches: Vec<(usize, usize)> = (0..images)
+        .step_by(a.batch_images)
+        .map(|first| (first, (first + a.batch_images).min(images)))
+        .collect();
     let start = std::time::Instant::now();
-    encoder
-        .encode_batch(&x, &offsets, &mut out)
-        .with_context(|| format!("encoding {}", a.descriptors.display()))?;
+    let mut writer = F32MatrixWriter::create(&a.out, images, len)?;
+    let path = a.descriptors.as_path();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        // Filled batches flow to the encoder (at most one waiting), emptied buffers come back.
+        let (full_tx, full_rx) = mpsc::sync_channel::<dfk::Result<Vec<f32>>>(1);
+        let (empty_tx, empty_rx) = mpsc::channel::<Vec<f32>>();
+        let (offsets, batches) = (&offsets, &batches);
+        s.spawn(move || {
+            for &(first, last) in batches {
+                let mut buf = empty_rx.try_recv().unwrap_or_default();
+                let (r0, r1) = (offsets[first], offsets[last]);
+                let read = reader
+                    .read_rows(r1 - r0, &mut buf)
+                    .and_then(|()| npy::require_finite_rows(path, &buf, d, r0))
+                    .map(|()| buf);
+                let failed = read.is_err();
+                // A closed channel means the encoder stopped on an error: stop too.
+                if full_tx.send(read).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut fv = Vec::new();
+        let mut local = Vec::new();
+        for &(first, last) in batches {
+            let x = full_rx
+                .recv()
+                .context("the descriptor reader stopped early")??;
+            local.clear();
+            local.extend(offsets[first..=last].iter().map(|&o| o - offsets[first]));
+            fv.clear();
+            fv.resize((last - first) * len, 0.0);
+            encoder
+                .encode_batch(&x, &local, &mut fv)
+                .with_context(|| batch_context(path, first, last))?;
+            writer.write_rows(&fv)?;
+            // The reader may have finished: then the buffer is simply freed.
+            let _ = empty_tx.send(x);
+        }
+        Ok(())
+    })?;
+    writer.finish()?;
     let secs = start.elapsed().as_secs_f64();
-    npy::write_f32_matrix(&a.out, &out, images, len)?;
     emit(
         g,
-        &json!({"out": a.out, "images": images, "dim": len, "descriptors": rows, "seconds": secs}),
+        &json!({"out": a.out, "images": images, "dim": len, "descriptors": rows, "seconds": secs,
+                "batch_images": a.batch_images}),
         &format!(
             "encoded {images} image(s), {rows} descriptors → {images}×{len} Fisher vectors in {secs:.3} s → {}",
             a.out.display()
         ),
     );
     Ok(())
+}
+
+fn batch_context(path: &Path, first: usize, last: usize) -> String {
+    format!(
+        "encoding images {first}..{last} of {} (image numbers within the batch)",
+        path.display()
+    )
 }

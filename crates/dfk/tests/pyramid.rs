@@ -473,3 +473,135 @@ fn bad_input_is_a_clear_error() {
         .unwrap_err();
     assert!(matches!(e, Error::NonFinite { .. }), "{e}");
 }
+
+/// 40 images of two classes with the same bag of descriptors: class 0 has descriptors near
+/// `e_0` in the upper half and near `e_1` in the lower half, class 1 the same descriptors
+/// mirrored (upper ↔ lower). Only their positions tell the classes apart.
+fn mirrored_classes() -> (dfk::pipeline::RawDescriptors, dfk::svm::Labels) {
+    let mut rng = Rng(31);
+    let (dim, per) = (3, 16);
+    let (mut data, mut positions, mut offsets, mut labels) = (vec![], vec![], vec![0], vec![]);
+    for _ in 0..20 {
+        let rows: Vec<[f32; 5]> = (0..per)
+            .map(|r| {
+                let upper = r % 2 == 0;
+                let mut v = [0.0; 5];
+                for (j, x) in v[..dim].iter_mut().enumerate() {
+                    let centre = if j == usize::from(!upper) { 3.0 } else { 0.0 };
+                    *x = centre + 0.3 * rng.normal() as f32;
+                }
+                v[3] = (rng.uniform() - 0.5) as f32;
+                let y = 0.05 + 0.4 * rng.uniform() as f32;
+                v[4] = if upper { -y } else { y };
+                v
+            })
+            .collect();
+        for class in 0..2 {
+            for row in &rows {
+                data.extend_from_slice(&row[..dim]);
+                let y = if class == 0 { row[4] } else { -row[4] };
+                positions.extend_from_slice(&[row[3], y]);
+            }
+            offsets.push(offsets.last().unwrap() + per);
+            labels.push(class);
+        }
+    }
+    (
+        dfk::pipeline::RawDescriptors {
+            descriptors: dfk::dataset::Descriptors::new(data, dim, offsets).unwrap(),
+            positions,
+        },
+        dfk::svm::Labels::MultiClass { labels, classes: 2 },
+    )
+}
+
+#[test]
+fn pipeline_with_a_pyramid_separates_classes_only_positions_distinguish() {
+    use dfk::pipeline::{fit_from_descriptors, Pipeline, PipelineConfig, Silent};
+    let (raw, labels) = mirrored_classes();
+    let mut cfg = PipelineConfig {
+        l2_normalize: false,
+        spatial: false,
+        ..PipelineConfig::default()
+    };
+    cfg.pca.dims = 0;
+    // K = 1: the FV of a cell is its descriptors' deviation from the global mean, which points
+    // to e_0 or e_1 (with one component per cluster the blocks would carry random signs).
+    cfg.gmm.k = 1;
+    // Without a pyramid the two classes' Fisher vectors are pairwise identical.
+    let plain = fit_from_descriptors(&raw, &labels, &cfg, &Silent).unwrap();
+    assert!(plain.history["train_accuracy"].as_f64().unwrap() <= 0.5);
+    cfg.pyramid = Some(SpatialPyramid::new(vec![[1, 1], [2, 1]]).unwrap());
+    let fit = fit_from_descriptors(&raw, &labels, &cfg, &Silent).unwrap();
+    assert_eq!(fit.history["train_accuracy"].as_f64(), Some(1.0));
+    let p = &fit.pipeline;
+    let len = 3 * 2 * 3;
+    assert_eq!((p.feature_len(), p.svm.dim), (len, len));
+    assert_eq!(fit.train_features.len(), 40 * len);
+    // Applying the trained pipeline encodes with the same pyramid.
+    assert_eq!(p.encode_raw(&raw, &Silent).unwrap(), fit.train_features);
+    // The model (config included) round-trips; a model whose configuration disagrees with the
+    // SVM length is refused.
+    let model = p.to_model(fit.history.clone()).unwrap();
+    let path = std::path::Path::new("m.dfk");
+    assert_eq!(&Pipeline::from_model(&model, path).unwrap(), p);
+    let mut other = model.clone();
+    other.config["pyramid"] = serde_json::json!([[1, 1]]);
+    let e = Pipeline::from_model(&other, path).unwrap_err().to_string();
+    assert!(
+        e.contains("SVMs take 18 features") && e.contains("1x1"),
+        "{e}"
+    );
+    other.config["pyramid"] = serde_json::json!([[0, 1]]);
+    assert!(Pipeline::from_model(&other, path).is_err());
+}
+
+#[test]
+fn configuration_without_a_pyramid_is_unchanged_and_toml_settable() {
+    use dfk::pipeline::PipelineConfig;
+    let cfg = PipelineConfig::default();
+    assert_eq!(cfg.pyramid, None);
+    let v = serde_json::to_value(&cfg).unwrap();
+    assert!(v.get("pyramid").is_none(), "old model files' configuration");
+    let back: PipelineConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(back, cfg);
+    let with: PipelineConfig =
+        serde_json::from_str(r#"{"pyramid": [[1, 1], [2, 2], [3, 1]]}"#).unwrap();
+    assert_eq!(with.pyramid, Some(SpatialPyramid::perronnin2010()));
+    for bad in ["[]", "[[1, 0]]", "[[1]]", "\"2x2\"", "[[1, 1, 1]]"] {
+        let e = serde_json::from_str::<PipelineConfig>(&format!(r#"{{"pyramid": {bad}}}"#));
+        assert!(e.is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn positions_come_with_the_descriptors_with_or_without_spatial() {
+    use dfk::pipeline::{
+        extract_descriptors, extract_preprocessed, fit_preprocessor,
+        load_or_extract_with_positions, PipelineConfig,
+    };
+    let (train, _) = dfk::dataset::embedded_fashion_mnist().unwrap();
+    let data = train.subset(&(0..12).collect::<Vec<_>>()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = PipelineConfig {
+        pyramid: Some(SpatialPyramid::perronnin2010()),
+        ..PipelineConfig::default()
+    };
+    cfg.pca.dims = 8;
+    let raw = extract_descriptors(&data, &cfg.sift, &|_| {}).unwrap();
+    for spatial in [true, false] {
+        cfg.spatial = spatial;
+        let pre = fit_preprocessor(&data, &cfg, &|_| {}).unwrap();
+        let want = extract_preprocessed(&data, &cfg.sift, &pre, &|_| {}).unwrap();
+        for cache in [None, Some(dir.path()), Some(dir.path())] {
+            let (d, pos, _) =
+                load_or_extract_with_positions(&data, &cfg, &pre, cache, &|_| {}).unwrap();
+            assert_eq!(d, want, "spatial {spatial}, cache {cache:?}");
+            assert_eq!(pos.as_deref(), Some(&raw.positions[..]));
+        }
+    }
+    cfg.pyramid = None;
+    let pre = fit_preprocessor(&data, &cfg, &|_| {}).unwrap();
+    let (_, pos, _) = load_or_extract_with_positions(&data, &cfg, &pre, None, &|_| {}).unwrap();
+    assert_eq!(pos, None);
+}

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use dfk::dataset::{self, Dataset, Descriptors};
 use dfk::pipeline::{PipelineConfig, RawDescriptors, Weighting};
+use dfk::pyramid::SpatialPyramid;
 use dfk::sift::Window;
 
 use crate::util::usage;
@@ -190,6 +191,20 @@ fn parse_resize(s: &str) -> Result<Resize, String> {
     Ok(Resize(Some((w, h))))
 }
 
+/// A `--pyramid` value: levels, or none (one Fisher vector per image).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PyramidArg(pub Option<SpatialPyramid>);
+
+/// Parses `ROWSxCOLS,...` (e.g. `1x1,2x2,3x1`) or `none`.
+fn parse_pyramid(s: &str) -> Result<PyramidArg, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(PyramidArg(None));
+    }
+    s.parse()
+        .map(|p| PyramidArg(Some(p)))
+        .map_err(|e| e.to_string())
+}
+
 /// Window choice on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum WindowArg {
@@ -241,6 +256,10 @@ pub struct ConfigArgs {
     /// Append each descriptor's (x, y) position.
     #[arg(long, help_heading = "Preprocessing")]
     pub spatial: Option<bool>,
+    /// Spatial pyramid of Fisher vectors: ROWSxCOLS levels, e.g. 1x1,2x2,3x1 (3x1 = three
+    /// horizontal stripes), or `none`.
+    #[arg(long, value_parser = parse_pyramid, value_name = "LEVELS", help_heading = "Fisher vector")]
+    pub pyramid: Option<PyramidArg>,
     /// Number of GMM components K.
     #[arg(long, help_heading = "GMM")]
     pub k: Option<usize>,
@@ -301,6 +320,9 @@ impl ConfigArgs {
         set!(self.whiten, cfg.pca.whiten);
         set!(self.l2, cfg.l2_normalize);
         set!(self.spatial, cfg.spatial);
+        if let Some(PyramidArg(p)) = &self.pyramid {
+            cfg.pyramid = p.clone();
+        }
         set!(self.k, cfg.gmm.k);
         set!(self.gmm_iter, cfg.gmm.max_iter);
         set!(self.gmm_sample, cfg.gmm.sample);

@@ -21,7 +21,8 @@ pub struct Args {
     /// With --fashion-mnist or --embedded: encode the test set instead of the training set.
     #[arg(long)]
     test: bool,
-    /// Output Fisher vectors, images × 2KD float32 .npy.
+    /// Output Fisher vectors, images × 2KD float32 .npy (with a spatial pyramid in the model:
+    /// images × cells·2KD).
     #[arg(long)]
     out: PathBuf,
     /// Also write the first label of each image as int64 .npy.
@@ -44,11 +45,17 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         _ => &loaded.train,
     };
     let cache = cache_dir(a.cache.as_deref(), a.no_cache);
+    if loaded.descriptors.is_some() && !a.test && pipeline.config.pyramid.is_some() {
+        return crate::util::usage(format!(
+            "precomputed descriptors carry no positions, but {} encodes a spatial pyramid",
+            a.model.display()
+        ));
+    }
     let fv = match (&loaded.descriptors, a.test) {
         (Some(raw), false) => pipeline.encode_raw(raw, &Bars::new(g))?,
         _ => pipeline.encode_dataset(data, cache.as_deref(), &Bars::new(g))?,
     };
-    let dim = pipeline.gmm.fisher_len();
+    let dim = pipeline.feature_len();
     npy::write_f32_matrix(&a.out, &fv, data.len(), dim)?;
     if let Some(p) = &a.labels_out {
         let labels: Vec<i64> = data.first_labels().iter().map(|&l| l as i64).collect();

@@ -57,6 +57,11 @@ pub fn evaluate_on(
     timings: &mut Vec<StageTime>,
     prefix: &str,
 ) -> anyhow::Result<Evaluation> {
+    if descriptors.is_some() && pipeline.config.pyramid.is_some() {
+        return usage(
+            "precomputed descriptors carry no positions, but the model encodes a spatial pyramid",
+        );
+    }
     let t = Instant::now();
     let fv = match descriptors {
         Some(raw) => pipeline.encode_raw(raw, &Bars::new(g))?,
@@ -89,6 +94,12 @@ pub fn train_and_evaluate(
         Some(raw) => {
             if cfg.spatial {
                 return usage("precomputed descriptors carry no positions: add --spatial false");
+            }
+            if cfg.pyramid.is_some() {
+                return usage(
+                    "precomputed descriptors carry no positions: a spatial pyramid needs them \
+                     (remove --pyramid or the configuration's `pyramid`)",
+                );
             }
             let mut fit = fit_from_descriptors(raw, &dataset_labels(&loaded.train), cfg, &bars)?;
             fit.pipeline.class_names = loaded.train.class_names.clone();

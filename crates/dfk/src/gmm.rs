@@ -133,6 +133,12 @@ const CHUNK: usize = 4 * BLOCK;
 /// Absolute lower bound on every variance, whatever the relative floor.
 const MIN_VARIANCE: f64 = 1e-10;
 
+/// Lloyd iterations of the default initialisation.
+const DEFAULT_KMEANS_ITERS: usize = 20;
+
+/// k-means seeding ([`GmmInit::KMeans`]) runs on at most this many sampled rows per component.
+const SEED_ROWS_PER_COMPONENT: usize = 64;
+
 /// A component is empty when its mass Σᵢγᵢₖ is below `EMPTY_MASS · max(1, N/K)` (VLFeat's rule).
 const EMPTY_MASS: f64 = 1e-2;
 
@@ -346,8 +352,10 @@ pub enum GmmInit {
     /// k-means++ seeding (D²-weighted sampling), then every (sampled) descriptor is assigned to
     /// its nearest seed and each component starts from its cluster's mean, variance and size.
     KMeansPlusPlus,
-    /// As [`GmmInit::KMeansPlusPlus`], followed by `iters` Lloyd iterations of k-means before
-    /// the cluster statistics are taken.
+    /// k-means (the default, with 20 iterations): k-means++ seeds drawn from a random subset of
+    /// at most 64·K of the sampled descriptors, then `iters` Lloyd iterations on the whole
+    /// sample (an empty cluster moves to the descriptor farthest from its centre); each
+    /// component starts from its cluster's mean, variance and size.
     KMeans {
         /// Number of Lloyd iterations.
         iters: usize,
@@ -390,19 +398,24 @@ impl Default for GmmParams {
 }
 
 impl GmmParams {
-    /// Default parameters for `k` components: 100 iterations, tol 1e-6, one restart, seed 0,
-    /// variance floor 1e-4 (relative), weight floor 1e-6, k-means++ initialisation on at most
-    /// 100 000 descriptors.
+    /// Default parameters for `k` components: at most 500 iterations, tol 1e-7, one restart,
+    /// seed 0, variance floor 1e-4 (relative), weight floor 1e-6, k-means initialisation
+    /// (k-means++ seeds, then 20 Lloyd iterations) on at most 100 000 descriptors.
+    ///
+    /// The tolerance is tight because EM often creeps along plateaus: at 1e-6 it stops early
+    /// enough to end below VLFeat's and scikit-learn's final likelihoods (`docs/gmm.md`).
     pub fn new(k: usize) -> Self {
         Self {
             k,
-            max_iter: 100,
-            tol: 1e-6,
+            max_iter: 500,
+            tol: 1e-7,
             restarts: 1,
             seed: 0,
             variance_floor: 1e-4,
             weight_floor: 1e-6,
-            init: GmmInit::KMeansPlusPlus,
+            init: GmmInit::KMeans {
+                iters: DEFAULT_KMEANS_ITERS,
+            },
             kmeans_sample: Some(100_000),
         }
     }
@@ -884,17 +897,34 @@ fn initialise(ctx: &EmContext<'_>, params: &GmmParams, rng: &mut ChaCha8Rng) -> 
         let vars: Vec<f64> = (0..k).flat_map(|_| ctx.data_var.iter().copied()).collect();
         return ctx.build(&means, &vars, &vec![1.0 / k as f64; k]);
     }
-    let mut centres = kmeans_plus_plus(&sample, d, k, rng);
-    let iters = match params.init {
-        GmmInit::KMeans { iters } => iters,
-        _ => 0,
+    let (mut centres, iters) = match params.init {
+        GmmInit::KMeans { iters } => {
+            // Seeding costs K passes over its rows; Lloyd's iterations on the whole sample
+            // refine the seeds, so they are drawn from a subsample.
+            let s = (SEED_ROWS_PER_COMPONENT * k).min(m);
+            let seeds = if s < m {
+                let mut idx = rand::seq::index::sample(rng, m, s).into_vec();
+                idx.sort_unstable();
+                let sub: Vec<f32> = idx
+                    .iter()
+                    .flat_map(|&r| sample[r * d..(r + 1) * d].iter().copied())
+                    .collect();
+                kmeans_plus_plus(&sub, d, k, rng)
+            } else {
+                kmeans_plus_plus(&sample, d, k, rng)
+            };
+            (seeds, iters)
+        }
+        _ => (kmeans_plus_plus(&sample, d, k, rng), 0),
     };
-    let mut assign = assign_pass(&sample, d, &centres, k);
-    for _ in 0..iters {
+    let mut assign = assign_pass(&sample, d, &centres, k, iters == 0);
+    for it in 0..iters {
         if !assign.update_centres(&sample, d, &mut centres) {
+            // Converged: the assignment is final but the last pass skipped the squares.
+            assign = assign_pass(&sample, d, &centres, k, true);
             break;
         }
-        assign = assign_pass(&sample, d, &centres, k);
+        assign = assign_pass(&sample, d, &centres, k, it + 1 == iters);
     }
     // Cluster statistics; a cluster left empty keeps its centre, the data variance and 1/K.
     let mut means = vec![0f64; k * d];
@@ -1049,8 +1079,9 @@ impl Assignment {
 }
 
 /// Assigns every row of `x` to its nearest centre using `‖x‖² − 2 x cᵀ + ‖c‖²` (one matrix
-/// product per block) and accumulates the clusters' counts, sums and sums of squares in f64.
-fn assign_pass(x: &[f32], d: usize, centres: &[f32], k: usize) -> Assignment {
+/// product per block) and accumulates the clusters' counts, sums and (when `squares`, else left
+/// zero) sums of squares in f64.
+fn assign_pass(x: &[f32], d: usize, centres: &[f32], k: usize, squares: bool) -> Assignment {
     let cnorm: Vec<f32> = centres
         .chunks_exact(d)
         .map(|c| c.iter().map(|v| v * v).sum())
@@ -1094,9 +1125,13 @@ fn assign_pass(x: &[f32], d: usize, centres: &[f32], k: usize) -> Assignment {
                         }
                     }
                     part.count[best] += 1.0;
-                    for (j, &v) in r.iter().enumerate() {
-                        part.sum[best * d + j] += v as f64;
-                        part.sumsq[best * d + j] += (v as f64) * (v as f64);
+                    let sum = &mut part.sum[best * d..(best + 1) * d];
+                    sum.iter_mut().zip(r).for_each(|(s, &v)| *s += v as f64);
+                    if squares {
+                        let sq = &mut part.sumsq[best * d..(best + 1) * d];
+                        sq.iter_mut()
+                            .zip(r)
+                            .for_each(|(s, &v)| *s += (v as f64).powi(2));
                     }
                     part.mind.push((bd + xn).max(0.0));
                 }
@@ -1133,7 +1168,7 @@ mod tests {
         let (n, d, k) = (3000, 7, 9);
         let x = points(n, d, 1);
         let centres = points(k, d, 2);
-        let a = assign_pass(&x, d, &centres, k);
+        let a = assign_pass(&x, d, &centres, k, true);
         let mut count = vec![0f64; k];
         let mut sum = vec![0f64; k * d];
         for (i, r) in x.chunks_exact(d).enumerate() {
@@ -1182,7 +1217,7 @@ mod tests {
         let x = [0.0f32, 0.1, 0.2, 10.0];
         // The second centre is far from everything: its cluster is empty.
         let mut centres = vec![0.0f32, 100.0];
-        let a = assign_pass(&x, d, &centres, 2);
+        let a = assign_pass(&x, d, &centres, 2, true);
         assert_eq!(a.count, vec![4.0, 0.0]);
         assert!(a.update_centres(&x, d, &mut centres));
         assert_eq!(centres, vec![2.575, 10.0]);

@@ -237,8 +237,8 @@ fn results_do_not_depend_on_the_thread_count() {
     };
     let init = [gmm(3, 3, 17)];
     let mut params = train_params(4);
-    params.svm.eps = 1e-6;
-    params.svm.max_iter = 100_000;
+    params.svm.eps = 1e-9;
+    params.svm.max_iter = 1_000_000;
     let run = |threads: usize| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -252,14 +252,21 @@ fn results_do_not_depend_on_the_thread_count() {
     for (a, b) in one.history.records.iter().zip(&two.history.records) {
         let rel = (a.objective - b.objective).abs() / a.objective.abs();
         assert!(
-            rel < 1e-5,
+            rel < 1e-8,
             "iteration {}: J {} vs {}",
             a.iteration,
             a.objective,
             b.objective
         );
         assert_eq!((a.trials, a.val_metric), (b.trials, b.val_metric));
-        assert!((a.step - b.step).abs() <= 1e-6 * a.step.abs());
+        assert!(
+            // The step comes from the quadratic through J values: J's rounding differences
+            // reach it amplified by J / (J(θ) − J(θ + t d)).
+            (a.step - b.step).abs() <= 1e-4 * a.step.abs(),
+            "steps {} vs {}",
+            a.step,
+            b.step
+        );
     }
     assert_eq!(one.history.best_iteration, two.history.best_iteration);
     for (ga, gb) in one.gmms.iter().zip(&two.gmms) {

@@ -14,7 +14,7 @@ use super::line_search::Outcome;
 use super::params::{DeepParams, GmmMode};
 use super::theta::{Displacement, Floors, Theta};
 use crate::error::{Error, Result};
-use crate::fisher::{FisherEncoder, FisherOptions};
+use crate::fisher::{FisherEncoder, FisherOptions, ForwardCache};
 use crate::gmm::Gmm;
 use crate::metrics;
 use crate::npy::write_bytes_atomic;
@@ -72,7 +72,7 @@ impl DeepModel {
         let mut out = vec![0f32; set.len() * classes];
         for (gmm, svm, tasks) in &groups {
             let enc = FisherEncoder::new(gmm, self.fisher)?;
-            let feats = encode(&enc, set)?;
+            let feats = encode_features(&enc, set)?;
             scatter_scores(&svm.scores(&feats, set.len()), tasks, classes, &mut out);
         }
         Ok(out)
@@ -163,6 +163,17 @@ struct GroupState {
     step: f64,
     /// False once a line search found no decrease: the GMM then stays where it is.
     active: bool,
+    /// The training images encoded at `theta` (by the accepted line-search trial), reused by
+    /// the next backward pass; not checkpointed (a resumed run re-encodes once, identically).
+    #[serde(skip)]
+    encoded: Option<Encoded>,
+}
+
+/// Fisher vectors of the training images at one θ and the encoder's forward cache.
+#[derive(Clone, Debug)]
+struct Encoded {
+    feats: Vec<f32>,
+    cache: ForwardCache,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -374,6 +385,7 @@ fn initial_state(inits: &[Gmm], data: &DeepData, params: &DeepParams) -> Result<
             train_scores: ev.scores,
             step: params.line_search.initial_step,
             active: true,
+            encoded: Some(ev.encoded),
         });
     }
     let mut record = IterationRecord {
@@ -428,9 +440,21 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
     let mut steps = Vec::new();
     for group in state.groups.iter_mut().filter(|g| g.active) {
         let labels = group_labels(&train.labels, &group.tasks);
+        let encoded = match group.encoded.take() {
+            Some(e) => e,
+            None => {
+                let t = Instant::now();
+                let enc = FisherEncoder::new(&group.theta.to_gmm()?, params.fisher)?;
+                let e = encode(&enc, train)?;
+                timers.encode += t.elapsed().as_secs_f64();
+                e
+            }
+        };
         let t = Instant::now();
-        let grad = gradient(&group.theta, &group.svm, train, &labels, params)?;
+        let grad = gradient(&group.theta, &group.svm, train, &labels, params, &encoded)?;
         record.time_backward_s += t.elapsed().as_secs_f64();
+        // Kept until the search accepts a step: if none is accepted, θ stays and so does this.
+        group.encoded = Some(encoded);
         for (s, n) in grad_sq.iter_mut().zip(grad.group_norms()) {
             *s += n * n;
         }
@@ -454,6 +478,7 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
                 group.svm = SvmState::from_ovr(&ev.svm);
                 group.objective = a.value;
                 group.train_scores = ev.scores;
+                group.encoded = Some(ev.encoded);
                 group.step = a.next;
                 steps.push(a.step);
             }
@@ -591,6 +616,7 @@ fn epochs(s: &SvmState) -> usize {
 struct Evaluation {
     svm: OneVsRest,
     scores: Vec<f32>,
+    encoded: Encoded,
 }
 
 /// Encodes `set` under θ and solves the SVMs (warm-started from `warm`): `Some((J, …))`, or
@@ -610,16 +636,17 @@ fn evaluate(
     };
     let t = Instant::now();
     let enc = FisherEncoder::new(&gmm, params.fisher)?;
-    let feats = match encode(&enc, set) {
-        Ok(f) if f.iter().all(|v| v.is_finite()) => f,
+    let encoded = match encode(&enc, set) {
+        Ok(e) if e.feats.iter().all(|v| v.is_finite()) => e,
         Ok(_) | Err(Error::NonFinite { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
+    let feats = &encoded.feats;
     timers.encode += t.elapsed().as_secs_f64();
     let t = Instant::now();
     let n = set.len();
     let svm = train_one_vs_rest(
-        &feats,
+        feats,
         n,
         enc.len(),
         labels,
@@ -632,24 +659,40 @@ fn evaluate(
     if !j.is_finite() {
         return Ok(None);
     }
-    let scores = svm.scores(&feats, n);
-    Ok(Some((j, Evaluation { svm, scores })))
+    let scores = svm.scores(feats, n);
+    Ok(Some((
+        j,
+        Evaluation {
+            svm,
+            scores,
+            encoded,
+        },
+    )))
 }
 
-fn encode(enc: &FisherEncoder, set: &ImageSet) -> Result<Vec<f32>> {
+fn encode(enc: &FisherEncoder, set: &ImageSet) -> Result<Encoded> {
+    let mut feats = vec![0f32; set.len() * enc.len()];
+    let cache = enc.encode_batch_cached(&set.data, &set.offsets, &mut feats)?;
+    Ok(Encoded { feats, cache })
+}
+
+/// Fisher vectors only (validation and test scoring).
+fn encode_features(enc: &FisherEncoder, set: &ImageSet) -> Result<Vec<f32>> {
     let mut feats = vec![0f32; set.len() * enc.len()];
     enc.encode_batch(&set.data, &set.offsets, &mut feats)?;
     Ok(feats)
 }
 
 /// ∇J(θ) = Σ_n (∂φ_θ(X_n)/∂θ)ᵀ g_n with g_n = Σ_c −α_{c,n} y_{c,n} w_c (Danskin's theorem:
-/// the SVM solution is held fixed; the bias is not a function of θ).
+/// the SVM solution is held fixed; the bias is not a function of θ), back-propagated through
+/// the forward pass `encoded` made at θ.
 fn gradient(
     theta: &Theta,
     svm: &SvmState,
     set: &ImageSet,
     labels: &Labels,
     params: &DeepParams,
+    encoded: &Encoded,
 ) -> Result<Theta> {
     let gmm = theta.to_gmm()?;
     let enc = FisherEncoder::new(&gmm, params.fisher)?;
@@ -679,7 +722,13 @@ fn gradient(
                 }
             }
         });
-    let g = enc.backward_batch(&set.data, &set.offsets, &upstream)?;
+    let g = enc.backward_batch_cached(
+        &set.data,
+        &set.offsets,
+        &encoded.feats,
+        &encoded.cache,
+        &upstream,
+    )?;
     Ok(Theta {
         k: theta.k,
         d: theta.d,
@@ -695,7 +744,7 @@ fn set_scores(groups: &[GroupState], set: &ImageSet, params: &DeepParams) -> Res
     let mut out = vec![0f32; set.len() * classes];
     for g in groups {
         let enc = FisherEncoder::new(&g.theta.to_gmm()?, params.fisher)?;
-        let feats = encode(&enc, set)?;
+        let feats = encode_features(&enc, set)?;
         let s = g.svm.to_ovr().scores(&feats, set.len());
         scatter_scores(&s, &g.tasks, classes, &mut out);
     }
@@ -815,6 +864,7 @@ pub fn objective_and_gradient(
         set,
         &set.labels,
         params,
+        &ev.encoded,
     )?;
     Ok((j, g))
 }

@@ -1,0 +1,160 @@
+//! `--pyramid` and the `pyramid` configuration key end to end: training with a spatial pyramid
+//! (with and without `--spatial`), the key stored in the model, flag/TOML precedence, and the
+//! usage and configuration errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn dfk(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dfk"))
+        .args(args)
+        .output()
+        .expect("run dfk")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = dfk(args);
+    assert!(
+        out.status.success(),
+        "dfk {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str], code: i32, needle: &str) {
+    let o = dfk(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "dfk {args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "dfk {args:?}: {err:?} lacks {needle:?}"
+    );
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Small, fast settings on 200 embedded training and 200 test images.
+const SMALL: [&str; 9] = [
+    "--embedded",
+    "--limit",
+    "200",
+    "--pca-dims",
+    "8",
+    "--k",
+    "4",
+    "--no-cache",
+    "--json",
+];
+
+#[test]
+fn train_with_a_pyramid_stores_it_in_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = s(&dir.path().join("m.dfk"));
+    for spatial in ["true", "false"] {
+        let out = ok(&[
+            &["train"][..],
+            &SMALL,
+            &[
+                "--pyramid",
+                "1x1,2x2,3x1",
+                "--spatial",
+                spatial,
+                "--out",
+                &model,
+            ],
+        ]
+        .concat());
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["evaluated_on"], "test");
+        let acc = v["accuracy"].as_f64().unwrap();
+        assert!(acc > 0.5, "spatial {spatial}: accuracy {acc}");
+        let config = ok(&["info", &model, "--config"]);
+        assert!(
+            config.contains("pyramid = [[1, 1], [2, 2], [3, 1]]"),
+            "{config}"
+        );
+        assert!(config.contains(&format!("spatial = {spatial}")));
+    }
+}
+
+#[test]
+fn pyramid_from_toml_and_flag_precedence() {
+    let dir = tempfile::tempdir().unwrap();
+    let (toml, model) = (dir.path().join("c.toml"), s(&dir.path().join("m.dfk")));
+    std::fs::write(&toml, "pyramid = [[2, 2]]\nspatial = false\n").unwrap();
+    let toml = s(&toml);
+    let base = [
+        &["train"][..],
+        &SMALL,
+        &["--config", &toml, "--out", &model],
+    ]
+    .concat();
+    ok(&base);
+    let config = ok(&["info", &model, "--config"]);
+    assert!(config.contains("pyramid = [[2, 2]]"), "{config}");
+    // The flag overrides the file; `none` removes the pyramid.
+    ok(&[&base[..], &["--pyramid", "none"]].concat());
+    let config = ok(&["info", &model, "--config"]);
+    assert!(!config.contains("pyramid"), "{config}");
+    // Without a pyramid the configuration has no `pyramid` key at all.
+    assert!(!ok(&["info", "--config"]).contains("pyramid"));
+}
+
+#[test]
+fn invalid_pyramids_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.dfk");
+    let (model_arg, toml) = (s(&model), dir.path().join("bad.toml"));
+    let toml_arg = s(&toml);
+    let base = [&["train"][..], &SMALL, &["--out", &model_arg]].concat();
+    let with = |extra: &[&'static str]| [&base[..], extra].concat();
+    fails(
+        &with(&["--pyramid", "0x1"]),
+        2,
+        "rows and columns in 1..=16",
+    );
+    fails(&with(&["--pyramid", "2by2"]), 2, "ROWSxCOLS");
+    fails(&with(&["--pyramid", "8x8,1x1"]), 2, "at most 64 cells");
+    let config = [&base[..], &["--config", &toml_arg]].concat();
+    std::fs::write(&toml, "pyramid = [[1, 0]]\n").unwrap();
+    fails(&config, 1, "pyramid level");
+    std::fs::write(&toml, "pyramid = []\n").unwrap();
+    fails(&config, 1, "at least one level");
+    assert!(!model.exists());
+}
+
+#[test]
+fn precomputed_descriptors_cannot_use_a_pyramid() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut list = String::new();
+    for i in 0..6 {
+        let data: Vec<f32> = (0..5 * 4).map(|j| ((i * 7 + j * 3) % 11) as f32).collect();
+        let name = format!("img{i}.npy");
+        dfk::npy::write_f32_matrix(dir.path().join(&name), &data, 5, 4).unwrap();
+        list.push_str(&format!("{name} {}\n", i % 2));
+    }
+    let list_path = dir.path().join("list.txt");
+    std::fs::write(&list_path, list).unwrap();
+    let model = dir.path().join("m.dfk");
+    fails(
+        &[
+            "train",
+            "--data",
+            &s(&list_path),
+            "--format",
+            "npy",
+            "--spatial",
+            "false",
+            "--pyramid",
+            "2x2",
+            "--out",
+            &s(&model),
+        ],
+        2,
+        "a spatial pyramid needs them",
+    );
+    assert!(!model.exists());
+}

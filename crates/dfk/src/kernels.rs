@@ -279,6 +279,149 @@ pub fn indices_at_least_at(level: SimdLevel, row: &[f32], threshold: f32, out: &
     }
 }
 
+/// Writes to `out[..n]` the indices `i` with `row[i] ≥ threshold`, in increasing order, and
+/// returns `n`. `out` must hold at least `row.len()` values. Branch-free: AVX-512 compresses
+/// the indices of a 16-lane compare mask into `out`; the other levels store every index and
+/// advance the count by the comparison.
+#[inline]
+pub fn select_at_least_at(level: SimdLevel, row: &[f32], threshold: f32, out: &mut [u32]) -> usize {
+    assert!(
+        out.len() >= row.len(),
+        "select: output shorter than the row"
+    );
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F (clamp_to_cpu); `out` is long enough (checked above).
+        SimdLevel::Avx512 => unsafe { x86::select_at_least_avx512(row, threshold, out) },
+        _ => select_at_least_scalar(row, threshold, out),
+    }
+}
+
+/// Scalar twin of [`select_at_least_at`].
+pub fn select_at_least_scalar(row: &[f32], threshold: f32, out: &mut [u32]) -> usize {
+    let mut n = 0;
+    for (i, &v) in row.iter().enumerate() {
+        out[n] = i as u32;
+        n += (v >= threshold) as usize;
+    }
+    n
+}
+
+/// Lanes of the f64 kernels below: each keeps this many independent partial sums, combined
+/// in a fixed order, with separate multiplies and adds (no fused multiply-add), so every level
+/// gives bit-identical results to the scalar twin.
+const F64_LANES: usize = 8;
+
+/// `δ = x − μ` (into `delta`) and returns `Σ_j δ_j² λ_j` in f64, with `ml = [μ (D), λ (D)]`
+/// one component's means and precisions side by side (`D = x.len()`).
+#[inline]
+pub fn centre_quad_at(level: SimdLevel, x: &[f64], ml: &[f64], delta: &mut [f64]) -> f64 {
+    let d = x.len();
+    let (m, l) = ml[..2 * d].split_at(d);
+    let delta = &mut delta[..d];
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu).
+        SimdLevel::Avx512 => unsafe { x86::centre_quad_avx512(x, m, l, delta) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu).
+        SimdLevel::Avx2 => unsafe { x86::centre_quad_avx2(x, m, l, delta) },
+        _ => centre_quad_body(x, m, l, delta),
+    }
+}
+
+#[inline(always)]
+fn centre_quad_body(x: &[f64], m: &[f64], l: &[f64], delta: &mut [f64]) -> f64 {
+    let mut acc = [0f64; F64_LANES];
+    let whole = x.len() / F64_LANES * F64_LANES;
+    for (((xs, ms), ls), ds) in x[..whole]
+        .chunks_exact(F64_LANES)
+        .zip(m.chunks_exact(F64_LANES))
+        .zip(l.chunks_exact(F64_LANES))
+        .zip(delta[..whole].chunks_exact_mut(F64_LANES))
+    {
+        for j in 0..F64_LANES {
+            let t = xs[j] - ms[j];
+            ds[j] = t;
+            acc[j] += t * t * ls[j];
+        }
+    }
+    for j in whole..x.len() {
+        let t = x[j] - m[j];
+        delta[j] = t;
+        acc[j - whole] += t * t * l[j];
+    }
+    lane_sum(&acc)
+}
+
+/// The fixed pairwise order in which the lanes are summed.
+#[inline(always)]
+fn lane_sum(a: &[f64; F64_LANES]) -> f64 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+/// `acc[..D] += g δ` and `acc[D..2D] += g δ²` in f64 (`D = delta.len()`): one weighted
+/// first- and second-moment update about a component's mean.
+#[inline]
+pub fn moments_at(level: SimdLevel, g: f64, delta: &[f64], acc: &mut [f64]) {
+    let d = delta.len();
+    let (a1, a2) = acc[..2 * d].split_at_mut(d);
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu).
+        SimdLevel::Avx512 => unsafe { x86::moments_avx512(g, delta, a1, a2) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu).
+        SimdLevel::Avx2 => unsafe { x86::moments_avx2(g, delta, a1, a2) },
+        _ => moments_body(g, delta, a1, a2),
+    }
+}
+
+#[inline(always)]
+fn moments_body(g: f64, delta: &[f64], a1: &mut [f64], a2: &mut [f64]) {
+    for ((s1, s2), &t) in a1.iter_mut().zip(a2.iter_mut()).zip(delta) {
+        let gt = g * t;
+        *s1 += gt;
+        *s2 += gt * t;
+    }
+}
+
+/// `Σ_j δ_j (u_j + v_j δ_j)` in f64 with `uv = [u (D), v (D)]` (`D = delta.len()`): a
+/// quadratic polynomial in the centred descriptor, the backward pass's `∂L/∂γ`.
+#[inline]
+pub fn centred_poly_at(level: SimdLevel, delta: &[f64], uv: &[f64]) -> f64 {
+    let d = delta.len();
+    let (u, v) = uv[..2 * d].split_at(d);
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu).
+        SimdLevel::Avx512 => unsafe { x86::centred_poly_avx512(delta, u, v) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu).
+        SimdLevel::Avx2 => unsafe { x86::centred_poly_avx2(delta, u, v) },
+        _ => centred_poly_body(delta, u, v),
+    }
+}
+
+#[inline(always)]
+fn centred_poly_body(delta: &[f64], u: &[f64], v: &[f64]) -> f64 {
+    let mut acc = [0f64; F64_LANES];
+    let whole = delta.len() / F64_LANES * F64_LANES;
+    for ((ds, us), vs) in delta[..whole]
+        .chunks_exact(F64_LANES)
+        .zip(u.chunks_exact(F64_LANES))
+        .zip(v.chunks_exact(F64_LANES))
+    {
+        for j in 0..F64_LANES {
+            acc[j] += ds[j] * (us[j] + vs[j] * ds[j]);
+        }
+    }
+    for j in whole..delta.len() {
+        acc[j - whole] += delta[j] * (u[j] + v[j] * delta[j]);
+    }
+    lane_sum(&acc)
+}
+
 /// Runs `iters` rounds of independent fused multiply-add chains at `level` on one thread and
 /// returns the number of floating-point operations done (2 per lane per FMA). Used to measure
 /// the machine's attainable FMA peak: time it and divide.
@@ -655,6 +798,228 @@ mod x86 {
         }
     }
 
+    /// Indices of the lanes at or above the threshold, compressed into `out` 16 at a time.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn select_at_least_avx512(row: &[f32], threshold: f32, out: &mut [u32]) -> usize {
+        let t = _mm512_set1_ps(threshold);
+        let step = _mm512_set1_epi32(16);
+        let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let mut chunks = row.chunks_exact(16);
+        let mut n = 0usize;
+        for ch in &mut chunks {
+            // SAFETY: `ch` holds exactly 16 f32; the compressed store writes popcount(mask)
+            // ≤ 16 values at `out[n..]`, and n + 16 ≤ (index of this chunk) + 16 ≤ row.len()
+            // ≤ out.len().
+            unsafe {
+                let v = _mm512_loadu_ps(ch.as_ptr());
+                let mask = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, t);
+                _mm512_mask_compressstoreu_epi32(out.as_mut_ptr().add(n) as *mut _, mask, idx);
+                n += mask.count_ones() as usize;
+            }
+            idx = _mm512_add_epi32(idx, step);
+        }
+        let base = row.len() - chunks.remainder().len();
+        for (j, &g) in chunks.remainder().iter().enumerate() {
+            out[n] = (base + j) as u32;
+            n += (g >= threshold) as usize;
+        }
+        n
+    }
+
+    /// Sums the eight lanes in [`lane_sum`]'s order.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn lane_sum512(acc: __m512d) -> f64 {
+        let q = _mm256_add_pd(
+            _mm512_castpd512_pd256(acc),
+            _mm512_extractf64x4_pd::<1>(acc),
+        );
+        lane_sum256(q)
+    }
+
+    /// `[a0+a4, a1+a5, a2+a6, a3+a7]` summed in [`lane_sum`]'s order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn lane_sum256(q: __m256d) -> f64 {
+        let h = _mm_add_pd(_mm256_castpd256_pd128(q), _mm256_extractf128_pd::<1>(q));
+        _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)))
+    }
+
+    /// Vector lanes back into the array of partial sums, for the scalar tail.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn lanes512(acc: __m512d) -> [f64; F64_LANES] {
+        let mut a = [0f64; F64_LANES];
+        // SAFETY: `a` holds exactly 8 f64.
+        unsafe { _mm512_storeu_pd(a.as_mut_ptr(), acc) };
+        a
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn lanes256(lo: __m256d, hi: __m256d) -> [f64; F64_LANES] {
+        let mut a = [0f64; F64_LANES];
+        // SAFETY: `a` holds exactly 8 f64.
+        unsafe {
+            _mm256_storeu_pd(a.as_mut_ptr(), lo);
+            _mm256_storeu_pd(a.as_mut_ptr().add(4), hi);
+        }
+        a
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn centre_quad_avx512(x: &[f64], m: &[f64], l: &[f64], delta: &mut [f64]) -> f64 {
+        let d = x.len();
+        let whole = d / F64_LANES * F64_LANES;
+        let mut acc = _mm512_setzero_pd();
+        for j in (0..whole).step_by(F64_LANES) {
+            // SAFETY: j + 8 ≤ whole ≤ the length of all four slices (the caller's split).
+            unsafe {
+                let t = _mm512_sub_pd(
+                    _mm512_loadu_pd(x.as_ptr().add(j)),
+                    _mm512_loadu_pd(m.as_ptr().add(j)),
+                );
+                _mm512_storeu_pd(delta.as_mut_ptr().add(j), t);
+                let q = _mm512_mul_pd(_mm512_mul_pd(t, t), _mm512_loadu_pd(l.as_ptr().add(j)));
+                acc = _mm512_add_pd(acc, q);
+            }
+        }
+        if whole == d {
+            return lane_sum512(acc);
+        }
+        let mut a = lanes512(acc);
+        for j in whole..d {
+            let t = x[j] - m[j];
+            delta[j] = t;
+            a[j - whole] += t * t * l[j];
+        }
+        lane_sum(&a)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn centre_quad_avx2(x: &[f64], m: &[f64], l: &[f64], delta: &mut [f64]) -> f64 {
+        let d = x.len();
+        let whole = d / F64_LANES * F64_LANES;
+        let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        for j in (0..whole).step_by(F64_LANES) {
+            // SAFETY: j + 8 ≤ whole ≤ the length of all four slices (the caller's split).
+            unsafe {
+                for (h, acc) in [(0usize, &mut lo), (4, &mut hi)] {
+                    let t = _mm256_sub_pd(
+                        _mm256_loadu_pd(x.as_ptr().add(j + h)),
+                        _mm256_loadu_pd(m.as_ptr().add(j + h)),
+                    );
+                    _mm256_storeu_pd(delta.as_mut_ptr().add(j + h), t);
+                    let q =
+                        _mm256_mul_pd(_mm256_mul_pd(t, t), _mm256_loadu_pd(l.as_ptr().add(j + h)));
+                    *acc = _mm256_add_pd(*acc, q);
+                }
+            }
+        }
+        if whole == d {
+            return lane_sum256(_mm256_add_pd(lo, hi));
+        }
+        let mut a = lanes256(lo, hi);
+        for j in whole..d {
+            let t = x[j] - m[j];
+            delta[j] = t;
+            a[j - whole] += t * t * l[j];
+        }
+        lane_sum(&a)
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn moments_avx512(g: f64, delta: &[f64], a1: &mut [f64], a2: &mut [f64]) {
+        let d = delta.len();
+        let whole = d / F64_LANES * F64_LANES;
+        let vg = _mm512_set1_pd(g);
+        for j in (0..whole).step_by(F64_LANES) {
+            // SAFETY: j + 8 ≤ whole ≤ the length of all three slices (the caller's split).
+            unsafe {
+                let t = _mm512_loadu_pd(delta.as_ptr().add(j));
+                let gt = _mm512_mul_pd(vg, t);
+                let p1 = a1.as_mut_ptr().add(j);
+                let p2 = a2.as_mut_ptr().add(j);
+                _mm512_storeu_pd(p1, _mm512_add_pd(_mm512_loadu_pd(p1), gt));
+                _mm512_storeu_pd(p2, _mm512_add_pd(_mm512_loadu_pd(p2), _mm512_mul_pd(gt, t)));
+            }
+        }
+        moments_body(g, &delta[whole..], &mut a1[whole..], &mut a2[whole..]);
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn moments_avx2(g: f64, delta: &[f64], a1: &mut [f64], a2: &mut [f64]) {
+        let d = delta.len();
+        let whole = d / 4 * 4;
+        let vg = _mm256_set1_pd(g);
+        for j in (0..whole).step_by(4) {
+            // SAFETY: j + 4 ≤ whole ≤ the length of all three slices (the caller's split).
+            unsafe {
+                let t = _mm256_loadu_pd(delta.as_ptr().add(j));
+                let gt = _mm256_mul_pd(vg, t);
+                let p1 = a1.as_mut_ptr().add(j);
+                let p2 = a2.as_mut_ptr().add(j);
+                _mm256_storeu_pd(p1, _mm256_add_pd(_mm256_loadu_pd(p1), gt));
+                _mm256_storeu_pd(p2, _mm256_add_pd(_mm256_loadu_pd(p2), _mm256_mul_pd(gt, t)));
+            }
+        }
+        moments_body(g, &delta[whole..], &mut a1[whole..], &mut a2[whole..]);
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn centred_poly_avx512(delta: &[f64], u: &[f64], v: &[f64]) -> f64 {
+        let d = delta.len();
+        let whole = d / F64_LANES * F64_LANES;
+        let mut acc = _mm512_setzero_pd();
+        for j in (0..whole).step_by(F64_LANES) {
+            // SAFETY: j + 8 ≤ whole ≤ the length of all three slices (the caller's split).
+            unsafe {
+                let t = _mm512_loadu_pd(delta.as_ptr().add(j));
+                let w = _mm512_add_pd(
+                    _mm512_loadu_pd(u.as_ptr().add(j)),
+                    _mm512_mul_pd(_mm512_loadu_pd(v.as_ptr().add(j)), t),
+                );
+                acc = _mm512_add_pd(acc, _mm512_mul_pd(t, w));
+            }
+        }
+        if whole == d {
+            return lane_sum512(acc);
+        }
+        let mut a = lanes512(acc);
+        for j in whole..d {
+            a[j - whole] += delta[j] * (u[j] + v[j] * delta[j]);
+        }
+        lane_sum(&a)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn centred_poly_avx2(delta: &[f64], u: &[f64], v: &[f64]) -> f64 {
+        let d = delta.len();
+        let whole = d / F64_LANES * F64_LANES;
+        let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        for j in (0..whole).step_by(F64_LANES) {
+            // SAFETY: j + 8 ≤ whole ≤ the length of all three slices (the caller's split).
+            unsafe {
+                for (h, acc) in [(0usize, &mut lo), (4, &mut hi)] {
+                    let t = _mm256_loadu_pd(delta.as_ptr().add(j + h));
+                    let w = _mm256_add_pd(
+                        _mm256_loadu_pd(u.as_ptr().add(j + h)),
+                        _mm256_mul_pd(_mm256_loadu_pd(v.as_ptr().add(j + h)), t),
+                    );
+                    *acc = _mm256_add_pd(*acc, _mm256_mul_pd(t, w));
+                }
+            }
+        }
+        if whole == d {
+            return lane_sum256(_mm256_add_pd(lo, hi));
+        }
+        let mut a = lanes256(lo, hi);
+        for j in whole..d {
+            a[j - whole] += delta[j] * (u[j] + v[j] * delta[j]);
+        }
+        lane_sum(&a)
+    }
+
     macro_rules! probe_body {
         ($iters:expr, $ty:ty, $set1:ident, $fmadd:ident, $add:ident) => {{
             let mul = $set1(0.999_999);
@@ -869,6 +1234,76 @@ mod tests {
             let mut idx = Vec::new();
             indices_at_least_at(level, &row, 0.5, &mut idx);
             assert_eq!(idx, want_idx, "{level:?}");
+        }
+    }
+
+    #[test]
+    fn f64_row_kernels_are_identical_across_levels_and_match_f64() {
+        // D = 64 (whole lanes) and 67 (a tail).
+        for d in [64usize, 67, 5] {
+            let x: Vec<f64> = (0..d).map(|i| (i as f64 * 0.3).sin()).collect();
+            let ml: Vec<f64> = (0..2 * d)
+                .map(|i| {
+                    if i < d {
+                        (i as f64 * 0.7).cos()
+                    } else {
+                        1.0 + (i % 5) as f64
+                    }
+                })
+                .collect();
+            let mut want_delta = vec![0f64; d];
+            let want_q = centre_quad_body(&x, &ml[..d], &ml[d..], &mut want_delta);
+            let direct: f64 = (0..d).map(|j| (x[j] - ml[j]).powi(2) * ml[d + j]).sum();
+            assert!((want_q - direct).abs() < 1e-12 * direct, "d={d}");
+            for j in 0..d {
+                assert_eq!(want_delta[j], x[j] - ml[j]);
+            }
+            let uv: Vec<f64> = (0..2 * d).map(|i| (i as f64 * 0.11).sin()).collect();
+            let want_p = centred_poly_body(&want_delta, &uv[..d], &uv[d..]);
+            let direct: f64 = (0..d)
+                .map(|j| want_delta[j] * (uv[j] + uv[d + j] * want_delta[j]))
+                .sum();
+            assert!(
+                (want_p - direct).abs() < 1e-12 * direct.abs().max(1.0),
+                "d={d}"
+            );
+            let acc0: Vec<f64> = (0..2 * d).map(|i| i as f64 * 0.01).collect();
+            let mut want_acc = acc0.clone();
+            let (a1, a2) = want_acc.split_at_mut(d);
+            moments_body(0.3, &want_delta, a1, a2);
+            for j in 0..d {
+                assert!((want_acc[j] - (acc0[j] + 0.3 * want_delta[j])).abs() < 1e-15);
+                let sq = acc0[d + j] + 0.3 * want_delta[j] * want_delta[j];
+                assert!((want_acc[d + j] - sq).abs() < 1e-15);
+            }
+            for level in SimdLevel::available() {
+                let mut delta = vec![0f64; d];
+                assert_eq!(
+                    centre_quad_at(level, &x, &ml, &mut delta),
+                    want_q,
+                    "{level:?}"
+                );
+                assert_eq!(delta, want_delta, "{level:?}");
+                assert_eq!(centred_poly_at(level, &delta, &uv), want_p, "{level:?}");
+                let mut acc = acc0.clone();
+                moments_at(level, 0.3, &delta, &mut acc);
+                assert_eq!(acc, want_acc, "{level:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn selection_matches_filter_at_every_level() {
+        for len in [0usize, 5, 16, 37, 256] {
+            let row: Vec<f32> = (0..len).map(|i| ((i * 7) % 10) as f32 * 0.1).collect();
+            let want: Vec<u32> = (0..len as u32)
+                .filter(|&i| row[i as usize] >= 0.5)
+                .collect();
+            for level in SimdLevel::available() {
+                let mut out = vec![u32::MAX; len];
+                let n = select_at_least_at(level, &row, 0.5, &mut out);
+                assert_eq!(&out[..n], &want[..], "{level:?} len {len}");
+            }
         }
     }
 

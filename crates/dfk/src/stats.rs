@@ -96,6 +96,12 @@ impl GmmTerms {
     pub fn d(&self) -> usize {
         self.d
     }
+
+    /// `−(D/2) log 2π`: [`block_posteriors`]'s `row_ll` minus this is the row's log-sum-exp
+    /// of `log πₖ − ½ Σ log σ²ₖ − ½ Σ (x − μₖ)²/σ²ₖ`.
+    pub fn log_norm(&self) -> f64 {
+        self.log_norm
+    }
 }
 
 /// Caller-provided working memory for one block; allocate one per thread and reuse it.

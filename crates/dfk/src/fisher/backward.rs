@@ -36,10 +36,9 @@
 
 use rayon::prelude::*;
 
-use super::{
-    centred_moments, centred_quadratic, image_error, FisherEncoder, FisherScratch, L2_FLOOR,
-};
+use super::{image_error, FisherEncoder, FisherScratch, Refined, L2_FLOOR};
 use crate::error::{check_finite, Error, Result};
+use crate::kernels;
 use crate::stats::{self, BLOCK};
 
 /// Gradient of a scalar with respect to the GMM parameters, accumulated in f64.
@@ -373,19 +372,26 @@ impl FisherEncoder {
         }
         if o.improved {
             let (a, eps) = (o.power as f64, o.sqrt_epsilon as f64);
-            for (o, &f) in scratch.out.iter_mut().zip(&scratch.phi) {
-                let t = f.abs() + eps;
-                // At Φ = 0 with ε = 0 the derivative is unbounded; take the subgradient 0.
-                *o = if t > 0.0 {
-                    *o * a * t.powf(a - 1.0)
-                } else {
-                    0.0
-                };
+            // At Φ = 0 with ε = 0 the derivative is unbounded; take the subgradient 0.
+            if a == 0.5 {
+                for (o, &f) in scratch.out.iter_mut().zip(&scratch.phi) {
+                    let t = f.abs() + eps;
+                    *o = if t > 0.0 { *o * 0.5 / t.sqrt() } else { 0.0 };
+                }
+            } else {
+                for (o, &f) in scratch.out.iter_mut().zip(&scratch.phi) {
+                    let t = f.abs() + eps;
+                    *o = if t > 0.0 {
+                        *o * a * t.powf(a - 1.0)
+                    } else {
+                        0.0
+                    };
+                }
             }
         }
     }
 
-    /// Fills `cu = c G^u/σ`, `cv = c' G^v/σ²` and `r = −Σ_d c' G^v` so that
+    /// Fills `cuv = [c G^u/σ, c' G^v/σ²]` per component and `r = −Σ_d c' G^v` so that
     /// `A_ik = r_k + Σ_d δ (cu + cv δ)` with `δ = x_id − μ_kd`.
     fn coefficients(&self, n_total: f64, scratch: &mut FisherScratch) {
         let (k, d) = (self.gmm.k(), self.gmm.d());
@@ -394,76 +400,81 @@ impl FisherEncoder {
             let ck = 1.0 / (n_total * (self.gmm.weights()[c] as f64).sqrt());
             let ckv = ck / std::f64::consts::SQRT_2;
             let mut r = 0f64;
+            let (cu, cv) = scratch.cuv[2 * c * d..2 * (c + 1) * d].split_at_mut(d);
             for j in 0..d {
                 let i = c * d + j;
                 let (gu, gv) = (scratch.out[i], scratch.out[kd + i]);
-                scratch.cu[i] = ck * gu / self.sigma[i];
-                scratch.cv[i] = ckv * gv * self.inv_var[i];
+                cu[j] = ck * gu * self.inv_sigma[i];
+                cv[j] = ckv * gv * self.inv_var[i];
                 r -= ckv * gv;
             }
             scratch.r[c] = r;
         }
     }
 
-    /// Second pass: recomputes γ per block and accumulates `T0 = Σ_i B_ik`,
+    /// The one pass over the descriptors: per block the posteriors (GEMM, then the f64
+    /// refinement of the significant ones, exactly as the forward pass), then `T0 = Σ_i B_ik`,
     /// `T1 = Σ_i B_ik (x_i − μ_k)`, `T2 = Σ_i B_ik (x_i − μ_k)²` in f64.
     ///
     /// Where γ is kept (`γ ≥ threshold`, active component) A and B are formed directly about
-    /// μ_k (few entries per row). Where γ was skipped, `B_ik = −γ_ik Σ_j γ_ij A_ij` is tiny but
-    /// dense; those entries go through [`stats::block_statistics`] (`Bᵀ[x², x]` in the shifted
-    /// frame, sparse or GEMM) and are moved to the centred form afterwards.
+    /// μ_k from the refinement's `x − μ_k` (few entries per row). Where γ was skipped,
+    /// `B_ik = −γ_ik Σ_j γ_ij A_ij` is tiny but dense; those entries go through
+    /// [`stats::block_statistics`] (`Bᵀ[x², x]` in the shifted frame, sparse or GEMM) and are
+    /// moved to the centred form afterwards.
     fn second_pass(&self, x: &[f32], scratch: &mut FisherScratch) {
         let (k, d) = (self.gmm.k(), self.gmm.d());
-        let thr = self.options.posterior_threshold;
         scratch.t0.fill(0.0);
-        scratch.t1.fill(0.0);
-        scratch.t2.fill(0.0);
+        scratch.t12.fill(0.0);
         for block in x.chunks(BLOCK * d) {
             let n = self.block_posteriors(block, scratch);
             let mut skipped = false;
-            for (row, post) in block
-                .chunks_exact(d)
-                .zip(scratch.block.post[..n * k].chunks_exact_mut(k))
-            {
+            for (i, row) in block.chunks_exact(d).enumerate().take(n) {
+                let Refined { m, scale } = self.refine_row(row, i, scratch);
                 let mut s = 0f64;
-                for (c, &g) in post.iter().enumerate() {
-                    if g != 0.0 && g >= thr && self.active[c] {
-                        let r = c * d..(c + 1) * d;
+                for j in 0..m {
+                    let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
+                    if self.kept(c, g) {
                         let a = scratch.r[c]
-                            + centred_quadratic(
+                            + kernels::centred_poly_at(
                                 self.level,
-                                row,
-                                &self.means[r.clone()],
-                                &scratch.cu[r.clone()],
-                                &scratch.cv[r],
+                                &scratch.delta[j * d..(j + 1) * d],
+                                &scratch.cuv[2 * c * d..2 * (c + 1) * d],
                             );
-                        scratch.lrow[c] = a;
-                        s += g as f64 * a;
+                        scratch.arow[j] = a;
+                        s += g * a;
                     }
                 }
-                for (c, g) in post.iter_mut().enumerate() {
-                    if *g == 0.0 {
-                        continue;
-                    }
-                    let gf = *g as f64;
-                    if *g >= thr && self.active[c] {
-                        let b = gf * (scratch.lrow[c] - s);
+                for j in 0..m {
+                    let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
+                    if self.kept(c, g) {
+                        let b = g * (scratch.arow[j] - s);
                         scratch.t0[c] += b;
-                        let r = c * d..(c + 1) * d;
-                        centred_moments(
+                        kernels::moments_at(
                             self.level,
                             b,
-                            row,
-                            &self.means[r.clone()],
-                            &mut scratch.t1[r.clone()],
-                            &mut scratch.t2[r],
+                            &scratch.delta[j * d..(j + 1) * d],
+                            &mut scratch.t12[2 * c * d..2 * (c + 1) * d],
                         );
-                        *g = 0.0;
-                    } else {
-                        *g = (-gf * s) as f32;
-                        skipped |= *g != 0.0;
                     }
                 }
+                if s == 0.0 {
+                    scratch.block.post[i * k..(i + 1) * k].fill(0.0);
+                    continue;
+                }
+                // The skipped entries' B = −γ s: the unrefined ones are their GEMM value
+                // times `scale`, the refined ones their f64 value; kept ones are done.
+                let post = &mut scratch.block.post[i * k..(i + 1) * k];
+                let f = (-s * scale) as f32;
+                post.iter_mut().for_each(|p| *p *= f);
+                for j in 0..m {
+                    let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
+                    post[c] = if self.kept(c, g) {
+                        0.0
+                    } else {
+                        (-g * s) as f32
+                    };
+                }
+                skipped |= post.iter().any(|&b| b != 0.0);
             }
             if skipped {
                 self.add_skipped(n, scratch);
@@ -477,22 +488,23 @@ impl FisherEncoder {
     fn add_skipped(&self, n: usize, scratch: &mut FisherScratch) {
         let (k, d) = (self.gmm.k(), self.gmm.d());
         stats::block_statistics(&self.terms, n, &mut scratch.block);
+        // Column sums of B in f32 within the block (as the product sums), then f64.
+        scratch.col.fill(0.0);
+        for row in scratch.block.post[..n * k].chunks_exact(k) {
+            kernels::axpy_at(self.level, 1.0, row, &mut scratch.col);
+        }
         for c in 0..k {
-            let b0: f64 = scratch.block.post[..n * k]
-                .iter()
-                .skip(c)
-                .step_by(k)
-                .map(|&b| b as f64)
-                .sum();
+            let b0 = scratch.col[c] as f64;
             scratch.t0[c] += b0;
             let st = &scratch.block.stats[c * 2 * d..(c + 1) * 2 * d];
             let (sq, lin) = st.split_at(d);
+            let (t1, t2) = scratch.t12[2 * c * d..2 * (c + 1) * d].split_at_mut(d);
+            let cm = &self.cmeans[c * d..(c + 1) * d];
             for j in 0..d {
-                let i = c * d + j;
-                let m = self.cmeans[i];
+                let m = cm[j];
                 let (b1, b2) = (lin[j] as f64, sq[j] as f64);
-                scratch.t1[i] += b1 - m * b0;
-                scratch.t2[i] += b2 - 2.0 * m * b1 + m * m * b0;
+                t1[j] += b1 - m * b0;
+                t2[j] += b2 - 2.0 * m * b1 + m * m * b0;
             }
         }
     }
@@ -515,10 +527,11 @@ impl FisherEncoder {
             let ck = 1.0 / (n_total * (self.gmm.weights()[c] as f64).sqrt());
             let ckv = ck / std::f64::consts::SQRT_2;
             let s0 = scratch.s0[c];
+            let (t1, t2) = scratch.t12[2 * c * d..2 * (c + 1) * d].split_at(d);
             for j in 0..d {
                 let i = c * d + j;
-                let sg = self.sigma[i];
-                let (mut dm, mut ds) = (scratch.t1[i] / sg, scratch.t2[i] * self.inv_var[i] - t0);
+                let is = self.inv_sigma[i];
+                let (mut dm, mut ds) = (t1[j] * is, t2[j] * self.inv_var[i] - t0);
                 if act {
                     let (gu, gv) = (scratch.out[i], scratch.out[kd + i]);
                     let (u, v) = (scratch.phi[i], scratch.phi[kd + i]);
@@ -526,7 +539,7 @@ impl FisherEncoder {
                     ds -= gu * u + 2.0 * gv * (v + ckv * s0);
                     ek -= 0.5 * (gu * u + gv * v);
                 }
-                grad.means[i] += dm / sg;
+                grad.means[i] += dm * is;
                 grad.log_std[i] += ds;
             }
             scratch.t0[c] = ek;

@@ -39,15 +39,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gmm::Gmm;
-use crate::kernels::SimdLevel;
+use crate::kernels::{self, SimdLevel};
 use crate::stats::{self, GmmTerms, Scratch, BLOCK};
 
 /// Components with a weight below this are skipped (VLFeat 0.9.21's rule).
 pub const MIN_PRIOR: f32 = 1e-6;
 
-/// Posteriors at or above this (from the GEMM) are recomputed exactly; the GEMM's relative
-/// error (≤ 5e-4 measured on the fixtures) cannot move a posterior ≥ 1e-6 below it.
-const REFINE: f32 = 1e-7;
+/// Posteriors at or above this fraction of the threshold (from the GEMM) are recomputed
+/// exactly: the GEMM's error in log γ (≤ 5e-4 measured on the fixtures) is far from the factor
+/// 2 it would take to move a posterior across the threshold unseen.
+const REFINE_FRACTION: f32 = 0.5;
 
 /// How the Fisher vector is post-processed.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -118,13 +119,16 @@ pub struct FisherEncoder {
     center: Vec<f32>,
     /// `K × D`: `μ − c`, the means in the shifted frame.
     cmeans: Vec<f64>,
-    /// `K × D`: μ.
-    means: Vec<f64>,
-    /// `K × D`: σ and 1/σ².
-    sigma: Vec<f64>,
+    /// `K × 2D`: per component `[μ (D), 1/σ² (D)]`, for the direct f64 evaluation.
+    ml: Vec<f64>,
+    /// `K`: `log π − ½ Σ_d log σ²` in f64.
+    dbias: Vec<f64>,
+    /// `K × D`: 1/σ and 1/σ².
+    inv_sigma: Vec<f64>,
     inv_var: Vec<f64>,
-    /// Terms of the unshifted GMM: exact f64 recomputation of significant posteriors.
-    raw_terms: GmmTerms,
+    /// Posteriors at or above this (from the GEMM) are recomputed in f64:
+    /// [`REFINE_FRACTION`] of the threshold (0, i.e. every entry, without one).
+    refine: f32,
     /// Vector level of the f64 loops.
     level: SimdLevel,
     /// `K`: whether the component takes part (π ≥ [`MIN_PRIOR`]).
@@ -138,27 +142,39 @@ pub struct FisherScratch {
     block: Scratch,
     /// `BLOCK × D`: the shifted descriptors of a block.
     xc: Vec<f32>,
-    /// Backward: `K` values of A for one descriptor.
-    lrow: Vec<f64>,
-    /// `K`, `K × D`, `K × D`: f64 sums Σγ, Σγ(x − μ), Σγ(x − μ)² over the image.
+    /// One row: the descriptor in f64 (`D`), the refined components (`K`), their f64
+    /// posteriors (`K`), their `x − μ_k` (`K × D`) and (backward) their A (`K`).
+    xd: Vec<f64>,
+    sel: Vec<u32>,
+    gam: Vec<f64>,
+    delta: Vec<f64>,
+    arow: Vec<f64>,
+    /// `K`, `K × 2D`: f64 sums Σγ and, per component, `[Σγ(x − μ), Σγ(x − μ)²]` over the image.
     s0: Vec<f64>,
-    s1: Vec<f64>,
-    s2: Vec<f64>,
+    s12: Vec<f64>,
     /// `2KD`: raw Φ of the last image, then (backward) ∂L/∂Φ.
     phi: Vec<f64>,
     /// `2KD`: the post-processed vector of the last image (p, then φ).
     out: Vec<f64>,
     /// ‖p‖ of the last image (1 when not normalised).
     norm: f64,
-    /// Backward: `K × D` coefficients of `A_ik = r_k + Σ_d δ (cu + cv δ)`, δ = x − μ, and `K`
-    /// offsets r.
-    cu: Vec<f64>,
-    cv: Vec<f64>,
+    /// Backward: `K × 2D` coefficients `[cu, cv]` of `A_ik = r_k + Σ_d δ (cu + cv δ)`,
+    /// δ = x − μ, and `K` offsets r.
+    cuv: Vec<f64>,
     r: Vec<f64>,
-    /// Backward: f64 sums Σ B, Σ B (x − μ), Σ B (x − μ)² over the image.
+    /// Backward: f64 sums Σ B and, per component, `[Σ B (x − μ), Σ B (x − μ)²]`.
     t0: Vec<f64>,
-    t1: Vec<f64>,
-    t2: Vec<f64>,
+    t12: Vec<f64>,
+    /// Backward: `K` f32 column sums of one block's skipped B.
+    col: Vec<f32>,
+}
+
+/// The refined entries of one row, as [`FisherEncoder::refine_row`] leaves them in the
+/// scratch: `sel[..m]`, `gam[..m]`, `delta[..m·D]`; every other posterior of the row is its
+/// GEMM value times `scale`.
+struct Refined {
+    m: usize,
+    scale: f64,
 }
 
 impl FisherEncoder {
@@ -186,6 +202,20 @@ impl FisherEncoder {
             .enumerate()
             .map(|(i, &m)| m as f64 - center[i % d] as f64)
             .collect();
+        let mut ml = vec![0f64; 2 * k * d];
+        let mut dbias = vec![0f64; k];
+        for c in 0..k {
+            let (m, v) = (gmm.mean(c), gmm.variance(c));
+            let row = &mut ml[2 * c * d..2 * (c + 1) * d];
+            let mut b = (gmm.weights()[c] as f64).ln();
+            for j in 0..d {
+                row[j] = m[j] as f64;
+                row[d + j] = 1.0 / v[j] as f64;
+                b -= 0.5 * (v[j] as f64).ln();
+            }
+            dbias[c] = b;
+        }
+        let refine = REFINE_FRACTION * options.posterior_threshold;
 
         let shifted_gmm = Gmm::new(
             k,
@@ -200,10 +230,15 @@ impl FisherEncoder {
             terms: GmmTerms::new(&shifted_gmm),
             center,
             cmeans,
-            means: gmm.means().iter().map(|&v| v as f64).collect(),
-            sigma: gmm.variances().iter().map(|&v| (v as f64).sqrt()).collect(),
+            ml,
+            dbias,
+            inv_sigma: gmm
+                .variances()
+                .iter()
+                .map(|&v| 1.0 / (v as f64).sqrt())
+                .collect(),
             inv_var: gmm.variances().iter().map(|&v| 1.0 / v as f64).collect(),
-            raw_terms: GmmTerms::new(gmm),
+            refine,
             level: SimdLevel::detect(),
             active: gmm.weights().iter().map(|&w| w >= MIN_PRIOR).collect(),
         })
@@ -235,19 +270,21 @@ impl FisherEncoder {
         FisherScratch {
             block: Scratch::new(k, d),
             xc: vec![0.0; BLOCK * d],
-            lrow: vec![0.0; k],
+            xd: vec![0.0; d],
+            sel: vec![0; k],
+            gam: vec![0.0; k],
+            delta: vec![0.0; k * d],
+            arow: vec![0.0; k],
             s0: vec![0.0; k],
-            s1: vec![0.0; k * d],
-            s2: vec![0.0; k * d],
+            s12: vec![0.0; 2 * k * d],
             phi: vec![0.0; 2 * k * d],
             out: vec![0.0; 2 * k * d],
             norm: 1.0,
-            cu: vec![0.0; k * d],
-            cv: vec![0.0; k * d],
+            cuv: vec![0.0; 2 * k * d],
             r: vec![0.0; k],
             t0: vec![0.0; k],
-            t1: vec![0.0; k * d],
-            t2: vec![0.0; k * d],
+            t12: vec![0.0; 2 * k * d],
+            col: vec![0.0; k],
         }
     }
 
@@ -339,7 +376,11 @@ impl FisherEncoder {
                 what: "image (no descriptors)".into(),
             });
         }
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        // An all-ones exponent is ±∞ or NaN; the OR of the test vectorises, unlike a search.
+        let bad = x
+            .iter()
+            .fold(false, |a, v| a | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000));
+        if let Some(i) = x.iter().position(|v| bad && !v.is_finite()) {
             return Err(Error::NonFinite {
                 what: format!("descriptor row {} (dimension {})", i / d, i % d),
                 index: i,
@@ -348,7 +389,8 @@ impl FisherEncoder {
         Ok(x.len() / d)
     }
 
-    /// Shifts block `x` (`n` rows) into `scratch.xc` and computes its posteriors and `[x², x]`.
+    /// Shifts block `x` (`n` rows) into `scratch.xc` and computes its GEMM posteriors and
+    /// `[x², x]` (in the shifted frame).
     fn block_posteriors(&self, x: &[f32], scratch: &mut FisherScratch) -> usize {
         let d = self.gmm.d();
         let n = x.len() / d;
@@ -359,26 +401,68 @@ impl FisherEncoder {
             }
         }
         stats::block_posteriors(&self.terms, &scratch.xc[..n * d], n, &mut scratch.block);
-        stats::refine_posteriors(&self.raw_terms, x, n, REFINE, &mut scratch.block);
         n
     }
 
-    /// Zeroes the posteriors VLFeat skips: below the threshold, or of inactive components.
-    fn prune(&self, n: usize, scratch: &mut FisherScratch) {
-        let k = self.gmm.k();
-        let t = self.options.posterior_threshold;
-        if t > 0.0 {
-            stats::prune_posteriors(&self.terms, n, t, &mut scratch.block);
+    /// Recomputes the posteriors of row `i` of the block (descriptor `x`) that the GEMM puts
+    /// at or above `self.refine` directly in f64 from the unshifted `(x − μ_k)²/σ²_k`, and
+    /// renormalises: the refined entries get `exp(l_k)/Z`, the others keep their GEMM values
+    /// rescaled to the new `Z` (as [`stats::refine_posteriors`], which this fuses with the
+    /// selection of the kept entries and keeps `x − μ_k` for the statistics). Every kept entry
+    /// (γ ≥ threshold) is refined: should the rescaling lift an unrefined one to the threshold
+    /// (it never does unless the GEMM is off by a factor 2), the whole row is refined.
+    fn refine_row(&self, x: &[f32], i: usize, scratch: &mut FisherScratch) -> Refined {
+        let (k, d) = (self.gmm.k(), self.gmm.d());
+        let post = &scratch.block.post[i * k..(i + 1) * k];
+        let lse = scratch.block.row_ll[i] - self.terms.log_norm();
+        let thr = self.options.posterior_threshold as f64;
+        for (a, &b) in scratch.xd.iter_mut().zip(x) {
+            *a = b as f64;
         }
-        if self.active.iter().any(|a| !a) {
-            for row in scratch.block.post[..n * k].chunks_exact_mut(k) {
-                for (g, &a) in row.iter_mut().zip(&self.active) {
-                    if !a {
-                        *g = 0.0;
-                    }
-                }
+        let mut t = self.refine;
+        loop {
+            let m = kernels::select_at_least_at(self.level, post, t, &mut scratch.sel);
+            let mut rest = 1f64;
+            let mut max = f64::NEG_INFINITY;
+            for j in 0..m {
+                let c = scratch.sel[j] as usize;
+                rest -= post[c] as f64;
+                let q = kernels::centre_quad_at(
+                    self.level,
+                    &scratch.xd,
+                    &self.ml[2 * c * d..2 * (c + 1) * d],
+                    &mut scratch.delta[j * d..(j + 1) * d],
+                );
+                let l = self.dbias[c] - 0.5 * q;
+                scratch.gam[j] = l;
+                max = max.max(l);
             }
+            if m > 0 {
+                // The unrefined posteriors are exp(l − lse); rescale them to the new max.
+                let tail = (lse - max).exp();
+                let mut z = rest.max(0.0) * tail;
+                for g in &mut scratch.gam[..m] {
+                    *g = (*g - max).exp();
+                    z += *g;
+                }
+                let inv = 1.0 / z;
+                scratch.gam[..m].iter_mut().for_each(|g| *g *= inv);
+                let scale = tail * inv;
+                if thr == 0.0 || t == 0.0 || scale * (t as f64) < thr {
+                    return Refined { m, scale };
+                }
+            } else if t == 0.0 {
+                return Refined { m, scale: 1.0 };
+            }
+            t = 0.0;
         }
+    }
+
+    /// Whether refined entry `j` (component `c`, f64 posterior `g`) is kept: VLFeat skips
+    /// posteriors below the threshold and components below the prior floor.
+    #[inline]
+    fn kept(&self, c: usize, g: f64) -> bool {
+        g >= self.options.posterior_threshold as f64 && g > 0.0 && self.active[c]
     }
 
     /// Forward pass: leaves S0..S2, Φ (`scratch.phi`), the output (`scratch.out`) and ‖p‖.
@@ -386,30 +470,22 @@ impl FisherEncoder {
         let n_total = self.check_image(x)?;
         let (k, d) = (self.gmm.k(), self.gmm.d());
         scratch.s0.fill(0.0);
-        scratch.s1.fill(0.0);
-        scratch.s2.fill(0.0);
+        scratch.s12.fill(0.0);
         for block in x.chunks(BLOCK * d) {
             let n = self.block_posteriors(block, scratch);
-            self.prune(n, scratch);
-            for (row, post) in block
-                .chunks_exact(d)
-                .zip(scratch.block.post[..n * k].chunks_exact(k))
-            {
-                for (c, &g) in post.iter().enumerate() {
-                    if g == 0.0 {
-                        continue;
+            for (i, row) in block.chunks_exact(d).enumerate().take(n) {
+                let Refined { m, .. } = self.refine_row(row, i, scratch);
+                for j in 0..m {
+                    let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
+                    if self.kept(c, g) {
+                        scratch.s0[c] += g;
+                        kernels::moments_at(
+                            self.level,
+                            g,
+                            &scratch.delta[j * d..(j + 1) * d],
+                            &mut scratch.s12[2 * c * d..2 * (c + 1) * d],
+                        );
                     }
-                    let g = g as f64;
-                    scratch.s0[c] += g;
-                    let r = c * d..(c + 1) * d;
-                    centred_moments(
-                        self.level,
-                        g,
-                        row,
-                        &self.means[r.clone()],
-                        &mut scratch.s1[r.clone()],
-                        &mut scratch.s2[r],
-                    );
                 }
             }
         }
@@ -426,10 +502,18 @@ impl FisherEncoder {
             let cu = 1.0 / (nf * pi.sqrt());
             let cv = 1.0 / (nf * (2.0 * pi).sqrt());
             let s0 = scratch.s0[c];
-            for j in 0..d {
-                let i = c * d + j;
-                scratch.phi[i] = cu * scratch.s1[i] / self.sigma[i];
-                scratch.phi[kd + i] = cv * (scratch.s2[i] * self.inv_var[i] - s0);
+            let (s1, s2) = scratch.s12[2 * c * d..2 * (c + 1) * d].split_at(d);
+            let (pu, pv) = scratch.phi.split_at_mut(kd);
+            let r = c * d..(c + 1) * d;
+            for ((((o, &s), &is), &iv), (ov, &q)) in pu[r.clone()]
+                .iter_mut()
+                .zip(s1)
+                .zip(&self.inv_sigma[r.clone()])
+                .zip(&self.inv_var[r.clone()])
+                .zip(pv[r].iter_mut().zip(s2))
+            {
+                *o = cu * s * is;
+                *ov = cv * (q * iv - s0);
             }
         }
         self.postprocess(scratch);
@@ -439,28 +523,74 @@ impl FisherEncoder {
     /// `scratch.out` = normalised signed power of `scratch.phi`; sets `scratch.norm`.
     fn postprocess(&self, scratch: &mut FisherScratch) {
         let o = &self.options;
-        let eps = o.sqrt_epsilon as f64;
-        let a = o.power as f64;
-        for (p, &f) in scratch.out.iter_mut().zip(&scratch.phi) {
-            *p = if o.improved {
-                let mag = if a == 0.5 {
-                    (f.abs() + eps).sqrt() - eps.sqrt()
-                } else {
-                    (f.abs() + eps).powf(a) - eps.powf(a)
-                };
-                mag.copysign(f)
-            } else {
-                f
-            };
+        let (out, phi) = (&mut scratch.out[..], &scratch.phi[..]);
+        let (a, eps) = (o.power as f64, o.sqrt_epsilon as f64);
+        let norm = match self.level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the level was detected on this CPU (AVX-512F and FMA).
+            SimdLevel::Avx512 => unsafe { postprocess_avx512(o, a, eps, phi, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the level was detected on this CPU (AVX2 and FMA).
+            SimdLevel::Avx2 => unsafe { postprocess_avx2(o, a, eps, phi, out) },
+            _ => postprocess_body(o, a, eps, phi, out),
+        };
+        scratch.norm = norm;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn postprocess_avx512(
+    o: &FisherOptions,
+    a: f64,
+    e: f64,
+    phi: &[f64],
+    out: &mut [f64],
+) -> f64 {
+    postprocess_body(o, a, e, phi, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn postprocess_avx2(o: &FisherOptions, a: f64, e: f64, phi: &[f64], out: &mut [f64]) -> f64 {
+    postprocess_body(o, a, e, phi, out)
+}
+
+/// The signed power and L2 normalisation of Φ into `out`; returns the divisor (1 without
+/// `l2`). One loop per case and eight partial sums for the norm, so that it vectorises; only
+/// exactly rounded operations, so every vector width gives the same result.
+#[inline(always)]
+fn postprocess_body(o: &FisherOptions, a: f64, eps: f64, phi: &[f64], out: &mut [f64]) -> f64 {
+    if !o.improved {
+        out.copy_from_slice(phi);
+    } else if a == 0.5 {
+        let se = eps.sqrt();
+        for (p, &f) in out.iter_mut().zip(phi) {
+            *p = ((f.abs() + eps).sqrt() - se).copysign(f);
         }
-        scratch.norm = 1.0;
-        if o.l2 {
-            let norm = scratch.out.iter().map(|v| v * v).sum::<f64>().sqrt();
-            scratch.norm = norm.max(L2_FLOOR);
-            let inv = 1.0 / scratch.norm;
-            scratch.out.iter_mut().for_each(|v| *v *= inv);
+    } else {
+        let ea = eps.powf(a);
+        for (p, &f) in out.iter_mut().zip(phi) {
+            *p = ((f.abs() + eps).powf(a) - ea).copysign(f);
         }
     }
+    if !o.l2 {
+        return 1.0;
+    }
+    let mut acc = [0f64; 8];
+    let mut chunks = out.chunks_exact(8);
+    for ch in &mut chunks {
+        for (s, v) in acc.iter_mut().zip(ch) {
+            *s += v * v;
+        }
+    }
+    for (s, v) in acc.iter_mut().zip(chunks.remainder()) {
+        *s += v * v;
+    }
+    let norm = acc.iter().sum::<f64>().sqrt().max(L2_FLOOR);
+    let inv = 1.0 / norm;
+    out.iter_mut().for_each(|v| *v *= inv);
+    norm
 }
 
 /// VLFeat's floor of the L2 norm.
@@ -479,73 +609,4 @@ fn image_error(i: usize, e: Error) -> Error {
         Error::Invalid(m) => Error::Invalid(format!("image {i}: {m}")),
         other => other,
     }
-}
-
-/// `s1 += g (x − m)` and `s2 += g (x − m)²` element-wise in f64 (the centred statistics).
-fn centred_moments(level: SimdLevel, g: f64, x: &[f32], m: &[f64], s1: &mut [f64], s2: &mut [f64]) {
-    #[cfg(target_arch = "x86_64")]
-    if level != SimdLevel::Scalar {
-        // SAFETY: every level above Scalar implies AVX2 and FMA (SimdLevel::detect).
-        return unsafe { centred_moments_avx2(g, x, m, s1, s2) };
-    }
-    let _ = level;
-    centred_moments_body(g, x, m, s1, s2)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn centred_moments_avx2(g: f64, x: &[f32], m: &[f64], s1: &mut [f64], s2: &mut [f64]) {
-    centred_moments_body(g, x, m, s1, s2)
-}
-
-#[inline(always)]
-fn centred_moments_body(g: f64, x: &[f32], m: &[f64], s1: &mut [f64], s2: &mut [f64]) {
-    for (((a1, a2), &x), &m) in s1.iter_mut().zip(s2.iter_mut()).zip(x).zip(m) {
-        let t = x as f64 - m;
-        let gt = g * t;
-        *a1 += gt;
-        *a2 += gt * t;
-    }
-}
-
-/// `Σ_d t_d (cu_d + cv_d t_d)` with `t = x − m`, in f64 (the backward pass's A).
-fn centred_quadratic(level: SimdLevel, x: &[f32], m: &[f64], cu: &[f64], cv: &[f64]) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if level != SimdLevel::Scalar {
-        // SAFETY: every level above Scalar implies AVX2 and FMA (SimdLevel::detect).
-        return unsafe { centred_quadratic_avx2(x, m, cu, cv) };
-    }
-    let _ = level;
-    centred_quadratic_body(x, m, cu, cv)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn centred_quadratic_avx2(x: &[f32], m: &[f64], cu: &[f64], cv: &[f64]) -> f64 {
-    centred_quadratic_body(x, m, cu, cv)
-}
-
-/// Eight independent partial sums, so the loop vectorises without reassociating.
-#[inline(always)]
-fn centred_quadratic_body(x: &[f32], m: &[f64], cu: &[f64], cv: &[f64]) -> f64 {
-    const L: usize = 8;
-    let mut acc = [0f64; L];
-    let whole = x.len() / L * L;
-    for (((xs, ms), us), vs) in x[..whole]
-        .chunks_exact(L)
-        .zip(m.chunks_exact(L))
-        .zip(cu.chunks_exact(L))
-        .zip(cv.chunks_exact(L))
-    {
-        for l in 0..L {
-            let t = xs[l] as f64 - ms[l];
-            acc[l] += t * (us[l] + vs[l] * t);
-        }
-    }
-    let mut sum: f64 = acc.iter().sum();
-    for i in whole..x.len() {
-        let t = x[i] as f64 - m[i];
-        sum += t * (cu[i] + cv[i] * t);
-    }
-    sum
 }

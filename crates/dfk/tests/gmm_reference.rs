@@ -123,9 +123,45 @@ fn em_trajectory_matches_scikit_learn() {
     assert_close("fit means", fit.gmm.means(), &means, 1e-5, 1e-5);
 }
 
-/// Fitted from its own initialisation (k-means++, 3 restarts, seed 0, tol 1e-7), the final average
-/// log-likelihood is no worse than VLFeat's `vl_gmm` (k-means init, 3 repetitions) and
-/// scikit-learn's (`n_init=3`) on the same data, within 1e-3 relative.
+/// Average log-likelihood of a diagonal GMM by direct evaluation in f64 (as the fixture script
+/// evaluates the references' models).
+fn avg_loglik_f64(gmm: &Gmm, x: &[f32]) -> f64 {
+    let (k, d) = (gmm.k(), gmm.d());
+    let mut total = 0f64;
+    let mut l = vec![0f64; k];
+    for row in x.chunks_exact(d) {
+        for (c, l) in l.iter_mut().enumerate() {
+            *l =
+                (gmm.weights()[c] as f64).ln() - 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
+            for ((&xv, &m), &v) in row.iter().zip(gmm.mean(c)).zip(gmm.variance(c)) {
+                let v = v as f64;
+                *l -= 0.5 * v.ln() + 0.5 * (xv as f64 - m as f64).powi(2) / v;
+            }
+        }
+        let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        total += m + l.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+    }
+    total / (x.len() / d) as f64
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let h = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[h]
+    } else {
+        0.5 * (v[h - 1] + v[h])
+    }
+}
+
+/// With its default settings (3 restarts, as the references), fitted from its own
+/// initialisation for each seed of the fixtures, dfk's final average log-likelihood is no
+/// worse than VLFeat's `vl_gmm` (k-means init, 3 repetitions, 500 iterations) and
+/// scikit-learn's (`n_init=3`, `max_iter=500`, `tol=1e-6`) on the same data: the median over
+/// the seeds at least the references' median up to f32 rounding (1e-6 relative: dfk's model is
+/// stored in f32), and no seed far below (the data have several local optima, so single seeds
+/// of any method land in different ones).
 #[test]
 fn final_likelihood_no_worse_than_vlfeat_and_scikit_learn() {
     let fx = read_json(fixture("ll_compare.json"));
@@ -142,28 +178,40 @@ fn final_likelihood_no_worse_than_vlfeat_and_scikit_learn() {
             )
         );
         let k = set["k"].as_u64().unwrap() as usize;
-        // tol 1e-7 relative: about scikit-learn's tol=1e-6 (absolute, per descriptor) here.
-        let params = GmmParams::new(k)
-            .restarts(3)
-            .seed(0)
-            .max_iter(500)
-            .tol(1e-7);
-        let fit = fit_gmm(&x, d, &params).unwrap();
-        let ll = fit.gmm.log_likelihood(&x).unwrap();
-        let (vl, sk) = (
-            set["vlfeat_ll"].as_f64().unwrap(),
-            set["sklearn_ll"].as_f64().unwrap(),
-        );
-        println!(
-            "{name}: N={n} D={d} K={k}  dfk {ll:.6} (iterations {}, restarts {:?})  VLFeat {vl:.6}  scikit-learn {sk:.6}",
-            fit.iterations, fit.restarts_ll
-        );
-        let last = fit.loglik_history[fit.loglik_history.len() - 1];
-        assert!(rel(last, ll) < 1e-6, "{name}: history end {last} vs {ll}");
-        for (who, reference) in [("VLFeat", vl), ("scikit-learn", sk)] {
+        let vl = f64s(&set["vlfeat_ll_by_seed"]);
+        let sk = f64s(&set["sklearn_ll_by_seed"]);
+        assert!(vl.len() >= 5 && vl.len() == sk.len());
+        let mut ours = Vec::new();
+        for seed in 0..vl.len() {
+            let fit = fit_gmm(&x, d, &GmmParams::new(k).restarts(3).seed(seed as u64)).unwrap();
+            let ll = avg_loglik_f64(&fit.gmm, &x);
+            let last = fit.loglik_history[fit.loglik_history.len() - 1];
             assert!(
-                ll >= reference - 1e-3 * reference.abs(),
-                "{name}: dfk {ll} worse than {who} {reference}"
+                rel(last, ll) < 1e-6,
+                "{name}: history end {last} vs f64 {ll}"
+            );
+            println!(
+                "{name} seed {seed}: dfk {ll:.6} ({} iterations, restarts {:?})  VLFeat {:.6}  scikit-learn {:.6}",
+                fit.iterations, fit.restarts_ll, vl[seed], sk[seed]
+            );
+            for (who, reference) in [("VLFeat", vl[seed]), ("scikit-learn", sk[seed])] {
+                assert!(
+                    ll >= reference - 1e-3 * reference.abs(),
+                    "{name} seed {seed}: dfk {ll} far below {who} {reference}"
+                );
+            }
+            ours.push(ll);
+        }
+        let m = median(&ours);
+        println!(
+            "{name} median: dfk {m:.6}  VLFeat {:.6}  scikit-learn {:.6}",
+            median(&vl),
+            median(&sk)
+        );
+        for (who, reference) in [("VLFeat", median(&vl)), ("scikit-learn", median(&sk))] {
+            assert!(
+                m >= reference - 1e-6 * reference.abs(),
+                "{name}: dfk's median {m} below {who}'s {reference}"
             );
         }
     }

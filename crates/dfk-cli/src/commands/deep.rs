@@ -305,6 +305,9 @@ fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<Gmm> {
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let p = params(&a)?;
     p.validate()?;
+    if a.gmm.is_none() && a.k == 0 {
+        return usage("-k 0: the GMM needs at least 1 component");
+    }
     if !(0.0..1.0).contains(&a.val_fraction) {
         return usage(format!(
             "--val-fraction {}: expected a value in [0, 1)",

@@ -408,6 +408,26 @@ fn every_initialisation_gives_a_monotone_em() {
     }
 }
 
+/// The default k-means initialisation (seeds from a subsample of 64·K rows, then Lloyd on the
+/// whole sample) starts from a better model than k-means++ alone, and is reproducible.
+#[test]
+fn kmeans_initialisation_improves_on_kmeans_plus_plus() {
+    let (d, k) = (8, 32);
+    // 32 · 64 = 2048 seeding rows out of 6000: the subsample path.
+    let x = mixture(6000, d, k, 10.0, 12);
+    let init = |i: GmmInit, seed: u64| {
+        let p = GmmParams::new(k).init(i).max_iter(0).seed(seed);
+        fit_gmm(&x, d, &p).unwrap().loglik_history[0]
+    };
+    let km = GmmParams::new(k).init;
+    assert_eq!(km, GmmInit::KMeans { iters: 20 });
+    for seed in 0..3 {
+        let (a, b) = (init(km, seed), init(GmmInit::KMeansPlusPlus, seed));
+        assert!(a > b, "seed {seed}: k-means {a} vs k-means++ {b}");
+        assert_eq!(a, init(km, seed));
+    }
+}
+
 #[test]
 fn max_iter_zero_returns_the_initialisation() {
     let x = mixture(500, 2, 2, 0.0, 11);

@@ -3,8 +3,12 @@
  *
  *   vlfeat_bench encode DIR IMAGES PER_IMAGE REPS THREADS   vl_fisher_encode (improved), per image
  *   vlfeat_bench em     DIR N ITERS REPS THREADS             vl_gmm_em from the given GMM
- *   vlfeat_bench init   DIR N REPS THREADS                   vl_gmm_init_with_kmeans (VLFeat's default
- *                                                            k-means), then one EM iteration for the LL
+ *   vlfeat_bench init   DIR N REPS THREADS MAXITER OUT       vl_gmm_init_with_kmeans (VLFeat's default
+ *                                                            k-means), timed REPS times; after the first,
+ *                                                            EM to convergence (VLFeat's rule: relative
+ *                                                            LL change < 1e-5, at most MAXITER
+ *                                                            iterations), final model written to
+ *                                                            OUT_{means,variances,weights}.f32
  *   vlfeat_bench sift   REPS                                 vl_dsift, flat window, step 4, on the
  *                                                            synthetic 640x480 image of `dfk bench
  *                                                            --stage sift`: bins 4/6/8/10 each after
@@ -125,7 +129,7 @@ int main(int argc, char **argv) {
       if (r > 0) /* the first run warms up */
         printf("{\"impl\":\"vlfeat\",\"stage\":\"encode\",\"k\":%zu,\"d\":%zu,\"descriptors\":%zu,"
                "\"seconds\":%.6f,\"threads\":%zu,\"check\":%g}\n",
-               K, D, images * per, t, vl_get_max_threads(), check);
+               K, D, images * per, t, (size_t)vl_get_max_threads(), check);
     }
     free(enc);
   } else if (!strcmp(mode, "em") && argc == 7) {
@@ -143,25 +147,47 @@ int main(int argc, char **argv) {
       t = now() - t;
       printf("{\"impl\":\"vlfeat\",\"stage\":\"em\",\"k\":%zu,\"d\":%zu,\"descriptors\":%zu,"
              "\"seconds\":%.6f,\"iterations\":%zu,\"loglik_total\":%.6f,\"threads\":%zu}\n",
-             K, D, n, t / iters, iters, ll, vl_get_max_threads());
+             K, D, n, t / iters, iters, ll, (size_t)vl_get_max_threads());
       vl_gmm_delete(gmm);
     }
-  } else if (!strcmp(mode, "init") && argc == 6) {
-    size_t n = atoi(argv[3]), reps = atoi(argv[4]);
+  } else if (!strcmp(mode, "init") && argc == 8) {
+    size_t n = atoi(argv[3]), reps = atoi(argv[4]), maxiter = atoi(argv[6]);
+    const char *out = argv[7];
     vl_set_num_threads(atoi(argv[5]));
     if (n > rows) { fprintf(stderr, "not enough rows\n"); return 2; }
     for (size_t r = 0; r < reps; r++) {
       VlGMM *gmm = vl_gmm_new(VL_TYPE_FLOAT, D, K);
-      vl_gmm_set_max_num_iterations(gmm, 1);
       double t = now();
       vl_gmm_init_with_kmeans(gmm, x, n, NULL);
       t = now() - t;
-      /* One EM iteration: vl_gmm_em returns the log-likelihood (sum over the data) of the model
-       * it starts the last iteration from, i.e. of the initialisation. */
-      double ll = vl_gmm_em(gmm, x, n);
-      printf("{\"impl\":\"vlfeat\",\"stage\":\"init\",\"k\":%zu,\"d\":%zu,\"descriptors\":%zu,"
-             "\"seconds\":%.6f,\"loglik_avg\":%.6f,\"threads\":%zu}\n",
-             K, D, n, t, ll / n, vl_get_max_threads());
+      double em_s = 0, ll = 0;
+      if (r == 0) {
+        vl_gmm_set_max_num_iterations(gmm, maxiter);
+        em_s = now();
+        /* The total log-likelihood of the model the last iteration started from. */
+        ll = vl_gmm_em(gmm, x, n);
+        em_s = now() - em_s;
+        const char *names[3] = {"means", "variances", "weights"};
+        const float *arrays[3] = {vl_gmm_get_means(gmm), vl_gmm_get_covariances(gmm),
+                                  vl_gmm_get_priors(gmm)};
+        size_t counts[3] = {K * D, K * D, K};
+        for (int a = 0; a < 3; a++) {
+          snprintf(path, sizeof path, "%s_%s.f32", out, names[a]);
+          FILE *o = fopen(path, "wb");
+          if (!o || fwrite(arrays[a], sizeof(float), counts[a], o) != counts[a] || fclose(o)) {
+            fprintf(stderr, "cannot write %s\n", path);
+            return 2;
+          }
+        }
+        printf("{\"impl\":\"vlfeat\",\"stage\":\"init\",\"k\":%zu,\"d\":%zu,\"descriptors\":%zu,"
+               "\"seconds\":%.6f,\"em_seconds\":%.6f,\"em_max_iterations\":%zu,"
+               "\"loglik_avg_em\":%.6f,\"model\":\"%s\",\"threads\":%zu}\n",
+               K, D, n, t, em_s, maxiter, ll / n, out, (size_t)vl_get_max_threads());
+      } else {
+        printf("{\"impl\":\"vlfeat\",\"stage\":\"init\",\"k\":%zu,\"d\":%zu,\"descriptors\":%zu,"
+               "\"seconds\":%.6f,\"threads\":%zu}\n",
+               K, D, n, t, (size_t)vl_get_max_threads());
+      }
       vl_gmm_delete(gmm);
     }
   } else {

@@ -422,6 +422,67 @@ fn centred_poly_body(delta: &[f64], u: &[f64], v: &[f64]) -> f64 {
     lane_sum(&acc)
 }
 
+/// [`centre_quad_at`] for the components `sel` of one descriptor `x` (`D`): for the `j`-th
+/// selected component `c`, `delta[j·D..]` = `x − μ_c` and `q[j]` = `Σ δ² λ_c`, with `ml` the
+/// `K × 2D` rows `[μ_c, λ_c]`. One dispatch per descriptor instead of one per component.
+#[inline]
+pub fn centre_quad_sel_at(
+    level: SimdLevel,
+    x: &[f64],
+    ml: &[f64],
+    sel: &[u32],
+    q: &mut [f64],
+    delta: &mut [f64],
+) {
+    let d = x.len();
+    assert!(q.len() >= sel.len() && delta.len() >= sel.len() * d);
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu).
+        SimdLevel::Avx512 => unsafe { x86::centre_quad_sel_avx512(x, ml, sel, q, delta) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu).
+        SimdLevel::Avx2 => unsafe { x86::centre_quad_sel_avx2(x, ml, sel, q, delta) },
+        _ => {
+            for (j, &c) in sel.iter().enumerate() {
+                let (m, l) = ml[2 * c as usize * d..(2 * c as usize + 2) * d].split_at(d);
+                q[j] = centre_quad_body(x, m, l, &mut delta[j * d..(j + 1) * d]);
+            }
+        }
+    }
+}
+
+/// [`moments_at`] for the components `sel` of one descriptor: for the `j`-th selected
+/// component `c` with `w[j] ≠ 0`, `acc[c·2D..]` gets `w[j]` times `[δ_j, δ_j²]`
+/// (`delta` as [`centre_quad_sel_at`] leaves it). Entries with a zero weight are skipped.
+#[inline]
+pub fn moments_sel_at(
+    level: SimdLevel,
+    d: usize,
+    sel: &[u32],
+    w: &[f64],
+    delta: &[f64],
+    acc: &mut [f64],
+) {
+    assert!(w.len() >= sel.len() && delta.len() >= sel.len() * d);
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu).
+        SimdLevel::Avx512 => unsafe { x86::moments_sel_avx512(d, sel, w, delta, acc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu).
+        SimdLevel::Avx2 => unsafe { x86::moments_sel_avx2(d, sel, w, delta, acc) },
+        _ => {
+            for (j, &c) in sel.iter().enumerate() {
+                if w[j] != 0.0 {
+                    let (a1, a2) = acc[2 * c as usize * d..(2 * c as usize + 2) * d].split_at_mut(d);
+                    moments_body(w[j], &delta[j * d..(j + 1) * d], a1, a2);
+                }
+            }
+        }
+    }
+}
+
 /// Runs `iters` rounds of independent fused multiply-add chains at `level` on one thread and
 /// returns the number of floating-point operations done (2 per lane per FMA). Used to measure
 /// the machine's attainable FMA peak: time it and divide.
@@ -867,6 +928,7 @@ mod x86 {
         a
     }
 
+    #[inline]
     #[target_feature(enable = "avx512f,fma")]
     pub(super) fn centre_quad_avx512(x: &[f64], m: &[f64], l: &[f64], delta: &mut [f64]) -> f64 {
         let d = x.len();
@@ -896,6 +958,7 @@ mod x86 {
         lane_sum(&a)
     }
 
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn centre_quad_avx2(x: &[f64], m: &[f64], l: &[f64], delta: &mut [f64]) -> f64 {
         let d = x.len();
@@ -928,6 +991,7 @@ mod x86 {
         lane_sum(&a)
     }
 
+    #[inline]
     #[target_feature(enable = "avx512f,fma")]
     pub(super) fn moments_avx512(g: f64, delta: &[f64], a1: &mut [f64], a2: &mut [f64]) {
         let d = delta.len();
@@ -947,6 +1011,7 @@ mod x86 {
         moments_body(g, &delta[whole..], &mut a1[whole..], &mut a2[whole..]);
     }
 
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn moments_avx2(g: f64, delta: &[f64], a1: &mut [f64], a2: &mut [f64]) {
         let d = delta.len();
@@ -1018,6 +1083,68 @@ mod x86 {
             a[j - whole] += delta[j] * (u[j] + v[j] * delta[j]);
         }
         lane_sum(&a)
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn centre_quad_sel_avx512(
+        x: &[f64],
+        ml: &[f64],
+        sel: &[u32],
+        q: &mut [f64],
+        delta: &mut [f64],
+    ) {
+        let d = x.len();
+        for (j, &c) in sel.iter().enumerate() {
+            let (m, l) = ml[2 * c as usize * d..(2 * c as usize + 2) * d].split_at(d);
+            q[j] = centre_quad_avx512(x, m, l, &mut delta[j * d..(j + 1) * d]);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn centre_quad_sel_avx2(
+        x: &[f64],
+        ml: &[f64],
+        sel: &[u32],
+        q: &mut [f64],
+        delta: &mut [f64],
+    ) {
+        let d = x.len();
+        for (j, &c) in sel.iter().enumerate() {
+            let (m, l) = ml[2 * c as usize * d..(2 * c as usize + 2) * d].split_at(d);
+            q[j] = centre_quad_avx2(x, m, l, &mut delta[j * d..(j + 1) * d]);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn moments_sel_avx512(
+        d: usize,
+        sel: &[u32],
+        w: &[f64],
+        delta: &[f64],
+        acc: &mut [f64],
+    ) {
+        for (j, &c) in sel.iter().enumerate() {
+            if w[j] != 0.0 {
+                let (a1, a2) = acc[2 * c as usize * d..(2 * c as usize + 2) * d].split_at_mut(d);
+                moments_avx512(w[j], &delta[j * d..(j + 1) * d], a1, a2);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn moments_sel_avx2(
+        d: usize,
+        sel: &[u32],
+        w: &[f64],
+        delta: &[f64],
+        acc: &mut [f64],
+    ) {
+        for (j, &c) in sel.iter().enumerate() {
+            if w[j] != 0.0 {
+                let (a1, a2) = acc[2 * c as usize * d..(2 * c as usize + 2) * d].split_at_mut(d);
+                moments_avx2(w[j], &delta[j * d..(j + 1) * d], a1, a2);
+            }
+        }
     }
 
     macro_rules! probe_body {
@@ -1289,6 +1416,44 @@ mod tests {
                 moments_at(level, 0.3, &delta, &mut acc);
                 assert_eq!(acc, want_acc, "{level:?}");
             }
+        }
+    }
+
+    #[test]
+    fn selected_row_kernels_match_the_single_ones_at_every_level() {
+        let (k, d) = (5usize, 67usize);
+        let x: Vec<f64> = (0..d).map(|i| (i as f64 * 0.3).sin()).collect();
+        let ml: Vec<f64> = (0..2 * k * d)
+            .map(|i| if (i / d) % 2 == 0 { (i as f64 * 0.7).cos() } else { 1.0 + (i % 5) as f64 })
+            .collect();
+        let sel = [3u32, 0, 4];
+        let w = [0.25, 0.0, -1.5];
+        let acc0: Vec<f64> = (0..2 * k * d).map(|i| i as f64 * 0.01).collect();
+        let mut want_q = [0f64; 3];
+        let mut want_delta = vec![0f64; 3 * d];
+        let mut want_acc = acc0.clone();
+        for (j, &c) in sel.iter().enumerate() {
+            let c = c as usize;
+            want_q[j] = centre_quad_at(
+                SimdLevel::Scalar,
+                &x,
+                &ml[2 * c * d..2 * (c + 1) * d],
+                &mut want_delta[j * d..(j + 1) * d],
+            );
+            if w[j] != 0.0 {
+                let delta = want_delta[j * d..(j + 1) * d].to_vec();
+                moments_at(SimdLevel::Scalar, w[j], &delta, &mut want_acc[2 * c * d..2 * (c + 1) * d]);
+            }
+        }
+        for level in SimdLevel::available() {
+            let mut q = [0f64; 3];
+            let mut delta = vec![0f64; 3 * d];
+            centre_quad_sel_at(level, &x, &ml, &sel, &mut q, &mut delta);
+            assert_eq!(q, want_q, "{level:?}");
+            assert_eq!(delta, want_delta, "{level:?}");
+            let mut acc = acc0.clone();
+            moments_sel_at(level, d, &sel, &w, &delta, &mut acc);
+            assert_eq!(acc, want_acc, "{level:?}");
         }
     }
 

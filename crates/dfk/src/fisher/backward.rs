@@ -446,17 +446,22 @@ impl FisherEncoder {
                 }
                 for j in 0..m {
                     let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
-                    if self.kept(c, g) {
+                    scratch.w[j] = if self.kept(c, g) {
                         let b = g * (scratch.arow[j] - s);
                         scratch.t0[c] += b;
-                        kernels::moments_at(
-                            self.level,
-                            b,
-                            &scratch.delta[j * d..(j + 1) * d],
-                            &mut scratch.t12[2 * c * d..2 * (c + 1) * d],
-                        );
-                    }
+                        b
+                    } else {
+                        0.0
+                    };
                 }
+                kernels::moments_sel_at(
+                    self.level,
+                    d,
+                    &scratch.sel[..m],
+                    &scratch.w,
+                    &scratch.delta,
+                    &mut scratch.t12,
+                );
                 if s == 0.0 {
                     scratch.block.post[i * k..(i + 1) * k].fill(0.0);
                     continue;

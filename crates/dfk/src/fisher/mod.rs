@@ -149,6 +149,8 @@ pub struct FisherScratch {
     gam: Vec<f64>,
     delta: Vec<f64>,
     arow: Vec<f64>,
+    /// `K`: the weight of each refined entry in the statistics (0 where it is skipped).
+    w: Vec<f64>,
     /// `K`, `K × 2D`: f64 sums Σγ and, per component, `[Σγ(x − μ), Σγ(x − μ)²]` over the image.
     s0: Vec<f64>,
     s12: Vec<f64>,
@@ -275,6 +277,7 @@ impl FisherEncoder {
             gam: vec![0.0; k],
             delta: vec![0.0; k * d],
             arow: vec![0.0; k],
+            w: vec![0.0; k],
             s0: vec![0.0; k],
             s12: vec![0.0; 2 * k * d],
             phi: vec![0.0; 2 * k * d],
@@ -412,7 +415,7 @@ impl FisherEncoder {
     /// (γ ≥ threshold) is refined: should the rescaling lift an unrefined one to the threshold
     /// (it never does unless the GEMM is off by a factor 2), the whole row is refined.
     fn refine_row(&self, x: &[f32], i: usize, scratch: &mut FisherScratch) -> Refined {
-        let (k, d) = (self.gmm.k(), self.gmm.d());
+        let k = self.gmm.k();
         let post = &scratch.block.post[i * k..(i + 1) * k];
         let lse = scratch.block.row_ll[i] - self.terms.log_norm();
         let thr = self.options.posterior_threshold as f64;
@@ -422,20 +425,20 @@ impl FisherEncoder {
         let mut t = self.refine;
         loop {
             let m = kernels::select_at_least_at(self.level, post, t, &mut scratch.sel);
+            kernels::centre_quad_sel_at(
+                self.level,
+                &scratch.xd,
+                &self.ml,
+                &scratch.sel[..m],
+                &mut scratch.gam,
+                &mut scratch.delta,
+            );
             let mut rest = 1f64;
             let mut max = f64::NEG_INFINITY;
-            for j in 0..m {
-                let c = scratch.sel[j] as usize;
-                rest -= post[c] as f64;
-                let q = kernels::centre_quad_at(
-                    self.level,
-                    &scratch.xd,
-                    &self.ml[2 * c * d..2 * (c + 1) * d],
-                    &mut scratch.delta[j * d..(j + 1) * d],
-                );
-                let l = self.dbias[c] - 0.5 * q;
-                scratch.gam[j] = l;
-                max = max.max(l);
+            for (g, &c) in scratch.gam[..m].iter_mut().zip(&scratch.sel[..m]) {
+                rest -= post[c as usize] as f64;
+                *g = self.dbias[c as usize] - 0.5 * *g;
+                max = max.max(*g);
             }
             if m > 0 {
                 // The unrefined posteriors are exp(l − lse); rescale them to the new max.
@@ -477,16 +480,21 @@ impl FisherEncoder {
                 let Refined { m, .. } = self.refine_row(row, i, scratch);
                 for j in 0..m {
                     let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
-                    if self.kept(c, g) {
+                    scratch.w[j] = if self.kept(c, g) {
                         scratch.s0[c] += g;
-                        kernels::moments_at(
-                            self.level,
-                            g,
-                            &scratch.delta[j * d..(j + 1) * d],
-                            &mut scratch.s12[2 * c * d..2 * (c + 1) * d],
-                        );
-                    }
+                        g
+                    } else {
+                        0.0
+                    };
                 }
+                kernels::moments_sel_at(
+                    self.level,
+                    d,
+                    &scratch.sel[..m],
+                    &scratch.w,
+                    &scratch.delta,
+                    &mut scratch.s12,
+                );
             }
         }
         let nf = n_total as f64;

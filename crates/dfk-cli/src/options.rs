@@ -58,7 +58,9 @@ pub struct DataArgs {
 pub struct Loaded {
     pub train: Dataset,
     pub test: Option<Dataset>,
-    /// With `--format npy`: the precomputed descriptors of `train` (positions zero).
+    /// With `--format npy`: the precomputed descriptors of `train`. Their positions are
+    /// unknown, so NaN: anything that would use them (a spatial pyramid, appended (x, y))
+    /// fails instead of placing every descriptor at the centre.
     pub descriptors: Option<RawDescriptors>,
     /// What was loaded, for messages and reports.
     pub description: String,
@@ -130,7 +132,7 @@ impl DataArgs {
             d.data.truncate(d.offsets[n] * d.dim);
             d.offsets.truncate(n + 1);
         }
-        let positions = vec![0.0; 2 * d.rows()];
+        let positions = vec![f32::NAN; 2 * d.rows()];
         Ok(Loaded {
             train: data,
             test: None,

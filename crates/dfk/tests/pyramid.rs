@@ -605,3 +605,24 @@ fn positions_come_with_the_descriptors_with_or_without_spatial() {
     let (_, pos, _) = load_or_extract_with_positions(&data, &cfg, &pre, None, &|_| {}).unwrap();
     assert_eq!(pos, None);
 }
+
+#[test]
+fn unknown_positions_are_an_error_not_the_centre() {
+    use dfk::pipeline::{fit_from_descriptors, PipelineConfig, Silent};
+    let (mut raw, labels) = mirrored_classes();
+    let mut cfg = PipelineConfig {
+        l2_normalize: false,
+        spatial: false,
+        pyramid: Some(SpatialPyramid::new(vec![[1, 1], [2, 1]]).unwrap()),
+        ..PipelineConfig::default()
+    };
+    cfg.pca.dims = 0;
+    cfg.gmm.k = 1;
+    let fit = fit_from_descriptors(&raw, &labels, &cfg, &Silent).unwrap();
+    // Precomputed descriptors come with NaN positions (the CLI's `--format npy`).
+    raw.positions.fill(f32::NAN);
+    let e = fit.pipeline.encode_raw(&raw, &Silent).unwrap_err();
+    assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+    assert!(e.to_string().contains("descriptor position"), "{e}");
+    assert!(fit_from_descriptors(&raw, &labels, &cfg, &Silent).is_err());
+}

@@ -29,6 +29,12 @@
 //! The backward pass of `L = ⟨g, ψ(X)⟩` with respect to the GMM is
 //! `(1/√C) Σ_c ∂⟨g_c, φ(X_c)⟩/∂θ`, `g_c` being cell `c`'s slice of `g`: each term is
 //! [`FisherEncoder::backward`] on that cell's descriptors.
+//!
+//! Cost: each level passes over all of the image's descriptors through
+//! [`FisherEncoder::encode`] (posteriors are not shared between levels) and each cell is
+//! post-processed on its own, so `1x1,2x2,3x1` encoded 4.3–5.8× slower than one FV per image
+//! (Fashion-MNIST, K = 64, D = 34, ~200 descriptors per image, loaded 2-core machine), and the
+//! vectors the SVM sees are 8× longer.
 
 use std::fmt;
 use std::str::FromStr;

@@ -123,6 +123,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 use crate::stats::{block_posteriors, GmmTerms, Scratch, SufficientStats, BLOCK};
 
@@ -184,6 +185,7 @@ fn check_data(x: &[f32], d: usize) -> Result<usize> {
 /// `init`) and hands the results to `consume` in row order.
 fn ordered_chunks<S, T, I, W, C>(x: &[f32], d: usize, init: I, work: W, mut consume: C)
 where
+    S: Send,
     T: Send,
     I: Fn() -> S + Sync + Send,
     W: Fn(&mut S, &[f32]) -> T + Sync + Send,
@@ -191,9 +193,22 @@ where
 {
     // Several tasks per thread for load balance, a bounded number of results held at once; the
     // grouping does not affect the merge order.
-    let group = CHUNK * d * 16 * rayon::current_num_threads().max(1);
+    let threads = rayon::current_num_threads().max(1);
+    let group = CHUNK * d * 16 * threads;
+    let states: Vec<Mutex<Option<S>>> = (0..threads).map(|_| Mutex::new(None)).collect();
     for rows in x.chunks(group) {
-        let parts: Vec<T> = rows.par_chunks(CHUNK * d).map_init(&init, &work).collect();
+        let parts: Vec<T> = rows
+            .par_chunks(CHUNK * d)
+            .map(|chunk| {
+                // One state per worker thread, made on first use and kept for the whole call
+                // (rayon's `map_init` would make one per split, i.e. reallocate per task).
+                let slot = rayon::current_thread_index().and_then(|i| states.get(i));
+                match slot.and_then(|m| m.try_lock().ok()) {
+                    Some(mut state) => work(state.get_or_insert_with(&init), chunk),
+                    None => work(&mut init(), chunk),
+                }
+            })
+            .collect();
         parts.into_iter().for_each(&mut consume);
     }
 }
@@ -237,6 +252,8 @@ fn e_scratch(k: usize, d: usize) -> (Scratch, Vec<f32>) {
 fn e_step(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> SufficientStats {
     let (k, d) = (terms.k(), terms.d());
     let mut total = SufficientStats::zeros(k, d);
+    // Per-chunk statistics are recycled once merged: no allocation per chunk.
+    let spare: Mutex<Vec<SufficientStats>> = Mutex::new(Vec::new());
     ordered_chunks(
         x,
         d,
@@ -244,11 +261,23 @@ fn e_step(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> SufficientStats {
         |(scratch, buf), chunk| {
             let buf = &mut buf[..chunk.len()];
             centre_into(chunk, shift, buf);
-            let mut st = SufficientStats::zeros(k, d);
+            let recycled = spare.lock().ok().and_then(|mut v| v.pop());
+            let mut st = match recycled {
+                Some(mut st) => {
+                    st.clear();
+                    st
+                }
+                None => SufficientStats::zeros(k, d),
+            };
             st.accumulate(terms, buf, scratch);
             st
         },
-        |st| total.merge(&st),
+        |st| {
+            total.merge(&st);
+            if let Ok(mut v) = spare.lock() {
+                v.push(st);
+            }
+        },
     );
     total
 }

@@ -475,7 +475,8 @@ pub fn moments_sel_at(
         _ => {
             for (j, &c) in sel.iter().enumerate() {
                 if w[j] != 0.0 {
-                    let (a1, a2) = acc[2 * c as usize * d..(2 * c as usize + 2) * d].split_at_mut(d);
+                    let (a1, a2) =
+                        acc[2 * c as usize * d..(2 * c as usize + 2) * d].split_at_mut(d);
                     moments_body(w[j], &delta[j * d..(j + 1) * d], a1, a2);
                 }
             }
@@ -1424,7 +1425,13 @@ mod tests {
         let (k, d) = (5usize, 67usize);
         let x: Vec<f64> = (0..d).map(|i| (i as f64 * 0.3).sin()).collect();
         let ml: Vec<f64> = (0..2 * k * d)
-            .map(|i| if (i / d) % 2 == 0 { (i as f64 * 0.7).cos() } else { 1.0 + (i % 5) as f64 })
+            .map(|i| {
+                if (i / d) % 2 == 0 {
+                    (i as f64 * 0.7).cos()
+                } else {
+                    1.0 + (i % 5) as f64
+                }
+            })
             .collect();
         let sel = [3u32, 0, 4];
         let w = [0.25, 0.0, -1.5];
@@ -1442,7 +1449,12 @@ mod tests {
             );
             if w[j] != 0.0 {
                 let delta = want_delta[j * d..(j + 1) * d].to_vec();
-                moments_at(SimdLevel::Scalar, w[j], &delta, &mut want_acc[2 * c * d..2 * (c + 1) * d]);
+                moments_at(
+                    SimdLevel::Scalar,
+                    w[j],
+                    &delta,
+                    &mut want_acc[2 * c * d..2 * (c + 1) * d],
+                );
             }
         }
         for level in SimdLevel::available() {

@@ -248,3 +248,32 @@ fn mismatched_cache_or_vectors_are_errors() {
         .unwrap_err();
     assert!(matches!(err, Error::NonFinite { .. }), "{err}");
 }
+
+#[test]
+fn every_simd_level_gives_the_same_vectors_and_gradients() {
+    use dfk::kernels::SimdLevel;
+    let mut rng = Rng(41);
+    let (k, d) = (7, 19);
+    let (gmm, x) = random_case(&mut rng, k, d, 700, 1.0, 0.4);
+    let offsets = [0usize, 300, 301, 700];
+    let len = 2 * k * d;
+    let g: Vec<f32> = (0..3 * len).map(|_| rng.normal() as f32).collect();
+    for o in [FisherOptions::default(), options(true, 1e-3, 0.0)] {
+        let run = |level: SimdLevel| {
+            let enc = FisherEncoder::new(&gmm, o).unwrap().with_level(level);
+            let mut fv = vec![0f32; 3 * len];
+            let cache = enc.encode_batch_cached(&x, &offsets, &mut fv).unwrap();
+            let grad = enc
+                .backward_batch_cached(&x, &offsets, &fv, &cache, &g)
+                .unwrap();
+            (to_f64(&fv), grad)
+        };
+        let (fv0, grad0) = run(SimdLevel::Scalar);
+        for level in SimdLevel::available() {
+            let (fv, grad) = run(level);
+            // The softmax's exp differs by a few ulps between levels; the rest is identical.
+            check(&format!("{level:?} {o:?} vectors"), &fv, &fv0, 1e-6);
+            check_grad(&format!("{level:?} {o:?}"), &grad, &grad0, 1e-6);
+        }
+    }
+}

@@ -36,9 +36,11 @@
 
 use rayon::prelude::*;
 
-use super::{image_error, FisherEncoder, FisherScratch, Refined, L2_FLOOR};
+use super::{
+    all_finite, image_error, FisherEncoder, FisherOptions, FisherScratch, Refined, L2_FLOOR,
+};
 use crate::error::{check_finite, Error, Result};
-use crate::kernels;
+use crate::kernels::{self, SimdLevel};
 use crate::stats::{self, BLOCK};
 
 /// Gradient of a scalar with respect to the GMM parameters, accumulated in f64.
@@ -159,7 +161,9 @@ impl FisherEncoder {
         grad: &mut GmmGradient,
         scratch: &mut FisherScratch,
     ) -> Result<()> {
-        check_finite("upstream gradient ∂L/∂φ", grad_phi)?;
+        if !all_finite(grad_phi) {
+            check_finite("upstream gradient ∂L/∂φ", grad_phi)?;
+        }
         let n_total = (x.len() / self.gmm.d()) as f64;
         self.upstream_phi(grad_phi, scratch);
         self.coefficients(n_total, scratch);
@@ -287,7 +291,9 @@ impl FisherEncoder {
         self.sum_over_images(images, grad_phis, |i, gp, g, scratch| {
             let x = &data[offsets[i] * d..offsets[i + 1] * d];
             let enc = &encoded[i * len..(i + 1) * len];
-            check_finite("encoded Fisher vector", enc)?;
+            if !all_finite(enc) {
+                check_finite("encoded Fisher vector", enc)?;
+            }
             self.restore_forward(enc, cache.norms[i], &cache.s0[i * k..(i + 1) * k], scratch);
             self.backward_from_forward(x, gp, g, scratch)
         })
@@ -330,64 +336,32 @@ impl FisherEncoder {
     /// Puts the forward results of one image back into `scratch` from its encoded vector φ,
     /// `‖p‖` and S0: `out` = φ, `phi` = Φ (the signed power inverted on `p = φ‖p‖`).
     fn restore_forward(&self, enc: &[f32], norm: f64, s0: &[f64], scratch: &mut FisherScratch) {
-        let o = &self.options;
         scratch.norm = norm;
         scratch.s0.copy_from_slice(s0);
-        let (a, eps) = (o.power as f64, o.sqrt_epsilon as f64);
-        let ea = eps.powf(a);
-        for ((f, p), &e) in scratch.out.iter_mut().zip(&mut scratch.phi).zip(enc) {
-            *f = e as f64;
-            let q = *f * norm;
-            *p = if !o.improved {
-                q
-            } else if a == 0.5 {
-                let t = q.abs() + ea;
-                (t * t - eps).copysign(q)
-            } else {
-                ((q.abs() + ea).powf(1.0 / a) - eps).copysign(q)
-            };
+        let (o, out, phi) = (&self.options, &mut scratch.out[..], &mut scratch.phi[..]);
+        match self.level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the level was detected on this CPU (AVX-512F and FMA).
+            SimdLevel::Avx512 => unsafe { restore_avx512(o, norm, enc, out, phi) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the level was detected on this CPU (AVX2 and FMA).
+            SimdLevel::Avx2 => unsafe { restore_avx2(o, norm, enc, out, phi) },
+            _ => restore_body(o, norm, enc, out, phi),
         }
     }
 
     /// Turns `scratch.out` (φ) into ∂L/∂Φ given ∂L/∂φ; `scratch.phi` keeps Φ.
     fn upstream_phi(&self, grad_phi: &[f32], scratch: &mut FisherScratch) {
-        let o = &self.options;
-        if o.l2 {
-            let dot: f64 = scratch
-                .out
-                .iter()
-                .zip(grad_phi)
-                .map(|(&f, &g)| f * g as f64)
-                .sum();
-            // Below the floor the divisor is the constant 1e-12, not ‖p‖.
-            let proj = if scratch.norm > L2_FLOOR { dot } else { 0.0 };
-            let inv = 1.0 / scratch.norm;
-            for (o, &g) in scratch.out.iter_mut().zip(grad_phi) {
-                *o = (g as f64 - *o * proj) * inv;
-            }
-        } else {
-            for (o, &g) in scratch.out.iter_mut().zip(grad_phi) {
-                *o = g as f64;
-            }
-        }
-        if o.improved {
-            let (a, eps) = (o.power as f64, o.sqrt_epsilon as f64);
-            // At Φ = 0 with ε = 0 the derivative is unbounded; take the subgradient 0.
-            if a == 0.5 {
-                for (o, &f) in scratch.out.iter_mut().zip(&scratch.phi) {
-                    let t = f.abs() + eps;
-                    *o = if t > 0.0 { *o * 0.5 / t.sqrt() } else { 0.0 };
-                }
-            } else {
-                for (o, &f) in scratch.out.iter_mut().zip(&scratch.phi) {
-                    let t = f.abs() + eps;
-                    *o = if t > 0.0 {
-                        *o * a * t.powf(a - 1.0)
-                    } else {
-                        0.0
-                    };
-                }
-            }
+        let (o, norm) = (&self.options, scratch.norm);
+        let (out, phi) = (&mut scratch.out[..], &scratch.phi[..]);
+        match self.level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the level was detected on this CPU (AVX-512F and FMA).
+            SimdLevel::Avx512 => unsafe { upstream_avx512(o, norm, grad_phi, out, phi) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the level was detected on this CPU (AVX2 and FMA).
+            SimdLevel::Avx2 => unsafe { upstream_avx2(o, norm, grad_phi, out, phi) },
+            _ => upstream_body(o, norm, grad_phi, out, phi),
         }
     }
 
@@ -552,6 +526,120 @@ impl FisherEncoder {
         }
         for (c, g) in grad.weight_logits.iter_mut().enumerate() {
             *g += scratch.t0[c] - self.gmm.weights()[c] as f64 * e_sum;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn restore_avx512(
+    o: &FisherOptions,
+    norm: f64,
+    enc: &[f32],
+    out: &mut [f64],
+    phi: &mut [f64],
+) {
+    restore_body(o, norm, enc, out, phi)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn restore_avx2(
+    o: &FisherOptions,
+    norm: f64,
+    enc: &[f32],
+    out: &mut [f64],
+    phi: &mut [f64],
+) {
+    restore_body(o, norm, enc, out, phi)
+}
+
+/// `out` = φ (from f32) and `phi` = Φ, the signed power inverted on `p = φ‖p‖`:
+/// `|Φ| = (|p| + ε^a)^(1/a) − ε`. One loop per case, so that each vectorises.
+#[inline(always)]
+fn restore_body(o: &FisherOptions, norm: f64, enc: &[f32], out: &mut [f64], phi: &mut [f64]) {
+    let (a, eps) = (o.power as f64, o.sqrt_epsilon as f64);
+    for (f, &e) in out.iter_mut().zip(enc) {
+        *f = e as f64;
+    }
+    if !o.improved {
+        for (p, &f) in phi.iter_mut().zip(out.iter()) {
+            *p = f * norm;
+        }
+    } else if a == 0.5 {
+        let ea = eps.sqrt();
+        for (p, &f) in phi.iter_mut().zip(out.iter()) {
+            let q = f * norm;
+            let t = q.abs() + ea;
+            *p = (t * t - eps).copysign(q);
+        }
+    } else {
+        let ea = eps.powf(a);
+        for (p, &f) in phi.iter_mut().zip(out.iter()) {
+            let q = f * norm;
+            *p = ((q.abs() + ea).powf(1.0 / a) - eps).copysign(q);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn upstream_avx512(o: &FisherOptions, norm: f64, g: &[f32], out: &mut [f64], phi: &[f64]) {
+    upstream_body(o, norm, g, out, phi)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn upstream_avx2(o: &FisherOptions, norm: f64, g: &[f32], out: &mut [f64], phi: &[f64]) {
+    upstream_body(o, norm, g, out, phi)
+}
+
+/// `out` (φ on entry) becomes ∂L/∂Φ given ∂L/∂φ = `g`: through the L2 normalisation
+/// (`(g − φ⟨φ, g⟩)/‖p‖`), then the signed power (`· a (|Φ| + ε)^(a−1)`). The dot product
+/// keeps eight partial sums and the branches are selects, so that the loops vectorise.
+#[inline(always)]
+fn upstream_body(o: &FisherOptions, norm: f64, g: &[f32], out: &mut [f64], phi: &[f64]) {
+    if o.l2 {
+        let mut acc = [0f64; 8];
+        let (mut fc, mut gc) = (out.chunks_exact(8), g.chunks_exact(8));
+        for (f8, g8) in (&mut fc).zip(&mut gc) {
+            for ((s, &f), &v) in acc.iter_mut().zip(f8).zip(g8) {
+                *s += f * v as f64;
+            }
+        }
+        for ((s, &f), &v) in acc.iter_mut().zip(fc.remainder()).zip(gc.remainder()) {
+            *s += f * v as f64;
+        }
+        let dot: f64 = acc.iter().sum();
+        // Below the floor the divisor is the constant 1e-12, not ‖p‖.
+        let proj = if norm > L2_FLOOR { dot } else { 0.0 };
+        let inv = 1.0 / norm;
+        for (o, &v) in out.iter_mut().zip(g) {
+            *o = (v as f64 - *o * proj) * inv;
+        }
+    } else {
+        for (o, &v) in out.iter_mut().zip(g) {
+            *o = v as f64;
+        }
+    }
+    if o.improved {
+        let (a, eps) = (o.power as f64, o.sqrt_epsilon as f64);
+        // At Φ = 0 with ε = 0 the derivative is unbounded; take the subgradient 0.
+        if a == 0.5 {
+            for (o, &f) in out.iter_mut().zip(phi) {
+                let t = f.abs() + eps;
+                let d = *o * 0.5 / t.sqrt();
+                *o = if t > 0.0 { d } else { 0.0 };
+            }
+        } else {
+            for (o, &f) in out.iter_mut().zip(phi) {
+                let t = f.abs() + eps;
+                *o = if t > 0.0 {
+                    *o * a * t.powf(a - 1.0)
+                } else {
+                    0.0
+                };
+            }
         }
     }
 }

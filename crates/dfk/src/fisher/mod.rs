@@ -246,6 +246,14 @@ impl FisherEncoder {
         })
     }
 
+    /// The same encoder with its element-wise kernels at `level` (clamped to what the CPU
+    /// supports); for tests and benchmarks comparing dispatch levels.
+    pub fn with_level(mut self, level: SimdLevel) -> Self {
+        self.level = level.clamp_to_cpu();
+        self.terms = self.terms.with_level(self.level);
+        self
+    }
+
     /// Length of the Fisher vector, `2 K D`.
     pub fn len(&self) -> usize {
         self.gmm.fisher_len()
@@ -379,10 +387,7 @@ impl FisherEncoder {
                 what: "image (no descriptors)".into(),
             });
         }
-        // An all-ones exponent is ±∞ or NaN; the OR of the test vectorises, unlike a search.
-        let bad = x
-            .iter()
-            .fold(false, |a, v| a | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000));
+        let bad = !all_finite(x);
         if let Some(i) = x.iter().position(|v| bad && !v.is_finite()) {
             return Err(Error::NonFinite {
                 what: format!("descriptor row {} (dimension {})", i / d, i % d),
@@ -599,6 +604,13 @@ fn postprocess_body(o: &FisherOptions, a: f64, eps: f64, phi: &[f64], out: &mut 
     let inv = 1.0 / norm;
     out.iter_mut().for_each(|v| *v *= inv);
     norm
+}
+
+/// Whether every value is finite. An all-ones exponent is ±∞ or NaN; the OR of that test
+/// vectorises, unlike a search, so the search runs only when something is wrong.
+fn all_finite(x: &[f32]) -> bool {
+    !x.iter()
+        .fold(false, |a, v| a | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
 }
 
 /// VLFeat's floor of the L2 norm.

@@ -201,7 +201,7 @@ impl Pca {
     /// allocate nothing.
     pub fn transform_into(&self, x: &[f32], out: &mut [f32], scratch: &mut Vec<f32>) -> Result<()> {
         let (d_in, dims) = (self.d_in(), self.dims());
-        if d_in == 0 || x.len() % d_in != 0 {
+        if d_in == 0 || !x.len().is_multiple_of(d_in) {
             return Err(Error::dim(
                 "PCA input length (a multiple of D_in)",
                 d_in,
@@ -259,7 +259,7 @@ impl Pca {
 /// `d_in`, a non-finite value in the rows used.
 pub fn fit_pca(x: &[f32], d_in: usize, params: &PcaParams) -> Result<Pca> {
     params.validate(d_in)?;
-    if x.len() % d_in != 0 {
+    if !x.len().is_multiple_of(d_in) {
         return Err(Error::dim(
             "PCA training data length (a multiple of d_in)",
             d_in,
@@ -398,7 +398,7 @@ pub fn append_spatial(
     width: usize,
     height: usize,
 ) -> Result<Vec<f32>> {
-    if d == 0 || x.len() % d != 0 {
+    if d == 0 || !x.len().is_multiple_of(d) {
         return Err(Error::dim(
             "descriptor length (a multiple of d)",
             d,

@@ -36,7 +36,7 @@ impl Descriptors {
         if self.dim == 0 {
             return Err(Error::param("descriptor dim", 0, "at least 1"));
         }
-        if self.data.len() % self.dim != 0 {
+        if !self.data.len().is_multiple_of(self.dim) {
             return Err(Error::dim(
                 "descriptor data length (a multiple of dim)",
                 self.dim,

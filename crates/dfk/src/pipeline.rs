@@ -664,7 +664,7 @@ impl Preprocessor {
 
     /// Preprocesses `x` (`N × d_in`) with positions `N × 2`, returning `N × dim()`.
     pub fn apply(&self, x: &[f32], positions: &[f32]) -> Result<Vec<f32>> {
-        if x.len() % self.d_in != 0 {
+        if !x.len().is_multiple_of(self.d_in) {
             return Err(Error::dim(
                 "descriptor values (N × d_in)",
                 self.d_in,

@@ -4,8 +4,8 @@
  *   vlfeat_bench encode DIR IMAGES PER_IMAGE REPS THREADS   vl_fisher_encode (improved), per image
  *   vlfeat_bench em     DIR N ITERS REPS THREADS             vl_gmm_em from the given GMM
  *   vlfeat_bench init   DIR N REPS THREADS MAXITER OUT       vl_gmm_init_with_kmeans (VLFeat's default
- *                                                            k-means), timed REPS times; after the first,
- *                                                            EM to convergence (VLFeat's rule: relative
+ *                                                            k-means), timed REPS times; after the first
+ *                                                            (unless MAXITER is 0), EM to convergence (VLFeat's rule: relative
  *                                                            LL change < 1e-5, at most MAXITER
  *                                                            iterations), final model written to
  *                                                            OUT_{means,variances,weights}.f32
@@ -161,7 +161,7 @@ int main(int argc, char **argv) {
       vl_gmm_init_with_kmeans(gmm, x, n, NULL);
       t = now() - t;
       double em_s = 0, ll = 0;
-      if (r == 0) {
+      if (r == 0 && maxiter > 0) {
         vl_gmm_set_max_num_iterations(gmm, maxiter);
         em_s = now();
         /* The total log-likelihood of the model the last iteration started from. */

@@ -484,6 +484,39 @@ pub fn moments_sel_at(
     }
 }
 
+/// [`centred_poly_at`] for the components `sel` of one descriptor: for the `j`-th selected
+/// component `c` with `mask[j] ≠ 0`, `out[j]` = `Σ δ_j (u_c + v_c δ_j)` with `uv` the
+/// `K × 2D` rows `[u_c, v_c]` (`delta` as [`centre_quad_sel_at`] leaves it); other entries of
+/// `out` are left as they are.
+#[inline]
+pub fn centred_poly_sel_at(
+    level: SimdLevel,
+    d: usize,
+    sel: &[u32],
+    mask: &[f64],
+    delta: &[f64],
+    uv: &[f64],
+    out: &mut [f64],
+) {
+    assert!(mask.len() >= sel.len() && out.len() >= sel.len() && delta.len() >= sel.len() * d);
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu).
+        SimdLevel::Avx512 => unsafe { x86::centred_poly_sel_avx512(d, sel, mask, delta, uv, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu).
+        SimdLevel::Avx2 => unsafe { x86::centred_poly_sel_avx2(d, sel, mask, delta, uv, out) },
+        _ => {
+            for (j, &c) in sel.iter().enumerate() {
+                if mask[j] != 0.0 {
+                    let (u, v) = uv[2 * c as usize * d..(2 * c as usize + 2) * d].split_at(d);
+                    out[j] = centred_poly_body(&delta[j * d..(j + 1) * d], u, v);
+                }
+            }
+        }
+    }
+}
+
 /// Runs `iters` rounds of independent fused multiply-add chains at `level` on one thread and
 /// returns the number of floating-point operations done (2 per lane per FMA). Used to measure
 /// the machine's attainable FMA peak: time it and divide.
@@ -1032,6 +1065,7 @@ mod x86 {
         moments_body(g, &delta[whole..], &mut a1[whole..], &mut a2[whole..]);
     }
 
+    #[inline]
     #[target_feature(enable = "avx512f,fma")]
     pub(super) fn centred_poly_avx512(delta: &[f64], u: &[f64], v: &[f64]) -> f64 {
         let d = delta.len();
@@ -1058,6 +1092,7 @@ mod x86 {
         lane_sum(&a)
     }
 
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn centred_poly_avx2(delta: &[f64], u: &[f64], v: &[f64]) -> f64 {
         let d = delta.len();
@@ -1144,6 +1179,40 @@ mod x86 {
             if w[j] != 0.0 {
                 let (a1, a2) = acc[2 * c as usize * d..(2 * c as usize + 2) * d].split_at_mut(d);
                 moments_avx2(w[j], &delta[j * d..(j + 1) * d], a1, a2);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn centred_poly_sel_avx512(
+        d: usize,
+        sel: &[u32],
+        mask: &[f64],
+        delta: &[f64],
+        uv: &[f64],
+        out: &mut [f64],
+    ) {
+        for (j, &c) in sel.iter().enumerate() {
+            if mask[j] != 0.0 {
+                let (u, v) = uv[2 * c as usize * d..(2 * c as usize + 2) * d].split_at(d);
+                out[j] = centred_poly_avx512(&delta[j * d..(j + 1) * d], u, v);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn centred_poly_sel_avx2(
+        d: usize,
+        sel: &[u32],
+        mask: &[f64],
+        delta: &[f64],
+        uv: &[f64],
+        out: &mut [f64],
+    ) {
+        for (j, &c) in sel.iter().enumerate() {
+            if mask[j] != 0.0 {
+                let (u, v) = uv[2 * c as usize * d..(2 * c as usize + 2) * d].split_at(d);
+                out[j] = centred_poly_avx2(&delta[j * d..(j + 1) * d], u, v);
             }
         }
     }
@@ -1466,6 +1535,21 @@ mod tests {
             let mut acc = acc0.clone();
             moments_sel_at(level, d, &sel, &w, &delta, &mut acc);
             assert_eq!(acc, want_acc, "{level:?}");
+            let mut poly = [7.0f64; 3];
+            centred_poly_sel_at(level, d, &sel, &w, &delta, &ml, &mut poly);
+            for (j, &c) in sel.iter().enumerate() {
+                let c = c as usize;
+                let want = if w[j] != 0.0 {
+                    centred_poly_at(
+                        SimdLevel::Scalar,
+                        &want_delta[j * d..(j + 1) * d],
+                        &ml[2 * c * d..2 * (c + 1) * d],
+                    )
+                } else {
+                    7.0
+                };
+                assert_eq!(poly[j], want, "{level:?} {j}");
+            }
         }
     }
 

@@ -404,23 +404,30 @@ impl FisherEncoder {
             let mut skipped = false;
             for (i, row) in block.chunks_exact(d).enumerate().take(n) {
                 let Refined { m, scale } = self.refine_row(row, i, scratch);
-                let mut s = 0f64;
                 for j in 0..m {
                     let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
-                    if self.kept(c, g) {
-                        let a = scratch.r[c]
-                            + kernels::centred_poly_at(
-                                self.level,
-                                &scratch.delta[j * d..(j + 1) * d],
-                                &scratch.cuv[2 * c * d..2 * (c + 1) * d],
-                            );
-                        scratch.arow[j] = a;
-                        s += g * a;
+                    scratch.w[j] = if self.kept(c, g) { 1.0 } else { 0.0 };
+                }
+                kernels::centred_poly_sel_at(
+                    self.level,
+                    d,
+                    &scratch.sel[..m],
+                    &scratch.w,
+                    &scratch.delta,
+                    &scratch.cuv,
+                    &mut scratch.arow,
+                );
+                let mut s = 0f64;
+                for j in 0..m {
+                    if scratch.w[j] != 0.0 {
+                        let c = scratch.sel[j] as usize;
+                        scratch.arow[j] += scratch.r[c];
+                        s += scratch.gam[j] * scratch.arow[j];
                     }
                 }
                 for j in 0..m {
                     let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
-                    scratch.w[j] = if self.kept(c, g) {
+                    scratch.w[j] = if scratch.w[j] != 0.0 {
                         let b = g * (scratch.arow[j] - s);
                         scratch.t0[c] += b;
                         b

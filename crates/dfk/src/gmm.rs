@@ -145,6 +145,16 @@ const EMPTY_MASS: f64 = 1e-2;
 
 /// Checks a descriptor matrix (`N × d` row-major) and returns `N`.
 fn check_data(x: &[f32], d: usize) -> Result<usize> {
+    let n = check_shape(x, d)?;
+    let finite = x.par_chunks(1 << 16).all(|c| count_non_finite(c) == 0);
+    if finite {
+        return Ok(n);
+    }
+    non_finite_error(x, d).map_or(Ok(n), Err)
+}
+
+/// Checks the shape of a descriptor matrix (`N × d` row-major, `N ≥ 1`) and returns `N`.
+fn check_shape(x: &[f32], d: usize) -> Result<usize> {
     if d == 0 {
         return Err(Error::param("d", d, "at least 1 dimension"));
     }
@@ -160,25 +170,29 @@ fn check_data(x: &[f32], d: usize) -> Result<usize> {
             what: "descriptor matrix".into(),
         });
     }
-    // Branch-free test per slice (it vectorises), in parallel; the position only on failure.
-    let finite = x
-        .par_chunks(1 << 16)
-        .all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()));
-    if finite {
-        return Ok(x.len() / d);
-    }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        return Err(Error::NonFinite {
-            what: format!(
-                "descriptor row {} (dimension {}, value {})",
-                i / d,
-                i % d,
-                x[i]
-            ),
-            index: i,
-        });
-    }
     Ok(x.len() / d)
+}
+
+/// Number of infinite or NaN values (exponent bits all ones), by integer compares that
+/// vectorise at any SIMD level.
+fn count_non_finite(x: &[f32]) -> u32 {
+    x.iter()
+        .map(|v| ((v.to_bits() & 0x7f80_0000) == 0x7f80_0000) as u32)
+        .sum()
+}
+
+/// The error naming the first non-finite value of `x`, if any.
+fn non_finite_error(x: &[f32], d: usize) -> Option<Error> {
+    let i = x.iter().position(|v| !v.is_finite())?;
+    Some(Error::NonFinite {
+        what: format!(
+            "descriptor row {} (dimension {}, value {})",
+            i / d,
+            i % d,
+            x[i]
+        ),
+        index: i,
+    })
 }
 
 /// Runs `work` on every `CHUNK`-row block of `x` in parallel (with per-thread state from
@@ -248,10 +262,12 @@ fn e_scratch(k: usize, d: usize) -> (Scratch, Vec<f32>) {
 }
 
 /// E-step over all rows of `x`: the sufficient statistics of `x − shift` under `terms` (a model
-/// in the same shifted coordinates), merged in row order.
-fn e_step(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> SufficientStats {
+/// in the same shifted coordinates), merged in row order, and the number of non-finite values
+/// of `x` (counted on the centred copy while it is in cache).
+fn e_step(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> (SufficientStats, u64) {
     let (k, d) = (terms.k(), terms.d());
     let mut total = SufficientStats::zeros(k, d);
+    let mut non_finite = 0u64;
     // Per-chunk statistics are recycled once merged: no allocation per chunk.
     let spare: Mutex<Vec<SufficientStats>> = Mutex::new(Vec::new());
     ordered_chunks(
@@ -270,16 +286,17 @@ fn e_step(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> SufficientStats {
                 None => SufficientStats::zeros(k, d),
             };
             st.accumulate(terms, buf, scratch);
-            st
+            (st, count_non_finite(buf))
         },
-        |st| {
+        |(st, bad)| {
             total.merge(&st);
+            non_finite += bad as u64;
             if let Ok(mut v) = spare.lock() {
                 v.push(st);
             }
         },
     );
-    total
+    (total, non_finite)
 }
 
 /// `log p(xᵢ)` of every row of `x − shift` under `terms`.
@@ -590,14 +607,20 @@ fn data_moments(x: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
 fn check_fit_input(x: &[f32], d: usize, params: &GmmParams) -> Result<usize> {
     params.validate()?;
     let n = check_data(x, d)?;
-    if n < params.k {
+    check_enough_rows(n, params.k)?;
+    Ok(n)
+}
+
+/// A fit of `k` components needs at least `k` descriptors.
+fn check_enough_rows(n: usize, k: usize) -> Result<()> {
+    if n < k {
         return Err(Error::param(
             "k",
-            params.k,
+            k,
             format!("at most the number of descriptors N = {n}"),
         ));
     }
-    Ok(n)
+    Ok(())
 }
 
 /// Per-dimension data variance from E-step statistics: the posteriors of a row sum to one, so
@@ -671,7 +694,8 @@ impl<'a> EmContext<'a> {
     /// One EM iteration on a centred model: returns the new centred model and the average
     /// log-likelihood of `gmm`.
     fn step(&self, gmm: &Gmm) -> Result<(Gmm, f64)> {
-        let stats = e_step(&GmmTerms::new(gmm), self.x, &self.shift);
+        // The data were checked when the context was made.
+        let (stats, _) = e_step(&GmmTerms::new(gmm), self.x, &self.shift);
         let ll = stats.loglik / self.n as f64;
         Ok((self.m_step(&stats)?, ll))
     }
@@ -832,11 +856,18 @@ pub fn em_step(gmm: &Gmm, x: &[f32], params: &GmmParams) -> Result<(Gmm, f64)> {
             format!("the number of components of the GMM ({})", gmm.k),
         ));
     }
-    let n = check_fit_input(x, gmm.d, params)?;
-    // No separate pass over the data: the model's centre is the centring point, and the data
-    // variance (for the floors) comes from the E-step's own statistics.
+    params.validate()?;
+    let n = check_shape(x, gmm.d)?;
+    check_enough_rows(n, params.k)?;
+    // No separate pass over the data: the model's centre is the centring point, the data
+    // variance (for the floors) comes from the E-step's own statistics, and the finiteness
+    // check from its centred copy (a non-finite x gives a non-finite x − shift; the full scan
+    // then tells it from an overflow of the subtraction).
     let shift = model_centre(gmm);
-    let stats = e_step(&GmmTerms::new(&shifted(gmm, &shift)?), x, &shift);
+    let (stats, non_finite) = e_step(&GmmTerms::new(&shifted(gmm, &shift)?), x, &shift);
+    if non_finite > 0 {
+        check_data(x, gmm.d)?;
+    }
     let data_var = variance_from_stats(&stats, gmm.d);
     let ctx = EmContext::with_moments(x, n, gmm.d, params, shift, data_var);
     let next = ctx.m_step(&stats)?;

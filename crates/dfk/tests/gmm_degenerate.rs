@@ -462,7 +462,14 @@ fn bad_input_is_rejected_with_a_clear_error() {
     assert!(matches!(gmm.posteriors(&bad), Err(Error::NonFinite { .. })));
     assert!(matches!(
         em_step(&gmm, &bad, &p),
-        Err(Error::NonFinite { .. })
+        Err(Error::NonFinite { index: 30, .. })
+    ));
+    // em_step finds it during its E-step: also a NaN, in a later chunk than the first.
+    let mut nan = x.repeat(40);
+    nan[4 * 1500 + 2] = f32::NAN;
+    assert!(matches!(
+        em_step(&gmm, &nan, &p),
+        Err(Error::NonFinite { index: 6002, .. })
     ));
 
     expect_param(fit_gmm(&x, 0, &p), "d");

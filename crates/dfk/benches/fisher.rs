@@ -1,4 +1,5 @@
-//! Criterion benchmarks of Fisher-vector encoding and its backward pass: batches of images
+//! Criterion benchmarks of Fisher-vector encoding and its backward pass (uncached, and
+//! reusing the forward pass): batches of images
 //! with 1000 descriptors each, D = 64, K = 64 and 256, improved FV (VLFeat's default
 //! threshold). Throughput is in descriptors. Run with `cargo bench -p dfk --bench fisher`.
 
@@ -46,6 +47,13 @@ fn bench_fisher(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("backward_batch", k), |b| {
             b.iter(|| {
                 enc.backward_batch(black_box(&x), &offsets, &upstream)
+                    .unwrap()
+            })
+        });
+        let cache = enc.encode_batch_cached(&x, &offsets, &mut out).unwrap();
+        g.bench_function(BenchmarkId::new("backward_batch_cached", k), |b| {
+            b.iter(|| {
+                enc.backward_batch_cached(black_box(&x), &offsets, &out, &cache, &upstream)
                     .unwrap()
             })
         });

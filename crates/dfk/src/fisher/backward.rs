@@ -22,17 +22,18 @@
 //! the forward function, so A is only needed where γ is kept, and the exact derivative is
 //! `B_ik = γ_ik (m_ik A_ik − Σ_j m_ij γ_ij A_ij)` with the keep-mask `m`.
 //!
-//! Shape of the computation, per image, two passes (Φ, p and ‖p‖ must be known before A can
-//! be formed, so the forward pass runs first; nothing of size N × K × D is stored):
-//! 1. the forward pass ([`FisherEncoder::encode`]'s work: log-density GEMM, exact refinement
-//!    of the significant posteriors, centred f64 statistics);
-//! 2. per block of rows: the posteriors again (same GEMM and refinement), then for the kept
-//!    entries (a few per row with VLFeat's threshold) A, B and their contributions to T
-//!    directly about μ_k in f64 — the expanded GEMM form `[x², x] W + r` cancels like the
-//!    forward statistics do — and for the skipped entries, whose `B = −γ Σ_j m γ A` is tiny
-//!    but dense, one product `Bᵀ[x², x]` ([`stats::block_statistics`], sparse or GEMM) in the
-//!    shifted frame, moved to the centred form afterwards (its cancellation error is relative
-//!    to those tiny values).
+//! Shape of the computation, per image (Φ, p and ‖p‖ must be known before A can be formed;
+//! nothing of size N × K × D is stored):
+//! 1. the forward results: [`FisherEncoder::backward_batch_cached`] restores Φ from the encoded
+//!    vector and [`ForwardCache`] (‖p‖, S0), which the caller has anyway after encoding;
+//!    [`FisherEncoder::backward`] runs the forward pass first;
+//! 2. one pass over the descriptors, per block of rows: the posteriors (same GEMM and
+//!    refinement as the forward pass), then for the kept entries (a few per row with VLFeat's
+//!    threshold) A, B and their contributions to T directly about μ_k in f64 — the expanded
+//!    GEMM form `[x², x] W + r` cancels like the forward statistics do — and for the skipped
+//!    entries, whose `B = −γ Σ_j m γ A` is tiny but dense, one product `Bᵀ[x², x]`
+//!    ([`stats::block_statistics`], sparse or GEMM) in the shifted frame, moved to the centred
+//!    form afterwards (its cancellation error is relative to those tiny values).
 
 use rayon::prelude::*;
 

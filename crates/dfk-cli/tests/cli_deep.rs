@@ -289,3 +289,42 @@ fn bad_flags_and_inputs_fail_without_writing_a_model() {
     fails(&desc, 1, "x.npy", &model);
     assert!(!dir.path().join("m.dfk.ckpt").exists());
 }
+
+/// Per-class mode (one GMM per class): the model file holds the ten GMMs next to the SVMs, and
+/// `dfk eval`/`dfk predict` score class c under class c's GMM, reproducing the trainer.
+#[test]
+fn per_class_model_works_with_eval_and_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("pc.dfk");
+    let summary = json(&ok(&deep_args(
+        &s(&model),
+        &["--iters", "2", "--mode", "per-class"],
+    )));
+    let m = ModelFile::load(&model).unwrap();
+    assert_eq!(m.class_gmms.len(), 10);
+    assert!(m.class_gmms.iter().any(|g| g != &m.gmm), "no GMM moved");
+    let e = json(&ok(&[
+        "--json",
+        "eval",
+        "--model",
+        &s(&model),
+        "--embedded",
+        "--no-cache",
+    ]));
+    let trainer = summary["test_best"].as_f64().unwrap();
+    assert!(
+        (e["accuracy"].as_f64().unwrap() - trainer).abs() < 1e-12,
+        "eval {} vs trainer {trainer}",
+        e["accuracy"]
+    );
+    let p = json(&ok(&[
+        "--json",
+        "predict",
+        "--model",
+        &s(&model),
+        "--embedded",
+    ]));
+    assert_eq!(p.as_array().unwrap().len(), 1000);
+    let info = ok(&["info", &s(&model)]);
+    assert!(info.contains("class_gmm.means"), "{info}");
+}

@@ -18,6 +18,12 @@
 //! | `svm.primal`, `svm.dual` | F64 | C |
 //! | `svm.iterations` | I64 | C |
 //! | `svm.alpha` | F64 | C × n (n = 0 when the duals were not kept) |
+//! | `class_gmm.means`, `class_gmm.variances` | F32 | C × K × D (per-class GMMs only) |
+//! | `class_gmm.weights` | F32 | C × K (per-class GMMs only) |
+//!
+//! With per-class GMMs (a Deep Fisher Kernel trained with one GMM per class), class c's SVM
+//! row scores the Fisher vector computed under class c's GMM; `gmm.*` then holds the GMM the
+//! training started from.
 //!
 //! Files are written atomically and load back bit for bit: saving a loaded model reproduces
 //! the file byte for byte.
@@ -96,6 +102,9 @@ pub struct ModelFile {
     pub gmm: Gmm,
     /// The classifiers, when trained.
     pub svm: Option<OneVsRest>,
+    /// One GMM per class (per-class Deep Fisher Kernel): class c's SVM applies to the Fisher
+    /// vector under `class_gmms[c]`. Empty when every class uses `gmm`.
+    pub class_gmms: Vec<Gmm>,
     /// Class names in the order of the SVM rows.
     pub class_names: Vec<String>,
     /// The pipeline configuration (see `dfk::pipeline::PipelineConfig`).
@@ -114,6 +123,9 @@ impl ModelFile {
         }
         if let Some(svm) = &self.svm {
             w.svm(svm)?;
+        }
+        if !self.class_gmms.is_empty() {
+            w.class_gmms(&self.gmm, &self.class_gmms)?;
         }
         let header = Header {
             format: FORMAT_NAME.into(),
@@ -143,6 +155,34 @@ impl ModelFile {
             None
         };
         let svm = if r.has("svm.w") { Some(r.svm()?) } else { None };
+        let class_gmms = if r.has("class_gmm.means") {
+            r.class_gmms()?
+        } else {
+            Vec::new()
+        };
+        if let Some(first) = class_gmms.first() {
+            if (first.k(), first.d()) != (gmm.k(), gmm.d()) {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "class_gmm.means holds K = {}, D = {} but gmm.means K = {}, D = {}: expected the same shapes",
+                        first.k(),
+                        first.d(),
+                        gmm.k(),
+                        gmm.d()
+                    ),
+                ));
+            }
+            if svm.as_ref().map(|s| s.classes) != Some(class_gmms.len()) {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "class_gmm.* holds {} per-class GMMs: expected one SVM row per GMM",
+                        class_gmms.len()
+                    ),
+                ));
+            }
+        }
         if let (Some(pca), Some(_)) = (&pca, Some(&gmm)) {
             // The GMM models projected descriptors, possibly with (x, y) appended.
             if gmm.d() < pca.dims() {
@@ -173,6 +213,7 @@ impl ModelFile {
             pca,
             gmm,
             svm,
+            class_gmms,
             class_names: header.class_names,
             config: header.config,
             history: header.history,
@@ -301,6 +342,28 @@ impl Writer {
         self.f32("gmm.means", vec![k, d], gmm.means());
         self.f32("gmm.variances", vec![k, d], gmm.variances());
         self.f32("gmm.weights", vec![k], gmm.weights());
+    }
+
+    /// Per-class GMMs as C × K × D / C × K arrays; each must have the shape of `gmm`.
+    fn class_gmms(&mut self, gmm: &Gmm, gmms: &[Gmm]) -> Result<()> {
+        let (c, k, d) = (gmms.len(), gmm.k(), gmm.d());
+        let (mut means, mut variances, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, g) in gmms.iter().enumerate() {
+            if (g.k(), g.d()) != (k, d) {
+                return Err(Error::dim(
+                    format!("per-class GMM {i} (K·D, as the shared GMM)"),
+                    k * d,
+                    g.k() * g.d(),
+                ));
+            }
+            means.extend_from_slice(g.means());
+            variances.extend_from_slice(g.variances());
+            weights.extend_from_slice(g.weights());
+        }
+        self.f32("class_gmm.means", vec![c, k, d], &means);
+        self.f32("class_gmm.variances", vec![c, k, d], &variances);
+        self.f32("class_gmm.weights", vec![c, k], &weights);
+        Ok(())
     }
 
     fn pca(&mut self, pca: &Pca) {
@@ -515,8 +578,49 @@ impl<'a> Reader<'a> {
         self.check_shape("gmm.variances", &vs, &[k, d])?;
         let (weights, ws) = self.f32("gmm.weights", 1)?;
         self.check_shape("gmm.weights", &ws, &[k])?;
-        let checked = Gmm::new(k, d, means, variances, weights.clone())
-            .map_err(|e| self.invalid("the GMM arrays (gmm.*)", e))?;
+        self.build_gmm(k, d, means, variances, weights, "the GMM arrays (gmm.*)")
+    }
+
+    fn class_gmms(&self) -> Result<Vec<Gmm>> {
+        let (means, ms) = self.f32("class_gmm.means", 3)?;
+        let (c, k, d) = (ms[0], ms[1], ms[2]);
+        let (variances, vs) = self.f32("class_gmm.variances", 3)?;
+        self.check_shape("class_gmm.variances", &vs, &[c, k, d])?;
+        let (weights, ws) = self.f32("class_gmm.weights", 2)?;
+        self.check_shape("class_gmm.weights", &ws, &[c, k])?;
+        if c == 0 {
+            return Err(Error::format(
+                self.path,
+                "array `class_gmm.means` holds no GMM: expected one per class",
+            ));
+        }
+        (0..c)
+            .map(|i| {
+                let kd = i * k * d..(i + 1) * k * d;
+                self.build_gmm(
+                    k,
+                    d,
+                    means[kd.clone()].to_vec(),
+                    variances[kd].to_vec(),
+                    weights[i * k..(i + 1) * k].to_vec(),
+                    &format!("per-class GMM {i} (class_gmm.*)"),
+                )
+            })
+            .collect()
+    }
+
+    /// A validated GMM whose weights are exactly the stored ones.
+    fn build_gmm(
+        &self,
+        k: usize,
+        d: usize,
+        means: Vec<f32>,
+        variances: Vec<f32>,
+        weights: Vec<f32>,
+        what: &str,
+    ) -> Result<Gmm> {
+        let checked =
+            Gmm::new(k, d, means, variances, weights.clone()).map_err(|e| self.invalid(what, e))?;
         // `Gmm::new` renormalises the weights, which can move a stored weight by one ulp; the
         // stored values were normalised when saved, so restore them exactly.
         let mut value = serde_json::to_value(&checked)

@@ -867,6 +867,10 @@ pub struct Pipeline {
     pub gmm: Gmm,
     /// One-vs-rest classifiers on the Fisher vectors.
     pub svm: OneVsRest,
+    /// Per-class GMMs (per-class Deep Fisher Kernel), empty otherwise: class c's SVM then scores
+    /// the Fisher vector under `class_gmms[c]`, and an image's features are the C Fisher
+    /// vectors side by side (C × 2KD values).
+    pub class_gmms: Vec<Gmm>,
     /// Class names, in SVM order.
     pub class_names: Vec<String>,
 }
@@ -1032,6 +1036,7 @@ pub fn fit_preprocessed_with_positions(
             pre,
             gmm: gmm_fit.gmm,
             svm,
+            class_gmms: Vec::new(),
             class_names: Vec::new(),
         },
         history,
@@ -1048,6 +1053,7 @@ impl Pipeline {
             pca: self.pre.pca.clone(),
             gmm: self.gmm.clone(),
             svm: Some(self.svm.clone()),
+            class_gmms: self.class_gmms.clone(),
             class_names: self.class_names.clone(),
             config: serde_json::to_value(&self.config)
                 .map_err(|e| Error::Invalid(format!("cannot encode the configuration: {e}")))?,
@@ -1093,18 +1099,25 @@ impl Pipeline {
                 ),
             ));
         }
+        if !model.class_gmms.is_empty() && config.pyramid.is_some() {
+            return Err(Error::format(
+                path,
+                "per-class GMMs with a spatial pyramid are not supported",
+            ));
+        }
         Ok(Pipeline {
             config,
             pre,
             gmm: model.gmm.clone(),
             svm,
+            class_gmms: model.class_gmms.clone(),
             class_names: model.class_names.clone(),
         })
     }
 
     /// Length of the vectors the SVMs see (see [`PipelineConfig::feature_len`]).
     pub fn feature_len(&self) -> usize {
-        self.config.feature_len(&self.gmm)
+        self.config.feature_len(&self.gmm) * self.class_gmms.len().max(1)
     }
 
     /// Extracts, preprocesses and encodes a data set: `images × 2KD` Fisher vectors (with a
@@ -1121,6 +1134,9 @@ impl Pipeline {
                 progress.advance(n)
             })?;
         progress.finish();
+        if !self.class_gmms.is_empty() {
+            return self.encode_per_class(&desc, progress);
+        }
         progress.start("Fisher vectors", data.len());
         let fv = encode_all_pyramid(
             &self.gmm,
@@ -1138,6 +1154,9 @@ impl Pipeline {
     /// (with a pyramid, `images × cells·2KD`, placed by `raw.positions`).
     pub fn encode_raw(&self, raw: &RawDescriptors, progress: &dyn Progress) -> Result<Vec<f32>> {
         let desc = self.pre.apply_all(raw)?;
+        if !self.class_gmms.is_empty() {
+            return self.encode_per_class(&desc, progress);
+        }
         progress.start("Fisher vectors", raw.images());
         let fv = encode_all_pyramid(
             &self.gmm,
@@ -1151,9 +1170,38 @@ impl Pipeline {
         Ok(fv)
     }
 
-    /// SVM scores (`n × classes`) of Fisher vectors.
+    /// Fisher vectors under every per-class GMM, side by side per image (`n × C·2KD`).
+    fn encode_per_class(&self, desc: &Descriptors, progress: &dyn Progress) -> Result<Vec<f32>> {
+        let (len, stride) = (self.gmm.fisher_len(), self.feature_len());
+        let mut out = vec![0f32; desc.images() * stride];
+        progress.start(
+            "Fisher vectors (per class)",
+            desc.images() * self.class_gmms.len(),
+        );
+        for (c, gmm) in self.class_gmms.iter().enumerate() {
+            let fv = encode_all(gmm, self.config.fisher, desc, &|k| progress.advance(k))?;
+            for (dst, src) in out.chunks_exact_mut(stride).zip(fv.chunks_exact(len)) {
+                dst[c * len..(c + 1) * len].copy_from_slice(src);
+            }
+        }
+        progress.finish();
+        Ok(out)
+    }
+
+    /// SVM scores (`n × classes`) of the features from [`encode_dataset`](Self::encode_dataset):
+    /// ⟨w_c, φ⟩ + b_c, where φ is the Fisher vector under class c's GMM in per-class mode.
     pub fn scores(&self, features: &[f32], n: usize) -> Vec<f32> {
-        self.svm.scores(features, n)
+        if self.class_gmms.is_empty() {
+            return self.svm.scores(features, n);
+        }
+        let (len, stride) = (self.gmm.fisher_len(), self.feature_len());
+        let mut out = Vec::with_capacity(n * self.svm.classes);
+        for row in features.chunks_exact(stride).take(n) {
+            for (c, m) in self.svm.models.iter().enumerate() {
+                out.push(m.decision(&row[c * len..(c + 1) * len]));
+            }
+        }
+        out
     }
 }
 

@@ -56,6 +56,7 @@ fn pipeline() -> ModelFile {
         pca: Some(pca),
         gmm: gmm(),
         svm: Some(svm(2 * 3 * 5, 3)),
+        class_gmms: Vec::new(),
         class_names: vec!["t-shirt".into(), "trouser".into(), "ankle boot ☂".into()],
         config: serde_json::json!({"k": 3, "c": 0.1 + 0.2, "pca_dims": 3, "whiten": true}),
         history: serde_json::json!({"objective": [1.0 / 3.0, 0.123_456_789_012_345_68, 1e-300]}),
@@ -112,6 +113,47 @@ fn svm_file_round_trips_and_pipeline_serves_its_svms() {
     bad.save(&p).unwrap();
     let e = ModelFile::load(&p).unwrap_err().to_string();
     assert!(e.contains("svm.w") && e.contains("p.dfk"), "{e}");
+}
+
+/// A per-class model (one GMM per class, Deep Fisher Kernel) round-trips, and per-class GMMs
+/// that do not match the shared GMM or the SVM rows are rejected.
+#[test]
+fn per_class_gmms_round_trip_and_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.dfk"), dir.path().join("b.dfk"));
+    let shifted = |s: u32| {
+        Gmm::new(
+            3,
+            5,
+            awkward(15, 10 + s),
+            awkward(15, 20 + s),
+            awkward(3, 30 + s),
+        )
+        .unwrap()
+    };
+    let mut m = pipeline();
+    m.class_gmms = (0..3).map(shifted).collect();
+    m.save(&a).unwrap();
+    let loaded = ModelFile::load(&a).unwrap();
+    assert_eq!(loaded, m);
+    loaded.save(&b).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let s = model::summarize(&a).unwrap();
+    assert!(s
+        .arrays
+        .iter()
+        .any(|(n, _, shape)| n == "class_gmm.means" && shape == &vec![3, 3, 5]));
+    // Two GMMs for three SVM rows.
+    let mut bad = pipeline();
+    bad.class_gmms = (0..2).map(shifted).collect();
+    bad.save(&a).unwrap();
+    let e = ModelFile::load(&a).unwrap_err().to_string();
+    assert!(e.contains("class_gmm") && e.contains("a.dfk"), "{e}");
+    // Per-class GMMs of another K than the shared one cannot be written.
+    let mut bad = pipeline();
+    bad.class_gmms =
+        vec![Gmm::new(2, 5, awkward(10, 1), awkward(10, 2), awkward(2, 3)).unwrap(); 3];
+    assert!(bad.save(&b).is_err());
 }
 
 #[test]

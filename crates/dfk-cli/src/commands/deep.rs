@@ -12,14 +12,14 @@ use dfk::deep::{
 };
 use dfk::fisher::FisherOptions;
 use dfk::gmm::{fit_gmm, Gmm, GmmParams};
-use dfk::model::{load_gmm, save_gmm, save_svm, ModelFile};
+use dfk::model::{load_gmm, ModelFile};
 use dfk::npy;
 use dfk::pca::Pca;
 use dfk::pipeline::{
     dataset_labels, fit_preprocessor, load_or_extract, PcaConfig, PipelineConfig, SvmConfig,
     Weighting,
 };
-use dfk::svm::{ClassWeighting, Labels, SvmParams};
+use dfk::svm::{ClassWeighting, Labels, OneVsRest, SvmParams};
 use serde_json::json;
 
 use crate::util::{emit, usage};
@@ -128,8 +128,9 @@ pub struct Args {
     /// Smallest step before the line search gives up.
     #[arg(long, default_value_t = 1e-4)]
     pub min_step: f64,
-    /// Plain backtracking: halve a rejected step and start the next search at 1.5× the
-    /// accepted one (default: predict both from the quadratic through the last trial).
+    /// Plain backtracking: halve a rejected step and always start the next search at 1.5× the
+    /// accepted one (default: retry at the quadratic interpolant's minimiser, and grow only
+    /// after a search accepted its first trial).
     #[arg(long)]
     pub plain_backtracking: bool,
     /// Armijo constant c1.
@@ -164,8 +165,8 @@ pub struct Args {
     #[arg(long)]
     pub balanced: bool,
 
-    /// Output model file: the learned GMM, its SVMs and the history (per-class mode: the
-    /// initial GMM and the history; class c's GMM and SVM go to `<output>.class<c>.{gmm,svm}`).
+    /// Output model file: the learned GMM (per-class mode: one per class, and the initial
+    /// GMM), the SVMs and the history; `dfk eval`/`dfk predict` use it.
     #[arg(long, short, default_value = "deep.dfk")]
     pub output: PathBuf,
     /// Checkpoint file, written every iteration (default: `<output>.ckpt`).
@@ -254,7 +255,7 @@ fn params(a: &Args) -> anyhow::Result<DeepParams> {
             initial_step: a.step,
             max_step: a.max_step,
             min_step: a.min_step,
-            quadratic: !a.plain_backtracking,
+            adaptive: !a.plain_backtracking,
             ..LineSearch::default()
         },
         variance_floor: a.variance_floor,
@@ -425,24 +426,31 @@ fn save_model(
 ) -> anyhow::Result<()> {
     let classes = model.svms.iter().map(|s| s.models.len()).sum::<usize>();
     let names: Vec<String> = (0..classes).map(|c| c.to_string()).collect();
-    let mut per_class_files = Vec::new();
-    let (gmm, svm) = match model.mode {
-        GmmMode::Shared => (model.gmms[0].clone(), Some(model.svms[0].clone())),
-        GmmMode::PerClass => {
-            for (c, (gm, sv)) in model.gmms.iter().zip(&model.svms).enumerate() {
-                let gpath = sibling(&a.output, &format!("class{c}.gmm"));
-                let spath = sibling(&a.output, &format!("class{c}.svm"));
-                save_gmm(&gpath, gm)?;
-                save_svm(&spath, sv, &names[c..c + 1])?;
-                per_class_files.push((gpath, spath));
-            }
-            (init.clone(), None)
-        }
+    let (svm, class_gmms) = match model.mode {
+        GmmMode::Shared => (model.svms[0].clone(), Vec::new()),
+        // Class c's single binary SVM becomes row c; it scores the FV under class c's GMM.
+        GmmMode::PerClass => (
+            OneVsRest {
+                classes,
+                dim: model.gmms[0].fisher_len(),
+                multilabel: a.multilabel,
+                models: model
+                    .svms
+                    .iter()
+                    .flat_map(|s| s.models.iter().cloned())
+                    .collect(),
+            },
+            model.gmms.clone(),
+        ),
     };
     let file = ModelFile {
         pca,
-        gmm,
-        svm,
+        gmm: match model.mode {
+            GmmMode::Shared => model.gmms[0].clone(),
+            GmmMode::PerClass => init.clone(),
+        },
+        svm: Some(svm),
+        class_gmms,
         class_names: names,
         config: serde_json::to_value(config)?,
         history: json!({
@@ -450,7 +458,6 @@ fn save_model(
             "deep_settings": {
                 "mode": format!("{:?}", model.mode),
                 "fisher": format!("{:?}", model.fisher),
-                "per_class_files": per_class_files,
                 "args": format!("{a:?}"),
             },
             "initial_gmm": {
@@ -522,6 +529,11 @@ fn load_sets(
     };
     config.seed = g.seed;
     config.validate()?;
+    if let Some(p) = &config.pyramid {
+        return usage(format!(
+            "the configuration asks for the spatial pyramid {p}: dfk deep learns the GMM of plain (whole-image) Fisher vectors only"
+        ));
+    }
     let (mut train, test) = if a.embedded {
         let (tr, te) = dataset::embedded_fashion_mnist()?;
         (tr, Some(te))

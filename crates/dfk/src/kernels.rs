@@ -517,6 +517,71 @@ pub fn centred_poly_sel_at(
     }
 }
 
+/// Below this `e^x` is not a normal `f64` and [`exp_f64_scalar`] returns 0.
+pub const EXP_F64_UNDERFLOW: f64 = -708.0;
+/// Above this [`exp_f64_scalar`] returns +∞.
+pub const EXP_F64_OVERFLOW: f64 = 709.0;
+// ln 2 split in two (fdlibm): the high part has 32 trailing zero bits, so `n · LN2_HI_64` is
+// exact for every `n` this range gives.
+const LN2_HI_64: f64 = 6.931_471_803_691_238_164_90e-1;
+const LN2_LO_64: f64 = 1.908_214_929_270_587_700_02e-10;
+/// Taylor coefficients 1/j! of `e^r`, highest first: degree 12 on `|r| ≤ ln2/2` truncates
+/// below 2e-16 relative.
+const EXP64_POLY: [f64; 13] = [
+    1.0 / 479_001_600.0,
+    1.0 / 39_916_800.0,
+    1.0 / 3_628_800.0,
+    1.0 / 362_880.0,
+    1.0 / 40_320.0,
+    1.0 / 5_040.0,
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    0.5,
+    1.0,
+    1.0,
+];
+
+/// `e^x` in f64 to a few ulps (`x = n ln2 + r`, a degree-12 polynomial, then `2^n`), with
+/// separate multiplies and adds so that the vector versions give identical results. Returns
+/// 0 below [`EXP_F64_UNDERFLOW`] (and for −∞), +∞ above [`EXP_F64_OVERFLOW`], NaN for NaN.
+#[inline]
+pub fn exp_f64_scalar(x: f64) -> f64 {
+    if x.is_nan() {
+        return x;
+    }
+    if x < EXP_F64_UNDERFLOW {
+        return 0.0;
+    }
+    if x > EXP_F64_OVERFLOW {
+        return f64::INFINITY;
+    }
+    let n = (x * std::f64::consts::LOG2_E).round_ties_even();
+    let r = (x - n * LN2_HI_64) - n * LN2_LO_64;
+    let mut p = EXP64_POLY[0];
+    for &c in &EXP64_POLY[1..] {
+        p = p * r + c;
+    }
+    // n ∈ [−1021, 1023]: 2^n is a normal f64 and the product is exact.
+    p * f64::from_bits(((n as i64 + 1023) as u64) << 52)
+}
+
+/// Applies [`exp_f64_scalar`] to every element of `xs` at `level`; every level gives the
+/// same results.
+#[inline]
+pub fn exp_f64_in_place_at(level: SimdLevel, xs: &mut [f64]) {
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu).
+        SimdLevel::Avx512 => unsafe { x86::exp_f64_avx512(xs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu).
+        SimdLevel::Avx2 => unsafe { x86::exp_f64_avx2(xs) },
+        _ => xs.iter_mut().for_each(|v| *v = exp_f64_scalar(*v)),
+    }
+}
+
 /// Runs `iters` rounds of independent fused multiply-add chains at `level` on one thread and
 /// returns the number of floating-point operations done (2 per lane per FMA). Used to measure
 /// the machine's attainable FMA peak: time it and divide.
@@ -1217,6 +1282,79 @@ mod x86 {
         }
     }
 
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn exp_f64_avx512(xs: &mut [f64]) {
+        let set1 = _mm512_set1_pd;
+        let mut chunks = xs.chunks_exact_mut(8);
+        for ch in &mut chunks {
+            // SAFETY: `ch` holds exactly 8 f64.
+            let x = unsafe { _mm512_loadu_pd(ch.as_ptr()) };
+            let xc = _mm512_min_pd(
+                _mm512_max_pd(x, set1(EXP_F64_UNDERFLOW)),
+                set1(EXP_F64_OVERFLOW),
+            );
+            let n = _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_pd(xc, set1(std::f64::consts::LOG2_E)),
+            );
+            let r = _mm512_sub_pd(xc, _mm512_mul_pd(n, set1(LN2_HI_64)));
+            let r = _mm512_sub_pd(r, _mm512_mul_pd(n, set1(LN2_LO_64)));
+            let mut p = set1(EXP64_POLY[0]);
+            for &c in &EXP64_POLY[1..] {
+                p = _mm512_add_pd(_mm512_mul_pd(p, r), set1(c));
+            }
+            let y = _mm512_scalef_pd(p, n);
+            let under = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(x, set1(EXP_F64_UNDERFLOW));
+            let over = _mm512_cmp_pd_mask::<_CMP_GT_OQ>(x, set1(EXP_F64_OVERFLOW));
+            let nan = _mm512_cmp_pd_mask::<_CMP_UNORD_Q>(x, x);
+            let y = _mm512_mask_mov_pd(y, under, _mm512_setzero_pd());
+            let y = _mm512_mask_mov_pd(y, over, set1(f64::INFINITY));
+            let y = _mm512_mask_mov_pd(y, nan, x);
+            // SAFETY: as above.
+            unsafe { _mm512_storeu_pd(ch.as_mut_ptr(), y) };
+        }
+        for v in chunks.into_remainder() {
+            *v = exp_f64_scalar(*v);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp_f64_avx2(xs: &mut [f64]) {
+        let set1 = _mm256_set1_pd;
+        let mut chunks = xs.chunks_exact_mut(4);
+        for ch in &mut chunks {
+            // SAFETY: `ch` holds exactly 4 f64.
+            let x = unsafe { _mm256_loadu_pd(ch.as_ptr()) };
+            let xc = _mm256_min_pd(
+                _mm256_max_pd(x, set1(EXP_F64_UNDERFLOW)),
+                set1(EXP_F64_OVERFLOW),
+            );
+            let n = _mm256_round_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_pd(xc, set1(std::f64::consts::LOG2_E)),
+            );
+            let r = _mm256_sub_pd(xc, _mm256_mul_pd(n, set1(LN2_HI_64)));
+            let r = _mm256_sub_pd(r, _mm256_mul_pd(n, set1(LN2_LO_64)));
+            let mut p = set1(EXP64_POLY[0]);
+            for &c in &EXP64_POLY[1..] {
+                p = _mm256_add_pd(_mm256_mul_pd(p, r), set1(c));
+            }
+            // 2^n from the exponent bits (n ∈ [−1021, 1023] after the clamp).
+            let ni = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n));
+            let bits = _mm256_slli_epi64::<52>(_mm256_add_epi64(ni, _mm256_set1_epi64x(1023)));
+            let y = _mm256_mul_pd(p, _mm256_castsi256_pd(bits));
+            let under = _mm256_cmp_pd::<_CMP_LT_OQ>(x, set1(EXP_F64_UNDERFLOW));
+            let over = _mm256_cmp_pd::<_CMP_GT_OQ>(x, set1(EXP_F64_OVERFLOW));
+            let nan = _mm256_cmp_pd::<_CMP_UNORD_Q>(x, x);
+            let y = _mm256_andnot_pd(under, y);
+            let y = _mm256_blendv_pd(y, set1(f64::INFINITY), over);
+            let y = _mm256_blendv_pd(y, x, nan);
+            // SAFETY: as above.
+            unsafe { _mm256_storeu_pd(ch.as_mut_ptr(), y) };
+        }
+        for v in chunks.into_remainder() {
+            *v = exp_f64_scalar(*v);
+        }
+    }
+
     macro_rules! probe_body {
         ($iters:expr, $ty:ty, $set1:ident, $fmadd:ident, $add:ident) => {{
             let mul = $set1(0.999_999);
@@ -1565,6 +1703,53 @@ mod tests {
                 let n = select_at_least_at(level, &row, 0.5, &mut out);
                 assert_eq!(&out[..n], &want[..], "{level:?} len {len}");
             }
+        }
+    }
+
+    #[test]
+    fn exp_f64_matches_libm_and_levels_are_identical() {
+        let mut xs: Vec<f64> = (0..40_001)
+            .map(|i| -720.0 + 1440.0 * i as f64 / 40_000.0)
+            .collect();
+        xs.extend((0..5000).map(|i| -20.0 * i as f64 / 5000.0));
+        xs.extend([
+            0.0,
+            -0.0,
+            1e-300,
+            -1e-300,
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            EXP_F64_UNDERFLOW,
+            EXP_F64_UNDERFLOW - 1e-9,
+            EXP_F64_OVERFLOW,
+            0.346_573_590_279_972_6,
+            -0.346_573_590_279_972_6,
+            -3.5,
+        ]);
+        let want: Vec<f64> = xs.iter().map(|&x| exp_f64_scalar(x)).collect();
+        for (&x, &y) in xs.iter().zip(&want) {
+            if x < EXP_F64_UNDERFLOW {
+                assert_eq!(y, 0.0, "exp({x})");
+            } else if x > EXP_F64_OVERFLOW {
+                assert_eq!(y, f64::INFINITY, "exp({x})");
+            } else {
+                let e = x.exp();
+                assert!(
+                    (y - e).abs() <= 4.0 * f64::EPSILON * e,
+                    "exp({x}) = {y}, libm {e}"
+                );
+            }
+        }
+        assert!(exp_f64_scalar(f64::NAN).is_nan());
+        for level in SimdLevel::available() {
+            let mut got = xs.clone();
+            exp_f64_in_place_at(level, &mut got);
+            for ((g, w), x) in got.iter().zip(&want).zip(&xs) {
+                assert_eq!(g.to_bits(), w.to_bits(), "{level:?}: exp({x})");
+            }
+            let mut nan = vec![f64::NAN; 9];
+            exp_f64_in_place_at(level, &mut nan);
+            assert!(nan.iter().all(|v| v.is_nan()), "{level:?}: NaN lost");
         }
     }
 

@@ -450,11 +450,10 @@ impl FisherEncoder {
             if m > 0 {
                 // The unrefined posteriors are exp(l − lse); rescale them to the new max.
                 let tail = (lse - max).exp();
-                let mut z = rest.max(0.0) * tail;
-                for g in &mut scratch.gam[..m] {
-                    *g = (*g - max).exp();
-                    z += *g;
-                }
+                let gam = &mut scratch.gam[..m];
+                gam.iter_mut().for_each(|g| *g -= max);
+                kernels::exp_f64_in_place_at(self.level, gam);
+                let z = rest.max(0.0) * tail + gam.iter().sum::<f64>();
                 let inv = 1.0 / z;
                 scratch.gam[..m].iter_mut().for_each(|g| *g *= inv);
                 let scale = tail * inv;

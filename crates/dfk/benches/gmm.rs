@@ -1,5 +1,6 @@
 //! Criterion benches of GMM fitting: one EM iteration (E-step through the shared matrix-product
-//! kernel + M-step) and the k-means++ initialisation, at N = 20 000, D = 64, K = 64.
+//! kernel + M-step) and the initialisations (k-means++ alone, the default k-means), at
+//! N = 20 000, D = 64, K = 64.
 //! Throughput is reported in descriptors (elements) per second.
 //!
 //! `cargo bench -p dfk --bench gmm`
@@ -41,7 +42,7 @@ fn bench(c: &mut Criterion) {
     );
     for (name, init) in [
         ("init_kmeans++", GmmInit::KMeansPlusPlus),
-        ("init_kmeans10", GmmInit::KMeans { iters: 10 }),
+        ("init_default_kmeans20", GmmParams::new(K).init),
     ] {
         let p = params.clone().init(init);
         group.bench_function(BenchmarkId::new(name, format!("N{N}_D{D}_K{K}")), |b| {

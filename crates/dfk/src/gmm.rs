@@ -158,7 +158,7 @@ fn check_shape(x: &[f32], d: usize) -> Result<usize> {
     if d == 0 {
         return Err(Error::param("d", d, "at least 1 dimension"));
     }
-    if x.len() % d != 0 {
+    if !x.len().is_multiple_of(d) {
         return Err(Error::param(
             "descriptor matrix length",
             x.len(),

@@ -156,13 +156,8 @@ fn em_step_floors_at_the_data_variance() {
     for _ in 0..3 {
         g = em_step(&g, &x, &GmmParams::new(3)).unwrap().0;
     }
-    for j in 0..d {
-        let v = g.variance(0)[j] as f64;
-        assert!(
-            rel(v, floor[j]) < 1e-5,
-            "variance {v} vs floor {}",
-            floor[j]
-        );
+    for (&v, &f) in g.variance(0).iter().zip(&floor) {
+        assert!(rel(v as f64, f) < 1e-5, "variance {v} vs floor {f}");
     }
     assert!((g.weights()[0] - 0.25).abs() < 1e-3);
 }

@@ -523,8 +523,8 @@ pub const EXP_F64_UNDERFLOW: f64 = -708.0;
 pub const EXP_F64_OVERFLOW: f64 = 709.0;
 // ln 2 split in two (fdlibm): the high part has 32 trailing zero bits, so `n · LN2_HI_64` is
 // exact for every `n` this range gives.
-const LN2_HI_64: f64 = 6.931_471_803_691_238_164_90e-1;
-const LN2_LO_64: f64 = 1.908_214_929_270_587_700_02e-10;
+const LN2_HI_64: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+const LN2_LO_64: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
 /// Taylor coefficients 1/j! of `e^r`, highest first: degree 12 on `|r| ≤ ln2/2` truncates
 /// below 2e-16 relative.
 const EXP64_POLY: [f64; 13] = [

@@ -28,12 +28,12 @@ pub struct FitArgs {
     /// Number of components.
     #[arg(long)]
     k: usize,
-    /// Maximum EM iterations.
-    #[arg(long, default_value_t = 100)]
-    max_iter: usize,
-    /// Relative log-likelihood change at which EM stops.
-    #[arg(long, default_value_t = 1e-6)]
-    tol: f64,
+    /// Maximum EM iterations (default: the library's, 500).
+    #[arg(long)]
+    max_iter: Option<usize>,
+    /// Relative log-likelihood change at which EM stops (default: the library's, 1e-7).
+    #[arg(long)]
+    tol: Option<f64>,
     /// Independent initialisations (the best likelihood is kept).
     #[arg(long, default_value_t = 1)]
     restarts: usize,
@@ -91,9 +91,14 @@ fn fit(a: FitArgs, g: &Global) -> anyhow::Result<()> {
             a.k
         );
     }
-    let params = GmmParams::new(a.k)
-        .max_iter(a.max_iter)
-        .tol(a.tol)
+    let mut params = GmmParams::new(a.k);
+    if let Some(v) = a.max_iter {
+        params = params.max_iter(v);
+    }
+    if let Some(v) = a.tol {
+        params = params.tol(v);
+    }
+    let params = params
         .restarts(a.restarts)
         .variance_floor(a.variance_floor)
         .seed(g.seed);

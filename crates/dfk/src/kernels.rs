@@ -611,10 +611,8 @@ pub fn fma_probe(level: SimdLevel, iters: u64) -> u64 {
     flops
 }
 
-// The AVX-512 intrinsics are stable since Rust 1.89, above the workspace's declared
-// rust-version (1.85); building this module needs 1.89 or newer.
+// The AVX-512 intrinsics are stable since Rust 1.89 (the workspace's rust-version).
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::incompatible_msrv)]
 mod x86 {
     use super::*;
 

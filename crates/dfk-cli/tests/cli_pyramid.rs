@@ -32,6 +32,27 @@ fn fails(args: &[&str], code: i32, needle: &str) {
     );
 }
 
+/// Shape of a .npy file (version 1 header).
+fn read_npy_shape(path: &str) -> Vec<usize> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+    let shape = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    shape
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse().unwrap())
+        .collect()
+}
+
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
@@ -77,6 +98,36 @@ fn train_with_a_pyramid_stores_it_in_the_model() {
             "{config}"
         );
         assert!(config.contains(&format!("spatial = {spatial}")));
+        // The model applies with its pyramid: eval on the same test images reproduces the
+        // accuracy training reported, and encode writes cells · 2KD columns (8 cells here).
+        let eval = ok(&[
+            "eval",
+            "--model",
+            &model,
+            "--embedded",
+            "--limit",
+            "200",
+            "--json",
+        ]);
+        let e: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
+        assert_eq!(e["accuracy"].as_f64().unwrap(), acc, "spatial {spatial}");
+        let fv = s(&dir.path().join("fv.npy"));
+        ok(&[
+            "encode",
+            "--model",
+            &model,
+            "--embedded",
+            "--limit",
+            "3",
+            "--out",
+            &fv,
+        ]);
+        let d = if spatial == "true" { 10 } else { 8 };
+        assert_eq!(
+            read_npy_shape(&fv),
+            vec![3, 8 * 2 * 4 * d],
+            "spatial {spatial}"
+        );
     }
 }
 

@@ -197,11 +197,14 @@ impl ModelFile {
             }
         }
         if let Some(svm) = &svm {
-            if svm.dim != gmm.fisher_len() {
+            // One 2KD block per spatial-pyramid cell; `Pipeline::from_model` checks the exact
+            // count against the configuration's pyramid.
+            if svm.dim == 0 || !svm.dim.is_multiple_of(gmm.fisher_len()) {
                 return Err(Error::format(
                     path,
                     format!(
-                        "svm.w has {} columns: expected the Fisher vector length 2KD = {}",
+                        "svm.w has {} columns: expected the Fisher vector length 2KD = {} \
+                         (times the cells of a spatial pyramid)",
                         svm.dim,
                         gmm.fisher_len()
                     ),

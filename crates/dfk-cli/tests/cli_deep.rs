@@ -66,7 +66,7 @@ fn deep_args<'a>(model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         "0",
         "--rel-tol",
         "0",
-        "-o",
+        "--out", // as in `dfk train`; `-o` below
         model,
     ];
     a.extend_from_slice(extra);

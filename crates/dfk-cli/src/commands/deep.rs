@@ -165,9 +165,10 @@ pub struct Args {
     #[arg(long)]
     pub balanced: bool,
 
-    /// Output model file: the learned GMM (per-class mode: one per class, and the initial
-    /// GMM), the SVMs and the history; `dfk eval`/`dfk predict` use it.
-    #[arg(long, short, default_value = "deep.dfk")]
+    /// Output model file (`--out` is accepted too, as in `dfk train`): the learned GMM
+    /// (per-class mode: one per class, and the initial GMM), the SVMs and the history;
+    /// `dfk eval`/`dfk predict` use it.
+    #[arg(long, short, alias = "out", default_value = "deep.dfk")]
     pub output: PathBuf,
     /// Checkpoint file, written every iteration (default: `<output>.ckpt`).
     #[arg(long)]

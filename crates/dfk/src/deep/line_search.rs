@@ -131,7 +131,9 @@ impl LineSearch {
     fn retry_step(&self, f0: f64, slope: f64, t: f64, value: Option<f64>) -> f64 {
         let halved = t * self.shrink;
         match value.and_then(|v| quadratic_min(f0, slope, t, v)) {
-            Some(s) if self.adaptive => s.clamp(0.1 * t, halved),
+            // Never below a tenth of t, never above the plain shrink (which may itself be
+            // below a tenth).
+            Some(s) if self.adaptive => s.clamp((0.1 * t).min(halved), halved),
             _ => halved,
         }
     }
@@ -339,5 +341,22 @@ mod tests {
                 Err(Error::InvalidParameter { .. })
             ));
         }
+    }
+
+    #[test]
+    fn quadratic_retry_stays_within_a_small_shrink() {
+        // f0 = 1, slope −1, J(1) = 2: the quadratic's minimiser is t = 0.25, above
+        // shrink · t = 0.05 and so clamped to it (a shrink below 0.1 once made the clamp's
+        // bounds cross and panic).
+        let ls = LineSearch {
+            shrink: 0.05,
+            ..LineSearch::default()
+        };
+        assert!(ls.validate().is_ok());
+        let s = ls.retry_step(1.0, -1.0, 1.0, Some(2.0));
+        assert_eq!(s, 0.05);
+        // With the default shrink 0.5 the minimiser 0.25 is kept.
+        let s = LineSearch::default().retry_step(1.0, -1.0, 1.0, Some(2.0));
+        assert!((s - 0.25).abs() < 1e-12, "{s}");
     }
 }

@@ -389,12 +389,14 @@ impl FisherEncoder {
                 what: "image (no descriptors)".into(),
             });
         }
-        let bad = !all_finite(x);
-        if let Some(i) = x.iter().position(|v| bad && !v.is_finite()) {
-            return Err(Error::NonFinite {
-                what: format!("descriptor row {} (dimension {})", i / d, i % d),
-                index: i,
-            });
+        // The vectorised check first; the scalar search only to name the culprit.
+        if !all_finite(x) {
+            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: format!("descriptor row {} (dimension {})", i / d, i % d),
+                    index: i,
+                });
+            }
         }
         Ok(x.len() / d)
     }

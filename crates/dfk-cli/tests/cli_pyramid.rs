@@ -181,11 +181,12 @@ fn invalid_pyramids_are_errors() {
 fn precomputed_descriptors_cannot_use_a_pyramid() {
     let dir = tempfile::tempdir().unwrap();
     let mut list = String::new();
-    for i in 0..6 {
+    // Ten classes, as many as the embedded data's, so eval gets past its class check.
+    for i in 0..10 {
         let data: Vec<f32> = (0..5 * 4).map(|j| ((i * 7 + j * 3) % 11) as f32).collect();
         let name = format!("img{i}.npy");
         dfk::npy::write_f32_matrix(dir.path().join(&name), &data, 5, 4).unwrap();
-        list.push_str(&format!("{name} {}\n", i % 2));
+        list.push_str(&format!("{name} {i}\n"));
     }
     let list_path = dir.path().join("list.txt");
     std::fs::write(&list_path, list).unwrap();
@@ -208,4 +209,21 @@ fn precomputed_descriptors_cannot_use_a_pyramid() {
         "a spatial pyramid needs them",
     );
     assert!(!model.exists());
+    // A pyramid model (trained on images) refuses them too, in every command that encodes.
+    ok(&[
+        &["train"][..],
+        &SMALL,
+        &["--pyramid", "2x2", "--out", &s(&model)],
+    ]
+    .concat());
+    let data = ["--data", &s(&list_path), "--format", "npy"];
+    let fv = dir.path().join("fv.npy");
+    for cmd in [
+        &["predict", "--model", &s(&model)][..],
+        &["eval", "--model", &s(&model)][..],
+        &["encode", "--model", &s(&model), "--out", &s(&fv)][..],
+    ] {
+        fails(&[cmd, &data[..]].concat(), 2, "encodes a spatial pyramid");
+    }
+    assert!(!fv.exists());
 }

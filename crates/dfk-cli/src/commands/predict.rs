@@ -85,6 +85,12 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             "give image files or one data option (--data, --fashion-mnist, --embedded), not both",
         ),
     };
+    if descriptors.is_some() && pipeline.config.pyramid.is_some() {
+        return usage(format!(
+            "precomputed descriptors carry no positions, but {} encodes a spatial pyramid",
+            a.model.display()
+        ));
+    }
     let fv = match &descriptors {
         Some(raw) => pipeline.encode_raw(raw, &Bars::new(g))?,
         None => pipeline.encode_dataset(&data, None, &Bars::new(g))?,

@@ -316,7 +316,13 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             a.val_fraction
         ));
     }
-    let (mut all, mut test, pca, mut config) = load_sets(&a, g)?;
+    let Sets {
+        train: mut all,
+        mut test,
+        pca,
+        mut config,
+        class_names,
+    } = load_sets(&a, g)?;
     if let Some(t) = test.as_mut() {
         align_classes(&mut all, t);
         if let Some(n) = a.max_test {
@@ -371,7 +377,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     };
     config.gmm.k = gmm.k();
     config.seed = g.seed;
-    save_model(&a, &model, &gmm, pca, &config)?;
+    save_model(&a, &model, &gmm, pca, &config, class_names)?;
     if let Some(h) = &a.history {
         npy::write_bytes_atomic(h, &serde_json::to_vec_pretty(&model.history)?)?;
     }
@@ -426,9 +432,13 @@ fn save_model(
     init: &Gmm,
     pca: Option<Pca>,
     config: &PipelineConfig,
+    class_names: Option<Vec<String>>,
 ) -> anyhow::Result<()> {
     let classes = model.svms.iter().map(|s| s.models.len()).sum::<usize>();
-    let names: Vec<String> = (0..classes).map(|c| c.to_string()).collect();
+    let names: Vec<String> = match class_names {
+        Some(n) if n.len() == classes => n,
+        _ => (0..classes).map(|c| c.to_string()).collect(),
+    };
     let (svm, class_gmms) = match model.mode {
         GmmMode::Shared => (model.svms[0].clone(), Vec::new()),
         // Class c's single binary SVM becomes row c; it scores the FV under class c's GMM.
@@ -492,10 +502,18 @@ fn extract(
 
 /// The training and optional test images from exactly one source, the PCA of the image
 /// pipeline (if any) and the pipeline configuration to store with the model.
-fn load_sets(
-    a: &Args,
-    g: &Global,
-) -> anyhow::Result<(ImageSet, Option<ImageSet>, Option<Pca>, PipelineConfig)> {
+/// What `dfk deep` trains and tests on.
+struct Sets {
+    train: ImageSet,
+    test: Option<ImageSet>,
+    /// The PCA of the image pipeline (none for descriptor files).
+    pca: Option<Pca>,
+    config: PipelineConfig,
+    /// The image data set's class names; descriptor files have numbered classes only.
+    class_names: Option<Vec<String>>,
+}
+
+fn load_sets(a: &Args, g: &Global) -> anyhow::Result<Sets> {
     let sources = [
         a.descriptors.is_some(),
         a.fashion_mnist.is_some(),
@@ -521,7 +539,13 @@ fn load_sets(
             spatial: false,
             ..PipelineConfig::default()
         };
-        return Ok((train, test, None, config));
+        return Ok(Sets {
+            train,
+            test,
+            pca: None,
+            config,
+            class_names: None,
+        });
     }
     if a.descriptors.is_some() {
         return usage("--descriptors needs --offsets and --labels");
@@ -567,5 +591,11 @@ fn load_sets(
         .as_ref()
         .map(|t| extract(t, &config, &pre, cache))
         .transpose()?;
-    Ok((train_set, test_set, pre.pca, config))
+    Ok(Sets {
+        train: train_set,
+        test: test_set,
+        pca: pre.pca,
+        config,
+        class_names: Some(train.class_names.clone()),
+    })
 }

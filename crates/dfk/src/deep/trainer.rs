@@ -165,8 +165,16 @@ struct GroupState {
     active: bool,
     /// The training images encoded at `theta` (by the accepted line-search trial), reused by
     /// the next backward pass; not checkpointed (a resumed run re-encodes once, identically).
+    /// Kept with one GMM only: per-class mode would hold every class's N × 2KD vectors.
     #[serde(skip)]
     encoded: Option<Encoded>,
+}
+
+/// Whether the encoding of the training set is kept between iterations (see
+/// [`GroupState::encoded`]): with a single GMM it saves a pass, with one GMM per class it
+/// would multiply the memory by the number of classes.
+fn keep_encoding(groups: usize) -> bool {
+    groups == 1
 }
 
 /// Fisher vectors of the training images at one θ and the encoder's forward cache.
@@ -385,7 +393,7 @@ fn initial_state(inits: &[Gmm], data: &DeepData, params: &DeepParams) -> Result<
             train_scores: ev.scores,
             step: params.line_search.initial_step,
             active: true,
-            encoded: Some(ev.encoded),
+            encoded: keep_encoding(inits.len()).then_some(ev.encoded),
         });
     }
     let mut record = IterationRecord {
@@ -438,6 +446,7 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
     let mut timers = Timers::default();
     let mut grad_sq = [0f64; 3];
     let mut steps = Vec::new();
+    let keep = keep_encoding(state.groups.len());
     for group in state.groups.iter_mut().filter(|g| g.active) {
         let labels = group_labels(&train.labels, &group.tasks);
         let encoded = match group.encoded.take() {
@@ -454,7 +463,7 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
         let grad = gradient(&group.theta, &group.svm, train, &labels, params, &encoded)?;
         record.time_backward_s += t.elapsed().as_secs_f64();
         // Kept until the search accepts a step: if none is accepted, θ stays and so does this.
-        group.encoded = Some(encoded);
+        group.encoded = keep.then_some(encoded);
         for (s, n) in grad_sq.iter_mut().zip(grad.group_norms()) {
             *s += n * n;
         }
@@ -478,7 +487,7 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
                 group.svm = SvmState::from_ovr(&ev.svm);
                 group.objective = a.value;
                 group.train_scores = ev.scores;
-                group.encoded = Some(ev.encoded);
+                group.encoded = keep.then_some(ev.encoded);
                 group.step = a.next;
                 steps.push(a.step);
             }

@@ -962,7 +962,12 @@ pub fn fit_preprocessed(
 ) -> Result<FitOutput> {
     let positions = match &config.pyramid {
         Some(_) if pre.spatial && desc.dim >= 2 => Some(column_positions(desc)),
-        _ => None,
+        Some(p) => {
+            return Err(Error::Invalid(format!(
+                "the spatial pyramid {p} needs descriptor positions, and these descriptors carry                  none (spatial = false): use fit_preprocessed_with_positions"
+            )))
+        }
+        None => None,
     };
     fit_preprocessed_with_positions(pre, desc, positions.as_deref(), labels, config, progress)
 }

@@ -5,8 +5,9 @@ use dfk::dataset::{embedded_fashion_mnist, Dataset, Descriptors};
 use dfk::model::ModelFile;
 use dfk::pca::Pca;
 use dfk::pipeline::{
-    evaluate, extract_descriptors, fit_from_descriptors, fit_pipeline, fit_preprocessor,
-    load_or_extract, Pipeline, PipelineConfig, Preprocessor, RawDescriptors, Silent,
+    evaluate, extract_descriptors, fit_from_descriptors, fit_pipeline, fit_preprocessed,
+    fit_preprocessor, load_or_extract, Pipeline, PipelineConfig, Preprocessor, RawDescriptors,
+    Silent,
 };
 use dfk::svm::Labels;
 
@@ -120,6 +121,25 @@ fn preprocessing_projects_normalises_and_appends_positions() {
     assert_eq!(y, vec![0.6, 0.8, 0.1, -0.2, 0.0, 0.0, 0.3, 0.4]);
     assert!(pre.apply(&[1.0, 2.0], &[0.0, 0.0]).is_err());
     assert!(pre.apply(&[1.0, 2.0, 3.0], &[0.0]).is_err());
+}
+
+#[test]
+fn a_pyramid_without_position_columns_is_a_clear_error() {
+    // spatial = false: the preprocessed rows carry no (x, y) for the pyramid's cells.
+    let cfg = PipelineConfig {
+        spatial: false,
+        pyramid: Some(dfk::pyramid::SpatialPyramid::perronnin2010()),
+        ..Default::default()
+    };
+    let pre = Preprocessor::from_parts(3, None, &cfg).unwrap();
+    let desc = Descriptors::new(vec![0.5; 12], 3, vec![0, 2, 4]).unwrap();
+    let labels = Labels::MultiClass {
+        labels: vec![0, 1],
+        classes: 2,
+    };
+    let err = fit_preprocessed(pre, &desc, &labels, &cfg, &Silent).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("needs descriptor positions"), "{msg}");
 }
 
 #[test]

@@ -43,7 +43,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fisher::{FisherEncoder, FisherScratch, GmmGradient};
+use crate::fisher::{image_error, FisherEncoder, FisherScratch, GmmGradient};
 
 /// Largest number of rows or columns of one level.
 pub const MAX_SIDE: usize = 16;
@@ -271,7 +271,7 @@ impl SpatialPyramid {
         positions: &[f32],
         out: &mut [f32],
     ) -> Result<()> {
-        let images = check_batch(encoder.gmm().d(), data, offsets, positions)?;
+        let images = check_batch(encoder, data, offsets, positions)?;
         let len = self.feature_len(encoder.len());
         if out.len() != images * len {
             return Err(Error::dim(
@@ -292,7 +292,7 @@ impl SpatialPyramid {
                     row,
                     scratch,
                 )
-                .map_err(|e| in_image(i, e))
+                .map_err(|e| image_error(i, e))
             },
         )
     }
@@ -372,7 +372,7 @@ impl SpatialPyramid {
         grad_psis: &[f32],
     ) -> Result<GmmGradient> {
         let d = encoder.gmm().d();
-        let images = check_batch(d, data, offsets, positions)?;
+        let images = check_batch(encoder, data, offsets, positions)?;
         let len = self.feature_len(encoder.len());
         if grad_psis.len() != images * len {
             return Err(Error::dim(
@@ -403,7 +403,7 @@ impl SpatialPyramid {
                             &mut g,
                             scratch,
                         )
-                        .map_err(|e| in_image(i, e))?;
+                        .map_err(|e| image_error(i, e))?;
                     }
                     Ok(g)
                 },
@@ -516,15 +516,16 @@ fn check_image(x: &[f32], d: usize, positions: &[f32]) -> Result<()> {
     check_positions(positions)
 }
 
-/// Validates a batch layout against `positions` and returns the number of images.
-fn check_batch(d: usize, data: &[f32], offsets: &[usize], positions: &[f32]) -> Result<usize> {
-    if !data.len().is_multiple_of(d) {
-        return Err(Error::Invalid(format!(
-            "descriptor batch has {} values, not a multiple of the dimension {d}",
-            data.len()
-        )));
-    }
-    let rows = data.len() / d;
+/// Validates a batch layout (as [`FisherEncoder::encode_batch`] does) and the positions'
+/// length; returns the number of images.
+fn check_batch(
+    encoder: &FisherEncoder,
+    data: &[f32],
+    offsets: &[usize],
+    positions: &[f32],
+) -> Result<usize> {
+    let images = encoder.check_batch(data, offsets)?;
+    let rows = data.len() / encoder.gmm().d();
     if positions.len() != 2 * rows {
         return Err(Error::dim(
             "descriptor positions (rows × 2)",
@@ -532,54 +533,7 @@ fn check_batch(d: usize, data: &[f32], offsets: &[usize], positions: &[f32]) -> 
             positions.len(),
         ));
     }
-    if offsets.is_empty() {
-        return Err(Error::Invalid(
-            "image offsets are empty: expected images + 1 values".into(),
-        ));
-    }
-    for (i, w) in offsets.windows(2).enumerate() {
-        if w[1] <= w[0] {
-            return Err(Error::Empty {
-                what: format!(
-                    "image {i} (offsets[{i}] = {}, offsets[{}] = {}: no descriptors)",
-                    w[0],
-                    i + 1,
-                    w[1]
-                ),
-            });
-        }
-    }
-    let last = offsets[offsets.len() - 1];
-    if last > rows {
-        return Err(Error::Invalid(format!(
-            "image offset {last} is past the {rows} descriptor rows"
-        )));
-    }
-    Ok(offsets.len() - 1)
-}
-
-/// Prefixes an error with the index of the image it came from.
-fn in_image(i: usize, e: Error) -> Error {
-    match e {
-        Error::NonFinite { what, index } => Error::NonFinite {
-            what: format!("image {i}: {what}"),
-            index,
-        },
-        Error::Empty { what } => Error::Empty {
-            what: format!("image {i}: {what}"),
-        },
-        Error::Invalid(m) => Error::Invalid(format!("image {i}: {m}")),
-        Error::DimMismatch {
-            what,
-            expected,
-            got,
-        } => Error::DimMismatch {
-            what: format!("image {i}: {what}"),
-            expected,
-            got,
-        },
-        other => other,
-    }
+    Ok(images)
 }
 
 #[cfg(test)]

@@ -342,7 +342,7 @@ impl FisherEncoder {
     }
 
     /// Validates a batch layout and returns the number of images.
-    fn check_batch(&self, data: &[f32], offsets: &[usize]) -> Result<usize> {
+    pub(crate) fn check_batch(&self, data: &[f32], offsets: &[usize]) -> Result<usize> {
         let d = self.gmm.d();
         if !data.len().is_multiple_of(d) {
             return Err(Error::Invalid(format!(
@@ -620,7 +620,7 @@ fn all_finite(x: &[f32]) -> bool {
 const L2_FLOOR: f64 = 1e-12;
 
 /// Prefixes an error with the index of the image it came from.
-fn image_error(i: usize, e: Error) -> Error {
+pub(crate) fn image_error(i: usize, e: Error) -> Error {
     match e {
         Error::NonFinite { what, index } => Error::NonFinite {
             what: format!("image {i}: {what}"),
@@ -630,6 +630,15 @@ fn image_error(i: usize, e: Error) -> Error {
             what: format!("image {i}: {what}"),
         },
         Error::Invalid(m) => Error::Invalid(format!("image {i}: {m}")),
+        Error::DimMismatch {
+            what,
+            expected,
+            got,
+        } => Error::DimMismatch {
+            what: format!("image {i}: {what}"),
+            expected,
+            got,
+        },
         other => other,
     }
 }

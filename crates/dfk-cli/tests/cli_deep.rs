@@ -176,7 +176,10 @@ fn deep_model_works_with_eval_predict_and_info() {
     assert!(info.contains("kind pipeline"), "{info}");
     assert!(info.contains("gmm.means"), "{info}");
     // The image data set's class names, not numbers.
-    assert!(info.contains("classes (10): T-shirt/top, Trouser,"), "{info}");
+    assert!(
+        info.contains("classes (10): T-shirt/top, Trouser,"),
+        "{info}"
+    );
 
     // The evaluation report plots the Deep Fisher Kernel objective curve.
     let report = dir.path().join("report");

@@ -2,52 +2,12 @@
 //! (`fixtures/cli/make_fixtures.py`; expected Fisher vectors are VLFeat 0.9.21's), and every
 //! malformed-input path: non-zero exit, a message naming the file, no output left behind.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use dfk::npy;
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/cli")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn dfk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dfk"))
-        .args(args)
-        .output()
-        .expect("run dfk")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = dfk(args);
-    assert!(
-        out.status.success(),
-        "dfk {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command that must fail with `code`, mention `needle` (a file name) on stderr, and
-/// leave `out` absent.
-fn fails(args: &[&str], code: i32, needle: &str, out: &Path) {
-    let o = dfk(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(code), "dfk {args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "dfk {args:?}: {err:?} does not name {needle}"
-    );
-    assert!(!out.exists(), "dfk {args:?} left {}", out.display());
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
 
 fn import_gmm(dir: &Path) -> PathBuf {
     let gmm = dir.join("g.dfk");
@@ -55,11 +15,11 @@ fn import_gmm(dir: &Path) -> PathBuf {
         "gmm",
         "import",
         "--means",
-        &fixture("means_f64.npy"),
+        &cli_fixture("means_f64.npy"),
         "--variances",
-        &fixture("variances_f64.npy"),
+        &cli_fixture("variances_f64.npy"),
         "--weights",
-        &fixture("weights_f32.npy"),
+        &cli_fixture("weights_f32.npy"),
         "--out",
         &s(&gmm),
     ]);
@@ -77,12 +37,12 @@ fn gmm_import_export_round_trip() {
         ("variances.npy", "variances_f64.npy"),
     ] {
         let (got, r, c) = npy::read_f32_matrix(out.join(name)).unwrap();
-        let (want, r2, c2) = npy::read_f32_matrix(fixture(src)).unwrap();
+        let (want, r2, c2) = npy::read_f32_matrix(cli_fixture(src)).unwrap();
         assert_eq!((r, c), (r2, c2));
         assert_eq!(got, want, "{name}");
     }
     let w = npy::read_f32_vector(out.join("weights.npy")).unwrap();
-    let want = npy::read_f32_vector(fixture("weights_f32.npy")).unwrap();
+    let want = npy::read_f32_vector(cli_fixture("weights_f32.npy")).unwrap();
     for (a, b) in w.iter().zip(&want) {
         assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{a} vs {b}");
     }
@@ -114,8 +74,8 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32) {
 fn fisher_matches_vlfeat_on_npy_input() {
     let dir = tempfile::tempdir().unwrap();
     let gmm = import_gmm(dir.path());
-    let (improved, _, _) = npy::read_f32_matrix(fixture("fv_improved_vlfeat.npy")).unwrap();
-    let (raw, _, _) = npy::read_f32_matrix(fixture("fv_raw_vlfeat.npy")).unwrap();
+    let (improved, _, _) = npy::read_f32_matrix(cli_fixture("fv_improved_vlfeat.npy")).unwrap();
+    let (raw, _, _) = npy::read_f32_matrix(cli_fixture("fv_raw_vlfeat.npy")).unwrap();
 
     let one = dir.path().join("one.npy");
     ok(&[
@@ -123,7 +83,7 @@ fn fisher_matches_vlfeat_on_npy_input() {
         "--gmm",
         &s(&gmm),
         "--descriptors",
-        &fixture("descriptors.npy"),
+        &cli_fixture("descriptors.npy"),
         "--out",
         &s(&one),
     ]);
@@ -137,9 +97,9 @@ fn fisher_matches_vlfeat_on_npy_input() {
         "--gmm",
         &s(&gmm),
         "--descriptors",
-        &fixture("two_images.npy"),
+        &cli_fixture("two_images.npy"),
         "--offsets",
-        &fixture("two_offsets.npy"),
+        &cli_fixture("two_offsets.npy"),
         "--out",
         &s(&two),
     ]);
@@ -154,7 +114,7 @@ fn fisher_matches_vlfeat_on_npy_input() {
         "--gmm",
         &s(&gmm),
         "--descriptors",
-        &fixture("descriptors.npy"),
+        &cli_fixture("descriptors.npy"),
         "--plain",
         "--out",
         &s(&plain),
@@ -172,9 +132,9 @@ fn svm_train_and_predict() {
         "svm",
         "train",
         "--features",
-        &fixture("features.npy"),
+        &cli_fixture("features.npy"),
         "--labels",
-        &fixture("labels.npy"),
+        &cli_fixture("labels.npy"),
         "--c",
         "1",
         "--out",
@@ -188,13 +148,13 @@ fn svm_train_and_predict() {
         "predict",
         &s(&model),
         "--features",
-        &fixture("features.npy"),
+        &cli_fixture("features.npy"),
         "--out",
         &s(&scores),
     ]);
     let (sc, n, c) = npy::read_f32_matrix(&scores).unwrap();
     assert_eq!((n, c), (60, 3));
-    let labels = npy::read_labels(fixture("labels.npy")).unwrap();
+    let labels = npy::read_labels(cli_fixture("labels.npy")).unwrap();
     for i in 0..n {
         let row = &sc[i * c..(i + 1) * c];
         let best = (0..c).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
@@ -219,14 +179,14 @@ fn malformed_inputs_fail_cleanly() {
         ("descriptors_d5.npy", "dimension 4"),
         ("missing.npy", "missing.npy"),
     ] {
-        let path = fixture(bad);
-        fails(
+        let path = cli_fixture(bad);
+        fails_leaving_nothing(
             &["fisher", "--gmm", &g, "--descriptors", &path, "--out", &o],
             1,
             &path,
             &out,
         );
-        fails(
+        fails_leaving_nothing(
             &["fisher", "--gmm", &g, "--descriptors", &path, "--out", &o],
             1,
             needle,
@@ -234,14 +194,14 @@ fn malformed_inputs_fail_cleanly() {
         );
     }
     for bad in ["offsets_decreasing.npy", "offsets_out_of_range.npy"] {
-        let path = fixture(bad);
-        fails(
+        let path = cli_fixture(bad);
+        fails_leaving_nothing(
             &[
                 "fisher",
                 "--gmm",
                 &g,
                 "--descriptors",
-                &fixture("two_images.npy"),
+                &cli_fixture("two_images.npy"),
                 "--offsets",
                 &path,
                 "--out",
@@ -258,19 +218,19 @@ fn malformed_inputs_fail_cleanly() {
         "svm",
         "train",
         "--features",
-        &fixture("features.npy"),
+        &cli_fixture("features.npy"),
         "--labels",
-        &fixture("labels.npy"),
+        &cli_fixture("labels.npy"),
         "--out",
         &s(&svm),
     ]);
-    fails(
+    fails_leaving_nothing(
         &[
             "fisher",
             "--gmm",
             &s(&svm),
             "--descriptors",
-            &fixture("descriptors.npy"),
+            &cli_fixture("descriptors.npy"),
             "--out",
             &o,
         ],
@@ -278,14 +238,14 @@ fn malformed_inputs_fail_cleanly() {
         "kind",
         &out,
     );
-    let not_model = fixture("descriptors.npy");
-    fails(
+    let not_model = cli_fixture("descriptors.npy");
+    fails_leaving_nothing(
         &[
             "fisher",
             "--gmm",
             &not_model,
             "--descriptors",
-            &fixture("descriptors.npy"),
+            &cli_fixture("descriptors.npy"),
             "--out",
             &o,
         ],
@@ -293,13 +253,13 @@ fn malformed_inputs_fail_cleanly() {
         &not_model,
         &out,
     );
-    fails(
+    fails_leaving_nothing(
         &[
             "svm",
             "predict",
             &g,
             "--features",
-            &fixture("features.npy"),
+            &cli_fixture("features.npy"),
             "--out",
             &o,
         ],
@@ -313,13 +273,13 @@ fn malformed_inputs_fail_cleanly() {
         ("labels_short.npy", "50 labels"),
         ("labels_negative.npy", "negative"),
     ] {
-        let path = fixture(labels);
-        fails(
+        let path = cli_fixture(labels);
+        fails_leaving_nothing(
             &[
                 "svm",
                 "train",
                 "--features",
-                &fixture("features.npy"),
+                &cli_fixture("features.npy"),
                 "--labels",
                 &path,
                 "--out",
@@ -329,12 +289,12 @@ fn malformed_inputs_fail_cleanly() {
             &path,
             &m,
         );
-        fails(
+        fails_leaving_nothing(
             &[
                 "svm",
                 "train",
                 "--features",
-                &fixture("features.npy"),
+                &cli_fixture("features.npy"),
                 "--labels",
                 &path,
                 "--out",
@@ -345,13 +305,13 @@ fn malformed_inputs_fail_cleanly() {
             &m,
         );
     }
-    fails(
+    fails_leaving_nothing(
         &[
             "svm",
             "predict",
             &s(&svm),
             "--features",
-            &fixture("descriptors.npy"),
+            &cli_fixture("descriptors.npy"),
             "--out",
             &o,
         ],
@@ -360,36 +320,36 @@ fn malformed_inputs_fail_cleanly() {
         &out,
     );
     // GMM import with mismatched shapes.
-    fails(
+    fails_leaving_nothing(
         &[
             "gmm",
             "import",
             "--means",
-            &fixture("means_f64.npy"),
+            &cli_fixture("means_f64.npy"),
             "--variances",
-            &fixture("descriptors.npy"),
+            &cli_fixture("descriptors.npy"),
             "--weights",
-            &fixture("weights_f32.npy"),
+            &cli_fixture("weights_f32.npy"),
             "--out",
             &s(&m),
         ],
         1,
-        &fixture("descriptors.npy"),
+        &cli_fixture("descriptors.npy"),
         &m,
     );
     // Usage errors exit with 2.
-    fails(
+    fails_leaving_nothing(
         &["fisher", "--gmm", &g, "--out", &o],
         2,
         "--descriptors",
         &out,
     );
-    fails(
+    fails_leaving_nothing(
         &[
             "gmm",
             "fit",
             "--descriptors",
-            &fixture("descriptors.npy"),
+            &cli_fixture("descriptors.npy"),
             "--k",
             "0",
             "--out",
@@ -417,7 +377,7 @@ fn gmm_fit_writes_a_model() {
         "gmm",
         "fit",
         "--descriptors",
-        &fixture("features.npy"),
+        &cli_fixture("features.npy"),
         "--k",
         "3",
         "--seed",

@@ -3,46 +3,12 @@
 //! the evaluation report hold the objective curve, `--resume` continues exactly, and bad flags or
 //! inputs fail with a message and a non-zero exit status without writing a model.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+use common::*;
 
 use dfk::model::ModelFile;
 use dfk::npy;
 use serde_json::Value;
-
-fn dfk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dfk"))
-        .args(args)
-        .output()
-        .expect("run dfk")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = dfk(args);
-    assert!(
-        out.status.success(),
-        "dfk {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command that must fail with exit status `code` and mention `needle` on stderr, and
-/// checks that `out` was not written.
-fn fails(args: &[&str], code: i32, needle: &str, out: &Path) {
-    let o = dfk(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(code), "dfk {args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "dfk {args:?}: {err:?} does not mention {needle:?}"
-    );
-    assert!(!out.exists(), "dfk {args:?} wrote {}", out.display());
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
@@ -234,7 +200,7 @@ fn resume_continues_exactly() {
         dir.path().join("other.dfk.ckpt"),
     )
     .unwrap();
-    fails(
+    fails_leaving_nothing(
         &deep_args(&s(&other), &["--iters", "5", "--resume", "-C", "10"]),
         1,
         "other settings",
@@ -250,7 +216,7 @@ fn bad_flags_and_inputs_fail_without_writing_a_model() {
     let emb = |extra: &[&str], code: i32, needle: &str| {
         let mut a = vec!["deep", "--embedded", "--max-train", "100", "-o", &m];
         a.extend_from_slice(extra);
-        fails(&a, code, needle, &model);
+        fails_leaving_nothing(&a, code, needle, &model);
     };
     emb(&["--groups", "means,colour"], 2, "--groups");
     emb(&["--val-fraction", "1.5"], 2, "--val-fraction");
@@ -261,7 +227,7 @@ fn bad_flags_and_inputs_fail_without_writing_a_model() {
     emb(&["-k", "0"], 2, "-k");
     emb(&["--data", "/nonexistent"], 2, "exactly one of");
     emb(&["--gmm", "/nonexistent/g.dfk"], 1, "/nonexistent/g.dfk");
-    fails(&["deep", "-o", &m], 2, "exactly one of", &model);
+    fails_leaving_nothing(&["deep", "-o", &m], 2, "exactly one of", &model);
 
     // Descriptor files: a NaN, offsets that do not cover the rows, a label per image missing.
     let x = dir.path().join("x.npy");
@@ -284,14 +250,14 @@ fn bad_flags_and_inputs_fail_without_writing_a_model() {
         "-o",
         &m,
     ];
-    fails(&desc, 1, "labels", &model);
+    fails_leaving_nothing(&desc, 1, "labels", &model);
     npy::write_i64_vector(&y, &(0..10).map(|i| i % 2).collect::<Vec<_>>()).unwrap();
     npy::write_i64_vector(&o, &(0..=9).map(|i| i * 4).collect::<Vec<_>>()).unwrap();
-    fails(&desc, 1, "o.npy", &model);
+    fails_leaving_nothing(&desc, 1, "o.npy", &model);
     npy::write_i64_vector(&o, &(0..=10).map(|i| i * 4).collect::<Vec<_>>()).unwrap();
     data[17] = f32::NAN;
     npy::write_f32_matrix(&x, &data, 40, 3).unwrap();
-    fails(&desc, 1, "x.npy", &model);
+    fails_leaving_nothing(&desc, 1, "x.npy", &model);
     assert!(!dir.path().join("m.dfk.ckpt").exists());
 }
 

@@ -2,39 +2,11 @@
 //! configuration), info, eval with a report (rendered in headless Chromium when installed),
 //! predict, encode, extract; and the usage and data errors with their exit codes.
 
+mod common;
+use common::*;
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn dfk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dfk"))
-        .args(args)
-        .output()
-        .expect("run dfk")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = dfk(args);
-    assert!(
-        out.status.success(),
-        "dfk {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(args: &[&str], code: i32, needle: &str) {
-    let o = dfk(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(code), "dfk {args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "dfk {args:?}: {err:?} lacks {needle:?}"
-    );
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
+use std::process::Command;
 
 /// Small, fast settings, every pipeline flag given once.
 const SMALL: [&str; 36] = [

@@ -2,35 +2,8 @@
 //! (with and without `--spatial`), the key stored in the model, flag/TOML precedence, and the
 //! usage and configuration errors.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn dfk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dfk"))
-        .args(args)
-        .output()
-        .expect("run dfk")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = dfk(args);
-    assert!(
-        out.status.success(),
-        "dfk {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(args: &[&str], code: i32, needle: &str) {
-    let o = dfk(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(code), "dfk {args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "dfk {args:?}: {err:?} lacks {needle:?}"
-    );
-}
+mod common;
+use common::*;
 
 /// Shape of a .npy file (version 1 header).
 fn read_npy_shape(path: &str) -> Vec<usize> {
@@ -51,10 +24,6 @@ fn read_npy_shape(path: &str) -> Vec<usize> {
         .filter(|t| !t.is_empty())
         .map(|t| t.parse().unwrap())
         .collect()
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
 }
 
 /// Small, fast settings on 200 embedded training and 200 test images.

@@ -5,39 +5,13 @@
 //! must leave no output and no temporary file. Peak memory against the data-set size is
 //! measured by `bench/fisher_rss.sh` (see docs/performance.md), not here.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use dfk::fisher::{FisherEncoder, FisherOptions};
 use dfk::npy;
-
-fn cli_fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/cli")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn dfk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dfk"))
-        .args(args)
-        .output()
-        .expect("run dfk")
-}
-
-fn ok(args: &[&str]) {
-    let out = dfk(args);
-    assert!(
-        out.status.success(),
-        "dfk {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
 
 /// The D = 4, K = 3 GMM of the VLFeat golden case.
 fn import_gmm(dir: &Path) -> PathBuf {

@@ -5,26 +5,7 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
-
 use dfk::npy;
-
-fn import_gmm(dir: &Path) -> PathBuf {
-    let gmm = dir.join("g.dfk");
-    ok(&[
-        "gmm",
-        "import",
-        "--means",
-        &cli_fixture("means_f64.npy"),
-        "--variances",
-        &cli_fixture("variances_f64.npy"),
-        "--weights",
-        &cli_fixture("weights_f32.npy"),
-        "--out",
-        &s(&gmm),
-    ]);
-    gmm
-}
 
 #[test]
 fn gmm_import_export_round_trip() {

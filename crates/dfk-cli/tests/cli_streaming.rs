@@ -8,28 +8,10 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use dfk::fisher::{FisherEncoder, FisherOptions};
 use dfk::npy;
-
-/// The D = 4, K = 3 GMM of the VLFeat golden case.
-fn import_gmm(dir: &Path) -> PathBuf {
-    let gmm = dir.join("g.dfk");
-    ok(&[
-        "gmm",
-        "import",
-        "--means",
-        &cli_fixture("means_f64.npy"),
-        "--variances",
-        &cli_fixture("variances_f64.npy"),
-        "--weights",
-        &cli_fixture("weights_f32.npy"),
-        "--out",
-        &s(&gmm),
-    ]);
-    gmm
-}
 
 const D: usize = 4;
 

@@ -54,3 +54,21 @@ pub fn cli_fixture(name: &str) -> String {
         .display()
         .to_string()
 }
+
+/// Imports the D = 4, K = 3 GMM of the VLFeat golden case (`fixtures/cli/`) into `dir/g.dfk`.
+pub fn import_gmm(dir: &Path) -> PathBuf {
+    let gmm = dir.join("g.dfk");
+    ok(&[
+        "gmm",
+        "import",
+        "--means",
+        &cli_fixture("means_f64.npy"),
+        "--variances",
+        &cli_fixture("variances_f64.npy"),
+        "--weights",
+        &cli_fixture("weights_f32.npy"),
+        "--out",
+        &s(&gmm),
+    ]);
+    gmm
+}

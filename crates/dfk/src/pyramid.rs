@@ -43,17 +43,13 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fisher::{image_error, FisherEncoder, FisherScratch, GmmGradient};
+use crate::fisher::{image_error, sum_gradients, FisherEncoder, FisherScratch, GmmGradient};
 
 /// Largest number of rows or columns of one level.
 pub const MAX_SIDE: usize = 16;
 
 /// Largest total number of cells (the feature length is `cells · 2KD`).
 pub const MAX_CELLS: usize = 64;
-
-/// Images are summed in at most this many fixed chunks (as `FisherEncoder::backward_batch`),
-/// so the gradient does not depend on the thread count.
-const MAX_CHUNKS: usize = 64;
 
 /// The grid levels of a spatial pyramid, validated: at least one level, each `[rows, cols]`
 /// with `1 ≤ rows, cols ≤` [`MAX_SIDE`], at most [`MAX_CELLS`] cells in all. Serialises as the
@@ -381,39 +377,25 @@ impl SpatialPyramid {
                 grad_psis.len(),
             ));
         }
-        let k = encoder.gmm().k();
-        let per = images.div_ceil(MAX_CHUNKS).max(1);
-        let parts: Vec<Result<GmmGradient>> = (0..images.div_ceil(per))
-            .into_par_iter()
-            .map_init(
-                || self.scratch(encoder),
-                |scratch, chunk| {
-                    let mut g = GmmGradient::zeros(k, d);
-                    for i in chunk * per..((chunk + 1) * per).min(images) {
-                        let gp = &grad_psis[i * len..(i + 1) * len];
-                        if gp.iter().all(|&v| v == 0.0) {
-                            continue;
-                        }
-                        let (r0, r1) = (offsets[i], offsets[i + 1]);
-                        self.backward(
-                            encoder,
-                            &data[r0 * d..r1 * d],
-                            &positions[2 * r0..2 * r1],
-                            gp,
-                            &mut g,
-                            scratch,
-                        )
-                        .map_err(|e| image_error(i, e))?;
-                    }
-                    Ok(g)
-                },
-            )
-            .collect();
-        let mut total = GmmGradient::zeros(k, d);
-        for p in parts {
-            total.merge(&p?);
-        }
-        Ok(total)
+        sum_gradients(
+            encoder.gmm().k(),
+            d,
+            images,
+            len,
+            grad_psis,
+            || self.scratch(encoder),
+            |i, gp, g, scratch| {
+                let (r0, r1) = (offsets[i], offsets[i + 1]);
+                self.backward(
+                    encoder,
+                    &data[r0 * d..r1 * d],
+                    &positions[2 * r0..2 * r1],
+                    gp,
+                    g,
+                    scratch,
+                )
+            },
+        )
     }
 }
 

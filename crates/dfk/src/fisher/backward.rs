@@ -124,6 +124,45 @@ impl ForwardCache {
 /// result) does not depend on the thread count.
 const MAX_CHUNKS: usize = 64;
 
+/// Sums `f(image, upstream, gradient, scratch)` over `images` images whose upstream gradients
+/// are the rows of `upstream` (`images × len`), skipping all-zero rows, in [`MAX_CHUNKS`] fixed
+/// chunks run in parallel (one scratch per worker from `scratch`), so the result does not
+/// depend on the thread count. Errors are prefixed with the image index.
+pub(crate) fn sum_gradients<S, F>(
+    k: usize,
+    d: usize,
+    images: usize,
+    len: usize,
+    upstream: &[f32],
+    scratch: impl Fn() -> S + Sync + Send,
+    f: F,
+) -> Result<GmmGradient>
+where
+    F: Fn(usize, &[f32], &mut GmmGradient, &mut S) -> Result<()> + Sync,
+{
+    let per = images.div_ceil(MAX_CHUNKS).max(1);
+    let chunks = images.div_ceil(per);
+    let parts: Vec<Result<GmmGradient>> = (0..chunks)
+        .into_par_iter()
+        .map_init(&scratch, |scratch, c| {
+            let mut g = GmmGradient::zeros(k, d);
+            for i in c * per..((c + 1) * per).min(images) {
+                let gp = &upstream[i * len..(i + 1) * len];
+                if gp.iter().all(|&v| v == 0.0) {
+                    continue;
+                }
+                f(i, gp, &mut g, scratch).map_err(|e| image_error(i, e))?;
+            }
+            Ok(g)
+        })
+        .collect();
+    let mut total = GmmGradient::zeros(k, d);
+    for p in parts {
+        total.merge(&p?);
+    }
+    Ok(total)
+}
+
 impl FisherEncoder {
     /// Adds to `grad` the gradient of `L = ⟨grad_phi, φ(x)⟩` for one image `x` (`N × D`),
     /// with ε = `options.sqrt_epsilon`; see the module documentation of the backward pass.
@@ -301,37 +340,13 @@ impl FisherEncoder {
     }
 
     /// Sums `f(image, upstream, gradient, scratch)` over the images with a non-zero upstream
-    /// gradient, in [`MAX_CHUNKS`] fixed chunks (parallel), so the result does not depend on
-    /// the thread count.
+    /// gradient; see [`sum_gradients`].
     fn sum_over_images<F>(&self, images: usize, grad_phis: &[f32], f: F) -> Result<GmmGradient>
     where
         F: Fn(usize, &[f32], &mut GmmGradient, &mut FisherScratch) -> Result<()> + Sync,
     {
-        let (k, d, len) = (self.gmm.k(), self.gmm.d(), self.len());
-        let per = images.div_ceil(MAX_CHUNKS).max(1);
-        let chunks = images.div_ceil(per);
-        let parts: Vec<Result<GmmGradient>> = (0..chunks)
-            .into_par_iter()
-            .map_init(
-                || self.scratch(),
-                |scratch, c| {
-                    let mut g = GmmGradient::zeros(k, d);
-                    for i in c * per..((c + 1) * per).min(images) {
-                        let gp = &grad_phis[i * len..(i + 1) * len];
-                        if gp.iter().all(|&v| v == 0.0) {
-                            continue;
-                        }
-                        f(i, gp, &mut g, scratch).map_err(|e| image_error(i, e))?;
-                    }
-                    Ok(g)
-                },
-            )
-            .collect();
-        let mut total = GmmGradient::zeros(k, d);
-        for p in parts {
-            total.merge(&p?);
-        }
-        Ok(total)
+        let (k, d) = (self.gmm.k(), self.gmm.d());
+        sum_gradients(k, d, images, self.len(), grad_phis, || self.scratch(), f)
     }
 
     /// Puts the forward results of one image back into `scratch` from its encoded vector φ,

@@ -34,6 +34,7 @@
 
 mod backward;
 
+pub(crate) use backward::sum_gradients;
 pub use backward::{ForwardCache, GmmGradient};
 
 use rayon::prelude::*;

@@ -80,6 +80,13 @@ impl Error {
     }
 }
 
+/// Whether every value is finite. An all-ones exponent is ±∞ or NaN; the OR of that test
+/// vectorises at any SIMD level, unlike a search, so callers search only when it fails.
+pub(crate) fn all_finite(x: &[f32]) -> bool {
+    !x.iter()
+        .fold(false, |a, v| a | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+}
+
 /// Returns an error naming the first non-finite value of `values`.
 pub fn check_finite(what: &str, values: &[f32]) -> Result<()> {
     match values.iter().position(|v| !v.is_finite()) {

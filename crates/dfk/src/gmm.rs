@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{check_finite, Error, Result};
+use crate::error::{all_finite, check_finite, Error, Result};
 
 /// A diagonal-covariance GMM with `k` components in `d` dimensions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -146,7 +146,7 @@ const EMPTY_MASS: f64 = 1e-2;
 /// Checks a descriptor matrix (`N × d` row-major) and returns `N`.
 fn check_data(x: &[f32], d: usize) -> Result<usize> {
     let n = check_shape(x, d)?;
-    let finite = x.par_chunks(1 << 16).all(|c| count_non_finite(c) == 0);
+    let finite = x.par_chunks(1 << 16).all(all_finite);
     if finite {
         return Ok(n);
     }
@@ -171,14 +171,6 @@ fn check_shape(x: &[f32], d: usize) -> Result<usize> {
         });
     }
     Ok(x.len() / d)
-}
-
-/// Number of infinite or NaN values (exponent bits all ones), by integer compares that
-/// vectorise at any SIMD level.
-fn count_non_finite(x: &[f32]) -> u32 {
-    x.iter()
-        .map(|v| ((v.to_bits() & 0x7f80_0000) == 0x7f80_0000) as u32)
-        .sum()
 }
 
 /// The error naming the first non-finite value of `x`, if any.
@@ -262,12 +254,12 @@ fn e_scratch(k: usize, d: usize) -> (Scratch, Vec<f32>) {
 }
 
 /// E-step over all rows of `x`: the sufficient statistics of `x − shift` under `terms` (a model
-/// in the same shifted coordinates), merged in row order, and the number of non-finite values
-/// of `x` (counted on the centred copy while it is in cache).
-fn e_step(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> (SufficientStats, u64) {
+/// in the same shifted coordinates), merged in row order, and whether `x` holds a non-finite
+/// value (tested on the centred copy while it is in cache).
+fn e_step(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> (SufficientStats, bool) {
     let (k, d) = (terms.k(), terms.d());
     let mut total = SufficientStats::zeros(k, d);
-    let mut non_finite = 0u64;
+    let mut non_finite = false;
     // Per-chunk statistics are recycled once merged: no allocation per chunk.
     let spare: Mutex<Vec<SufficientStats>> = Mutex::new(Vec::new());
     ordered_chunks(
@@ -286,11 +278,11 @@ fn e_step(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> (SufficientStats, u64) 
                 None => SufficientStats::zeros(k, d),
             };
             st.accumulate(terms, buf, scratch);
-            (st, count_non_finite(buf))
+            (st, !all_finite(buf))
         },
         |(st, bad)| {
             total.merge(&st);
-            non_finite += bad as u64;
+            non_finite |= bad;
             if let Ok(mut v) = spare.lock() {
                 v.push(st);
             }
@@ -865,7 +857,7 @@ pub fn em_step(gmm: &Gmm, x: &[f32], params: &GmmParams) -> Result<(Gmm, f64)> {
     // then tells it from an overflow of the subtraction).
     let shift = model_centre(gmm);
     let (stats, non_finite) = e_step(&GmmTerms::new(&shifted(gmm, &shift)?), x, &shift);
-    if non_finite > 0 {
+    if non_finite {
         check_data(x, gmm.d)?;
     }
     let data_var = variance_from_stats(&stats, gmm.d);

@@ -40,7 +40,7 @@ pub use backward::{ForwardCache, GmmGradient};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{all_finite, Error, Result};
 use crate::gmm::Gmm;
 use crate::kernels::{self, SimdLevel};
 use crate::stats::{self, GmmTerms, Scratch, BLOCK};
@@ -608,13 +608,6 @@ fn postprocess_body(o: &FisherOptions, a: f64, eps: f64, phi: &[f64], out: &mut 
     let inv = 1.0 / norm;
     out.iter_mut().for_each(|v| *v *= inv);
     norm
-}
-
-/// Whether every value is finite. An all-ones exponent is ±∞ or NaN; the OR of that test
-/// vectorises, unlike a search, so the search runs only when something is wrong.
-fn all_finite(x: &[f32]) -> bool {
-    !x.iter()
-        .fold(false, |a, v| a | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
 }
 
 /// VLFeat's floor of the L2 norm.

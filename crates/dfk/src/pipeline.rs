@@ -749,17 +749,32 @@ pub fn encode_all(
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Vec<f32>> {
     let encoder = FisherEncoder::new(gmm, options)?;
-    let len = encoder.len();
-    let images = desc.images();
-    let mut out = vec![0.0f32; images * len];
+    encode_in_blocks(desc, encoder.len(), progress, |rows, local, chunk| {
+        encoder.encode_batch(
+            &desc.data[rows.start * desc.dim..rows.end * desc.dim],
+            local,
+            chunk,
+        )
+    })
+}
+
+/// Runs `encode(rows, offsets, out)` on blocks of 64 images of `desc` (`rows`: the block's
+/// descriptor rows, `offsets`: its images' offsets relative to `rows.start`, `out`: its
+/// `images × len` output rows), so progress is reported per block; returns `images × len`.
+fn encode_in_blocks(
+    desc: &Descriptors,
+    len: usize,
+    progress: &(dyn Fn(usize) + Sync),
+    mut encode: impl FnMut(std::ops::Range<usize>, &[usize], &mut [f32]) -> Result<()>,
+) -> Result<Vec<f32>> {
+    let mut out = vec![0.0f32; desc.images() * len];
     let block = 64;
     for (b, chunk) in out.chunks_mut(block * len).enumerate() {
         let i0 = b * block;
         let i1 = i0 + chunk.len() / len;
-        let r0 = desc.offsets[i0];
+        let (r0, r1) = (desc.offsets[i0], desc.offsets[i1]);
         let local: Vec<usize> = desc.offsets[i0..=i1].iter().map(|o| o - r0).collect();
-        let data = &desc.data[r0 * desc.dim..desc.offsets[i1] * desc.dim];
-        encoder.encode_batch(data, &local, chunk)?;
+        encode(r0..r1, &local, chunk)?;
         progress(i1 - i0);
     }
     Ok(out)
@@ -795,19 +810,11 @@ pub fn encode_all_pyramid(
     }
     let encoder = FisherEncoder::new(gmm, options)?;
     let len = pyramid.feature_len(encoder.len());
-    let images = desc.images();
-    let mut out = vec![0.0f32; images * len];
-    let block = 64;
-    for (b, chunk) in out.chunks_mut(block * len).enumerate() {
-        let i0 = b * block;
-        let i1 = i0 + chunk.len() / len;
-        let (r0, r1) = (desc.offsets[i0], desc.offsets[i1]);
-        let local: Vec<usize> = desc.offsets[i0..=i1].iter().map(|o| o - r0).collect();
-        let data = &desc.data[r0 * desc.dim..r1 * desc.dim];
-        pyramid.encode_batch(&encoder, data, &local, &positions[2 * r0..2 * r1], chunk)?;
-        progress(i1 - i0);
-    }
-    Ok(out)
+    encode_in_blocks(desc, len, progress, |rows, local, chunk| {
+        let data = &desc.data[rows.start * desc.dim..rows.end * desc.dim];
+        let pos = &positions[2 * rows.start..2 * rows.end];
+        pyramid.encode_batch(&encoder, data, local, pos, chunk)
+    })
 }
 
 /// The class labels of a data set in the SVM's form.

@@ -228,7 +228,7 @@ impl SpatialPyramid {
             ));
         }
         let d = encoder.gmm().d();
-        check_image(x, d, positions)?;
+        check_image(encoder, x, positions)?;
         let scale = self.scale();
         let mut base = 0;
         for &[rows, cols] in &self.levels {
@@ -321,7 +321,7 @@ impl SpatialPyramid {
                 grad.k * grad.d,
             ));
         }
-        check_image(x, d, positions)?;
+        check_image(encoder, x, positions)?;
         let acc = &mut scratch.grad;
         acc.means.fill(0.0);
         acc.log_std.fill(0.0);
@@ -474,20 +474,10 @@ fn check_positions(positions: &[f32]) -> Result<()> {
     Ok(())
 }
 
-/// Checks one image: a whole number of `D`-rows, at least one, and `N × 2` valid positions.
-fn check_image(x: &[f32], d: usize, positions: &[f32]) -> Result<()> {
-    if !x.len().is_multiple_of(d) {
-        return Err(Error::Invalid(format!(
-            "descriptors have {} values, not a multiple of the GMM dimension {d}",
-            x.len()
-        )));
-    }
-    if x.is_empty() {
-        return Err(Error::Empty {
-            what: "image (no descriptors)".into(),
-        });
-    }
-    let n = x.len() / d;
+/// Checks one image as the encoder does (a whole number of `D`-rows, at least one, all
+/// finite) and its `N × 2` positions.
+fn check_image(encoder: &FisherEncoder, x: &[f32], positions: &[f32]) -> Result<()> {
+    let n = encoder.check_image(x)?;
     if positions.len() != 2 * n {
         return Err(Error::dim(
             "descriptor positions (N × 2)",

@@ -377,7 +377,7 @@ impl FisherEncoder {
     }
 
     /// Checks one image's descriptors: a whole number of rows, at least one, all finite.
-    fn check_image(&self, x: &[f32]) -> Result<usize> {
+    pub(crate) fn check_image(&self, x: &[f32]) -> Result<usize> {
         let d = self.gmm.d();
         if !x.len().is_multiple_of(d) {
             return Err(Error::Invalid(format!(

@@ -3,6 +3,8 @@
 //! the evaluation report hold the objective curve, `--resume` continues exactly, and bad flags or
 //! inputs fail with a message and a non-zero exit status without writing a model.
 
+use std::path::Path;
+
 mod common;
 use common::*;
 
@@ -46,6 +48,26 @@ fn objectives(records: &Value) -> Vec<f64> {
         .iter()
         .map(|r| r["objective"].as_f64().expect("objective"))
         .collect()
+}
+
+/// `dfk eval` of `model` on the 1000 embedded test images gives the test accuracy the trainer
+/// reported (`summary["test_best"]`) for the kept iteration.
+fn eval_reproduces_the_trainer(model: &Path, summary: &Value) {
+    let e = json(&ok(&[
+        "--json",
+        "eval",
+        "--model",
+        &s(model),
+        "--embedded",
+        "--no-cache",
+    ]));
+    assert_eq!(e["images"], 1000);
+    let trainer = summary["test_best"].as_f64().unwrap();
+    assert!(
+        (e["accuracy"].as_f64().unwrap() - trainer).abs() < 1e-12,
+        "eval {} vs trainer {trainer}",
+        e["accuracy"]
+    );
 }
 
 #[test]
@@ -93,21 +115,7 @@ fn deep_model_works_with_eval_predict_and_info() {
 
     // `dfk eval` on the same test images reproduces the trainer's test accuracy at the kept
     // iteration (same pipeline, GMM and SVMs).
-    let e = json(&ok(&[
-        "--json",
-        "eval",
-        "--model",
-        &s(&model),
-        "--embedded",
-        "--no-cache",
-    ]));
-    assert_eq!(e["images"], 1000);
-    let trainer = summary["test_best"].as_f64().unwrap();
-    assert!(
-        (e["accuracy"].as_f64().unwrap() - trainer).abs() < 1e-12,
-        "eval {} vs trainer {trainer}",
-        e["accuracy"]
-    );
+    eval_reproduces_the_trainer(&model, &summary);
 
     // `dfk predict`: one row per test image, ten finite scores, the label is their arg-max.
     let p = json(&ok(&[
@@ -274,20 +282,7 @@ fn per_class_model_works_with_eval_and_predict() {
     let m = ModelFile::load(&model).unwrap();
     assert_eq!(m.class_gmms.len(), 10);
     assert!(m.class_gmms.iter().any(|g| g != &m.gmm), "no GMM moved");
-    let e = json(&ok(&[
-        "--json",
-        "eval",
-        "--model",
-        &s(&model),
-        "--embedded",
-        "--no-cache",
-    ]));
-    let trainer = summary["test_best"].as_f64().unwrap();
-    assert!(
-        (e["accuracy"].as_f64().unwrap() - trainer).abs() < 1e-12,
-        "eval {} vs trainer {trainer}",
-        e["accuracy"]
-    );
+    eval_reproduces_the_trainer(&model, &summary);
     let p = json(&ok(&[
         "--json",
         "predict",

@@ -517,6 +517,132 @@ pub fn centred_poly_sel_at(
     }
 }
 
+/// `q[p] = Σ_j (x_{r} − μ_c)_j² λ_{c,j}` in f64 for every pair `p` of a block, with
+/// `r = rows[p]` a row of `x` (`n × D` f32, converted exactly to f64) and `c = comps[p]` a
+/// row `[μ_c, λ_c]` of `ml` (`K × 2D`). Each pair gives bit for bit what
+/// [`centre_quad_at`] gives for that row and component (same partial sums, same order), but
+/// nothing is stored per dimension and the vector levels run four pairs at once, so that the
+/// additions of different pairs overlap instead of waiting on one another.
+pub fn quad_pairs_at(
+    level: SimdLevel,
+    x: &[f32],
+    d: usize,
+    rows: &[u32],
+    comps: &[u32],
+    ml: &[f64],
+    q: &mut [f64],
+) {
+    assert!(rows.len() == comps.len() && q.len() >= rows.len());
+    assert!(d > 0 && x.len().is_multiple_of(d) && ml.len().is_multiple_of(2 * d));
+    let (n, k) = (x.len() / d, ml.len() / (2 * d));
+    assert!(
+        rows.iter().all(|&r| (r as usize) < n) && comps.iter().all(|&c| (c as usize) < k),
+        "quad_pairs: row or component index out of range"
+    );
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); indices checked above.
+        SimdLevel::Avx512 => unsafe { x86::quad_pairs_avx512(x, d, rows, comps, ml, q) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu); indices checked above.
+        SimdLevel::Avx2 => unsafe { x86::quad_pairs_avx2(x, d, rows, comps, ml, q) },
+        _ => quad_pairs_scalar(x, d, rows, comps, ml, q),
+    }
+}
+
+/// Scalar twin of [`quad_pairs_at`].
+pub fn quad_pairs_scalar(
+    x: &[f32],
+    d: usize,
+    rows: &[u32],
+    comps: &[u32],
+    ml: &[f64],
+    q: &mut [f64],
+) {
+    for ((&r, &c), q) in rows.iter().zip(comps).zip(q.iter_mut()) {
+        let xr = &x[r as usize * d..(r as usize + 1) * d];
+        let (m, l) = ml[2 * c as usize * d..(2 * c as usize + 2) * d].split_at(d);
+        let mut acc = [0f64; F64_LANES];
+        for (j, ((&a, &mu), &lj)) in xr.iter().zip(m).zip(l).enumerate() {
+            let t = a as f64 - mu;
+            acc[j % F64_LANES] += t * t * lj;
+        }
+        *q = lane_sum(&acc);
+    }
+}
+
+/// First and second moments about each component's mean, grouped by component: for every
+/// component `c` with pairs `starts[c]..starts[c+1]` (rows `rows[p]` of `x`, `n × D` f32,
+/// weights `w[p]`), `acc[c·2D..]` gets `[Σ_p w_p δ_p, Σ_p (w_p δ_p) δ_p]` with
+/// `δ_p = x_{rows[p]} − μ_c` (`μ_c` the first half of row `c` of `ml`, `K × 2D`), summed in
+/// pair order from zero and then added to `acc`. Element-wise arithmetic only (no fused
+/// multiply-add, no reassociation), so every level gives the same bits; the vector levels keep
+/// a component's sums in registers across its pairs instead of loading and storing them once
+/// per pair.
+#[allow(clippy::too_many_arguments)]
+pub fn moments_grouped_at(
+    level: SimdLevel,
+    x: &[f32],
+    d: usize,
+    ml: &[f64],
+    starts: &[u32],
+    rows: &[u32],
+    w: &[f64],
+    acc: &mut [f64],
+) {
+    assert!(d > 0 && x.len().is_multiple_of(d) && ml.len().is_multiple_of(2 * d));
+    let (n, k) = (x.len() / d, ml.len() / (2 * d));
+    assert!(starts.len() == k + 1 && acc.len() == 2 * k * d && rows.len() == w.len());
+    assert!(
+        starts.windows(2).all(|s| s[0] <= s[1]) && starts[k] as usize <= rows.len(),
+        "moments_grouped: component ranges must increase within the pairs"
+    );
+    assert!(
+        rows.iter().all(|&r| (r as usize) < n),
+        "moments_grouped: row index out of range"
+    );
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F (clamp_to_cpu); ranges and indices checked above.
+        SimdLevel::Avx512 => unsafe { x86::moments_grouped_avx512(x, d, ml, starts, rows, w, acc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 (clamp_to_cpu); ranges and indices checked above.
+        SimdLevel::Avx2 => unsafe { x86::moments_grouped_avx2(x, d, ml, starts, rows, w, acc) },
+        _ => moments_grouped_scalar(x, d, ml, starts, rows, w, acc),
+    }
+}
+
+/// Scalar twin of [`moments_grouped_at`].
+pub fn moments_grouped_scalar(
+    x: &[f32],
+    d: usize,
+    ml: &[f64],
+    starts: &[u32],
+    rows: &[u32],
+    w: &[f64],
+    acc: &mut [f64],
+) {
+    for (c, s) in starts.windows(2).enumerate() {
+        let pairs = s[0] as usize..s[1] as usize;
+        if pairs.is_empty() {
+            continue;
+        }
+        let m = &ml[2 * c * d..(2 * c + 1) * d];
+        let (a1, a2) = acc[2 * c * d..2 * (c + 1) * d].split_at_mut(d);
+        for j in 0..d {
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for p in pairs.clone() {
+                let t = x[rows[p] as usize * d + j] as f64 - m[j];
+                let gt = w[p] * t;
+                s1 += gt;
+                s2 += gt * t;
+            }
+            a1[j] += s1;
+            a2[j] += s2;
+        }
+    }
+}
+
 /// Below this `e^x` is not a normal `f64` and [`exp_f64_scalar`] returns 0.
 pub const EXP_F64_UNDERFLOW: f64 = -708.0;
 /// Above this [`exp_f64_scalar`] returns +∞.
@@ -1280,6 +1406,299 @@ mod x86 {
         }
     }
 
+    /// Pointers to the rows and component terms of up to four pairs starting at `p`; missing
+    /// pairs repeat pair `p` (computed and discarded). Each pointer comes from a slice of
+    /// exactly `d` (row) or `2d` (terms) values.
+    #[inline(always)]
+    fn pair_ptrs(
+        x: &[f32],
+        d: usize,
+        rows: &[u32],
+        comps: &[u32],
+        ml: &[f64],
+        p: usize,
+    ) -> ([*const f32; 4], [*const f64; 4]) {
+        let row = |i: usize| x[rows[i] as usize * d..][..d].as_ptr();
+        let terms = |i: usize| ml[2 * comps[i] as usize * d..][..2 * d].as_ptr();
+        let mut xs = [row(p); 4];
+        let mut ms = [terms(p); 4];
+        for u in 1..(rows.len() - p).min(4) {
+            xs[u] = row(p + u);
+            ms[u] = terms(p + u);
+        }
+        (xs, ms)
+    }
+
+    /// Four pairs at once (see [`super::quad_pairs_at`]); lanes as in [`centre_quad_avx512`].
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn quad_pairs_avx512(
+        x: &[f32],
+        d: usize,
+        rows: &[u32],
+        comps: &[u32],
+        ml: &[f64],
+        q: &mut [f64],
+    ) {
+        let whole = d / F64_LANES * F64_LANES;
+        for p in (0..rows.len()).step_by(4) {
+            let (xs, ms) = pair_ptrs(x, d, rows, comps, ml, p);
+            let mut acc = [_mm512_setzero_pd(); 4];
+            for j in (0..whole).step_by(F64_LANES) {
+                for u in 0..4 {
+                    // SAFETY: j + 8 ≤ whole ≤ d: within the row (d values) and within both
+                    // halves of the terms (2d values).
+                    unsafe {
+                        let xv = _mm512_cvtps_pd(_mm256_loadu_ps(xs[u].add(j)));
+                        let t = _mm512_sub_pd(xv, _mm512_loadu_pd(ms[u].add(j)));
+                        let l = _mm512_loadu_pd(ms[u].add(d + j));
+                        acc[u] = _mm512_add_pd(acc[u], _mm512_mul_pd(_mm512_mul_pd(t, t), l));
+                    }
+                }
+            }
+            for u in 0..(rows.len() - p).min(4) {
+                q[p + u] = if whole == d {
+                    lane_sum512(acc[u])
+                } else {
+                    let mut a = lanes512(acc[u]);
+                    // SAFETY: j < d, within the row and both halves of the terms.
+                    unsafe {
+                        for j in whole..d {
+                            let t = *xs[u].add(j) as f64 - *ms[u].add(j);
+                            a[j - whole] += t * t * *ms[u].add(d + j);
+                        }
+                    }
+                    lane_sum(&a)
+                };
+            }
+        }
+    }
+
+    /// Four pairs at once (see [`super::quad_pairs_at`]); lanes as in [`centre_quad_avx2`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn quad_pairs_avx2(
+        x: &[f32],
+        d: usize,
+        rows: &[u32],
+        comps: &[u32],
+        ml: &[f64],
+        q: &mut [f64],
+    ) {
+        let whole = d / F64_LANES * F64_LANES;
+        for p in (0..rows.len()).step_by(4) {
+            let (xs, ms) = pair_ptrs(x, d, rows, comps, ml, p);
+            let mut lo = [_mm256_setzero_pd(); 4];
+            let mut hi = [_mm256_setzero_pd(); 4];
+            for j in (0..whole).step_by(F64_LANES) {
+                for u in 0..4 {
+                    for (h, acc) in [(0usize, &mut lo[u]), (4, &mut hi[u])] {
+                        // SAFETY: j + h + 4 ≤ whole ≤ d: within the row and both halves of
+                        // the terms.
+                        unsafe {
+                            let xv = _mm256_cvtps_pd(_mm_loadu_ps(xs[u].add(j + h)));
+                            let t = _mm256_sub_pd(xv, _mm256_loadu_pd(ms[u].add(j + h)));
+                            let l = _mm256_loadu_pd(ms[u].add(d + j + h));
+                            *acc = _mm256_add_pd(*acc, _mm256_mul_pd(_mm256_mul_pd(t, t), l));
+                        }
+                    }
+                }
+            }
+            for u in 0..(rows.len() - p).min(4) {
+                q[p + u] = if whole == d {
+                    lane_sum256(_mm256_add_pd(lo[u], hi[u]))
+                } else {
+                    let mut a = lanes256(lo[u], hi[u]);
+                    // SAFETY: j < d, within the row and both halves of the terms.
+                    unsafe {
+                        for j in whole..d {
+                            let t = *xs[u].add(j) as f64 - *ms[u].add(j);
+                            a[j - whole] += t * t * *ms[u].add(d + j);
+                        }
+                    }
+                    lane_sum(&a)
+                };
+            }
+        }
+    }
+
+    /// One component's moments over dimensions `j..j + 8V`, the `2V` sums in registers
+    /// across its pairs, then added to `a1`, `a2` (see [`super::moments_grouped_at`]).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn moments_chunk512<const V: usize>(
+        x: &[f32],
+        d: usize,
+        j: usize,
+        m: &[f64],
+        rows: &[u32],
+        w: &[f64],
+        a1: &mut [f64],
+        a2: &mut [f64],
+    ) {
+        let m = &m[j..j + 8 * V];
+        let (a1, a2) = (&mut a1[j..j + 8 * V], &mut a2[j..j + 8 * V]);
+        // SAFETY (all blocks below): every pointer is into a slice of exactly 8V values
+        // (`m`, `a1`, `a2`, `xr`) and v < V; the caller enables AVX-512F.
+        unsafe {
+            let mut mu = [_mm512_setzero_pd(); V];
+            for (v, mv) in mu.iter_mut().enumerate() {
+                *mv = _mm512_loadu_pd(m.as_ptr().add(8 * v));
+            }
+            let mut s1 = [_mm512_setzero_pd(); V];
+            let mut s2 = [_mm512_setzero_pd(); V];
+            for (&r, &g) in rows.iter().zip(w) {
+                let xr = &x[r as usize * d + j..][..8 * V];
+                let vg = _mm512_set1_pd(g);
+                for v in 0..V {
+                    let xv = _mm512_cvtps_pd(_mm256_loadu_ps(xr.as_ptr().add(8 * v)));
+                    let t = _mm512_sub_pd(xv, mu[v]);
+                    let gt = _mm512_mul_pd(vg, t);
+                    s1[v] = _mm512_add_pd(s1[v], gt);
+                    s2[v] = _mm512_add_pd(s2[v], _mm512_mul_pd(gt, t));
+                }
+            }
+            for v in 0..V {
+                let (p1, p2) = (a1.as_mut_ptr().add(8 * v), a2.as_mut_ptr().add(8 * v));
+                _mm512_storeu_pd(p1, _mm512_add_pd(_mm512_loadu_pd(p1), s1[v]));
+                _mm512_storeu_pd(p2, _mm512_add_pd(_mm512_loadu_pd(p2), s2[v]));
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn moments_grouped_avx512(
+        x: &[f32],
+        d: usize,
+        ml: &[f64],
+        starts: &[u32],
+        rows: &[u32],
+        w: &[f64],
+        acc: &mut [f64],
+    ) {
+        for (c, s) in starts.windows(2).enumerate() {
+            let (rows, w) = (
+                &rows[s[0] as usize..s[1] as usize],
+                &w[s[0] as usize..s[1] as usize],
+            );
+            if rows.is_empty() {
+                continue;
+            }
+            let m = &ml[2 * c * d..(2 * c + 1) * d];
+            let (a1, a2) = acc[2 * c * d..2 * (c + 1) * d].split_at_mut(d);
+            let mut j = 0;
+            while j + 32 <= d {
+                moments_chunk512::<4>(x, d, j, m, rows, w, a1, a2);
+                j += 32;
+            }
+            while j + 8 <= d {
+                moments_chunk512::<1>(x, d, j, m, rows, w, a1, a2);
+                j += 8;
+            }
+            moments_grouped_tail(x, d, j, m, rows, w, a1, a2);
+        }
+    }
+
+    /// As [`moments_chunk512`] with 4-lane vectors.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn moments_chunk256<const V: usize>(
+        x: &[f32],
+        d: usize,
+        j: usize,
+        m: &[f64],
+        rows: &[u32],
+        w: &[f64],
+        a1: &mut [f64],
+        a2: &mut [f64],
+    ) {
+        let m = &m[j..j + 4 * V];
+        let (a1, a2) = (&mut a1[j..j + 4 * V], &mut a2[j..j + 4 * V]);
+        // SAFETY (all blocks below): every pointer is into a slice of exactly 4V values
+        // (`m`, `a1`, `a2`, `xr`) and v < V; the caller enables AVX2.
+        unsafe {
+            let mut mu = [_mm256_setzero_pd(); V];
+            for (v, mv) in mu.iter_mut().enumerate() {
+                *mv = _mm256_loadu_pd(m.as_ptr().add(4 * v));
+            }
+            let mut s1 = [_mm256_setzero_pd(); V];
+            let mut s2 = [_mm256_setzero_pd(); V];
+            for (&r, &g) in rows.iter().zip(w) {
+                let xr = &x[r as usize * d + j..][..4 * V];
+                let vg = _mm256_set1_pd(g);
+                for v in 0..V {
+                    let xv = _mm256_cvtps_pd(_mm_loadu_ps(xr.as_ptr().add(4 * v)));
+                    let t = _mm256_sub_pd(xv, mu[v]);
+                    let gt = _mm256_mul_pd(vg, t);
+                    s1[v] = _mm256_add_pd(s1[v], gt);
+                    s2[v] = _mm256_add_pd(s2[v], _mm256_mul_pd(gt, t));
+                }
+            }
+            for v in 0..V {
+                let (p1, p2) = (a1.as_mut_ptr().add(4 * v), a2.as_mut_ptr().add(4 * v));
+                _mm256_storeu_pd(p1, _mm256_add_pd(_mm256_loadu_pd(p1), s1[v]));
+                _mm256_storeu_pd(p2, _mm256_add_pd(_mm256_loadu_pd(p2), s2[v]));
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn moments_grouped_avx2(
+        x: &[f32],
+        d: usize,
+        ml: &[f64],
+        starts: &[u32],
+        rows: &[u32],
+        w: &[f64],
+        acc: &mut [f64],
+    ) {
+        for (c, s) in starts.windows(2).enumerate() {
+            let (rows, w) = (
+                &rows[s[0] as usize..s[1] as usize],
+                &w[s[0] as usize..s[1] as usize],
+            );
+            if rows.is_empty() {
+                continue;
+            }
+            let m = &ml[2 * c * d..(2 * c + 1) * d];
+            let (a1, a2) = acc[2 * c * d..2 * (c + 1) * d].split_at_mut(d);
+            let mut j = 0;
+            while j + 16 <= d {
+                moments_chunk256::<4>(x, d, j, m, rows, w, a1, a2);
+                j += 16;
+            }
+            while j + 4 <= d {
+                moments_chunk256::<1>(x, d, j, m, rows, w, a1, a2);
+                j += 4;
+            }
+            moments_grouped_tail(x, d, j, m, rows, w, a1, a2);
+        }
+    }
+
+    /// Dimensions `j0..d` of one component's moments, one at a time (the scalar twin's order).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn moments_grouped_tail(
+        x: &[f32],
+        d: usize,
+        j0: usize,
+        m: &[f64],
+        rows: &[u32],
+        w: &[f64],
+        a1: &mut [f64],
+        a2: &mut [f64],
+    ) {
+        for j in j0..d {
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for (&r, &g) in rows.iter().zip(w) {
+                let t = x[r as usize * d + j] as f64 - m[j];
+                let gt = g * t;
+                s1 += gt;
+                s2 += gt * t;
+            }
+            a1[j] += s1;
+            a2[j] += s2;
+        }
+    }
+
     #[target_feature(enable = "avx512f,fma")]
     pub(super) fn exp_f64_avx512(xs: &mut [f64]) {
         let set1 = _mm512_set1_pd;
@@ -1685,6 +2104,91 @@ mod tests {
                     7.0
                 };
                 assert_eq!(poly[j], want, "{level:?} {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn pair_kernels_match_the_per_row_ones_at_every_level() {
+        let (n, k) = (9usize, 6usize);
+        for d in [64usize, 67, 40, 5, 3] {
+            let x: Vec<f32> = (0..n * d)
+                .map(|i| ((i as f64 * 0.37).sin() * 2.0) as f32)
+                .collect();
+            let ml: Vec<f64> = (0..2 * k * d)
+                .map(|i| {
+                    if (i / d) % 2 == 0 {
+                        (i as f64 * 0.7).cos()
+                    } else {
+                        1.0 + (i % 5) as f64
+                    }
+                })
+                .collect();
+            // 11 pairs (not a multiple of four); component 4 gets none.
+            let rows: Vec<u32> = (0..11).map(|p| (p * 5 % n) as u32).collect();
+            let comps: Vec<u32> = (0..11u32)
+                .map(|p| [0, 3, 1, 5, 2][p as usize % 5])
+                .collect();
+            let w: Vec<f64> = (0..11).map(|p| 0.1 + 0.3 * p as f64).collect();
+            let row64 = |r: u32| -> Vec<f64> {
+                x[r as usize * d..(r as usize + 1) * d]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect()
+            };
+            let mut delta = vec![0f64; d];
+            let want_q: Vec<f64> = rows
+                .iter()
+                .zip(&comps)
+                .map(|(&r, &c)| {
+                    let c = c as usize;
+                    centre_quad_at(
+                        SimdLevel::Scalar,
+                        &row64(r),
+                        &ml[2 * c * d..2 * (c + 1) * d],
+                        &mut delta,
+                    )
+                })
+                .collect();
+            // Pairs grouped by component (stable), each group summed from zero, then added.
+            let mut order: Vec<usize> = (0..rows.len()).collect();
+            order.sort_by_key(|&p| comps[p]);
+            let g_rows: Vec<u32> = order.iter().map(|&p| rows[p]).collect();
+            let g_w: Vec<f64> = order.iter().map(|&p| w[p]).collect();
+            let mut starts = vec![0u32; k + 1];
+            for c in 0..k {
+                starts[c + 1] =
+                    starts[c] + comps.iter().filter(|&&q| q as usize == c).count() as u32;
+            }
+            let acc0: Vec<f64> = (0..2 * k * d).map(|i| i as f64 * 0.01).collect();
+            let mut want_acc = acc0.clone();
+            for c in 0..k {
+                let mut local = vec![0f64; 2 * d];
+                for p in starts[c] as usize..starts[c + 1] as usize {
+                    let xr = row64(g_rows[p]);
+                    centre_quad_at(
+                        SimdLevel::Scalar,
+                        &xr,
+                        &ml[2 * c * d..2 * (c + 1) * d],
+                        &mut delta,
+                    );
+                    moments_at(SimdLevel::Scalar, g_w[p], &delta, &mut local);
+                }
+                for (a, l) in want_acc[2 * c * d..2 * (c + 1) * d].iter_mut().zip(&local) {
+                    *a += l;
+                }
+            }
+            let mut q = vec![0f64; rows.len()];
+            quad_pairs_scalar(&x, d, &rows, &comps, &ml, &mut q);
+            assert_eq!(q, want_q, "scalar twin, d {d}");
+            for level in SimdLevel::available() {
+                let mut q = vec![7f64; rows.len() + 1];
+                quad_pairs_at(level, &x, d, &rows, &comps, &ml, &mut q);
+                assert_eq!(&q[..rows.len()], &want_q[..], "{level:?} d {d}");
+                assert_eq!(q[rows.len()], 7.0, "{level:?}: wrote past the pairs");
+                let mut acc = acc0.clone();
+                moments_grouped_at(level, &x, d, &ml, &starts, &g_rows, &g_w, &mut acc);
+                assert_eq!(acc, want_acc, "{level:?} d {d}");
             }
         }
     }

@@ -172,6 +172,26 @@ pub struct FisherScratch {
     t12: Vec<f64>,
     /// Backward: `K` f32 column sums of one block's skipped B.
     col: Vec<f32>,
+    /// Forward, per block (`BLOCK × K` at most): the refined entries as pairs (row,
+    /// component), their log-density, then posterior (`pval`), and their weight in the
+    /// statistics (`pw`, 0 where skipped).
+    prow: Vec<u32>,
+    pcomp: Vec<u32>,
+    pval: Vec<f64>,
+    pw: Vec<f64>,
+    /// Forward, per row of the block: the end of its pairs, the GEMM mass of its unrefined
+    /// entries, and its GEMM log-sum-exp.
+    rend: Vec<u32>,
+    rrest: Vec<f64>,
+    rlse: Vec<f64>,
+    /// Forward: the kept pairs grouped by component: `gstart` (`K + 1`) ranges into their
+    /// rows `grow` and weights `gw`; `gpos` (`K`) the fill positions.
+    gstart: Vec<u32>,
+    gpos: Vec<u32>,
+    grow: Vec<u32>,
+    gw: Vec<f64>,
+    /// Rows of the block left to the row-by-row path ([`FisherEncoder::refine_row`]).
+    slow: Vec<usize>,
 }
 
 /// The refined entries of one row, as [`FisherEncoder::refine_row`] leaves them in the
@@ -299,6 +319,18 @@ impl FisherEncoder {
             t0: vec![0.0; k],
             t12: vec![0.0; 2 * k * d],
             col: vec![0.0; k],
+            prow: vec![0; BLOCK * k],
+            pcomp: vec![0; BLOCK * k],
+            pval: vec![0.0; BLOCK * k],
+            pw: vec![0.0; BLOCK * k],
+            rend: vec![0; BLOCK],
+            rrest: vec![0.0; BLOCK],
+            rlse: vec![0.0; BLOCK],
+            gstart: vec![0; k + 1],
+            gpos: vec![0; k],
+            grow: vec![0; BLOCK * k],
+            gw: vec![0.0; BLOCK * k],
+            slow: Vec::with_capacity(BLOCK),
         }
     }
 
@@ -477,6 +509,142 @@ impl FisherEncoder {
         g >= self.options.posterior_threshold as f64 && g > 0.0 && self.active[c]
     }
 
+    /// Adds the statistics of the block's rows (descriptors `x`, `n` rows, posteriors from
+    /// [`block_posteriors`](Self::block_posteriors)) to S0..S2, with the same refinement as
+    /// [`refine_row`](Self::refine_row), but in passes over all of the block's refined entries
+    /// at once: selection, the f64 quadratic forms four entries at a time
+    /// ([`kernels::quad_pairs_at`]), one vector `exp` for the block, renormalisation per row,
+    /// then the moments per component with its sums in registers
+    /// ([`kernels::moments_grouped_at`]). Rows whose refinement needs the whole row (see
+    /// `refine_row`) are left out and listed in `scratch.slow`.
+    fn block_statistics(&self, x: &[f32], n: usize, scratch: &mut FisherScratch) {
+        let (k, d) = (self.gmm.k(), self.gmm.d());
+        let thr = self.options.posterior_threshold as f64;
+        let t = self.refine;
+        let lse0 = self.terms.log_norm();
+        let FisherScratch {
+            block,
+            prow,
+            pcomp,
+            pval,
+            pw,
+            rend,
+            rrest,
+            rlse,
+            gstart,
+            gpos,
+            grow,
+            gw,
+            slow,
+            s0,
+            s12,
+            ..
+        } = scratch;
+        slow.clear();
+        // The entries to refine, row by row, and the GEMM mass of the others (a row's
+        // posteriors sum to one) and its GEMM log-sum-exp.
+        let mut np = 0;
+        for i in 0..n {
+            let post = &block.post[i * k..(i + 1) * k];
+            let m = kernels::select_at_least_at(self.level, post, t, &mut pcomp[np..np + k]);
+            let mut rest = 1f64;
+            for &c in &pcomp[np..np + m] {
+                rest -= post[c as usize] as f64;
+            }
+            prow[np..np + m].fill(i as u32);
+            rrest[i] = rest.max(0.0);
+            rlse[i] = block.row_ll[i] - lse0;
+            np += m;
+            rend[i] = np as u32;
+        }
+        let (prow, pcomp, pval, pw) = (&prow[..np], &pcomp[..np], &mut pval[..np], &mut pw[..np]);
+        kernels::quad_pairs_at(self.level, x, d, prow, pcomp, &self.ml, pval);
+        // exp(l − lse) with l in f64: the refined entries on the scale of the unrefined ones
+        // (exp(l − lse) by the GEMM), so that a row's new normaliser is rest + Σ refined.
+        for ((v, &c), &r) in pval.iter_mut().zip(pcomp).zip(prow) {
+            *v = self.dbias[c as usize] - 0.5 * *v - rlse[r as usize];
+        }
+        kernels::exp_f64_in_place_at(self.level, pval);
+        let mut start = 0;
+        for i in 0..n {
+            let end = rend[i] as usize;
+            let inv = 1.0 / (rrest[i] + pval[start..end].iter().sum::<f64>());
+            // The unrefined entries are rescaled by `inv`: as in `refine_row`, the row is
+            // refined whole when that could lift one to the threshold, and also when the
+            // GEMM was so far off that the rescaling over- or underflowed.
+            if start == end
+                || !(inv.is_finite() && inv > 0.0)
+                || (thr != 0.0 && t != 0.0 && inv * t as f64 >= thr)
+            {
+                slow.push(i);
+                pw[start..end].fill(0.0);
+            } else {
+                for p in start..end {
+                    let (c, g) = (pcomp[p] as usize, pval[p] * inv);
+                    pw[p] = if self.kept(c, g) {
+                        s0[c] += g;
+                        g
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            start = end;
+        }
+        // The kept entries grouped by component, in row order within each.
+        gstart.fill(0);
+        for (&c, &w) in pcomp.iter().zip(pw.iter()) {
+            gstart[c as usize + 1] += (w != 0.0) as u32;
+        }
+        for c in 0..k {
+            gstart[c + 1] += gstart[c];
+        }
+        gpos.copy_from_slice(&gstart[..k]);
+        for ((&r, &c), &w) in prow.iter().zip(pcomp).zip(pw.iter()) {
+            if w != 0.0 {
+                let q = &mut gpos[c as usize];
+                grow[*q as usize] = r;
+                gw[*q as usize] = w;
+                *q += 1;
+            }
+        }
+        let kept = gstart[k] as usize;
+        kernels::moments_grouped_at(
+            self.level,
+            x,
+            d,
+            &self.ml,
+            gstart,
+            &grow[..kept],
+            &gw[..kept],
+            s12,
+        );
+    }
+
+    /// Adds the statistics of row `i` of the block (descriptor `x`) to S0..S2 on its own,
+    /// through [`refine_row`](Self::refine_row).
+    fn row_statistics(&self, x: &[f32], i: usize, scratch: &mut FisherScratch) {
+        let d = self.gmm.d();
+        let Refined { m, .. } = self.refine_row(x, i, scratch);
+        for j in 0..m {
+            let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
+            scratch.w[j] = if self.kept(c, g) {
+                scratch.s0[c] += g;
+                g
+            } else {
+                0.0
+            };
+        }
+        kernels::moments_sel_at(
+            self.level,
+            d,
+            &scratch.sel[..m],
+            &scratch.w,
+            &scratch.delta,
+            &mut scratch.s12,
+        );
+    }
+
     /// Forward pass: leaves S0..S2, Φ (`scratch.phi`), the output (`scratch.out`) and ‖p‖.
     fn forward(&self, x: &[f32], scratch: &mut FisherScratch) -> Result<()> {
         let n_total = self.check_image(x)?;
@@ -485,25 +653,10 @@ impl FisherEncoder {
         scratch.s12.fill(0.0);
         for block in x.chunks(BLOCK * d) {
             let n = self.block_posteriors(block, scratch);
-            for (i, row) in block.chunks_exact(d).enumerate().take(n) {
-                let Refined { m, .. } = self.refine_row(row, i, scratch);
-                for j in 0..m {
-                    let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
-                    scratch.w[j] = if self.kept(c, g) {
-                        scratch.s0[c] += g;
-                        g
-                    } else {
-                        0.0
-                    };
-                }
-                kernels::moments_sel_at(
-                    self.level,
-                    d,
-                    &scratch.sel[..m],
-                    &scratch.w,
-                    &scratch.delta,
-                    &mut scratch.s12,
-                );
+            self.block_statistics(block, n, scratch);
+            for j in 0..scratch.slow.len() {
+                let i = scratch.slow[j];
+                self.row_statistics(&block[i * d..(i + 1) * d], i, scratch);
             }
         }
         let nf = n_total as f64;

@@ -86,8 +86,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ratios.push(work / pass);
         trials += r.trials;
         println!(
-            "iteration {}: {} trials, encode {:.3}s, svm {:.3}s ({} epochs), backward {:.3}s, total {:.3}s = {:.1} encoding passes",
+            "iteration {}: J {:.4} step {:.4} {} trials, encode {:.3}s, svm {:.3}s ({} epochs), backward {:.3}s, total {:.3}s = {:.1} encoding passes",
             r.iteration,
+            r.objective,
+            r.step,
             r.trials,
             r.time_encode_s,
             r.time_svm_s,

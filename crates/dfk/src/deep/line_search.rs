@@ -9,12 +9,12 @@ use crate::error::{Error, Result};
 /// Every trial re-encodes the images and re-solves the SVMs, so the rule aims at one trial per
 /// search. With `adaptive` (the default): a rejected trial is retried at the minimiser of the
 /// quadratic through J(θ), the slope and the rejected value, clamped to [0.1 t, `shrink` t]
-/// (safeguarded backtracking); the next search starts at `grow` × the accepted step when the
-/// first trial was accepted and at the accepted step itself after backtracking (the largest
-/// acceptable step shrinks slowly from one iteration to the next, so growing after a
-/// rejection would be rejected again). Without `adaptive` (the rule of the first sweep): halve
-/// on rejection, always start the next search at `grow` × the accepted step. Steps stay in
-/// [`min_step`, `max_step`].
+/// (safeguarded backtracking); the next search starts at the minimiser of the quadratic
+/// through the accepted point, kept within [t, `grow` t] — it grows only where the model says
+/// the last step was short, and an accepted step is never shrunk (the model, fitted to a
+/// function that is not quadratic, tends to under-estimate it). Without `adaptive` (the rule
+/// of the first sweep): halve on rejection, always start the next search at `grow` × the
+/// accepted step. Steps stay in [`min_step`, `max_step`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LineSearch {
     /// Armijo constant c₁ (1e-4).
@@ -127,6 +127,19 @@ impl LineSearch {
         next.clamp(self.min_step, self.max_step)
     }
 
+    /// The starting step of the next search after accepting `t` with J = `value` at trial
+    /// number `trials`: with `adaptive`, the minimiser of the quadratic through J(θ) = `f0`, the
+    /// slope and the accepted value, kept within [t, `grow` t] (`grow` t where that quadratic
+    /// is not convex); otherwise [`Self::next_step`].
+    pub fn next_after(&self, f0: f64, slope: f64, t: f64, value: f64, trials: usize) -> f64 {
+        if !self.adaptive {
+            return self.next_step(t, trials);
+        }
+        let next =
+            quadratic_min(f0, slope, t, value).map_or(t * self.grow, |q| q.clamp(t, t * self.grow));
+        next.clamp(self.min_step, self.max_step)
+    }
+
     /// The step to try after `t` was rejected with J = `value` (`None`: not finite).
     fn retry_step(&self, f0: f64, slope: f64, t: f64, value: Option<f64>) -> f64 {
         let halved = t * self.shrink;
@@ -164,7 +177,7 @@ impl LineSearch {
                             value,
                             payload,
                             trials,
-                            next: self.next_step(t, trials),
+                            next: self.next_after(f0, slope, t, value, trials),
                         }));
                     }
                     Some(value)
@@ -249,7 +262,19 @@ mod tests {
             panic!("search failed")
         };
         assert_eq!((h.step, h.trials), (0.0625, 4));
-        // Accepted at the first trial: the next search starts 1.5× further (capped at 1).
+        // Accepted at the first trial: the next search starts at the quadratic's minimiser
+        // 0.05, but at most 1.5× further and never closer.
+        for (t, next) in [(0.02, 0.03), (0.04, 0.05), (0.08, 0.08)] {
+            assert!(
+                (ls.next_after(1.0, -1.0, t, j(t), 1) - next).abs() < 1e-12,
+                "t = {t}"
+            );
+        }
+        // A concave model gives no minimiser: 1.5×.
+        assert!((ls.next_after(1.0, -1.0, 0.02, 1.0 - 0.02 - 0.01, 1) - 0.03).abs() < 1e-12);
+        assert_eq!(ls.next_after(1.0, -1.0, 0.9, j(0.9) - 10.0, 1), 1.0);
+        assert!((halving.next_after(1.0, -1.0, 0.04, j(0.04), 3) - 0.06).abs() < 1e-12);
+        // The plain rule's growth.
         assert!((ls.next_step(0.01, 1) - 0.015).abs() < 1e-12);
         assert_eq!(ls.next_step(0.8, 1), 1.0);
         assert_eq!(halving.next_step(0.04, 3), 0.06);

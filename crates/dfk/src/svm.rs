@@ -689,7 +689,7 @@ fn solve_at(
         SimdLevel::Avx512 => unsafe { solve_avx512(x, dim, tasks, params, seed) },
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => unsafe { solve_avx2(x, dim, tasks, params, seed) },
-        _ => solve_impl(x, dim, tasks, params, seed),
+        _ => solve_impl(SimdLevel::Scalar, x, dim, tasks, params, seed),
     }
 }
 
@@ -704,7 +704,7 @@ unsafe fn solve_avx512(
     params: &SvmParams,
     seed: u64,
 ) -> Vec<BinarySvm> {
-    solve_impl(x, dim, tasks, params, seed)
+    solve_impl(SimdLevel::Avx512, x, dim, tasks, params, seed)
 }
 
 /// [`solve_impl`] compiled for AVX2 + FMA.
@@ -717,7 +717,7 @@ unsafe fn solve_avx2(
     params: &SvmParams,
     seed: u64,
 ) -> Vec<BinarySvm> {
-    solve_impl(x, dim, tasks, params, seed)
+    solve_impl(SimdLevel::Avx2, x, dim, tasks, params, seed)
 }
 
 /// Solver state of one task.
@@ -748,6 +748,7 @@ struct State<'a> {
 /// validated by the callers.
 #[inline(always)]
 fn solve_impl(
+    level: SimdLevel,
     x: &[f32],
     dim: usize,
     tasks: Vec<Task<'_>>,
@@ -818,16 +819,26 @@ fn solve_impl(
             }
             let xi = row(i);
             for s in states.iter_mut().filter(|s| s.running && s.active[i]) {
-                update(s, i, xi, qd[i], bias, params.shrinking);
+                update(level, s, i, xi, qd[i], bias, params.shrinking);
             }
         }
         for s in states.iter_mut().filter(|s| s.running) {
             end_epoch(s, n, params);
         }
     }
+    // Hinge losses in one pass over the samples for all tasks (the matrix is read once).
+    let mut losses = vec![0f64; states.len()];
+    for i in 0..n {
+        let xi = row(i);
+        for (s, loss) in states.iter().zip(&mut losses) {
+            let f = dot_f64(level, &s.w, xi) + s.wb * bias;
+            *loss += s.cost[i] * (1.0 - f64::from(s.y[i]) * f).max(0.0);
+        }
+    }
     states
         .into_iter()
-        .map(|s| {
+        .zip(losses)
+        .map(|(s, loss)| {
             if !s.converged {
                 tracing::warn!(
                     "svm: reached max_iter = {} epochs before the projected-gradient violation fell to eps = {}",
@@ -836,11 +847,6 @@ fn solve_impl(
                 );
             }
             let reg = 0.5 * (s.w.iter().map(|v| v * v).sum::<f64>() + s.wb * s.wb);
-            let mut loss = 0.0;
-            for (i, (&yi, &c)) in s.y.iter().zip(s.cost).enumerate() {
-                let f = dot_f64(&s.w, row(i)) + s.wb * bias;
-                loss += c * (1.0 - f64::from(yi) * f).max(0.0);
-            }
             let sum_alpha: f64 = s.alpha.iter().sum();
             BinarySvm {
                 w: s.w.iter().map(|&v| v as f32).collect(),
@@ -856,9 +862,17 @@ fn solve_impl(
 
 /// One coordinate step of task `s` on its active sample `i` (or shrinking it).
 #[inline(always)]
-fn update(s: &mut State, i: usize, xi: &[f32], qd: f64, bias: f64, shrinking: bool) {
+fn update(
+    level: SimdLevel,
+    s: &mut State,
+    i: usize,
+    xi: &[f32],
+    qd: f64,
+    bias: f64,
+    shrinking: bool,
+) {
     let yi = f64::from(s.y[i]);
-    let g = yi * (dot_f64(&s.w, xi) + s.wb * bias) - 1.0;
+    let g = yi * (dot_f64(level, &s.w, xi) + s.wb * bias) - 1.0;
     let c = s.cost[i];
     let a = s.alpha[i];
     let mut pg = 0.0;
@@ -950,20 +964,105 @@ fn prefetch(x: &[f32]) {
 /// vectorise the sums without reassociating them.
 const LANES: usize = 16;
 
-/// `⟨w, x⟩` with `f64` weights and `f32` features, accumulated in `f64`.
+/// Accumulators of the solver's inner product: four AVX-512 registers (eight AVX2 ones), so
+/// that the additions form independent chains instead of waiting on each other.
+const DOT_LANES: usize = 32;
+
+/// `⟨w, x⟩` with `f64` weights and `f32` features, accumulated in `f64`, at `level`. Every
+/// level adds the products `w_j x_j` into accumulator `j mod 32` in order and reduces them
+/// pairwise, so all levels give the same bits.
 #[inline(always)]
-fn dot_f64(w: &[f64], x: &[f32]) -> f64 {
-    let mut acc = [0f64; LANES];
-    let wc = w.chunks_exact(LANES);
-    let xc = x.chunks_exact(LANES);
+fn dot_f64(level: SimdLevel, w: &[f64], x: &[f32]) -> f64 {
+    match level {
+        // SAFETY: the solver runs at a level clamped to the CPU's features.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { dot_f64_avx512(w, x) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { dot_f64_avx2(w, x) },
+        _ => dot_f64_scalar(w, x),
+    }
+}
+
+/// The reference definition of [`dot_f64`].
+#[inline(always)]
+fn dot_f64_scalar(w: &[f64], x: &[f32]) -> f64 {
+    let mut acc = [0f64; DOT_LANES];
+    let wc = w.chunks_exact(DOT_LANES);
+    let xc = x.chunks_exact(DOT_LANES);
     let (wt, xt) = (wc.remainder(), xc.remainder());
     for (a, b) in wc.zip(xc) {
-        for k in 0..LANES {
+        for k in 0..DOT_LANES {
             acc[k] += a[k] * f64::from(b[k]);
         }
     }
     for (k, (a, &b)) in wt.iter().zip(xt).enumerate() {
         acc[k] += a * f64::from(b);
+    }
+    reduce(acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_f64_avx512(w: &[f64], x: &[f32]) -> f64 {
+    use std::arch::x86_64::*;
+    let n = w.len().min(x.len());
+    let whole = n - n % DOT_LANES;
+    let mut acc = [0f64; DOT_LANES];
+    // SAFETY: every load reads `DOT_LANES` elements below `whole ≤ n` of both slices.
+    unsafe {
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut a = [_mm512_setzero_pd(); 4];
+        let mut j = 0;
+        while j < whole {
+            for (r, acc_r) in a.iter_mut().enumerate() {
+                let o = j + 8 * r;
+                let prod = _mm512_mul_pd(
+                    _mm512_loadu_pd(wp.add(o)),
+                    _mm512_cvtps_pd(_mm256_loadu_ps(xp.add(o))),
+                );
+                *acc_r = _mm512_add_pd(*acc_r, prod);
+            }
+            j += DOT_LANES;
+        }
+        for (r, v) in a.iter().enumerate() {
+            _mm512_storeu_pd(acc.as_mut_ptr().add(8 * r), *v);
+        }
+    }
+    for (k, j) in (whole..n).enumerate() {
+        acc[k] += w[j] * f64::from(x[j]);
+    }
+    reduce(acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_f64_avx2(w: &[f64], x: &[f32]) -> f64 {
+    use std::arch::x86_64::*;
+    let n = w.len().min(x.len());
+    let whole = n - n % DOT_LANES;
+    let mut acc = [0f64; DOT_LANES];
+    // SAFETY: every load reads `DOT_LANES` elements below `whole ≤ n` of both slices.
+    unsafe {
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut a = [_mm256_setzero_pd(); 8];
+        let mut j = 0;
+        while j < whole {
+            for (r, acc_r) in a.iter_mut().enumerate() {
+                let o = j + 4 * r;
+                let prod = _mm256_mul_pd(
+                    _mm256_loadu_pd(wp.add(o)),
+                    _mm256_cvtps_pd(_mm_loadu_ps(xp.add(o))),
+                );
+                *acc_r = _mm256_add_pd(*acc_r, prod);
+            }
+            j += DOT_LANES;
+        }
+        for (r, v) in a.iter().enumerate() {
+            _mm256_storeu_pd(acc.as_mut_ptr().add(4 * r), *v);
+        }
+    }
+    for (k, j) in (whole..n).enumerate() {
+        acc[k] += w[j] * f64::from(x[j]);
     }
     reduce(acc)
 }
@@ -994,8 +1093,8 @@ fn sq_norm(x: &[f32]) -> f64 {
 
 /// Pairwise sum of the accumulators.
 #[inline(always)]
-fn reduce(mut acc: [f64; LANES]) -> f64 {
-    let mut width = LANES / 2;
+fn reduce<const L: usize>(mut acc: [f64; L]) -> f64 {
+    let mut width = L / 2;
     while width > 0 {
         for k in 0..width {
             acc[k] += acc[k + width];
@@ -1048,7 +1147,16 @@ mod tests {
         let w: Vec<f64> = (0..37).map(|i| (i as f64 * 0.37).sin()).collect();
         let x: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
         let naive: f64 = w.iter().zip(&x).map(|(a, &b)| a * f64::from(b)).sum();
-        assert!((dot_f64(&w, &x) - naive).abs() < 1e-12);
+        for level in SimdLevel::available() {
+            assert!((dot_f64(level, &w, &x) - naive).abs() < 1e-12);
+        }
+        // Bit-identical at every level, including a tail after whole blocks of 32.
+        let w: Vec<f64> = (0..1091).map(|i| (i as f64 * 0.37).sin()).collect();
+        let x: Vec<f32> = (0..1091).map(|i| (i as f32 * 0.11).cos()).collect();
+        let reference = dot_f64_scalar(&w, &x);
+        for level in SimdLevel::available() {
+            assert_eq!(dot_f64(level, &w, &x).to_bits(), reference.to_bits());
+        }
         let wf: Vec<f32> = w.iter().map(|&v| v as f32).collect();
         let naive: f64 = wf
             .iter()

@@ -89,6 +89,9 @@ pub(crate) fn all_finite(x: &[f32]) -> bool {
 
 /// Returns an error naming the first non-finite value of `values`.
 pub fn check_finite(what: &str, values: &[f32]) -> Result<()> {
+    if all_finite(values) {
+        return Ok(());
+    }
     match values.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(Error::NonFinite {
             what: what.to_string(),

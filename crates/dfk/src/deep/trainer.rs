@@ -13,7 +13,7 @@ use super::history::{DeepHistory, IterationRecord};
 use super::line_search::Outcome;
 use super::params::{DeepParams, GmmMode};
 use super::theta::{Displacement, Floors, Theta};
-use crate::error::{Error, Result};
+use crate::error::{all_finite, Error, Result};
 use crate::fisher::{FisherEncoder, FisherOptions, ForwardCache};
 use crate::gmm::Gmm;
 use crate::metrics;
@@ -646,7 +646,7 @@ fn evaluate(
     let t = Instant::now();
     let enc = FisherEncoder::new(&gmm, params.fisher)?;
     let encoded = match encode(&enc, set) {
-        Ok(e) if e.feats.iter().all(|v| v.is_finite()) => e,
+        Ok(e) if all_finite(&e.feats) => e,
         Ok(_) | Err(Error::NonFinite { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };

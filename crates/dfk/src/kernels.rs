@@ -165,6 +165,82 @@ pub fn softmax_scalar(row: &mut [f32]) -> f64 {
     max as f64 + sum.ln()
 }
 
+/// What [`exp_select_at`] found in a row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ExpSelect {
+    /// The row's maximum `m` (of the input).
+    pub max: f32,
+    /// `S = Σ eᵢ` with `eᵢ = exp(rowᵢ − m)`.
+    pub sum: f64,
+    /// `Σ eᵢ` over the entries not selected.
+    pub rest: f64,
+    /// How many entries were selected (`out[..count]`).
+    pub count: usize,
+}
+
+/// A row softmax without the final division, with a selection: replaces `row` by
+/// `eᵢ = exp(rowᵢ − max)` ([`exp_scalar`]), writes to `out[..count]` the indices with
+/// `eᵢ ≥ frac·S` (i.e. softmax ≥ `frac`), in increasing order, and returns the maximum, `S`
+/// and the sum of the unselected `eᵢ`. `out` must hold at least `row.len()` values (those past
+/// `count` are overwritten with scratch values). The
+/// vector levels sum in f32 lanes (as [`softmax_in_place_at`]), so `S` and the rest agree
+/// with the scalar twin to rounding, not bit for bit.
+#[inline]
+pub fn exp_select_at(level: SimdLevel, row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSelect {
+    assert!(
+        out.len() >= row.len(),
+        "exp_select: output shorter than the row"
+    );
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); `out` is long enough.
+        SimdLevel::Avx512 => unsafe { x86::exp_select_avx512(row, frac, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu); `out` is long enough.
+        SimdLevel::Avx2 => unsafe { x86::exp_select_avx2(row, frac, out) },
+        _ => exp_select_scalar(row, frac, out),
+    }
+}
+
+/// Scalar twin of [`exp_select_at`].
+pub fn exp_select_scalar(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSelect {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for v in row.iter_mut() {
+        *v = exp_scalar(*v - max);
+        sum += *v as f64;
+    }
+    select_rest(row, 0, (frac as f64 * sum) as f32, max, sum, 0, 0.0, out)
+}
+
+/// The selection of [`exp_select_at`] on `row[from..]` with the cut `frac·S` given, continuing
+/// a count `n` and rest `rest` of `row[..from]`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn select_rest(
+    row: &[f32],
+    from: usize,
+    cut: f32,
+    max: f32,
+    sum: f64,
+    mut n: usize,
+    mut rest: f64,
+    out: &mut [u32],
+) -> ExpSelect {
+    for (i, &e) in row.iter().enumerate().skip(from) {
+        out[n] = i as u32;
+        let keep = e >= cut;
+        n += keep as usize;
+        rest += if keep { 0.0 } else { e as f64 };
+    }
+    ExpSelect {
+        max,
+        sum,
+        rest,
+        count: n,
+    }
+}
+
 /// Applies [`exp_scalar`] to every element of `xs` at the best supported level.
 pub fn exp_in_place(xs: &mut [f32]) {
     exp_in_place_at(SimdLevel::detect(), xs)
@@ -280,7 +356,8 @@ pub fn indices_at_least_at(level: SimdLevel, row: &[f32], threshold: f32, out: &
 }
 
 /// Writes to `out[..n]` the indices `i` with `row[i] ≥ threshold`, in increasing order, and
-/// returns `n`. `out` must hold at least `row.len()` values. Branch-free: AVX-512 compresses
+/// returns `n`. `out` must hold at least `row.len()` values; its entries past `n` (up to
+/// `row.len()`) are overwritten with scratch values. Branch-free: AVX-512 compresses
 /// the indices of a 16-lane compare mask into `out`; the other levels store every index and
 /// advance the count by the comparison.
 #[inline]
@@ -928,6 +1005,106 @@ mod x86 {
         max as f64 + sum.ln()
     }
 
+    /// Max, then `exp` and its sum in f32 lanes (as [`softmax_avx512`]), then the selection
+    /// compressed 16 indices at a time and the unselected sum in f32 lanes.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn exp_select_avx512(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSelect {
+        let body = row.len() / 16 * 16;
+        let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+        for c in row[..body].chunks_exact(16) {
+            // SAFETY: `c` holds exactly 16 f32.
+            vmax = _mm512_max_ps(vmax, unsafe { _mm512_loadu_ps(c.as_ptr()) });
+        }
+        let max = row[body..]
+            .iter()
+            .fold(_mm512_reduce_max_ps(vmax), |m, &v| m.max(v));
+        let vm = _mm512_set1_ps(max);
+        let mut vsum = _mm512_setzero_ps();
+        for c in row[..body].chunks_exact_mut(16) {
+            // SAFETY: `c` holds exactly 16 f32.
+            unsafe {
+                let e = exp512(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), vm));
+                _mm512_storeu_ps(c.as_mut_ptr(), e);
+                vsum = _mm512_add_ps(vsum, e);
+            }
+        }
+        let mut sum = _mm512_reduce_add_ps(vsum) as f64;
+        for v in row[body..].iter_mut() {
+            *v = exp_scalar(*v - max);
+            sum += *v as f64;
+        }
+        let cut = (frac as f64 * sum) as f32;
+        let vcut = _mm512_set1_ps(cut);
+        let step = _mm512_set1_epi32(16);
+        let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let mut vrest = _mm512_setzero_ps();
+        let mut n = 0usize;
+        for c in row[..body].chunks_exact(16) {
+            // SAFETY: `c` holds exactly 16 f32; the store writes 16 values at `out[n..]` (the
+            // first popcount(mask) selected) with n + 16 ≤ (index of this chunk) + 16 ≤
+            // out.len().
+            unsafe {
+                let e = _mm512_loadu_ps(c.as_ptr());
+                let mask = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(e, vcut);
+                // Compress in a register, then store all 16 lanes: the compressing store to
+                // memory is microcoded and slow on some CPUs.
+                let packed = _mm512_maskz_compress_epi32(mask, idx);
+                _mm512_storeu_si512(out.as_mut_ptr().add(n) as *mut _, packed);
+                n += mask.count_ones() as usize;
+                vrest = _mm512_mask_add_ps(vrest, !mask, vrest, e);
+            }
+            idx = _mm512_add_epi32(idx, step);
+        }
+        let rest = _mm512_reduce_add_ps(vrest) as f64;
+        select_rest(row, body, cut, max, sum, n, rest, out)
+    }
+
+    /// As [`exp_select_avx512`] with 8-lane vectors; the selection stores every index and
+    /// advances by the comparison (AVX2 has no compressed store).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp_select_avx2(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSelect {
+        let body = row.len() / 8 * 8;
+        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+        for c in row[..body].chunks_exact(8) {
+            // SAFETY: `c` holds exactly 8 f32.
+            vmax = _mm256_max_ps(vmax, unsafe { _mm256_loadu_ps(c.as_ptr()) });
+        }
+        let max = row[body..].iter().fold(hmax256(vmax), |m, &v| m.max(v));
+        let vm = _mm256_set1_ps(max);
+        let mut vsum = _mm256_setzero_ps();
+        for c in row[..body].chunks_exact_mut(8) {
+            // SAFETY: `c` holds exactly 8 f32.
+            unsafe {
+                let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), vm));
+                _mm256_storeu_ps(c.as_mut_ptr(), e);
+                vsum = _mm256_add_ps(vsum, e);
+            }
+        }
+        let mut sum = hsum256(vsum) as f64;
+        for v in row[body..].iter_mut() {
+            *v = exp_scalar(*v - max);
+            sum += *v as f64;
+        }
+        let cut = (frac as f64 * sum) as f32;
+        let vcut = _mm256_set1_ps(cut);
+        let mut vrest = _mm256_setzero_ps();
+        let mut n = 0usize;
+        for (j, c) in row[..body].chunks_exact(8).enumerate() {
+            // SAFETY: `c` holds exactly 8 f32.
+            let e = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(e, vcut);
+            vrest = _mm256_add_ps(vrest, _mm256_andnot_ps(keep, e));
+            let mut mask = _mm256_movemask_ps(keep) as u32;
+            for u in 0..8 {
+                out[n] = (8 * j + u) as u32;
+                n += (mask & 1) as usize;
+                mask >>= 1;
+            }
+        }
+        let rest = hsum256(vrest) as f64;
+        select_rest(row, body, cut, max, sum, n, rest, out)
+    }
+
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
     pub(super) fn axpy_avx512(a: f32, x: &[f32], y: &mut [f32]) {
@@ -1091,13 +1268,16 @@ mod x86 {
         let mut chunks = row.chunks_exact(16);
         let mut n = 0usize;
         for ch in &mut chunks {
-            // SAFETY: `ch` holds exactly 16 f32; the compressed store writes popcount(mask)
-            // ≤ 16 values at `out[n..]`, and n + 16 ≤ (index of this chunk) + 16 ≤ row.len()
-            // ≤ out.len().
+            // SAFETY: `ch` holds exactly 16 f32; the store writes 16 values at `out[n..]`
+            // (the first popcount(mask) of them selected), and n + 16 ≤ (index of this chunk)
+            // + 16 ≤ row.len() ≤ out.len().
             unsafe {
                 let v = _mm512_loadu_ps(ch.as_ptr());
                 let mask = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, t);
-                _mm512_mask_compressstoreu_epi32(out.as_mut_ptr().add(n) as *mut _, mask, idx);
+                // Compress in a register, then store all 16 lanes: the compressing store to
+                // memory is microcoded and slow on some CPUs.
+                let packed = _mm512_maskz_compress_epi32(mask, idx);
+                _mm512_storeu_si512(out.as_mut_ptr().add(n) as *mut _, packed);
                 n += mask.count_ones() as usize;
             }
             idx = _mm512_add_epi32(idx, step);
@@ -2189,6 +2369,54 @@ mod tests {
                 let mut acc = acc0.clone();
                 moments_grouped_at(level, &x, d, &ml, &starts, &g_rows, &g_w, &mut acc);
                 assert_eq!(acc, want_acc, "{level:?} d {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn exp_select_matches_f64_softmax_and_selection_at_every_level() {
+        for len in [1usize, 5, 16, 37, 64, 256] {
+            let row0: Vec<f32> = (0..len)
+                .map(|i| -30.0 * ((i * 7919 % 101) as f32 / 101.0) + 3.0)
+                .collect();
+            let max = row0.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let e64: Vec<f64> = row0
+                .iter()
+                .map(|&v| (v as f64 - max as f64).exp())
+                .collect();
+            let s64: f64 = e64.iter().sum();
+            for frac in [0.0f32, 1e-6, 1e-3, 0.2] {
+                let mut scalar = row0.clone();
+                let mut want_idx = vec![u32::MAX; len];
+                let want = exp_select_scalar(&mut scalar, frac, &mut want_idx);
+                for level in SimdLevel::available() {
+                    let mut row = row0.clone();
+                    let mut out = vec![u32::MAX; len];
+                    let got = exp_select_at(level, &mut row, frac, &mut out);
+                    assert_eq!(got.max, max, "{level:?}");
+                    assert_eq!(row, scalar, "{level:?}: the same exp as the scalar twin");
+                    assert!((got.sum - s64).abs() <= 1e-6 * s64, "{level:?} sum");
+                    assert_eq!(got.count, want.count, "{level:?} {len} {frac}");
+                    assert_eq!(out[..got.count], want_idx[..want.count], "{level:?}");
+                    let sel = &out[..got.count];
+                    let mut rest = 0f64;
+                    for (i, &e) in e64.iter().enumerate() {
+                        assert!((row[i] as f64 - e).abs() <= 1e-6 * e, "{level:?} e[{i}]");
+                        let p = e / s64;
+                        let picked = sel.contains(&(i as u32));
+                        if (p - frac as f64).abs() > 1e-4 * frac as f64 {
+                            assert_eq!(picked, p >= frac as f64, "{level:?} {len} {frac} {i}");
+                        }
+                        if !picked {
+                            rest += e;
+                        }
+                    }
+                    assert!(
+                        (got.rest - rest).abs() <= 1e-6 * rest + 1e-30,
+                        "{level:?} rest"
+                    );
+                    assert!((got.rest - want.rest).abs() <= 1e-6 * rest + 1e-30);
+                }
             }
         }
     }

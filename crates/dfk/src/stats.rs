@@ -143,14 +143,44 @@ impl Scratch {
 /// `log p(x)` (into `scratch.row_ll[..n]`) of the `n ≤ BLOCK` rows of `x` (`n × D`).
 /// Also leaves `[x², x]` in `scratch.aug` for [`block_statistics`].
 pub fn block_posteriors(terms: &GmmTerms, x: &[f32], n: usize, scratch: &mut Scratch) {
+    block_log_densities(terms, x, None, n, scratch);
+    let post = &mut scratch.post[..terms.k * n];
+    for (row, ll) in post.chunks_exact_mut(terms.k).zip(&mut scratch.row_ll[..n]) {
+        *ll = kernels::softmax_in_place_at(terms.level, row) + terms.log_norm;
+    }
+}
+
+/// The per-component log-densities `log πₖ − ½ Σ log σ²ₖ − ½ Σ (x − μₖ)²/σ²ₖ` (without the
+/// `−(D/2) log 2π` of [`GmmTerms::log_norm`]) of the `n ≤ BLOCK` rows of `x` (`n × D`), each
+/// first shifted by `−shift` (`D` values) when given, into `scratch.post[..n*K]`: one GEMM
+/// `[x², x] · C + b`. Leaves `[x², x]` (shifted) in `scratch.aug`. [`block_posteriors`] is
+/// this without a shift, then a row softmax.
+pub fn block_log_densities(
+    terms: &GmmTerms,
+    x: &[f32],
+    shift: Option<&[f32]>,
+    n: usize,
+    scratch: &mut Scratch,
+) {
     let (k, d) = (terms.k, terms.d);
-    debug_assert!(n <= BLOCK && x.len() == n * d);
+    assert!(n <= BLOCK && x.len() == n * d && shift.is_none_or(|c| c.len() == d));
     let aug = &mut scratch.aug[..n * 2 * d];
     for (row, out) in x.chunks_exact(d).zip(aug.chunks_exact_mut(2 * d)) {
         let (sq, lin) = out.split_at_mut(d);
-        for ((s, l), &v) in sq.iter_mut().zip(lin.iter_mut()).zip(row) {
-            *s = v * v;
-            *l = v;
+        match shift {
+            Some(c) => {
+                for (((s, l), &v), &c) in sq.iter_mut().zip(lin.iter_mut()).zip(row).zip(c) {
+                    let v = v - c;
+                    *s = v * v;
+                    *l = v;
+                }
+            }
+            None => {
+                for ((s, l), &v) in sq.iter_mut().zip(lin.iter_mut()).zip(row) {
+                    *s = v * v;
+                    *l = v;
+                }
+            }
         }
     }
     let post = &mut scratch.post[..n * k];
@@ -165,9 +195,6 @@ pub fn block_posteriors(terms: &GmmTerms, x: &[f32], n: usize, scratch: &mut Scr
         1.0f32,
         Par::Seq,
     );
-    for (row, ll) in post.chunks_exact_mut(k).zip(&mut scratch.row_ll[..n]) {
-        *ll = kernels::softmax_in_place_at(terms.level, row) + terms.log_norm;
-    }
 }
 
 /// Computes `γᵀ[x², x]` (`K × 2D`, into `scratch.stats`) for the block whose posteriors and

@@ -143,8 +143,6 @@ pub struct FisherEncoder {
 pub struct FisherScratch {
     /// Block scratch of the shared statistics kernel.
     block: Scratch,
-    /// `BLOCK × D`: the shifted descriptors of a block.
-    xc: Vec<f32>,
     /// One row: the descriptor in f64 (`D`), the refined components (`K`), their f64
     /// posteriors (`K`), their `x − μ_k` (`K × D`) and (backward) their A (`K`).
     xd: Vec<f64>,
@@ -179,10 +177,13 @@ pub struct FisherScratch {
     pcomp: Vec<u32>,
     pval: Vec<f64>,
     pw: Vec<f64>,
-    /// Forward, per row of the block: the end of its pairs, the GEMM mass of its unrefined
-    /// entries, and its GEMM log-sum-exp.
+    /// Forward, per row of the block: the end of its pairs, and from the GEMM its maximum
+    /// log-density m, `S = Σ exp(l − m)` and the part of S from unrefined entries.
     rend: Vec<u32>,
+    rmax: Vec<f64>,
+    rsum: Vec<f64>,
     rrest: Vec<f64>,
+    /// Backward, per row of the block: its GEMM log-sum-exp.
     rlse: Vec<f64>,
     /// Forward: the kept pairs grouped by component: `gstart` (`K + 1`) ranges into their
     /// rows `grow` and weights `gw`; `gpos` (`K`) the fill positions.
@@ -302,7 +303,6 @@ impl FisherEncoder {
         let (k, d) = (self.gmm.k(), self.gmm.d());
         FisherScratch {
             block: Scratch::new(k, d),
-            xc: vec![0.0; BLOCK * d],
             xd: vec![0.0; d],
             sel: vec![0; k],
             gam: vec![0.0; k],
@@ -324,6 +324,8 @@ impl FisherEncoder {
             pval: vec![0.0; BLOCK * k],
             pw: vec![0.0; BLOCK * k],
             rend: vec![0; BLOCK],
+            rmax: vec![0.0; BLOCK],
+            rsum: vec![0.0; BLOCK],
             rrest: vec![0.0; BLOCK],
             rlse: vec![0.0; BLOCK],
             gstart: vec![0; k + 1],
@@ -434,18 +436,26 @@ impl FisherEncoder {
         Ok(x.len() / d)
     }
 
-    /// Shifts block `x` (`n` rows) into `scratch.xc` and computes its GEMM posteriors and
-    /// `[x², x]` (in the shifted frame).
+    /// Computes the GEMM posteriors and log-likelihoods of block `x` (`n` rows, shifted by
+    /// the centre) as [`stats::block_posteriors`] does, and `[x², x]` in the shifted frame.
     fn block_posteriors(&self, x: &[f32], scratch: &mut FisherScratch) -> usize {
-        let d = self.gmm.d();
-        let n = x.len() / d;
-        let xc = &mut scratch.xc[..n * d];
-        for (row, src) in xc.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-            for ((o, &v), &c) in row.iter_mut().zip(src).zip(&self.center) {
-                *o = v - c;
-            }
+        let n = self.block_log_densities(x, scratch);
+        let k = self.gmm.k();
+        let block = &mut scratch.block;
+        for (row, ll) in block.post[..n * k]
+            .chunks_exact_mut(k)
+            .zip(&mut block.row_ll[..n])
+        {
+            *ll = kernels::softmax_in_place_at(self.terms.level(), row) + self.terms.log_norm();
         }
-        stats::block_posteriors(&self.terms, &scratch.xc[..n * d], n, &mut scratch.block);
+        n
+    }
+
+    /// The GEMM log-densities of block `x` (`n` rows, shifted by the centre) into the
+    /// posterior buffer, and `[x², x]` in the shifted frame; returns `n`.
+    fn block_log_densities(&self, x: &[f32], scratch: &mut FisherScratch) -> usize {
+        let n = x.len() / self.gmm.d();
+        stats::block_log_densities(&self.terms, x, Some(&self.center), n, &mut scratch.block);
         n
     }
 
@@ -509,19 +519,20 @@ impl FisherEncoder {
         g >= self.options.posterior_threshold as f64 && g > 0.0 && self.active[c]
     }
 
-    /// Adds the statistics of the block's rows (descriptors `x`, `n` rows, posteriors from
-    /// [`block_posteriors`](Self::block_posteriors)) to S0..S2, with the same refinement as
-    /// [`refine_row`](Self::refine_row), but in passes over all of the block's refined entries
-    /// at once: selection, the f64 quadratic forms four entries at a time
-    /// ([`kernels::quad_pairs_at`]), one vector `exp` for the block, renormalisation per row,
-    /// then the moments per component with its sums in registers
+    /// Adds the statistics of the block's rows (descriptors `x`, `n` rows, GEMM log-densities
+    /// from [`block_log_densities`](Self::block_log_densities)) to S0..S2, with the same
+    /// refinement as [`refine_row`](Self::refine_row), but in passes over all of the block's
+    /// refined entries at once: the softmax's exponentials and the selection in one kernel
+    /// ([`kernels::exp_select_at`], no division), the f64 quadratic forms four entries at a
+    /// time ([`kernels::quad_pairs_at`]), one vector `exp` for the block, renormalisation per
+    /// row, then the moments per component with its sums in registers
     /// ([`kernels::moments_grouped_at`]). Rows whose refinement needs the whole row (see
-    /// `refine_row`) are left out and listed in `scratch.slow`.
+    /// `refine_row`) are left out and listed in `scratch.slow`; the posterior buffer is left
+    /// holding `exp(l − max)` per row (`rmax`, `rsum` give its maximum and sum).
     fn block_statistics(&self, x: &[f32], n: usize, scratch: &mut FisherScratch) {
         let (k, d) = (self.gmm.k(), self.gmm.d());
         let thr = self.options.posterior_threshold as f64;
         let t = self.refine;
-        let lse0 = self.terms.log_norm();
         let FisherScratch {
             block,
             prow,
@@ -529,8 +540,9 @@ impl FisherEncoder {
             pval,
             pw,
             rend,
+            rmax,
+            rsum,
             rrest,
-            rlse,
             gstart,
             gpos,
             grow,
@@ -541,40 +553,35 @@ impl FisherEncoder {
             ..
         } = scratch;
         slow.clear();
-        // The entries to refine, row by row, and the GEMM mass of the others (a row's
-        // posteriors sum to one) and its GEMM log-sum-exp.
+        // Per row, from the GEMM log-densities: the entries whose posterior is at least t
+        // (to refine), exp(l − max) and its sums (over all entries and the unrefined ones).
         let mut np = 0;
         for i in 0..n {
-            let post = &block.post[i * k..(i + 1) * k];
-            let m = kernels::select_at_least_at(self.level, post, t, &mut pcomp[np..np + k]);
-            let mut rest = 1f64;
-            for &c in &pcomp[np..np + m] {
-                rest -= post[c as usize] as f64;
-            }
-            prow[np..np + m].fill(i as u32);
-            rrest[i] = rest.max(0.0);
-            rlse[i] = block.row_ll[i] - lse0;
-            np += m;
+            let row = &mut block.post[i * k..(i + 1) * k];
+            let r = kernels::exp_select_at(self.level, row, t, &mut pcomp[np..np + k]);
+            prow[np..np + r.count].fill(i as u32);
+            (rmax[i], rsum[i], rrest[i]) = (r.max as f64, r.sum, r.rest);
+            np += r.count;
             rend[i] = np as u32;
         }
         let (prow, pcomp, pval, pw) = (&prow[..np], &pcomp[..np], &mut pval[..np], &mut pw[..np]);
         kernels::quad_pairs_at(self.level, x, d, prow, pcomp, &self.ml, pval);
-        // exp(l − lse) with l in f64: the refined entries on the scale of the unrefined ones
-        // (exp(l − lse) by the GEMM), so that a row's new normaliser is rest + Σ refined.
+        // exp(l − max) with l in f64: the refined entries on the scale of the unrefined ones,
+        // so that a row's new normaliser is rest + Σ refined.
         for ((v, &c), &r) in pval.iter_mut().zip(pcomp).zip(prow) {
-            *v = self.dbias[c as usize] - 0.5 * *v - rlse[r as usize];
+            *v = self.dbias[c as usize] - 0.5 * *v - rmax[r as usize];
         }
         kernels::exp_f64_in_place_at(self.level, pval);
         let mut start = 0;
         for i in 0..n {
             let end = rend[i] as usize;
             let inv = 1.0 / (rrest[i] + pval[start..end].iter().sum::<f64>());
-            // The unrefined entries are rescaled by `inv`: as in `refine_row`, the row is
-            // refined whole when that could lift one to the threshold, and also when the
-            // GEMM was so far off that the rescaling over- or underflowed.
+            // An unrefined entry's posterior is below t·S·inv: as in `refine_row`, the row is
+            // refined whole when that could reach the threshold, and also when the GEMM was
+            // so far off that the rescaling over- or underflowed.
             if start == end
                 || !(inv.is_finite() && inv > 0.0)
-                || (thr != 0.0 && t != 0.0 && inv * t as f64 >= thr)
+                || (thr != 0.0 && t != 0.0 && rsum[i] * inv * t as f64 >= thr)
             {
                 slow.push(i);
                 pw[start..end].fill(0.0);
@@ -652,10 +659,17 @@ impl FisherEncoder {
         scratch.s0.fill(0.0);
         scratch.s12.fill(0.0);
         for block in x.chunks(BLOCK * d) {
-            let n = self.block_posteriors(block, scratch);
+            let n = self.block_log_densities(block, scratch);
             self.block_statistics(block, n, scratch);
             for j in 0..scratch.slow.len() {
                 let i = scratch.slow[j];
+                // The row's softmax, as `block_posteriors` leaves it for `refine_row`.
+                let inv = (1.0 / scratch.rsum[i]) as f32;
+                scratch.block.post[i * k..(i + 1) * k]
+                    .iter_mut()
+                    .for_each(|e| *e *= inv);
+                scratch.block.row_ll[i] =
+                    scratch.rmax[i] + scratch.rsum[i].ln() + self.terms.log_norm();
                 self.row_statistics(&block[i * d..(i + 1) * d], i, scratch);
             }
         }

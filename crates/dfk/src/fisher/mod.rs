@@ -185,11 +185,15 @@ pub struct FisherScratch {
     rrest: Vec<f64>,
     /// Backward, per row of the block: its GEMM log-sum-exp.
     rlse: Vec<f64>,
+    /// Forward, per row of the block: the reciprocal of its new normaliser (0 for a row left
+    /// to the row-by-row path).
+    rinv: Vec<f64>,
     /// Forward: the kept pairs grouped by component: `gstart` (`K + 1`) ranges into their
     /// rows `grow` and weights `gw`; `gpos` (`K`) the fill positions.
     gstart: Vec<u32>,
     gpos: Vec<u32>,
     grow: Vec<u32>,
+    gcomp: Vec<u32>,
     gw: Vec<f64>,
     /// Rows of the block left to the row-by-row path ([`FisherEncoder::refine_row`]).
     slow: Vec<usize>,
@@ -328,9 +332,11 @@ impl FisherEncoder {
             rsum: vec![0.0; BLOCK],
             rrest: vec![0.0; BLOCK],
             rlse: vec![0.0; BLOCK],
+            rinv: vec![0.0; BLOCK],
             gstart: vec![0; k + 1],
             gpos: vec![0; k],
             grow: vec![0; BLOCK * k],
+            gcomp: vec![0; BLOCK * k],
             gw: vec![0.0; BLOCK * k],
             slow: Vec::with_capacity(BLOCK),
         }
@@ -523,10 +529,11 @@ impl FisherEncoder {
     /// from [`block_log_densities`](Self::block_log_densities)) to S0..S2, with the same
     /// refinement as [`refine_row`](Self::refine_row), but in passes over all of the block's
     /// refined entries at once: the softmax's exponentials and the selection in one kernel
-    /// ([`kernels::exp_select_at`], no division), the f64 quadratic forms four entries at a
-    /// time ([`kernels::quad_pairs_at`]), one vector `exp` for the block, renormalisation per
-    /// row, then the moments per component with its sums in registers
-    /// ([`kernels::moments_grouped_at`]). Rows whose refinement needs the whole row (see
+    /// ([`kernels::exp_select_at`], no division); the entries grouped by component (in row
+    /// order within each), so that the f64 quadratic forms ([`kernels::quad_pairs_at`], four
+    /// entries at a time) reuse one component's terms from L1 and the moments
+    /// ([`kernels::moments_grouped_at`]) keep its sums in registers; one vector `exp` for the
+    /// block; renormalisation per row. Rows whose refinement needs the whole row (see
     /// `refine_row`) are left out and listed in `scratch.slow`; the posterior buffer is left
     /// holding `exp(l − max)` per row (`rmax`, `rsum` give its maximum and sum).
     fn block_statistics(&self, x: &[f32], n: usize, scratch: &mut FisherScratch) {
@@ -538,14 +545,15 @@ impl FisherEncoder {
             prow,
             pcomp,
             pval,
-            pw,
             rend,
             rmax,
             rsum,
             rrest,
+            rinv,
             gstart,
             gpos,
             grow,
+            gcomp,
             gw,
             slow,
             s0,
@@ -556,76 +564,77 @@ impl FisherEncoder {
         // Per row, from the GEMM log-densities: the entries whose posterior is at least t
         // (to refine), exp(l − max) and its sums (over all entries and the unrefined ones).
         let mut np = 0;
+        gstart.fill(0);
         for i in 0..n {
             let row = &mut block.post[i * k..(i + 1) * k];
             let r = kernels::exp_select_at(self.level, row, t, &mut pcomp[np..np + k]);
             prow[np..np + r.count].fill(i as u32);
+            for &c in &pcomp[np..np + r.count] {
+                gstart[c as usize + 1] += 1;
+            }
             (rmax[i], rsum[i], rrest[i]) = (r.max as f64, r.sum, r.rest);
             np += r.count;
             rend[i] = np as u32;
         }
-        let (prow, pcomp, pval, pw) = (&prow[..np], &pcomp[..np], &mut pval[..np], &mut pw[..np]);
-        kernels::quad_pairs_at(self.level, x, d, prow, pcomp, &self.ml, pval);
-        // exp(l − max) with l in f64: the refined entries on the scale of the unrefined ones,
-        // so that a row's new normaliser is rest + Σ refined.
-        for ((v, &c), &r) in pval.iter_mut().zip(pcomp).zip(prow) {
-            *v = self.dbias[c as usize] - 0.5 * *v - rmax[r as usize];
-        }
-        kernels::exp_f64_in_place_at(self.level, pval);
-        let mut start = 0;
-        for i in 0..n {
-            let end = rend[i] as usize;
-            let inv = 1.0 / (rrest[i] + pval[start..end].iter().sum::<f64>());
-            // An unrefined entry's posterior is below t·S·inv: as in `refine_row`, the row is
-            // refined whole when that could reach the threshold, and also when the GEMM was
-            // so far off that the rescaling over- or underflowed.
-            if start == end
-                || !(inv.is_finite() && inv > 0.0)
-                || (thr != 0.0 && t != 0.0 && rsum[i] * inv * t as f64 >= thr)
-            {
-                slow.push(i);
-                pw[start..end].fill(0.0);
-            } else {
-                for p in start..end {
-                    let (c, g) = (pcomp[p] as usize, pval[p] * inv);
-                    pw[p] = if self.kept(c, g) {
-                        s0[c] += g;
-                        g
-                    } else {
-                        0.0
-                    };
-                }
-            }
-            start = end;
-        }
-        // The kept entries grouped by component, in row order within each.
-        gstart.fill(0);
-        for (&c, &w) in pcomp.iter().zip(pw.iter()) {
-            gstart[c as usize + 1] += (w != 0.0) as u32;
-        }
+        // Grouped by component, rows in order within each.
         for c in 0..k {
             gstart[c + 1] += gstart[c];
         }
         gpos.copy_from_slice(&gstart[..k]);
-        for ((&r, &c), &w) in prow.iter().zip(pcomp).zip(pw.iter()) {
-            if w != 0.0 {
-                let q = &mut gpos[c as usize];
-                grow[*q as usize] = r;
-                gw[*q as usize] = w;
-                *q += 1;
-            }
+        for (&r, &c) in prow[..np].iter().zip(&pcomp[..np]) {
+            let q = &mut gpos[c as usize];
+            grow[*q as usize] = r;
+            gcomp[*q as usize] = c;
+            *q += 1;
         }
-        let kept = gstart[k] as usize;
-        kernels::moments_grouped_at(
-            self.level,
-            x,
-            d,
-            &self.ml,
-            gstart,
-            &grow[..kept],
-            &gw[..kept],
-            s12,
-        );
+        let (grow, gcomp, pval, gw) = (&grow[..np], &gcomp[..np], &mut pval[..np], &mut gw[..np]);
+        kernels::quad_pairs_at(self.level, x, d, grow, gcomp, &self.ml, pval);
+        // exp(l − max) with l in f64: the refined entries on the scale of the unrefined ones,
+        // so that a row's new normaliser is rest + Σ refined.
+        for ((v, &c), &r) in pval.iter_mut().zip(gcomp).zip(grow) {
+            *v = self.dbias[c as usize] - 0.5 * *v - rmax[r as usize];
+        }
+        kernels::exp_f64_in_place_at(self.level, pval);
+        for (&e, &r) in pval.iter().zip(grow) {
+            rrest[r as usize] += e;
+        }
+        for i in 0..n {
+            let inv = 1.0 / rrest[i];
+            // An unrefined entry's posterior is below t·S·inv: as in `refine_row`, the row is
+            // refined whole when that could reach the threshold, and also when the GEMM was
+            // so far off that the rescaling over- or underflowed (or nothing was selected).
+            let count = rend[i] - if i > 0 { rend[i - 1] } else { 0 };
+            rinv[i] = if count == 0
+                || !(inv.is_finite() && inv > 0.0)
+                || (thr != 0.0 && t != 0.0 && rsum[i] * inv * t as f64 >= thr)
+            {
+                slow.push(i);
+                0.0
+            } else {
+                inv
+            };
+        }
+        // Posteriors and weights (0 where skipped, or in a row left to the slow path).
+        for c in 0..k {
+            let range = gstart[c] as usize..gstart[c + 1] as usize;
+            let active = self.active[c];
+            let mut sum = s0[c];
+            for ((v, w), &r) in pval[range.clone()]
+                .iter()
+                .zip(&mut gw[range.clone()])
+                .zip(&grow[range])
+            {
+                let g = v * rinv[r as usize];
+                *w = if active && g >= thr && g > 0.0 {
+                    g
+                } else {
+                    0.0
+                };
+                sum += *w;
+            }
+            s0[c] = sum;
+        }
+        kernels::moments_grouped_at(self.level, x, d, &self.ml, gstart, grow, gw, s12);
     }
 
     /// Adds the statistics of row `i` of the block (descriptor `x`) to S0..S2 on its own,

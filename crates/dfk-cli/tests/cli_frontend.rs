@@ -261,6 +261,57 @@ fn extract_fills_the_cache_that_train_uses() {
     assert_eq!(v["sets"][0]["cache_hit"], true);
 }
 
+/// With a pyramid and no (x, y) in the descriptors, `extract` fills the cache entry that
+/// `train` reads (the one with positions), and writes the positions next to the descriptors.
+#[test]
+fn extract_with_a_pyramid_fills_the_entry_train_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("x");
+    let common = [
+        "--embedded",
+        "--limit",
+        "40",
+        "--pca-dims",
+        "6",
+        "--spatial",
+        "false",
+        "--pyramid",
+        "1x1,2x2",
+        "--cache",
+        cache.to_str().unwrap(),
+    ];
+    let entries = || std::fs::read_dir(&cache).unwrap().count();
+    let mut extract = vec![
+        "--json",
+        "extract",
+        "--with-test",
+        "--out-dir",
+        out.to_str().unwrap(),
+    ];
+    extract.extend_from_slice(&common);
+    let v: serde_json::Value = serde_json::from_str(ok(&extract).trim()).unwrap();
+    assert_eq!(v["sets"][0]["cache_hit"], false);
+    assert_eq!(v["sets"][0]["dim"], 6);
+    assert_eq!(entries(), 2);
+    let train_dir = out.join("train");
+    let (_, rows, cols) = dfk::npy::read_f32_matrix(train_dir.join("descriptors.npy")).unwrap();
+    assert_eq!(cols, 6);
+    let (pos, prows, pcols) = dfk::npy::read_f32_matrix(train_dir.join("positions.npy")).unwrap();
+    assert_eq!((prows, pcols), (rows, 2));
+    assert!(pos.iter().all(|p| (-0.5..=0.5).contains(p)));
+    // The entries are named by their keys, and training (which also encodes the test set)
+    // with the same settings adds no other.
+    assert!(cache
+        .join(v["sets"][0]["cache_key"].as_str().unwrap())
+        .is_dir());
+    let model = dir.path().join("m.dfk");
+    let mut train = vec!["train", "--k", "2", "--out", model.to_str().unwrap()];
+    train.extend_from_slice(&common);
+    ok(&train);
+    assert_eq!(entries(), 2);
+}
+
 #[test]
 fn usage_and_data_errors() {
     let dir = tempfile::tempdir().unwrap();

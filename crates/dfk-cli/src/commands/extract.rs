@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use dfk::npy;
-use dfk::pipeline::{descriptor_cache_key, fit_preprocessor, load_or_extract};
+use dfk::pipeline::{
+    descriptor_cache_key, fit_preprocessor, load_or_extract_with_positions, Preprocessor,
+};
 use serde_json::json;
 
 use crate::options::{ConfigArgs, DataArgs};
@@ -22,8 +24,9 @@ pub struct Args {
     #[arg(long)]
     with_test: bool,
     /// Also write descriptors.npy (rows × D float32), offsets.npy (int64, images + 1) and
-    /// labels.npy (int64, first label) here (in train/ and test/ with --with-test). For raw
-    /// 128-d SIFT use --pca-dims 0 --l2 false --spatial false.
+    /// labels.npy (int64, first label) here (in train/ and test/ with --with-test), and with a
+    /// --pyramid positions.npy (rows × 2 float32, each descriptor's (x, y)). For raw 128-d SIFT
+    /// use --pca-dims 0 --l2 false --spatial false.
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
     /// Descriptor cache folder (default: $XDG_CACHE_HOME/dfk/descriptors or ~/.cache/dfk/descriptors).
@@ -55,9 +58,11 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for (name, data) in sets {
         let pb = bar(g, data.len() as u64, &format!("{name} descriptors"));
-        let (d, hit) = load_or_extract(data, &cfg.sift, &pre, cache.as_deref(), &|n| {
-            pb.inc(n as u64)
-        })?;
+        // With a pyramid, the entry holding (x, y) is the one `dfk train` reads.
+        let (d, positions, hit) =
+            load_or_extract_with_positions(data, &cfg, &pre, cache.as_deref(), &|n| {
+                pb.inc(n as u64)
+            })?;
         pb.finish();
         if let Some(dir) = &a.out_dir {
             let dir = if a.with_test {
@@ -69,8 +74,15 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             d.save_npy(dir.join("descriptors.npy"), dir.join("offsets.npy"))?;
             let labels: Vec<i64> = data.first_labels().iter().map(|&l| l as i64).collect();
             npy::write_i64_vector(dir.join("labels.npy"), &labels)?;
+            if let Some(p) = &positions {
+                npy::write_f32_matrix(dir.join("positions.npy"), p, d.rows(), 2)?;
+            }
         }
-        let key = descriptor_cache_key(data, &cfg.sift, &pre)?;
+        let cached = Preprocessor {
+            spatial: pre.spatial || cfg.pyramid.is_some(),
+            ..pre.clone()
+        };
+        let key = descriptor_cache_key(data, &cfg.sift, &cached)?;
         results.push(
             json!({"set": name, "images": data.len(), "descriptors": d.rows(),
                             "dim": d.dim, "cache_hit": hit, "cache_key": key}),

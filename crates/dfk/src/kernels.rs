@@ -241,6 +241,53 @@ fn select_rest(
     }
 }
 
+/// Writes `[v², v]` with `v = x − shift` (`v = x` without a shift) for every row of `x`
+/// (`n × D`), row `i` into `aug[i·2D..(i+1)·2D]`, and returns whether every value of `x` is
+/// finite (exponent bits, as `error::all_finite`). Exactly rounded element-wise operations
+/// only, so every level gives the same bits; the vector levels run when `D` is a multiple of
+/// their width, the scalar twin otherwise.
+pub fn shift_square_at(
+    level: SimdLevel,
+    x: &[f32],
+    d: usize,
+    shift: Option<&[f32]>,
+    aug: &mut [f32],
+) -> bool {
+    assert!(d > 0 && x.len().is_multiple_of(d) && aug.len() >= 2 * x.len());
+    assert!(
+        shift.is_none_or(|c| c.len() == d),
+        "shift_square: shift of the wrong length"
+    );
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F (clamp_to_cpu); lengths checked above.
+        SimdLevel::Avx512 if d.is_multiple_of(16) => unsafe {
+            x86::shift_square_avx512(x, d, shift, aug)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 (clamp_to_cpu); lengths checked above.
+        SimdLevel::Avx2 | SimdLevel::Avx512 if d.is_multiple_of(8) => unsafe {
+            x86::shift_square_avx2(x, d, shift, aug)
+        },
+        _ => shift_square_scalar(x, d, shift, aug),
+    }
+}
+
+/// Scalar twin of [`shift_square_at`].
+pub fn shift_square_scalar(x: &[f32], d: usize, shift: Option<&[f32]>, aug: &mut [f32]) -> bool {
+    let mut bad = false;
+    for (row, out) in x.chunks_exact(d).zip(aug.chunks_exact_mut(2 * d)) {
+        let (sq, lin) = out.split_at_mut(d);
+        for (j, ((s, l), &a)) in sq.iter_mut().zip(lin.iter_mut()).zip(row).enumerate() {
+            bad |= a.to_bits() & 0x7f80_0000 == 0x7f80_0000;
+            let v = a - shift.map_or(0.0, |c| c[j]);
+            *s = v * v;
+            *l = v;
+        }
+    }
+    !bad
+}
+
 /// Applies [`exp_scalar`] to every element of `xs` at the best supported level.
 pub fn exp_in_place(xs: &mut [f32]) {
     exp_in_place_at(SimdLevel::detect(), xs)
@@ -1103,6 +1150,69 @@ mod x86 {
         }
         let rest = hsum256(vrest) as f64;
         select_rest(row, body, cut, max, sum, n, rest, out)
+    }
+
+    /// `[v², v]` rows 16 lanes at a time (`d` a multiple of 16); see
+    /// [`super::shift_square_at`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn shift_square_avx512(
+        x: &[f32],
+        d: usize,
+        shift: Option<&[f32]>,
+        aug: &mut [f32],
+    ) -> bool {
+        let expo = _mm512_set1_epi32(0x7f80_0000);
+        let mut bad: u16 = 0;
+        for (row, out) in x.chunks_exact(d).zip(aug.chunks_exact_mut(2 * d)) {
+            for j in (0..d).step_by(16) {
+                // SAFETY: j + 16 ≤ d: within the row, the shift (d values) and both halves of
+                // `out` (2d values).
+                unsafe {
+                    let a = _mm512_loadu_ps(row.as_ptr().add(j));
+                    let bits = _mm512_and_si512(_mm512_castps_si512(a), expo);
+                    bad |= _mm512_cmpeq_epi32_mask(bits, expo);
+                    let c = match shift {
+                        Some(c) => _mm512_loadu_ps(c.as_ptr().add(j)),
+                        None => _mm512_setzero_ps(),
+                    };
+                    let v = _mm512_sub_ps(a, c);
+                    _mm512_storeu_ps(out.as_mut_ptr().add(j), _mm512_mul_ps(v, v));
+                    _mm512_storeu_ps(out.as_mut_ptr().add(d + j), v);
+                }
+            }
+        }
+        bad == 0
+    }
+
+    /// As [`shift_square_avx512`], 8 lanes at a time (`d` a multiple of 8).
+    #[target_feature(enable = "avx2")]
+    pub(super) fn shift_square_avx2(
+        x: &[f32],
+        d: usize,
+        shift: Option<&[f32]>,
+        aug: &mut [f32],
+    ) -> bool {
+        let expo = _mm256_set1_epi32(0x7f80_0000);
+        let mut bad = _mm256_setzero_si256();
+        for (row, out) in x.chunks_exact(d).zip(aug.chunks_exact_mut(2 * d)) {
+            for j in (0..d).step_by(8) {
+                // SAFETY: j + 8 ≤ d: within the row, the shift (d values) and both halves of
+                // `out` (2d values).
+                unsafe {
+                    let a = _mm256_loadu_ps(row.as_ptr().add(j));
+                    let bits = _mm256_and_si256(_mm256_castps_si256(a), expo);
+                    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(bits, expo));
+                    let c = match shift {
+                        Some(c) => _mm256_loadu_ps(c.as_ptr().add(j)),
+                        None => _mm256_setzero_ps(),
+                    };
+                    let v = _mm256_sub_ps(a, c);
+                    _mm256_storeu_ps(out.as_mut_ptr().add(j), _mm256_mul_ps(v, v));
+                    _mm256_storeu_ps(out.as_mut_ptr().add(d + j), v);
+                }
+            }
+        }
+        _mm256_testz_si256(bad, bad) == 1
     }
 
     #[inline]
@@ -2416,6 +2526,40 @@ mod tests {
                         "{level:?} rest"
                     );
                     assert!((got.rest - want.rest).abs() <= 1e-6 * rest + 1e-30);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shift_square_matches_the_scalar_twin_and_flags_non_finite_values() {
+        for d in [64usize, 16, 8, 5] {
+            let n = 7;
+            let x: Vec<f32> = (0..n * d)
+                .map(|i| ((i as f32) * 0.37).sin() * 3.0)
+                .collect();
+            let shift: Vec<f32> = (0..d).map(|j| j as f32 * 0.1 - 0.4).collect();
+            for sh in [None, Some(&shift[..])] {
+                let mut want = vec![0f32; 2 * n * d];
+                assert!(shift_square_scalar(&x, d, sh, &mut want));
+                for i in 0..n {
+                    for j in 0..d {
+                        let v = x[i * d + j] - sh.map_or(0.0, |c| c[j]);
+                        assert_eq!(want[i * 2 * d + j], v * v);
+                        assert_eq!(want[i * 2 * d + d + j], v);
+                    }
+                }
+                for level in SimdLevel::available() {
+                    let mut aug = vec![7f32; 2 * n * d + 1];
+                    assert!(shift_square_at(level, &x, d, sh, &mut aug), "{level:?}");
+                    assert_eq!(aug[..2 * n * d], want[..], "{level:?} d {d}");
+                    assert_eq!(aug[2 * n * d], 7.0, "{level:?}: wrote past the rows");
+                    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                        let mut y = x.clone();
+                        y[(n - 1) * d + d / 2] = bad;
+                        assert!(!shift_square_at(level, &y, d, sh, &mut aug), "{level:?}");
+                        assert!(!shift_square_scalar(&y, d, sh, &mut aug));
+                    }
                 }
             }
         }

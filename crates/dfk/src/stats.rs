@@ -153,36 +153,20 @@ pub fn block_posteriors(terms: &GmmTerms, x: &[f32], n: usize, scratch: &mut Scr
 /// The per-component log-densities `log πₖ − ½ Σ log σ²ₖ − ½ Σ (x − μₖ)²/σ²ₖ` (without the
 /// `−(D/2) log 2π` of [`GmmTerms::log_norm`]) of the `n ≤ BLOCK` rows of `x` (`n × D`), each
 /// first shifted by `−shift` (`D` values) when given, into `scratch.post[..n*K]`: one GEMM
-/// `[x², x] · C + b`. Leaves `[x², x]` (shifted) in `scratch.aug`. [`block_posteriors`] is
-/// this without a shift, then a row softmax.
+/// `[x², x] · C + b`. Leaves `[x², x]` (shifted) in `scratch.aug`, and returns whether every
+/// value of `x` was finite (checked while forming it). [`block_posteriors`] is this without a
+/// shift, then a row softmax.
 pub fn block_log_densities(
     terms: &GmmTerms,
     x: &[f32],
     shift: Option<&[f32]>,
     n: usize,
     scratch: &mut Scratch,
-) {
+) -> bool {
     let (k, d) = (terms.k, terms.d);
-    assert!(n <= BLOCK && x.len() == n * d && shift.is_none_or(|c| c.len() == d));
+    assert!(n <= BLOCK && x.len() == n * d);
     let aug = &mut scratch.aug[..n * 2 * d];
-    for (row, out) in x.chunks_exact(d).zip(aug.chunks_exact_mut(2 * d)) {
-        let (sq, lin) = out.split_at_mut(d);
-        match shift {
-            Some(c) => {
-                for (((s, l), &v), &c) in sq.iter_mut().zip(lin.iter_mut()).zip(row).zip(c) {
-                    let v = v - c;
-                    *s = v * v;
-                    *l = v;
-                }
-            }
-            None => {
-                for ((s, l), &v) in sq.iter_mut().zip(lin.iter_mut()).zip(row) {
-                    *s = v * v;
-                    *l = v;
-                }
-            }
-        }
-    }
+    let finite = kernels::shift_square_at(terms.level, x, d, shift, aug);
     let post = &mut scratch.post[..n * k];
     for row in post.chunks_exact_mut(k) {
         row.copy_from_slice(&terms.bias);
@@ -195,6 +179,7 @@ pub fn block_log_densities(
         1.0f32,
         Par::Seq,
     );
+    finite
 }
 
 /// Computes `γᵀ[x², x]` (`K × 2D`, into `scratch.stats`) for the block whose posteriors and

@@ -171,25 +171,23 @@ pub struct FisherScratch {
     /// Backward: `K` f32 column sums of one block's skipped B.
     col: Vec<f32>,
     /// Forward, per block (`BLOCK × K` at most): the refined entries as pairs (row,
-    /// component), their log-density, then posterior (`pval`), and their weight in the
-    /// statistics (`pw`, 0 where skipped).
+    /// component) in row order, then (in the grouped order below) their quadratic form,
+    /// log-density and posterior (`pval`).
     prow: Vec<u32>,
     pcomp: Vec<u32>,
     pval: Vec<f64>,
-    pw: Vec<f64>,
     /// Forward, per row of the block: the end of its pairs, and from the GEMM its maximum
     /// log-density m, `S = Σ exp(l − m)` and the part of S from unrefined entries.
     rend: Vec<u32>,
     rmax: Vec<f64>,
     rsum: Vec<f64>,
     rrest: Vec<f64>,
-    /// Backward, per row of the block: its GEMM log-sum-exp.
-    rlse: Vec<f64>,
     /// Forward, per row of the block: the reciprocal of its new normaliser (0 for a row left
     /// to the row-by-row path).
     rinv: Vec<f64>,
-    /// Forward: the kept pairs grouped by component: `gstart` (`K + 1`) ranges into their
-    /// rows `grow` and weights `gw`; `gpos` (`K`) the fill positions.
+    /// Forward: the refined pairs grouped by component: `gstart` (`K + 1`) ranges into their
+    /// rows `grow`, components `gcomp` and weights `gw` (0 where skipped); `gpos` (`K`) the
+    /// fill positions.
     gstart: Vec<u32>,
     gpos: Vec<u32>,
     grow: Vec<u32>,
@@ -326,12 +324,10 @@ impl FisherEncoder {
             prow: vec![0; BLOCK * k],
             pcomp: vec![0; BLOCK * k],
             pval: vec![0.0; BLOCK * k],
-            pw: vec![0.0; BLOCK * k],
             rend: vec![0; BLOCK],
             rmax: vec![0.0; BLOCK],
             rsum: vec![0.0; BLOCK],
             rrest: vec![0.0; BLOCK],
-            rlse: vec![0.0; BLOCK],
             rinv: vec![0.0; BLOCK],
             gstart: vec![0; k + 1],
             gpos: vec![0; k],
@@ -418,6 +414,27 @@ impl FisherEncoder {
 
     /// Checks one image's descriptors: a whole number of rows, at least one, all finite.
     pub(crate) fn check_image(&self, x: &[f32]) -> Result<usize> {
+        let rows = self.check_shape(x)?;
+        // The vectorised check first; the scalar search only to name the culprit.
+        if !all_finite(x) {
+            Self::name_non_finite(x, self.gmm.d())?;
+        }
+        Ok(rows)
+    }
+
+    /// The error naming the first non-finite value of `x` (`N × d`), if there is one.
+    fn name_non_finite(x: &[f32], d: usize) -> Result<()> {
+        match x.iter().position(|v| !v.is_finite()) {
+            Some(i) => Err(Error::NonFinite {
+                what: format!("descriptor row {} (dimension {})", i / d, i % d),
+                index: i,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks one image's shape: a whole number of rows, at least one; returns the rows.
+    fn check_shape(&self, x: &[f32]) -> Result<usize> {
         let d = self.gmm.d();
         if !x.len().is_multiple_of(d) {
             return Err(Error::Invalid(format!(
@@ -429,15 +446,6 @@ impl FisherEncoder {
             return Err(Error::Empty {
                 what: "image (no descriptors)".into(),
             });
-        }
-        // The vectorised check first; the scalar search only to name the culprit.
-        if !all_finite(x) {
-            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    what: format!("descriptor row {} (dimension {})", i / d, i % d),
-                    index: i,
-                });
-            }
         }
         Ok(x.len() / d)
     }
@@ -460,9 +468,16 @@ impl FisherEncoder {
     /// The GEMM log-densities of block `x` (`n` rows, shifted by the centre) into the
     /// posterior buffer, and `[x², x]` in the shifted frame; returns `n`.
     fn block_log_densities(&self, x: &[f32], scratch: &mut FisherScratch) -> usize {
+        self.block_log_densities_checked(x, scratch).0
+    }
+
+    /// [`block_log_densities`](Self::block_log_densities), also returning whether `x` is all
+    /// finite.
+    fn block_log_densities_checked(&self, x: &[f32], scratch: &mut FisherScratch) -> (usize, bool) {
         let n = x.len() / self.gmm.d();
-        stats::block_log_densities(&self.terms, x, Some(&self.center), n, &mut scratch.block);
-        n
+        let finite =
+            stats::block_log_densities(&self.terms, x, Some(&self.center), n, &mut scratch.block);
+        (n, finite)
     }
 
     /// Recomputes the posteriors of row `i` of the block (descriptor `x`) that the GEMM puts
@@ -663,12 +678,16 @@ impl FisherEncoder {
 
     /// Forward pass: leaves S0..S2, Φ (`scratch.phi`), the output (`scratch.out`) and ‖p‖.
     fn forward(&self, x: &[f32], scratch: &mut FisherScratch) -> Result<()> {
-        let n_total = self.check_image(x)?;
+        // Finiteness is checked block by block while the GEMM's input is formed.
+        let n_total = self.check_shape(x)?;
         let (k, d) = (self.gmm.k(), self.gmm.d());
         scratch.s0.fill(0.0);
         scratch.s12.fill(0.0);
         for block in x.chunks(BLOCK * d) {
-            let n = self.block_log_densities(block, scratch);
+            let (n, finite) = self.block_log_densities_checked(block, scratch);
+            if !finite {
+                Self::name_non_finite(x, d)?;
+            }
             self.block_statistics(block, n, scratch);
             for j in 0..scratch.slow.len() {
                 let i = scratch.slow[j];

@@ -42,7 +42,10 @@ use super::{
 };
 use crate::error::{check_finite, Error, Result};
 use crate::kernels::{self, SimdLevel};
-use crate::stats::{self, BLOCK};
+use crate::stats::BLOCK;
+
+#[path = "backward_simd.rs"]
+mod simd;
 
 /// Gradient of a scalar with respect to the GMM parameters, accumulated in f64.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,6 +126,12 @@ impl ForwardCache {
 /// Images are summed in at most this many fixed chunks, so the order of the f64 sums (and the
 /// result) does not depend on the thread count.
 const MAX_CHUNKS: usize = 64;
+
+/// Skipped posteriors below this (by the GEMM, renormalised) enter only `T0` of the backward
+/// pass, not T1 and T2: their `B = −γ s` times `[x − μ, (x − μ)²]` is then below f32 rounding
+/// of the result (on the benchmark workload, D = 64 and K = 64 or 256, dropping them changes
+/// the gradient by ~1e-8 of its largest entry; dropping every skipped entry by up to 9e-6).
+const SKIP_CUTOFF: f64 = 1e-8;
 
 /// Sums `f(image, upstream, gradient, scratch)` over `images` images whose upstream gradients
 /// are the rows of `upstream` (`images × len`), skipping all-zero rows, in [`MAX_CHUNKS`] fixed
@@ -406,109 +415,263 @@ impl FisherEncoder {
     /// refinement of the significant ones, exactly as the forward pass), then `T0 = Σ_i B_ik`,
     /// `T1 = Σ_i B_ik (x_i − μ_k)`, `T2 = Σ_i B_ik (x_i − μ_k)²` in f64.
     ///
-    /// Where γ is kept (`γ ≥ threshold`, active component) A and B are formed directly about
-    /// μ_k from the refinement's `x − μ_k` (few entries per row). Where γ was skipped,
-    /// `B_ik = −γ_ik Σ_j γ_ij A_ij` is tiny but dense; those entries go through
-    /// [`stats::block_statistics`] (`Bᵀ[x², x]` in the shifted frame, sparse or GEMM) and are
-    /// moved to the centred form afterwards.
+    /// The refined entries (a few per row) go through the f64 path about μ_k: A and
+    /// `B = γ (A − s)` where γ is kept, `B = −γ s` where it is skipped. The other entries are
+    /// skipped, with `B_ik = −γ_ik s_i` tiny but dense: every one of them enters T0
+    /// ([`simd::skipped_row_at`]), and those with `γ ≥` [`SKIP_CUTOFF`] also T1 and T2, as
+    /// sparse f32 sums of `B [x², x]` in the shifted frame, moved to the centred form once
+    /// per block ([`simd::shifted_to_centred_at`]).
     fn second_pass(&self, x: &[f32], scratch: &mut FisherScratch) {
         let (k, d) = (self.gmm.k(), self.gmm.d());
         scratch.t0.fill(0.0);
         scratch.t12.fill(0.0);
+        // The forward statistics are not needed any more: `s12` holds the skipped entries'
+        // f64 sums and touched flags of a block.
+        scratch.s12[..2 * k].fill(0.0);
+        scratch.block.stats.fill(0.0);
         for block in x.chunks(BLOCK * d) {
-            let n = self.block_posteriors(block, scratch);
-            let mut skipped = false;
-            for (i, row) in block.chunks_exact(d).enumerate().take(n) {
-                let Refined { m, scale } = self.refine_row(row, i, scratch);
-                for j in 0..m {
-                    let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
-                    scratch.w[j] = if self.kept(c, g) { 1.0 } else { 0.0 };
-                }
-                kernels::centred_poly_sel_at(
-                    self.level,
-                    d,
-                    &scratch.sel[..m],
-                    &scratch.w,
-                    &scratch.delta,
-                    &scratch.cuv,
-                    &mut scratch.arow,
-                );
-                let mut s = 0f64;
-                for j in 0..m {
-                    if scratch.w[j] != 0.0 {
-                        let c = scratch.sel[j] as usize;
-                        scratch.arow[j] += scratch.r[c];
-                        s += scratch.gam[j] * scratch.arow[j];
-                    }
-                }
-                for j in 0..m {
-                    let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
-                    scratch.w[j] = if scratch.w[j] != 0.0 {
-                        let b = g * (scratch.arow[j] - s);
-                        scratch.t0[c] += b;
-                        b
-                    } else {
-                        0.0
-                    };
-                }
-                kernels::moments_sel_at(
-                    self.level,
-                    d,
-                    &scratch.sel[..m],
-                    &scratch.w,
-                    &scratch.delta,
-                    &mut scratch.t12,
-                );
-                if s == 0.0 {
-                    scratch.block.post[i * k..(i + 1) * k].fill(0.0);
-                    continue;
-                }
-                // The skipped entries' B = −γ s: the unrefined ones are their GEMM value
-                // times `scale`, the refined ones their f64 value; kept ones are done.
-                let post = &mut scratch.block.post[i * k..(i + 1) * k];
-                let f = (-s * scale) as f32;
-                post.iter_mut().for_each(|p| *p *= f);
-                for j in 0..m {
-                    let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
-                    post[c] = if self.kept(c, g) {
-                        0.0
-                    } else {
-                        (-g * s) as f32
-                    };
-                }
-                skipped |= post.iter().any(|&b| b != 0.0);
+            let n = self.block_log_densities(block, scratch);
+            scratch.col.fill(0.0);
+            self.block_backward(block, n, scratch);
+            for j in 0..scratch.slow.len() {
+                let i = scratch.slow[j];
+                // The row's softmax, as `block_posteriors` leaves it for `refine_row`.
+                let inv = (1.0 / scratch.rsum[i]) as f32;
+                scratch.block.post[i * k..(i + 1) * k]
+                    .iter_mut()
+                    .for_each(|e| *e *= inv);
+                scratch.block.row_ll[i] =
+                    scratch.rmax[i] + scratch.rsum[i].ln() + self.terms.log_norm();
+                self.row_backward(&block[i * d..(i + 1) * d], i, scratch);
             }
-            if skipped {
-                self.add_skipped(n, scratch);
+            for (t, &b) in scratch.t0.iter_mut().zip(&scratch.col) {
+                *t += b as f64;
             }
+            let (col_cut, touched) = scratch.s12[..2 * k].split_at_mut(k);
+            simd::shifted_to_centred_at(
+                self.level,
+                d,
+                &self.cmeans,
+                &mut simd::SkippedAcc {
+                    col: &mut scratch.col,
+                    col_cut,
+                    touched,
+                    stats: &mut scratch.block.stats,
+                },
+                &mut scratch.t12,
+            );
         }
     }
 
-    /// Adds the skipped entries' `B` (left in the posterior buffer) to T0..T2 via one
-    /// `Bᵀ[x², x]` product in the shifted frame: `Σ B δ = T1' − μ' T0'`,
-    /// `Σ B δ² = T2' − 2μ' T1' + μ'² T0'` with `μ' = μ − c`.
-    fn add_skipped(&self, n: usize, scratch: &mut FisherScratch) {
+    /// The backward pass over the rows of a block (descriptors `x`, `n` rows, GEMM
+    /// log-densities from [`block_log_densities`](Self::block_log_densities)) with the
+    /// forward pass's block-wise refinement (`FisherEncoder::block_statistics`: the same
+    /// selection, f64 quadratic forms, `exp` and renormalisation, so the same posteriors are
+    /// kept): A comes with the quadratic forms ([`simd::quad_poly_pairs_at`]), then per row s,
+    /// B and the skipped entries, then the moments of B per component
+    /// ([`kernels::moments_grouped_at`]). Rows that the forward pass refines whole are left
+    /// out and listed in `scratch.slow`, their posterior buffer holding `exp(l − max)`.
+    fn block_backward(&self, x: &[f32], n: usize, scratch: &mut FisherScratch) {
         let (k, d) = (self.gmm.k(), self.gmm.d());
-        stats::block_statistics(&self.terms, n, &mut scratch.block);
-        // Column sums of B in f32 within the block (as the product sums), then f64.
-        scratch.col.fill(0.0);
-        for row in scratch.block.post[..n * k].chunks_exact(k) {
-            kernels::axpy_at(self.level, 1.0, row, &mut scratch.col);
+        let thr = self.options.posterior_threshold as f64;
+        let t = self.refine;
+        let FisherScratch {
+            block,
+            prow,
+            pcomp,
+            pval,
+            rend,
+            rmax,
+            rsum,
+            rrest,
+            gstart,
+            gpos,
+            grow,
+            gw,
+            slow,
+            cuv,
+            r,
+            t0,
+            t12,
+            col,
+            s12,
+            ..
+        } = scratch;
+        slow.clear();
+        let mut np = 0;
+        for i in 0..n {
+            let row = &mut block.post[i * k..(i + 1) * k];
+            let e = kernels::exp_select_at(self.level, row, t, &mut pcomp[np..np + k]);
+            prow[np..np + e.count].fill(i as u32);
+            (rmax[i], rsum[i], rrest[i]) = (e.max as f64, e.sum, e.rest);
+            np += e.count;
+            rend[i] = np as u32;
         }
-        for c in 0..k {
-            let b0 = scratch.col[c] as f64;
-            scratch.t0[c] += b0;
-            let st = &scratch.block.stats[c * 2 * d..(c + 1) * 2 * d];
-            let (sq, lin) = st.split_at(d);
-            let (t1, t2) = scratch.t12[2 * c * d..2 * (c + 1) * d].split_at_mut(d);
-            let cm = &self.cmeans[c * d..(c + 1) * d];
-            for j in 0..d {
-                let m = cm[j];
-                let (b1, b2) = (lin[j] as f64, sq[j] as f64);
-                t1[j] += b1 - m * b0;
-                t2[j] += b2 - 2.0 * m * b1 + m * m * b0;
+        let (prow, pcomp, pval) = (&prow[..np], &pcomp[..np], &mut pval[..np]);
+        // A (without r) in `gw` until the grouping below.
+        simd::quad_poly_pairs_at(self.level, x, d, prow, pcomp, &self.ml, cuv, pval, gw);
+        for ((v, &c), &row) in pval.iter_mut().zip(pcomp).zip(prow) {
+            *v = self.dbias[c as usize] - 0.5 * *v - rmax[row as usize];
+        }
+        kernels::exp_f64_in_place_at(self.level, pval);
+        let (col_cut, touched) = s12[..2 * k].split_at_mut(k);
+        let mut acc = simd::SkippedAcc {
+            col,
+            col_cut,
+            touched,
+            stats: &mut block.stats,
+        };
+        let mut start = 0;
+        for i in 0..n {
+            let end = rend[i] as usize;
+            let pairs = start..end;
+            start = end;
+            let inv = 1.0 / (rrest[i] + pval[pairs.clone()].iter().sum::<f64>());
+            if pairs.is_empty()
+                || !(inv.is_finite() && inv > 0.0)
+                || (thr != 0.0 && t != 0.0 && rsum[i] * inv * t as f64 >= thr)
+            {
+                slow.push(i);
+                pval[pairs].fill(0.0);
+                continue;
+            }
+            let mut s = 0f64;
+            for p in pairs.clone() {
+                let c = pcomp[p] as usize;
+                if self.kept(c, pval[p] * inv) {
+                    gw[p] += r[c];
+                    s += pval[p] * inv * gw[p];
+                }
+            }
+            if s == 0.0 {
+                // No kept entry (or ∂L/∂γ = 0 on them): B = 0 throughout the row.
+                pval[pairs].fill(0.0);
+                continue;
+            }
+            // B in `pval`: γ (A − s) where γ is kept, −γ s where it is skipped.
+            for p in pairs.clone() {
+                let (c, g) = (pcomp[p] as usize, pval[p] * inv);
+                let b = if self.kept(c, g) {
+                    g * (gw[p] - s)
+                } else {
+                    -g * s
+                };
+                t0[c] += b;
+                pval[p] = b;
+            }
+            if pairs.len() < k {
+                // The unrefined entries: γ = exp(l − max) × inv.
+                let post = &mut block.post[i * k..(i + 1) * k];
+                for &c in &pcomp[pairs] {
+                    post[c as usize] = 0.0;
+                }
+                simd::skipped_row_at(
+                    self.level,
+                    post,
+                    (-s * inv) as f32,
+                    (SKIP_CUTOFF / inv) as f32,
+                    &block.aug[i * 2 * d..(i + 1) * 2 * d],
+                    &mut acc,
+                );
             }
         }
+        // B of the refined entries grouped by component, in row order within each.
+        gstart.fill(0);
+        for (&c, &b) in pcomp.iter().zip(pval.iter()) {
+            gstart[c as usize + 1] += (b != 0.0) as u32;
+        }
+        for c in 0..k {
+            gstart[c + 1] += gstart[c];
+        }
+        gpos.copy_from_slice(&gstart[..k]);
+        for ((&row, &c), &b) in prow.iter().zip(pcomp).zip(pval.iter()) {
+            if b != 0.0 {
+                let q = &mut gpos[c as usize];
+                grow[*q as usize] = row;
+                gw[*q as usize] = b;
+                *q += 1;
+            }
+        }
+        let used = gstart[k] as usize;
+        kernels::moments_grouped_at(
+            self.level,
+            x,
+            d,
+            &self.ml,
+            gstart,
+            &grow[..used],
+            &gw[..used],
+            t12,
+        );
+    }
+
+    /// The backward pass of row `i` of the block (descriptor `x`) on its own, through
+    /// [`refine_row`](Self::refine_row), for the rows that the forward pass refines whole.
+    fn row_backward(&self, x: &[f32], i: usize, scratch: &mut FisherScratch) {
+        let (k, d) = (self.gmm.k(), self.gmm.d());
+        let Refined { m, scale } = self.refine_row(x, i, scratch);
+        for j in 0..m {
+            let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
+            scratch.w[j] = if self.kept(c, g) { 1.0 } else { 0.0 };
+        }
+        simd::poly_sel_at(
+            self.level,
+            d,
+            &scratch.sel[..m],
+            &scratch.w,
+            &scratch.delta,
+            &scratch.cuv,
+            &scratch.r,
+            &mut scratch.arow,
+        );
+        let mut s = 0f64;
+        for j in 0..m {
+            if scratch.w[j] != 0.0 {
+                s += scratch.gam[j] * scratch.arow[j];
+            }
+        }
+        if s == 0.0 {
+            return;
+        }
+        for j in 0..m {
+            let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
+            let b = if scratch.w[j] != 0.0 {
+                g * (scratch.arow[j] - s)
+            } else {
+                -g * s
+            };
+            scratch.t0[c] += b;
+            scratch.w[j] = b;
+        }
+        kernels::moments_sel_at(
+            self.level,
+            d,
+            &scratch.sel[..m],
+            &scratch.w,
+            &scratch.delta,
+            &mut scratch.t12,
+        );
+        if m == k {
+            return;
+        }
+        let post = &mut scratch.block.post[i * k..(i + 1) * k];
+        for &c in &scratch.sel[..m] {
+            post[c as usize] = 0.0;
+        }
+        let (col_cut, touched) = scratch.s12[..2 * k].split_at_mut(k);
+        simd::skipped_row_at(
+            self.level,
+            post,
+            (-s * scale) as f32,
+            (SKIP_CUTOFF / scale) as f32,
+            &scratch.block.aug[i * 2 * d..(i + 1) * 2 * d],
+            &mut simd::SkippedAcc {
+                col: &mut scratch.col,
+                col_cut,
+                touched,
+                stats: &mut scratch.block.stats,
+            },
+        );
     }
 
     /// Combines T, S and ∂L/∂Φ into the parameter gradient (added to `grad`).

@@ -1,0 +1,817 @@
+//! Element-wise kernels of the backward pass ([`super`]), each with an AVX-512 and an AVX2
+//! version chosen at run time and a scalar twin that gives bit-identical results (same
+//! partial sums in the same order, separate multiplies and adds, no fused multiply-add).
+
+use crate::kernels::SimdLevel;
+
+/// Partial sums kept by [`poly_sel_at`]: two AVX-512 vectors of f64, so that two independent
+/// chains of additions overlap.
+const POLY_LANES: usize = 16;
+
+/// For every selected entry `j` with `mask[j] ≠ 0` (component `c = sel[j]`),
+/// `out[j] = r_c + Σ_d δ_jd (u_cd + v_cd δ_jd)`, with `uv` the `K × 2D` rows `[u_c, v_c]`
+/// and `delta` the `m × D` centred descriptors `x − μ_c`: the backward pass's
+/// `A_ik = ∂L/∂γ_ik` for the kept posteriors of one descriptor. Other entries of `out` are
+/// left as they are.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn poly_sel_at(
+    level: SimdLevel,
+    d: usize,
+    sel: &[u32],
+    mask: &[f64],
+    delta: &[f64],
+    uv: &[f64],
+    r: &[f64],
+    out: &mut [f64],
+) {
+    assert!(mask.len() >= sel.len() && out.len() >= sel.len() && delta.len() >= sel.len() * d);
+    let k = r.len();
+    assert!(uv.len() >= 2 * k * d && sel.iter().all(|&c| (c as usize) < k));
+    for (j, &c) in sel.iter().enumerate() {
+        if mask[j] == 0.0 {
+            continue;
+        }
+        let c = c as usize;
+        let (u, v) = uv[2 * c * d..2 * (c + 1) * d].split_at(d);
+        let t = &delta[j * d..(j + 1) * d];
+        let p = match level.clamp_to_cpu() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512F (clamp_to_cpu); `t`, `u`, `v` have `d` values.
+            SimdLevel::Avx512 => unsafe { x86::poly_avx512(t, u, v) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX2 (clamp_to_cpu); `t`, `u`, `v` have `d` values.
+            SimdLevel::Avx2 => unsafe { x86::poly_avx2(t, u, v) },
+            _ => poly_scalar(t, u, v),
+        };
+        out[j] = r[c] + p;
+    }
+}
+
+/// Scalar twin of the polynomial of [`poly_sel_at`]: `Σ_j δ_j (u_j + v_j δ_j)` with partial
+/// sum `j mod 16`, then [`poly_finish`].
+pub(super) fn poly_scalar(delta: &[f64], u: &[f64], v: &[f64]) -> f64 {
+    let mut acc = [0f64; POLY_LANES];
+    for (j, ((&t, &a), &b)) in delta.iter().zip(u).zip(v).enumerate() {
+        acc[j % POLY_LANES] += t * (a + b * t);
+    }
+    poly_finish(&acc)
+}
+
+/// The fixed order in which the partial sums are combined: lane `l` with lane `l + 8`, then
+/// pairwise.
+#[inline(always)]
+fn poly_finish(a: &[f64; POLY_LANES]) -> f64 {
+    let s: [f64; 8] = std::array::from_fn(|l| a[l] + a[l + 8]);
+    ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]))
+}
+
+/// Partial sums of [`quad_poly_pairs_at`], as in the forward pass's
+/// [`crate::kernels::quad_pairs_at`].
+const PAIR_LANES: usize = 8;
+
+/// For every pair `p` (row `rows[p]` of `x`, `n × D` f32, converted exactly to f64, and
+/// component `c = comps[p]`), with `δ = x − μ_c`: `q[p] = Σ_j δ_j² λ_cj` bit for bit as
+/// [`crate::kernels::quad_pairs_at`] gives it (same partial sums in the same order, so the
+/// forward and backward passes refine and keep the same posteriors), and
+/// `a[p] = Σ_j δ_j (u_cj + v_cj δ_j)`. `ml` holds the `K × 2D` rows `[μ_c, λ_c]`, `uv` the
+/// rows `[u_c, v_c]`. One pass over δ for both; the vector levels run four pairs at once.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn quad_poly_pairs_at(
+    level: SimdLevel,
+    x: &[f32],
+    d: usize,
+    rows: &[u32],
+    comps: &[u32],
+    ml: &[f64],
+    uv: &[f64],
+    q: &mut [f64],
+    a: &mut [f64],
+) {
+    let np = rows.len();
+    assert!(comps.len() == np && q.len() >= np && a.len() >= np);
+    assert!(d > 0 && x.len().is_multiple_of(d) && ml.len().is_multiple_of(2 * d));
+    let (n, k) = (x.len() / d, ml.len() / (2 * d));
+    assert!(uv.len() == ml.len());
+    assert!(
+        rows.iter().all(|&r| (r as usize) < n) && comps.iter().all(|&c| (c as usize) < k),
+        "quad_poly_pairs: row or component index out of range"
+    );
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F (clamp_to_cpu); indices checked above.
+        SimdLevel::Avx512 => unsafe {
+            x86::quad_poly_pairs_avx512(x, d, rows, comps, ml, uv, q, a)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 (clamp_to_cpu); indices checked above.
+        SimdLevel::Avx2 => unsafe { x86::quad_poly_pairs_avx2(x, d, rows, comps, ml, uv, q, a) },
+        _ => quad_poly_pairs_scalar(x, d, rows, comps, ml, uv, q, a),
+    }
+}
+
+/// Scalar twin of [`quad_poly_pairs_at`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn quad_poly_pairs_scalar(
+    x: &[f32],
+    d: usize,
+    rows: &[u32],
+    comps: &[u32],
+    ml: &[f64],
+    uv: &[f64],
+    q: &mut [f64],
+    a: &mut [f64],
+) {
+    for (p, (&r, &c)) in rows.iter().zip(comps).enumerate() {
+        let xr = &x[r as usize * d..(r as usize + 1) * d];
+        let (m, l) = ml[2 * c as usize * d..(2 * c as usize + 2) * d].split_at(d);
+        let (u, v) = uv[2 * c as usize * d..(2 * c as usize + 2) * d].split_at(d);
+        let (mut aq, mut ap) = ([0f64; PAIR_LANES], [0f64; PAIR_LANES]);
+        for j in 0..d {
+            let t = xr[j] as f64 - m[j];
+            aq[j % PAIR_LANES] += t * t * l[j];
+            ap[j % PAIR_LANES] += t * (u[j] + v[j] * t);
+        }
+        q[p] = pair_sum(&aq);
+        a[p] = pair_sum(&ap);
+    }
+}
+
+/// The fixed pairwise order in which the partial sums of [`quad_poly_pairs_at`] are summed
+/// (that of the forward pass's kernels).
+#[inline(always)]
+fn pair_sum(a: &[f64; PAIR_LANES]) -> f64 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+/// Where [`skipped_row_at`] accumulates one block's skipped entries.
+pub(super) struct SkippedAcc<'a> {
+    /// `K`: f32 sums of every entry `f γ_c` of the row (all of them, also those below `cut`).
+    pub col: &'a mut [f32],
+    /// `K`: f64 sums of the entries at or above `cut`.
+    pub col_cut: &'a mut [f64],
+    /// `K`: 1 where a component received an entry at or above `cut` in this block.
+    pub touched: &'a mut [f64],
+    /// `K × W`: f32 sums of `f γ_c · aug`, for the entries at or above `cut`.
+    pub stats: &'a mut [f32],
+}
+
+/// One descriptor's skipped posteriors: for every component `c` the entry `b = f · post[c]`
+/// is added to `acc.col[c]`; where `post[c] ≥ cut` also to `acc.col_cut[c]` (in f64), and
+/// `b · aug` (`W` values) to row `c` of `acc.stats`, and `acc.touched[c]` is set to 1.
+/// Entries are visited in component order at every level.
+pub(super) fn skipped_row_at(
+    level: SimdLevel,
+    post: &[f32],
+    f: f32,
+    cut: f32,
+    aug: &[f32],
+    acc: &mut SkippedAcc,
+) {
+    let (k, w) = (post.len(), aug.len());
+    assert!(acc.col.len() == k && acc.col_cut.len() == k && acc.touched.len() == k);
+    assert!(acc.stats.len() == k * w);
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F (clamp_to_cpu); lengths checked above.
+        SimdLevel::Avx512 => unsafe { x86::skipped_row_avx512(post, f, cut, aug, acc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 (clamp_to_cpu); lengths checked above.
+        SimdLevel::Avx2 => unsafe { x86::skipped_row_avx2(post, f, cut, aug, acc) },
+        _ => skipped_row_scalar(post, f, cut, aug, acc),
+    }
+}
+
+/// Scalar twin of [`skipped_row_at`].
+pub(super) fn skipped_row_scalar(
+    post: &[f32],
+    f: f32,
+    cut: f32,
+    aug: &[f32],
+    acc: &mut SkippedAcc,
+) {
+    let w = aug.len();
+    for (c, &p) in post.iter().enumerate() {
+        let b = p * f;
+        acc.col[c] += b;
+        if p >= cut {
+            add_entry_scalar(c, b, aug, w, acc);
+        }
+    }
+}
+
+/// One entry at or above the cut: `col_cut`, `touched` and `stats` row `c += b · aug`.
+#[inline(always)]
+fn add_entry_scalar(c: usize, b: f32, aug: &[f32], w: usize, acc: &mut SkippedAcc) {
+    acc.col_cut[c] += b as f64;
+    acc.touched[c] = 1.0;
+    for (s, &a) in acc.stats[c * w..(c + 1) * w].iter_mut().zip(aug) {
+        *s += b * a;
+    }
+}
+
+/// Moves the block sums of [`skipped_row_at`] from the shifted frame into the centred
+/// accumulators and clears them, for every touched component `c`: with `b0 = col_cut[c]`,
+/// `[b2, b1] = stats[c]` (`Σ b x'²`, `Σ b x'` about the shift, `D` each) and `m = cmeans[c]`
+/// the mean in the shifted frame, `t1 += b1 − m b0` and `t2 += b2 − 2 m b1 + m² b0` (`t12`
+/// rows `[t1, t2]`, `2D` each, f64).
+pub(super) fn shifted_to_centred_at(
+    level: SimdLevel,
+    d: usize,
+    cmeans: &[f64],
+    acc: &mut SkippedAcc,
+    t12: &mut [f64],
+) {
+    let k = acc.col_cut.len();
+    assert!(cmeans.len() == k * d && t12.len() == 2 * k * d && acc.stats.len() == 2 * k * d);
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F (clamp_to_cpu).
+        SimdLevel::Avx512 => unsafe { x86::shifted_to_centred_avx512(d, cmeans, acc, t12) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 (clamp_to_cpu).
+        SimdLevel::Avx2 => unsafe { x86::shifted_to_centred_avx2(d, cmeans, acc, t12) },
+        _ => shifted_to_centred_body(d, cmeans, acc, t12),
+    }
+}
+
+/// Body of [`shifted_to_centred_at`]: only exactly rounded operations in a fixed order, so
+/// that every vector width gives the same result.
+#[inline(always)]
+fn shifted_to_centred_body(d: usize, cmeans: &[f64], acc: &mut SkippedAcc, t12: &mut [f64]) {
+    for c in 0..acc.col_cut.len() {
+        if acc.touched[c] == 0.0 {
+            continue;
+        }
+        let b0 = acc.col_cut[c];
+        let st = &mut acc.stats[c * 2 * d..(c + 1) * 2 * d];
+        let (t1, t2) = t12[2 * c * d..2 * (c + 1) * d].split_at_mut(d);
+        let cm = &cmeans[c * d..(c + 1) * d];
+        let (sq, lin) = st.split_at(d);
+        for ((((a1, a2), &m), &s2), &s1) in
+            t1.iter_mut().zip(t2.iter_mut()).zip(cm).zip(sq).zip(lin)
+        {
+            let (b1, b2) = (s1 as f64, s2 as f64);
+            *a1 += b1 - m * b0;
+            *a2 += b2 - 2.0 * m * b1 + m * m * b0;
+        }
+        st.fill(0.0);
+        acc.col_cut[c] = 0.0;
+        acc.touched[c] = 0.0;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Pointers to the rows, `[μ, λ]` and `[u, v]` terms of up to four pairs starting at
+    /// `p`; missing pairs repeat pair `p` (computed and discarded). Each pointer comes from a
+    /// slice of exactly `d` (row) or `2d` (terms) values.
+    #[allow(clippy::type_complexity)]
+    #[inline(always)]
+    fn pair_ptrs(
+        x: &[f32],
+        d: usize,
+        rows: &[u32],
+        comps: &[u32],
+        ml: &[f64],
+        uv: &[f64],
+        p: usize,
+    ) -> ([*const f32; 4], [*const f64; 4], [*const f64; 4]) {
+        let row = |i: usize| x[rows[i] as usize * d..][..d].as_ptr();
+        let terms = |t: &[f64], i: usize| t[2 * comps[i] as usize * d..][..2 * d].as_ptr();
+        let mut xs = [row(p); 4];
+        let mut ms = [terms(ml, p); 4];
+        let mut us = [terms(uv, p); 4];
+        for o in 1..(rows.len() - p).min(4) {
+            xs[o] = row(p + o);
+            ms[o] = terms(ml, p + o);
+            us[o] = terms(uv, p + o);
+        }
+        (xs, ms, us)
+    }
+
+    /// Vector lanes back into an array of partial sums, for the scalar tail.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn lanes512(v: __m512d) -> [f64; PAIR_LANES] {
+        let mut a = [0f64; PAIR_LANES];
+        // SAFETY: `a` holds exactly 8 f64.
+        unsafe { _mm512_storeu_pd(a.as_mut_ptr(), v) };
+        a
+    }
+
+    /// Four pairs at once (see [`super::quad_poly_pairs_at`]).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn quad_poly_pairs_avx512(
+        x: &[f32],
+        d: usize,
+        rows: &[u32],
+        comps: &[u32],
+        ml: &[f64],
+        uv: &[f64],
+        q: &mut [f64],
+        a: &mut [f64],
+    ) {
+        let whole = d / PAIR_LANES * PAIR_LANES;
+        for p in (0..rows.len()).step_by(4) {
+            let (xs, ms, us) = pair_ptrs(x, d, rows, comps, ml, uv, p);
+            let mut aq = [_mm512_setzero_pd(); 4];
+            let mut ap = [_mm512_setzero_pd(); 4];
+            for j in (0..whole).step_by(PAIR_LANES) {
+                for o in 0..4 {
+                    // SAFETY: j + 8 ≤ whole ≤ d: within the row (d values) and within both
+                    // halves of the terms (2d values).
+                    unsafe {
+                        let xv = _mm512_cvtps_pd(_mm256_loadu_ps(xs[o].add(j)));
+                        let t = _mm512_sub_pd(xv, _mm512_loadu_pd(ms[o].add(j)));
+                        let l = _mm512_loadu_pd(ms[o].add(d + j));
+                        aq[o] = _mm512_add_pd(aq[o], _mm512_mul_pd(_mm512_mul_pd(t, t), l));
+                        let w = _mm512_add_pd(
+                            _mm512_loadu_pd(us[o].add(j)),
+                            _mm512_mul_pd(_mm512_loadu_pd(us[o].add(d + j)), t),
+                        );
+                        ap[o] = _mm512_add_pd(ap[o], _mm512_mul_pd(t, w));
+                    }
+                }
+            }
+            for o in 0..(rows.len() - p).min(4) {
+                let (mut lq, mut lp) = (lanes512(aq[o]), lanes512(ap[o]));
+                // SAFETY: j < d, within the row and both halves of the terms.
+                unsafe {
+                    for j in whole..d {
+                        let t = *xs[o].add(j) as f64 - *ms[o].add(j);
+                        lq[j - whole] += t * t * *ms[o].add(d + j);
+                        lp[j - whole] += t * (*us[o].add(j) + *us[o].add(d + j) * t);
+                    }
+                }
+                q[p + o] = pair_sum(&lq);
+                a[p + o] = pair_sum(&lp);
+            }
+        }
+    }
+
+    /// Four pairs at once (see [`super::quad_poly_pairs_at`]), each partial-sum vector of
+    /// the AVX-512 version as two halves.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn quad_poly_pairs_avx2(
+        x: &[f32],
+        d: usize,
+        rows: &[u32],
+        comps: &[u32],
+        ml: &[f64],
+        uv: &[f64],
+        q: &mut [f64],
+        a: &mut [f64],
+    ) {
+        let whole = d / PAIR_LANES * PAIR_LANES;
+        for p in (0..rows.len()).step_by(4) {
+            let (xs, ms, us) = pair_ptrs(x, d, rows, comps, ml, uv, p);
+            let mut aq = [[_mm256_setzero_pd(); 2]; 4];
+            let mut ap = [[_mm256_setzero_pd(); 2]; 4];
+            for j in (0..whole).step_by(PAIR_LANES) {
+                for o in 0..4 {
+                    for h in 0..2 {
+                        let e = j + 4 * h;
+                        // SAFETY: e + 4 ≤ whole ≤ d: within the row and both halves of the
+                        // terms.
+                        unsafe {
+                            let xv = _mm256_cvtps_pd(_mm_loadu_ps(xs[o].add(e)));
+                            let t = _mm256_sub_pd(xv, _mm256_loadu_pd(ms[o].add(e)));
+                            let l = _mm256_loadu_pd(ms[o].add(d + e));
+                            aq[o][h] =
+                                _mm256_add_pd(aq[o][h], _mm256_mul_pd(_mm256_mul_pd(t, t), l));
+                            let w = _mm256_add_pd(
+                                _mm256_loadu_pd(us[o].add(e)),
+                                _mm256_mul_pd(_mm256_loadu_pd(us[o].add(d + e)), t),
+                            );
+                            ap[o][h] = _mm256_add_pd(ap[o][h], _mm256_mul_pd(t, w));
+                        }
+                    }
+                }
+            }
+            for o in 0..(rows.len() - p).min(4) {
+                let (mut lq, mut lp) = ([0f64; PAIR_LANES], [0f64; PAIR_LANES]);
+                // SAFETY: the arrays hold exactly 8 f64.
+                unsafe {
+                    for h in 0..2 {
+                        _mm256_storeu_pd(lq.as_mut_ptr().add(4 * h), aq[o][h]);
+                        _mm256_storeu_pd(lp.as_mut_ptr().add(4 * h), ap[o][h]);
+                    }
+                }
+                // SAFETY: j < d, within the row and both halves of the terms.
+                unsafe {
+                    for j in whole..d {
+                        let t = *xs[o].add(j) as f64 - *ms[o].add(j);
+                        lq[j - whole] += t * t * *ms[o].add(d + j);
+                        lp[j - whole] += t * (*us[o].add(j) + *us[o].add(d + j) * t);
+                    }
+                }
+                q[p + o] = pair_sum(&lq);
+                a[p + o] = pair_sum(&lp);
+            }
+        }
+    }
+
+    /// [`poly_scalar`] with the 16 partial sums in two vectors.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn poly_avx512(delta: &[f64], u: &[f64], v: &[f64]) -> f64 {
+        let d = delta.len();
+        assert!(u.len() >= d && v.len() >= d);
+        let whole = d / POLY_LANES * POLY_LANES;
+        let (mut lo, mut hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+        for j in (0..whole).step_by(POLY_LANES) {
+            // SAFETY: j + 16 ≤ whole ≤ the length of all three slices.
+            unsafe {
+                for (h, acc) in [(0usize, &mut lo), (8, &mut hi)] {
+                    let t = _mm512_loadu_pd(delta.as_ptr().add(j + h));
+                    let w = _mm512_add_pd(
+                        _mm512_loadu_pd(u.as_ptr().add(j + h)),
+                        _mm512_mul_pd(_mm512_loadu_pd(v.as_ptr().add(j + h)), t),
+                    );
+                    *acc = _mm512_add_pd(*acc, _mm512_mul_pd(t, w));
+                }
+            }
+        }
+        let mut a = [0f64; POLY_LANES];
+        // SAFETY: `a` holds exactly 16 f64.
+        unsafe {
+            _mm512_storeu_pd(a.as_mut_ptr(), lo);
+            _mm512_storeu_pd(a.as_mut_ptr().add(8), hi);
+        }
+        for j in whole..d {
+            a[j - whole] += delta[j] * (u[j] + v[j] * delta[j]);
+        }
+        poly_finish(&a)
+    }
+
+    /// [`poly_scalar`] with the 16 partial sums in four vectors.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn poly_avx2(delta: &[f64], u: &[f64], v: &[f64]) -> f64 {
+        let d = delta.len();
+        assert!(u.len() >= d && v.len() >= d);
+        let whole = d / POLY_LANES * POLY_LANES;
+        let mut acc = [_mm256_setzero_pd(); 4];
+        for j in (0..whole).step_by(POLY_LANES) {
+            // SAFETY: j + 16 ≤ whole ≤ the length of all three slices.
+            unsafe {
+                for (q, a) in acc.iter_mut().enumerate() {
+                    let h = 4 * q;
+                    let t = _mm256_loadu_pd(delta.as_ptr().add(j + h));
+                    let w = _mm256_add_pd(
+                        _mm256_loadu_pd(u.as_ptr().add(j + h)),
+                        _mm256_mul_pd(_mm256_loadu_pd(v.as_ptr().add(j + h)), t),
+                    );
+                    *a = _mm256_add_pd(*a, _mm256_mul_pd(t, w));
+                }
+            }
+        }
+        let mut a = [0f64; POLY_LANES];
+        for (q, v) in acc.iter().enumerate() {
+            // SAFETY: `a` holds 16 f64, q ≤ 3.
+            unsafe { _mm256_storeu_pd(a.as_mut_ptr().add(4 * q), *v) };
+        }
+        for j in whole..d {
+            a[j - whole] += delta[j] * (u[j] + v[j] * delta[j]);
+        }
+        poly_finish(&a)
+    }
+
+    /// `stats[c] += b · aug` with separate multiplies and adds.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn add_entry_avx512(c: usize, b: f32, aug: &[f32], acc: &mut SkippedAcc) {
+        let w = aug.len();
+        acc.col_cut[c] += b as f64;
+        acc.touched[c] = 1.0;
+        let row = &mut acc.stats[c * w..(c + 1) * w];
+        let whole = w / 16 * 16;
+        let vb = _mm512_set1_ps(b);
+        for j in (0..whole).step_by(16) {
+            // SAFETY: j + 16 ≤ whole ≤ w = the length of `aug` and `row`.
+            unsafe {
+                let p = row.as_mut_ptr().add(j);
+                let s = _mm512_mul_ps(vb, _mm512_loadu_ps(aug.as_ptr().add(j)));
+                _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), s));
+            }
+        }
+        for (s, &a) in row[whole..].iter_mut().zip(&aug[whole..]) {
+            *s += b * a;
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn skipped_row_avx512(
+        post: &[f32],
+        f: f32,
+        cut: f32,
+        aug: &[f32],
+        acc: &mut SkippedAcc,
+    ) {
+        let k = post.len();
+        let whole = k / 16 * 16;
+        let (vf, vcut) = (_mm512_set1_ps(f), _mm512_set1_ps(cut));
+        for base in (0..whole).step_by(16) {
+            // SAFETY: base + 16 ≤ whole ≤ k = the length of `post` and `acc.col`.
+            let (b, mut mask) = unsafe {
+                let p = _mm512_loadu_ps(post.as_ptr().add(base));
+                let b = _mm512_mul_ps(p, vf);
+                let cp = acc.col.as_mut_ptr().add(base);
+                _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), b));
+                (b, _mm512_cmp_ps_mask::<_CMP_GE_OQ>(p, vcut))
+            };
+            if mask == 0 {
+                continue;
+            }
+            let mut bs = [0f32; 16];
+            // SAFETY: `bs` holds exactly 16 f32.
+            unsafe { _mm512_storeu_ps(bs.as_mut_ptr(), b) };
+            while mask != 0 {
+                let j = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                add_entry_avx512(base + j, bs[j], aug, acc);
+            }
+        }
+        for (c, &p) in post.iter().enumerate().skip(whole) {
+            let b = p * f;
+            acc.col[c] += b;
+            if p >= cut {
+                add_entry_avx512(c, b, aug, acc);
+            }
+        }
+    }
+
+    /// `stats[c] += b · aug` with separate multiplies and adds.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn add_entry_avx2(c: usize, b: f32, aug: &[f32], acc: &mut SkippedAcc) {
+        let w = aug.len();
+        acc.col_cut[c] += b as f64;
+        acc.touched[c] = 1.0;
+        let row = &mut acc.stats[c * w..(c + 1) * w];
+        let whole = w / 8 * 8;
+        let vb = _mm256_set1_ps(b);
+        for j in (0..whole).step_by(8) {
+            // SAFETY: j + 8 ≤ whole ≤ w = the length of `aug` and `row`.
+            unsafe {
+                let p = row.as_mut_ptr().add(j);
+                let s = _mm256_mul_ps(vb, _mm256_loadu_ps(aug.as_ptr().add(j)));
+                _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), s));
+            }
+        }
+        for (s, &a) in row[whole..].iter_mut().zip(&aug[whole..]) {
+            *s += b * a;
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn skipped_row_avx2(
+        post: &[f32],
+        f: f32,
+        cut: f32,
+        aug: &[f32],
+        acc: &mut SkippedAcc,
+    ) {
+        let k = post.len();
+        let whole = k / 8 * 8;
+        let (vf, vcut) = (_mm256_set1_ps(f), _mm256_set1_ps(cut));
+        for base in (0..whole).step_by(8) {
+            // SAFETY: base + 8 ≤ whole ≤ k = the length of `post` and `acc.col`.
+            let (b, mut mask) = unsafe {
+                let p = _mm256_loadu_ps(post.as_ptr().add(base));
+                let b = _mm256_mul_ps(p, vf);
+                let cp = acc.col.as_mut_ptr().add(base);
+                _mm256_storeu_ps(cp, _mm256_add_ps(_mm256_loadu_ps(cp), b));
+                let ge = _mm256_cmp_ps::<_CMP_GE_OQ>(p, vcut);
+                (b, _mm256_movemask_ps(ge) as u32)
+            };
+            if mask == 0 {
+                continue;
+            }
+            let mut bs = [0f32; 8];
+            // SAFETY: `bs` holds exactly 8 f32.
+            unsafe { _mm256_storeu_ps(bs.as_mut_ptr(), b) };
+            while mask != 0 {
+                let j = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                add_entry_avx2(base + j, bs[j], aug, acc);
+            }
+        }
+        for (c, &p) in post.iter().enumerate().skip(whole) {
+            let b = p * f;
+            acc.col[c] += b;
+            if p >= cut {
+                add_entry_avx2(c, b, aug, acc);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn shifted_to_centred_avx512(
+        d: usize,
+        cmeans: &[f64],
+        acc: &mut SkippedAcc,
+        t12: &mut [f64],
+    ) {
+        shifted_to_centred_body(d, cmeans, acc, t12)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn shifted_to_centred_avx2(
+        d: usize,
+        cmeans: &[f64],
+        acc: &mut SkippedAcc,
+        t12: &mut [f64],
+    ) {
+        shifted_to_centred_body(d, cmeans, acc, t12)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels;
+
+    /// Deterministic values in [−1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+            })
+            .collect()
+    }
+
+    const SHAPES: [(usize, usize); 6] = [(1, 1), (5, 7), (16, 8), (17, 16), (37, 33), (40, 64)];
+
+    #[test]
+    fn quad_poly_pairs_agree_at_every_level_and_with_the_forward_quad_forms() {
+        for (k, d) in SHAPES {
+            let n = 9;
+            let x: Vec<f32> = values(n * d, 1).iter().map(|&v| (3.0 * v) as f32).collect();
+            let ml: Vec<f64> = values(2 * k * d, 2)
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| if i % (2 * d) < d { v } else { 1.5 + v })
+                .collect();
+            let uv = values(2 * k * d, 3);
+            // Pair counts that are not multiples of four exercise the partial groups.
+            let np = 4 * n + 3;
+            let rows: Vec<u32> = (0..np).map(|p| (p * 7 % n) as u32).collect();
+            let comps: Vec<u32> = (0..np).map(|p| (p * 5 % k) as u32).collect();
+            let (mut q0, mut a0) = (vec![0f64; np], vec![0f64; np]);
+            quad_poly_pairs_scalar(&x, d, &rows, &comps, &ml, &uv, &mut q0, &mut a0);
+            // Against the definition, and the forward pass's quadratic forms bit for bit.
+            for p in 0..np {
+                let (r, c) = (rows[p] as usize, comps[p] as usize);
+                let (mut q, mut a) = (0f64, 0f64);
+                for j in 0..d {
+                    let t = x[r * d + j] as f64 - ml[2 * c * d + j];
+                    q += t * t * ml[2 * c * d + d + j];
+                    a += t * (uv[2 * c * d + j] + uv[2 * c * d + d + j] * t);
+                }
+                assert!((q0[p] - q).abs() <= 1e-12 * q.abs().max(1.0), "K={k} D={d}");
+                assert!((a0[p] - a).abs() <= 1e-12 * (d as f64), "K={k} D={d}");
+            }
+            for level in SimdLevel::available() {
+                let (mut q, mut a) = (vec![0f64; np], vec![0f64; np]);
+                quad_poly_pairs_at(level, &x, d, &rows, &comps, &ml, &uv, &mut q, &mut a);
+                assert_eq!(q, q0, "{level:?} K={k} D={d}");
+                assert_eq!(a, a0, "{level:?} K={k} D={d}");
+                let mut qf = vec![0f64; np];
+                kernels::quad_pairs_at(level, &x, d, &rows, &comps, &ml, &mut qf);
+                assert_eq!(q, qf, "{level:?} K={k} D={d}: forward quadratic forms");
+            }
+        }
+    }
+
+    #[test]
+    fn poly_sel_agrees_at_every_level() {
+        for (k, d) in SHAPES {
+            let m = k.min(11);
+            let sel: Vec<u32> = (0..m).map(|j| ((j * 3 + 1) % k) as u32).collect();
+            let mask: Vec<f64> = (0..m).map(|j| (j % 4 != 2) as u32 as f64).collect();
+            let delta = values(m * d, 4);
+            let uv = values(2 * k * d, 5);
+            let r = values(k, 6);
+            let mut want = vec![7f64; m];
+            for j in 0..m {
+                if mask[j] != 0.0 {
+                    let c = sel[j] as usize;
+                    let (u, v) = uv[2 * c * d..2 * (c + 1) * d].split_at(d);
+                    want[j] = r[c] + poly_scalar(&delta[j * d..(j + 1) * d], u, v);
+                    let direct: f64 = (0..d)
+                        .map(|e| delta[j * d + e] * (u[e] + v[e] * delta[j * d + e]))
+                        .sum();
+                    assert!((want[j] - r[c] - direct).abs() <= 1e-12 * d as f64);
+                }
+            }
+            for level in SimdLevel::available() {
+                let mut out = vec![7f64; m];
+                poly_sel_at(level, d, &sel, &mask, &delta, &uv, &r, &mut out);
+                assert_eq!(out, want, "{level:?} K={k} D={d}");
+            }
+        }
+    }
+
+    /// Rows `[x², x]` of the shifted frame, as `stats::block_posteriors` makes them.
+    fn aug_rows(rows: usize, d: usize) -> Vec<f32> {
+        let x = values(rows * d, 8);
+        let mut aug = Vec::with_capacity(2 * rows * d);
+        for r in x.chunks_exact(d) {
+            aug.extend(r.iter().map(|&v| (v * v) as f32));
+            aug.extend(r.iter().map(|&v| v as f32));
+        }
+        aug
+    }
+
+    /// Runs one block of rows through `skipped_row_at` and `shifted_to_centred_at`.
+    fn skipped_block(level: SimdLevel, k: usize, d: usize, rows: usize) -> (Vec<f32>, Vec<f64>) {
+        let w = 2 * d;
+        let post: Vec<f32> = values(rows * k, 7)
+            .iter()
+            .map(|&v| (v.abs() * 1e-6) as f32)
+            .collect();
+        let aug = aug_rows(rows, d);
+        let cmeans = values(k * d, 9);
+        let (mut col, mut col_cut, mut touched) = (vec![0f32; k], vec![0f64; k], vec![0f64; k]);
+        let mut stats = vec![0f32; k * w];
+        let mut t12 = values(2 * k * d, 10);
+        let mut acc = SkippedAcc {
+            col: &mut col,
+            col_cut: &mut col_cut,
+            touched: &mut touched,
+            stats: &mut stats,
+        };
+        for i in 0..rows {
+            let f = if i % 2 == 0 { -3.0 } else { 0.5 };
+            let p = &post[i * k..(i + 1) * k];
+            skipped_row_at(level, p, f, 4e-7, &aug[i * w..(i + 1) * w], &mut acc);
+        }
+        shifted_to_centred_at(level, d, &cmeans, &mut acc, &mut t12);
+        assert!(acc
+            .col_cut
+            .iter()
+            .chain(acc.touched.iter())
+            .all(|&v| v == 0.0));
+        assert!(acc.stats.iter().all(|&v| v == 0.0), "stats cleared");
+        (col, t12)
+    }
+
+    #[test]
+    fn skipped_rows_agree_at_every_level_and_with_the_centred_sums() {
+        for (k, d) in SHAPES {
+            let rows = 6;
+            let (col0, t0) = skipped_block(SimdLevel::Scalar, k, d, rows);
+            // Against the direct centred sums in f64, entries at or above the cut only.
+            let w = 2 * d;
+            let post: Vec<f32> = values(rows * k, 7)
+                .iter()
+                .map(|&v| (v.abs() * 1e-6) as f32)
+                .collect();
+            let aug = aug_rows(rows, d);
+            let cmeans = values(k * d, 9);
+            let mut want = values(2 * k * d, 10);
+            for i in 0..rows {
+                let f = if i % 2 == 0 { -3.0f32 } else { 0.5 };
+                for c in 0..k {
+                    let p = post[i * k + c];
+                    let b = (p * f) as f64;
+                    if p >= 4e-7 {
+                        for j in 0..d {
+                            // f32 sums of f32 x²: 1e-7 of Σ|b| (|x| + |m|)², ~1e-11.
+                            let t = aug[i * w + d + j] as f64 - cmeans[c * d + j];
+                            want[2 * c * d + j] += b * t;
+                            want[2 * c * d + d + j] += b * t * t;
+                        }
+                    }
+                }
+            }
+            for (g, e) in t0.iter().zip(&want) {
+                assert!((g - e).abs() <= 2e-11, "K={k} D={d}: {g} vs {e}");
+            }
+            for c in 0..k {
+                let s: f64 = (0..rows)
+                    .map(|i| (post[i * k + c] * if i % 2 == 0 { -3.0 } else { 0.5 }) as f64)
+                    .sum();
+                assert!(
+                    (col0[c] as f64 - s).abs() <= 1e-12,
+                    "K={k} D={d}: column sums"
+                );
+            }
+            for level in SimdLevel::available() {
+                let (col, t) = skipped_block(level, k, d, rows);
+                assert_eq!(col, col0, "{level:?} K={k} D={d}");
+                assert_eq!(t, t0, "{level:?} K={k} D={d}");
+            }
+        }
+    }
+}

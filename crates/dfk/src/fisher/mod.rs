@@ -37,6 +37,8 @@ mod backward;
 pub(crate) use backward::sum_gradients;
 pub use backward::{ForwardCache, GmmGradient};
 
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -367,15 +369,22 @@ impl FisherEncoder {
             ));
         }
         let d = self.gmm.d();
-        out.par_chunks_mut(self.len())
+        let (len, per) = (self.len(), images_per_job(images));
+        // One scratch per worker at a time, handed from job to job.
+        let pool = Mutex::new(Vec::new());
+        out.par_chunks_mut(per * len)
             .enumerate()
-            .try_for_each_init(
-                || self.scratch(),
-                |scratch, (i, row)| {
-                    self.encode(&data[offsets[i] * d..offsets[i + 1] * d], row, scratch)
-                        .map_err(|e| image_error(i, e))
-                },
-            )
+            .try_for_each(|(j, rows)| {
+                let taken = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let mut scratch = taken.unwrap_or_else(|| self.scratch());
+                for (u, row) in rows.chunks_mut(len).enumerate() {
+                    let i = j * per + u;
+                    self.encode(&data[offsets[i] * d..offsets[i + 1] * d], row, &mut scratch)
+                        .map_err(|e| image_error(i, e))?;
+                }
+                pool.lock().unwrap_or_else(|e| e.into_inner()).push(scratch);
+                Ok(())
+            })
     }
 
     /// Validates a batch layout and returns the number of images.
@@ -803,6 +812,12 @@ fn postprocess_body(o: &FisherOptions, a: f64, eps: f64, phi: &[f64], out: &mut 
     let inv = 1.0 / norm;
     out.iter_mut().for_each(|v| *v *= inv);
     norm
+}
+
+/// Images per parallel job of a batch: about four jobs per thread, enough to balance the
+/// threads, few enough that the per-job overhead is negligible.
+pub(crate) fn images_per_job(images: usize) -> usize {
+    images.div_ceil(4 * rayon::current_num_threads()).max(1)
 }
 
 /// VLFeat's floor of the L2 norm.

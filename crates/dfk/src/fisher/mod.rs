@@ -16,20 +16,22 @@
 //! and components with `π_k < 1e-6` are skipped (their blocks are zero).
 //!
 //! Matrix-product form and precision. The log-densities of a block of [`BLOCK`] descriptors
-//! are one f32 GEMM ([`crate::stats::block_posteriors`]) on data shifted by the GMM's centre
+//! are one f32 GEMM ([`crate::stats::block_log_densities`]) on data shifted by the GMM's centre
 //! `c = Σ_k π_k μ_k`. That form cancels (`x²/σ² − 2xμ/σ² + μ²/σ²`): on the committed VLFeat
 //! fixture K=32, D=64 its error in log γ (for γ ≥ 1e-6) was 3.7e-4 (4.6e-4 unshifted). So the
 //! entries that matter, `γ_ik ≥ threshold/2` by the GEMM, are recomputed directly in f64 from
 //! the unshifted `(x − μ_k)²/σ²_k` and each row renormalised with the remaining GEMM values
-//! (as [`crate::stats::refine_posteriors`] does, fused here per row: one vector selection of
-//! the entries, one dispatch for their f64 quadratic forms, and `x − μ_k` kept for the
-//! statistics). Likewise the expanded statistics `(S2 − 2μ S1 + μ² S0)/σ²` from the GEMM
+//! (as [`crate::stats::refine_posteriors`] does). This is done for a whole block at once: the
+//! softmax's exponentials and the selection in one kernel, the selected entries grouped by
+//! component, their f64 quadratic forms four at a time, one vector `exp`, the renormalisation
+//! per row (a row whose GEMM values were too far off goes through [`FisherEncoder`]'s
+//! row-by-row `refine_row`). Likewise the expanded statistics `(S2 − 2μ S1 + μ² S0)/σ²` from the GEMM
 //! `γᵀ[x², x]`: the first all-GEMM version of this encoder was 4.2e-6 (max abs, improved FV)
 //! off the f64 definition on the fixture with tight components far from the centre, against
 //! ≤ 1e-8 now. With VLFeat's threshold only a few posteriors per descriptor are kept, so the
 //! statistics are accumulated directly about each component's mean, `Σ γ (x − μ_k)` and
-//! `Σ γ (x − μ_k)²`, in f64 (AVX-512/AVX2 kernels with bit-identical scalar twins in
-//! [`crate::kernels`]); with `posterior_threshold = 0` every posterior is refined and
+//! `Σ γ (x − μ_k)²`, in f64, per component over the block's entries with the sums in
+//! registers (AVX-512/AVX2 kernels with bit-identical scalar twins in [`crate::kernels`]); with `posterior_threshold = 0` every posterior is refined and
 //! accumulated that way (VLFeat's cost for that part).
 
 mod backward;
@@ -459,21 +461,6 @@ impl FisherEncoder {
         Ok(x.len() / d)
     }
 
-    /// Computes the GEMM posteriors and log-likelihoods of block `x` (`n` rows, shifted by
-    /// the centre) as [`stats::block_posteriors`] does, and `[x², x]` in the shifted frame.
-    fn block_posteriors(&self, x: &[f32], scratch: &mut FisherScratch) -> usize {
-        let n = self.block_log_densities(x, scratch);
-        let k = self.gmm.k();
-        let block = &mut scratch.block;
-        for (row, ll) in block.post[..n * k]
-            .chunks_exact_mut(k)
-            .zip(&mut block.row_ll[..n])
-        {
-            *ll = kernels::softmax_in_place_at(self.terms.level(), row) + self.terms.log_norm();
-        }
-        n
-    }
-
     /// The GEMM log-densities of block `x` (`n` rows, shifted by the centre) into the
     /// posterior buffer, and `[x², x]` in the shifted frame; returns `n`.
     fn block_log_densities(&self, x: &[f32], scratch: &mut FisherScratch) -> usize {
@@ -700,7 +687,7 @@ impl FisherEncoder {
             self.block_statistics(block, n, scratch);
             for j in 0..scratch.slow.len() {
                 let i = scratch.slow[j];
-                // The row's softmax, as `block_posteriors` leaves it for `refine_row`.
+                // The row's softmax and log-likelihood, as `refine_row` reads them.
                 let inv = (1.0 / scratch.rsum[i]) as f32;
                 scratch.block.post[i * k..(i + 1) * k]
                     .iter_mut()

@@ -484,9 +484,11 @@ impl FisherEncoder {
             rmax,
             rsum,
             rrest,
+            rinv,
             gstart,
             gpos,
             grow,
+            gcomp,
             gw,
             slow,
             cuv,
@@ -499,21 +501,98 @@ impl FisherEncoder {
         } = scratch;
         slow.clear();
         let mut np = 0;
+        gstart.fill(0);
         for i in 0..n {
             let row = &mut block.post[i * k..(i + 1) * k];
             let e = kernels::exp_select_at(self.level, row, t, &mut pcomp[np..np + k]);
             prow[np..np + e.count].fill(i as u32);
+            for &c in &pcomp[np..np + e.count] {
+                gstart[c as usize + 1] += 1;
+            }
             (rmax[i], rsum[i], rrest[i]) = (e.max as f64, e.sum, e.rest);
             np += e.count;
             rend[i] = np as u32;
         }
-        let (prow, pcomp, pval) = (&prow[..np], &pcomp[..np], &mut pval[..np]);
-        // A (without r) in `gw` until the grouping below.
-        simd::quad_poly_pairs_at(self.level, x, d, prow, pcomp, &self.ml, cuv, pval, gw);
-        for ((v, &c), &row) in pval.iter_mut().zip(pcomp).zip(prow) {
+        // The pairs grouped by component, rows in order within each (one component's terms
+        // stay in L1).
+        for c in 0..k {
+            gstart[c + 1] += gstart[c];
+        }
+        gpos.copy_from_slice(&gstart[..k]);
+        for (&row, &c) in prow[..np].iter().zip(&pcomp[..np]) {
+            let q = &mut gpos[c as usize];
+            grow[*q as usize] = row;
+            gcomp[*q as usize] = c;
+            *q += 1;
+        }
+        let (grow, gcomp, pval, gw) = (&grow[..np], &gcomp[..np], &mut pval[..np], &mut gw[..np]);
+        // A (without r) in `gw`.
+        simd::quad_poly_pairs_at(self.level, x, d, grow, gcomp, &self.ml, cuv, pval, gw);
+        for ((v, &c), &row) in pval.iter_mut().zip(gcomp).zip(grow) {
             *v = self.dbias[c as usize] - 0.5 * *v - rmax[row as usize];
         }
         kernels::exp_f64_in_place_at(self.level, pval);
+        for (&e, &row) in pval.iter().zip(grow) {
+            rrest[row as usize] += e;
+        }
+        for i in 0..n {
+            let inv = 1.0 / rrest[i];
+            // The forward pass's test for the rows it refines whole (their γ are 0 here).
+            let count = rend[i] - if i > 0 { rend[i - 1] } else { 0 };
+            rinv[i] = if count == 0
+                || !(inv.is_finite() && inv > 0.0)
+                || (thr != 0.0 && t != 0.0 && rsum[i] * inv * t as f64 >= thr)
+            {
+                slow.push(i);
+                0.0
+            } else {
+                inv
+            };
+        }
+        // Per component: γ (into `pval`), A = r + poly (into `gw`), and per row
+        // s = Σ_kept γ A (into `rrest`); then B = γ (m A − s) with the keep-mask m.
+        let s_row = &mut rrest[..n];
+        s_row.fill(0.0);
+        for c in 0..k {
+            let range = gstart[c] as usize..gstart[c + 1] as usize;
+            let (active, rc) = (self.active[c], r[c]);
+            for ((v, a), &row) in pval[range.clone()]
+                .iter_mut()
+                .zip(&mut gw[range.clone()])
+                .zip(&grow[range])
+            {
+                let g = *v * rinv[row as usize];
+                let m = if active && g >= thr && g > 0.0 {
+                    g
+                } else {
+                    0.0
+                };
+                *v = g;
+                *a += rc;
+                s_row[row as usize] += m * *a;
+            }
+        }
+        for c in 0..k {
+            let range = gstart[c] as usize..gstart[c + 1] as usize;
+            let active = self.active[c];
+            let mut sum = 0f64;
+            for ((&g, a), &row) in pval[range.clone()]
+                .iter()
+                .zip(&mut gw[range.clone()])
+                .zip(&grow[range])
+            {
+                let ma = if active && g >= thr && g > 0.0 {
+                    *a
+                } else {
+                    0.0
+                };
+                let b = g * (ma - s_row[row as usize]);
+                *a = b;
+                sum += b;
+            }
+            t0[c] += sum;
+        }
+        // The unrefined entries of each row: γ = exp(l − max) × inv, B = −γ s.
         let (col_cut, touched) = s12[..2 * k].split_at_mut(k);
         let mut acc = simd::SkippedAcc {
             col,
@@ -524,85 +603,26 @@ impl FisherEncoder {
         let mut start = 0;
         for i in 0..n {
             let end = rend[i] as usize;
-            let pairs = start..end;
+            let comps = &pcomp[start..end];
             start = end;
-            let inv = 1.0 / (rrest[i] + pval[pairs.clone()].iter().sum::<f64>());
-            if pairs.is_empty()
-                || !(inv.is_finite() && inv > 0.0)
-                || (thr != 0.0 && t != 0.0 && rsum[i] * inv * t as f64 >= thr)
-            {
-                slow.push(i);
-                pval[pairs].fill(0.0);
+            let (inv, s) = (rinv[i], s_row[i]);
+            if inv == 0.0 || s == 0.0 || comps.len() == k {
                 continue;
             }
-            let mut s = 0f64;
-            for p in pairs.clone() {
-                let c = pcomp[p] as usize;
-                if self.kept(c, pval[p] * inv) {
-                    gw[p] += r[c];
-                    s += pval[p] * inv * gw[p];
-                }
+            let post = &mut block.post[i * k..(i + 1) * k];
+            for &c in comps {
+                post[c as usize] = 0.0;
             }
-            if s == 0.0 {
-                // No kept entry (or ∂L/∂γ = 0 on them): B = 0 throughout the row.
-                pval[pairs].fill(0.0);
-                continue;
-            }
-            // B in `pval`: γ (A − s) where γ is kept, −γ s where it is skipped.
-            for p in pairs.clone() {
-                let (c, g) = (pcomp[p] as usize, pval[p] * inv);
-                let b = if self.kept(c, g) {
-                    g * (gw[p] - s)
-                } else {
-                    -g * s
-                };
-                t0[c] += b;
-                pval[p] = b;
-            }
-            if pairs.len() < k {
-                // The unrefined entries: γ = exp(l − max) × inv.
-                let post = &mut block.post[i * k..(i + 1) * k];
-                for &c in &pcomp[pairs] {
-                    post[c as usize] = 0.0;
-                }
-                simd::skipped_row_at(
-                    self.level,
-                    post,
-                    (-s * inv) as f32,
-                    (SKIP_CUTOFF / inv) as f32,
-                    &block.aug[i * 2 * d..(i + 1) * 2 * d],
-                    &mut acc,
-                );
-            }
+            simd::skipped_row_at(
+                self.level,
+                post,
+                (-s * inv) as f32,
+                (SKIP_CUTOFF / inv) as f32,
+                &block.aug[i * 2 * d..(i + 1) * 2 * d],
+                &mut acc,
+            );
         }
-        // B of the refined entries grouped by component, in row order within each.
-        gstart.fill(0);
-        for (&c, &b) in pcomp.iter().zip(pval.iter()) {
-            gstart[c as usize + 1] += (b != 0.0) as u32;
-        }
-        for c in 0..k {
-            gstart[c + 1] += gstart[c];
-        }
-        gpos.copy_from_slice(&gstart[..k]);
-        for ((&row, &c), &b) in prow.iter().zip(pcomp).zip(pval.iter()) {
-            if b != 0.0 {
-                let q = &mut gpos[c as usize];
-                grow[*q as usize] = row;
-                gw[*q as usize] = b;
-                *q += 1;
-            }
-        }
-        let used = gstart[k] as usize;
-        kernels::moments_grouped_at(
-            self.level,
-            x,
-            d,
-            &self.ml,
-            gstart,
-            &grow[..used],
-            &gw[..used],
-            t12,
-        );
+        kernels::moments_grouped_at(self.level, x, d, &self.ml, gstart, grow, gw, t12);
     }
 
     /// The backward pass of row `i` of the block (descriptor `x`) on its own, through

@@ -425,10 +425,6 @@ impl FisherEncoder {
         let (k, d) = (self.gmm.k(), self.gmm.d());
         scratch.t0.fill(0.0);
         scratch.t12.fill(0.0);
-        // The forward statistics are not needed any more: `s12` holds the skipped entries'
-        // f64 sums and touched flags of a block.
-        scratch.s12[..2 * k].fill(0.0);
-        scratch.block.stats.fill(0.0);
         for block in x.chunks(BLOCK * d) {
             let n = self.block_log_densities(block, scratch);
             scratch.col.fill(0.0);
@@ -447,19 +443,6 @@ impl FisherEncoder {
             for (t, &b) in scratch.t0.iter_mut().zip(&scratch.col) {
                 *t += b as f64;
             }
-            let (col_cut, touched) = scratch.s12[..2 * k].split_at_mut(k);
-            simd::shifted_to_centred_at(
-                self.level,
-                d,
-                &self.cmeans,
-                &mut simd::SkippedAcc {
-                    col: &mut scratch.col,
-                    col_cut,
-                    touched,
-                    stats: &mut scratch.block.stats,
-                },
-                &mut scratch.t12,
-            );
         }
     }
 
@@ -496,7 +479,6 @@ impl FisherEncoder {
             t0,
             t12,
             col,
-            s12,
             ..
         } = scratch;
         slow.clear();
@@ -525,14 +507,15 @@ impl FisherEncoder {
             gcomp[*q as usize] = c;
             *q += 1;
         }
-        let (grow, gcomp, pval, gw) = (&grow[..np], &gcomp[..np], &mut pval[..np], &mut gw[..np]);
-        // A (without r) in `gw`.
-        simd::quad_poly_pairs_at(self.level, x, d, grow, gcomp, &self.ml, cuv, pval, gw);
-        for ((v, &c), &row) in pval.iter_mut().zip(gcomp).zip(grow) {
+        let (qrow, qcomp) = (&grow[..np], &gcomp[..np]);
+        let (qval, qw) = (&mut pval[..np], &mut gw[..np]);
+        // A (without r) in `qw`.
+        simd::quad_poly_pairs_at(self.level, x, d, qrow, qcomp, &self.ml, cuv, qval, qw);
+        for ((v, &c), &row) in qval.iter_mut().zip(qcomp).zip(qrow) {
             *v = self.dbias[c as usize] - 0.5 * *v - rmax[row as usize];
         }
-        kernels::exp_f64_in_place_at(self.level, pval);
-        for (&e, &row) in pval.iter().zip(grow) {
+        kernels::exp_f64_in_place_at(self.level, qval);
+        for (&e, &row) in qval.iter().zip(qrow) {
             rrest[row as usize] += e;
         }
         for i in 0..n {
@@ -549,17 +532,17 @@ impl FisherEncoder {
                 inv
             };
         }
-        // Per component: γ (into `pval`), A = r + poly (into `gw`), and per row
+        // Per component: γ (into `qval`), A = r + poly (into `qw`), and per row
         // s = Σ_kept γ A (into `rrest`); then B = γ (m A − s) with the keep-mask m.
         let s_row = &mut rrest[..n];
         s_row.fill(0.0);
         for c in 0..k {
             let range = gstart[c] as usize..gstart[c + 1] as usize;
             let (active, rc) = (self.active[c], r[c]);
-            for ((v, a), &row) in pval[range.clone()]
+            for ((v, a), &row) in qval[range.clone()]
                 .iter_mut()
-                .zip(&mut gw[range.clone()])
-                .zip(&grow[range])
+                .zip(&mut qw[range.clone()])
+                .zip(&qrow[range])
             {
                 let g = *v * rinv[row as usize];
                 let m = if active && g >= thr && g > 0.0 {
@@ -576,10 +559,10 @@ impl FisherEncoder {
             let range = gstart[c] as usize..gstart[c + 1] as usize;
             let active = self.active[c];
             let mut sum = 0f64;
-            for ((&g, a), &row) in pval[range.clone()]
+            for ((&g, a), &row) in qval[range.clone()]
                 .iter()
-                .zip(&mut gw[range.clone()])
-                .zip(&grow[range])
+                .zip(&mut qw[range.clone()])
+                .zip(&qrow[range])
             {
                 let ma = if active && g >= thr && g > 0.0 {
                     *a
@@ -592,37 +575,59 @@ impl FisherEncoder {
             }
             t0[c] += sum;
         }
-        // The unrefined entries of each row: γ = exp(l − max) × inv, B = −γ s.
-        let (col_cut, touched) = s12[..2 * k].split_at_mut(k);
-        let mut acc = simd::SkippedAcc {
-            col,
-            col_cut,
-            touched,
-            stats: &mut block.stats,
-        };
+        kernels::moments_grouped_at(self.level, x, d, &self.ml, gstart, qrow, qw, t12);
+        // The unrefined entries of each row: γ = exp(l − max) × inv, B = −γ s; all of them
+        // into T0 (`col`), those with γ ≥ SKIP_CUTOFF listed (rows in `prow`, components in
+        // `pcomp`, B in `pval`), grouped by component and added to T1, T2 like the others.
         let mut start = 0;
         for i in 0..n {
             let end = rend[i] as usize;
-            let comps = &pcomp[start..end];
+            if rinv[i] != 0.0 && s_row[i] != 0.0 {
+                let post = &mut block.post[i * k..(i + 1) * k];
+                for &c in &pcomp[start..end] {
+                    post[c as usize] = 0.0;
+                }
+            }
             start = end;
+        }
+        let mut ns = 0;
+        for i in 0..n {
             let (inv, s) = (rinv[i], s_row[i]);
-            if inv == 0.0 || s == 0.0 || comps.len() == k {
+            if inv == 0.0 || s == 0.0 {
                 continue;
             }
-            let post = &mut block.post[i * k..(i + 1) * k];
-            for &c in comps {
-                post[c as usize] = 0.0;
-            }
-            simd::skipped_row_at(
+            let m = simd::skipped_select_at(
                 self.level,
-                post,
+                &block.post[i * k..(i + 1) * k],
                 (-s * inv) as f32,
                 (SKIP_CUTOFF / inv) as f32,
-                &block.aug[i * 2 * d..(i + 1) * 2 * d],
-                &mut acc,
+                col,
+                &mut pcomp[ns..ns + k],
+                &mut pval[ns..ns + k],
             );
+            prow[ns..ns + m].fill(i as u32);
+            ns += m;
         }
-        kernels::moments_grouped_at(self.level, x, d, &self.ml, gstart, grow, gw, t12);
+        group_by_component(
+            k,
+            &prow[..ns],
+            &pcomp[..ns],
+            &pval[..ns],
+            gstart,
+            gpos,
+            grow,
+            gw,
+        );
+        kernels::moments_grouped_at(
+            self.level,
+            x,
+            d,
+            &self.ml,
+            gstart,
+            &grow[..ns],
+            &gw[..ns],
+            t12,
+        );
     }
 
     /// The backward pass of row `i` of the block (descriptor `x`) on its own, through
@@ -678,19 +683,36 @@ impl FisherEncoder {
         for &c in &scratch.sel[..m] {
             post[c as usize] = 0.0;
         }
-        let (col_cut, touched) = scratch.s12[..2 * k].split_at_mut(k);
-        simd::skipped_row_at(
+        let ns = simd::skipped_select_at(
             self.level,
             post,
             (-s * scale) as f32,
             (SKIP_CUTOFF / scale) as f32,
-            &scratch.block.aug[i * 2 * d..(i + 1) * 2 * d],
-            &mut simd::SkippedAcc {
-                col: &mut scratch.col,
-                col_cut,
-                touched,
-                stats: &mut scratch.block.stats,
-            },
+            &mut scratch.col,
+            &mut scratch.sel,
+            &mut scratch.gam,
+        );
+        // One row: every entry's row is 0 of `x`.
+        scratch.prow[..ns].fill(0);
+        group_by_component(
+            k,
+            &scratch.prow[..ns],
+            &scratch.sel[..ns],
+            &scratch.gam[..ns],
+            &mut scratch.gstart,
+            &mut scratch.gpos,
+            &mut scratch.grow,
+            &mut scratch.gw,
+        );
+        kernels::moments_grouped_at(
+            self.level,
+            x,
+            d,
+            &self.ml,
+            &scratch.gstart,
+            &scratch.grow[..ns],
+            &scratch.gw[..ns],
+            &mut scratch.t12,
         );
     }
 
@@ -733,6 +755,35 @@ impl FisherEncoder {
         for (c, g) in grad.weight_logits.iter_mut().enumerate() {
             *g += scratch.t0[c] - self.gmm.weights()[c] as f64 * e_sum;
         }
+    }
+}
+
+/// Groups the entries `(rows[p], comps[p], w[p])` by component, rows in order within each:
+/// `starts` (`K + 1`) gets the ranges into `grow`, `gw`; `pos` (`K`) is scratch.
+#[allow(clippy::too_many_arguments)]
+fn group_by_component(
+    k: usize,
+    rows: &[u32],
+    comps: &[u32],
+    w: &[f64],
+    starts: &mut [u32],
+    pos: &mut [u32],
+    grow: &mut [u32],
+    gw: &mut [f64],
+) {
+    starts.fill(0);
+    for &c in comps {
+        starts[c as usize + 1] += 1;
+    }
+    for c in 0..k {
+        starts[c + 1] += starts[c];
+    }
+    pos.copy_from_slice(&starts[..k]);
+    for ((&r, &c), &v) in rows.iter().zip(comps).zip(w) {
+        let q = &mut pos[c as usize];
+        grow[*q as usize] = r;
+        gw[*q as usize] = v;
+        *q += 1;
     }
 }
 

@@ -143,121 +143,52 @@ fn pair_sum(a: &[f64; PAIR_LANES]) -> f64 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
-/// Where [`skipped_row_at`] accumulates one block's skipped entries.
-pub(super) struct SkippedAcc<'a> {
-    /// `K`: f32 sums of every entry `f γ_c` of the row (all of them, also those below `cut`).
-    pub col: &'a mut [f32],
-    /// `K`: f64 sums of the entries at or above `cut`.
-    pub col_cut: &'a mut [f64],
-    /// `K`: 1 where a component received an entry at or above `cut` in this block.
-    pub touched: &'a mut [f64],
-    /// `K × W`: f32 sums of `f γ_c · aug`, for the entries at or above `cut`.
-    pub stats: &'a mut [f32],
-}
-
-/// One descriptor's skipped posteriors: for every component `c` the entry `b = f · post[c]`
-/// is added to `acc.col[c]`; where `post[c] ≥ cut` also to `acc.col_cut[c]` (in f64), and
-/// `b · aug` (`W` values) to row `c` of `acc.stats`, and `acc.touched[c]` is set to 1.
-/// Entries are visited in component order at every level.
-pub(super) fn skipped_row_at(
+/// One descriptor's skipped posteriors `post` (`K`, the refined entries already zeroed):
+/// every entry `b = f · post[c]` is added to `col[c]` (f32), and those with `post[c] ≥ cut`
+/// are listed: their components in `comps[..count]` and `b` (in f64) in `bs[..count]`, in
+/// increasing component order. Returns `count`. `comps` and `bs` must hold `K` values.
+pub(super) fn skipped_select_at(
     level: SimdLevel,
     post: &[f32],
     f: f32,
     cut: f32,
-    aug: &[f32],
-    acc: &mut SkippedAcc,
-) {
-    let (k, w) = (post.len(), aug.len());
-    assert!(acc.col.len() == k && acc.col_cut.len() == k && acc.touched.len() == k);
-    assert!(acc.stats.len() == k * w);
+    col: &mut [f32],
+    comps: &mut [u32],
+    bs: &mut [f64],
+) -> usize {
+    let k = post.len();
+    assert!(col.len() == k && comps.len() >= k && bs.len() >= k);
     match level.clamp_to_cpu() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512F (clamp_to_cpu); lengths checked above.
-        SimdLevel::Avx512 => unsafe { x86::skipped_row_avx512(post, f, cut, aug, acc) },
+        SimdLevel::Avx512 => unsafe { x86::skipped_select_avx512(post, f, cut, col, comps, bs) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 (clamp_to_cpu); lengths checked above.
-        SimdLevel::Avx2 => unsafe { x86::skipped_row_avx2(post, f, cut, aug, acc) },
-        _ => skipped_row_scalar(post, f, cut, aug, acc),
+        SimdLevel::Avx2 => unsafe { x86::skipped_select_avx2(post, f, cut, col, comps, bs) },
+        _ => skipped_select_scalar(post, f, cut, col, comps, bs),
     }
 }
 
-/// Scalar twin of [`skipped_row_at`].
-pub(super) fn skipped_row_scalar(
+/// Scalar twin of [`skipped_select_at`].
+pub(super) fn skipped_select_scalar(
     post: &[f32],
     f: f32,
     cut: f32,
-    aug: &[f32],
-    acc: &mut SkippedAcc,
-) {
-    let w = aug.len();
+    col: &mut [f32],
+    comps: &mut [u32],
+    bs: &mut [f64],
+) -> usize {
+    let mut count = 0;
     for (c, &p) in post.iter().enumerate() {
         let b = p * f;
-        acc.col[c] += b;
+        col[c] += b;
         if p >= cut {
-            add_entry_scalar(c, b, aug, w, acc);
+            comps[count] = c as u32;
+            bs[count] = b as f64;
+            count += 1;
         }
     }
-}
-
-/// One entry at or above the cut: `col_cut`, `touched` and `stats` row `c += b · aug`.
-#[inline(always)]
-fn add_entry_scalar(c: usize, b: f32, aug: &[f32], w: usize, acc: &mut SkippedAcc) {
-    acc.col_cut[c] += b as f64;
-    acc.touched[c] = 1.0;
-    for (s, &a) in acc.stats[c * w..(c + 1) * w].iter_mut().zip(aug) {
-        *s += b * a;
-    }
-}
-
-/// Moves the block sums of [`skipped_row_at`] from the shifted frame into the centred
-/// accumulators and clears them, for every touched component `c`: with `b0 = col_cut[c]`,
-/// `[b2, b1] = stats[c]` (`Σ b x'²`, `Σ b x'` about the shift, `D` each) and `m = cmeans[c]`
-/// the mean in the shifted frame, `t1 += b1 − m b0` and `t2 += b2 − 2 m b1 + m² b0` (`t12`
-/// rows `[t1, t2]`, `2D` each, f64).
-pub(super) fn shifted_to_centred_at(
-    level: SimdLevel,
-    d: usize,
-    cmeans: &[f64],
-    acc: &mut SkippedAcc,
-    t12: &mut [f64],
-) {
-    let k = acc.col_cut.len();
-    assert!(cmeans.len() == k * d && t12.len() == 2 * k * d && acc.stats.len() == 2 * k * d);
-    match level.clamp_to_cpu() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512F (clamp_to_cpu).
-        SimdLevel::Avx512 => unsafe { x86::shifted_to_centred_avx512(d, cmeans, acc, t12) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX2 (clamp_to_cpu).
-        SimdLevel::Avx2 => unsafe { x86::shifted_to_centred_avx2(d, cmeans, acc, t12) },
-        _ => shifted_to_centred_body(d, cmeans, acc, t12),
-    }
-}
-
-/// Body of [`shifted_to_centred_at`]: only exactly rounded operations in a fixed order, so
-/// that every vector width gives the same result.
-#[inline(always)]
-fn shifted_to_centred_body(d: usize, cmeans: &[f64], acc: &mut SkippedAcc, t12: &mut [f64]) {
-    for c in 0..acc.col_cut.len() {
-        if acc.touched[c] == 0.0 {
-            continue;
-        }
-        let b0 = acc.col_cut[c];
-        let st = &mut acc.stats[c * 2 * d..(c + 1) * 2 * d];
-        let (t1, t2) = t12[2 * c * d..2 * (c + 1) * d].split_at_mut(d);
-        let cm = &cmeans[c * d..(c + 1) * d];
-        let (sq, lin) = st.split_at(d);
-        for ((((a1, a2), &m), &s2), &s1) in
-            t1.iter_mut().zip(t2.iter_mut()).zip(cm).zip(sq).zip(lin)
-        {
-            let (b1, b2) = (s1 as f64, s2 as f64);
-            *a1 += b1 - m * b0;
-            *a2 += b2 - 2.0 * m * b1 + m * m * b0;
-        }
-        st.fill(0.0);
-        acc.col_cut[c] = 0.0;
-        acc.touched[c] = 0.0;
-    }
+    count
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -482,110 +413,87 @@ mod x86 {
         poly_finish(&a)
     }
 
-    /// `stats[c] += b · aug` with separate multiplies and adds.
-    #[inline]
     #[target_feature(enable = "avx512f")]
-    fn add_entry_avx512(c: usize, b: f32, aug: &[f32], acc: &mut SkippedAcc) {
-        let w = aug.len();
-        acc.col_cut[c] += b as f64;
-        acc.touched[c] = 1.0;
-        let row = &mut acc.stats[c * w..(c + 1) * w];
-        let whole = w / 16 * 16;
-        let vb = _mm512_set1_ps(b);
-        for j in (0..whole).step_by(16) {
-            // SAFETY: j + 16 ≤ whole ≤ w = the length of `aug` and `row`.
-            unsafe {
-                let p = row.as_mut_ptr().add(j);
-                let s = _mm512_mul_ps(vb, _mm512_loadu_ps(aug.as_ptr().add(j)));
-                _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), s));
-            }
-        }
-        for (s, &a) in row[whole..].iter_mut().zip(&aug[whole..]) {
-            *s += b * a;
-        }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn skipped_row_avx512(
+    pub(super) fn skipped_select_avx512(
         post: &[f32],
         f: f32,
         cut: f32,
-        aug: &[f32],
-        acc: &mut SkippedAcc,
-    ) {
+        col: &mut [f32],
+        comps: &mut [u32],
+        bs: &mut [f64],
+    ) -> usize {
         let k = post.len();
         let whole = k / 16 * 16;
         let (vf, vcut) = (_mm512_set1_ps(f), _mm512_set1_ps(cut));
+        let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let mut count = 0;
         for base in (0..whole).step_by(16) {
-            // SAFETY: base + 16 ≤ whole ≤ k = the length of `post` and `acc.col`.
-            let (b, mut mask) = unsafe {
+            // SAFETY: base + 16 ≤ whole ≤ k = the length of `post` and `col`.
+            let (b, mask) = unsafe {
                 let p = _mm512_loadu_ps(post.as_ptr().add(base));
                 let b = _mm512_mul_ps(p, vf);
-                let cp = acc.col.as_mut_ptr().add(base);
+                let cp = col.as_mut_ptr().add(base);
                 _mm512_storeu_ps(cp, _mm512_add_ps(_mm512_loadu_ps(cp), b));
                 (b, _mm512_cmp_ps_mask::<_CMP_GE_OQ>(p, vcut))
             };
             if mask == 0 {
                 continue;
             }
-            let mut bs = [0f32; 16];
-            // SAFETY: `bs` holds exactly 16 f32.
-            unsafe { _mm512_storeu_ps(bs.as_mut_ptr(), b) };
-            while mask != 0 {
-                let j = mask.trailing_zeros() as usize;
-                mask &= mask - 1;
-                add_entry_avx512(base + j, bs[j], aug, acc);
+            // The selected lanes compressed in registers (a compressing store is microcoded)
+            // and written with masked stores: components, and B widened to f64.
+            let cnt = mask.count_ones() as usize;
+            let idx = _mm512_add_epi32(_mm512_set1_epi32(base as i32), iota);
+            let bc = _mm512_maskz_compress_ps(mask, b);
+            let ic = _mm512_maskz_compress_epi32(mask, idx);
+            let (lo, hi) = (
+                _mm512_cvtps_pd(_mm512_castps512_ps256(bc)),
+                _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                    _mm512_castps_pd(bc),
+                ))),
+            );
+            let all = ((1u32 << cnt) - 1) as u16;
+            // SAFETY: only the first `cnt` lanes from `count` are written, and count + cnt ≤ k
+            // ≤ the lengths of `comps` and `bs` (each selected entry is a distinct component);
+            // masked-off lanes are not accessed.
+            unsafe {
+                let (cp, bp) = (comps.as_mut_ptr().add(count), bs.as_mut_ptr().add(count));
+                _mm512_mask_storeu_epi32(cp as *mut i32, all, ic);
+                _mm512_mask_storeu_pd(bp, all as u8, lo);
+                _mm512_mask_storeu_pd(bp.wrapping_add(8), (all >> 8) as u8, hi);
             }
+            count += cnt;
         }
         for (c, &p) in post.iter().enumerate().skip(whole) {
             let b = p * f;
-            acc.col[c] += b;
+            col[c] += b;
             if p >= cut {
-                add_entry_avx512(c, b, aug, acc);
+                comps[count] = c as u32;
+                bs[count] = b as f64;
+                count += 1;
             }
         }
-    }
-
-    /// `stats[c] += b · aug` with separate multiplies and adds.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn add_entry_avx2(c: usize, b: f32, aug: &[f32], acc: &mut SkippedAcc) {
-        let w = aug.len();
-        acc.col_cut[c] += b as f64;
-        acc.touched[c] = 1.0;
-        let row = &mut acc.stats[c * w..(c + 1) * w];
-        let whole = w / 8 * 8;
-        let vb = _mm256_set1_ps(b);
-        for j in (0..whole).step_by(8) {
-            // SAFETY: j + 8 ≤ whole ≤ w = the length of `aug` and `row`.
-            unsafe {
-                let p = row.as_mut_ptr().add(j);
-                let s = _mm256_mul_ps(vb, _mm256_loadu_ps(aug.as_ptr().add(j)));
-                _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), s));
-            }
-        }
-        for (s, &a) in row[whole..].iter_mut().zip(&aug[whole..]) {
-            *s += b * a;
-        }
+        count
     }
 
     #[target_feature(enable = "avx2")]
-    pub(super) fn skipped_row_avx2(
+    pub(super) fn skipped_select_avx2(
         post: &[f32],
         f: f32,
         cut: f32,
-        aug: &[f32],
-        acc: &mut SkippedAcc,
-    ) {
+        col: &mut [f32],
+        comps: &mut [u32],
+        bs: &mut [f64],
+    ) -> usize {
         let k = post.len();
         let whole = k / 8 * 8;
         let (vf, vcut) = (_mm256_set1_ps(f), _mm256_set1_ps(cut));
+        let mut count = 0;
         for base in (0..whole).step_by(8) {
-            // SAFETY: base + 8 ≤ whole ≤ k = the length of `post` and `acc.col`.
+            // SAFETY: base + 8 ≤ whole ≤ k = the length of `post` and `col`.
             let (b, mut mask) = unsafe {
                 let p = _mm256_loadu_ps(post.as_ptr().add(base));
                 let b = _mm256_mul_ps(p, vf);
-                let cp = acc.col.as_mut_ptr().add(base);
+                let cp = col.as_mut_ptr().add(base);
                 _mm256_storeu_ps(cp, _mm256_add_ps(_mm256_loadu_ps(cp), b));
                 let ge = _mm256_cmp_ps::<_CMP_GE_OQ>(p, vcut);
                 (b, _mm256_movemask_ps(ge) as u32)
@@ -593,42 +501,27 @@ mod x86 {
             if mask == 0 {
                 continue;
             }
-            let mut bs = [0f32; 8];
-            // SAFETY: `bs` holds exactly 8 f32.
-            unsafe { _mm256_storeu_ps(bs.as_mut_ptr(), b) };
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds exactly 8 f32.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), b) };
             while mask != 0 {
                 let j = mask.trailing_zeros() as usize;
                 mask &= mask - 1;
-                add_entry_avx2(base + j, bs[j], aug, acc);
+                comps[count] = (base + j) as u32;
+                bs[count] = lanes[j] as f64;
+                count += 1;
             }
         }
         for (c, &p) in post.iter().enumerate().skip(whole) {
             let b = p * f;
-            acc.col[c] += b;
+            col[c] += b;
             if p >= cut {
-                add_entry_avx2(c, b, aug, acc);
+                comps[count] = c as u32;
+                bs[count] = b as f64;
+                count += 1;
             }
         }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn shifted_to_centred_avx512(
-        d: usize,
-        cmeans: &[f64],
-        acc: &mut SkippedAcc,
-        t12: &mut [f64],
-    ) {
-        shifted_to_centred_body(d, cmeans, acc, t12)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub(super) fn shifted_to_centred_avx2(
-        d: usize,
-        cmeans: &[f64],
-        acc: &mut SkippedAcc,
-        t12: &mut [f64],
-    ) {
-        shifted_to_centred_body(d, cmeans, acc, t12)
+        count
     }
 }
 
@@ -722,95 +615,44 @@ mod tests {
         }
     }
 
-    /// Rows `[x², x]` of the shifted frame, as `stats::block_posteriors` makes them.
-    fn aug_rows(rows: usize, d: usize) -> Vec<f32> {
-        let x = values(rows * d, 8);
-        let mut aug = Vec::with_capacity(2 * rows * d);
-        for r in x.chunks_exact(d) {
-            aug.extend(r.iter().map(|&v| (v * v) as f32));
-            aug.extend(r.iter().map(|&v| v as f32));
-        }
-        aug
-    }
-
-    /// Runs one block of rows through `skipped_row_at` and `shifted_to_centred_at`.
-    fn skipped_block(level: SimdLevel, k: usize, d: usize, rows: usize) -> (Vec<f32>, Vec<f64>) {
-        let w = 2 * d;
-        let post: Vec<f32> = values(rows * k, 7)
-            .iter()
-            .map(|&v| (v.abs() * 1e-6) as f32)
-            .collect();
-        let aug = aug_rows(rows, d);
-        let cmeans = values(k * d, 9);
-        let (mut col, mut col_cut, mut touched) = (vec![0f32; k], vec![0f64; k], vec![0f64; k]);
-        let mut stats = vec![0f32; k * w];
-        let mut t12 = values(2 * k * d, 10);
-        let mut acc = SkippedAcc {
-            col: &mut col,
-            col_cut: &mut col_cut,
-            touched: &mut touched,
-            stats: &mut stats,
-        };
-        for i in 0..rows {
-            let f = if i % 2 == 0 { -3.0 } else { 0.5 };
-            let p = &post[i * k..(i + 1) * k];
-            skipped_row_at(level, p, f, 4e-7, &aug[i * w..(i + 1) * w], &mut acc);
-        }
-        shifted_to_centred_at(level, d, &cmeans, &mut acc, &mut t12);
-        assert!(acc
-            .col_cut
-            .iter()
-            .chain(acc.touched.iter())
-            .all(|&v| v == 0.0));
-        assert!(acc.stats.iter().all(|&v| v == 0.0), "stats cleared");
-        (col, t12)
-    }
-
     #[test]
-    fn skipped_rows_agree_at_every_level_and_with_the_centred_sums() {
-        for (k, d) in SHAPES {
-            let rows = 6;
-            let (col0, t0) = skipped_block(SimdLevel::Scalar, k, d, rows);
-            // Against the direct centred sums in f64, entries at or above the cut only.
-            let w = 2 * d;
+    fn skipped_select_agrees_at_every_level() {
+        for k in [1usize, 7, 8, 16, 17, 40, 256] {
+            let rows = 5;
             let post: Vec<f32> = values(rows * k, 7)
                 .iter()
                 .map(|&v| (v.abs() * 1e-6) as f32)
                 .collect();
-            let aug = aug_rows(rows, d);
-            let cmeans = values(k * d, 9);
-            let mut want = values(2 * k * d, 10);
-            for i in 0..rows {
-                let f = if i % 2 == 0 { -3.0f32 } else { 0.5 };
-                for c in 0..k {
-                    let p = post[i * k + c];
-                    let b = (p * f) as f64;
-                    if p >= 4e-7 {
-                        for j in 0..d {
-                            // f32 sums of f32 x²: 1e-7 of Σ|b| (|x| + |m|)², ~1e-11.
-                            let t = aug[i * w + d + j] as f64 - cmeans[c * d + j];
-                            want[2 * c * d + j] += b * t;
-                            want[2 * c * d + d + j] += b * t * t;
-                        }
-                    }
+            let run = |level: SimdLevel| {
+                let mut col = vec![0f32; k];
+                let mut out = Vec::new();
+                for i in 0..rows {
+                    let f = if i % 2 == 0 { -3.0 } else { 0.5 };
+                    let (mut comps, mut bs) = (vec![0u32; k], vec![0f64; k]);
+                    let p = &post[i * k..(i + 1) * k];
+                    let m = skipped_select_at(level, p, f, 4e-7, &mut col, &mut comps, &mut bs);
+                    out.push((comps[..m].to_vec(), bs[..m].to_vec()));
                 }
-            }
-            for (g, e) in t0.iter().zip(&want) {
-                assert!((g - e).abs() <= 2e-11, "K={k} D={d}: {g} vs {e}");
+                (col, out)
+            };
+            let (col0, out0) = run(SimdLevel::Scalar);
+            for (i, (comps, bs)) in out0.iter().enumerate() {
+                let f = if i % 2 == 0 { -3.0f32 } else { 0.5 };
+                let p = &post[i * k..(i + 1) * k];
+                let want: Vec<u32> = (0..k as u32).filter(|&c| p[c as usize] >= 4e-7).collect();
+                assert_eq!(comps, &want, "K={k}");
+                for (&c, &b) in comps.iter().zip(bs) {
+                    assert_eq!(b, (p[c as usize] * f) as f64);
+                }
             }
             for c in 0..k {
                 let s: f64 = (0..rows)
                     .map(|i| (post[i * k + c] * if i % 2 == 0 { -3.0 } else { 0.5 }) as f64)
                     .sum();
-                assert!(
-                    (col0[c] as f64 - s).abs() <= 1e-12,
-                    "K={k} D={d}: column sums"
-                );
+                assert!((col0[c] as f64 - s).abs() <= 1e-12, "K={k}: column sums");
             }
             for level in SimdLevel::available() {
-                let (col, t) = skipped_block(level, k, d, rows);
-                assert_eq!(col, col0, "{level:?} K={k} D={d}");
-                assert_eq!(t, t0, "{level:?} K={k} D={d}");
+                assert_eq!(run(level), (col0.clone(), out0.clone()), "{level:?} K={k}");
             }
         }
     }

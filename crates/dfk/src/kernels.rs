@@ -275,15 +275,26 @@ pub fn shift_square_at(
 
 /// Scalar twin of [`shift_square_at`].
 pub fn shift_square_scalar(x: &[f32], d: usize, shift: Option<&[f32]>, aug: &mut [f32]) -> bool {
+    // Written as plain element-wise loops (the shift chosen once, not per element) so that
+    // the compiler vectorises them: dimensions that are not a multiple of the vector width
+    // (e.g. 34) run here at every level.
     let mut bad = false;
     for (row, out) in x.chunks_exact(d).zip(aug.chunks_exact_mut(2 * d)) {
         let (sq, lin) = out.split_at_mut(d);
-        for (j, ((s, l), &a)) in sq.iter_mut().zip(lin.iter_mut()).zip(row).enumerate() {
-            bad |= a.to_bits() & 0x7f80_0000 == 0x7f80_0000;
-            let v = a - shift.map_or(0.0, |c| c[j]);
-            *s = v * v;
-            *l = v;
+        match shift {
+            Some(c) => {
+                for ((l, &a), &c) in lin.iter_mut().zip(row).zip(c) {
+                    *l = a - c;
+                }
+            }
+            None => lin.copy_from_slice(row),
         }
+        for (s, &l) in sq.iter_mut().zip(lin.iter()) {
+            *s = l * l;
+        }
+        bad |= row.iter().fold(false, |b, &a| {
+            b | (a.to_bits() & 0x7f80_0000 == 0x7f80_0000)
+        });
     }
     !bad
 }

@@ -27,13 +27,17 @@
 //! 1. the forward results: [`FisherEncoder::backward_batch_cached`] restores Φ from the encoded
 //!    vector and [`ForwardCache`] (‖p‖, S0), which the caller has anyway after encoding;
 //!    [`FisherEncoder::backward`] runs the forward pass first;
-//! 2. one pass over the descriptors, per block of rows: the posteriors (same GEMM and
-//!    refinement as the forward pass), then for the kept entries (a few per row with VLFeat's
-//!    threshold) A, B and their contributions to T directly about μ_k in f64 — the expanded
-//!    GEMM form `[x², x] W + r` cancels like the forward statistics do — and for the skipped
-//!    entries, whose `B = −γ Σ_j m γ A` is tiny but dense, one product `Bᵀ[x², x]`
-//!    ([`stats::block_statistics`], sparse or GEMM) in the shifted frame, moved to the centred
-//!    form afterwards (its cancellation error is relative to those tiny values).
+//! 2. one pass over the descriptors, per block of rows, laid out as the forward pass's
+//!    (`FisherEncoder::block_statistics`): the GEMM log-densities, the entries to refine,
+//!    grouped by component, their f64 log-densities together with A
+//!    (`simd::quad_poly_pairs_at`, the same quadratic forms as the forward pass, so the same
+//!    posteriors are kept), then `B = γ (m A − s)` and their moments about μ_k in f64 with
+//!    one component's sums in registers — the expanded GEMM form `[x², x] W + r` would cancel
+//!    like the forward statistics do. The unrefined entries, whose `B = −γ s` is tiny but
+//!    dense, all enter `T0`; those with `γ ≥ SKIP_CUTOFF` (1e-8) also `T1`, `T2` through the
+//!    same grouped moments in f32 (a dense `Bᵀ[x², x]` product of forward size before);
+//!    dropping the rest changes the gradient by ~1e-8 of its largest entry on the benchmark
+//!    workload, below the f32 rounding of the cached vectors.
 
 use rayon::prelude::*;
 
@@ -418,9 +422,8 @@ impl FisherEncoder {
     /// The refined entries (a few per row) go through the f64 path about μ_k: A and
     /// `B = γ (A − s)` where γ is kept, `B = −γ s` where it is skipped. The other entries are
     /// skipped, with `B_ik = −γ_ik s_i` tiny but dense: every one of them enters T0
-    /// ([`simd::skipped_row_at`]), and those with `γ ≥` [`SKIP_CUTOFF`] also T1 and T2, as
-    /// sparse f32 sums of `B [x², x]` in the shifted frame, moved to the centred form once
-    /// per block ([`simd::shifted_to_centred_at`]).
+    /// ([`simd::skipped_select_at`]), and those with `γ ≥` [`SKIP_CUTOFF`] also T1 and T2
+    /// ([`simd::moments_grouped_f32_at`]).
     fn second_pass(&self, x: &[f32], scratch: &mut FisherScratch) {
         let (k, d) = (self.gmm.k(), self.gmm.d());
         scratch.t0.fill(0.0);
@@ -618,7 +621,7 @@ impl FisherEncoder {
             grow,
             gw,
         );
-        kernels::moments_grouped_at(
+        simd::moments_grouped_f32_at(
             self.level,
             x,
             d,
@@ -704,7 +707,7 @@ impl FisherEncoder {
             &mut scratch.grow,
             &mut scratch.gw,
         );
-        kernels::moments_grouped_at(
+        simd::moments_grouped_f32_at(
             self.level,
             x,
             d,

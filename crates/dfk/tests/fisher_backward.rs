@@ -199,3 +199,36 @@ fn batch_backward_is_the_sum_over_images_and_skips_zero_upstream() {
     .unwrap();
     check("zero upstream", &with_zero.means, &want.means, 1e-12);
 }
+
+/// Many components at D = 16 (the vector kernels' whole-width paths) with a wide spread of
+/// posteriors: the skipped ones between the cutoff and the threshold go through the sparse
+/// path, those below the cutoff enter only T0. Against the scalar f64 reference, which keeps
+/// every skipped posterior's softmax coupling, the gradient must agree far below the other
+/// tests' tolerance.
+#[test]
+fn skipped_posteriors_below_the_cutoff_do_not_change_the_gradient() {
+    let mut rng = Rng(41);
+    let (k, d, n) = (48, 16, 700);
+    let (gmm, x) = random_case(&mut rng, k, d, n, 0.5, 0.45);
+    let o = FisherOptions::default();
+    let xf = to_f64(&x);
+    let (th, ro) = (Params::of(&gmm), RefOptions::of(&o));
+    // The case exercises both sides of the cutoff (1e-8) and the refined band.
+    let gam = forward(&xf, &th, &ro).raw_gamma;
+    let band = |lo: f64, hi: f64| gam.iter().filter(|&&g| g >= lo && g < hi).count() as f64;
+    let total = gam.len() as f64;
+    assert!(
+        band(1e-8, 5e-7) / total > 0.02,
+        "too few sparse skipped entries"
+    );
+    assert!(
+        band(1e-30, 1e-8) / total > 0.02,
+        "too few entries below the cutoff"
+    );
+    let g = upstream(&mut rng, 2 * k * d);
+    let got = analytic(&gmm, &x, &g, o);
+    let (m, s, a) = backward(&xf, &th, &ro, &g);
+    check("means", &got.means, &m, 1e-7);
+    check("log-std", &got.log_std, &s, 1e-7);
+    check("logits", &got.weight_logits, &a, 1e-7);
+}

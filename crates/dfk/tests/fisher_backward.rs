@@ -213,22 +213,23 @@ fn skipped_posteriors_below_the_cutoff_do_not_change_the_gradient() {
     let o = FisherOptions::default();
     let xf = to_f64(&x);
     let (th, ro) = (Params::of(&gmm), RefOptions::of(&o));
-    // The case exercises both sides of the cutoff (1e-8) and the refined band.
+    // The case exercises both sides of the cutoff (3e-8) and the refined band.
     let gam = forward(&xf, &th, &ro).raw_gamma;
     let band = |lo: f64, hi: f64| gam.iter().filter(|&&g| g >= lo && g < hi).count() as f64;
     let total = gam.len() as f64;
     assert!(
-        band(1e-8, 5e-7) / total > 0.02,
+        band(3e-8, 5e-7) / total > 0.02,
         "too few sparse skipped entries"
     );
     assert!(
-        band(1e-30, 1e-8) / total > 0.02,
+        band(1e-30, 3e-8) / total > 0.02,
         "too few entries below the cutoff"
     );
     let g = upstream(&mut rng, 2 * k * d);
     let got = analytic(&gmm, &x, &g, o);
     let (m, s, a) = backward(&xf, &th, &ro, &g);
-    check("means", &got.means, &m, 1e-7);
-    check("log-std", &got.log_std, &s, 1e-7);
-    check("logits", &got.weight_logits, &a, 1e-7);
+    // 1.3e-7 measured (5e-7 with a cutoff of 1e-6).
+    check("means", &got.means, &m, 2e-7);
+    check("log-std", &got.log_std, &s, 2e-7);
+    check("logits", &got.weight_logits, &a, 2e-7);
 }

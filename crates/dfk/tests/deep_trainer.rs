@@ -223,9 +223,11 @@ fn resumed_run_matches_an_uninterrupted_one() {
 }
 
 /// The same run in a 1-thread and a 2-thread rayon pool. The encoder and backward pass sum in
-/// a fixed order; the one-vs-rest solver visits samples in an order that depends on the thread
-/// count, so its solutions agree to its tolerance — a tight one here, so that the whole runs
-/// agree closely.
+/// a fixed order (bit-identical gradients for the same θ); the one-vs-rest solver visits
+/// samples in an order that depends on the thread count, so its solutions agree to its
+/// tolerance — a tight one here, so that the whole runs agree closely. The backward pass drops
+/// posteriors below a cutoff from two of its sums, so the gradient is not exactly continuous in
+/// θ: the solver's ~1e-11 differences can move a later J by ~1e-8 (observed 1.7e-8).
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let set = synthetic(48, 15, 3, 3, 15);
@@ -252,7 +254,7 @@ fn results_do_not_depend_on_the_thread_count() {
     for (a, b) in one.history.records.iter().zip(&two.history.records) {
         let rel = (a.objective - b.objective).abs() / a.objective.abs();
         assert!(
-            rel < 1e-8,
+            rel < 1e-7,
             "iteration {}: J {} vs {}",
             a.iteration,
             a.objective,

@@ -124,8 +124,6 @@ pub struct FisherEncoder {
     terms: GmmTerms,
     /// `D`: the shift `c = Σ π_k μ_k` subtracted from every descriptor.
     center: Vec<f32>,
-    /// `K × D`: `μ − c`, the means in the shifted frame.
-    cmeans: Vec<f64>,
     /// `K × 2D`: per component `[μ (D), 1/σ² (D)]`, for the direct f64 evaluation.
     ml: Vec<f64>,
     /// `K`: `log π − ½ Σ_d log σ²` in f64.
@@ -228,12 +226,6 @@ impl FisherEncoder {
             .enumerate()
             .map(|(i, &m)| m - center[i % d])
             .collect();
-        let cmeans = gmm
-            .means()
-            .iter()
-            .enumerate()
-            .map(|(i, &m)| m as f64 - center[i % d] as f64)
-            .collect();
         let mut ml = vec![0f64; 2 * k * d];
         let mut dbias = vec![0f64; k];
         for c in 0..k {
@@ -261,7 +253,6 @@ impl FisherEncoder {
             options,
             terms: GmmTerms::new(&shifted_gmm),
             center,
-            cmeans,
             ml,
             dbias,
             inv_sigma: gmm

@@ -129,8 +129,9 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-4)]
     pub min_step: f64,
     /// Plain backtracking: halve a rejected step and always start the next search at 1.5× the
-    /// accepted one (default: retry at the quadratic interpolant's minimiser, and grow only
-    /// after a search accepted its first trial).
+    /// accepted one (default: retry at the quadratic interpolant's minimiser, and start the
+    /// next search at the minimiser of the quadratic through the accepted step, within
+    /// [t, 1.5 t]).
     #[arg(long)]
     pub plain_backtracking: bool,
     /// Armijo constant c1.

@@ -464,81 +464,42 @@ impl FisherEncoder {
     fn block_backward(&self, x: &[f32], n: usize, scratch: &mut FisherScratch) {
         let (k, d) = (self.gmm.k(), self.gmm.d());
         let thr = self.options.posterior_threshold as f64;
-        let t = self.refine;
+        let np = self.select_pairs(n, scratch);
+        // A (without r) in `gw`, the quadratic forms exactly as the forward pass's.
+        simd::quad_poly_pairs_at(
+            self.level,
+            x,
+            d,
+            &scratch.grow[..np],
+            &scratch.gcomp[..np],
+            &self.ml,
+            &scratch.cuv,
+            &mut scratch.pval[..np],
+            &mut scratch.gw[..np],
+        );
+        // The forward pass's renormalisation and its test for the rows it refines whole
+        // (their γ are 0 here).
+        self.renormalise_pairs(n, np, scratch);
         let FisherScratch {
             block,
             prow,
             pcomp,
             pval,
             rend,
-            rmax,
-            rsum,
             rrest,
             rinv,
             gstart,
             gpos,
             grow,
-            gcomp,
             gw,
-            slow,
-            cuv,
             r,
             t0,
             t12,
             col,
             ..
         } = scratch;
-        slow.clear();
-        let mut np = 0;
-        gstart.fill(0);
-        for i in 0..n {
-            let row = &mut block.post[i * k..(i + 1) * k];
-            let e = kernels::exp_select_at(self.level, row, t, &mut pcomp[np..np + k]);
-            prow[np..np + e.count].fill(i as u32);
-            for &c in &pcomp[np..np + e.count] {
-                gstart[c as usize + 1] += 1;
-            }
-            (rmax[i], rsum[i], rrest[i]) = (e.max as f64, e.sum, e.rest);
-            np += e.count;
-            rend[i] = np as u32;
-        }
-        // The pairs grouped by component, rows in order within each (one component's terms
-        // stay in L1).
-        for c in 0..k {
-            gstart[c + 1] += gstart[c];
-        }
-        gpos.copy_from_slice(&gstart[..k]);
-        for (&row, &c) in prow[..np].iter().zip(&pcomp[..np]) {
-            let q = &mut gpos[c as usize];
-            grow[*q as usize] = row;
-            gcomp[*q as usize] = c;
-            *q += 1;
-        }
-        let (qrow, qcomp) = (&grow[..np], &gcomp[..np]);
+        let qrow = &grow[..np];
         let (qval, qw) = (&mut pval[..np], &mut gw[..np]);
-        // A (without r) in `qw`.
-        simd::quad_poly_pairs_at(self.level, x, d, qrow, qcomp, &self.ml, cuv, qval, qw);
-        for ((v, &c), &row) in qval.iter_mut().zip(qcomp).zip(qrow) {
-            *v = self.dbias[c as usize] - 0.5 * *v - rmax[row as usize];
-        }
-        kernels::exp_f64_in_place_at(self.level, qval);
-        for (&e, &row) in qval.iter().zip(qrow) {
-            rrest[row as usize] += e;
-        }
-        for i in 0..n {
-            let inv = 1.0 / rrest[i];
-            // The forward pass's test for the rows it refines whole (their γ are 0 here).
-            let count = rend[i] - if i > 0 { rend[i - 1] } else { 0 };
-            rinv[i] = if count == 0
-                || !(inv.is_finite() && inv > 0.0)
-                || (thr != 0.0 && t != 0.0 && rsum[i] * inv * t as f64 >= thr)
-            {
-                slow.push(i);
-                0.0
-            } else {
-                inv
-            };
-        }
         // Per component: γ (into `qval`), A = r + poly (into `qw`), and per row
         // s = Σ_kept γ A (into `rrest`); then B = γ (m A − s) with the keep-mask m.
         let s_row = &mut rrest[..n];

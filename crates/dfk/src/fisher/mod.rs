@@ -527,6 +527,103 @@ impl FisherEncoder {
         g >= self.options.posterior_threshold as f64 && g > 0.0 && self.active[c]
     }
 
+    /// The first step of the block-wise refinement (forward and backward): per row of the
+    /// GEMM log-densities in `scratch.block.post`, the entries whose posterior is at least the
+    /// refinement threshold (one [`kernels::exp_select_at`] per row, which leaves
+    /// `exp(l − max)` in the row; its maximum, sum and unrefined sum go to `rmax`, `rsum`,
+    /// `rrest`, the end of its entries to `rend`), then those (row, component) pairs grouped
+    /// by component, rows in order within each (`grow`, `gcomp`, component starts in
+    /// `gstart`), so that one component's terms stay in L1. Returns the number of pairs.
+    fn select_pairs(&self, n: usize, scratch: &mut FisherScratch) -> usize {
+        let k = self.gmm.k();
+        let FisherScratch {
+            block,
+            prow,
+            pcomp,
+            rend,
+            rmax,
+            rsum,
+            rrest,
+            gstart,
+            gpos,
+            grow,
+            gcomp,
+            slow,
+            ..
+        } = scratch;
+        slow.clear();
+        let mut np = 0;
+        gstart.fill(0);
+        for i in 0..n {
+            let row = &mut block.post[i * k..(i + 1) * k];
+            let r = kernels::exp_select_at(self.level, row, self.refine, &mut pcomp[np..np + k]);
+            prow[np..np + r.count].fill(i as u32);
+            for &c in &pcomp[np..np + r.count] {
+                gstart[c as usize + 1] += 1;
+            }
+            (rmax[i], rsum[i], rrest[i]) = (r.max as f64, r.sum, r.rest);
+            np += r.count;
+            rend[i] = np as u32;
+        }
+        for c in 0..k {
+            gstart[c + 1] += gstart[c];
+        }
+        gpos.copy_from_slice(&gstart[..k]);
+        for (&r, &c) in prow[..np].iter().zip(&pcomp[..np]) {
+            let q = &mut gpos[c as usize];
+            grow[*q as usize] = r;
+            gcomp[*q as usize] = c;
+            *q += 1;
+        }
+        np
+    }
+
+    /// The second step, after the f64 quadratic forms of the `np` grouped pairs were written
+    /// to `pval`: `pval` becomes `exp(l − max)` with l in f64 (the refined entries on the
+    /// scale of the unrefined ones, one vector `exp`), each row's new normaliser
+    /// `rest + Σ refined` is formed in `rrest` and its inverse stored in `rinv`. A row is
+    /// left to the whole-row path ([`refine_row`](Self::refine_row); listed in `slow`,
+    /// `rinv` 0) when an unrefined entry could reach the posterior threshold (its posterior is
+    /// below t·S·inv), when the GEMM was so far off that the rescaling over- or underflowed,
+    /// or when nothing was selected.
+    fn renormalise_pairs(&self, n: usize, np: usize, scratch: &mut FisherScratch) {
+        let thr = self.options.posterior_threshold as f64;
+        let t = self.refine;
+        let FisherScratch {
+            pval,
+            rend,
+            rmax,
+            rsum,
+            rrest,
+            rinv,
+            grow,
+            gcomp,
+            slow,
+            ..
+        } = scratch;
+        let (grow, gcomp, pval) = (&grow[..np], &gcomp[..np], &mut pval[..np]);
+        for ((v, &c), &r) in pval.iter_mut().zip(gcomp).zip(grow) {
+            *v = self.dbias[c as usize] - 0.5 * *v - rmax[r as usize];
+        }
+        kernels::exp_f64_in_place_at(self.level, pval);
+        for (&e, &r) in pval.iter().zip(grow) {
+            rrest[r as usize] += e;
+        }
+        for i in 0..n {
+            let inv = 1.0 / rrest[i];
+            let count = rend[i] - if i > 0 { rend[i - 1] } else { 0 };
+            rinv[i] = if count == 0
+                || !(inv.is_finite() && inv > 0.0)
+                || (thr != 0.0 && t != 0.0 && rsum[i] * inv * t as f64 >= thr)
+            {
+                slow.push(i);
+                0.0
+            } else {
+                inv
+            };
+        }
+    }
+
     /// Adds the statistics of the block's rows (descriptors `x`, `n` rows, GEMM log-densities
     /// from [`block_log_densities`](Self::block_log_densities)) to S0..S2, with the same
     /// refinement as [`refine_row`](Self::refine_row), but in passes over all of the block's
@@ -541,81 +638,28 @@ impl FisherEncoder {
     fn block_statistics(&self, x: &[f32], n: usize, scratch: &mut FisherScratch) {
         let (k, d) = (self.gmm.k(), self.gmm.d());
         let thr = self.options.posterior_threshold as f64;
-        let t = self.refine;
+        let np = self.select_pairs(n, scratch);
+        kernels::quad_pairs_at(
+            self.level,
+            x,
+            d,
+            &scratch.grow[..np],
+            &scratch.gcomp[..np],
+            &self.ml,
+            &mut scratch.pval[..np],
+        );
+        self.renormalise_pairs(n, np, scratch);
         let FisherScratch {
-            block,
-            prow,
-            pcomp,
             pval,
-            rend,
-            rmax,
-            rsum,
-            rrest,
             rinv,
             gstart,
-            gpos,
             grow,
-            gcomp,
             gw,
-            slow,
             s0,
             s12,
             ..
         } = scratch;
-        slow.clear();
-        // Per row, from the GEMM log-densities: the entries whose posterior is at least t
-        // (to refine), exp(l − max) and its sums (over all entries and the unrefined ones).
-        let mut np = 0;
-        gstart.fill(0);
-        for i in 0..n {
-            let row = &mut block.post[i * k..(i + 1) * k];
-            let r = kernels::exp_select_at(self.level, row, t, &mut pcomp[np..np + k]);
-            prow[np..np + r.count].fill(i as u32);
-            for &c in &pcomp[np..np + r.count] {
-                gstart[c as usize + 1] += 1;
-            }
-            (rmax[i], rsum[i], rrest[i]) = (r.max as f64, r.sum, r.rest);
-            np += r.count;
-            rend[i] = np as u32;
-        }
-        // Grouped by component, rows in order within each.
-        for c in 0..k {
-            gstart[c + 1] += gstart[c];
-        }
-        gpos.copy_from_slice(&gstart[..k]);
-        for (&r, &c) in prow[..np].iter().zip(&pcomp[..np]) {
-            let q = &mut gpos[c as usize];
-            grow[*q as usize] = r;
-            gcomp[*q as usize] = c;
-            *q += 1;
-        }
-        let (grow, gcomp, pval, gw) = (&grow[..np], &gcomp[..np], &mut pval[..np], &mut gw[..np]);
-        kernels::quad_pairs_at(self.level, x, d, grow, gcomp, &self.ml, pval);
-        // exp(l − max) with l in f64: the refined entries on the scale of the unrefined ones,
-        // so that a row's new normaliser is rest + Σ refined.
-        for ((v, &c), &r) in pval.iter_mut().zip(gcomp).zip(grow) {
-            *v = self.dbias[c as usize] - 0.5 * *v - rmax[r as usize];
-        }
-        kernels::exp_f64_in_place_at(self.level, pval);
-        for (&e, &r) in pval.iter().zip(grow) {
-            rrest[r as usize] += e;
-        }
-        for i in 0..n {
-            let inv = 1.0 / rrest[i];
-            // An unrefined entry's posterior is below t·S·inv: as in `refine_row`, the row is
-            // refined whole when that could reach the threshold, and also when the GEMM was
-            // so far off that the rescaling over- or underflowed (or nothing was selected).
-            let count = rend[i] - if i > 0 { rend[i - 1] } else { 0 };
-            rinv[i] = if count == 0
-                || !(inv.is_finite() && inv > 0.0)
-                || (thr != 0.0 && t != 0.0 && rsum[i] * inv * t as f64 >= thr)
-            {
-                slow.push(i);
-                0.0
-            } else {
-                inv
-            };
-        }
+        let (grow, pval, gw) = (&grow[..np], &pval[..np], &mut gw[..np]);
         // Posteriors and weights (0 where skipped, or in a row left to the slow path).
         for c in 0..k {
             let range = gstart[c] as usize..gstart[c + 1] as usize;

@@ -706,6 +706,33 @@ pub fn quad_pairs_scalar(
     }
 }
 
+/// The argument checks shared by the grouped-moments kernels (`what` names the kernel): `x` is
+/// `n × d`, `ml` is `K × 2d`, `starts` holds `K + 1` non-decreasing component starts within
+/// `rows`, one weight per row index, every row index `< n`, and `acc` is `K × 2d`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_grouped_moments(
+    what: &str,
+    x: &[f32],
+    d: usize,
+    ml: &[f64],
+    starts: &[u32],
+    rows: &[u32],
+    w: &[f64],
+    acc: &[f64],
+) {
+    assert!(d > 0 && x.len().is_multiple_of(d) && ml.len().is_multiple_of(2 * d));
+    let (n, k) = (x.len() / d, ml.len() / (2 * d));
+    assert!(starts.len() == k + 1 && acc.len() == 2 * k * d && rows.len() == w.len());
+    assert!(
+        starts.windows(2).all(|s| s[0] <= s[1]) && starts[k] as usize <= rows.len(),
+        "{what}: component ranges must increase within the pairs"
+    );
+    assert!(
+        rows.iter().all(|&r| (r as usize) < n),
+        "{what}: row index out of range"
+    );
+}
+
 /// First and second moments about each component's mean, grouped by component: for every
 /// component `c` with pairs `starts[c]..starts[c+1]` (rows `rows[p]` of `x`, `n × D` f32,
 /// weights `w[p]`), `acc[c·2D..]` gets `[Σ_p w_p δ_p, Σ_p (w_p δ_p) δ_p]` with
@@ -725,17 +752,7 @@ pub fn moments_grouped_at(
     w: &[f64],
     acc: &mut [f64],
 ) {
-    assert!(d > 0 && x.len().is_multiple_of(d) && ml.len().is_multiple_of(2 * d));
-    let (n, k) = (x.len() / d, ml.len() / (2 * d));
-    assert!(starts.len() == k + 1 && acc.len() == 2 * k * d && rows.len() == w.len());
-    assert!(
-        starts.windows(2).all(|s| s[0] <= s[1]) && starts[k] as usize <= rows.len(),
-        "moments_grouped: component ranges must increase within the pairs"
-    );
-    assert!(
-        rows.iter().all(|&r| (r as usize) < n),
-        "moments_grouped: row index out of range"
-    );
+    check_grouped_moments("moments_grouped", x, d, ml, starts, rows, w, acc);
     match level.clamp_to_cpu() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512F (clamp_to_cpu); ranges and indices checked above.

@@ -161,17 +161,8 @@ pub(super) fn moments_grouped_f32_at(
     w: &[f64],
     acc: &mut [f64],
 ) {
-    assert!(d > 0 && x.len().is_multiple_of(d) && ml.len().is_multiple_of(2 * d));
-    let (n, k) = (x.len() / d, ml.len() / (2 * d));
-    assert!(starts.len() == k + 1 && acc.len() == 2 * k * d && rows.len() == w.len());
-    assert!(
-        starts.windows(2).all(|s| s[0] <= s[1]) && starts[k] as usize <= rows.len(),
-        "moments_grouped_f32: component ranges must increase within the entries"
-    );
-    assert!(
-        rows.iter().all(|&r| (r as usize) < n),
-        "moments_grouped_f32: row index out of range"
-    );
+    crate::kernels::check_grouped_moments("moments_grouped_f32", x, d, ml, starts, rows, w, acc);
+    let k = ml.len() / (2 * d);
     for c in 0..k {
         let range = starts[c] as usize..starts[c + 1] as usize;
         if range.is_empty() {

@@ -429,7 +429,7 @@ impl FisherEncoder {
     /// ([`simd::skipped_select_at`]), and those with `γ ≥` [`SKIP_CUTOFF`] also T1 and T2
     /// ([`simd::moments_grouped_f32_at`]).
     fn second_pass(&self, x: &[f32], scratch: &mut FisherScratch) {
-        let (k, d) = (self.gmm.k(), self.gmm.d());
+        let d = self.gmm.d();
         scratch.t0.fill(0.0);
         scratch.t12.fill(0.0);
         for block in x.chunks(BLOCK * d) {
@@ -438,13 +438,7 @@ impl FisherEncoder {
             self.block_backward(block, n, scratch);
             for j in 0..scratch.slow.len() {
                 let i = scratch.slow[j];
-                // The row's softmax, as `block_posteriors` leaves it for `refine_row`.
-                let inv = (1.0 / scratch.rsum[i]) as f32;
-                scratch.block.post[i * k..(i + 1) * k]
-                    .iter_mut()
-                    .for_each(|e| *e *= inv);
-                scratch.block.row_ll[i] =
-                    scratch.rmax[i] + scratch.rsum[i].ln() + self.terms.log_norm();
+                self.prepare_slow_row(i, scratch);
                 self.row_backward(&block[i * d..(i + 1) * d], i, scratch);
             }
             for (t, &b) in scratch.t0.iter_mut().zip(&scratch.col) {

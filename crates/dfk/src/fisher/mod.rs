@@ -578,6 +578,18 @@ impl FisherEncoder {
         np
     }
 
+    /// Turns row `i` of a block that [`renormalise_pairs`](Self::renormalise_pairs) left to the
+    /// whole-row path (its buffer holding `exp(l − max)`) into the row's softmax and
+    /// log-likelihood, as [`refine_row`](Self::refine_row) reads them.
+    fn prepare_slow_row(&self, i: usize, scratch: &mut FisherScratch) {
+        let k = self.gmm.k();
+        let inv = (1.0 / scratch.rsum[i]) as f32;
+        scratch.block.post[i * k..(i + 1) * k]
+            .iter_mut()
+            .for_each(|e| *e *= inv);
+        scratch.block.row_ll[i] = scratch.rmax[i] + scratch.rsum[i].ln() + self.terms.log_norm();
+    }
+
     /// The second step, after the f64 quadratic forms of the `np` grouped pairs were written
     /// to `pval`: `pval` becomes `exp(l − max)` with l in f64 (the refined entries on the
     /// scale of the unrefined ones, one vector `exp`), each row's new normaliser
@@ -722,13 +734,7 @@ impl FisherEncoder {
             self.block_statistics(block, n, scratch);
             for j in 0..scratch.slow.len() {
                 let i = scratch.slow[j];
-                // The row's softmax and log-likelihood, as `refine_row` reads them.
-                let inv = (1.0 / scratch.rsum[i]) as f32;
-                scratch.block.post[i * k..(i + 1) * k]
-                    .iter_mut()
-                    .for_each(|e| *e *= inv);
-                scratch.block.row_ll[i] =
-                    scratch.rmax[i] + scratch.rsum[i].ln() + self.terms.log_norm();
+                self.prepare_slow_row(i, scratch);
                 self.row_statistics(&block[i * d..(i + 1) * d], i, scratch);
             }
         }

@@ -274,6 +274,10 @@ pub struct ConfigArgs {
     /// Relative variance floor.
     #[arg(long, help_heading = "GMM")]
     pub variance_floor: Option<f64>,
+    /// EM's M-step posterior threshold: posteriors below this times a descriptor's largest
+    /// one are left out of the means, variances and weights (0: keep all).
+    #[arg(long, help_heading = "GMM")]
+    pub gmm_posterior_threshold: Option<f32>,
     /// Improved Fisher vector (signed square root + L2).
     #[arg(long, help_heading = "Fisher vector")]
     pub improved: Option<bool>,
@@ -329,6 +333,7 @@ impl ConfigArgs {
         set!(self.gmm_iter, cfg.gmm.max_iter);
         set!(self.gmm_sample, cfg.gmm.sample);
         set!(self.variance_floor, cfg.gmm.variance_floor);
+        set!(self.gmm_posterior_threshold, cfg.gmm.posterior_threshold);
         set!(self.improved, cfg.fisher.improved);
         set!(self.c, cfg.svm.c);
         set!(self.svm_eps, cfg.svm.eps);

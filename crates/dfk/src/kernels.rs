@@ -213,6 +213,49 @@ pub fn exp_select_scalar(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSele
     select_rest(row, 0, (frac as f64 * sum) as f32, max, sum, 0, 0.0, out)
 }
 
+/// A row softmax without the final division, with the candidates of a selection: replaces
+/// `row` by `eᵢ = exp(rowᵢ − max)` ([`exp_scalar`]), writes to `out[..count]` the indices with
+/// `eᵢ ≥ frac` in increasing order, and returns the maximum, `S = Σ eᵢ` and the sum of the
+/// other `eᵢ` (as [`ExpSelect`]). As `S ≥ 1`, every entry with softmax `eᵢ/S ≥ frac` is a
+/// candidate; the caller tests the few candidates against `frac·S`. Unlike
+/// [`exp_select_at`] (whose cut `frac·S` needs the sum first) the candidates are taken in the
+/// same pass as the exponentials. `out` must hold at least `row.len()` values (those past
+/// `count` are overwritten with scratch values). The vector levels sum in f32 lanes, so `S`
+/// and the rest agree with the scalar twin to rounding; `row` and the candidates are the same
+/// at every level.
+#[inline]
+pub fn exp_candidates_at(
+    level: SimdLevel,
+    row: &mut [f32],
+    frac: f32,
+    out: &mut [u32],
+) -> ExpSelect {
+    assert!(
+        out.len() >= row.len(),
+        "exp_candidates: output shorter than the row"
+    );
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); `out` is long enough.
+        SimdLevel::Avx512 => unsafe { x86::exp_candidates_avx512(row, frac, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu); `out` is long enough.
+        SimdLevel::Avx2 => unsafe { x86::exp_candidates_avx2(row, frac, out) },
+        _ => exp_candidates_scalar(row, frac, out),
+    }
+}
+
+/// Scalar twin of [`exp_candidates_at`].
+pub fn exp_candidates_scalar(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSelect {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for v in row.iter_mut() {
+        *v = exp_scalar(*v - max);
+        sum += *v as f64;
+    }
+    select_rest(row, 0, frac, max, sum, 0, 0.0, out)
+}
+
 /// The selection of [`exp_select_at`] on `row[from..]` with the cut `frac·S` given, continuing
 /// a count `n` and rest `rest` of `row[..from]`.
 #[allow(clippy::too_many_arguments)]
@@ -795,6 +838,105 @@ pub fn moments_grouped_scalar(
     }
 }
 
+/// The f32 form of [`moments_grouped_at`] for EM's E-step: for every component `c` with pairs
+/// `starts[c]..starts[c+1]` (rows `rows[p]` of `x`, `n × D`, weights `w[p]`), the f32 sums
+/// `[Σ_p t_p, Σ_p t_p δ_p]`, `t_p = w_p δ_p`, `δ_p = x_{rows[p]} − r_c` (`r_c` row `c` of
+/// `refs`, `K × D`), formed in pair order from zero with one fused multiply-add for the second
+/// sum, are added to the f64 accumulators `acc[c·2D..(c+1)·2D]`. The same operations per
+/// element at every level (the scalar twin uses `mul_add`), so every level gives the same
+/// bits.
+#[allow(clippy::too_many_arguments)]
+pub fn moments_grouped_f32_at(
+    level: SimdLevel,
+    x: &[f32],
+    d: usize,
+    refs: &[f32],
+    starts: &[u32],
+    rows: &[u32],
+    w: &[f32],
+    acc: &mut [f64],
+) {
+    assert!(d > 0 && x.len().is_multiple_of(d) && refs.len().is_multiple_of(d));
+    let (n, k) = (x.len() / d, refs.len() / d);
+    assert!(starts.len() == k + 1 && acc.len() == 2 * k * d && rows.len() == w.len());
+    assert!(
+        starts.windows(2).all(|s| s[0] <= s[1]) && starts[k] as usize <= rows.len(),
+        "moments_grouped_f32: component ranges must increase within the pairs"
+    );
+    assert!(
+        rows.iter().all(|&r| (r as usize) < n),
+        "moments_grouped_f32: row index out of range"
+    );
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); ranges and indices checked.
+        SimdLevel::Avx512 => unsafe {
+            x86::moments_grouped_f32_avx512(x, d, refs, starts, rows, w, acc)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu); ranges and indices checked.
+        SimdLevel::Avx2 => unsafe {
+            x86::moments_grouped_f32_avx2(x, d, refs, starts, rows, w, acc)
+        },
+        _ => moments_grouped_f32_scalar(x, d, refs, starts, rows, w, acc),
+    }
+}
+
+/// Scalar twin of [`moments_grouped_f32_at`].
+pub fn moments_grouped_f32_scalar(
+    x: &[f32],
+    d: usize,
+    refs: &[f32],
+    starts: &[u32],
+    rows: &[u32],
+    w: &[f32],
+    acc: &mut [f64],
+) {
+    for (c, s) in starts.windows(2).enumerate() {
+        let pairs = s[0] as usize..s[1] as usize;
+        if pairs.is_empty() {
+            continue;
+        }
+        let (o1, o2) = acc[2 * c * d..2 * (c + 1) * d].split_at_mut(d);
+        moments_f32_dims(
+            x,
+            d,
+            0,
+            &refs[c * d..(c + 1) * d],
+            &rows[pairs.clone()],
+            &w[pairs],
+            o1,
+            o2,
+        );
+    }
+}
+
+/// Dimensions `j0..d` of one component's f32 moments, one at a time (the scalar order).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn moments_f32_dims(
+    x: &[f32],
+    d: usize,
+    j0: usize,
+    r: &[f32],
+    rows: &[u32],
+    w: &[f32],
+    o1: &mut [f64],
+    o2: &mut [f64],
+) {
+    for j in j0..d {
+        let (mut s1, mut s2) = (0f32, 0f32);
+        for (&row, &g) in rows.iter().zip(w) {
+            let delta = x[row as usize * d + j] - r[j];
+            let t = g * delta;
+            s1 += t;
+            s2 = t.mul_add(delta, s2);
+        }
+        o1[j] += s1 as f64;
+        o2[j] += s2 as f64;
+    }
+}
+
 /// Below this `e^x` is not a normal `f64` and [`exp_f64_scalar`] returns 0.
 pub const EXP_F64_UNDERFLOW: f64 = -708.0;
 /// Above this [`exp_f64_scalar`] returns +∞.
@@ -1132,6 +1274,86 @@ mod x86 {
         }
         let rest = _mm512_reduce_add_ps(vrest) as f64;
         select_rest(row, body, cut, max, sum, n, rest, out)
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn exp_candidates_avx512(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSelect {
+        let body = row.len() / 16 * 16;
+        let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+        for c in row[..body].chunks_exact(16) {
+            // SAFETY: `c` holds exactly 16 f32.
+            vmax = _mm512_max_ps(vmax, unsafe { _mm512_loadu_ps(c.as_ptr()) });
+        }
+        let max = row[body..]
+            .iter()
+            .fold(_mm512_reduce_max_ps(vmax), |m, &v| m.max(v));
+        let (vm, vfrac) = (_mm512_set1_ps(max), _mm512_set1_ps(frac));
+        let (mut vsum, mut vrest) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let step = _mm512_set1_epi32(16);
+        let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let mut n = 0usize;
+        for c in row[..body].chunks_exact_mut(16) {
+            // SAFETY: `c` holds exactly 16 f32; the store writes 16 values at `out[n..]` with
+            // n + 16 ≤ (index of this chunk) + 16 ≤ out.len().
+            unsafe {
+                let e = exp512(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), vm));
+                _mm512_storeu_ps(c.as_mut_ptr(), e);
+                vsum = _mm512_add_ps(vsum, e);
+                let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(e, vfrac);
+                vrest = _mm512_mask_add_ps(vrest, !keep, vrest, e);
+                // Compress in a register, then store all 16 lanes (the compressing store to
+                // memory is microcoded and slow on some CPUs).
+                let packed = _mm512_maskz_compress_epi32(keep, idx);
+                _mm512_storeu_si512(out.as_mut_ptr().add(n) as *mut _, packed);
+                n += keep.count_ones() as usize;
+            }
+            idx = _mm512_add_epi32(idx, step);
+        }
+        let mut sum = _mm512_reduce_add_ps(vsum) as f64;
+        for v in row[body..].iter_mut() {
+            *v = exp_scalar(*v - max);
+            sum += *v as f64;
+        }
+        let rest = _mm512_reduce_add_ps(vrest) as f64;
+        select_rest(row, body, frac, max, sum, n, rest, out)
+    }
+
+    /// As [`exp_candidates_avx512`] with 8-lane vectors; the selection stores every index and
+    /// advances by the comparison (AVX2 has no compressed store).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp_candidates_avx2(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSelect {
+        let body = row.len() / 8 * 8;
+        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+        for c in row[..body].chunks_exact(8) {
+            // SAFETY: `c` holds exactly 8 f32.
+            vmax = _mm256_max_ps(vmax, unsafe { _mm256_loadu_ps(c.as_ptr()) });
+        }
+        let max = row[body..].iter().fold(hmax256(vmax), |m, &v| m.max(v));
+        let (vm, vfrac) = (_mm256_set1_ps(max), _mm256_set1_ps(frac));
+        let (mut vsum, mut vrest) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut n = 0usize;
+        for (ci, c) in row[..body].chunks_exact_mut(8).enumerate() {
+            // SAFETY: `c` holds exactly 8 f32.
+            let keep = unsafe {
+                let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), vm));
+                _mm256_storeu_ps(c.as_mut_ptr(), e);
+                vsum = _mm256_add_ps(vsum, e);
+                let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(e, vfrac);
+                vrest = _mm256_add_ps(vrest, _mm256_andnot_ps(keep, e));
+                _mm256_movemask_ps(keep) as u32
+            };
+            for b in 0..8 {
+                out[n] = (8 * ci + b) as u32;
+                n += (keep >> b & 1) as usize;
+            }
+        }
+        let mut sum = hsum256(vsum) as f64;
+        for v in row[body..].iter_mut() {
+            *v = exp_scalar(*v - max);
+            sum += *v as f64;
+        }
+        let rest = hsum256(vrest) as f64;
+        select_rest(row, body, frac, max, sum, n, rest, out)
     }
 
     /// As [`exp_select_avx512`] with 8-lane vectors; the selection stores every index and
@@ -2017,6 +2239,171 @@ mod x86 {
         }
     }
 
+    /// `8·L·V` dimensions from `j` of one component's f32 moments (see
+    /// [`super::moments_grouped_f32_at`]), the sums in registers across its pairs. `L` is the
+    /// vector width in units of 8 lanes (2: AVX-512, 1: AVX2).
+    macro_rules! moments_f32_chunk {
+        ($name:ident, $feat:literal, $vec:ty, $lanes:expr, $zero:ident, $load:ident,
+         $set1:ident, $sub:ident, $mul:ident, $add:ident, $fmadd:ident, $widen_add:ident) => {
+            #[allow(clippy::too_many_arguments)]
+            #[inline]
+            #[target_feature(enable = $feat)]
+            fn $name<const V: usize>(
+                x: &[f32],
+                d: usize,
+                j: usize,
+                r: &[f32],
+                rows: &[u32],
+                w: &[f32],
+                o1: &mut [f64],
+                o2: &mut [f64],
+            ) {
+                let r = &r[j..j + $lanes * V];
+                let (o1, o2) = (&mut o1[j..j + $lanes * V], &mut o2[j..j + $lanes * V]);
+                // SAFETY (all blocks below): every pointer is into a slice of exactly
+                // lanes·V values (`r`, `o1`, `o2`, `xr`) and v < V; the feature is enabled.
+                unsafe {
+                    let mut mu: [$vec; V] = [$zero(); V];
+                    for (v, mv) in mu.iter_mut().enumerate() {
+                        *mv = $load(r.as_ptr().add($lanes * v));
+                    }
+                    let mut s1: [$vec; V] = [$zero(); V];
+                    let mut s2: [$vec; V] = [$zero(); V];
+                    for (&row, &g) in rows.iter().zip(w) {
+                        let xr = &x[row as usize * d + j..][..$lanes * V];
+                        let vg = $set1(g);
+                        for v in 0..V {
+                            let delta = $sub($load(xr.as_ptr().add($lanes * v)), mu[v]);
+                            let t = $mul(vg, delta);
+                            s1[v] = $add(s1[v], t);
+                            s2[v] = $fmadd(t, delta, s2[v]);
+                        }
+                    }
+                    for v in 0..V {
+                        $widen_add(o1.as_mut_ptr().add($lanes * v), s1[v]);
+                        $widen_add(o2.as_mut_ptr().add($lanes * v), s2[v]);
+                    }
+                }
+            }
+        };
+    }
+    /// `acc[0..16] += s` in f64 (the 16 f32 lanes widened).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn widen_add512(acc: *mut f64, s: __m512) {
+        // SAFETY: the caller passes a pointer to 16 f64.
+        unsafe {
+            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(s));
+            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                _mm512_castps_pd(s),
+            )));
+            _mm512_storeu_pd(acc, _mm512_add_pd(_mm512_loadu_pd(acc), lo));
+            _mm512_storeu_pd(acc.add(8), _mm512_add_pd(_mm512_loadu_pd(acc.add(8)), hi));
+        }
+    }
+    /// `acc[0..8] += s` in f64 (the 8 f32 lanes widened).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn widen_add256(acc: *mut f64, s: __m256) {
+        // SAFETY: the caller passes a pointer to 8 f64.
+        unsafe {
+            let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(s));
+            let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(s));
+            _mm256_storeu_pd(acc, _mm256_add_pd(_mm256_loadu_pd(acc), lo));
+            _mm256_storeu_pd(acc.add(4), _mm256_add_pd(_mm256_loadu_pd(acc.add(4)), hi));
+        }
+    }
+    moments_f32_chunk!(
+        moments_f32_chunk512,
+        "avx512f,fma",
+        __m512,
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_set1_ps,
+        _mm512_sub_ps,
+        _mm512_mul_ps,
+        _mm512_add_ps,
+        _mm512_fmadd_ps,
+        widen_add512
+    );
+    moments_f32_chunk!(
+        moments_f32_chunk256,
+        "avx2,fma",
+        __m256,
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_set1_ps,
+        _mm256_sub_ps,
+        _mm256_mul_ps,
+        _mm256_add_ps,
+        _mm256_fmadd_ps,
+        widen_add256
+    );
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn moments_grouped_f32_avx512(
+        x: &[f32],
+        d: usize,
+        refs: &[f32],
+        starts: &[u32],
+        rows: &[u32],
+        w: &[f32],
+        acc: &mut [f64],
+    ) {
+        for (c, s) in starts.windows(2).enumerate() {
+            let pairs = s[0] as usize..s[1] as usize;
+            if pairs.is_empty() {
+                continue;
+            }
+            let (rows, w) = (&rows[pairs.clone()], &w[pairs]);
+            let r = &refs[c * d..(c + 1) * d];
+            let (o1, o2) = acc[2 * c * d..2 * (c + 1) * d].split_at_mut(d);
+            let mut j = 0;
+            while j + 64 <= d {
+                moments_f32_chunk512::<4>(x, d, j, r, rows, w, o1, o2);
+                j += 64;
+            }
+            while j + 16 <= d {
+                moments_f32_chunk512::<1>(x, d, j, r, rows, w, o1, o2);
+                j += 16;
+            }
+            moments_f32_dims(x, d, j, r, rows, w, o1, o2);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn moments_grouped_f32_avx2(
+        x: &[f32],
+        d: usize,
+        refs: &[f32],
+        starts: &[u32],
+        rows: &[u32],
+        w: &[f32],
+        acc: &mut [f64],
+    ) {
+        for (c, s) in starts.windows(2).enumerate() {
+            let pairs = s[0] as usize..s[1] as usize;
+            if pairs.is_empty() {
+                continue;
+            }
+            let (rows, w) = (&rows[pairs.clone()], &w[pairs]);
+            let r = &refs[c * d..(c + 1) * d];
+            let (o1, o2) = acc[2 * c * d..2 * (c + 1) * d].split_at_mut(d);
+            let mut j = 0;
+            while j + 32 <= d {
+                moments_f32_chunk256::<4>(x, d, j, r, rows, w, o1, o2);
+                j += 32;
+            }
+            while j + 8 <= d {
+                moments_f32_chunk256::<1>(x, d, j, r, rows, w, o1, o2);
+                j += 8;
+            }
+            moments_f32_dims(x, d, j, r, rows, w, o1, o2);
+        }
+    }
+
     #[target_feature(enable = "avx512f,fma")]
     pub(super) fn exp_f64_avx512(xs: &mut [f64]) {
         let set1 = _mm512_set1_pd;
@@ -2512,6 +2899,49 @@ mod tests {
     }
 
     #[test]
+    fn exp_candidates_match_f64_softmax_and_cut_at_every_level() {
+        for len in [1usize, 5, 16, 37, 64, 256] {
+            let row0: Vec<f32> = (0..len)
+                .map(|i| -30.0 * ((i * 7919 % 101) as f32 / 101.0) + 3.0)
+                .collect();
+            let max = row0.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let e64: Vec<f64> = row0
+                .iter()
+                .map(|&v| (v as f64 - max as f64).exp())
+                .collect();
+            let s64: f64 = e64.iter().sum();
+            for frac in [0.0f32, 1e-6, 1e-3, 0.2] {
+                let mut scalar = row0.clone();
+                let mut want_idx = vec![u32::MAX; len];
+                let want = exp_candidates_scalar(&mut scalar, frac, &mut want_idx);
+                for level in SimdLevel::available() {
+                    let mut row = row0.clone();
+                    let mut out = vec![u32::MAX; len];
+                    let got = exp_candidates_at(level, &mut row, frac, &mut out);
+                    assert_eq!(got.max, max, "{level:?}");
+                    assert_eq!(row, scalar, "{level:?}: the same exp as the scalar twin");
+                    assert_eq!(got.count, want.count, "{level:?} {len} {frac}");
+                    assert_eq!(out[..got.count], want_idx[..want.count], "{level:?}");
+                    assert!((got.sum - s64).abs() <= 1e-6 * s64, "{level:?} sum");
+                    let sel = &out[..got.count];
+                    let mut rest = 0f64;
+                    for (i, &e) in e64.iter().enumerate() {
+                        assert!((row[i] as f64 - e).abs() <= 1e-6 * e, "{level:?} e[{i}]");
+                        let picked = sel.contains(&(i as u32));
+                        // The cut is on exp(l − max), not on the softmax.
+                        assert_eq!(picked, row[i] >= frac, "{level:?} {len} {frac} {i}");
+                        if !picked {
+                            rest += e;
+                        }
+                    }
+                    assert!((got.rest - rest).abs() <= 1e-6 * rest + 1e-30, "{level:?}");
+                    assert!((got.rest - want.rest).abs() <= 1e-6 * rest + 1e-30);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn exp_select_matches_f64_softmax_and_selection_at_every_level() {
         for len in [1usize, 5, 16, 37, 64, 256] {
             let row0: Vec<f32> = (0..len)
@@ -2555,6 +2985,64 @@ mod tests {
                     );
                     assert!((got.rest - want.rest).abs() <= 1e-6 * rest + 1e-30);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_grouped_moments_match_f64_and_are_identical_at_every_level() {
+        // Dimensions covering the 64-, 16/8-lane and scalar-tail paths of each level.
+        for d in [3usize, 8, 16, 37, 64, 80] {
+            let (n, k) = (11usize, 5usize);
+            let x: Vec<f32> = (0..n * d)
+                .map(|i| ((i * 7919 % 113) as f32 / 113.0 - 0.5) * 3.0)
+                .collect();
+            let refs: Vec<f32> = (0..k * d).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+            // Components 0 and 3 get no pairs; 2 gets every row, some twice.
+            let groups: Vec<Vec<u32>> = vec![
+                vec![],
+                vec![1, 4, 9],
+                (0..n as u32).chain([2, 5]).collect(),
+                vec![],
+                vec![10],
+            ];
+            let mut starts = vec![0u32];
+            let mut rows = Vec::new();
+            for g in &groups {
+                rows.extend_from_slice(g);
+                starts.push(rows.len() as u32);
+            }
+            let w: Vec<f32> = (0..rows.len())
+                .map(|p| 0.05 + (p % 5) as f32 * 0.2)
+                .collect();
+            let sentinel = -7.0f64;
+            let mut want = vec![sentinel; 2 * k * d];
+            moments_grouped_f32_scalar(&x, d, &refs, &starts, &rows, &w, &mut want);
+            for (c, g) in groups.iter().enumerate() {
+                for j in 0..d {
+                    let (mut s1, mut s2) = (0f64, 0f64);
+                    for p in starts[c] as usize..starts[c + 1] as usize {
+                        let delta = x[rows[p] as usize * d + j] as f64 - refs[c * d + j] as f64;
+                        s1 += w[p] as f64 * delta;
+                        s2 += w[p] as f64 * delta * delta;
+                    }
+                    // The sums are added to the accumulators' starting value.
+                    let (g1, g2) = (
+                        want[2 * c * d + j] - sentinel,
+                        want[(2 * c + 1) * d + j] - sentinel,
+                    );
+                    if g.is_empty() {
+                        assert_eq!((g1, g2), (0.0, 0.0), "untouched component {c}");
+                    } else {
+                        assert!((g1 - s1).abs() <= 1e-5 * (1.0 + s2), "d {d} c {c} j {j}");
+                        assert!((g2 - s2).abs() <= 1e-5 * (1.0 + s2), "d {d} c {c} j {j}");
+                    }
+                }
+            }
+            for level in SimdLevel::available() {
+                let mut got = vec![sentinel; 2 * k * d];
+                moments_grouped_f32_at(level, &x, d, &refs, &starts, &rows, &w, &mut got);
+                assert_eq!(got, want, "{level:?} d {d}");
             }
         }
     }

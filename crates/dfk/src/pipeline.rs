@@ -83,6 +83,8 @@ pub struct GmmConfig {
     pub kmeans_iters: usize,
     /// At most this many descriptors (randomly drawn) are used for EM.
     pub sample: usize,
+    /// EM's M-step posterior threshold ([`GmmParams::posterior_threshold`]).
+    pub posterior_threshold: f32,
 }
 
 impl Default for GmmConfig {
@@ -96,6 +98,7 @@ impl Default for GmmConfig {
             weight_floor: 1e-6,
             kmeans_iters: 0,
             sample: 200_000,
+            posterior_threshold: crate::gmm::DEFAULT_EM_POSTERIOR_THRESHOLD,
         }
     }
 }
@@ -258,6 +261,7 @@ impl PipelineConfig {
             .restarts(g.restarts)
             .variance_floor(g.variance_floor)
             .weight_floor(g.weight_floor)
+            .posterior_threshold(g.posterior_threshold)
             .init(if g.kmeans_iters > 0 {
                 GmmInit::KMeans {
                     iters: g.kmeans_iters,

@@ -427,6 +427,199 @@ impl SufficientStats {
     }
 }
 
+/// E-step statistics of EM, taken about reference points `r_k` (the current means) and over
+/// the posteriors at or above `τ` times the descriptor's largest one (the others count as
+/// zero, as VLFeat's EM skips posteriors below `10⁻²/K`): `s0[k] = Σᵢ γᵢₖ`, and
+/// `moments[k·2D..]` = `[Σᵢ γᵢₖ δᵢₖ, Σᵢ γᵢₖ δᵢₖ²]` with `δᵢₖ = xᵢ − r_k`, summed in f32 per
+/// block of rows and in f64 across blocks. The log-likelihood is exact (every posterior enters
+/// the log-sum-exp).
+///
+/// Moments about the current means keep the M-step's `σ² = E[δ²] − E[δ]²` free of the
+/// cancellation of `E[x²] − E[x]²` when a component is narrow and far from the origin.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmStats {
+    /// `K`: Σᵢ γᵢₖ over the kept posteriors.
+    pub s0: Vec<f64>,
+    /// `K × 2D`: per component `[Σ γ δ, Σ γ δ²]` over the kept posteriors.
+    pub moments: Vec<f64>,
+    /// Σᵢ log p(xᵢ).
+    pub loglik: f64,
+    /// Σᵢ of the posterior mass left out (`Σₖ γᵢₖ` over the entries below the threshold).
+    pub dropped: f64,
+    /// Number of kept posteriors.
+    pub kept: usize,
+    /// Number of descriptors accumulated.
+    pub count: usize,
+}
+
+impl EmStats {
+    /// Zero statistics for `k` components in `d` dimensions.
+    pub fn zeros(k: usize, d: usize) -> Self {
+        Self {
+            s0: vec![0.0; k],
+            moments: vec![0.0; 2 * k * d],
+            loglik: 0.0,
+            dropped: 0.0,
+            kept: 0,
+            count: 0,
+        }
+    }
+
+    /// Resets to zero without reallocating.
+    pub fn clear(&mut self) {
+        self.s0.fill(0.0);
+        self.moments.fill(0.0);
+        (self.loglik, self.dropped, self.kept, self.count) = (0.0, 0.0, 0, 0);
+    }
+
+    /// Adds another accumulator (e.g. another chunk's) into this one.
+    pub fn merge(&mut self, other: &Self) {
+        for (a, b) in self.s0.iter_mut().zip(&other.s0) {
+            *a += b;
+        }
+        for (a, b) in self.moments.iter_mut().zip(&other.moments) {
+            *a += b;
+        }
+        self.loglik += other.loglik;
+        self.dropped += other.dropped;
+        self.kept += other.kept;
+        self.count += other.count;
+    }
+
+    /// Accumulates the statistics of the rows of `x` (`n × D`, any `n`) block by block: the
+    /// log-densities of `x − shift` under `terms` (a model in those shifted coordinates) as one
+    /// GEMM, then per row one pass that forms `exp(l − max)`, the log-likelihood and the
+    /// entries with `exp(l − max) ≥ threshold` ([`kernels::exp_candidates_at`]), then the kept
+    /// entries grouped by component and their moments about `refs` (`K × D`, `r_k` in the
+    /// coordinates of `x`; [`kernels::moments_grouped_f32_at`]), which costs `O(D)` per kept
+    /// posterior instead of a second dense GEMM. Returns whether every value of `x` was
+    /// finite.
+    pub fn accumulate(
+        &mut self,
+        terms: &GmmTerms,
+        refs: &[f32],
+        x: &[f32],
+        shift: &[f32],
+        threshold: f32,
+        scratch: &mut EmScratch,
+    ) -> bool {
+        let (k, d) = (terms.k, terms.d);
+        assert!(refs.len() == k * d && self.s0.len() == k && shift.len() == d);
+        let mut finite = true;
+        for block in x.chunks(BLOCK * d) {
+            let n = block.len() / d;
+            finite &= block_log_densities(terms, block, Some(shift), n, &mut scratch.block);
+            let np = scratch.select(terms, n, threshold, self);
+            let (starts, rows, w) = (&scratch.gstart, &scratch.grow[..np], &scratch.gw[..np]);
+            kernels::moments_grouped_f32_at(
+                terms.level,
+                block,
+                d,
+                refs,
+                starts,
+                rows,
+                w,
+                &mut self.moments,
+            );
+            for (s, r) in self.s0.iter_mut().zip(starts.windows(2)) {
+                *s += w[r[0] as usize..r[1] as usize].iter().sum::<f32>() as f64;
+            }
+            self.kept += np;
+            self.count += n;
+        }
+        finite
+    }
+}
+
+/// Working memory of [`EmStats::accumulate`] for one thread: the block kernel's scratch and
+/// the kept (row, component, posterior) entries of one block, before and after grouping by
+/// component.
+#[derive(Clone, Debug)]
+pub struct EmScratch {
+    block: Scratch,
+    /// The block's kept entries in row order: component and row (grown on demand; at most
+    /// `BLOCK × K`).
+    comp: Vec<u32>,
+    row: Vec<u32>,
+    /// `BLOCK`: each row's `1/S`, S the sum of its `exp(l − max)`.
+    rinv: Vec<f32>,
+    /// `K + 1` offsets of each component's entries in `grow`/`gw`, and a running copy.
+    gstart: Vec<u32>,
+    gpos: Vec<u32>,
+    /// The same entries grouped by component (rows in order within each).
+    grow: Vec<u32>,
+    gw: Vec<f32>,
+}
+
+impl EmScratch {
+    /// Working memory for a `k`-component GMM in `d` dimensions.
+    pub fn new(k: usize, d: usize) -> Self {
+        // Room for 16 entries per row to start with; typical blocks keep far fewer.
+        let m = BLOCK * k.min(16) + k;
+        Self {
+            block: Scratch::new(k, d),
+            comp: vec![0; m],
+            row: vec![0; m],
+            rinv: vec![0.0; BLOCK],
+            gstart: vec![0; k + 1],
+            gpos: vec![0; k],
+            grow: vec![0; m],
+            gw: vec![0.0; m],
+        }
+    }
+
+    /// Turns the block's log-densities into log-likelihoods (added to `st.loglik`, the mass
+    /// left out to `st.dropped`) and the kept posteriors — `γᵢₖ ≥ threshold · maxⱼ γᵢⱼ`, i.e.
+    /// `exp(lᵢₖ − maxⱼ lᵢⱼ) ≥ threshold` — grouped by component (rows in order within each);
+    /// returns how many were kept.
+    fn select(&mut self, terms: &GmmTerms, n: usize, threshold: f32, st: &mut EmStats) -> usize {
+        let k = terms.k;
+        self.gstart.fill(0);
+        let mut np = 0;
+        // Σ log Sᵢ as the log of products of up to 16 sums (each in [1, K], so the product
+        // stays far inside f64's range): one logarithm per 16 rows.
+        let (mut prod, mut log_sum) = (1f64, 0f64);
+        for (i, row) in self.block.post[..n * k].chunks_exact_mut(k).enumerate() {
+            if self.comp.len() < np + k {
+                let m = (2 * self.comp.len()).max(np + k);
+                self.comp.resize(m, 0);
+                self.row.resize(m, 0);
+            }
+            let r = kernels::exp_candidates_at(terms.level, row, threshold, &mut self.comp[np..]);
+            st.loglik += r.max as f64 + terms.log_norm;
+            prod *= r.sum;
+            if i % 16 == 15 {
+                log_sum += prod.ln();
+                prod = 1.0;
+            }
+            self.rinv[i] = (1.0 / r.sum) as f32;
+            st.dropped += r.rest / r.sum;
+            for &c in &self.comp[np..np + r.count] {
+                self.gstart[c as usize + 1] += 1;
+            }
+            self.row[np..np + r.count].fill(i as u32);
+            np += r.count;
+        }
+        st.loglik += log_sum + prod.ln();
+        for c in 0..k {
+            self.gstart[c + 1] += self.gstart[c];
+        }
+        if self.grow.len() < np {
+            self.grow.resize(self.comp.len(), 0);
+            self.gw.resize(self.comp.len(), 0.0);
+        }
+        self.gpos.copy_from_slice(&self.gstart[..k]);
+        let post = &self.block.post;
+        for (&c, &i) in self.comp[..np].iter().zip(&self.row[..np]) {
+            let q = &mut self.gpos[c as usize];
+            self.grow[*q as usize] = i;
+            self.gw[*q as usize] = post[i as usize * k + c as usize] * self.rinv[i as usize];
+            *q += 1;
+        }
+        np
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::needless_range_loop)] // index loops mirror the formulas being checked
 mod tests {
@@ -652,6 +845,95 @@ mod tests {
                 "{level:?}: log-likelihood error {ll_after}"
             );
             assert!(post_after < 1e-6, "{level:?}: posterior error {post_after}");
+        }
+    }
+
+    /// [`EmStats::accumulate`] against a direct f64 evaluation in data coordinates: the shifted
+    /// model and data, the moments about reference points other than the means, several
+    /// blocks, and thresholds that keep everything, some or few entries.
+    #[test]
+    fn em_statistics_match_direct_evaluation_over_the_kept_posteriors() {
+        let (k, d, n) = (7, 5, 700);
+        let (gmm, x) = mixture(k, d, n);
+        let shift: Vec<f32> = (0..d).map(|j| 0.05 * j as f32 - 0.1).collect();
+        let shifted_means: Vec<f32> = gmm
+            .means()
+            .chunks_exact(d)
+            .flat_map(|m| m.iter().zip(&shift).map(|(&m, &s)| m - s))
+            .collect();
+        let centred = Gmm::new(
+            k,
+            d,
+            shifted_means,
+            gmm.variances().to_vec(),
+            gmm.weights().to_vec(),
+        )
+        .unwrap();
+        let refs: Vec<f32> = gmm.means().iter().map(|&m| m + 0.01).collect();
+        let direct = log_densities_direct(&gmm, &x);
+        for level in SimdLevel::available() {
+            let terms = GmmTerms::new(&centred).with_level(level);
+            for tau in [0.0f32, 1e-6, 1e-2] {
+                let mut st = EmStats::zeros(k, d);
+                let mut scratch = EmScratch::new(k, d);
+                assert!(st.accumulate(&terms, &refs, &x, &shift, tau, &mut scratch));
+                let (mut s0, mut m) = (vec![0f64; k], vec![0f64; 2 * k * d]);
+                let (mut ll, mut dropped, mut kept) = (0f64, 0f64, 0usize);
+                for (i, l) in direct.chunks_exact(k).enumerate() {
+                    let max = l.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = l.iter().map(|v| (v - max).exp()).sum();
+                    ll += max + z.ln();
+                    for c in 0..k {
+                        let e = (l[c] - max).exp();
+                        assert!(
+                            tau == 0.0 || (e / tau as f64 - 1.0).abs() > 1e-3,
+                            "entry at the threshold: the test data must avoid it"
+                        );
+                        if e < tau as f64 {
+                            dropped += e / z;
+                            continue;
+                        }
+                        kept += 1;
+                        let g = e / z;
+                        s0[c] += g;
+                        for j in 0..d {
+                            let delta = x[i * d + j] as f64 - refs[c * d + j] as f64;
+                            m[2 * c * d + j] += g * delta;
+                            m[(2 * c + 1) * d + j] += g * delta * delta;
+                        }
+                    }
+                }
+                assert_eq!(st.count, n);
+                assert_eq!(st.kept, kept, "{level:?} τ {tau}");
+                assert!(
+                    (st.loglik - ll).abs() < 1e-5 * ll.abs(),
+                    "{level:?} τ {tau}"
+                );
+                assert!(
+                    (st.dropped - dropped).abs() < 1e-6 * (1.0 + dropped),
+                    "{level:?}"
+                );
+                for c in 0..k {
+                    assert!(
+                        (st.s0[c] - s0[c]).abs() < 1e-5 * (1.0 + s0[c]),
+                        "{level:?} s0"
+                    );
+                }
+                for (i, (&got, &want)) in st.moments.iter().zip(&m).enumerate() {
+                    assert!(
+                        (got - want).abs() < 1e-5 * (1.0 + want.abs()),
+                        "{level:?} τ {tau} moment {i}: {got} vs {want}"
+                    );
+                }
+                if tau > 0.0 {
+                    assert!(
+                        kept < n * k && dropped > 0.0,
+                        "τ {tau} must leave entries out"
+                    );
+                } else {
+                    assert_eq!(kept, n * k);
+                }
+            }
         }
     }
 }

@@ -135,6 +135,93 @@ fn em_step_matches_scalar_f64_em() {
     }
 }
 
+/// The M-step of `em_step` with posterior threshold `tau` computed directly in f64: posteriors
+/// below `tau` times their row's largest count as zero. Returns (weights, means, variances).
+fn truncated_m_step(gmm: &Gmm, x: &[f32], tau: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (k, d, n) = (gmm.k(), gmm.d(), x.len() / gmm.d());
+    let (_, post) = reference(gmm, x);
+    let (mut s0, mut s1, mut s2) = (vec![0f64; k], vec![0f64; k * d], vec![0f64; k * d]);
+    for (i, g) in post.chunks_exact(k).enumerate() {
+        let max = g.iter().cloned().fold(0.0, f64::max);
+        for c in (0..k).filter(|&c| g[c] >= tau * max) {
+            s0[c] += g[c];
+            for j in 0..d {
+                let v = x[i * d + j] as f64;
+                s1[c * d + j] += g[c] * v;
+                s2[c * d + j] += g[c] * v * v;
+            }
+        }
+    }
+    let total: f64 = s0.iter().sum();
+    let means: Vec<f64> = (0..k * d).map(|i| s1[i] / s0[i / d]).collect();
+    let vars = (0..k * d)
+        .map(|i| s2[i] / s0[i / d] - means[i] * means[i])
+        .collect();
+    assert!(total <= n as f64 + 1e-9);
+    (s0.iter().map(|s| s / total).collect(), means, vars)
+}
+
+/// The posterior threshold leaves out exactly the posteriors below it (a coarse threshold,
+/// checked against a direct truncated M-step, and visibly different from keeping all), and 0
+/// keeps them all.
+#[test]
+#[allow(clippy::needless_range_loop)] // index loops mirror the formulas being checked
+fn em_step_posterior_threshold_drops_only_the_posteriors_below_it() {
+    let (d, k, n) = (5, 4, 2000);
+    let x = mixture(n, d, k, 3.0, 7);
+    let start = Gmm::new(
+        k,
+        d,
+        x[..k * d].to_vec(),
+        vec![6.0; k * d],
+        vec![0.2, 0.3, 0.4, 0.1],
+    )
+    .unwrap();
+    let step = |tau: f32| {
+        em_step(&start, &x, &GmmParams::new(k).posterior_threshold(tau))
+            .unwrap()
+            .0
+    };
+    let mut moved = 0f64;
+    for tau in [0.0f32, 0.05] {
+        let got = step(tau);
+        let (w, m, v) = truncated_m_step(&start, &x, tau as f64);
+        let (_, m_all, _) = truncated_m_step(&start, &x, 0.0);
+        for c in 0..k {
+            assert!(
+                rel(got.weights()[c] as f64, w[c]) < 1e-4,
+                "τ {tau} weight {c}"
+            );
+            for j in 0..d {
+                let i = c * d + j;
+                let (gm, gv) = (got.mean(c)[j] as f64, got.variance(c)[j] as f64);
+                assert!(
+                    (gm - m[i]).abs() < 1e-4 * (1.0 + m[i].abs()),
+                    "τ {tau} mean {i}"
+                );
+                assert!(rel(gv, v[i]) < 1e-4, "τ {tau} variance {i}");
+                moved = moved.max((m[i] - m_all[i]).abs() / (1.0 + m_all[i].abs()));
+            }
+        }
+    }
+    assert!(
+        moved > 1e-3,
+        "the coarse threshold must change the update ({moved})"
+    );
+    // The default leaves out a negligible mass here: the update agrees with keeping all.
+    let (def, all) = (step(dfk::gmm::DEFAULT_EM_POSTERIOR_THRESHOLD), step(0.0));
+    for (a, b) in def.means().iter().zip(all.means()) {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+    for bad in [-1e-3f32, 1.0, f32::NAN] {
+        let err = em_step(&start, &x, &GmmParams::new(k).posterior_threshold(bad)).unwrap_err();
+        assert!(
+            err.to_string().contains("posterior_threshold"),
+            "{bad}: {err}"
+        );
+    }
+}
+
 /// `em_step` takes the data variance for its floors from the E-step statistics (no separate
 /// pass): a component sitting on a duplicated point must land on `1e-4 · Var(x_d)` computed
 /// directly, also far from the origin and from a model that explains the data badly.

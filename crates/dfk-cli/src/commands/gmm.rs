@@ -40,6 +40,11 @@ pub struct FitArgs {
     /// Variance floor relative to each dimension's data variance.
     #[arg(long, default_value_t = 1e-4)]
     variance_floor: f64,
+    /// M-step posterior threshold: posteriors below this times a descriptor's largest one
+    /// are left out of the means, variances and weights (0: keep all; the log-likelihood
+    /// always uses all).
+    #[arg(long, default_value_t = dfk::gmm::DEFAULT_EM_POSTERIOR_THRESHOLD)]
+    posterior_threshold: f32,
     /// Output GMM file.
     #[arg(long)]
     out: PathBuf,
@@ -101,6 +106,7 @@ fn fit(a: FitArgs, g: &Global) -> anyhow::Result<()> {
     let params = params
         .restarts(a.restarts)
         .variance_floor(a.variance_floor)
+        .posterior_threshold(a.posterior_threshold)
         .seed(g.seed);
     params.validate()?;
     let start = std::time::Instant::now();

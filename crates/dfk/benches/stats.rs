@@ -5,10 +5,7 @@
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dfk::gmm::Gmm;
 use dfk::kernels::{self, SimdLevel};
-use dfk::stats::{
-    block_posteriors, block_statistics, refine_posteriors, GmmTerms, Scratch, SufficientStats,
-    BLOCK,
-};
+use dfk::stats::{block_posteriors, EmScratch, EmStats, GmmTerms, Scratch, BLOCK};
 
 const D: usize = 64;
 
@@ -40,36 +37,27 @@ fn bench_kernel(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("block_posteriors", k), |b| {
             b.iter(|| block_posteriors(&terms, black_box(&x), BLOCK, &mut scratch))
         });
-        g.bench_function(BenchmarkId::new("block_posteriors_refined_1e-7", k), |b| {
-            b.iter(|| {
-                block_posteriors(&terms, black_box(&x), BLOCK, &mut scratch);
-                refine_posteriors(&terms, &x, BLOCK, 1e-7, &mut scratch)
-            })
-        });
-        // Dense posteriors: every entry non-zero, so the statistics take the GEMM path.
-        block_posteriors(&terms, &x, BLOCK, &mut scratch);
-        for (i, p) in scratch.post.iter_mut().enumerate() {
-            *p = 0.5 + noise(i);
-        }
-        g.bench_function(BenchmarkId::new("block_statistics_dense", k), |b| {
-            b.iter(|| block_statistics(&terms, BLOCK, black_box(&mut scratch)))
-        });
-        // 4 non-zero posteriors per row: the sparse path.
-        for (i, p) in scratch.post.iter_mut().enumerate() {
-            *p = if (i * 7919) % k < 4 { 0.25 } else { 0.0 };
-        }
-        g.bench_function(BenchmarkId::new("block_statistics_sparse4", k), |b| {
-            b.iter(|| block_statistics(&terms, BLOCK, black_box(&mut scratch)))
-        });
         let (_, many) = setup(k, 16 * BLOCK);
-        let mut st = SufficientStats::zeros(k, D);
+        let mut st = EmStats::zeros(k, D);
+        let mut em_scratch = EmScratch::new(k, D);
+        let shift = vec![0f32; D];
         g.throughput(Throughput::Elements((16 * BLOCK) as u64));
-        g.bench_function(BenchmarkId::new("accumulate_4096", k), |b| {
-            b.iter(|| {
-                st.clear();
-                st.accumulate(&terms, black_box(&many), &mut scratch)
-            })
-        });
+        for threshold in [1e-6f32, 0.0] {
+            let id = BenchmarkId::new(format!("em_accumulate_4096_threshold_{threshold}"), k);
+            g.bench_function(id, |b| {
+                b.iter(|| {
+                    st.clear();
+                    st.accumulate(
+                        &terms,
+                        gmm.means(),
+                        black_box(&many),
+                        &shift,
+                        threshold,
+                        &mut em_scratch,
+                    )
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -1,12 +1,13 @@
 //! The shared hot kernel of EM and Fisher-vector encoding: GMM log-likelihoods and posteriors
-//! for a block of descriptors, and the zeroth/first/second-order statistics Σγ, γᵀx, γᵀx² — all
-//! as matrix products.
+//! for a block of descriptors as one matrix product, and EM's E-step statistics.
 //!
 //! For a block `X` (n × D) the per-component log-densities are
 //! `l = [x², x] · C + b` with `C = [−Λ/2 ; μΛ]ᵀ` (2D × K, Λ = 1/σ²) and
 //! `b_k = log π_k − ½ Σ_d log σ²_kd − ½ Σ_d μ²_kd Λ_kd`, so one GEMM of inner size 2D gives all
-//! `n × K` log-likelihoods; a row softmax (log-sum-exp) turns them into posteriors γ. The
-//! statistics are another GEMM: `γᵀ [x², x]` (K × 2D). Blocks are accumulated in `f64`.
+//! `n × K` log-likelihoods; a row softmax (log-sum-exp) turns them into posteriors γ. EM's
+//! statistics Σγ, Σγ(x − r), Σγ(x − r)² ([`EmStats`]) are then formed from the posteriors that
+//! matter only — a few per descriptor — at `O(D)` each, instead of a second dense product
+//! `γᵀ[x², x]` of the same cost as the first. Blocks are accumulated in `f64`.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -31,13 +32,8 @@ pub struct GmmTerms {
     bias: Vec<f32>,
     /// −(D/2) log 2π, added to the log-sum-exp to give true log-densities.
     log_norm: f64,
-    /// SIMD level of the softmax and sparse-statistics kernels.
+    /// SIMD level of the element-wise kernels.
     level: SimdLevel,
-    /// Direct form for [`refine_posteriors`]: `K × D` means, `K × D` 1/σ², and `K` values
-    /// log π − ½ Σ log σ², all in f64.
-    mean64: Vec<f64>,
-    ivar64: Vec<f64>,
-    dbias: Vec<f64>,
 }
 
 impl GmmTerms {
@@ -46,22 +42,16 @@ impl GmmTerms {
         let (k, d) = (gmm.k(), gmm.d());
         let mut coef = vec![0f32; 2 * d * k];
         let mut bias = vec![0f32; k];
-        let mut ivar64 = vec![0f64; k * d];
-        let mut dbias = vec![0f64; k];
         for c in 0..k {
             let (mean, var) = (gmm.mean(c), gmm.variance(c));
             let mut b = (gmm.weights()[c] as f64).ln();
-            let mut db = b;
             for j in 0..d {
                 let inv = 1.0 / var[j] as f64;
-                ivar64[c * d + j] = inv;
                 coef[j * k + c] = (-0.5 * inv) as f32;
                 coef[(d + j) * k + c] = (mean[j] as f64 * inv) as f32;
                 b -= 0.5 * (var[j] as f64).ln() + 0.5 * (mean[j] as f64).powi(2) * inv;
-                db -= 0.5 * (var[j] as f64).ln();
             }
             bias[c] = b as f32;
-            dbias[c] = db;
         }
         Self {
             k,
@@ -70,9 +60,6 @@ impl GmmTerms {
             bias,
             log_norm: -(d as f64) * HALF_LOG_2PI,
             level: SimdLevel::detect(),
-            mean64: gmm.means().iter().map(|&v| v as f64).collect(),
-            ivar64,
-            dbias,
         }
     }
 
@@ -111,16 +98,8 @@ pub struct Scratch {
     pub aug: Vec<f32>,
     /// `BLOCK × K` row-major: log-densities, then posteriors.
     pub post: Vec<f32>,
-    /// `K × 2D` row-major: the block's `γᵀ[x², x]`.
-    pub stats: Vec<f32>,
     /// `BLOCK` per-row log-likelihoods.
     pub row_ll: Vec<f64>,
-    /// `K` per-component sums of the block's posteriors, Σᵢ γᵢₖ (f32, one block).
-    col: Vec<f32>,
-    /// `D`: one row in f64, and `(component, log-density)` pairs, for [`refine_posteriors`].
-    xd: Vec<f64>,
-    refined: Vec<(usize, f64)>,
-    idx: Vec<usize>,
 }
 
 impl Scratch {
@@ -129,19 +108,14 @@ impl Scratch {
         Self {
             aug: vec![0.0; BLOCK * 2 * d],
             post: vec![0.0; BLOCK * k],
-            stats: vec![0.0; k * 2 * d],
             row_ll: vec![0.0; BLOCK],
-            col: vec![0.0; k],
-            xd: vec![0.0; d],
-            refined: Vec::with_capacity(k),
-            idx: Vec::with_capacity(k),
         }
     }
 }
 
 /// Computes the posteriors γ (into `scratch.post[..n*K]`) and the per-row log-likelihoods
 /// `log p(x)` (into `scratch.row_ll[..n]`) of the `n ≤ BLOCK` rows of `x` (`n × D`).
-/// Also leaves `[x², x]` in `scratch.aug` for [`block_statistics`].
+/// Also leaves `[x², x]` in `scratch.aug`.
 pub fn block_posteriors(terms: &GmmTerms, x: &[f32], n: usize, scratch: &mut Scratch) {
     block_log_densities(terms, x, None, n, scratch);
     let post = &mut scratch.post[..terms.k * n];
@@ -180,251 +154,6 @@ pub fn block_log_densities(
         Par::Seq,
     );
     finite
-}
-
-/// Computes `γᵀ[x², x]` (`K × 2D`, into `scratch.stats`) for the block whose posteriors and
-/// augmented rows [`block_posteriors`] left in `scratch`.
-///
-/// Posteriors that are exactly zero (log-density more than ~87 below the row's best, or removed
-/// by [`prune_posteriors`]) contribute nothing, so when few are non-zero the product is formed
-/// sparsely — one `γᵢₖ · [xᵢ², xᵢ]` update per non-zero — which gives the same sums up to f32
-/// rounding order. Otherwise it is one dense GEMM.
-pub fn block_statistics(terms: &GmmTerms, n: usize, scratch: &mut Scratch) {
-    let nnz = scratch.post[..n * terms.k]
-        .iter()
-        .filter(|&&g| g != 0.0)
-        .count();
-    if nnz * SPARSE_RATIO <= n * terms.k {
-        statistics_sparse(terms, n, scratch);
-    } else {
-        statistics_dense(terms, n, scratch);
-    }
-}
-
-/// `γᵀ[x², x]` as one GEMM, computed as its transpose `[x², x]ᵀ γ` (2D × K) written through a
-/// transposed view of `stats`: faer's kernels run this orientation faster for these shapes.
-fn statistics_dense(terms: &GmmTerms, n: usize, scratch: &mut Scratch) {
-    let (k, d) = (terms.k, terms.d);
-    matmul(
-        MatMut::from_row_major_slice_mut(&mut scratch.stats, k, 2 * d).transpose_mut(),
-        Accum::Replace,
-        MatRef::from_row_major_slice(&scratch.aug[..n * 2 * d], n, 2 * d).transpose(),
-        MatRef::from_row_major_slice(&scratch.post[..n * k], n, k),
-        1.0f32,
-        Par::Seq,
-    );
-}
-
-/// `γᵀ[x², x]` as one `stats[k] += γᵢₖ [xᵢ², xᵢ]` update per non-zero posterior.
-fn statistics_sparse(terms: &GmmTerms, n: usize, scratch: &mut Scratch) {
-    let (k, d) = (terms.k, terms.d);
-    scratch.stats.fill(0.0);
-    kernels::sparse_atb_at(
-        terms.level,
-        &scratch.post[..n * k],
-        &scratch.aug[..n * 2 * d],
-        n,
-        k,
-        2 * d,
-        &mut scratch.stats,
-    );
-}
-
-/// Makes the significant posteriors of a block exact to f64 evaluation: for every row `i` of
-/// `x` (`n × D`, the rows given to [`block_posteriors`]) and every component with
-/// `γᵢₖ ≥ threshold`, recomputes `lᵢₖ = log πₖ − ½ Σ log σ²ₖ − ½ Σ (xᵢ − μₖ)²/σ²ₖ` directly in
-/// f64, then renormalises the row: refined components get `exp(lᵢₖ)/Z`, the others keep their
-/// matrix-product values rescaled to the new `Z`, and `row_ll` becomes `log Z − (D/2) log 2π`.
-///
-/// The matrix-product form loses accuracy when the data spread is large against the component
-/// widths (its terms cancel; see `docs/performance.md`); refining the few components that matter
-/// costs `O(D)` per significant posterior, vectorised at the dispatched level.
-pub fn refine_posteriors(
-    terms: &GmmTerms,
-    x: &[f32],
-    n: usize,
-    threshold: f32,
-    scratch: &mut Scratch,
-) {
-    let (k, d) = (terms.k, terms.d);
-    debug_assert!(n <= BLOCK && x.len() == n * d);
-    let Scratch {
-        post,
-        row_ll,
-        xd,
-        refined,
-        idx,
-        ..
-    } = scratch;
-    for ((row, g), ll) in x
-        .chunks_exact(d)
-        .zip(post.chunks_exact_mut(k))
-        .zip(row_ll.iter_mut())
-        .take(n)
-    {
-        idx.clear();
-        kernels::indices_at_least_at(terms.level, g, threshold, idx);
-        if idx.is_empty() {
-            continue;
-        }
-        xd.iter_mut().zip(row).for_each(|(a, &b)| *a = b as f64);
-        refined.clear();
-        // The row's posteriors sum to one, so the unrefined ones sum to 1 − Σ refined.
-        let mut rest = 1f64;
-        for &c in idx.iter() {
-            rest -= g[c] as f64;
-            let q = kernels::quad_form_at(
-                terms.level,
-                xd,
-                &terms.mean64[c * d..],
-                &terms.ivar64[c * d..],
-            );
-            refined.push((c, terms.dbias[c] - 0.5 * q));
-        }
-        let rest = rest.max(0.0);
-        let max = refined
-            .iter()
-            .map(|r| r.1)
-            .fold(f64::NEG_INFINITY, f64::max);
-        // The unrefined posteriors are exp(l − lse_old); rescale them to the new max.
-        let tail = (*ll - terms.log_norm - max).exp();
-        let mut z = rest * tail;
-        for r in refined.iter_mut() {
-            r.1 = (r.1 - max).exp();
-            z += r.1;
-        }
-        let inv = 1.0 / z;
-        let scale = (tail * inv) as f32;
-        g.iter_mut().for_each(|v| *v *= scale);
-        for &(c, e) in refined.iter() {
-            g[c] = (e * inv) as f32;
-        }
-        *ll = max + z.ln() + terms.log_norm;
-    }
-}
-
-/// Adds the block's statistics (left in `scratch` by [`block_posteriors`] and
-/// [`block_statistics`]) to `f64` accumulators: `s0[k] += Σᵢ γᵢₖ` (`K`), `s1[k·D + j] += Σᵢ γᵢₖ xᵢⱼ`
-/// and `s2[k·D + j] += Σᵢ γᵢₖ xᵢⱼ²` (`K × D`). The posterior column sums are formed in f32
-/// within the block (as the statistics GEMM sums) with the vector kernel, then added in f64.
-pub fn add_block_sums(
-    terms: &GmmTerms,
-    n: usize,
-    scratch: &mut Scratch,
-    s0: &mut [f64],
-    s1: &mut [f64],
-    s2: &mut [f64],
-) {
-    let (k, d) = (terms.k, terms.d);
-    scratch.col.fill(0.0);
-    for row in scratch.post[..n * k].chunks_exact(k) {
-        kernels::axpy_at(terms.level, 1.0, row, &mut scratch.col);
-    }
-    for (s, &g) in s0.iter_mut().zip(&scratch.col) {
-        *s += g as f64;
-    }
-    for ((st, s1), s2) in scratch
-        .stats
-        .chunks_exact(2 * d)
-        .zip(s1.chunks_exact_mut(d))
-        .zip(s2.chunks_exact_mut(d))
-    {
-        let (sq, lin) = st.split_at(d);
-        for (s, &v) in s2.iter_mut().zip(sq) {
-            *s += v as f64;
-        }
-        for (s, &v) in s1.iter_mut().zip(lin) {
-            *s += v as f64;
-        }
-    }
-}
-
-/// The sparse form of [`block_statistics`] is used when at most `1/SPARSE_RATIO` of the block's
-/// posteriors are non-zero (one sparse update costs about as much as this many dense ones).
-const SPARSE_RATIO: usize = 4;
-
-/// Sets every posterior below `threshold` in the block to zero (VLFeat's rule for Fisher
-/// vectors: such terms are skipped, not renormalised) and returns how many were removed.
-/// Zeroed posteriors let [`block_statistics`] use its sparse form.
-pub fn prune_posteriors(
-    terms: &GmmTerms,
-    n: usize,
-    threshold: f32,
-    scratch: &mut Scratch,
-) -> usize {
-    let mut removed = 0;
-    for g in &mut scratch.post[..n * terms.k] {
-        // Branch-free so that it vectorises.
-        let drop = *g < threshold;
-        removed += (drop && *g != 0.0) as usize;
-        *g = if drop { 0.0 } else { *g };
-    }
-    removed
-}
-
-/// Sufficient statistics of a set of descriptors under a GMM, accumulated in `f64`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SufficientStats {
-    /// `K`: Σᵢ γᵢₖ.
-    pub s0: Vec<f64>,
-    /// `K × D`: Σᵢ γᵢₖ xᵢ.
-    pub s1: Vec<f64>,
-    /// `K × D`: Σᵢ γᵢₖ xᵢ².
-    pub s2: Vec<f64>,
-    /// Σᵢ log p(xᵢ).
-    pub loglik: f64,
-    /// Number of descriptors accumulated.
-    pub count: usize,
-}
-
-impl SufficientStats {
-    /// Zero statistics for `k` components in `d` dimensions.
-    pub fn zeros(k: usize, d: usize) -> Self {
-        Self {
-            s0: vec![0.0; k],
-            s1: vec![0.0; k * d],
-            s2: vec![0.0; k * d],
-            loglik: 0.0,
-            count: 0,
-        }
-    }
-
-    /// Resets to zero without reallocating.
-    pub fn clear(&mut self) {
-        self.s0.fill(0.0);
-        self.s1.fill(0.0);
-        self.s2.fill(0.0);
-        self.loglik = 0.0;
-        self.count = 0;
-    }
-
-    /// Adds another accumulator (e.g. another thread's) into this one.
-    pub fn merge(&mut self, other: &Self) {
-        for (a, b) in self.s0.iter_mut().zip(&other.s0) {
-            *a += b;
-        }
-        for (a, b) in self.s1.iter_mut().zip(&other.s1) {
-            *a += b;
-        }
-        for (a, b) in self.s2.iter_mut().zip(&other.s2) {
-            *a += b;
-        }
-        self.loglik += other.loglik;
-        self.count += other.count;
-    }
-
-    /// Accumulates the statistics of the rows of `x` (`n × D`, any `n`), block by block.
-    pub fn accumulate(&mut self, terms: &GmmTerms, x: &[f32], scratch: &mut Scratch) {
-        let d = terms.d;
-        for block in x.chunks(BLOCK * d) {
-            let n = block.len() / d;
-            block_posteriors(terms, block, n, scratch);
-            block_statistics(terms, n, scratch);
-            add_block_sums(terms, n, scratch, &mut self.s0, &mut self.s1, &mut self.s2);
-            self.loglik += scratch.row_ll[..n].iter().sum::<f64>();
-            self.count += n;
-        }
-    }
 }
 
 /// E-step statistics of EM, taken about reference points `r_k` (the current means) and over
@@ -670,10 +399,6 @@ mod tests {
                 assert!((scratch.post[i * 3 + c] as f64 - g).abs() < 1e-6, "{i} {c}");
             }
         }
-        let mut st = SufficientStats::zeros(3, 2);
-        st.accumulate(&terms, &x, &mut scratch);
-        assert_eq!(st.count, n);
-        assert!((st.s0.iter().sum::<f64>() - n as f64).abs() < 1e-5);
     }
 
     /// A mixture with well-separated and overlapping components and rows drawn near them, so
@@ -689,34 +414,6 @@ mod tests {
             .map(|i| means[(i / d * 5 % k) * d + i % d] + 0.08 * h(i * 31 + 1))
             .collect();
         (Gmm::new(k, d, means, vars, weights).unwrap(), x)
-    }
-
-    #[test]
-    fn sparse_and_dense_statistics_agree_at_every_level() {
-        let (k, d, n) = (37, 24, 200);
-        let (gmm, x) = mixture(k, d, n);
-        for level in SimdLevel::available() {
-            let terms = GmmTerms::new(&gmm).with_level(level);
-            let mut scratch = Scratch::new(k, d);
-            block_posteriors(&terms, &x, n, &mut scratch);
-            let zeros = scratch.post[..n * k].iter().filter(|&&g| g == 0.0).count();
-            assert!(zeros > n * k / 2, "test data should give many exact zeros");
-            statistics_dense(&terms, n, &mut scratch);
-            let dense = scratch.stats.clone();
-            statistics_sparse(&terms, n, &mut scratch);
-            // Direct f64 sums Σᵢ γᵢₖ [xᵢ², xᵢ] from the same posteriors.
-            for c in 0..k {
-                for j in 0..2 * d {
-                    let want: f64 = (0..n)
-                        .map(|i| scratch.post[i * k + c] as f64 * scratch.aug[i * 2 * d + j] as f64)
-                        .sum();
-                    let tol = 1e-5 * (want.abs() + 1e-3);
-                    let (s, g) = (scratch.stats[c * 2 * d + j], dense[c * 2 * d + j]);
-                    assert!((s as f64 - want).abs() < tol, "{level:?} sparse {c} {j}");
-                    assert!((g as f64 - want).abs() < tol, "{level:?} dense {c} {j}");
-                }
-            }
-        }
     }
 
     #[test]
@@ -739,112 +436,6 @@ mod tests {
             for (a, b) in scratch.row_ll[..n].iter().zip(&reference.row_ll[..n]) {
                 assert!((a - b).abs() < 1e-6, "{level:?}: {a} vs {b}");
             }
-        }
-    }
-
-    #[test]
-    fn pruning_zeroes_small_posteriors_only() {
-        let (k, d, n) = (19, 8, 70);
-        let (gmm, x) = mixture(k, d, n);
-        let terms = GmmTerms::new(&gmm);
-        let mut scratch = Scratch::new(k, d);
-        block_posteriors(&terms, &x, n, &mut scratch);
-        let before = scratch.post.clone();
-        let small = before[..n * k]
-            .iter()
-            .filter(|&&g| g > 0.0 && g < 1e-3)
-            .count();
-        assert!(small > 0, "test data should have small posteriors");
-        assert_eq!(prune_posteriors(&terms, n, 1e-3, &mut scratch), small);
-        for (a, b) in scratch.post[..n * k].iter().zip(&before) {
-            assert_eq!(*a, if *b < 1e-3 { 0.0 } else { *b });
-        }
-    }
-
-    #[test]
-    fn accumulated_statistics_match_f64_direct_sums() {
-        let (k, d, n) = (21, 16, 700);
-        let (gmm, x) = mixture(k, d, n);
-        let l = log_densities_direct(&gmm, &x);
-        let (mut s0, mut s1, mut s2) = (vec![0f64; k], vec![0f64; k * d], vec![0f64; k * d]);
-        for (i, row) in x.chunks_exact(d).enumerate() {
-            let li = &l[i * k..(i + 1) * k];
-            let m = li.iter().cloned().fold(f64::MIN, f64::max);
-            let lse = m + li.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-            for c in 0..k {
-                let g = (li[c] - lse).exp();
-                s0[c] += g;
-                for j in 0..d {
-                    s1[c * d + j] += g * row[j] as f64;
-                    s2[c * d + j] += g * (row[j] as f64).powi(2);
-                }
-            }
-        }
-        for level in SimdLevel::available() {
-            let terms = GmmTerms::new(&gmm).with_level(level);
-            let mut st = SufficientStats::zeros(k, d);
-            st.accumulate(&terms, &x, &mut Scratch::new(k, d));
-            assert_eq!(st.count, n);
-            for c in 0..k {
-                assert!(
-                    (st.s0[c] - s0[c]).abs() < 1e-4 * (1.0 + s0[c]),
-                    "{level:?} s0 {c}"
-                );
-            }
-            for i in 0..k * d {
-                assert!(
-                    (st.s1[i] - s1[i]).abs() < 1e-4 * (1.0 + s1[i].abs()),
-                    "{level:?} s1"
-                );
-                assert!(
-                    (st.s2[i] - s2[i]).abs() < 1e-4 * (1.0 + s2[i]),
-                    "{level:?} s2"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn refinement_restores_f64_accuracy() {
-        // Data far from the origin with narrow components: the expanded form cancels badly.
-        let (k, d, n) = (24, 32, 150);
-        let (gmm0, x0) = mixture(k, d, n);
-        let shift = 4.0f32;
-        let means = gmm0.means().iter().map(|m| m + shift).collect();
-        let vars = gmm0.variances().iter().map(|v| v * 0.05).collect();
-        let gmm = Gmm::new(k, d, means, vars, gmm0.weights().to_vec()).unwrap();
-        let x: Vec<f32> = x0.iter().map(|v| v + shift).collect();
-        let direct = log_densities_direct(&gmm, &x);
-        let errors = |scratch: &Scratch| {
-            let (mut ll_err, mut post_err) = (0f64, 0f64);
-            for i in 0..n {
-                let l = &direct[i * k..(i + 1) * k];
-                let m = l.iter().cloned().fold(f64::MIN, f64::max);
-                let lse = m + l.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-                ll_err = ll_err.max((scratch.row_ll[i] - lse).abs());
-                for c in 0..k {
-                    let g = (l[c] - lse).exp();
-                    post_err = post_err.max((scratch.post[i * k + c] as f64 - g).abs());
-                }
-            }
-            (ll_err, post_err)
-        };
-        for level in SimdLevel::available() {
-            let terms = GmmTerms::new(&gmm).with_level(level);
-            let mut scratch = Scratch::new(k, d);
-            block_posteriors(&terms, &x, n, &mut scratch);
-            let (ll_before, _) = errors(&scratch);
-            refine_posteriors(&terms, &x, n, 1e-7, &mut scratch);
-            let (ll_after, post_after) = errors(&scratch);
-            assert!(
-                ll_before > 1e-3,
-                "{level:?}: the test case should be hard ({ll_before})"
-            );
-            assert!(
-                ll_after < 1e-6,
-                "{level:?}: log-likelihood error {ll_after}"
-            );
-            assert!(post_after < 1e-6, "{level:?}: posterior error {post_after}");
         }
     }
 

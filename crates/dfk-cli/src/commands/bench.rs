@@ -17,7 +17,7 @@ use dfk::fisher::{FisherEncoder, FisherOptions};
 use dfk::gmm::{Gmm, GmmParams};
 use dfk::kernels::{self, SimdLevel};
 use dfk::sift::{dense_sift_with, DsiftParams, DsiftScratch, GrayImage};
-use dfk::stats::{self, GmmTerms, Scratch, SufficientStats};
+use dfk::stats::{self, EmScratch, EmStats, GmmTerms, Scratch};
 use dfk::svm::{train_binary, SvmParams};
 
 use crate::Global;
@@ -27,7 +27,8 @@ use crate::Global;
 pub enum Stage {
     /// FMA throughput of all worker threads at the dispatched SIMD level.
     Peak,
-    /// The shared kernel alone: posteriors + statistics of every descriptor (images × per-image).
+    /// The E-step kernel alone: log-likelihoods + EM statistics of every descriptor (images ×
+    /// per-image, parallel over images), at `--threshold`.
     Stats,
     /// Improved Fisher vectors of `--images` images of `--per-image` descriptors
     /// (`FisherEncoder::encode_batch`).
@@ -86,9 +87,9 @@ pub struct Args {
     /// Seed of the synthetic data.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Stats stage: refine posteriors at least this large in f64 (`stats::refine_posteriors`).
-    #[arg(long)]
-    pub refine: Option<f32>,
+    /// Stats stage: posterior threshold of the statistics (`GmmParams::posterior_threshold`).
+    #[arg(long, default_value_t = dfk::gmm::DEFAULT_EM_POSTERIOR_THRESHOLD)]
+    pub threshold: f32,
     /// Training vectors of the svm stage.
     #[arg(long, default_value_t = 2000)]
     pub svm_n: usize,
@@ -257,30 +258,18 @@ pub fn measure_peak(level: SimdLevel) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Statistics of every image (rows `i·per..(i+1)·per`), parallel over images, one scratch per
-/// worker: the kernel work of Fisher-vector encoding.
-/// With `refine`, posteriors are refined ([`stats::refine_posteriors`]) and those below the
-/// threshold dropped ([`stats::prune_posteriors`]) before the statistics, as the encoder does.
-fn stats_pass(terms: &GmmTerms, x: &[f32], per: usize, refine: Option<f32>) -> f64 {
+/// EM statistics ([`EmStats::accumulate`], about the means, posteriors below `threshold`
+/// times each row's largest left out) of every image (rows `i·per..(i+1)·per`), parallel over
+/// images, one scratch per worker; returns the total log-likelihood.
+fn stats_pass(gmm: &Gmm, terms: &GmmTerms, x: &[f32], per: usize, threshold: f32) -> f64 {
     let (k, d) = (terms.k(), terms.d());
+    let shift = vec![0f32; d];
     x.par_chunks(per * d)
         .map_init(
-            || (Scratch::new(k, d), SufficientStats::zeros(k, d)),
+            || (EmScratch::new(k, d), EmStats::zeros(k, d)),
             |(scratch, st), img| {
                 st.clear();
-                let Some(t) = refine else {
-                    st.accumulate(terms, img, scratch);
-                    return st.loglik;
-                };
-                for block in img.chunks(stats::BLOCK * d) {
-                    let n = block.len() / d;
-                    stats::block_posteriors(terms, block, n, scratch);
-                    stats::refine_posteriors(terms, block, n, t, scratch);
-                    stats::prune_posteriors(terms, n, t, scratch);
-                    stats::block_statistics(terms, n, scratch);
-                    stats::add_block_sums(terms, n, scratch, &mut st.s0, &mut st.s1, &mut st.s2);
-                    st.loglik += scratch.row_ll[..n].iter().sum::<f64>();
-                }
+                st.accumulate(terms, gmm.means(), img, &shift, threshold, scratch);
                 st.loglik
             },
         )
@@ -361,7 +350,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             let (x, gmm) = workload(&args, rows)?;
             let terms = GmmTerms::new(&gmm).with_level(level);
             let mut times = time_reps(args.reps, || {
-                std::hint::black_box(stats_pass(&terms, &x, args.per_image, args.refine));
+                std::hint::black_box(stats_pass(&gmm, &terms, &x, args.per_image, args.threshold));
                 Ok(())
             })?;
             let (nz, big) = density(&terms, &x);

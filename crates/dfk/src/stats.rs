@@ -238,17 +238,7 @@ impl EmStats {
         for block in x.chunks(BLOCK * d) {
             let n = block.len() / d;
             finite &= block_log_densities(terms, block, Some(shift), n, &mut scratch.block);
-            let np = scratch.scan(terms, n, threshold, self);
-            self.kept += np;
-            self.count += n;
-            let dense = scratch
-                .force_dense
-                .unwrap_or(np * DENSE_FRACTION >= n * k);
-            if dense {
-                scratch.dense_add(terms, n, threshold);
-                continue;
-            }
-            scratch.group(k, np);
+            let np = scratch.select(terms, n, threshold, self);
             let (starts, rows, w) = (&scratch.gstart, &scratch.grow[..np], &scratch.gw[..np]);
             kernels::moments_grouped_f32_at(
                 terms.level,
@@ -263,16 +253,12 @@ impl EmStats {
             for (s, r) in self.s0.iter_mut().zip(starts.windows(2)) {
                 *s += w[r[0] as usize..r[1] as usize].iter().sum::<f32>() as f64;
             }
+            self.kept += np;
+            self.count += n;
         }
-        scratch.dense_flush(refs, shift, self);
         finite
     }
 }
-
-/// A block whose kept posteriors are at least `1/DENSE_FRACTION` of its entries (e.g. with
-/// threshold 0) takes the dense path: one GEMM `γᵀ[(x − s)², x − s]` costs less than that
-/// many grouped `O(D)` updates.
-const DENSE_FRACTION: usize = 4;
 
 /// Working memory of [`EmStats::accumulate`] for one thread: the block kernel's scratch and
 /// the kept (row, component, posterior) entries of one block, before and after grouping by
@@ -286,13 +272,6 @@ pub struct EmScratch {
     row: Vec<u32>,
     /// `BLOCK`: each row's `1/S`, S the sum of its `exp(l − max)`.
     rinv: Vec<f32>,
-    /// Dense path: `K × 2D` `γᵀ[(x − s)², x − s]` and `K` column sums of the dense blocks
-    /// since the last flush, and whether there are any.
-    stats: Vec<f32>,
-    col: Vec<f32>,
-    dense_pending: bool,
-    /// Tests force the dense (`Some(true)`) or grouped (`Some(false)`) path.
-    force_dense: Option<bool>,
     /// `K + 1` offsets of each component's entries in `grow`/`gw`, and a running copy.
     gstart: Vec<u32>,
     gpos: Vec<u32>,
@@ -311,10 +290,6 @@ impl EmScratch {
             comp: vec![0; m],
             row: vec![0; m],
             rinv: vec![0.0; BLOCK],
-            stats: vec![0.0; 2 * k * d],
-            col: vec![0.0; k],
-            dense_pending: false,
-            force_dense: None,
             gstart: vec![0; k + 1],
             gpos: vec![0; k],
             grow: vec![0; m],
@@ -322,28 +297,24 @@ impl EmScratch {
         }
     }
 
-    /// Turns the block's log-densities into `exp(l − max)` per row, log-likelihoods (added to
-    /// `st.loglik`, the mass left out to `st.dropped`) and the list of kept posteriors —
-    /// `γᵢₖ ≥ threshold · maxⱼ γᵢⱼ`, i.e. `exp(lᵢₖ − maxⱼ lᵢⱼ) ≥ threshold` — with a count per
-    /// component; returns how many were kept.
-    fn scan(&mut self, terms: &GmmTerms, n: usize, threshold: f32, st: &mut EmStats) -> usize {
+    /// Turns the block's log-densities into log-likelihoods (added to `st.loglik`, the mass
+    /// left out to `st.dropped`) and the kept posteriors — `γᵢₖ ≥ threshold · maxⱼ γᵢⱼ`, i.e.
+    /// `exp(lᵢₖ − maxⱼ lᵢⱼ) ≥ threshold` — grouped by component (rows in order within each);
+    /// returns how many were kept.
+    fn select(&mut self, terms: &GmmTerms, n: usize, threshold: f32, st: &mut EmStats) -> usize {
         let k = terms.k;
         self.gstart.fill(0);
         let mut np = 0;
         // Σ log Sᵢ as the log of products of up to 16 sums (each in [1, K], so the product
         // stays far inside f64's range): one logarithm per 16 rows.
         let (mut prod, mut log_sum) = (1f64, 0f64);
-        // Once the block is known to take the dense path the list is not needed: the
-        // candidates are then written over the same scratch and only counted.
-        let mut listing = self.force_dense != Some(true);
         for (i, row) in self.block.post[..n * k].chunks_exact_mut(k).enumerate() {
-            let at = if listing { np } else { 0 };
-            if self.comp.len() < at + k {
-                let m = (2 * self.comp.len()).max(at + k);
+            if self.comp.len() < np + k {
+                let m = (2 * self.comp.len()).max(np + k);
                 self.comp.resize(m, 0);
                 self.row.resize(m, 0);
             }
-            let r = kernels::exp_candidates_at(terms.level, row, threshold, &mut self.comp[at..]);
+            let r = kernels::exp_candidates_at(terms.level, row, threshold, &mut self.comp[np..]);
             st.loglik += r.max as f64 + terms.log_norm;
             prod *= r.sum;
             if i % 16 == 15 {
@@ -352,22 +323,13 @@ impl EmScratch {
             }
             self.rinv[i] = (1.0 / r.sum) as f32;
             st.dropped += r.rest / r.sum;
-            if listing {
-                for &c in &self.comp[np..np + r.count] {
-                    self.gstart[c as usize + 1] += 1;
-                }
-                self.row[np..np + r.count].fill(i as u32);
+            for &c in &self.comp[np..np + r.count] {
+                self.gstart[c as usize + 1] += 1;
             }
+            self.row[np..np + r.count].fill(i as u32);
             np += r.count;
-            listing &= self.force_dense == Some(false) || np * DENSE_FRACTION < n * k;
         }
         st.loglik += log_sum + prod.ln();
-        np
-    }
-
-    /// Groups the `np` kept entries that [`scan`](Self::scan) listed by component (rows in
-    /// order within each), with their posteriors.
-    fn group(&mut self, k: usize, np: usize) {
         for c in 0..k {
             self.gstart[c + 1] += self.gstart[c];
         }
@@ -383,64 +345,7 @@ impl EmScratch {
             self.gw[*q as usize] = post[i as usize * k + c as usize] * self.rinv[i as usize];
             *q += 1;
         }
-    }
-
-    /// The dense path of [`EmStats::accumulate`] for a block that [`scan`](Self::scan) left:
-    /// the kept posteriors as a dense `n × K` matrix (0 elsewhere), their column sums, and one
-    /// GEMM adding `γᵀ[(x − s)², x − s]` (the shifted input of the log-density GEMM) to the f32
-    /// sums of the dense blocks of this call; [`dense_flush`](Self::dense_flush) turns them
-    /// into moments once per call.
-    fn dense_add(&mut self, terms: &GmmTerms, n: usize, threshold: f32) {
-        let (k, d) = (terms.k, terms.d);
-        if !self.dense_pending {
-            self.stats.fill(0.0);
-            self.col.fill(0.0);
-            self.dense_pending = true;
-        }
-        let post = &mut self.block.post[..n * k];
-        for (row, &inv) in post.chunks_exact_mut(k).zip(&self.rinv[..n]) {
-            row.iter_mut()
-                .for_each(|e| *e = if *e >= threshold { *e * inv } else { 0.0 });
-            kernels::axpy_at(terms.level, 1.0, row, &mut self.col);
-        }
-        // Computed as its transpose `[x², x]ᵀ γ` (2D × K) through a transposed view: faer's
-        // kernels run this orientation faster for these shapes.
-        matmul(
-            MatMut::from_row_major_slice_mut(&mut self.stats, k, 2 * d).transpose_mut(),
-            Accum::Add,
-            MatRef::from_row_major_slice(&self.block.aug[..n * 2 * d], n, 2 * d).transpose(),
-            MatRef::from_row_major_slice(post, n, k),
-            1.0f32,
-            Par::Seq,
-        );
-    }
-
-    /// Adds the dense blocks' sums to `st`: per component the moments about `r` from those
-    /// about the shift `s`, in f64 (`Σγδ = S1 − s0 u`, `Σγδ² = S2 − 2u S1 + s0 u²`,
-    /// `u = r − s`).
-    fn dense_flush(&mut self, refs: &[f32], shift: &[f32], st: &mut EmStats) {
-        if !self.dense_pending {
-            return;
-        }
-        self.dense_pending = false;
-        let d = shift.len();
-        for (c, (sums, acc)) in self
-            .stats
-            .chunks_exact(2 * d)
-            .zip(st.moments.chunks_exact_mut(2 * d))
-            .enumerate()
-        {
-            let s0 = self.col[c] as f64;
-            st.s0[c] += s0;
-            let (sq, lin) = sums.split_at(d);
-            let (m1, m2) = acc.split_at_mut(d);
-            for j in 0..d {
-                let u = refs[c * d + j] as f64 - shift[j] as f64;
-                let (s1, s2) = (lin[j] as f64, sq[j] as f64);
-                m1[j] += s1 - s0 * u;
-                m2[j] += s2 - 2.0 * u * s1 + s0 * u * u;
-            }
-        }
+        np
     }
 }
 
@@ -559,13 +464,9 @@ mod tests {
         let direct = log_densities_direct(&gmm, &x);
         for level in SimdLevel::available() {
             let terms = GmmTerms::new(&centred).with_level(level);
-            for (tau, dense) in [0.0f32, 1e-6, 1e-2]
-                .into_iter()
-                .flat_map(|t| [(t, None), (t, Some(true)), (t, Some(false))])
-            {
+            for tau in [0.0f32, 1e-6, 1e-2] {
                 let mut st = EmStats::zeros(k, d);
                 let mut scratch = EmScratch::new(k, d);
-                scratch.force_dense = dense;
                 assert!(st.accumulate(&terms, &refs, &x, &shift, tau, &mut scratch));
                 let (mut s0, mut m) = (vec![0f64; k], vec![0f64; 2 * k * d]);
                 let (mut ll, mut dropped, mut kept) = (0f64, 0f64, 0usize);
@@ -594,7 +495,7 @@ mod tests {
                     }
                 }
                 assert_eq!(st.count, n);
-                assert_eq!(st.kept, kept, "{level:?} τ {tau} dense {dense:?}");
+                assert_eq!(st.kept, kept, "{level:?} τ {tau}");
                 assert!(
                     (st.loglik - ll).abs() < 1e-5 * ll.abs(),
                     "{level:?} τ {tau}"
@@ -612,7 +513,7 @@ mod tests {
                 for (i, (&got, &want)) in st.moments.iter().zip(&m).enumerate() {
                     assert!(
                         (got - want).abs() < 1e-5 * (1.0 + want.abs()),
-                        "{level:?} τ {tau} dense {dense:?} moment {i}: {got} vs {want}"
+                        "{level:?} τ {tau} moment {i}: {got} vs {want}"
                     );
                 }
                 if tau > 0.0 {

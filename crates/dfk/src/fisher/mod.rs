@@ -20,8 +20,8 @@
 //! `c = Σ_k π_k μ_k`. That form cancels (`x²/σ² − 2xμ/σ² + μ²/σ²`): on the committed VLFeat
 //! fixture K=32, D=64 its error in log γ (for γ ≥ 1e-6) was 3.7e-4 (4.6e-4 unshifted). So the
 //! entries that matter, `γ_ik ≥ threshold/2` by the GEMM, are recomputed directly in f64 from
-//! the unshifted `(x − μ_k)²/σ²_k` and each row renormalised with the remaining GEMM values
-//! (as [`crate::stats::refine_posteriors`] does). This is done for a whole block at once: the
+//! the unshifted `(x − μ_k)²/σ²_k` and each row renormalised with the remaining GEMM values.
+//! This is done for a whole block at once: the
 //! softmax's exponentials and the selection in one kernel, the selected entries grouped by
 //! component, their f64 quadratic forms four at a time, one vector `exp`, the renormalisation
 //! per row (a row whose GEMM values were too far off goes through [`FisherEncoder`]'s
@@ -470,8 +470,8 @@ impl FisherEncoder {
     /// Recomputes the posteriors of row `i` of the block (descriptor `x`) that the GEMM puts
     /// at or above `self.refine` directly in f64 from the unshifted `(x − μ_k)²/σ²_k`, and
     /// renormalises: the refined entries get `exp(l_k)/Z`, the others keep their GEMM values
-    /// rescaled to the new `Z` (as [`stats::refine_posteriors`], which this fuses with the
-    /// selection of the kept entries and keeps `x − μ_k` for the statistics). Every kept entry
+    /// rescaled to the new `Z`, fused with the selection of the kept entries (keeping
+    /// `x − μ_k` for the statistics). Every kept entry
     /// (γ ≥ threshold) is refined: should the rescaling lift an unrefined one to the threshold
     /// (it never does unless the GEMM is off by a factor 2), the whole row is refined.
     fn refine_row(&self, x: &[f32], i: usize, scratch: &mut FisherScratch) -> Refined {

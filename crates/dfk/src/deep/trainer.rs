@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -717,26 +716,27 @@ fn gradient(
             )));
         }
     }
-    let mut upstream = vec![0f32; n * dim];
-    upstream
-        .par_chunks_mut(dim)
-        .enumerate()
-        .for_each(|(i, row)| {
-            for (m, y) in svm.models.iter().zip(&ys) {
-                let coef = -(m.alpha[i] * y[i] as f64) as f32;
-                if coef != 0.0 {
-                    for (r, &w) in row.iter_mut().zip(&m.w[..dim]) {
-                        *r += coef * w;
-                    }
-                }
-            }
-        });
-    let g = enc.backward_batch_cached(
+    // Image i's upstream gradient is Σ_c coefs[i][c] · w_c, formed per image by the backward
+    // pass (an images × dim matrix would be written and read once more).
+    let classes = svm.models.len();
+    let mut coefs = vec![0f32; n * classes];
+    for (c, (m, y)) in svm.models.iter().zip(&ys).enumerate() {
+        for (i, (&a, &yi)) in m.alpha.iter().zip(y).enumerate() {
+            coefs[i * classes + c] = -(a * f64::from(yi)) as f32;
+        }
+    }
+    let weights: Vec<f32> = svm
+        .models
+        .iter()
+        .flat_map(|m| m.w[..dim].iter().copied())
+        .collect();
+    let g = enc.backward_batch_cached_combined(
         &set.data,
         &set.offsets,
         &encoded.feats,
         &encoded.cache,
-        &upstream,
+        &coefs,
+        &weights,
     )?;
     Ok(Theta {
         k: theta.k,

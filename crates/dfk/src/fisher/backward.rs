@@ -127,6 +127,15 @@ impl ForwardCache {
     }
 }
 
+/// A batch of images (`data`, `offsets`) with its encoding and forward cache, as the cached
+/// backward passes read them.
+struct CachedBatch<'a> {
+    data: &'a [f32],
+    offsets: &'a [usize],
+    encoded: &'a [f32],
+    cache: &'a ForwardCache,
+}
+
 /// Images are summed in at most this many fixed chunks, so the order of the f64 sums (and the
 /// result) does not depend on the thread count.
 const MAX_CHUNKS: usize = 64;
@@ -157,6 +166,28 @@ pub(crate) fn sum_gradients<S, F>(
 where
     F: Fn(usize, &[f32], &mut GmmGradient, &mut S) -> Result<()> + Sync,
 {
+    sum_chunked(k, d, images, scratch, |i, g, scratch| {
+        let gp = &upstream[i * len..(i + 1) * len];
+        if gp.iter().all(|&v| v == 0.0) {
+            return Ok(());
+        }
+        f(i, gp, g, scratch).map_err(|e| image_error(i, e))
+    })
+}
+
+/// Sums `f(image, gradient, scratch)` over `images` images in [`MAX_CHUNKS`] fixed chunks run
+/// in parallel (one scratch per worker from `scratch`), so the result does not depend on the
+/// thread count.
+fn sum_chunked<S, F>(
+    k: usize,
+    d: usize,
+    images: usize,
+    scratch: impl Fn() -> S + Sync + Send,
+    f: F,
+) -> Result<GmmGradient>
+where
+    F: Fn(usize, &mut GmmGradient, &mut S) -> Result<()> + Sync,
+{
     let per = images.div_ceil(MAX_CHUNKS).max(1);
     let chunks = images.div_ceil(per);
     let parts: Vec<Result<GmmGradient>> = (0..chunks)
@@ -164,11 +195,7 @@ where
         .map_init(&scratch, |scratch, c| {
             let mut g = GmmGradient::zeros(k, d);
             for i in c * per..((c + 1) * per).min(images) {
-                let gp = &upstream[i * len..(i + 1) * len];
-                if gp.iter().all(|&v| v == 0.0) {
-                    continue;
-                }
-                f(i, gp, &mut g, scratch).map_err(|e| image_error(i, e))?;
+                f(i, &mut g, scratch)?;
             }
             Ok(g)
         })
@@ -313,8 +340,95 @@ impl FisherEncoder {
         cache: &ForwardCache,
         grad_phis: &[f32],
     ) -> Result<GmmGradient> {
-        let images = self.check_batch(data, offsets)?;
+        let images = self.check_cached(data, offsets, encoded, cache)?;
+        let len = self.len();
+        if grad_phis.len() != images * len {
+            return Err(Error::dim(
+                format!("upstream gradients ({images} images × {len})"),
+                images * len,
+                grad_phis.len(),
+            ));
+        }
+        let batch = CachedBatch {
+            data,
+            offsets,
+            encoded,
+            cache,
+        };
+        self.sum_over_images(images, grad_phis, |i, gp, g, scratch| {
+            self.backward_cached_image(&batch, i, gp, g, scratch)
+        })
+    }
+
+    /// [`backward_batch_cached`](Self::backward_batch_cached) for upstream gradients that are
+    /// combinations of a few vectors — the SVM objective's `∂L/∂φ_i = Σ_c −α_{c,i} y_{c,i} w_c`:
+    /// image `i`'s upstream gradient is `Σ_c coefs[i·m + c] · vectors[c]` (`vectors`: `m × len`
+    /// row-major, `coefs`: `images × m`), formed per image in `f32` (added in order of `c`,
+    /// zero coefficients skipped) instead of being passed as an `images × len` matrix. The same
+    /// result as `backward_batch_cached` on those rows, bit for bit.
+    pub fn backward_batch_cached_combined(
+        &self,
+        data: &[f32],
+        offsets: &[usize],
+        encoded: &[f32],
+        cache: &ForwardCache,
+        coefs: &[f32],
+        vectors: &[f32],
+    ) -> Result<GmmGradient> {
+        let images = self.check_cached(data, offsets, encoded, cache)?;
         let (k, d, len) = (self.gmm.k(), self.gmm.d(), self.len());
+        if !vectors.len().is_multiple_of(len) {
+            return Err(Error::Invalid(format!(
+                "upstream vectors have {} values: expected a multiple of the Fisher vector length {len}",
+                vectors.len()
+            )));
+        }
+        let m = vectors.len() / len;
+        if coefs.len() != images * m {
+            return Err(Error::dim(
+                format!("upstream coefficients ({images} images × {m} vectors)"),
+                images * m,
+                coefs.len(),
+            ));
+        }
+        let batch = CachedBatch {
+            data,
+            offsets,
+            encoded,
+            cache,
+        };
+        let scratch = || (self.scratch(), vec![0f32; len]);
+        sum_chunked(k, d, images, scratch, |i, g, (scratch, row)| {
+            row.fill(0.0);
+            for (&c, v) in coefs[i * m..(i + 1) * m]
+                .iter()
+                .zip(vectors.chunks_exact(len))
+            {
+                if c != 0.0 {
+                    for (r, &w) in row.iter_mut().zip(v) {
+                        *r += c * w;
+                    }
+                }
+            }
+            if row.iter().all(|&v| v == 0.0) {
+                return Ok(());
+            }
+            self.backward_cached_image(&batch, i, row, g, scratch)
+                .map_err(|e| image_error(i, e))
+        })
+    }
+
+    /// Checks that `encoded` and `cache` come from [`encode_batch_cached`](Self::encode_batch_cached)
+    /// of this encoder on the batch `data`/`offsets`; returns the number of images.
+    fn check_cached(
+        &self,
+        data: &[f32],
+        offsets: &[usize],
+        encoded: &[f32],
+        cache: &ForwardCache,
+    ) -> Result<usize> {
+        let images = self.check_batch(data, offsets)?;
+        let (k, len) = (self.gmm.k(), self.len());
         if cache.k != k || cache.len != len {
             return Err(Error::Invalid(format!(
                 "forward cache was made for K = {} and Fisher vectors of {} values, this encoder has K = {k} and {len}",
@@ -338,22 +452,29 @@ impl FisherEncoder {
                 encoded.len(),
             ));
         }
-        if grad_phis.len() != images * len {
-            return Err(Error::dim(
-                format!("upstream gradients ({images} images × {len})"),
-                images * len,
-                grad_phis.len(),
-            ));
+        Ok(images)
+    }
+
+    /// Adds image `i`'s gradient for the upstream gradient `gp` to `g`, its forward results
+    /// restored from the batch's encoding and cache (checked by
+    /// [`check_cached`](Self::check_cached)).
+    fn backward_cached_image(
+        &self,
+        batch: &CachedBatch,
+        i: usize,
+        gp: &[f32],
+        g: &mut GmmGradient,
+        scratch: &mut FisherScratch,
+    ) -> Result<()> {
+        let (k, d, len) = (self.gmm.k(), self.gmm.d(), self.len());
+        let x = &batch.data[batch.offsets[i] * d..batch.offsets[i + 1] * d];
+        let enc = &batch.encoded[i * len..(i + 1) * len];
+        if !all_finite(enc) {
+            check_finite("encoded Fisher vector", enc)?;
         }
-        self.sum_over_images(images, grad_phis, |i, gp, g, scratch| {
-            let x = &data[offsets[i] * d..offsets[i + 1] * d];
-            let enc = &encoded[i * len..(i + 1) * len];
-            if !all_finite(enc) {
-                check_finite("encoded Fisher vector", enc)?;
-            }
-            self.restore_forward(enc, cache.norms[i], &cache.s0[i * k..(i + 1) * k], scratch);
-            self.backward_from_forward(x, gp, g, scratch)
-        })
+        let s0 = &batch.cache.s0[i * k..(i + 1) * k];
+        self.restore_forward(enc, batch.cache.norms[i], s0, scratch);
+        self.backward_from_forward(x, gp, g, scratch)
     }
 
     /// Sums `f(image, upstream, gradient, scratch)` over the images with a non-zero upstream
@@ -860,5 +981,85 @@ fn upstream_body(o: &FisherOptions, norm: f64, g: &[f32], out: &mut [f64], phi: 
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gmm::Gmm;
+
+    /// A small GMM and three images of pseudo-random descriptors.
+    fn case() -> (FisherEncoder, Vec<f32>, Vec<usize>) {
+        let (k, d) = (3, 4);
+        let wave = |i: usize, f: f32| (i as f32 * f).sin() * 0.8;
+        let means = (0..k * d).map(|i| wave(i, 1.3)).collect();
+        let vars = (0..k * d).map(|i| 0.5 + 0.3 * wave(i, 0.7).abs()).collect();
+        let gmm = Gmm::new(k, d, means, vars, vec![0.5, 0.3, 0.2]).unwrap();
+        let data = (0..40 * d).map(|i| wave(i, 0.37) * 1.5).collect();
+        let enc = FisherEncoder::new(&gmm, FisherOptions::default()).unwrap();
+        (enc, data, vec![0, 10, 25, 40])
+    }
+
+    #[test]
+    fn combined_upstream_gives_the_same_gradient_as_its_rows() {
+        let (enc, data, offsets) = case();
+        let (images, len) = (offsets.len() - 1, enc.len());
+        let mut fv = vec![0f32; images * len];
+        let cache = enc.encode_batch_cached(&data, &offsets, &mut fv).unwrap();
+        let m = 3;
+        let vectors: Vec<f32> = (0..m * len).map(|i| (i as f32 * 0.61).cos()).collect();
+        // Image 1 has no non-zero coefficient (skipped), image 2 one zero coefficient.
+        let coefs = [0.7f32, -1.2, 0.3, 0.0, 0.0, 0.0, -0.4, 0.0, 2.5];
+        let mut rows = vec![0f32; images * len];
+        for (row, c) in rows.chunks_exact_mut(len).zip(coefs.chunks_exact(m)) {
+            for (&ci, v) in c.iter().zip(vectors.chunks_exact(len)) {
+                if ci != 0.0 {
+                    for (r, &w) in row.iter_mut().zip(v) {
+                        *r += ci * w;
+                    }
+                }
+            }
+        }
+        let want = enc
+            .backward_batch_cached(&data, &offsets, &fv, &cache, &rows)
+            .unwrap();
+        let got = enc
+            .backward_batch_cached_combined(&data, &offsets, &fv, &cache, &coefs, &vectors)
+            .unwrap();
+        assert_eq!(got, want);
+        assert!(got.means.iter().any(|&v| v != 0.0));
+    }
+
+    #[test]
+    fn combined_upstream_rejects_bad_sizes() {
+        let (enc, data, offsets) = case();
+        let len = enc.len();
+        let mut fv = vec![0f32; 3 * len];
+        let cache = enc.encode_batch_cached(&data, &offsets, &mut fv).unwrap();
+        let vectors = vec![0.5f32; 2 * len];
+        let run = |coefs: &[f32], vectors: &[f32]| {
+            enc.backward_batch_cached_combined(&data, &offsets, &fv, &cache, coefs, vectors)
+        };
+        assert!(matches!(
+            run(&[1.0; 6], &vectors[..len + 1]),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            run(&[1.0; 5], &vectors),
+            Err(Error::DimMismatch { .. })
+        ));
+        assert!(matches!(
+            enc.backward_batch_cached_combined(
+                &data,
+                &offsets,
+                &fv[1..],
+                &cache,
+                &[1.0; 6],
+                &vectors
+            ),
+            Err(Error::DimMismatch { .. })
+        ));
+        assert!(run(&[1.0; 6], &vectors).is_ok());
     }
 }

@@ -340,6 +340,24 @@ fn malformed_inputs_fail_cleanly() {
         "--k",
         &m,
     );
+    // An EM posterior threshold outside [0, 1) is named.
+    fails_leaving_nothing(
+        &[
+            "gmm",
+            "fit",
+            "--descriptors",
+            &cli_fixture("descriptors.npy"),
+            "--k",
+            "2",
+            "--posterior-threshold",
+            "1.5",
+            "--out",
+            &s(&m),
+        ],
+        1,
+        "posterior_threshold",
+        &m,
+    );
     // Nothing but the inputs and models made above is left in the folder.
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()

@@ -103,6 +103,10 @@ pub struct Args {
     /// Descriptors sampled for the k-means++ initialisation of EM.
     #[arg(long, default_value_t = 100_000)]
     pub gmm_sample: usize,
+    /// EM's M-step posterior threshold: posteriors below this times a descriptor's largest
+    /// one are left out of the means, variances and weights (0: keep all).
+    #[arg(long, default_value_t = dfk::gmm::DEFAULT_EM_POSTERIOR_THRESHOLD)]
+    pub gmm_posterior_threshold: f32,
 
     /// Shared GMM or one GMM per class.
     #[arg(long, value_enum, default_value_t = Mode::Shared)]
@@ -291,6 +295,7 @@ fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<Gmm> {
         .max_iter(a.gmm_iters)
         .restarts(a.gmm_restarts)
         .variance_floor(a.gmm_variance_floor)
+        .posterior_threshold(a.gmm_posterior_threshold)
         .seed(seed)
         .kmeans_sample(Some(a.gmm_sample.max(a.k)));
     let t = std::time::Instant::now();

@@ -22,12 +22,18 @@
 //! bound whose projected gradient exceeds the previous epoch's extremes, and stopping when the
 //! largest projected-gradient violation `PG_max − PG_min ≤ eps` — re-checked on the full set
 //! after shrinking. `w̃ = Σ α_i y_i x̃_i` is kept up to date in `f64`; features stay `f32`.
+//! The gradients `G_i` are computed from an `f32` copy of `w` while the rounding that adds is
+//! provably below `eps / 64` (loose tolerances such as the Deep Fisher Kernel's 0.05 at
+//! Fisher-vector sizes), from the `f64` `w` otherwise (tight tolerances, as in the tests
+//! against liblinear).
 //!
 //! The inner products run in a loop compiled for the best instruction set of the CPU (runtime
 //! dispatch); an epoch costs about one pass over the feature matrix, which is bound by memory
 //! bandwidth at Fisher-vector sizes. One-vs-rest therefore solves its classes in groups that
 //! share each epoch's random sample order: a sample is read once per epoch for the whole group
-//! while each class still runs liblinear's algorithm (its own α, w, shrinking and stopping).
+//! while each class still runs liblinear's algorithm (its own α, w, shrinking and stopping; a
+//! class that has converged on its shrunk set waits for the others before its full-set
+//! re-check, so that one pass over the matrix serves all of them).
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -642,7 +648,7 @@ fn initial_alpha(warm: Option<&[f64]>, cost: &[f64], what: &str) -> Result<Vec<f
 /// Bytes of weight vectors a solver group may keep hot in cache alongside one sample.
 const GROUP_WEIGHT_BYTES: usize = 768 * 1024;
 /// Most tasks solved together in one pass over the data.
-const MAX_GROUP: usize = 8;
+const MAX_GROUP: usize = 16;
 
 /// Sizes of the consecutive class groups solved together: as few groups as keep each group's
 /// `f64` weights within [`GROUP_WEIGHT_BYTES`] (at most [`MAX_GROUP`] classes), but at least one
@@ -726,6 +732,10 @@ struct State<'a> {
     cost: &'a [f64],
     alpha: Vec<f64>,
     w: Vec<f64>,
+    /// `w` rounded to `f32`, kept in step with it while `fast`.
+    w32: Vec<f32>,
+    /// Whether this epoch's inner products use `w32` (see [`f32_dots_suffice`]).
+    fast: bool,
     wb: f64,
     active: Vec<bool>,
     n_active: usize,
@@ -735,7 +745,17 @@ struct State<'a> {
     pg_min_new: f64,
     iterations: usize,
     running: bool,
+    /// Converged on its shrunk set: skips epochs until the group's next full-set check.
+    waiting: bool,
     converged: bool,
+}
+
+impl State<'_> {
+    /// Whether the task takes part in the current epoch.
+    #[inline(always)]
+    fn visiting(&self) -> bool {
+        self.running && !self.waiting
+    }
 }
 
 /// Dual coordinate descent (liblinear's `solve_l2r_l1l2_svc` for the L1 loss) for several tasks
@@ -744,8 +764,10 @@ struct State<'a> {
 /// projected-gradient extremes, stop at `PG_max − PG_min ≤ eps` on the full set. The tasks
 /// share the random order of each epoch (a uniformly random permutation of all samples,
 /// restricted to each task's active ones), so each sample is read from memory once per epoch
-/// for all tasks instead of once per task: the solver is bound by memory bandwidth. Inputs are
-/// validated by the callers.
+/// for all tasks instead of once per task: the solver is bound by memory bandwidth. A task that
+/// converged on its shrunk set sits out the epochs until no task is left working on its shrunk
+/// set; then all of them re-check on the full set in the same epoch. Inputs are validated by
+/// the callers.
 #[inline(always)]
 fn solve_impl(
     level: SimdLevel,
@@ -765,6 +787,8 @@ fn solve_impl(
             cost: t.cost,
             alpha: t.alpha,
             w: vec![0f64; dim],
+            w32: vec![0f32; dim],
+            fast: false,
             wb: 0.0,
             active: vec![true; n],
             n_active: n,
@@ -774,13 +798,17 @@ fn solve_impl(
             pg_min_new: f64::INFINITY,
             iterations: 0,
             running: true,
+            waiting: false,
             converged: false,
         })
         .collect();
     let mut qd = Vec::with_capacity(n);
+    let mut x_norm_sq_max = 0f64;
     for i in 0..n {
         let xi = row(i);
-        qd.push(sq_norm(xi) + bias * bias);
+        let sq = sq_norm(xi);
+        x_norm_sq_max = x_norm_sq_max.max(sq);
+        qd.push(sq + bias * bias);
         for s in &mut states {
             let a = s.alpha[i];
             if a != 0.0 {
@@ -798,9 +826,15 @@ fn solve_impl(
             let j = rng.random_range(i..n);
             order.swap(i, j);
         }
-        for s in states.iter_mut().filter(|s| s.running) {
+        for s in states.iter_mut().filter(|s| s.visiting()) {
             s.pg_max_new = f64::NEG_INFINITY;
             s.pg_min_new = f64::INFINITY;
+            s.fast = f32_dots_suffice(&s.w, x_norm_sq_max.sqrt(), params.eps);
+            if s.fast {
+                for (v32, &v) in s.w32.iter_mut().zip(&s.w) {
+                    *v32 = v as f32;
+                }
+            }
         }
         // The samples some task visits this epoch (a visit only ever deactivates its own
         // sample, so the list is fixed at the start of the epoch).
@@ -809,7 +843,7 @@ fn solve_impl(
             order
                 .iter()
                 .copied()
-                .filter(|&i| states.iter().any(|s| s.running && s.active[i])),
+                .filter(|&i| states.iter().any(|s| s.visiting() && s.active[i])),
         );
         for (p, &i) in visits.iter().enumerate() {
             // After shrinking, visits are scattered over the matrix: fetching the next row
@@ -818,12 +852,24 @@ fn solve_impl(
                 prefetch(row(next));
             }
             let xi = row(i);
-            for s in states.iter_mut().filter(|s| s.running && s.active[i]) {
+            for s in states.iter_mut().filter(|s| s.visiting() && s.active[i]) {
                 update(level, s, i, xi, qd[i], bias, params.shrinking);
             }
         }
-        for s in states.iter_mut().filter(|s| s.running) {
-            end_epoch(s, n, params);
+        for s in states.iter_mut().filter(|s| s.visiting()) {
+            end_epoch(s, params);
+        }
+        // The tasks that converged on their shrunk sets re-check on the full set together,
+        // once no task is still working on its shrunk set: one pass over the matrix serves
+        // all of them instead of one pass each.
+        if states.iter().filter(|s| s.running).all(|s| s.waiting) {
+            for s in states.iter_mut().filter(|s| s.running) {
+                s.waiting = false;
+                s.active.fill(true);
+                s.n_active = n;
+                s.pg_max_old = f64::INFINITY;
+                s.pg_min_old = f64::NEG_INFINITY;
+            }
         }
     }
     // Hinge losses in one pass over the samples for all tasks (the matrix is read once).
@@ -872,7 +918,12 @@ fn update(
     shrinking: bool,
 ) {
     let yi = f64::from(s.y[i]);
-    let g = yi * (dot_f64(level, &s.w, xi) + s.wb * bias) - 1.0;
+    let dot = if s.fast {
+        dot_f32w(level, &s.w32, xi)
+    } else {
+        dot_f64(level, &s.w, xi)
+    };
+    let g = yi * (dot + s.wb * bias) - 1.0;
     let c = s.cost[i];
     let a = s.alpha[i];
     let mut pg = 0.0;
@@ -905,25 +956,26 @@ fn update(
         let new = (a - g / qd).clamp(0.0, c);
         s.alpha[i] = new;
         let d = (new - a) * yi;
-        axpy(d, xi, &mut s.w);
+        if s.fast {
+            axpy_shadowed(d, xi, &mut s.w, &mut s.w32);
+        } else {
+            axpy(d, xi, &mut s.w);
+        }
         s.wb += d * bias;
     }
 }
 
-/// liblinear's end-of-epoch test: stop, re-check on the full set, or tighten the shrinking
-/// bounds.
-fn end_epoch(s: &mut State, n: usize, params: &SvmParams) {
+/// liblinear's end-of-epoch test: stop, wait for the re-check on the full set, or tighten the
+/// shrinking bounds.
+fn end_epoch(s: &mut State, params: &SvmParams) {
     s.iterations += 1;
     if s.pg_max_new - s.pg_min_new <= params.eps {
-        if s.n_active == n {
+        if s.n_active == s.active.len() {
             s.converged = true;
             s.running = false;
             return;
         }
-        s.active.fill(true);
-        s.n_active = n;
-        s.pg_max_old = f64::INFINITY;
-        s.pg_min_old = f64::NEG_INFINITY;
+        s.waiting = true;
     } else {
         s.pg_max_old = if s.pg_max_new <= 0.0 {
             f64::INFINITY
@@ -1067,6 +1119,116 @@ unsafe fn dot_f64_avx2(w: &[f64], x: &[f32]) -> f64 {
     reduce(acc)
 }
 
+/// Accumulators of [`dot_f32w`]: four AVX-512 registers (eight AVX2 ones) of `f32`.
+const DOT32_LANES: usize = 64;
+
+/// Whether an epoch may compute the gradients `G_i` from the `f32` copy of `w`
+/// ([`dot_f32w`]) instead of the `f64` one. Rounding `w` to `f32` and summing in `f32` change
+/// `⟨w, x_i⟩` by at most about `(dim/64 + 8) · 2⁻²⁴ · Σ_j |w_j x_{ij}|`, and
+/// `Σ_j |w_j x_{ij}| ≤ ‖w‖ ‖x_i‖ ≤ ‖w‖ · x_norm_max`: the `f32` products are used only while
+/// that bound is at most `eps / 64`, so the stopping test `PG_max − PG_min ≤ eps` and the
+/// shrinking decisions are off by at most `eps / 32`. `w` itself is always updated in `f64`.
+/// Tight tolerances (or very large weights) keep the `f64` products.
+#[inline(always)]
+fn f32_dots_suffice(w: &[f64], x_norm_max: f64, eps: f64) -> bool {
+    let w_norm = w.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let terms = (w.len() / DOT32_LANES + 8) as f64;
+    terms * f64::from(f32::EPSILON) * 0.5 * w_norm * x_norm_max <= eps / 64.0
+}
+
+/// `⟨w, x⟩` of two `f32` vectors at `level`: products added into `f32` accumulator
+/// `j mod 64` in order, the accumulators then summed pairwise in `f64`. Every level performs
+/// the same roundings (multiply, then add: no fused multiply-add), so all give the same bits.
+#[inline(always)]
+fn dot_f32w(level: SimdLevel, w: &[f32], x: &[f32]) -> f64 {
+    match level {
+        // SAFETY: the solver runs at a level clamped to the CPU's features.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { dot_f32w_avx512(w, x) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { dot_f32w_avx2(w, x) },
+        _ => dot_f32w_scalar(w, x),
+    }
+}
+
+/// The reference definition of [`dot_f32w`].
+#[inline(always)]
+fn dot_f32w_scalar(w: &[f32], x: &[f32]) -> f64 {
+    let mut acc = [0f32; DOT32_LANES];
+    let wc = w.chunks_exact(DOT32_LANES);
+    let xc = x.chunks_exact(DOT32_LANES);
+    let (wt, xt) = (wc.remainder(), xc.remainder());
+    for (a, b) in wc.zip(xc) {
+        for k in 0..DOT32_LANES {
+            acc[k] += a[k] * b[k];
+        }
+    }
+    for (k, (&a, &b)) in wt.iter().zip(xt).enumerate() {
+        acc[k] += a * b;
+    }
+    reduce(acc.map(f64::from))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_f32w_avx512(w: &[f32], x: &[f32]) -> f64 {
+    use std::arch::x86_64::*;
+    let n = w.len().min(x.len());
+    let whole = n - n % DOT32_LANES;
+    let mut acc = [0f32; DOT32_LANES];
+    // SAFETY: every load reads `DOT32_LANES` elements below `whole ≤ n` of both slices.
+    unsafe {
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut a = [_mm512_setzero_ps(); 4];
+        let mut j = 0;
+        while j < whole {
+            for (r, acc_r) in a.iter_mut().enumerate() {
+                let o = j + 16 * r;
+                let prod = _mm512_mul_ps(_mm512_loadu_ps(wp.add(o)), _mm512_loadu_ps(xp.add(o)));
+                *acc_r = _mm512_add_ps(*acc_r, prod);
+            }
+            j += DOT32_LANES;
+        }
+        for (r, v) in a.iter().enumerate() {
+            _mm512_storeu_ps(acc.as_mut_ptr().add(16 * r), *v);
+        }
+    }
+    for (k, j) in (whole..n).enumerate() {
+        acc[k] += w[j] * x[j];
+    }
+    reduce(acc.map(f64::from))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_f32w_avx2(w: &[f32], x: &[f32]) -> f64 {
+    use std::arch::x86_64::*;
+    let n = w.len().min(x.len());
+    let whole = n - n % DOT32_LANES;
+    let mut acc = [0f32; DOT32_LANES];
+    // SAFETY: every load reads `DOT32_LANES` elements below `whole ≤ n` of both slices.
+    unsafe {
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut a = [_mm256_setzero_ps(); 8];
+        let mut j = 0;
+        while j < whole {
+            for (r, acc_r) in a.iter_mut().enumerate() {
+                let o = j + 8 * r;
+                let prod = _mm256_mul_ps(_mm256_loadu_ps(wp.add(o)), _mm256_loadu_ps(xp.add(o)));
+                *acc_r = _mm256_add_ps(*acc_r, prod);
+            }
+            j += DOT32_LANES;
+        }
+        for (r, v) in a.iter().enumerate() {
+            _mm256_storeu_ps(acc.as_mut_ptr().add(8 * r), *v);
+        }
+    }
+    for (k, j) in (whole..n).enumerate() {
+        acc[k] += w[j] * x[j];
+    }
+    reduce(acc.map(f64::from))
+}
+
 /// `⟨w, x⟩` of two `f32` vectors, accumulated in `f64`.
 #[inline(always)]
 fn dot_f32(w: &[f32], x: &[f32]) -> f64 {
@@ -1112,6 +1274,15 @@ fn axpy(d: f64, x: &[f32], w: &mut [f64]) {
     }
 }
 
+/// `w += d · x` and `w32 = w` rounded to `f32`, in one pass.
+#[inline(always)]
+fn axpy_shadowed(d: f64, x: &[f32], w: &mut [f64], w32: &mut [f32]) {
+    for ((wi, w32i), &xi) in w.iter_mut().zip(w32).zip(x) {
+        *wi += d * f64::from(xi);
+        *w32i = *wi as f32;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1137,6 +1308,10 @@ mod tests {
         };
         let reference = run(SimdLevel::Scalar);
         assert!(reference.alpha.iter().any(|&a| a > 0.0));
+        // At this tolerance the epochs use the f32 inner products (and their twins).
+        let w: Vec<f64> = reference.w.iter().map(|&v| f64::from(v)).collect();
+        let x_norm_max = x.chunks_exact(dim).map(sq_norm).fold(0f64, f64::max).sqrt();
+        assert!(f32_dots_suffice(&w, x_norm_max, params.eps));
         for level in SimdLevel::available() {
             assert_eq!(run(level), reference, "level {}", level.name());
         }
@@ -1164,6 +1339,43 @@ mod tests {
             .map(|(&a, &b)| f64::from(a) * f64::from(b))
             .sum();
         assert!((dot_f32(&wf, &x) - naive).abs() < 1e-12);
+        // The f32 products: bit-identical at every level (1091 = 17 blocks of 64 and a tail).
+        let reference = dot_f32w_scalar(&wf, &x);
+        for level in SimdLevel::available() {
+            assert_eq!(dot_f32w(level, &wf, &x).to_bits(), reference.to_bits());
+        }
+    }
+
+    /// The rounding bound that [`f32_dots_suffice`] relies on holds for the f32 products of an
+    /// f64 `w`, and decides as documented.
+    #[test]
+    fn f32_products_stay_within_their_bound() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for dim in [7, 64, 1104, 4099] {
+            for _ in 0..20 {
+                let w: Vec<f64> = (0..dim).map(|_| rng.random::<f64>() * 4.0 - 2.0).collect();
+                let x: Vec<f32> = (0..dim).map(|_| rng.random::<f32>() - 0.5).collect();
+                let w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+                let exact: f64 = w.iter().zip(&x).map(|(a, &b)| a * f64::from(b)).sum();
+                let w_norm = w.iter().map(|v| v * v).sum::<f64>().sqrt();
+                let x_norm = sq_norm(&x).sqrt();
+                let bound = (dim / DOT32_LANES + 8) as f64
+                    * f64::from(f32::EPSILON)
+                    * 0.5
+                    * w_norm
+                    * x_norm;
+                let err = (dot_f32w(SimdLevel::detect(), &w32, &x) - exact).abs();
+                assert!(err <= bound, "dim {dim}: error {err:e} > bound {bound:e}");
+                // Used exactly when the bound is at most eps / 64.
+                assert!(f32_dots_suffice(&w, x_norm, 64.0 * bound));
+                assert!(!f32_dots_suffice(&w, x_norm, 63.0 * bound));
+            }
+        }
+        // The deep trainer's case (K = 16, D = 34, ‖w‖ ≈ 20, unit-norm vectors, eps 0.05) uses
+        // them; liblinear-style tight tolerances do not.
+        let w = vec![20.0 / (1104f64).sqrt(); 1104];
+        assert!(f32_dots_suffice(&w, 1.0, 0.05));
+        assert!(!f32_dots_suffice(&w, 1.0, 1e-4));
     }
 
     #[test]

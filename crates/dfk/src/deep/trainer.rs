@@ -167,6 +167,10 @@ struct GroupState {
     /// Kept with one GMM only: per-class mode would hold every class's N × 2KD vectors.
     #[serde(skip)]
     encoded: Option<Encoded>,
+    /// The Fisher-vector buffer of the encoding before `encoded`, handed to the next line
+    /// search's first trial (writing into fresh pages of an N × 2KD allocation costs time).
+    #[serde(skip)]
+    spare: Option<Vec<f32>>,
 }
 
 /// Whether the encoding of the training set is kept between iterations (see
@@ -376,7 +380,7 @@ fn initial_state(inits: &[Gmm], data: &DeepData, params: &DeepParams) -> Result<
         let mut theta = Theta::from_gmm(gmm);
         theta.project(&floors);
         let labels = group_labels(&train.labels, &tasks);
-        let (objective, ev) = evaluate(&theta, train, &labels, params, None, &mut timers)?
+        let (objective, ev) = evaluate(&theta, train, &labels, params, None, None, &mut timers)?
             .ok_or_else(|| {
                 Error::Invalid(format!(
                     "the initial GMM {i} gives non-finite Fisher vectors or SVM objective"
@@ -393,6 +397,7 @@ fn initial_state(inits: &[Gmm], data: &DeepData, params: &DeepParams) -> Result<
             step: params.line_search.initial_step,
             active: true,
             encoded: keep_encoding(inits.len()).then_some(ev.encoded),
+            spare: None,
         });
     }
     let mut record = IterationRecord {
@@ -453,7 +458,7 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
             None => {
                 let t = Instant::now();
                 let enc = FisherEncoder::new(&group.theta.to_gmm()?, params.fisher)?;
-                let e = encode(&enc, train)?;
+                let e = encode(&enc, train, None)?;
                 timers.encode += t.elapsed().as_secs_f64();
                 e
             }
@@ -470,12 +475,22 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
         let slope = grad.dot(&dir);
         let warm = group.svm.to_ovr();
         let (theta0, floors) = (&group.theta, &group.floors);
+        let mut spare = group.spare.take();
         let outcome = params
             .line_search
             .search(group.objective, slope, group.step, |t| {
                 let mut trial = theta0.step(t, &dir);
                 trial.project(floors);
-                let ev = evaluate(&trial, train, &labels, params, Some(&warm), &mut timers)?;
+                let buffer = spare.take();
+                let ev = evaluate(
+                    &trial,
+                    train,
+                    &labels,
+                    params,
+                    Some(&warm),
+                    buffer,
+                    &mut timers,
+                )?;
                 Ok(ev.map(|(j, ev)| (j, (trial, ev))))
             })?;
         match outcome {
@@ -486,7 +501,8 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
                 group.svm = SvmState::from_ovr(&ev.svm);
                 group.objective = a.value;
                 group.train_scores = ev.scores;
-                group.encoded = keep.then_some(ev.encoded);
+                let before = std::mem::replace(&mut group.encoded, keep.then_some(ev.encoded));
+                group.spare = before.map(|e| e.feats);
                 group.step = a.next;
                 steps.push(a.step);
             }
@@ -627,14 +643,16 @@ struct Evaluation {
     encoded: Encoded,
 }
 
-/// Encodes `set` under θ and solves the SVMs (warm-started from `warm`): `Some((J, …))`, or
-/// `None` when θ, the Fisher vectors or J are not finite.
+/// Encodes `set` under θ (into `buffer` when it has the right size) and solves the SVMs
+/// (warm-started from `warm`): `Some((J, …))`, or `None` when θ, the Fisher vectors or J are
+/// not finite.
 fn evaluate(
     theta: &Theta,
     set: &ImageSet,
     labels: &Labels,
     params: &DeepParams,
     warm: Option<&OneVsRest>,
+    buffer: Option<Vec<f32>>,
     timers: &mut Timers,
 ) -> Result<Option<(f64, Evaluation)>> {
     let gmm = match theta.to_gmm() {
@@ -644,7 +662,7 @@ fn evaluate(
     };
     let t = Instant::now();
     let enc = FisherEncoder::new(&gmm, params.fisher)?;
-    let encoded = match encode(&enc, set) {
+    let encoded = match encode(&enc, set, buffer) {
         Ok(e) if all_finite(&e.feats) => e,
         Ok(_) | Err(Error::NonFinite { .. }) => return Ok(None),
         Err(e) => return Err(e),
@@ -678,8 +696,13 @@ fn evaluate(
     )))
 }
 
-fn encode(enc: &FisherEncoder, set: &ImageSet) -> Result<Encoded> {
-    let mut feats = vec![0f32; set.len() * enc.len()];
+/// Encodes `set` with its forward cache, into `buffer` when it has the right size (every
+/// value is overwritten).
+fn encode(enc: &FisherEncoder, set: &ImageSet, buffer: Option<Vec<f32>>) -> Result<Encoded> {
+    let len = set.len() * enc.len();
+    let mut feats = buffer
+        .filter(|b| b.len() == len)
+        .unwrap_or_else(|| vec![0f32; len]);
     let cache = enc.encode_batch_cached(&set.data, &set.offsets, &mut feats)?;
     Ok(Encoded { feats, cache })
 }
@@ -864,7 +887,7 @@ pub fn objective_and_gradient(
 ) -> Result<(f64, Theta)> {
     let mut timers = Timers::default();
     let (j, ev) =
-        evaluate(theta, set, &set.labels, params, None, &mut timers)?.ok_or_else(|| {
+        evaluate(theta, set, &set.labels, params, None, None, &mut timers)?.ok_or_else(|| {
             Error::Invalid("the GMM gives non-finite Fisher vectors or SVM objective".into())
         })?;
     let g = gradient(

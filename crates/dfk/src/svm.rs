@@ -819,6 +819,7 @@ fn solve_impl(
         }
     }
     let mut order: Vec<usize> = (0..n).collect();
+    let mut visited = vec![false; n];
     let mut visits = Vec::with_capacity(n);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     while states.iter().any(|s| s.running) {
@@ -826,25 +827,26 @@ fn solve_impl(
             let j = rng.random_range(i..n);
             order.swap(i, j);
         }
+        visited.fill(false);
         for s in states.iter_mut().filter(|s| s.visiting()) {
             s.pg_max_new = f64::NEG_INFINITY;
             s.pg_min_new = f64::INFINITY;
-            s.fast = f32_dots_suffice(&s.w, x_norm_sq_max.sqrt(), params.eps);
-            if s.fast {
+            let fast = f32_dots_suffice(&s.w, x_norm_sq_max.sqrt(), params.eps);
+            // While `fast` stays on, the updates keep `w32` equal to `w` rounded.
+            if fast && !s.fast {
                 for (v32, &v) in s.w32.iter_mut().zip(&s.w) {
                     *v32 = v as f32;
                 }
+            }
+            s.fast = fast;
+            for (v, &a) in visited.iter_mut().zip(&s.active) {
+                *v |= a;
             }
         }
         // The samples some task visits this epoch (a visit only ever deactivates its own
         // sample, so the list is fixed at the start of the epoch).
         visits.clear();
-        visits.extend(
-            order
-                .iter()
-                .copied()
-                .filter(|&i| states.iter().any(|s| s.visiting() && s.active[i])),
-        );
+        visits.extend(order.iter().copied().filter(|&i| visited[i]));
         for (p, &i) in visits.iter().enumerate() {
             // After shrinking, visits are scattered over the matrix: fetching the next row
             // while this one is used hides the memory latency that otherwise dominates.

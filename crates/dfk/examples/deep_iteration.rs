@@ -6,7 +6,9 @@
 //! ```
 //! (e.g. the files written by `fixtures/deep/make_descriptors.py`). GROW is the line search's
 //! growth factor (default 1.5), `plain` selects plain backtracking. Prints one line per
-//! iteration and the median ratio; the encoding pass is timed before and after training.
+//! iteration, the median and mean ratio and the mean time of each stage per line-search trial
+//! (encode, SVM) and per iteration (backward); the encoding pass is timed before and after
+//! training.
 
 use std::time::Instant;
 
@@ -81,10 +83,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut ratios = Vec::new();
     let mut trials = 0;
+    let mut stages = [0f64; 3];
     for r in &model.history.records[1..] {
         let work = r.time_encode_s + r.time_svm_s + r.time_backward_s;
         ratios.push(work / pass);
         trials += r.trials;
+        for (s, t) in stages
+            .iter_mut()
+            .zip([r.time_encode_s, r.time_svm_s, r.time_backward_s])
+        {
+            *s += t;
+        }
         println!(
             "iteration {}: J {:.4} step {:.4} {} trials, encode {:.3}s, svm {:.3}s ({} epochs), backward {:.3}s, total {:.3}s = {:.1} encoding passes",
             r.iteration,
@@ -105,6 +114,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "median iteration = {m:.1} encoding passes, mean {:.1}; {:.2} trials per iteration",
             ratios.iter().sum::<f64>() / ratios.len() as f64,
             trials as f64 / ratios.len() as f64
+        );
+        let per_trial = trials.max(1) as f64;
+        println!(
+            "mean per trial: encode {:.4}s, svm {:.4}s; backward {:.4}s per iteration",
+            stages[0] / per_trial,
+            stages[1] / per_trial,
+            stages[2] / ratios.len() as f64
         );
     }
     Ok(())

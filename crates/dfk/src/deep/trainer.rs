@@ -476,21 +476,31 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
         let warm = group.svm.to_ovr();
         let (theta0, floors) = (&group.theta, &group.floors);
         let mut spare = group.spare.take();
+        // The step and duals of the last finite trial: a retry warm-starts from the duals
+        // interpolated between θ's and that trial's at its own step.
+        let mut last: Option<(f64, Vec<Vec<f64>>)> = None;
         let outcome = params
             .line_search
             .search(group.objective, slope, group.step, |t| {
                 let mut trial = theta0.step(t, &dir);
                 trial.project(floors);
                 let buffer = spare.take();
+                let start = match &last {
+                    Some((t1, alphas)) => interpolate_duals(&warm, alphas, t / t1),
+                    None => warm.clone(),
+                };
                 let ev = evaluate(
                     &trial,
                     train,
                     &labels,
                     params,
-                    Some(&warm),
+                    Some(&start),
                     buffer,
                     &mut timers,
                 )?;
+                if let Some((_, e)) = &ev {
+                    last = Some((t, e.svm.models.iter().map(|m| m.alpha.clone()).collect()));
+                }
                 Ok(ev.map(|(j, ev)| (j, (trial, ev))))
             })?;
         match outcome {
@@ -696,6 +706,18 @@ fn evaluate(
     )))
 }
 
+/// `warm` with each model's duals moved a fraction `r` of the way to `alphas`:
+/// `α + r (α' − α)` (the solver clips them to `[0, C]`).
+fn interpolate_duals(warm: &OneVsRest, alphas: &[Vec<f64>], r: f64) -> OneVsRest {
+    let mut out = warm.clone();
+    for (m, a1) in out.models.iter_mut().zip(alphas) {
+        for (a, &b) in m.alpha.iter_mut().zip(a1) {
+            *a += r * (b - *a);
+        }
+    }
+    out
+}
+
 /// Encodes `set` with its forward cache, into `buffer` when it has the right size (every
 /// value is overwritten).
 fn encode(enc: &FisherEncoder, set: &ImageSet, buffer: Option<Vec<f32>>) -> Result<Encoded> {
@@ -899,4 +921,37 @@ pub fn objective_and_gradient(
         &ev.encoded,
     )?;
     Ok((j, g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_duals_move_part_of_the_way_to_the_last_trial() {
+        let model = |alpha: Vec<f64>| BinarySvm {
+            w: vec![0.5, -1.0],
+            b: 0.25,
+            alpha,
+            primal: 3.0,
+            dual: 2.0,
+            iterations: 7,
+        };
+        let warm = OneVsRest {
+            classes: 2,
+            dim: 2,
+            multilabel: false,
+            models: vec![model(vec![0.0, 1.0, 0.5]), model(vec![2.0, 0.0, 0.0])],
+        };
+        let last = vec![vec![1.0, 1.0, 0.0], vec![0.0, 0.0, 2.0]];
+        let out = interpolate_duals(&warm, &last, 0.25);
+        assert_eq!(out.models[0].alpha, vec![0.25, 1.0, 0.375]);
+        assert_eq!(out.models[1].alpha, vec![1.5, 0.0, 0.5]);
+        // Only the duals change; r = 0 is the warm start itself.
+        assert_eq!(
+            (out.models[0].w.clone(), out.models[1].b),
+            (vec![0.5, -1.0], 0.25)
+        );
+        assert_eq!(interpolate_duals(&warm, &last, 0.0), warm);
+    }
 }

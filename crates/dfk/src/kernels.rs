@@ -182,44 +182,49 @@ pub struct ExpSelect {
 /// `eᵢ = exp(rowᵢ − max)` ([`exp_scalar`]), writes to `out[..count]` the indices with
 /// `eᵢ ≥ frac·S` (i.e. softmax ≥ `frac`), in increasing order, and returns the maximum, `S`
 /// and the sum of the unselected `eᵢ`. `out` must hold at least `row.len()` values (those past
-/// `count` are overwritten with scratch values). The
-/// vector levels sum in f32 lanes (as [`softmax_in_place_at`]), so `S` and the rest agree
-/// with the scalar twin to rounding, not bit for bit.
+/// `count` are overwritten with scratch values). It is [`exp_candidates_at`] (the entries with
+/// `eᵢ ≥ frac`, a superset as `S ≥ 1`, taken in the pass of the exponentials) followed by the
+/// cut `frac·S` on those few. The vector levels sum in f32 lanes (as [`softmax_in_place_at`]),
+/// so `S` and the rest agree with the scalar twin to rounding, not bit for bit.
 #[inline]
 pub fn exp_select_at(level: SimdLevel, row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSelect {
-    assert!(
-        out.len() >= row.len(),
-        "exp_select: output shorter than the row"
-    );
-    match level.clamp_to_cpu() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); `out` is long enough.
-        SimdLevel::Avx512 => unsafe { x86::exp_select_avx512(row, frac, out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX2 and FMA (clamp_to_cpu); `out` is long enough.
-        SimdLevel::Avx2 => unsafe { x86::exp_select_avx2(row, frac, out) },
-        _ => exp_select_scalar(row, frac, out),
-    }
+    let r = exp_candidates_at(level, row, frac, out);
+    cut_candidates(row, frac, r, out)
 }
 
 /// Scalar twin of [`exp_select_at`].
 pub fn exp_select_scalar(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSelect {
-    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    for v in row.iter_mut() {
-        *v = exp_scalar(*v - max);
-        sum += *v as f64;
+    let r = exp_candidates_scalar(row, frac, out);
+    cut_candidates(row, frac, r, out)
+}
+
+/// Keeps the candidates `out[..r.count]` of [`exp_candidates_at`] with `eᵢ ≥ frac·S` (in
+/// order), adding the others to the rest.
+#[inline(always)]
+fn cut_candidates(row: &[f32], frac: f32, r: ExpSelect, out: &mut [u32]) -> ExpSelect {
+    let cut = (frac as f64 * r.sum) as f32;
+    let (mut n, mut rest) = (0, r.rest);
+    for j in 0..r.count {
+        let i = out[j];
+        let e = row[i as usize];
+        out[n] = i;
+        let keep = e >= cut;
+        n += keep as usize;
+        rest += if keep { 0.0 } else { e as f64 };
     }
-    select_rest(row, 0, (frac as f64 * sum) as f32, max, sum, 0, 0.0, out)
+    ExpSelect {
+        count: n,
+        rest,
+        ..r
+    }
 }
 
 /// A row softmax without the final division, with the candidates of a selection: replaces
 /// `row` by `eᵢ = exp(rowᵢ − max)` ([`exp_scalar`]), writes to `out[..count]` the indices with
 /// `eᵢ ≥ frac` in increasing order, and returns the maximum, `S = Σ eᵢ` and the sum of the
 /// other `eᵢ` (as [`ExpSelect`]). As `S ≥ 1`, every entry with softmax `eᵢ/S ≥ frac` is a
-/// candidate; the caller tests the few candidates against `frac·S`. Unlike
-/// [`exp_select_at`] (whose cut `frac·S` needs the sum first) the candidates are taken in the
-/// same pass as the exponentials. `out` must hold at least `row.len()` values (those past
+/// candidate; the caller tests the few candidates against `frac·S` ([`exp_select_at`] does).
+/// The candidates are taken in the same pass as the exponentials. `out` must hold at least `row.len()` values (those past
 /// `count` are overwritten with scratch values). The vector levels sum in f32 lanes, so `S`
 /// and the rest agree with the scalar twin to rounding; `row` and the candidates are the same
 /// at every level.
@@ -256,8 +261,8 @@ pub fn exp_candidates_scalar(row: &mut [f32], frac: f32, out: &mut [u32]) -> Exp
     select_rest(row, 0, frac, max, sum, 0, 0.0, out)
 }
 
-/// The selection of [`exp_select_at`] on `row[from..]` with the cut `frac·S` given, continuing
-/// a count `n` and rest `rest` of `row[..from]`.
+/// The candidates of [`exp_candidates_at`] on `row[from..]` (`eᵢ ≥ cut`), continuing a count
+/// `n` and rest `rest` of `row[..from]`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn select_rest(
@@ -1148,60 +1153,6 @@ mod x86 {
         max as f64 + sum.ln()
     }
 
-    /// Max, then `exp` and its sum in f32 lanes (as [`softmax_avx512`]), then the selection
-    /// compressed 16 indices at a time and the unselected sum in f32 lanes.
-    #[target_feature(enable = "avx512f,fma")]
-    pub(super) fn exp_select_avx512(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSelect {
-        let body = row.len() / 16 * 16;
-        let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
-        for c in row[..body].chunks_exact(16) {
-            // SAFETY: `c` holds exactly 16 f32.
-            vmax = _mm512_max_ps(vmax, unsafe { _mm512_loadu_ps(c.as_ptr()) });
-        }
-        let max = row[body..]
-            .iter()
-            .fold(_mm512_reduce_max_ps(vmax), |m, &v| m.max(v));
-        let vm = _mm512_set1_ps(max);
-        let mut vsum = _mm512_setzero_ps();
-        for c in row[..body].chunks_exact_mut(16) {
-            // SAFETY: `c` holds exactly 16 f32.
-            unsafe {
-                let e = exp512(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), vm));
-                _mm512_storeu_ps(c.as_mut_ptr(), e);
-                vsum = _mm512_add_ps(vsum, e);
-            }
-        }
-        let mut sum = _mm512_reduce_add_ps(vsum) as f64;
-        for v in row[body..].iter_mut() {
-            *v = exp_scalar(*v - max);
-            sum += *v as f64;
-        }
-        let cut = (frac as f64 * sum) as f32;
-        let vcut = _mm512_set1_ps(cut);
-        let step = _mm512_set1_epi32(16);
-        let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        let mut vrest = _mm512_setzero_ps();
-        let mut n = 0usize;
-        for c in row[..body].chunks_exact(16) {
-            // SAFETY: `c` holds exactly 16 f32; the store writes 16 values at `out[n..]` (the
-            // first popcount(mask) selected) with n + 16 ≤ (index of this chunk) + 16 ≤
-            // out.len().
-            unsafe {
-                let e = _mm512_loadu_ps(c.as_ptr());
-                let mask = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(e, vcut);
-                // Compress in a register, then store all 16 lanes: the compressing store to
-                // memory is microcoded and slow on some CPUs.
-                let packed = _mm512_maskz_compress_epi32(mask, idx);
-                _mm512_storeu_si512(out.as_mut_ptr().add(n) as *mut _, packed);
-                n += mask.count_ones() as usize;
-                vrest = _mm512_mask_add_ps(vrest, !mask, vrest, e);
-            }
-            idx = _mm512_add_epi32(idx, step);
-        }
-        let rest = _mm512_reduce_add_ps(vrest) as f64;
-        select_rest(row, body, cut, max, sum, n, rest, out)
-    }
-
     #[target_feature(enable = "avx512f,fma")]
     pub(super) fn exp_candidates_avx512(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSelect {
         let body = row.len() / 16 * 16;
@@ -1280,52 +1231,6 @@ mod x86 {
         }
         let rest = hsum256(vrest) as f64;
         select_rest(row, body, frac, max, sum, n, rest, out)
-    }
-
-    /// As [`exp_select_avx512`] with 8-lane vectors; the selection stores every index and
-    /// advances by the comparison (AVX2 has no compressed store).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn exp_select_avx2(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSelect {
-        let body = row.len() / 8 * 8;
-        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
-        for c in row[..body].chunks_exact(8) {
-            // SAFETY: `c` holds exactly 8 f32.
-            vmax = _mm256_max_ps(vmax, unsafe { _mm256_loadu_ps(c.as_ptr()) });
-        }
-        let max = row[body..].iter().fold(hmax256(vmax), |m, &v| m.max(v));
-        let vm = _mm256_set1_ps(max);
-        let mut vsum = _mm256_setzero_ps();
-        for c in row[..body].chunks_exact_mut(8) {
-            // SAFETY: `c` holds exactly 8 f32.
-            unsafe {
-                let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), vm));
-                _mm256_storeu_ps(c.as_mut_ptr(), e);
-                vsum = _mm256_add_ps(vsum, e);
-            }
-        }
-        let mut sum = hsum256(vsum) as f64;
-        for v in row[body..].iter_mut() {
-            *v = exp_scalar(*v - max);
-            sum += *v as f64;
-        }
-        let cut = (frac as f64 * sum) as f32;
-        let vcut = _mm256_set1_ps(cut);
-        let mut vrest = _mm256_setzero_ps();
-        let mut n = 0usize;
-        for (j, c) in row[..body].chunks_exact(8).enumerate() {
-            // SAFETY: `c` holds exactly 8 f32.
-            let e = unsafe { _mm256_loadu_ps(c.as_ptr()) };
-            let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(e, vcut);
-            vrest = _mm256_add_ps(vrest, _mm256_andnot_ps(keep, e));
-            let mut mask = _mm256_movemask_ps(keep) as u32;
-            for u in 0..8 {
-                out[n] = (8 * j + u) as u32;
-                n += (mask & 1) as usize;
-                mask >>= 1;
-            }
-        }
-        let rest = hsum256(vrest) as f64;
-        select_rest(row, body, cut, max, sum, n, rest, out)
     }
 
     /// `[v², v]` rows 16 lanes at a time (`d` a multiple of 16); see

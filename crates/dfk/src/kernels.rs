@@ -1957,9 +1957,12 @@ mod x86 {
     /// `8·L·V` dimensions from `j` of one component's f32 moments (see
     /// [`super::moments_grouped_f32_at`]), the sums in registers across its pairs. `L` is the
     /// vector width in units of 8 lanes (2: AVX-512, 1: AVX2).
-    macro_rules! moments_f32_chunk {
-        ($name:ident, $feat:literal, $vec:ty, $lanes:expr, $zero:ident, $load:ident,
-         $set1:ident, $sub:ident, $mul:ident, $add:ident, $fmadd:ident, $widen_add:ident) => {
+    /// The macro also makes the level's `$driver` (see [`super::moments_grouped_f32_at`]):
+    /// per component with pairs, 4-vector chunks, then single vectors, then the scalar tail.
+    macro_rules! moments_f32_level {
+        ($driver:ident, $name:ident, $feat:literal, $vec:ty, $lanes:expr, $zero:ident,
+         $load:ident, $set1:ident, $sub:ident, $mul:ident, $add:ident, $fmadd:ident,
+         $widen_add:ident) => {
             #[allow(clippy::too_many_arguments)]
             #[inline]
             #[target_feature(enable = $feat)]
@@ -2000,6 +2003,37 @@ mod x86 {
                     }
                 }
             }
+
+            #[target_feature(enable = $feat)]
+            pub(super) fn $driver(
+                x: &[f32],
+                d: usize,
+                refs: &[f32],
+                starts: &[u32],
+                rows: &[u32],
+                w: &[f32],
+                acc: &mut [f64],
+            ) {
+                for (c, s) in starts.windows(2).enumerate() {
+                    let pairs = s[0] as usize..s[1] as usize;
+                    if pairs.is_empty() {
+                        continue;
+                    }
+                    let (rows, w) = (&rows[pairs.clone()], &w[pairs]);
+                    let r = &refs[c * d..(c + 1) * d];
+                    let (o1, o2) = acc[2 * c * d..2 * (c + 1) * d].split_at_mut(d);
+                    let mut j = 0;
+                    while j + 4 * $lanes <= d {
+                        $name::<4>(x, d, j, r, rows, w, o1, o2);
+                        j += 4 * $lanes;
+                    }
+                    while j + $lanes <= d {
+                        $name::<1>(x, d, j, r, rows, w, o1, o2);
+                        j += $lanes;
+                    }
+                    moments_f32_dims(x, d, j, r, rows, w, o1, o2);
+                }
+            }
         };
     }
     /// `acc[0..16] += s` in f64 (the 16 f32 lanes widened).
@@ -2028,7 +2062,8 @@ mod x86 {
             _mm256_storeu_pd(acc.add(4), _mm256_add_pd(_mm256_loadu_pd(acc.add(4)), hi));
         }
     }
-    moments_f32_chunk!(
+    moments_f32_level!(
+        moments_grouped_f32_avx512,
         moments_f32_chunk512,
         "avx512f,fma",
         __m512,
@@ -2042,7 +2077,8 @@ mod x86 {
         _mm512_fmadd_ps,
         widen_add512
     );
-    moments_f32_chunk!(
+    moments_f32_level!(
+        moments_grouped_f32_avx2,
         moments_f32_chunk256,
         "avx2,fma",
         __m256,
@@ -2056,68 +2092,6 @@ mod x86 {
         _mm256_fmadd_ps,
         widen_add256
     );
-
-    #[target_feature(enable = "avx512f,fma")]
-    pub(super) fn moments_grouped_f32_avx512(
-        x: &[f32],
-        d: usize,
-        refs: &[f32],
-        starts: &[u32],
-        rows: &[u32],
-        w: &[f32],
-        acc: &mut [f64],
-    ) {
-        for (c, s) in starts.windows(2).enumerate() {
-            let pairs = s[0] as usize..s[1] as usize;
-            if pairs.is_empty() {
-                continue;
-            }
-            let (rows, w) = (&rows[pairs.clone()], &w[pairs]);
-            let r = &refs[c * d..(c + 1) * d];
-            let (o1, o2) = acc[2 * c * d..2 * (c + 1) * d].split_at_mut(d);
-            let mut j = 0;
-            while j + 64 <= d {
-                moments_f32_chunk512::<4>(x, d, j, r, rows, w, o1, o2);
-                j += 64;
-            }
-            while j + 16 <= d {
-                moments_f32_chunk512::<1>(x, d, j, r, rows, w, o1, o2);
-                j += 16;
-            }
-            moments_f32_dims(x, d, j, r, rows, w, o1, o2);
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn moments_grouped_f32_avx2(
-        x: &[f32],
-        d: usize,
-        refs: &[f32],
-        starts: &[u32],
-        rows: &[u32],
-        w: &[f32],
-        acc: &mut [f64],
-    ) {
-        for (c, s) in starts.windows(2).enumerate() {
-            let pairs = s[0] as usize..s[1] as usize;
-            if pairs.is_empty() {
-                continue;
-            }
-            let (rows, w) = (&rows[pairs.clone()], &w[pairs]);
-            let r = &refs[c * d..(c + 1) * d];
-            let (o1, o2) = acc[2 * c * d..2 * (c + 1) * d].split_at_mut(d);
-            let mut j = 0;
-            while j + 32 <= d {
-                moments_f32_chunk256::<4>(x, d, j, r, rows, w, o1, o2);
-                j += 32;
-            }
-            while j + 8 <= d {
-                moments_f32_chunk256::<1>(x, d, j, r, rows, w, o1, o2);
-                j += 8;
-            }
-            moments_f32_dims(x, d, j, r, rows, w, o1, o2);
-        }
-    }
 
     #[target_feature(enable = "avx512f,fma")]
     pub(super) fn exp_f64_avx512(xs: &mut [f64]) {

@@ -2,13 +2,15 @@
 //! against one Fisher-vector encoding pass over the same training images.
 //!
 //! ```text
-//! cargo run --release -p dfk --example deep_iteration -- X.npy OFFSETS.npy LABELS.npy K [IMAGES] [ITERS] [GROW] [plain]
+//! cargo run --release -p dfk --example deep_iteration -- X.npy OFFSETS.npy LABELS.npy K [IMAGES] [ITERS] [GROW] [plain|adaptive] [no-early]
 //! ```
 //! (e.g. the files written by `fixtures/deep/make_descriptors.py`). GROW is the line search's
-//! growth factor (default 1.5), `plain` selects plain backtracking. Prints one line per
-//! iteration, the median and mean ratio and the mean time of each stage per line-search trial
-//! (encode, SVM) and per iteration (backward); the encoding pass is timed before and after
-//! training.
+//! growth factor (default 1.5), `plain` selects plain backtracking, `no-early` turns off
+//! the early rejection of line-search trials by the SVM dual bound. Prints one line per
+//! iteration, the median and mean ratio (two decimals), the trials rejected early by the SVM
+//! dual bound, J after the last iteration and the mean time of each stage per line-search
+//! trial (encode, SVM) and per iteration (backward); the encoding pass is timed before and
+//! after training.
 
 use std::time::Instant;
 
@@ -28,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let iters: usize = args.get(6).map_or(Ok(5), |s| s.parse())?;
     let grow: f64 = args.get(7).map_or(Ok(1.5), |s| s.parse())?;
     let adaptive = args.get(8).map(String::as_str) != Some("plain");
+    let early_rejection = args.get(9).map(String::as_str) != Some("no-early");
     let (data, rows, d) = npy::read_f32_matrix(&args[1])?;
     let offsets = npy::read_usize_offsets(&args[2], rows)?;
     let labels = npy::read_labels(&args[3])?;
@@ -42,6 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         line_search: LineSearch {
             grow,
             adaptive,
+            early_rejection,
             ..LineSearch::default()
         },
         ..DeepParams::default()
@@ -83,11 +87,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut ratios = Vec::new();
     let mut trials = 0;
+    let mut early = 0;
     let mut stages = [0f64; 3];
     for r in &model.history.records[1..] {
         let work = r.time_encode_s + r.time_svm_s + r.time_backward_s;
         ratios.push(work / pass);
         trials += r.trials;
+        early += r.early_rejections;
         for (s, t) in stages
             .iter_mut()
             .zip([r.time_encode_s, r.time_svm_s, r.time_backward_s])
@@ -95,11 +101,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             *s += t;
         }
         println!(
-            "iteration {}: J {:.4} step {:.4} {} trials, encode {:.3}s, svm {:.3}s ({} epochs), backward {:.3}s, total {:.3}s = {:.1} encoding passes",
+            "iteration {}: J {:.4} step {:.4} {} trials ({} rejected early), encode {:.3}s, svm {:.3}s ({} epochs), backward {:.3}s, total {:.3}s = {:.2} encoding passes",
             r.iteration,
             r.objective,
             r.step,
             r.trials,
+            r.early_rejections,
             r.time_encode_s,
             r.time_svm_s,
             r.svm_epochs,
@@ -111,9 +118,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ratios.sort_by(f64::total_cmp);
     if let Some(m) = ratios.get(ratios.len() / 2) {
         println!(
-            "median iteration = {m:.1} encoding passes, mean {:.1}; {:.2} trials per iteration",
+            "median iteration = {m:.2} encoding passes, mean {:.2}; {:.2} trials per iteration ({early} rejected early by the SVM dual bound); J after {} iterations {:.4}",
             ratios.iter().sum::<f64>() / ratios.len() as f64,
-            trials as f64 / ratios.len() as f64
+            trials as f64 / ratios.len() as f64,
+            ratios.len(),
+            model.history.records.last().map_or(f64::NAN, |r| r.objective)
         );
         let per_trial = trials.max(1) as f64;
         println!(

@@ -269,7 +269,7 @@ pub fn train_binary(
     check_costs(cost, n)?;
     let alpha = initial_alpha(warm_alpha, cost, "warm-start alpha")?;
     let task = Task { y, cost, alpha };
-    let mut models = solve(x, dim, vec![task], params, params.seed);
+    let mut models = solve(x, dim, vec![task], params, params.seed, None).into_models()?;
     Ok(models.remove(0))
 }
 
@@ -471,6 +471,80 @@ pub fn train_one_vs_rest(
     train_one_vs_rest_with_costs(x, n, dim, labels, params, &costs, warm)
 }
 
+/// How [`train_one_vs_rest_below`] ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OneVsRestOutcome {
+    /// Every class was solved as by [`train_one_vs_rest`] (bit for bit); the objective may
+    /// still exceed the threshold.
+    Solved(OneVsRest),
+    /// The solve was stopped because the sum over classes of dual objectives
+    /// `D_c(α_c) = Σ_i α_{c,i} − ½‖w̃_c(α_c)‖²` of feasible duals exceeded the threshold. By weak
+    /// duality `Σ_c D_c(α_c) ≤ Σ_c min_w P_c(w)`, which is at most the objective the full solve
+    /// would have reported ([`OneVsRest::objective`]): that objective is certainly above the
+    /// threshold.
+    Exceeded {
+        /// Lower bound of the objective the full solve would have reported (> threshold).
+        bound: f64,
+        /// The dual variables of every class when the solve stopped (feasible, not optimal).
+        alphas: Vec<Vec<f64>>,
+    },
+}
+
+impl OneVsRestOutcome {
+    /// The models when every class was solved.
+    pub fn solved(self) -> Option<OneVsRest> {
+        match self {
+            OneVsRestOutcome::Solved(m) => Some(m),
+            OneVsRestOutcome::Exceeded { .. } => None,
+        }
+    }
+}
+
+/// Relative safety margin of the dual bound: the bound used against a threshold is
+/// `Σ_c D_c − DUAL_MARGIN · Σ_c (Σ_i α_{c,i} + ½‖w̃_c‖²)`. `D_c` is computed from the
+/// incrementally updated `w̃_c` and `Σ_i α_{c,i}`, whose rounding after `m` coordinate updates is
+/// at most about `m · 2⁻⁵³` relative to those magnitudes (`m` ≤ 10⁹ updates keeps that under
+/// 10⁻⁷); the computed primal objective the bound is compared with has a rounding of
+/// `n · 2⁻⁵³` relative to the same magnitudes. 10⁻⁶ covers both with room to spare and costs
+/// nothing in practice (0.01 on an objective of 7,000).
+const DUAL_MARGIN: f64 = 1e-6;
+
+/// [`train_one_vs_rest`] that stops as soon as the solve certainly ends with an objective
+/// ([`OneVsRest::objective`], `Σ_c` primal) above `stop_above`: after the warm start and after
+/// every epoch the solver compares the sum over classes of the dual objectives of its current
+/// (feasible) duals, minus a rounding margin, with `stop_above`
+/// ([`OneVsRestOutcome::Exceeded`]). Weak duality makes the test exact: when it stops, the
+/// full solve's objective would have been above `stop_above`; when it does not, the result is
+/// bit-identical to [`train_one_vs_rest`]'s (the test only reads the solver state).
+///
+/// Classes solved in other groups (several threads or many classes) count with the dual value
+/// of their warm start, computed in one extra pass over the samples before the groups run, so
+/// that the outcome does not depend on the threads' timing. `stop_above = +∞` never stops.
+/// Errors: as [`train_one_vs_rest`], and a NaN threshold.
+#[allow(clippy::too_many_arguments)]
+pub fn train_one_vs_rest_below(
+    x: &[f32],
+    n: usize,
+    dim: usize,
+    labels: &Labels,
+    params: &SvmParams,
+    weighting: ClassWeighting,
+    warm: Option<&OneVsRest>,
+    stop_above: f64,
+) -> Result<OneVsRestOutcome> {
+    if stop_above.is_nan() {
+        return Err(Error::param(
+            "one-vs-rest stop threshold",
+            stop_above,
+            "a number (+∞: never stop)",
+        ));
+    }
+    params.validate()?;
+    labels.validate()?;
+    let costs = weighting.costs(params.c, labels);
+    one_vs_rest(x, n, dim, labels, params, &costs, warm, stop_above)
+}
+
 /// [`train_one_vs_rest`] with explicit per-class costs (`costs[c]`, absolute: `params.c` is not
 /// applied).
 pub fn train_one_vs_rest_with_costs(
@@ -482,6 +556,22 @@ pub fn train_one_vs_rest_with_costs(
     costs: &[ClassCost],
     warm: Option<&OneVsRest>,
 ) -> Result<OneVsRest> {
+    one_vs_rest(x, n, dim, labels, params, costs, warm, f64::INFINITY)?
+        .solved()
+        .ok_or_else(|| Error::Invalid("the one-vs-rest solve stopped without a threshold".into()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn one_vs_rest(
+    x: &[f32],
+    n: usize,
+    dim: usize,
+    labels: &Labels,
+    params: &SvmParams,
+    costs: &[ClassCost],
+    warm: Option<&OneVsRest>,
+    stop_above: f64,
+) -> Result<OneVsRestOutcome> {
     params.validate()?;
     labels.validate()?;
     check_matrix(x, n, dim)?;
@@ -555,25 +645,130 @@ pub fn train_one_vs_rest_with_costs(
         grouped.push(tasks.split_off(tasks.len() - size));
     }
     grouped.reverse();
-    let models: Vec<BinarySvm> = grouped
+    // Each group's bound counts the other groups' classes with their warm starts' duals.
+    let stops: Vec<Option<DualStop>> = if stop_above == f64::INFINITY {
+        vec![None; grouped.len()]
+    } else {
+        let starts: Vec<(f64, f64)> = if grouped.len() == 1 {
+            vec![(0.0, 0.0)]
+        } else {
+            grouped
+                .par_iter()
+                .map(|group| {
+                    group
+                        .iter()
+                        .map(|t| warm_dual(x, dim, t, f64::from(params.bias)))
+                        .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
+                })
+                .collect()
+        };
+        let (dual, scale) = starts
+            .iter()
+            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        starts
+            .iter()
+            .map(|own| {
+                Some(DualStop {
+                    threshold: stop_above,
+                    others_dual: dual - own.0,
+                    others_scale: scale - own.1,
+                })
+            })
+            .collect()
+    };
+    let outcomes: Vec<GroupOutcome> = grouped
         .into_par_iter()
+        .zip(stops)
         .enumerate()
-        .map(|(g, group)| {
+        .map(|(g, (group, stop))| {
             let seed = params
                 .seed
                 .wrapping_add((g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            solve(x, dim, group, params, seed)
+            solve(x, dim, group, params, seed, stop.as_ref())
         })
-        .collect::<Vec<_>>()
+        .collect();
+    // The largest bound certified by a group that stopped (each one alone certifies).
+    let stopped = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            GroupOutcome::Stopped { bound, .. } => Some(*bound),
+            GroupOutcome::Solved(_) => None,
+        })
+        .reduce(f64::max);
+    if let Some(bound) = stopped {
+        let alphas = outcomes
+            .into_iter()
+            .flat_map(|o| match o {
+                GroupOutcome::Solved(models) => models.into_iter().map(|m| m.alpha).collect(),
+                GroupOutcome::Stopped { alphas, .. } => alphas,
+            })
+            .collect();
+        return Ok(OneVsRestOutcome::Exceeded { bound, alphas });
+    }
+    let models = outcomes
+        .into_iter()
+        .map(GroupOutcome::into_models)
+        .collect::<Result<Vec<_>>>()?
         .into_iter()
         .flatten()
         .collect();
-    Ok(OneVsRest {
+    Ok(OneVsRestOutcome::Solved(OneVsRest {
         classes,
         dim,
         multilabel: matches!(labels, Labels::MultiLabel { .. }),
         models,
-    })
+    }))
+}
+
+/// `(D(α), Σ_i α_i + ½‖w̃‖²)` of a task's starting duals: its dual objective and the magnitude
+/// the rounding margin is relative to.
+fn warm_dual(x: &[f32], dim: usize, task: &Task, bias: f64) -> (f64, f64) {
+    let mut w = vec![0f64; dim];
+    let mut wb = 0f64;
+    for (i, &a) in task.alpha.iter().enumerate() {
+        if a != 0.0 {
+            let d = a * f64::from(task.y[i]);
+            axpy(d, &x[i * dim..(i + 1) * dim], &mut w);
+            wb += d * bias;
+        }
+    }
+    let sum: f64 = task.alpha.iter().sum();
+    let half = 0.5 * (w.iter().map(|v| v * v).sum::<f64>() + wb * wb);
+    (sum - half, sum + half)
+}
+
+/// When a solver group stops early: as soon as the dual bound of all classes (this group's
+/// current duals plus the other groups' warm-start duals), less the rounding margin, exceeds
+/// `threshold`.
+#[derive(Clone, Copy, Debug)]
+struct DualStop {
+    threshold: f64,
+    /// `Σ D_c` of the classes of the other groups (their warm starts).
+    others_dual: f64,
+    /// Their `Σ (Σ_i α_i + ½‖w̃‖²)`.
+    others_scale: f64,
+}
+
+/// What one solver group produced.
+enum GroupOutcome {
+    Solved(Vec<BinarySvm>),
+    Stopped {
+        /// Certified lower bound of the whole objective (> the threshold).
+        bound: f64,
+        /// The group's duals when it stopped.
+        alphas: Vec<Vec<f64>>,
+    },
+}
+
+impl GroupOutcome {
+    fn into_models(self) -> Result<Vec<BinarySvm>> {
+        match self {
+            GroupOutcome::Solved(models) => Ok(models),
+            GroupOutcome::Stopped { .. } => Err(Error::Invalid(
+                "the svm solver stopped on a dual bound without a threshold".into(),
+            )),
+        }
+    }
 }
 
 fn check_matrix(x: &[f32], n: usize, dim: usize) -> Result<()> {
@@ -675,8 +870,9 @@ fn solve(
     tasks: Vec<Task<'_>>,
     params: &SvmParams,
     seed: u64,
-) -> Vec<BinarySvm> {
-    solve_at(SimdLevel::detect(), x, dim, tasks, params, seed)
+    stop: Option<&DualStop>,
+) -> GroupOutcome {
+    solve_at(SimdLevel::detect(), x, dim, tasks, params, seed, stop)
 }
 
 /// [`solve`] compiled for `level` (clamped to what the CPU supports). Every level runs the same
@@ -688,14 +884,15 @@ fn solve_at(
     tasks: Vec<Task<'_>>,
     params: &SvmParams,
     seed: u64,
-) -> Vec<BinarySvm> {
+    stop: Option<&DualStop>,
+) -> GroupOutcome {
     match level.clamp_to_cpu() {
         // SAFETY: `clamp_to_cpu` only returns levels whose features the CPU reported.
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { solve_avx512(x, dim, tasks, params, seed) },
+        SimdLevel::Avx512 => unsafe { solve_avx512(x, dim, tasks, params, seed, stop) },
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { solve_avx2(x, dim, tasks, params, seed) },
-        _ => solve_impl(SimdLevel::Scalar, x, dim, tasks, params, seed),
+        SimdLevel::Avx2 => unsafe { solve_avx2(x, dim, tasks, params, seed, stop) },
+        _ => solve_impl(SimdLevel::Scalar, x, dim, tasks, params, seed, stop),
     }
 }
 
@@ -709,8 +906,9 @@ unsafe fn solve_avx512(
     tasks: Vec<Task<'_>>,
     params: &SvmParams,
     seed: u64,
-) -> Vec<BinarySvm> {
-    solve_impl(SimdLevel::Avx512, x, dim, tasks, params, seed)
+    stop: Option<&DualStop>,
+) -> GroupOutcome {
+    solve_impl(SimdLevel::Avx512, x, dim, tasks, params, seed, stop)
 }
 
 /// [`solve_impl`] compiled for AVX2 + FMA.
@@ -722,8 +920,9 @@ unsafe fn solve_avx2(
     tasks: Vec<Task<'_>>,
     params: &SvmParams,
     seed: u64,
-) -> Vec<BinarySvm> {
-    solve_impl(SimdLevel::Avx2, x, dim, tasks, params, seed)
+    stop: Option<&DualStop>,
+) -> GroupOutcome {
+    solve_impl(SimdLevel::Avx2, x, dim, tasks, params, seed, stop)
 }
 
 /// Solver state of one task.
@@ -737,6 +936,8 @@ struct State<'a> {
     /// Whether this epoch's inner products use `w32` (see [`f32_dots_suffice`]).
     fast: bool,
     wb: f64,
+    /// `Σ_i α_i`, kept up to date by the updates (for the dual bound).
+    sum_alpha: f64,
     active: Vec<bool>,
     n_active: usize,
     pg_max_old: f64,
@@ -767,7 +968,8 @@ impl State<'_> {
 /// for all tasks instead of once per task: the solver is bound by memory bandwidth. A task that
 /// converged on its shrunk set sits out the epochs until no task is left working on its shrunk
 /// set; then all of them re-check on the full set in the same epoch. Inputs are validated by
-/// the callers.
+/// the callers. With `stop`, the group returns early once its dual bound exceeds the
+/// threshold (checked after the warm start and after every epoch; see [`DualStop`]).
 #[inline(always)]
 fn solve_impl(
     level: SimdLevel,
@@ -776,7 +978,8 @@ fn solve_impl(
     tasks: Vec<Task<'_>>,
     params: &SvmParams,
     seed: u64,
-) -> Vec<BinarySvm> {
+    stop: Option<&DualStop>,
+) -> GroupOutcome {
     let n = tasks.first().map_or(0, |t| t.y.len());
     let row = |i: usize| &x[i * dim..(i + 1) * dim];
     let bias = f64::from(params.bias);
@@ -785,6 +988,7 @@ fn solve_impl(
         .map(|t| State {
             y: t.y,
             cost: t.cost,
+            sum_alpha: t.alpha.iter().sum(),
             alpha: t.alpha,
             w: vec![0f64; dim],
             w32: vec![0f32; dim],
@@ -822,6 +1026,9 @@ fn solve_impl(
     let mut visited = vec![false; n];
     let mut visits = Vec::with_capacity(n);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    if let Some(bound) = stop.and_then(|st| exceeded(st, &states)) {
+        return stopped(bound, states);
+    }
     while states.iter().any(|s| s.running) {
         for i in 0..n {
             let j = rng.random_range(i..n);
@@ -861,6 +1068,9 @@ fn solve_impl(
         for s in states.iter_mut().filter(|s| s.visiting()) {
             end_epoch(s, params);
         }
+        if let Some(bound) = stop.and_then(|st| exceeded(st, &states)) {
+            return stopped(bound, states);
+        }
         // The tasks that converged on their shrunk sets re-check on the full set together,
         // once no task is still working on its shrunk set: one pass over the matrix serves
         // all of them instead of one pass each.
@@ -883,7 +1093,7 @@ fn solve_impl(
             *loss += s.cost[i] * (1.0 - f64::from(s.y[i]) * f).max(0.0);
         }
     }
-    states
+    let models = states
         .into_iter()
         .zip(losses)
         .map(|(s, loss)| {
@@ -905,7 +1115,29 @@ fn solve_impl(
                 iterations: s.iterations,
             }
         })
-        .collect()
+        .collect();
+    GroupOutcome::Solved(models)
+}
+
+/// The certified bound `Σ_c D_c − margin` when it exceeds the threshold of `stop` (the other
+/// groups' classes counted with their warm-start duals). Costs `dim` per task: `‖w̃‖²` is
+/// recomputed, `Σ α_i` is kept by the updates.
+fn exceeded(stop: &DualStop, states: &[State]) -> Option<f64> {
+    let (mut dual, mut scale) = (stop.others_dual, stop.others_scale);
+    for s in states {
+        let half = 0.5 * (s.w.iter().map(|v| v * v).sum::<f64>() + s.wb * s.wb);
+        dual += s.sum_alpha - half;
+        scale += s.sum_alpha + half;
+    }
+    let bound = dual - DUAL_MARGIN * scale;
+    (bound > stop.threshold).then_some(bound)
+}
+
+fn stopped(bound: f64, states: Vec<State>) -> GroupOutcome {
+    GroupOutcome::Stopped {
+        bound,
+        alphas: states.into_iter().map(|s| s.alpha).collect(),
+    }
 }
 
 /// One coordinate step of task `s` on its active sample `i` (or shrinking it).
@@ -957,6 +1189,7 @@ fn update(
         // puts α at the bound the gradient points to, as liblinear does.
         let new = (a - g / qd).clamp(0.0, c);
         s.alpha[i] = new;
+        s.sum_alpha += new - a;
         let d = (new - a) * yi;
         if s.fast {
             axpy_shadowed(d, xi, &mut s.w, &mut s.w32);
@@ -1306,7 +1539,10 @@ mod tests {
                 cost: &cost,
                 alpha: vec![0.0; n],
             };
-            solve_at(level, &x, dim, vec![task], &params, 3).remove(0)
+            solve_at(level, &x, dim, vec![task], &params, 3, None)
+                .into_models()
+                .unwrap()
+                .remove(0)
         };
         let reference = run(SimdLevel::Scalar);
         assert!(reference.alpha.iter().any(|&a| a > 0.0));
@@ -1378,6 +1614,156 @@ mod tests {
         let w = vec![20.0 / (1104f64).sqrt(); 1104];
         assert!(f32_dots_suffice(&w, 1.0, 0.05));
         assert!(!f32_dots_suffice(&w, 1.0, 1e-4));
+    }
+
+    /// `n × dim` features and `classes` noisy labels (a quarter of them random), so that no
+    /// class is separable and the duals are not trivial.
+    fn noisy_classes(n: usize, dim: usize, classes: usize, seed: u64) -> (Vec<f32>, Labels) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut x = Vec::with_capacity(n * dim);
+        let mut labels = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = i % classes;
+            x.extend((0..dim).map(|j| {
+                let centre = if j % classes == c { 0.5 } else { 0.0 };
+                centre + rng.random::<f32>() - 0.5
+            }));
+            labels.push(if rng.random::<f64>() < 0.25 {
+                rng.random_range(0..classes)
+            } else {
+                c
+            });
+        }
+        (x, Labels::MultiClass { labels, classes })
+    }
+
+    /// `Σ_c D_c(α_c)` computed directly from its definition (`w̃ = Σ α_i y_i [x_i; bias]`).
+    fn dual_sum(x: &[f32], dim: usize, labels: &Labels, alphas: &[Vec<f64>], bias: f64) -> f64 {
+        let mut total = 0.0;
+        for (c, alpha) in alphas.iter().enumerate() {
+            let y = labels.binary(c);
+            let mut w = vec![0f64; dim + 1];
+            for (i, &a) in alpha.iter().enumerate() {
+                for (wj, &xj) in w.iter_mut().zip(&x[i * dim..(i + 1) * dim]) {
+                    *wj += a * f64::from(y[i]) * f64::from(xj);
+                }
+                w[dim] += a * f64::from(y[i]) * bias;
+            }
+            total += alpha.iter().sum::<f64>() - 0.5 * w.iter().map(|v| v * v).sum::<f64>();
+        }
+        total
+    }
+
+    /// The early stop of [`train_one_vs_rest_below`]: its bound never exceeds the objective
+    /// of the full solve (nor the optimum, approached by a much tighter solve), it stops
+    /// whenever the threshold is below the dual value the full solve reaches, never when the
+    /// threshold is at or above the full solve's objective (the result is then that of
+    /// [`train_one_vs_rest`], bit for bit), and the duals it stops with are feasible.
+    #[test]
+    fn dual_bound_stops_exactly_when_the_objective_must_exceed_the_threshold() {
+        let (n, dim, classes) = (160, 20, 3);
+        let (x, labels) = noisy_classes(n, dim, classes, 21);
+        let params = SvmParams {
+            c: 2.0,
+            eps: 0.05,
+            ..SvmParams::default()
+        };
+        let uniform = ClassWeighting::Uniform;
+        // One thread: the three classes form one group.
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let below = |thr: f64, warm: Option<&OneVsRest>| {
+            one.install(|| {
+                train_one_vs_rest_below(&x, n, dim, &labels, &params, uniform, warm, thr).unwrap()
+            })
+        };
+        let full = one
+            .install(|| train_one_vs_rest(&x, n, dim, &labels, &params, uniform, None))
+            .unwrap();
+        let primal = full.objective();
+        let dual: f64 = full.models.iter().map(|m| m.dual).sum();
+        let tight = SvmParams {
+            eps: 1e-7,
+            max_iter: 100_000,
+            ..params
+        };
+        let optimum = train_one_vs_rest(&x, n, dim, &labels, &tight, uniform, None)
+            .unwrap()
+            .objective();
+        // The loose solve leaves a real gap, so the thresholds below are distinct cases.
+        assert!(primal - dual > 1e-3 * primal, "gap {}", primal - dual);
+        assert!(optimum <= primal && optimum > dual);
+        for thr in [primal, primal + 1.0, f64::INFINITY] {
+            assert_eq!(below(thr, None), OneVsRestOutcome::Solved(full.clone()));
+        }
+        let mut stops = 0;
+        for k in 0..=20 {
+            // From far below the final dual to the final primal.
+            let thr = dual - 0.5 * dual + (primal - dual + 0.5 * dual) * f64::from(k) / 20.0;
+            match below(thr, None) {
+                OneVsRestOutcome::Exceeded { bound, alphas } => {
+                    stops += 1;
+                    assert!(bound > thr && bound <= optimum, "thr {thr}: bound {bound}");
+                    // The bound is the duals' value less the rounding margin.
+                    let direct = dual_sum(&x, dim, &labels, &alphas, 1.0);
+                    assert!(
+                        bound < direct && direct - bound < 1e-5 * direct,
+                        "{bound} {direct}"
+                    );
+                    for a in alphas.iter().flatten() {
+                        assert!((0.0..=params.c).contains(a));
+                    }
+                }
+                OneVsRestOutcome::Solved(m) => {
+                    assert_eq!(m, full);
+                    assert!(thr >= dual - 1e-9 * dual, "no stop at {thr} < dual {dual}");
+                }
+            }
+        }
+        assert!(stops >= 10, "{stops} stops");
+        // −∞: stopped at the start (here the cold start, whose dual is 0).
+        let OneVsRestOutcome::Exceeded { bound, alphas } = below(f64::NEG_INFINITY, None) else {
+            panic!("no stop at −∞")
+        };
+        assert!(bound.abs() < 1e-12 && alphas.iter().flatten().all(|&a| a == 0.0));
+        assert!(matches!(
+            train_one_vs_rest_below(&x, n, dim, &labels, &params, uniform, None, f64::NAN),
+            Err(Error::InvalidParameter { .. })
+        ));
+
+        // Several groups (a 2-thread pool: two groups), warm-started from the solution of
+        // slightly different features: each group counts the other group's classes at their
+        // warm start, so a threshold just below the warm start's dual value stops every group
+        // at once, while either group alone is far below it. Deterministic.
+        let shifted: Vec<f32> = x.iter().map(|v| v * 1.05).collect();
+        let warm = train_one_vs_rest(&shifted, n, dim, &labels, &params, uniform, None).unwrap();
+        let warm_alphas: Vec<Vec<f64>> = warm.models.iter().map(|m| m.alpha.clone()).collect();
+        let start = dual_sum(&x, dim, &labels, &warm_alphas, 1.0);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        assert_eq!(pool.install(|| class_groups(classes, dim, 2)).len(), 2);
+        let run = |thr: f64| {
+            pool.install(|| {
+                train_one_vs_rest_below(&x, n, dim, &labels, &params, uniform, Some(&warm), thr)
+                    .unwrap()
+            })
+        };
+        let thr = start - 1e-3 * start;
+        let stopped = run(thr);
+        let OneVsRestOutcome::Exceeded { bound, alphas } = &stopped else {
+            panic!("no stop below the warm start's dual")
+        };
+        assert!(*bound > thr && *bound <= optimum);
+        assert_eq!(alphas, &warm_alphas);
+        assert_eq!(run(thr), stopped);
+        let solved = pool.install(|| {
+            train_one_vs_rest(&x, n, dim, &labels, &params, uniform, Some(&warm)).unwrap()
+        });
+        assert_eq!(run(solved.objective()), OneVsRestOutcome::Solved(solved));
     }
 
     #[test]

@@ -289,6 +289,65 @@ fn results_do_not_depend_on_the_thread_count() {
     eprintln!("largest relative objective difference between 1 and 2 threads: {worst:.2e}");
 }
 
+/// Early rejection by the SVM dual bound changes no decision: the same run with it off (the
+/// evaluation is offered no threshold) makes the same trials, accepts the same steps and
+/// reaches the same objectives, in shared and in per-class mode. Plain backtracking (grow
+/// 1.5×, halve) rejects often and retries at a step that does not depend on J either way; the
+/// SVMs are solved tightly because a retry after an early rejection warm-starts from the
+/// stopped solve's duals instead of the full solve's, so the retry's solution agrees to the
+/// solver tolerance, not bit for bit.
+#[test]
+fn early_rejection_changes_no_decision() {
+    let set = synthetic(48, 15, 3, 3, 25);
+    let data = DeepData {
+        train: &set,
+        val: None,
+        test: None,
+    };
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for mode in [GmmMode::Shared, GmmMode::PerClass] {
+        let mut params = DeepParams {
+            mode,
+            ..train_params(6)
+        };
+        params.svm.eps = 1e-9;
+        params.svm.max_iter = 1_000_000;
+        params.line_search.adaptive = false;
+        let run = |early_rejection: bool| {
+            let mut p = params.clone();
+            p.line_search.early_rejection = early_rejection;
+            one.install(|| train_deep(&[gmm(3, 3, 26)], &data, &p, None).unwrap())
+        };
+        let (on, off) = (run(true), run(false));
+        let early =
+            |m: &DeepModel| -> usize { m.history.records.iter().map(|r| r.early_rejections).sum() };
+        assert!(early(&on) >= 2, "{mode:?}: {} early rejections", early(&on));
+        assert_eq!(early(&off), 0);
+        assert_eq!(on.history.records.len(), off.history.records.len());
+        let (mut rejected, mut worst) = (0, 0f64);
+        for (a, b) in on.history.records.iter().zip(&off.history.records) {
+            assert_eq!(
+                (a.trials, a.failed_searches, a.step),
+                (b.trials, b.failed_searches, b.step),
+                "{mode:?}, iteration {}",
+                a.iteration
+            );
+            let rel = (a.objective - b.objective).abs() / b.objective.abs();
+            assert!(rel < 1e-7, "{mode:?}: J {} vs {}", a.objective, b.objective);
+            worst = worst.max(rel);
+            rejected += b.trials.saturating_sub(1);
+        }
+        assert!(early(&on) <= rejected);
+        eprintln!(
+            "{mode:?}: {} of {rejected} rejected trials stopped early; objectives within {worst:.1e}",
+            early(&on)
+        );
+    }
+}
+
 #[test]
 fn resume_rejects_other_settings_and_corrupt_files() {
     let set = synthetic(20, 10, 3, 2, 10);

@@ -20,6 +20,10 @@ pub struct IterationRecord {
     pub trials: usize,
     /// Number of GMMs whose line search found no decrease this iteration.
     pub failed_searches: usize,
+    /// Trials rejected before their SVM solve finished, the dual bound having shown that J
+    /// exceeds the acceptance threshold (counted in `trials`).
+    #[serde(default)]
+    pub early_rejections: usize,
     /// Accuracy (multi-class) or mAP (multi-label) on the training images.
     pub train_metric: f64,
     /// The same on the validation images, when given.

@@ -7,9 +7,10 @@ use crate::error::{Error, Result};
 /// Step-size rule: try `t`, accept when J(θ + t d) ≤ J(θ) + c₁ t ⟨∇J, d⟩, otherwise shrink.
 ///
 /// Every trial re-encodes the images and re-solves the SVMs, so the rule aims at one trial per
-/// search. With `adaptive` (the default): a rejected trial is retried at the minimiser of the
-/// quadratic through J(θ), the slope and the rejected value, clamped to [0.1 t, `shrink` t]
-/// (safeguarded backtracking); the next search starts at the minimiser of the quadratic
+/// search. With `adaptive` (the default): a rejected trial is retried at `shrink` t when
+/// `early_rejection` is on (the default: the rejected trial's J is then not always computed),
+/// otherwise at the minimiser of the quadratic through J(θ), the slope and the rejected value,
+/// clamped to [0.1 t, `shrink` t] (safeguarded backtracking); the next search starts at the minimiser of the quadratic
 /// through the accepted point, kept within [t, `grow` t] — it grows only where the model says
 /// the last step was short, and an accepted step is never shrunk (the model, fitted to a
 /// function that is not quadratic, tends to under-estimate it). Without `adaptive` (the rule
@@ -30,8 +31,16 @@ pub struct LineSearch {
     /// The search gives up when the step falls below this (1e-4): the iterate is then
     /// (numerically) stationary along the direction.
     pub min_step: f64,
-    /// Quadratic retry and no growth after backtracking (true), or plain halving and growth.
+    /// Next search from the quadratic model of the accepted point (and, without
+    /// `early_rejection`, quadratic retries) (true), or plain halving and growth.
     pub adaptive: bool,
+    /// Offer each trial's evaluation the acceptance threshold, so that it may reject the step
+    /// as soon as it can certify J above it ([`Trial::Above`]: the trainer stops the SVM solve
+    /// once its dual bound is there). Every trial's accept/reject decision is the same either
+    /// way, but J of a rejected trial is then not always known, so a rejected trial is retried
+    /// at `shrink` t: the quadratic retry would depend on when the solve stopped, and so on
+    /// the solver's thread count.
+    pub early_rejection: bool,
 }
 
 impl Default for LineSearch {
@@ -44,6 +53,7 @@ impl Default for LineSearch {
             grow: 1.5,
             min_step: 1e-4,
             adaptive: true,
+            early_rejection: true,
         }
     }
 }
@@ -62,6 +72,18 @@ pub struct Accepted<T> {
     pub trials: usize,
     /// First step of the next search.
     pub next: f64,
+}
+
+/// What one evaluation of J at a trial step produced.
+#[derive(Debug)]
+pub enum Trial<T> {
+    /// J(θ + t d) and whatever the evaluation returned alongside it.
+    Value(f64, T),
+    /// J(θ + t d) is certainly ≥ this bound, which exceeds the acceptance threshold the
+    /// evaluation was given: the trial is rejected without J being computed.
+    Above(f64),
+    /// The step produced non-finite parameters or values.
+    Invalid,
 }
 
 /// Result of one search: an accepted step, or none after `trials` rejected ones.
@@ -146,21 +168,26 @@ impl LineSearch {
         match value.and_then(|v| quadratic_min(f0, slope, t, v)) {
             // Never below a tenth of t, never above the plain shrink (which may itself be
             // below a tenth).
-            Some(s) if self.adaptive => s.clamp((0.1 * t).min(halved), halved),
+            Some(s) if self.adaptive && !self.early_rejection => {
+                s.clamp((0.1 * t).min(halved), halved)
+            }
             _ => halved,
         }
     }
 
     /// Searches along a direction with slope `slope` = ⟨∇J(θ), d⟩ from J(θ) = `f0`, starting at
-    /// step `t0`. `eval(t)` returns `Some((J(θ + t d), payload))`, or `None` when the step
-    /// produced non-finite parameters or values; such a step counts as a failed trial and is
-    /// shrunk like one. Errors from `eval` are passed on.
+    /// step `t0`. `eval(t, threshold)` evaluates J(θ + t d), which is accepted when it is
+    /// ≤ f0 + c₁ t `slope`; `threshold` is that value with `early_rejection`, +∞ without. It
+    /// returns [`Trial::Value`], or [`Trial::Above`] with a lower bound of J above `threshold`
+    /// when it can certify the rejection early, or [`Trial::Invalid`] for non-finite results,
+    /// which count as failed trials and are shrunk like them. Errors from `eval` (and an
+    /// [`Trial::Above`] whose bound is not above the acceptance threshold) are passed on.
     pub fn search<T>(
         &self,
         f0: f64,
         slope: f64,
         t0: f64,
-        mut eval: impl FnMut(f64) -> Result<Option<(f64, T)>>,
+        mut eval: impl FnMut(f64, f64) -> Result<Trial<T>>,
     ) -> Result<Outcome<T>> {
         if !(slope < 0.0 && slope.is_finite() && f0.is_finite()) {
             return Ok(Outcome::Failed { trials: 0 });
@@ -169,9 +196,15 @@ impl LineSearch {
         let mut trials = 0;
         while t >= self.min_step {
             trials += 1;
-            let value = match eval(t)? {
-                Some((value, payload)) if value.is_finite() => {
-                    if value <= f0 + self.c1 * t * slope {
+            let threshold = f0 + self.c1 * t * slope;
+            let offered = if self.early_rejection {
+                threshold
+            } else {
+                f64::INFINITY
+            };
+            let value = match eval(t, offered)? {
+                Trial::Value(value, payload) if value.is_finite() => {
+                    if value <= threshold {
                         return Ok(Outcome::Accepted(Accepted {
                             step: t,
                             value,
@@ -182,7 +215,15 @@ impl LineSearch {
                     }
                     Some(value)
                 }
-                _ => None,
+                Trial::Above(bound) => {
+                    if bound.is_nan() || bound <= threshold {
+                        return Err(Error::Invalid(format!(
+                            "line search: a trial rejected early reported the bound {bound}, which is not above its threshold {threshold}"
+                        )));
+                    }
+                    None
+                }
+                Trial::Value(..) | Trial::Invalid => None,
             };
             t = self.retry_step(f0, slope, t, value);
         }
@@ -211,9 +252,9 @@ mod tests {
         };
         let mut tried = Vec::new();
         let out = ls
-            .search(1e-4, -0.02, 0.1, |t| {
+            .search(1e-4, -0.02, 0.1, |t, _| {
                 tried.push(t);
-                Ok(Some(((t - 0.01) * (t - 0.01), ())))
+                Ok(Trial::Value((t - 0.01) * (t - 0.01), ()))
             })
             .unwrap();
         match out {
@@ -234,12 +275,15 @@ mod tests {
     fn adaptive_retry_lands_on_the_minimiser_of_a_quadratic() {
         // J(t) = 1 − t + 10 t²: minimiser 0.05, Armijo holds for t ≤ 0.1 (1 − 1e-4).
         let j = |t: f64| 1.0 - t + 10.0 * t * t;
-        let ls = LineSearch::default();
+        let ls = LineSearch {
+            early_rejection: false,
+            ..LineSearch::default()
+        };
         let mut tried = Vec::new();
         let out = ls
-            .search(1.0, -1.0, 0.5, |t| {
+            .search(1.0, -1.0, 0.5, |t, _| {
                 tried.push(t);
-                Ok(Some((j(t), ())))
+                Ok(Trial::Value(j(t), ()))
             })
             .unwrap();
         let Outcome::Accepted(a) = out else {
@@ -256,7 +300,7 @@ mod tests {
             ..LineSearch::default()
         };
         let Outcome::Accepted(h) = halving
-            .search(1.0, -1.0, 0.5, |t| Ok(Some((j(t), ()))))
+            .search(1.0, -1.0, 0.5, |t, _| Ok(Trial::Value(j(t), ())))
             .unwrap()
         else {
             panic!("search failed")
@@ -281,9 +325,9 @@ mod tests {
         // A retry is never below a tenth of the rejected step (t = 0.1 then just fails the
         // Armijo test and the quadratic through it gives 0.05).
         let mut tried = Vec::new();
-        let far = ls.search(1.0, -1.0, 1.0, |t| {
+        let far = ls.search(1.0, -1.0, 1.0, |t, _| {
             tried.push(t);
-            Ok(Some((if t > 0.15 { 1e6 } else { j(t) }, ())))
+            Ok(Trial::Value(if t > 0.15 { 1e6 } else { j(t) }, ()))
         });
         let Outcome::Accepted(f) = far.unwrap() else {
             panic!("search failed")
@@ -293,16 +337,66 @@ mod tests {
     }
 
     #[test]
+    fn early_rejection_gives_the_same_decisions_and_steps() {
+        // J(t) = 1 − t + 10 t²: Armijo holds for t ≤ 0.1 (1 − 1e-4).
+        let j = |t: f64| 1.0 - t + 10.0 * t * t;
+        let run = |ls: &LineSearch, certify: bool| {
+            let mut tried = Vec::new();
+            let out = ls
+                .search(1.0, -1.0, 0.9, |t, threshold| {
+                    tried.push((t, threshold));
+                    Ok(if certify && j(t) > threshold {
+                        // The bound just above the threshold, as an early stop reports it.
+                        Trial::Above(threshold + 1e-9)
+                    } else {
+                        Trial::Value(j(t), t)
+                    })
+                })
+                .unwrap();
+            let Outcome::Accepted(a) = out else {
+                panic!("search failed")
+            };
+            (tried, a.step, a.value, a.payload, a.trials, a.next)
+        };
+        let ls = LineSearch::default();
+        let (tried, step, value, payload, trials, next) = run(&ls, false);
+        // Rejected at 0.9, 0.45, 0.225, 0.1125; accepted at 0.05625.
+        assert_eq!(trials, 5);
+        assert_eq!((step, payload), (0.05625, 0.05625));
+        assert_eq!(value, j(0.05625));
+        for &(t, threshold) in &tried {
+            assert_eq!(threshold, 1.0 - 1e-4 * t);
+        }
+        assert_eq!(run(&ls, true), (tried, step, value, payload, trials, next));
+        // Without early rejection the evaluation is offered no threshold, and the retries
+        // follow the quadratic model of the rejected values.
+        let quadratic = LineSearch {
+            early_rejection: false,
+            ..LineSearch::default()
+        };
+        let (tried, step, ..) = run(&quadratic, false);
+        assert!(tried.iter().all(|&(_, th)| th == f64::INFINITY));
+        // (0.9 overshoots so far that the quadratic's minimiser is clamped to 0.1 · 0.9.)
+        assert_eq!(tried.len(), 2);
+        assert!((step - 0.09).abs() < 1e-15, "{tried:?}");
+        // A bound that does not exceed the acceptance threshold is an error, not a rejection.
+        let bad = ls.search(1.0, -1.0, 0.9, |_, threshold| {
+            Ok(Trial::<()>::Above(threshold))
+        });
+        assert!(matches!(bad, Err(Error::Invalid(_))));
+    }
+
+    #[test]
     fn non_finite_trials_are_shrunk() {
         let ls = LineSearch::default();
         let out = ls
-            .search(1.0, -1.0, 1.0, |t| {
+            .search(1.0, -1.0, 1.0, |t, _| {
                 Ok(if t > 0.3 {
-                    None
+                    Trial::Invalid
                 } else if t > 0.2 {
-                    Some((f64::NAN, ()))
+                    Trial::Value(f64::NAN, ())
                 } else {
-                    Some((1.0 - t, ()))
+                    Trial::Value(1.0 - t, ())
                 })
             })
             .unwrap();
@@ -317,14 +411,16 @@ mod tests {
         let ls = LineSearch::default();
         let mut calls = 0;
         let out = ls
-            .search(1.0, 0.5, 0.1, |_| {
+            .search(1.0, 0.5, 0.1, |_, _| {
                 calls += 1;
-                Ok(Some((0.0, ())))
+                Ok(Trial::Value(0.0, ()))
             })
             .unwrap();
         assert!(matches!(out, Outcome::Failed { trials: 0 }));
         assert_eq!(calls, 0);
-        let out = ls.search(1.0, -1.0, 0.1, |_| Ok(Some((1.0, ())))).unwrap();
+        let out = ls
+            .search(1.0, -1.0, 0.1, |_, _| Ok(Trial::Value(1.0, ())))
+            .unwrap();
         // 0.1 → 0.05 → … halving while ≥ 1e-4: 10 trials.
         assert!(matches!(out, Outcome::Failed { trials: 10 }));
     }
@@ -332,7 +428,8 @@ mod tests {
     #[test]
     fn errors_pass_through_and_bad_constants_are_rejected() {
         let ls = LineSearch::default();
-        let r: Result<Outcome<()>> = ls.search(1.0, -1.0, 0.1, |_| Err(Error::Invalid("x".into())));
+        let r: Result<Outcome<()>> =
+            ls.search(1.0, -1.0, 0.1, |_, _| Err(Error::Invalid("x".into())));
         assert!(r.is_err());
         assert!(ls.validate().is_ok());
         for bad in [
@@ -375,13 +472,21 @@ mod tests {
         // bounds cross and panic).
         let ls = LineSearch {
             shrink: 0.05,
+            early_rejection: false,
             ..LineSearch::default()
         };
         assert!(ls.validate().is_ok());
         let s = ls.retry_step(1.0, -1.0, 1.0, Some(2.0));
         assert_eq!(s, 0.05);
-        // With the default shrink 0.5 the minimiser 0.25 is kept.
-        let s = LineSearch::default().retry_step(1.0, -1.0, 1.0, Some(2.0));
+        // With the shrink 0.5 the minimiser 0.25 is kept.
+        let quadratic = LineSearch {
+            early_rejection: false,
+            ..LineSearch::default()
+        };
+        let s = quadratic.retry_step(1.0, -1.0, 1.0, Some(2.0));
         assert!((s - 0.25).abs() < 1e-12, "{s}");
+        // With early rejection (the default) a rejected trial is retried at shrink · t.
+        let s = LineSearch::default().retry_step(1.0, -1.0, 1.0, Some(2.0));
+        assert_eq!(s, 0.5);
     }
 }

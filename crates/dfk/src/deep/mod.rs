@@ -10,7 +10,7 @@ mod trainer;
 
 pub use data::ImageSet;
 pub use history::{DeepHistory, IterationRecord};
-pub use line_search::{Accepted, LineSearch, Outcome};
+pub use line_search::{Accepted, LineSearch, Outcome, Trial};
 pub use params::{DeepParams, GmmMode};
 pub use theta::{Displacement, Floors, ParamGroups, Theta};
 pub use trainer::{objective_and_gradient, train_deep, Checkpoint, DeepData, DeepModel};

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::data::ImageSet;
 use super::history::{DeepHistory, IterationRecord};
-use super::line_search::Outcome;
+use super::line_search::{Outcome, Trial};
 use super::params::{DeepParams, GmmMode};
 use super::theta::{Displacement, Floors, Theta};
 use crate::error::{all_finite, Error, Result};
@@ -17,7 +17,7 @@ use crate::fisher::{FisherEncoder, FisherOptions, ForwardCache};
 use crate::gmm::Gmm;
 use crate::metrics;
 use crate::npy::write_bytes_atomic;
-use crate::svm::{train_one_vs_rest, BinarySvm, Labels, OneVsRest};
+use crate::svm::{train_one_vs_rest_below, BinarySvm, Labels, OneVsRest, OneVsRestOutcome};
 
 /// The images the trainer sees: training images (the objective), optional validation images
 /// (model selection and early stopping) and optional test images (reported only).
@@ -380,7 +380,7 @@ fn initial_state(inits: &[Gmm], data: &DeepData, params: &DeepParams) -> Result<
         let mut theta = Theta::from_gmm(gmm);
         theta.project(&floors);
         let labels = group_labels(&train.labels, &tasks);
-        let (objective, ev) = evaluate(&theta, train, &labels, params, None, None, &mut timers)?
+        let (objective, ev) = evaluate_fully(&theta, train, &labels, params, &mut timers)?
             .ok_or_else(|| {
                 Error::Invalid(format!(
                     "the initial GMM {i} gives non-finite Fisher vectors or SVM objective"
@@ -479,30 +479,43 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
         // The step and duals of the last finite trial: a retry warm-starts from the duals
         // interpolated between θ's and that trial's at its own step.
         let mut last: Option<(f64, Vec<Vec<f64>>)> = None;
-        let outcome = params
-            .line_search
-            .search(group.objective, slope, group.step, |t| {
-                let mut trial = theta0.step(t, &dir);
-                trial.project(floors);
-                let buffer = spare.take();
-                let start = match &last {
-                    Some((t1, alphas)) => interpolate_duals(&warm, alphas, t / t1),
-                    None => warm.clone(),
-                };
-                let ev = evaluate(
-                    &trial,
-                    train,
-                    &labels,
-                    params,
-                    Some(&start),
-                    buffer,
-                    &mut timers,
-                )?;
-                if let Some((_, e)) = &ev {
-                    last = Some((t, e.svm.models.iter().map(|m| m.alpha.clone()).collect()));
-                }
-                Ok(ev.map(|(j, ev)| (j, (trial, ev))))
-            })?;
+        let mut early = 0;
+        let outcome =
+            params
+                .line_search
+                .search(group.objective, slope, group.step, |t, threshold| {
+                    let mut trial = theta0.step(t, &dir);
+                    trial.project(floors);
+                    let buffer = spare.take();
+                    let start = match &last {
+                        Some((t1, alphas)) => interpolate_duals(&warm, alphas, t / t1),
+                        None => warm.clone(),
+                    };
+                    let ev = evaluate(
+                        &trial,
+                        train,
+                        &labels,
+                        params,
+                        Some(&start),
+                        buffer,
+                        threshold,
+                        &mut timers,
+                    )?;
+                    Ok(match ev {
+                        Some(Evaluated::Value(j, e)) => {
+                            last =
+                                Some((t, e.svm.models.iter().map(|m| m.alpha.clone()).collect()));
+                            Trial::Value(j, (trial, e))
+                        }
+                        Some(Evaluated::Above { bound, alphas }) => {
+                            early += 1;
+                            last = Some((t, alphas));
+                            Trial::Above(bound)
+                        }
+                        None => Trial::Invalid,
+                    })
+                })?;
+        record.early_rejections += early;
         match outcome {
             Outcome::Accepted(a) => {
                 record.trials += a.trials;
@@ -653,9 +666,20 @@ struct Evaluation {
     encoded: Encoded,
 }
 
+/// What [`evaluate`] found at one θ.
+enum Evaluated {
+    /// J and the encoding and SVMs it came from.
+    Value(f64, Evaluation),
+    /// The SVM solve was stopped once the dual bound certified J ≥ `bound` > the threshold;
+    /// `alphas` are the duals it had reached.
+    Above { bound: f64, alphas: Vec<Vec<f64>> },
+}
+
 /// Encodes `set` under θ (into `buffer` when it has the right size) and solves the SVMs
-/// (warm-started from `warm`): `Some((J, …))`, or `None` when θ, the Fisher vectors or J are
-/// not finite.
+/// (warm-started from `warm`), stopping the solve as soon as the dual bound shows that J
+/// exceeds `stop_above` ([`train_one_vs_rest_below`]; +∞ never stops). `None` when θ, the
+/// Fisher vectors or J are not finite.
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     theta: &Theta,
     set: &ImageSet,
@@ -663,8 +687,9 @@ fn evaluate(
     params: &DeepParams,
     warm: Option<&OneVsRest>,
     buffer: Option<Vec<f32>>,
+    stop_above: f64,
     timers: &mut Timers,
-) -> Result<Option<(f64, Evaluation)>> {
+) -> Result<Option<Evaluated>> {
     let gmm = match theta.to_gmm() {
         Ok(g) => g,
         Err(Error::NonFinite { .. } | Error::Invalid(_)) => return Ok(None),
@@ -681,7 +706,7 @@ fn evaluate(
     timers.encode += t.elapsed().as_secs_f64();
     let t = Instant::now();
     let n = set.len();
-    let svm = train_one_vs_rest(
+    let outcome = train_one_vs_rest_below(
         feats,
         n,
         enc.len(),
@@ -689,14 +714,21 @@ fn evaluate(
         &params.svm,
         params.weighting,
         warm,
+        stop_above,
     )?;
     timers.svm += t.elapsed().as_secs_f64();
+    let svm = match outcome {
+        OneVsRestOutcome::Solved(svm) => svm,
+        OneVsRestOutcome::Exceeded { bound, alphas } => {
+            return Ok(Some(Evaluated::Above { bound, alphas }))
+        }
+    };
     let j = svm.objective();
     if !j.is_finite() {
         return Ok(None);
     }
     let scores = svm.scores(feats, n);
-    Ok(Some((
+    Ok(Some(Evaluated::Value(
         j,
         Evaluation {
             svm,
@@ -704,6 +736,33 @@ fn evaluate(
             encoded,
         },
     )))
+}
+
+/// [`evaluate`] from a cold start, without a threshold: `Some((J, …))`, or `None` when θ, the
+/// Fisher vectors or J are not finite.
+fn evaluate_fully(
+    theta: &Theta,
+    set: &ImageSet,
+    labels: &Labels,
+    params: &DeepParams,
+    timers: &mut Timers,
+) -> Result<Option<(f64, Evaluation)>> {
+    match evaluate(
+        theta,
+        set,
+        labels,
+        params,
+        None,
+        None,
+        f64::INFINITY,
+        timers,
+    )? {
+        Some(Evaluated::Value(j, ev)) => Ok(Some((j, ev))),
+        Some(Evaluated::Above { .. }) => Err(Error::Invalid(
+            "the SVM solve stopped on a dual bound without a threshold".into(),
+        )),
+        None => Ok(None),
+    }
 }
 
 /// `warm` with each model's duals moved a fraction `r` of the way to `alphas`:
@@ -909,7 +968,7 @@ pub fn objective_and_gradient(
 ) -> Result<(f64, Theta)> {
     let mut timers = Timers::default();
     let (j, ev) =
-        evaluate(theta, set, &set.labels, params, None, None, &mut timers)?.ok_or_else(|| {
+        evaluate_fully(theta, set, &set.labels, params, &mut timers)?.ok_or_else(|| {
             Error::Invalid("the GMM gives non-finite Fisher vectors or SVM objective".into())
         })?;
     let g = gradient(

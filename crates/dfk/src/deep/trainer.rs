@@ -12,7 +12,7 @@ use super::history::{DeepHistory, IterationRecord};
 use super::line_search::{Outcome, Trial};
 use super::params::{DeepParams, GmmMode};
 use super::theta::{Displacement, Floors, Theta};
-use crate::error::{all_finite, Error, Result};
+use crate::error::{Error, Result};
 use crate::fisher::{FisherEncoder, FisherOptions, ForwardCache};
 use crate::gmm::Gmm;
 use crate::metrics;
@@ -698,15 +698,16 @@ fn evaluate(
     let t = Instant::now();
     let enc = FisherEncoder::new(&gmm, params.fisher)?;
     let encoded = match encode(&enc, set, buffer) {
-        Ok(e) if all_finite(&e.feats) => e,
-        Ok(_) | Err(Error::NonFinite { .. }) => return Ok(None),
+        Ok(e) => e,
+        Err(Error::NonFinite { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
     let feats = &encoded.feats;
     timers.encode += t.elapsed().as_secs_f64();
     let t = Instant::now();
     let n = set.len();
-    let outcome = train_one_vs_rest_below(
+    // The solver checks that the Fisher vectors are finite (one pass over them, not two).
+    let outcome = match train_one_vs_rest_below(
         feats,
         n,
         enc.len(),
@@ -715,7 +716,11 @@ fn evaluate(
         params.weighting,
         warm,
         stop_above,
-    )?;
+    ) {
+        Ok(o) => o,
+        Err(Error::NonFinite { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     timers.svm += t.elapsed().as_secs_f64();
     let svm = match outcome {
         OneVsRestOutcome::Solved(svm) => svm,

@@ -289,6 +289,202 @@ fn select_rest(
     }
 }
 
+/// What [`posteriors_by_component_at`] found in a block.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BlockPosteriors {
+    /// `Σᵢ (mᵢ + ln Sᵢ)`: the rows' log-sum-exp of the log-densities.
+    pub loglik: f64,
+    /// `Σᵢ restᵢ / Sᵢ`: the posterior mass left out, summed over the rows.
+    pub dropped: f64,
+    /// Number of (component, row) pairs kept.
+    pub kept: usize,
+}
+
+/// Makes a block of log-densities component-major for [`posteriors_by_component_at`]:
+/// `lt[c·stride + i] = post[i·K + c] + bias[c]` for the `rows` rows of the row-major `post`
+/// (`K = bias.len()`; `rows` a multiple of 16, ≤ `stride`) and `max[i] = max_c lt[c·stride + i]`.
+/// EM runs it after the row-major product, the faster shape of that product. One f32 addition
+/// per element and exact maxima, so every level gives the same bits.
+pub fn transpose_log_densities_at(
+    level: SimdLevel,
+    post: &[f32],
+    rows: usize,
+    bias: &[f32],
+    lt: &mut [f32],
+    stride: usize,
+    max: &mut [f32],
+) {
+    let k = bias.len();
+    assert!(
+        rows.is_multiple_of(16) && rows <= stride && post.len() >= rows * k,
+        "transpose_log_densities: rows must be a multiple of 16 within the stride and the block"
+    );
+    assert!(lt.len() >= k * stride && max.len() >= rows);
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F (clamp_to_cpu); lengths checked above.
+        SimdLevel::Avx512 => unsafe {
+            x86::transpose_log_densities_avx512(post, rows, bias, lt, stride, max)
+        },
+        _ => transpose_log_densities_scalar(post, rows, bias, lt, stride, max),
+    }
+}
+
+/// Scalar twin of [`transpose_log_densities_at`].
+pub fn transpose_log_densities_scalar(
+    post: &[f32],
+    rows: usize,
+    bias: &[f32],
+    lt: &mut [f32],
+    stride: usize,
+    max: &mut [f32],
+) {
+    let k = bias.len();
+    max[..rows].fill(f32::NEG_INFINITY);
+    for (c, &b) in bias.iter().enumerate() {
+        let out = &mut lt[c * stride..c * stride + rows];
+        for (i, (o, m)) in out.iter_mut().zip(&mut max[..rows]).enumerate() {
+            *o = post[i * k + c] + b;
+            *m = m.max(*o);
+        }
+    }
+}
+
+/// EM's posteriors of a block of `n` rows from its component-major log-densities, grouped by
+/// component: `lᵢc = lt[c·stride + i]` (`K = starts.len() − 1` rows of `stride`, a multiple
+/// of 16 ≥ `n`) and the rows' maxima `mᵢ = max[i]`, as [`transpose_log_densities_at`] leaves
+/// them. Per row `eᵢc = exp(lᵢc − mᵢ)` ([`exp_scalar`]) and `Sᵢ = Σ_c eᵢc` (summed in component
+/// order). Writes, component after component, the rows with `eᵢc ≥ frac` (posterior at least
+/// `frac` times the row's largest) in increasing order to `rows[starts[c]..starts[c+1]]` and
+/// their posteriors `eᵢc / Sᵢ` to `w` (both grown as needed; entries past `starts[K]` are
+/// scratch), and returns the totals. `rowbuf` (≥ 2·stride values) is scratch.
+///
+/// The rows are the vector lanes, so there is no horizontal reduction, and `lt` is read once:
+/// the kept pairs are taken with `eᵢc` while the sums build up, and divided by `Sᵢ` at the
+/// end. Every level does the same f32 operations per element in the same order, so all give
+/// the same bits.
+#[allow(clippy::too_many_arguments)]
+pub fn posteriors_by_component_at(
+    level: SimdLevel,
+    lt: &[f32],
+    n: usize,
+    stride: usize,
+    max: &[f32],
+    frac: f32,
+    rowbuf: &mut [f32],
+    starts: &mut [u32],
+    rows: &mut Vec<u32>,
+    w: &mut Vec<f32>,
+) -> BlockPosteriors {
+    assert!(!starts.is_empty());
+    let (k, lanes) = (starts.len() - 1, n.next_multiple_of(16));
+    assert!(
+        stride.is_multiple_of(16) && lanes <= stride && lt.len() >= k * stride,
+        "posteriors_by_component: lt must hold K rows of a stride ≥ n, multiple of 16"
+    );
+    assert!(max.len() >= lanes && rowbuf.len() >= 2 * stride);
+    let (sum, rest) = rowbuf.split_at_mut(stride);
+    let kept = match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); every row c·stride + [0, lanes)
+        // of lt and [0, lanes) of max/sum/rest lies within the lengths checked above.
+        SimdLevel::Avx512 => unsafe {
+            x86::exp_select_columns_avx512(lt, n, stride, max, frac, sum, rest, starts, rows, w)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above; the CPU has AVX2 and FMA.
+        SimdLevel::Avx2 => unsafe {
+            x86::exp_select_columns_avx2(lt, n, stride, max, frac, sum, rest, starts, rows, w)
+        },
+        _ => exp_select_columns_scalar(lt, n, stride, max, frac, sum, rest, starts, rows, w),
+    };
+    let mut totals = BlockPosteriors {
+        kept,
+        ..Default::default()
+    };
+    // ln of a product of 16 sums (each in [1, K]) instead of 16 logarithms.
+    let (mut prod, mut log_sum) = (1f64, 0f64);
+    for i in 0..n {
+        let s = sum[i] as f64;
+        totals.loglik += max[i] as f64;
+        totals.dropped += rest[i] as f64 / s;
+        prod *= s;
+        if i % 16 == 15 {
+            log_sum += prod.ln();
+            prod = 1.0;
+        }
+        sum[i] = (1.0 / s) as f32;
+    }
+    totals.loglik += log_sum + prod.ln();
+    for (&r, w) in rows[..kept].iter().zip(&mut w[..kept]) {
+        *w *= sum[r as usize];
+    }
+    totals
+}
+
+/// Scalar twin of the pass of [`posteriors_by_component_at`] over `lt`: the sums and left-out
+/// sums per row into `sum`/`rest`, the kept pairs with their `e`; returns how many.
+#[allow(clippy::too_many_arguments)]
+pub fn exp_select_columns_scalar(
+    lt: &[f32],
+    n: usize,
+    stride: usize,
+    max: &[f32],
+    frac: f32,
+    sum: &mut [f32],
+    rest: &mut [f32],
+    starts: &mut [u32],
+    rows: &mut Vec<u32>,
+    w: &mut Vec<f32>,
+) -> usize {
+    let k = starts.len() - 1;
+    sum[..n].fill(0.0);
+    rest[..n].fill(0.0);
+    let mut np = 0;
+    for (c, row) in lt.chunks(stride).take(k).enumerate() {
+        starts[c] = np as u32;
+        reserve_pairs(rows, w, np + n);
+        for i in 0..n {
+            let e = exp_scalar(row[i] - max[i]);
+            sum[i] += e;
+            let keep = e >= frac;
+            rest[i] += if keep { 0.0 } else { e };
+            if keep {
+                rows[np] = i as u32;
+                w[np] = e;
+                np += 1;
+            }
+        }
+    }
+    starts[k] = np as u32;
+    np
+}
+
+/// Grows the pair lists of the column selection to at least `need` (+ one vector of slack for
+/// full-width stores), doubling.
+#[inline]
+fn reserve_pairs(rows: &mut Vec<u32>, w: &mut Vec<f32>, need: usize) {
+    let need = need + 16;
+    if rows.len() < need || w.len() < need {
+        let len = need.max(2 * rows.len());
+        rows.resize(len, 0);
+        w.resize(len, 0.0);
+    }
+}
+
+/// Asks the CPU to bring `x` into cache, one request per 64-byte line (a hint: no effect on
+/// results).
+#[inline]
+pub fn prefetch(x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in x.chunks(16) {
+        // SAFETY: prefetching is a hint that never faults, and the address is in bounds.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
 /// Writes `[v², v]` with `v = x − shift` (`v = x` without a shift) for every row of `x`
 /// (`n × D`), row `i` into `aug[i·2D..(i+1)·2D]`, and returns whether every value of `x` is
 /// finite (exponent bits, as `error::all_finite`). Exactly rounded element-wise operations
@@ -1193,6 +1389,210 @@ mod x86 {
         }
         let rest = _mm512_reduce_add_ps(vrest) as f64;
         select_rest(row, body, frac, max, sum, n, rest, out)
+    }
+
+    /// Transposes the 16 × 16 block held by `r` (row `i` in `r[i]`) in registers: afterwards
+    /// `r[j]` holds column `j`. Unpacks within 128-bit lanes, then 128-bit lane shuffles.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: &mut [__m512; 16]) {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for p in 0..8 {
+            t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+            t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+        }
+        // u[4q + m], 128-bit lane L: column 4L + m of rows 4q..4q+3.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for q in 0..4 {
+            u[4 * q] = _mm512_shuffle_ps::<0x44>(t[4 * q], t[4 * q + 2]);
+            u[4 * q + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * q], t[4 * q + 2]);
+            u[4 * q + 2] = _mm512_shuffle_ps::<0x44>(t[4 * q + 1], t[4 * q + 3]);
+            u[4 * q + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * q + 1], t[4 * q + 3]);
+        }
+        // Column 4L + m gathers lane L of u[m], u[4+m], u[8+m], u[12+m].
+        for m in 0..4 {
+            let p0 = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
+            let p1 = _mm512_shuffle_f32x4::<0xEE>(u[m], u[4 + m]);
+            let q0 = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
+            let q1 = _mm512_shuffle_f32x4::<0xEE>(u[8 + m], u[12 + m]);
+            r[m] = _mm512_shuffle_f32x4::<0x88>(p0, q0);
+            r[4 + m] = _mm512_shuffle_f32x4::<0xDD>(p0, q0);
+            r[8 + m] = _mm512_shuffle_f32x4::<0x88>(p1, q1);
+            r[12 + m] = _mm512_shuffle_f32x4::<0xDD>(p1, q1);
+        }
+    }
+
+    /// [`super::transpose_log_densities_scalar`] in 16 × 16 tiles transposed in registers (the
+    /// last tile of a row masked when K is not a multiple of 16), with the running maxima of
+    /// the 16 rows in one vector; the rows of the next tile down are prefetched (the product
+    /// was just written and sits in L2).
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn transpose_log_densities_avx512(
+        post: &[f32],
+        rows: usize,
+        bias: &[f32],
+        lt: &mut [f32],
+        stride: usize,
+        max: &mut [f32],
+    ) {
+        let k = bias.len();
+        let mut r = [_mm512_setzero_ps(); 16];
+        for i0 in (0..rows).step_by(16) {
+            let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+            for c0 in (0..k).step_by(16) {
+                let width = (k - c0).min(16);
+                let mask = if width == 16 {
+                    u16::MAX
+                } else {
+                    (1u16 << width) - 1
+                };
+                // SAFETY (loads and prefetches): row i0 + i < rows of `post` (rows·K values
+                // checked), columns c0..c0 + width within it and within `bias`; masked lanes
+                // are not read. The prefetch is a hint, issued for rows within the block.
+                let b = unsafe { _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(c0)) };
+                for (i, v) in r.iter_mut().enumerate() {
+                    let at = (i0 + i) * k + c0;
+                    unsafe {
+                        *v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, post.as_ptr().add(at)), b);
+                        if i0 + 16 < rows {
+                            _mm_prefetch::<_MM_HINT_T0>(post.as_ptr().add(at + 16 * k) as *const i8);
+                        }
+                    }
+                }
+                transpose16(&mut r);
+                let out = lt.as_mut_ptr();
+                if width == 16 {
+                    for (j, v) in r.iter().enumerate() {
+                        m = _mm512_max_ps(m, *v);
+                        // SAFETY: c0 + j < K and i0 + 16 ≤ rows ≤ stride: within row c0 + j.
+                        unsafe { _mm512_storeu_ps(out.add((c0 + j) * stride + i0), *v) };
+                    }
+                } else {
+                    for (j, v) in r.iter().enumerate().take(width) {
+                        m = _mm512_max_ps(m, *v);
+                        // SAFETY: as above.
+                        unsafe { _mm512_storeu_ps(out.add((c0 + j) * stride + i0), *v) };
+                    }
+                }
+            }
+            // SAFETY: i0 + 16 ≤ rows ≤ max.len().
+            unsafe { _mm512_storeu_ps(max.as_mut_ptr().add(i0), m) };
+        }
+    }
+
+    /// [`super::exp_select_columns_scalar`] 16 rows at a time: the kept rows and values of a
+    /// vector are compressed in registers and stored whole (the pair lists have 16 values of
+    /// slack, [`super::reserve_pairs`]).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn exp_select_columns_avx512(
+        lt: &[f32],
+        n: usize,
+        stride: usize,
+        max: &[f32],
+        frac: f32,
+        sum: &mut [f32],
+        rest: &mut [f32],
+        starts: &mut [u32],
+        rows: &mut Vec<u32>,
+        w: &mut Vec<f32>,
+    ) -> usize {
+        let (k, lanes) = (starts.len() - 1, n.next_multiple_of(16));
+        sum[..lanes].fill(0.0);
+        rest[..lanes].fill(0.0);
+        let vfrac = _mm512_set1_ps(frac);
+        let step = _mm512_set1_epi32(16);
+        let mut np = 0usize;
+        for (c, start) in starts[..k].iter_mut().enumerate() {
+            *start = np as u32;
+            super::reserve_pairs(rows, w, np + n);
+            let (rp, wp) = (rows.as_mut_ptr(), w.as_mut_ptr());
+            let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            for i in (0..lanes).step_by(16) {
+                let valid = if n - i >= 16 {
+                    u16::MAX
+                } else {
+                    (1u16 << (n - i)) - 1
+                };
+                // SAFETY: i + 16 ≤ lanes ≤ stride within row c of `lt`, and ≤ the lengths of
+                // `max`, `sum`, `rest` (checked by the caller); the stores land below
+                // np + n + 16 ≤ the lists' length (reserve_pairs), as np grows by at most i
+                // within this component.
+                unsafe {
+                    let l = _mm512_loadu_ps(lt.as_ptr().add(c * stride + i));
+                    let e = exp512(_mm512_sub_ps(l, _mm512_loadu_ps(max.as_ptr().add(i))));
+                    let s = _mm512_loadu_ps(sum.as_ptr().add(i));
+                    _mm512_storeu_ps(sum.as_mut_ptr().add(i), _mm512_add_ps(s, e));
+                    let keep = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(valid, e, vfrac);
+                    let r = _mm512_loadu_ps(rest.as_ptr().add(i));
+                    _mm512_storeu_ps(rest.as_mut_ptr().add(i), _mm512_mask_add_ps(r, !keep, r, e));
+                    _mm512_storeu_si512(
+                        rp.add(np) as *mut _,
+                        _mm512_maskz_compress_epi32(keep, idx),
+                    );
+                    _mm512_storeu_ps(wp.add(np), _mm512_maskz_compress_ps(keep, e));
+                    np += keep.count_ones() as usize;
+                }
+                idx = _mm512_add_epi32(idx, step);
+            }
+        }
+        starts[k] = np as u32;
+        np
+    }
+
+    /// [`super::exp_select_columns_scalar`] 8 rows at a time; the kept lanes are written one
+    /// by one from the comparison's bits (AVX2 has no compressing store).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_select_columns_avx2(
+        lt: &[f32],
+        n: usize,
+        stride: usize,
+        max: &[f32],
+        frac: f32,
+        sum: &mut [f32],
+        rest: &mut [f32],
+        starts: &mut [u32],
+        rows: &mut Vec<u32>,
+        w: &mut Vec<f32>,
+    ) -> usize {
+        let (k, lanes) = (starts.len() - 1, n.next_multiple_of(16));
+        sum[..lanes].fill(0.0);
+        rest[..lanes].fill(0.0);
+        let vfrac = _mm256_set1_ps(frac);
+        let mut np = 0usize;
+        let mut e8 = [0f32; 8];
+        for (c, start) in starts[..k].iter_mut().enumerate() {
+            *start = np as u32;
+            super::reserve_pairs(rows, w, np + n);
+            for i in (0..lanes).step_by(8) {
+                // Lanes from n on are scratch (i may pass n in the last 16).
+                let valid = (1u32 << n.saturating_sub(i).min(8)) - 1;
+                // SAFETY: i + 8 ≤ lanes ≤ stride within row c of `lt`, and ≤ the lengths of
+                // `max`, `sum`, `rest` (checked by the caller).
+                let mut bits = unsafe {
+                    let l = _mm256_loadu_ps(lt.as_ptr().add(c * stride + i));
+                    let e = exp256(_mm256_sub_ps(l, _mm256_loadu_ps(max.as_ptr().add(i))));
+                    let s = _mm256_loadu_ps(sum.as_ptr().add(i));
+                    _mm256_storeu_ps(sum.as_mut_ptr().add(i), _mm256_add_ps(s, e));
+                    let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(e, vfrac);
+                    let r = _mm256_loadu_ps(rest.as_ptr().add(i));
+                    let r = _mm256_add_ps(r, _mm256_andnot_ps(keep, e));
+                    _mm256_storeu_ps(rest.as_mut_ptr().add(i), r);
+                    _mm256_storeu_ps(e8.as_mut_ptr(), e);
+                    _mm256_movemask_ps(keep) as u32 & valid
+                };
+                while bits != 0 {
+                    let b = bits.trailing_zeros() as usize;
+                    rows[np] = (i + b) as u32;
+                    w[np] = e8[b];
+                    np += 1;
+                    bits &= bits - 1;
+                }
+            }
+        }
+        starts[k] = np as u32;
+        np
     }
 
     /// As [`exp_candidates_avx512`] with 8-lane vectors; the selection stores every index and
@@ -2574,6 +2974,119 @@ mod tests {
                     }
                     assert!((got.rest - rest).abs() <= 1e-6 * rest + 1e-30, "{level:?}");
                     assert!((got.rest - want.rest).abs() <= 1e-6 * rest + 1e-30);
+                }
+            }
+        }
+    }
+
+    /// A `rows × k` row-major block of log-densities spread over ~60 nats, with a bias.
+    fn log_density_block(rows: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+        let post = (0..rows * k)
+            .map(|t| -60.0 * ((t * 7919 % 1009) as f32 / 1009.0) + 2.5)
+            .collect();
+        let bias = (0..k).map(|c| 0.37 * (c % 5) as f32 - 1.0).collect();
+        (post, bias)
+    }
+
+    #[test]
+    fn transpose_log_densities_is_the_transpose_plus_bias_at_every_level() {
+        let stride = 64;
+        for (rows, k) in [(16usize, 1usize), (16, 7), (48, 16), (64, 37), (32, 64)] {
+            let (post, bias) = log_density_block(rows, k);
+            for level in SimdLevel::available() {
+                let mut lt = vec![f32::NAN; k * stride];
+                let mut max = vec![f32::NAN; rows];
+                transpose_log_densities_at(level, &post, rows, &bias, &mut lt, stride, &mut max);
+                for i in 0..rows {
+                    let mut m = f32::NEG_INFINITY;
+                    for c in 0..k {
+                        let want = post[i * k + c] + bias[c];
+                        assert_eq!(lt[c * stride + i], want, "{level:?} {rows}×{k} ({i}, {c})");
+                        m = m.max(want);
+                    }
+                    assert_eq!(max[i], m, "{level:?} {rows}×{k} row {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn posteriors_by_component_match_f64_softmax_at_every_level() {
+        let stride = 64;
+        for (n, k) in [(1usize, 1usize), (5, 3), (16, 16), (37, 7), (64, 37)] {
+            let (post, bias) = log_density_block(n.next_multiple_of(16), k);
+            let mut lt0 = vec![0f32; k * stride];
+            let mut max = vec![0f32; stride];
+            let lanes = n.next_multiple_of(16);
+            transpose_log_densities_scalar(&post, lanes, &bias, &mut lt0, stride, &mut max);
+            for frac in [0.0f32, 1e-6, 1e-2, 0.3] {
+                type Found = (Vec<u32>, Vec<u32>, Vec<f32>, BlockPosteriors);
+                let mut want: Option<Found> = None;
+                for level in SimdLevel::available() {
+                    let (mut starts, mut rows, mut w) = (vec![0u32; k + 1], Vec::new(), Vec::new());
+                    let mut rowbuf = vec![f32::NAN; 2 * stride];
+                    let got = posteriors_by_component_at(
+                        level,
+                        &lt0,
+                        n,
+                        stride,
+                        &max,
+                        frac,
+                        &mut rowbuf,
+                        &mut starts,
+                        &mut rows,
+                        &mut w,
+                    );
+                    // f64 reference from the same log-densities.
+                    let (mut ll, mut dropped, mut kept) = (0f64, 0f64, 0usize);
+                    let mut pairs = vec![Vec::new(); k];
+                    for i in 0..n {
+                        let l: Vec<f64> = (0..k).map(|c| lt0[c * stride + i] as f64).collect();
+                        let m = l.iter().cloned().fold(f64::MIN, f64::max);
+                        let z: f64 = l.iter().map(|v| (v - m).exp()).sum();
+                        ll += m + z.ln();
+                        for (c, &v) in l.iter().enumerate() {
+                            let e = (v - m).exp();
+                            assert!(
+                                frac == 0.0 || (e / frac as f64 - 1.0).abs() > 1e-4,
+                                "test data at the threshold"
+                            );
+                            if e >= frac as f64 {
+                                pairs[c].push((i as u32, e / z));
+                                kept += 1;
+                            } else {
+                                dropped += e / z;
+                            }
+                        }
+                    }
+                    assert_eq!(got.kept, kept, "{level:?} n {n} k {k} frac {frac}");
+                    assert_eq!(starts[k] as usize, kept);
+                    assert!(
+                        (got.loglik - ll).abs() <= 1e-5 * ll.abs().max(1.0),
+                        "{level:?}"
+                    );
+                    assert!(
+                        (got.dropped - dropped).abs() <= 1e-6 * (1.0 + dropped),
+                        "{level:?}"
+                    );
+                    for (c, p) in pairs.iter().enumerate() {
+                        let range = starts[c] as usize..starts[c + 1] as usize;
+                        assert_eq!(range.len(), p.len(), "{level:?} component {c}");
+                        for (q, &(i, g)) in range.zip(p) {
+                            assert_eq!(rows[q], i, "{level:?} component {c}: rows in order");
+                            assert!((w[q] as f64 - g).abs() <= 1e-6 * g.max(1e-30) + 1e-7);
+                        }
+                    }
+                    let kept_part = (
+                        starts.clone(),
+                        rows[..kept].to_vec(),
+                        w[..kept].to_vec(),
+                        got,
+                    );
+                    match &want {
+                        None => want = Some(kept_part),
+                        Some(first) => assert_eq!(first, &kept_part, "{level:?}: same bits"),
+                    }
                 }
             }
         }

@@ -217,12 +217,12 @@ impl EmStats {
 
     /// Accumulates the statistics of the rows of `x` (`n × D`, any `n`) block by block: the
     /// log-densities of `x − shift` under `terms` (a model in those shifted coordinates) as one
-    /// GEMM, then per row one pass that forms `exp(l − max)`, the log-likelihood and the
-    /// entries with `exp(l − max) ≥ threshold` ([`kernels::exp_candidates_at`]), then the kept
-    /// entries grouped by component and their moments about `refs` (`K × D`, `r_k` in the
-    /// coordinates of `x`; [`kernels::moments_grouped_f32_at`]), which costs `O(D)` per kept
-    /// posterior instead of a second dense GEMM. Returns whether every value of `x` was
-    /// finite.
+    /// GEMM into a component-major block, then the exponentials, log-likelihoods and kept
+    /// posteriors down its columns, grouped by component
+    /// ([`kernels::posteriors_by_component_at`]), then their moments about `refs` (`K × D`,
+    /// `r_k` in the coordinates of `x`; [`kernels::moments_grouped_f32_at`]), which costs
+    /// `O(D)` per kept posterior instead of a second dense GEMM. Returns whether every value of
+    /// `x` was finite.
     pub fn accumulate(
         &mut self,
         terms: &GmmTerms,
@@ -235,11 +235,51 @@ impl EmStats {
         let (k, d) = (terms.k, terms.d);
         assert!(refs.len() == k * d && self.s0.len() == k && shift.len() == d);
         let mut finite = true;
-        for block in x.chunks(BLOCK * d) {
+        for (b, block) in x.chunks(BLOCK * d).enumerate() {
             let n = block.len() / d;
-            finite &= block_log_densities(terms, block, Some(shift), n, &mut scratch.block);
-            let np = scratch.select(terms, n, threshold, self);
-            let (starts, rows, w) = (&scratch.gstart, &scratch.grow[..np], &scratch.gw[..np]);
+            // The next block streams in from memory while this one is computed.
+            let next = x.get((b + 1) * BLOCK * d..).unwrap_or(&[]);
+            kernels::prefetch(&next[..next.len().min(BLOCK * d)]);
+            let aug = &mut scratch.aug[..n * 2 * d];
+            finite &= kernels::shift_square_at(terms.level, block, d, Some(shift), aug);
+            // The row-major product (its fastest shape), then made component-major so that
+            // the rows of x are the vector lanes of what follows.
+            let lanes = n.next_multiple_of(16);
+            let post = &mut scratch.post[..lanes * k];
+            matmul(
+                MatMut::from_row_major_slice_mut(&mut post[..n * k], n, k),
+                Accum::Replace,
+                MatRef::from_row_major_slice(aug, n, 2 * d),
+                MatRef::from_row_major_slice(&terms.coef, 2 * d, k),
+                1.0f32,
+                Par::Seq,
+            );
+            let (lt, max) = (&mut scratch.lt, &mut scratch.max);
+            kernels::transpose_log_densities_at(
+                terms.level,
+                post,
+                lanes,
+                &terms.bias,
+                lt,
+                BLOCK,
+                max,
+            );
+            let found = kernels::posteriors_by_component_at(
+                terms.level,
+                &scratch.lt,
+                n,
+                BLOCK,
+                &scratch.max,
+                threshold,
+                &mut scratch.rowbuf,
+                &mut scratch.starts,
+                &mut scratch.rows,
+                &mut scratch.w,
+            );
+            self.loglik += found.loglik + n as f64 * terms.log_norm;
+            self.dropped += found.dropped;
+            let (starts, np) = (&scratch.starts, found.kept);
+            let (rows, w) = (&scratch.rows[..np], &scratch.w[..np]);
             kernels::moments_grouped_f32_at(
                 terms.level,
                 block,
@@ -260,92 +300,43 @@ impl EmStats {
     }
 }
 
-/// Working memory of [`EmStats::accumulate`] for one thread: the block kernel's scratch and
-/// the kept (row, component, posterior) entries of one block, before and after grouping by
-/// component.
+/// Working memory of [`EmStats::accumulate`] for one thread: one block's `[δ², δ]` and its
+/// log-densities, row- and component-major, per-row scratch, and the kept (row, posterior) pairs grouped
+/// by component.
 #[derive(Clone, Debug)]
 pub struct EmScratch {
-    block: Scratch,
-    /// The block's kept entries in row order: component and row (grown on demand; at most
-    /// `BLOCK × K`).
-    comp: Vec<u32>,
-    row: Vec<u32>,
-    /// `BLOCK`: each row's `1/S`, S the sum of its `exp(l − max)`.
-    rinv: Vec<f32>,
-    /// `K + 1` offsets of each component's entries in `grow`/`gw`, and a running copy.
-    gstart: Vec<u32>,
-    gpos: Vec<u32>,
-    /// The same entries grouped by component (rows in order within each).
-    grow: Vec<u32>,
-    gw: Vec<f32>,
+    /// `BLOCK × 2D`: the block's `[δ², δ]`.
+    aug: Vec<f32>,
+    /// `BLOCK × K`: the product part of its log-densities.
+    post: Vec<f32>,
+    /// `K × BLOCK`: log-densities, then `exp(l − max)`.
+    lt: Vec<f32>,
+    /// `BLOCK`: each row's largest log-density.
+    max: Vec<f32>,
+    /// `2 × BLOCK` per-row scratch of the column kernel.
+    rowbuf: Vec<f32>,
+    /// `K + 1` offsets of each component's pairs in `rows`/`w`.
+    starts: Vec<u32>,
+    /// Kept pairs, grouped by component, rows in order within each (grown on demand).
+    rows: Vec<u32>,
+    w: Vec<f32>,
 }
 
 impl EmScratch {
     /// Working memory for a `k`-component GMM in `d` dimensions.
     pub fn new(k: usize, d: usize) -> Self {
-        // Room for 16 entries per row to start with; typical blocks keep far fewer.
-        let m = BLOCK * k.min(16) + k;
+        // Room for 16 pairs per row to start with; typical blocks keep far fewer.
+        let m = BLOCK * k.min(16) + 16;
         Self {
-            block: Scratch::new(k, d),
-            comp: vec![0; m],
-            row: vec![0; m],
-            rinv: vec![0.0; BLOCK],
-            gstart: vec![0; k + 1],
-            gpos: vec![0; k],
-            grow: vec![0; m],
-            gw: vec![0.0; m],
+            aug: vec![0.0; BLOCK * 2 * d],
+            post: vec![0.0; BLOCK * k],
+            lt: vec![0.0; k * BLOCK],
+            max: vec![0.0; BLOCK],
+            rowbuf: vec![0.0; 2 * BLOCK],
+            starts: vec![0; k + 1],
+            rows: vec![0; m],
+            w: vec![0.0; m],
         }
-    }
-
-    /// Turns the block's log-densities into log-likelihoods (added to `st.loglik`, the mass
-    /// left out to `st.dropped`) and the kept posteriors — `γᵢₖ ≥ threshold · maxⱼ γᵢⱼ`, i.e.
-    /// `exp(lᵢₖ − maxⱼ lᵢⱼ) ≥ threshold` — grouped by component (rows in order within each);
-    /// returns how many were kept.
-    fn select(&mut self, terms: &GmmTerms, n: usize, threshold: f32, st: &mut EmStats) -> usize {
-        let k = terms.k;
-        self.gstart.fill(0);
-        let mut np = 0;
-        // Σ log Sᵢ as the log of products of up to 16 sums (each in [1, K], so the product
-        // stays far inside f64's range): one logarithm per 16 rows.
-        let (mut prod, mut log_sum) = (1f64, 0f64);
-        for (i, row) in self.block.post[..n * k].chunks_exact_mut(k).enumerate() {
-            if self.comp.len() < np + k {
-                let m = (2 * self.comp.len()).max(np + k);
-                self.comp.resize(m, 0);
-                self.row.resize(m, 0);
-            }
-            let r = kernels::exp_candidates_at(terms.level, row, threshold, &mut self.comp[np..]);
-            st.loglik += r.max as f64 + terms.log_norm;
-            prod *= r.sum;
-            if i % 16 == 15 {
-                log_sum += prod.ln();
-                prod = 1.0;
-            }
-            self.rinv[i] = (1.0 / r.sum) as f32;
-            st.dropped += r.rest / r.sum;
-            for &c in &self.comp[np..np + r.count] {
-                self.gstart[c as usize + 1] += 1;
-            }
-            self.row[np..np + r.count].fill(i as u32);
-            np += r.count;
-        }
-        st.loglik += log_sum + prod.ln();
-        for c in 0..k {
-            self.gstart[c + 1] += self.gstart[c];
-        }
-        if self.grow.len() < np {
-            self.grow.resize(self.comp.len(), 0);
-            self.gw.resize(self.comp.len(), 0.0);
-        }
-        self.gpos.copy_from_slice(&self.gstart[..k]);
-        let post = &self.block.post;
-        for (&c, &i) in self.comp[..np].iter().zip(&self.row[..np]) {
-            let q = &mut self.gpos[c as usize];
-            self.grow[*q as usize] = i;
-            self.gw[*q as usize] = post[i as usize * k + c as usize] * self.rinv[i as usize];
-            *q += 1;
-        }
-        np
     }
 }
 

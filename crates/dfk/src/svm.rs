@@ -503,10 +503,10 @@ impl OneVsRestOutcome {
 /// Relative safety margin of the dual bound: the bound used against a threshold is
 /// `Σ_c D_c − DUAL_MARGIN · Σ_c (Σ_i α_{c,i} + ½‖w̃_c‖²)`. `D_c` is computed from the
 /// incrementally updated `w̃_c` and `Σ_i α_{c,i}`, whose rounding after `m` coordinate updates is
-/// at most about `m · 2⁻⁵³` relative to those magnitudes (`m` ≤ 10⁹ updates keeps that under
+/// at most about `m · 2⁻⁵³` relative to those magnitudes (`m` ≤ 10⁹ updates keeps that near
 /// 10⁻⁷); the computed primal objective the bound is compared with has a rounding of
 /// `n · 2⁻⁵³` relative to the same magnitudes. 10⁻⁶ covers both with room to spare and costs
-/// nothing in practice (0.01 on an objective of 7,000).
+/// nothing in practice (about 0.01 on an objective of 7,000).
 const DUAL_MARGIN: f64 = 1e-6;
 
 /// [`train_one_vs_rest`] that stops as soon as the solve certainly ends with an objective

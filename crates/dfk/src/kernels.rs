@@ -488,8 +488,8 @@ pub fn prefetch(x: &[f32]) {
 /// Writes `[v², v]` with `v = x − shift` (`v = x` without a shift) for every row of `x`
 /// (`n × D`), row `i` into `aug[i·2D..(i+1)·2D]`, and returns whether every value of `x` is
 /// finite (exponent bits, as `error::all_finite`). Exactly rounded element-wise operations
-/// only, so every level gives the same bits; the vector levels run when `D` is a multiple of
-/// their width, the scalar twin otherwise.
+/// only, so every level gives the same bits, for any `D` (the vector levels finish a row that
+/// is not a multiple of their width with a masked vector or element by element).
 pub fn shift_square_at(
     level: SimdLevel,
     x: &[f32],
@@ -505,14 +505,10 @@ pub fn shift_square_at(
     match level.clamp_to_cpu() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512F (clamp_to_cpu); lengths checked above.
-        SimdLevel::Avx512 if d.is_multiple_of(16) => unsafe {
-            x86::shift_square_avx512(x, d, shift, aug)
-        },
+        SimdLevel::Avx512 => unsafe { x86::shift_square_avx512(x, d, shift, aug) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 (clamp_to_cpu); lengths checked above.
-        SimdLevel::Avx2 | SimdLevel::Avx512 if d.is_multiple_of(8) => unsafe {
-            x86::shift_square_avx2(x, d, shift, aug)
-        },
+        SimdLevel::Avx2 => unsafe { x86::shift_square_avx2(x, d, shift, aug) },
         _ => shift_square_scalar(x, d, shift, aug),
     }
 }
@@ -1633,8 +1629,8 @@ mod x86 {
         select_rest(row, body, frac, max, sum, n, rest, out)
     }
 
-    /// `[v², v]` rows 16 lanes at a time (`d` a multiple of 16); see
-    /// [`super::shift_square_at`].
+    /// `[v², v]` rows 16 lanes at a time, the last vector of a row masked when `d` is not a
+    /// multiple of 16; see [`super::shift_square_at`].
     #[target_feature(enable = "avx512f")]
     pub(super) fn shift_square_avx512(
         x: &[f32],
@@ -1646,26 +1642,33 @@ mod x86 {
         let mut bad: u16 = 0;
         for (row, out) in x.chunks_exact(d).zip(aug.chunks_exact_mut(2 * d)) {
             for j in (0..d).step_by(16) {
-                // SAFETY: j + 16 ≤ d: within the row, the shift (d values) and both halves of
-                // `out` (2d values).
+                let m = if d - j >= 16 {
+                    u16::MAX
+                } else {
+                    (1u16 << (d - j)) - 1
+                };
+                // SAFETY: the lanes of mask m are j..min(j + 16, d): within the row, the
+                // shift (d values) and both halves of `out` (2d values); masked lanes are
+                // neither read nor written.
                 unsafe {
-                    let a = _mm512_loadu_ps(row.as_ptr().add(j));
+                    let a = _mm512_maskz_loadu_ps(m, row.as_ptr().add(j));
                     let bits = _mm512_and_si512(_mm512_castps_si512(a), expo);
                     bad |= _mm512_cmpeq_epi32_mask(bits, expo);
                     let c = match shift {
-                        Some(c) => _mm512_loadu_ps(c.as_ptr().add(j)),
+                        Some(c) => _mm512_maskz_loadu_ps(m, c.as_ptr().add(j)),
                         None => _mm512_setzero_ps(),
                     };
                     let v = _mm512_sub_ps(a, c);
-                    _mm512_storeu_ps(out.as_mut_ptr().add(j), _mm512_mul_ps(v, v));
-                    _mm512_storeu_ps(out.as_mut_ptr().add(d + j), v);
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(j), m, _mm512_mul_ps(v, v));
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(d + j), m, v);
                 }
             }
         }
         bad == 0
     }
 
-    /// As [`shift_square_avx512`], 8 lanes at a time (`d` a multiple of 8).
+    /// As [`shift_square_avx512`], 8 lanes at a time, the last `d mod 8` values of a row one
+    /// by one.
     #[target_feature(enable = "avx2")]
     pub(super) fn shift_square_avx2(
         x: &[f32],
@@ -1675,8 +1678,10 @@ mod x86 {
     ) -> bool {
         let expo = _mm256_set1_epi32(0x7f80_0000);
         let mut bad = _mm256_setzero_si256();
+        let body = d / 8 * 8;
+        let mut tail_finite = true;
         for (row, out) in x.chunks_exact(d).zip(aug.chunks_exact_mut(2 * d)) {
-            for j in (0..d).step_by(8) {
+            for j in (0..body).step_by(8) {
                 // SAFETY: j + 8 ≤ d: within the row, the shift (d values) and both halves of
                 // `out` (2d values).
                 unsafe {
@@ -1692,8 +1697,14 @@ mod x86 {
                     _mm256_storeu_ps(out.as_mut_ptr().add(d + j), v);
                 }
             }
+            for j in body..d {
+                tail_finite &= row[j].is_finite();
+                let v = row[j] - shift.map_or(0.0, |c| c[j]);
+                out[j] = v * v;
+                out[d + j] = v;
+            }
         }
-        _mm256_testz_si256(bad, bad) == 1
+        tail_finite && _mm256_testz_si256(bad, bad) == 1
     }
 
     #[inline]
@@ -3200,7 +3211,7 @@ mod tests {
 
     #[test]
     fn shift_square_matches_the_scalar_twin_and_flags_non_finite_values() {
-        for d in [64usize, 16, 8, 5] {
+        for d in [64usize, 34, 19, 16, 8, 5, 1] {
             let n = 7;
             let x: Vec<f32> = (0..n * d)
                 .map(|i| ((i as f32) * 0.37).sin() * 3.0)
@@ -3222,10 +3233,13 @@ mod tests {
                     assert_eq!(aug[..2 * n * d], want[..], "{level:?} d {d}");
                     assert_eq!(aug[2 * n * d], 7.0, "{level:?}: wrote past the rows");
                     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-                        let mut y = x.clone();
-                        y[(n - 1) * d + d / 2] = bad;
-                        assert!(!shift_square_at(level, &y, d, sh, &mut aug), "{level:?}");
-                        assert!(!shift_square_scalar(&y, d, sh, &mut aug));
+                        // In a full vector and in the last (partial) one of a row.
+                        for at in [(n - 1) * d + d / 2, 2 * d - 1] {
+                            let mut y = x.clone();
+                            y[at] = bad;
+                            assert!(!shift_square_at(level, &y, d, sh, &mut aug), "{level:?}");
+                            assert!(!shift_square_scalar(&y, d, sh, &mut aug));
+                        }
                     }
                 }
             }

@@ -177,6 +177,28 @@ fn check_shape(x: &[f32], d: usize) -> Result<usize> {
     Ok(x.len() / d)
 }
 
+/// Finite data whose log-likelihood is not: some descriptor's log-density overflows f32 under
+/// every component (`(x − μ)²/σ²` beyond ~1e38), which leaves its posteriors undefined. The
+/// error names the largest value of `x`, the usual cause.
+fn check_loglik(e: &EStep, x: &[f32], d: usize) -> Result<()> {
+    if e.stats.loglik.is_finite() {
+        return Ok(());
+    }
+    let i = x
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+        .map_or(0, |(i, _)| i);
+    Err(Error::Invalid(format!(
+        "descriptor matrix: the log-likelihood under the GMM is not finite (a descriptor's \
+         squared distance to every component overflows f32); the largest value is {} at \
+         descriptor row {} (dimension {}): expected values on the scale of the model",
+        x[i],
+        i / d,
+        i % d
+    )))
+}
+
 /// The error naming the first non-finite value of `x`, if any.
 fn non_finite_error(x: &[f32], d: usize) -> Option<Error> {
     let i = x.iter().position(|v| !v.is_finite())?;
@@ -769,6 +791,7 @@ impl<'a> EmContext<'a> {
     fn step(&self, gmm: &Gmm) -> Result<(Gmm, f64)> {
         // The data were checked when the context was made.
         let e = e_step(gmm, self.x, &self.shift, self.posterior_threshold);
+        check_loglik(&e, self.x, self.d)?;
         let ll = e.stats.loglik / self.n as f64;
         Ok((self.m_step(&e)?, ll))
     }
@@ -945,6 +968,7 @@ pub fn em_step(gmm: &Gmm, x: &[f32], params: &GmmParams) -> Result<(Gmm, f64)> {
     if e.non_finite {
         check_data(x, gmm.d)?;
     }
+    check_loglik(&e, x, gmm.d)?;
     let data_var = variance_from_stats(&e, &shift);
     let ctx = EmContext::with_moments(x, n, gmm.d, params, shift, data_var);
     let next = ctx.m_step(&e)?;

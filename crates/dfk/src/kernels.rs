@@ -302,9 +302,12 @@ pub struct BlockPosteriors {
 
 /// Makes a block of log-densities component-major for [`posteriors_by_component_at`]:
 /// `lt[c·stride + i] = post[i·K + c] + bias[c]` for the `rows` rows of the row-major `post`
-/// (`K = bias.len()`; `rows` a multiple of 16, ≤ `stride`) and `max[i] = max_c lt[c·stride + i]`.
-/// EM runs it after the row-major product, the faster shape of that product. One f32 addition
-/// per element and exact maxima, so every level gives the same bits.
+/// (`K = bias.len()`; `rows` a multiple of 16, ≤ `stride`) and
+/// `max[i] = max_c lt[c·stride + i]`, the maximum taken as `vmaxps` does (`a > b ? a : b`, so
+/// that a NaN entry gives the same bits at every level). EM runs it after the row-major
+/// product, the faster shape of that product; the AVX-512 level transposes 16 × 16 tiles in
+/// registers, the others element by element. One f32 addition per element, so every level
+/// gives the same bits.
 pub fn transpose_log_densities_at(
     level: SimdLevel,
     post: &[f32],
@@ -345,7 +348,7 @@ pub fn transpose_log_densities_scalar(
         let out = &mut lt[c * stride..c * stride + rows];
         for (i, (o, m)) in out.iter_mut().zip(&mut max[..rows]).enumerate() {
             *o = post[i * k + c] + b;
-            *m = m.max(*o);
+            *m = if *m > *o { *m } else { *o };
         }
     }
 }
@@ -357,7 +360,9 @@ pub fn transpose_log_densities_scalar(
 /// order). Writes, component after component, the rows with `eᵢc ≥ frac` (posterior at least
 /// `frac` times the row's largest) in increasing order to `rows[starts[c]..starts[c+1]]` and
 /// their posteriors `eᵢc / Sᵢ` to `w` (both grown as needed; entries past `starts[K]` are
-/// scratch), and returns the totals. `rowbuf` (≥ 2·stride values) is scratch.
+/// scratch), and returns the totals. `rowbuf` (≥ 2·stride values) is scratch. Lanes `n..` of
+/// `lt` and `max` (up to the next multiple of 16) may hold anything, NaN included: they never
+/// reach the results.
 ///
 /// The rows are the vector lanes, so there is no horizontal reduction, and `lt` is read once:
 /// the kept pairs are taken with `eᵢc` while the sums build up, and divided by `Sᵢ` at the
@@ -516,8 +521,7 @@ pub fn shift_square_at(
 /// Scalar twin of [`shift_square_at`].
 pub fn shift_square_scalar(x: &[f32], d: usize, shift: Option<&[f32]>, aug: &mut [f32]) -> bool {
     // Written as plain element-wise loops (the shift chosen once, not per element) so that
-    // the compiler vectorises them: dimensions that are not a multiple of the vector width
-    // (e.g. 34) run here at every level.
+    // the compiler vectorises them where the dispatch lands here.
     let mut bad = false;
     for (row, out) in x.chunks_exact(d).zip(aug.chunks_exact_mut(2 * d)) {
         let (sq, lin) = out.split_at_mut(d);
@@ -1451,7 +1455,7 @@ mod x86 {
                     unsafe {
                         *v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, post.as_ptr().add(at)), b);
                         if i0 + 16 < rows {
-                            _mm_prefetch::<_MM_HINT_T0>(post.as_ptr().add(at + 16 * k) as *const i8);
+                            _mm_prefetch::<_MM_HINT_T0>(post.as_ptr().add(at + 16 * k).cast());
                         }
                     }
                 }
@@ -3003,19 +3007,47 @@ mod tests {
     fn transpose_log_densities_is_the_transpose_plus_bias_at_every_level() {
         let stride = 64;
         for (rows, k) in [(16usize, 1usize), (16, 7), (48, 16), (64, 37), (32, 64)] {
-            let (post, bias) = log_density_block(rows, k);
+            let (mut post, bias) = log_density_block(rows, k);
+            // A NaN entry: the maximum must still give the same bits at every level.
+            post[(rows - 1) * k] = f32::NAN;
+            let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
             for level in SimdLevel::available() {
-                let mut lt = vec![f32::NAN; k * stride];
-                let mut max = vec![f32::NAN; rows];
+                let mut lt = vec![-7f32; k * stride];
+                let mut max = vec![-7f32; rows + 1];
                 transpose_log_densities_at(level, &post, rows, &bias, &mut lt, stride, &mut max);
                 for i in 0..rows {
                     let mut m = f32::NEG_INFINITY;
                     for c in 0..k {
                         let want = post[i * k + c] + bias[c];
-                        assert_eq!(lt[c * stride + i], want, "{level:?} {rows}×{k} ({i}, {c})");
-                        m = m.max(want);
+                        let got = lt[c * stride + i];
+                        assert!(
+                            got == want || (got.is_nan() && want.is_nan()),
+                            "{level:?} {rows}×{k} ({i}, {c})"
+                        );
+                        m = if m > want { m } else { want };
                     }
-                    assert_eq!(max[i], m, "{level:?} {rows}×{k} row {i}");
+                    assert_eq!(
+                        max[i].to_bits(),
+                        m.to_bits(),
+                        "{level:?} {rows}×{k} row {i}"
+                    );
+                }
+                for c in 0..k {
+                    let pad = &lt[c * stride + rows..(c + 1) * stride];
+                    assert!(
+                        pad.iter().all(|&v| v == -7.0),
+                        "{level:?}: wrote past the rows"
+                    );
+                }
+                assert_eq!(max[rows], -7.0, "{level:?}: wrote past the maxima");
+                let same = |a: &[f32], b: &[f32]| {
+                    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+                };
+                match &first {
+                    None => first = Some((lt, max)),
+                    Some((l0, m0)) => {
+                        assert!(same(l0, &lt) && same(m0, &max), "{level:?}: same bits")
+                    }
                 }
             }
         }
@@ -3030,7 +3062,13 @@ mod tests {
             let mut max = vec![0f32; stride];
             let lanes = n.next_multiple_of(16);
             transpose_log_densities_scalar(&post, lanes, &bias, &mut lt0, stride, &mut max);
-            for frac in [0.0f32, 1e-6, 1e-2, 0.3] {
+            // Lanes past n hold whatever the previous block left, NaN included.
+            for i in n..lanes {
+                max[i] = f32::NAN;
+                lt0[(k - 1) * stride + i] = f32::NAN;
+            }
+            // 1.0 keeps exactly the maxima (e = 1), 2.0 nothing.
+            for frac in [0.0f32, 1e-6, 1e-2, 0.3, 1.0, 2.0] {
                 type Found = (Vec<u32>, Vec<u32>, Vec<f32>, BlockPosteriors);
                 let mut want: Option<Found> = None;
                 for level in SimdLevel::available() {
@@ -3059,7 +3097,7 @@ mod tests {
                         for (c, &v) in l.iter().enumerate() {
                             let e = (v - m).exp();
                             assert!(
-                                frac == 0.0 || (e / frac as f64 - 1.0).abs() > 1e-4,
+                                frac == 0.0 || e == 1.0 || (e / frac as f64 - 1.0).abs() > 1e-4,
                                 "test data at the threshold"
                             );
                             if e >= frac as f64 {

@@ -554,6 +554,19 @@ fn bad_input_is_rejected_with_a_clear_error() {
         Err(Error::NonFinite { index: 6002, .. })
     ));
 
+    // Finite but so large that every component's log-density overflows f32: named, not a NaN
+    // log-likelihood.
+    let mut huge = x.clone();
+    huge[4 * 9 + 1] = 1e20;
+    for err in [
+        em_step(&gmm, &huge, &p).unwrap_err(),
+        fit_gmm(&huge, 4, &p).unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::Invalid(_)), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("row 9") && msg.contains("not finite"), "{msg}");
+    }
+
     expect_param(fit_gmm(&x, 0, &p), "d");
     expect_param(fit_gmm(&x[..10], 4, &p), "descriptor matrix length");
     expect_param(gmm.log_likelihood(&x[..10]), "descriptor matrix length");

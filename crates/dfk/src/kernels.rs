@@ -360,7 +360,10 @@ pub fn transpose_log_densities_scalar(
 /// order). Writes, component after component, the rows with `eᵢc ≥ frac` (posterior at least
 /// `frac` times the row's largest) in increasing order to `rows[starts[c]..starts[c+1]]` and
 /// their posteriors `eᵢc / Sᵢ` to `w` (both grown as needed; entries past `starts[K]` are
-/// scratch), and returns the totals. `rowbuf` (≥ 2·stride values) is scratch. Lanes `n..` of
+/// scratch), and returns the totals. With `weights` (one per row, e.g. the length of a run of
+/// identical rows that the row stands for) row `i` counts `weights[i]` times: its posteriors
+/// are multiplied by it and so are its terms of the totals (`kept` still counts pairs).
+/// `rowbuf` (≥ 2·stride values) is scratch. Lanes `n..` of
 /// `lt` and `max` (up to the next multiple of 16) may hold anything, NaN included: they never
 /// reach the results.
 ///
@@ -375,6 +378,7 @@ pub fn posteriors_by_component_at(
     n: usize,
     stride: usize,
     max: &[f32],
+    weights: Option<&[f32]>,
     frac: f32,
     rowbuf: &mut [f32],
     starts: &mut [u32],
@@ -388,6 +392,10 @@ pub fn posteriors_by_component_at(
         "posteriors_by_component: lt must hold K rows of a stride ≥ n, multiple of 16"
     );
     assert!(max.len() >= lanes && rowbuf.len() >= 2 * stride);
+    assert!(
+        weights.is_none_or(|c| c.len() == n),
+        "posteriors_by_component: one weight per row"
+    );
     let (sum, rest) = rowbuf.split_at_mut(stride);
     let kept = match level.clamp_to_cpu() {
         #[cfg(target_arch = "x86_64")]
@@ -407,18 +415,24 @@ pub fn posteriors_by_component_at(
         kept,
         ..Default::default()
     };
-    // ln of a product of 16 sums (each in [1, K]) instead of 16 logarithms.
+    // ln of a product of up to 16 sums (each in [1, K]) instead of 16 logarithms; a weighted
+    // row (a run of identical rows) has its own.
     let (mut prod, mut log_sum) = (1f64, 0f64);
     for i in 0..n {
         let s = sum[i] as f64;
-        totals.loglik += max[i] as f64;
-        totals.dropped += rest[i] as f64 / s;
-        prod *= s;
+        let c = weights.map_or(1.0, |c| c[i] as f64);
+        totals.loglik += c * max[i] as f64;
+        totals.dropped += c * rest[i] as f64 / s;
+        if c == 1.0 {
+            prod *= s;
+        } else {
+            log_sum += c * s.ln();
+        }
         if i % 16 == 15 {
             log_sum += prod.ln();
             prod = 1.0;
         }
-        sum[i] = (1.0 / s) as f32;
+        sum[i] = (c / s) as f32;
     }
     totals.loglik += log_sum + prod.ln();
     for (&r, w) in rows[..kept].iter().zip(&mut w[..kept]) {
@@ -3080,6 +3094,7 @@ mod tests {
                         n,
                         stride,
                         &max,
+                        None,
                         frac,
                         &mut rowbuf,
                         &mut starts,

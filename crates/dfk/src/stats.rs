@@ -221,7 +221,9 @@ impl EmStats {
     /// posteriors down its columns, grouped by component
     /// ([`kernels::posteriors_by_component_at`]), then their moments about `refs` (`K × D`,
     /// `r_k` in the coordinates of `x`; [`kernels::moments_grouped_f32_at`]), which costs
-    /// `O(D)` per kept posterior instead of a second dense GEMM. Returns whether every value of
+    /// `O(D)` per kept posterior instead of a second dense GEMM. Where a block's runs of equal
+    /// consecutive rows save an eighth of it or more (dense descriptors of flat image regions),
+    /// each run is computed once and weighted by its length. Returns whether every value of
     /// `x` was finite.
     pub fn accumulate(
         &mut self,
@@ -236,12 +238,24 @@ impl EmStats {
         assert!(refs.len() == k * d && self.s0.len() == k && shift.len() == d);
         let mut finite = true;
         for (b, block) in x.chunks(BLOCK * d).enumerate() {
-            let n = block.len() / d;
             // The next block streams in from memory while this one is computed.
             let next = x.get((b + 1) * BLOCK * d..).unwrap_or(&[]);
             kernels::prefetch(&next[..next.len().min(BLOCK * d)]);
+            // A run of identical consecutive rows (the flat background of an image gives
+            // thousands) is one row weighted by its length: the same posteriors, computed once.
+            let (rows_x, weights) = match compact_runs(
+                block,
+                d,
+                &mut scratch.run_starts,
+                &mut scratch.compact,
+                &mut scratch.counts,
+            ) {
+                Some(m) => (&scratch.compact[..m * d], Some(&scratch.counts[..m])),
+                None => (block, None),
+            };
+            let n = rows_x.len() / d;
             let aug = &mut scratch.aug[..n * 2 * d];
-            finite &= kernels::shift_square_at(terms.level, block, d, Some(shift), aug);
+            finite &= kernels::shift_square_at(terms.level, rows_x, d, Some(shift), aug);
             // The row-major product (its fastest shape), then made component-major so that
             // the rows of x are the vector lanes of what follows.
             // Rows n..lanes of `post` keep the previous block's values: they only fill vector
@@ -272,19 +286,21 @@ impl EmStats {
                 n,
                 BLOCK,
                 &scratch.max,
+                weights,
                 threshold,
                 &mut scratch.rowbuf,
                 &mut scratch.starts,
                 &mut scratch.rows,
                 &mut scratch.w,
             );
-            self.loglik += found.loglik + n as f64 * terms.log_norm;
+            let rows_total = block.len() / d;
+            self.loglik += found.loglik + rows_total as f64 * terms.log_norm;
             self.dropped += found.dropped;
             let (starts, np) = (&scratch.starts, found.kept);
             let (rows, w) = (&scratch.rows[..np], &scratch.w[..np]);
             kernels::moments_grouped_f32_at(
                 terms.level,
-                block,
+                rows_x,
                 d,
                 refs,
                 starts,
@@ -295,11 +311,58 @@ impl EmStats {
             for (s, r) in self.s0.iter_mut().zip(starts.windows(2)) {
                 *s += w[r[0] as usize..r[1] as usize].iter().sum::<f32>() as f64;
             }
-            self.kept += np;
-            self.count += n;
+            self.kept += match weights {
+                Some(c) => rows.iter().map(|&r| c[r as usize] as usize).sum(),
+                None => np,
+            };
+            self.count += rows_total;
         }
         finite
     }
+}
+
+/// Collapses the runs of equal consecutive rows of `block` (`n × d`) when they save at least
+/// an eighth of its rows: writes the first row of each run to `compact` and the run's length
+/// to `counts` and returns the number of runs; otherwise `None` (and the rows are used as
+/// they are, repeats computed again). Rows are equal when all their values compare equal: a
+/// run's rows then have the same log-densities (−0 and +0 give the same terms), and a row
+/// holding a NaN never joins a run.
+fn compact_runs(
+    block: &[f32],
+    d: usize,
+    starts: &mut Vec<u32>,
+    compact: &mut [f32],
+    counts: &mut [f32],
+) -> Option<usize> {
+    let n = block.len() / d;
+    starts.clear();
+    let mut prev: &[f32] = &[];
+    for (i, row) in block.chunks_exact(d).enumerate() {
+        if !same_row(prev, row) {
+            starts.push(i as u32);
+        }
+        prev = row;
+    }
+    let m = starts.len();
+    if (n - m) * 8 < n {
+        return None;
+    }
+    for (j, &i) in starts.iter().enumerate() {
+        let i = i as usize;
+        compact[j * d..(j + 1) * d].copy_from_slice(&block[i * d..(i + 1) * d]);
+        let end = starts.get(j + 1).map_or(n, |&e| e as usize);
+        counts[j] = (end - i) as f32;
+    }
+    Some(m)
+}
+
+/// Whether two rows compare equal value by value (rows of different lengths never do): 16
+/// values at a time without branches, so that rows that differ early cost one vector.
+fn same_row(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len()
+        && a.chunks(16)
+            .zip(b.chunks(16))
+            .all(|(x, y)| x.iter().zip(y).fold(true, |all, (p, q)| all & (p == q)))
 }
 
 /// Working memory of [`EmStats::accumulate`] for one thread: one block's `[δ², δ]` and its
@@ -307,6 +370,11 @@ impl EmStats {
 /// pairs grouped by component.
 #[derive(Clone, Debug)]
 pub struct EmScratch {
+    /// The block's rows with runs of equal rows collapsed (`BLOCK × D`), where each run starts
+    /// and how long it is (`BLOCK` each).
+    compact: Vec<f32>,
+    run_starts: Vec<u32>,
+    counts: Vec<f32>,
     /// `BLOCK × 2D`: the block's `[δ², δ]`.
     aug: Vec<f32>,
     /// `BLOCK × K`: the product part of its log-densities.
@@ -330,6 +398,9 @@ impl EmScratch {
         // Room for 16 pairs per row to start with; typical blocks keep far fewer.
         let m = BLOCK * k.min(16) + 16;
         Self {
+            compact: vec![0.0; BLOCK * d],
+            run_starts: Vec::with_capacity(BLOCK),
+            counts: vec![0.0; BLOCK],
             aug: vec![0.0; BLOCK * 2 * d],
             post: vec![0.0; BLOCK * k],
             lt: vec![0.0; k * BLOCK],
@@ -440,12 +511,61 @@ mod tests {
         // K below, at and above one 16-lane tile, not a multiple of it; n = 700 leaves a
         // partial last block (188 rows, not a multiple of 16).
         for (k, d) in [(7, 5), (16, 6), (37, 5)] {
-            em_statistics_case(k, d, 700);
+            em_statistics_case(k, d, 700, false);
         }
+        // Runs of equal consecutive rows, collapsed into weighted rows by `accumulate`.
+        em_statistics_case(16, 6, 700, true);
     }
 
-    fn em_statistics_case(k: usize, d: usize, n: usize) {
-        let (gmm, x) = mixture(k, d, n);
+    #[test]
+    fn compact_runs_merges_equal_consecutive_rows_only_when_it_pays() {
+        let d = 3;
+        let row = |v: f32| [v, 1.0, 2.0];
+        // 8 rows, 3 repeats (≥ 1/8): collapsed. −0 joins a run of +0; NaN rows never join.
+        let rows = [
+            row(0.0),
+            row(-0.0),
+            row(0.0),
+            row(5.0),
+            row(f32::NAN),
+            row(f32::NAN),
+            row(5.0),
+            row(5.0),
+        ];
+        let x: Vec<f32> = rows.concat();
+        let mut starts = Vec::new();
+        let (mut c, mut w) = (vec![0f32; 8 * d], vec![0f32; 8]);
+        let m = compact_runs(&x, d, &mut starts, &mut c, &mut w).unwrap();
+        assert_eq!(m, 5);
+        assert_eq!(w[..m], [3.0, 1.0, 1.0, 1.0, 2.0]);
+        assert_eq!(c[4 * d], 5.0);
+        assert!(c[2 * d].is_nan() && c[3 * d].is_nan() && c[d] == 5.0);
+        // 16 distinct rows and one repeat (< 1/8): left as they are.
+        let y: Vec<f32> = (0..17).flat_map(|i| row((i.min(15)) as f32)).collect();
+        let (mut c, mut w) = (vec![0f32; 17 * d], vec![0f32; 17]);
+        assert!(compact_runs(&y, d, &mut starts, &mut c, &mut w).is_none());
+    }
+
+    fn em_statistics_case(k: usize, d: usize, n: usize, runs: bool) {
+        let (gmm, mut x) = mixture(k, d, n);
+        if runs {
+            // Every third row repeated 1 to 6 times: a third or more of each block repeats.
+            let rows: Vec<&[f32]> = x.chunks_exact(d).collect();
+            let mut with_runs = Vec::with_capacity(n * d);
+            for (i, row) in rows.iter().enumerate() {
+                let times = if i % 3 == 0 { 2 + i % 6 } else { 1 };
+                for _ in 0..times {
+                    with_runs.extend_from_slice(row);
+                }
+            }
+            with_runs.truncate(n * d);
+            x = with_runs;
+            let first = &x[..BLOCK * d];
+            let mut starts = Vec::new();
+            let (mut c, mut w) = (vec![0f32; BLOCK * d], vec![0f32; BLOCK]);
+            let m = compact_runs(first, d, &mut starts, &mut c, &mut w).expect("runs collapsed");
+            assert!(m < BLOCK * 3 / 4 && w[..m].iter().sum::<f32>() == BLOCK as f32);
+        }
         let shift: Vec<f32> = (0..d).map(|j| 0.05 * j as f32 - 0.1).collect();
         let shifted_means: Vec<f32> = gmm
             .means()

@@ -362,9 +362,9 @@ fn compact_runs(
 fn same_row(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len()
         && a.first() == b.first()
-        && a.chunks(16).zip(b.chunks(16)).all(|(x, y)| {
-            x.iter().zip(y).fold(true, |all, (p, q)| all & (p == q))
-        })
+        && a.chunks(16)
+            .zip(b.chunks(16))
+            .all(|(x, y)| x.iter().zip(y).fold(true, |all, (p, q)| all & (p == q)))
 }
 
 /// Working memory of [`EmStats::accumulate`] for one thread: one block's `[δ², δ]` and its

@@ -1404,65 +1404,65 @@ fn dot_f32w_scalar(w: &[f32], x: &[f32]) -> f64 {
     reduce(acc.map(f64::from))
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_f32w_avx512(w: &[f32], x: &[f32]) -> f64 {
-    use std::arch::x86_64::*;
-    let n = w.len().min(x.len());
-    let whole = n - n % DOT32_LANES;
-    let mut acc = [0f32; DOT32_LANES];
-    // SAFETY: every load reads `DOT32_LANES` elements below `whole ≤ n` of both slices.
-    unsafe {
-        let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let mut a = [_mm512_setzero_ps(); 4];
-        let mut j = 0;
-        while j < whole {
-            for (r, acc_r) in a.iter_mut().enumerate() {
-                let o = j + 16 * r;
-                let prod = _mm512_mul_ps(_mm512_loadu_ps(wp.add(o)), _mm512_loadu_ps(xp.add(o)));
-                *acc_r = _mm512_add_ps(*acc_r, prod);
+/// [`dot_f32w`] at one vector width: `$vectors` accumulators of `$width` lanes, which together
+/// hold the `DOT32_LANES` partial sums of the scalar definition in the same order.
+macro_rules! dot_f32w_level {
+    ($name:ident, $feature:literal, $width:literal, $vectors:literal,
+     $zero:ident, $load:ident, $mul:ident, $add:ident, $store:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        unsafe fn $name(w: &[f32], x: &[f32]) -> f64 {
+            use std::arch::x86_64::*;
+            let n = w.len().min(x.len());
+            let whole = n - n % DOT32_LANES;
+            let mut acc = [0f32; DOT32_LANES];
+            // SAFETY: every load reads `DOT32_LANES` elements below `whole ≤ n` of both slices.
+            unsafe {
+                let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                let mut a = [$zero(); $vectors];
+                let mut j = 0;
+                while j < whole {
+                    for (r, acc_r) in a.iter_mut().enumerate() {
+                        let o = j + $width * r;
+                        let prod = $mul($load(wp.add(o)), $load(xp.add(o)));
+                        *acc_r = $add(*acc_r, prod);
+                    }
+                    j += DOT32_LANES;
+                }
+                for (r, v) in a.iter().enumerate() {
+                    $store(acc.as_mut_ptr().add($width * r), *v);
+                }
             }
-            j += DOT32_LANES;
+            for (k, j) in (whole..n).enumerate() {
+                acc[k] += w[j] * x[j];
+            }
+            reduce(acc.map(f64::from))
         }
-        for (r, v) in a.iter().enumerate() {
-            _mm512_storeu_ps(acc.as_mut_ptr().add(16 * r), *v);
-        }
-    }
-    for (k, j) in (whole..n).enumerate() {
-        acc[k] += w[j] * x[j];
-    }
-    reduce(acc.map(f64::from))
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_f32w_avx2(w: &[f32], x: &[f32]) -> f64 {
-    use std::arch::x86_64::*;
-    let n = w.len().min(x.len());
-    let whole = n - n % DOT32_LANES;
-    let mut acc = [0f32; DOT32_LANES];
-    // SAFETY: every load reads `DOT32_LANES` elements below `whole ≤ n` of both slices.
-    unsafe {
-        let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let mut a = [_mm256_setzero_ps(); 8];
-        let mut j = 0;
-        while j < whole {
-            for (r, acc_r) in a.iter_mut().enumerate() {
-                let o = j + 8 * r;
-                let prod = _mm256_mul_ps(_mm256_loadu_ps(wp.add(o)), _mm256_loadu_ps(xp.add(o)));
-                *acc_r = _mm256_add_ps(*acc_r, prod);
-            }
-            j += DOT32_LANES;
-        }
-        for (r, v) in a.iter().enumerate() {
-            _mm256_storeu_ps(acc.as_mut_ptr().add(8 * r), *v);
-        }
-    }
-    for (k, j) in (whole..n).enumerate() {
-        acc[k] += w[j] * x[j];
-    }
-    reduce(acc.map(f64::from))
-}
+dot_f32w_level!(
+    dot_f32w_avx512,
+    "avx512f",
+    16,
+    4,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_mul_ps,
+    _mm512_add_ps,
+    _mm512_storeu_ps
+);
+dot_f32w_level!(
+    dot_f32w_avx2,
+    "avx2",
+    8,
+    8,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_mul_ps,
+    _mm256_add_ps,
+    _mm256_storeu_ps
+);
 
 /// `⟨w, x⟩` of two `f32` vectors, accumulated in `f64`.
 #[inline(always)]

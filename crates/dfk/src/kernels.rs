@@ -2965,18 +2965,22 @@ mod tests {
         }
     }
 
+    /// A row of `len` log-densities spread over 30 nats, its maximum, and its exponentials
+    /// `exp(l − max)` and their sum in f64.
+    fn softmax_case(len: usize) -> (Vec<f32>, f32, Vec<f64>, f64) {
+        let row: Vec<f32> = (0..len)
+            .map(|i| -30.0 * ((i * 7919 % 101) as f32 / 101.0) + 3.0)
+            .collect();
+        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let e64: Vec<f64> = row.iter().map(|&v| (v as f64 - max as f64).exp()).collect();
+        let s64 = e64.iter().sum();
+        (row, max, e64, s64)
+    }
+
     #[test]
     fn exp_candidates_match_f64_softmax_and_cut_at_every_level() {
         for len in [1usize, 5, 16, 37, 64, 256] {
-            let row0: Vec<f32> = (0..len)
-                .map(|i| -30.0 * ((i * 7919 % 101) as f32 / 101.0) + 3.0)
-                .collect();
-            let max = row0.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let e64: Vec<f64> = row0
-                .iter()
-                .map(|&v| (v as f64 - max as f64).exp())
-                .collect();
-            let s64: f64 = e64.iter().sum();
+            let (row0, max, e64, s64) = softmax_case(len);
             for frac in [0.0f32, 1e-6, 1e-3, 0.2] {
                 let mut scalar = row0.clone();
                 let mut want_idx = vec![u32::MAX; len];
@@ -3159,15 +3163,7 @@ mod tests {
     #[test]
     fn exp_select_matches_f64_softmax_and_selection_at_every_level() {
         for len in [1usize, 5, 16, 37, 64, 256] {
-            let row0: Vec<f32> = (0..len)
-                .map(|i| -30.0 * ((i * 7919 % 101) as f32 / 101.0) + 3.0)
-                .collect();
-            let max = row0.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let e64: Vec<f64> = row0
-                .iter()
-                .map(|&v| (v as f64 - max as f64).exp())
-                .collect();
-            let s64: f64 = e64.iter().sum();
+            let (row0, max, e64, s64) = softmax_case(len);
             for frac in [0.0f32, 1e-6, 1e-3, 0.2] {
                 let mut scalar = row0.clone();
                 let mut want_idx = vec![u32::MAX; len];

@@ -223,12 +223,15 @@ where
     W: Fn(&mut S, &[f32]) -> T + Sync + Send,
     C: FnMut(T),
 {
-    ordered_chunks_of(CHUNK, x, d, init, work, consume)
+    ordered_chunks_of(CHUNK, 16, x, d, init, work, consume)
 }
 
-/// [`ordered_chunks`] with `rows` rows per task.
+/// [`ordered_chunks`] with `rows` rows per task and at most `in_flight` tasks per thread whose
+/// results are held at once.
+#[allow(clippy::too_many_arguments)]
 fn ordered_chunks_of<S, T, I, W, C>(
     rows: usize,
+    in_flight: usize,
     x: &[f32],
     d: usize,
     init: I,
@@ -241,12 +244,10 @@ fn ordered_chunks_of<S, T, I, W, C>(
     W: Fn(&mut S, &[f32]) -> T + Sync + Send,
     C: FnMut(T),
 {
-    // Several tasks per thread for load balance, a bounded number of results held at once; the
-    // grouping does not affect the merge order. Four per thread: each result of the E-step
-    // holds K × 2D f64 moments (256 KB at K = 256, D = 64), and sixteen per thread made the
-    // first steps of a fit spend ~15 ms (of ~45) faulting in fresh pages for them.
+    // Several tasks per thread for load balance, a bounded number of results held at once (each
+    // group ends in a join); the grouping does not affect the merge order.
     let threads = rayon::current_num_threads().max(1);
-    let group = rows * d * 4 * threads;
+    let group = rows * d * in_flight.max(1) * threads;
     let states: Vec<Mutex<Option<S>>> = (0..threads).map(|_| Mutex::new(None)).collect();
     for part in x.chunks(group) {
         let parts: Vec<T> = part
@@ -333,8 +334,15 @@ fn e_step(gmm: &Gmm, x: &[f32], shift: &[f32], threshold: f32) -> EStep {
     let mut non_finite = false;
     // Per-chunk statistics are recycled once merged: no allocation per chunk.
     let spare: Mutex<Vec<EmStats>> = Mutex::new(Vec::new());
+    // Results in flight bounded to ~1 MB per thread: each holds K × 2D f64 moments (256 KB at
+    // K = 256, D = 64), and sixteen of those per thread made the first steps of a fit spend
+    // ~15 ms (of ~45) faulting in fresh pages; but fewer, smaller groups mean more joins, which
+    // cost a K = 64 step (~13 ms) up to 8 ms when a thread is preempted.
+    let result_bytes = (2 * k * d + k) * std::mem::size_of::<f64>();
+    let in_flight = ((1 << 20) / result_bytes).clamp(4, 16);
     ordered_chunks_of(
         E_CHUNK,
+        in_flight,
         x,
         d,
         || EmScratch::new(k, d),

@@ -397,6 +397,8 @@ pub fn posteriors_by_component_at(
         "posteriors_by_component: one weight per row"
     );
     let (sum, rest) = rowbuf.split_at_mut(stride);
+    sum[..lanes].fill(0.0);
+    rest[..lanes].fill(0.0);
     let kept = match level.clamp_to_cpu() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); every row c·stride + [0, lanes)
@@ -411,6 +413,7 @@ pub fn posteriors_by_component_at(
         },
         _ => exp_select_columns_scalar(lt, n, stride, max, frac, sum, rest, starts, rows, w),
     };
+    starts[k] = kept as u32;
     let mut totals = BlockPosteriors {
         kept,
         ..Default::default()
@@ -442,7 +445,9 @@ pub fn posteriors_by_component_at(
 }
 
 /// Scalar twin of the pass of [`posteriors_by_component_at`] over `lt`: the sums and left-out
-/// sums per row into `sum`/`rest`, the kept pairs with their `e`; returns how many.
+/// sums per row added to `sum`/`rest` (zeroed by the caller), the kept pairs with their `e`
+/// and each component's start in `starts[..K]`; returns how many pairs (the caller sets
+/// `starts[K]`).
 #[allow(clippy::too_many_arguments)]
 pub fn exp_select_columns_scalar(
     lt: &[f32],
@@ -457,8 +462,6 @@ pub fn exp_select_columns_scalar(
     w: &mut Vec<f32>,
 ) -> usize {
     let k = starts.len() - 1;
-    sum[..n].fill(0.0);
-    rest[..n].fill(0.0);
     let mut np = 0;
     for (c, row) in lt.chunks(stride).take(k).enumerate() {
         starts[c] = np as u32;
@@ -475,7 +478,6 @@ pub fn exp_select_columns_scalar(
             }
         }
     }
-    starts[k] = np as u32;
     np
 }
 
@@ -493,7 +495,7 @@ fn reserve_pairs(rows: &mut Vec<u32>, w: &mut Vec<f32>, need: usize) {
 
 /// Asks the CPU to bring `x` into cache, one request per 64-byte line (a hint: no effect on
 /// results).
-#[inline]
+#[inline(always)]
 pub fn prefetch(x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     for line in x.chunks(16) {
@@ -1512,8 +1514,6 @@ mod x86 {
         w: &mut Vec<f32>,
     ) -> usize {
         let (k, lanes) = (starts.len() - 1, n.next_multiple_of(16));
-        sum[..lanes].fill(0.0);
-        rest[..lanes].fill(0.0);
         let vfrac = _mm512_set1_ps(frac);
         let step = _mm512_set1_epi32(16);
         let mut np = 0usize;
@@ -1550,7 +1550,6 @@ mod x86 {
                 idx = _mm512_add_epi32(idx, step);
             }
         }
-        starts[k] = np as u32;
         np
     }
 
@@ -1571,8 +1570,6 @@ mod x86 {
         w: &mut Vec<f32>,
     ) -> usize {
         let (k, lanes) = (starts.len() - 1, n.next_multiple_of(16));
-        sum[..lanes].fill(0.0);
-        rest[..lanes].fill(0.0);
         let vfrac = _mm256_set1_ps(frac);
         let mut np = 0usize;
         let mut e8 = [0f32; 8];
@@ -1605,7 +1602,6 @@ mod x86 {
                 }
             }
         }
-        starts[k] = np as u32;
         np
     }
 

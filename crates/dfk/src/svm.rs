@@ -43,7 +43,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_finite, Error, Result};
-use crate::kernels::SimdLevel;
+use crate::kernels::{self, SimdLevel};
 
 /// Training labels of a data set with `n` samples and `classes` classes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -1058,7 +1058,7 @@ fn solve_impl(
             // After shrinking, visits are scattered over the matrix: fetching the next row
             // while this one is used hides the memory latency that otherwise dominates.
             if let Some(&next) = visits.get(p + PREFETCH_AHEAD) {
-                prefetch(row(next));
+                kernels::prefetch(row(next));
             }
             let xi = row(i);
             for s in states.iter_mut().filter(|s| s.visiting() && s.active[i]) {
@@ -1230,22 +1230,6 @@ fn end_epoch(s: &mut State, params: &SvmParams) {
 
 /// How many visits ahead the solver prefetches a sample's row.
 const PREFETCH_AHEAD: usize = 1;
-
-/// Asks the CPU to bring `x` into cache (a hint: no effect on results).
-#[inline(always)]
-fn prefetch(x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in x.chunks(16) {
-        // SAFETY: prefetching is a hint that never faults, and the address is in bounds.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
-}
 
 /// Independent accumulators: enough to keep the vector units busy and let the compiler
 /// vectorise the sums without reassociating them.

@@ -34,7 +34,8 @@ pub enum Stage {
     /// (`FisherEncoder::encode_batch`).
     Encode,
     /// Backward pass reusing the forward pass (`FisherEncoder::backward_batch_cached`)
-    /// against that forward pass (`encode_batch_cached`) on the same images, alternating;
+    /// against that forward pass (`encode_batch_cached`) on the same images, alternating; the
+    /// same with the posteriors stored by the forward pass (`encode_batch_keeping`);
     /// reports both, their ratio, and one run of the uncached `backward_batch`.
     Backward,
     /// One EM iteration (`dfk::gmm::em_step`) on `--n` descriptors.
@@ -398,8 +399,12 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             // Upstream gradient: the vectors themselves (any non-zero vector costs the same).
             let upstream = fv.clone();
             std::hint::black_box(enc.backward_batch_cached(&x, &offsets, &fv, &cache, &upstream)?);
-            // Forward (encode_batch_cached) and cached backward alternate, rep by rep.
+            // Forward (encode_batch_cached) and cached backward alternate, rep by rep, then the
+            // same with the posteriors stored by the forward pass (the trainer's path).
             let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
+            let (mut fwd_keep, mut bwd_keep) = (Vec::new(), Vec::new());
+            let mut stored = (0, 0);
+            let mut kept: Option<dfk::fisher::ForwardCache> = None;
             for _ in 0..args.reps.max(1) {
                 let t = Instant::now();
                 cache = enc.encode_batch_cached(&x, &offsets, &mut fv)?;
@@ -409,12 +414,25 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
                     enc.backward_batch_cached(&x, &offsets, &fv, &cache, &upstream)?,
                 );
                 bwd.push(t.elapsed().as_secs_f64());
+                // The trainer hands the cache it is done with back for its memory.
+                let recycle = kept.take();
+                let t = Instant::now();
+                let with = enc.encode_batch_keeping(&x, &offsets, &mut fv, usize::MAX, recycle)?;
+                fwd_keep.push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                std::hint::black_box(
+                    enc.backward_batch_cached(&x, &offsets, &fv, &with, &upstream)?,
+                );
+                bwd_keep.push(t.elapsed().as_secs_f64());
+                stored = with.posterior_size();
+                kept = Some(with);
             }
             // The uncached pass (forward inside, per image), once, for comparison.
             let t = Instant::now();
             std::hint::black_box(enc.backward_batch(&x, &offsets, &upstream)?);
             let tu = t.elapsed().as_secs_f64();
             let (tf, tb) = (median(&mut fwd), median(&mut bwd));
+            let (tfk, tbk) = (median(&mut fwd_keep), median(&mut bwd_keep));
             report["k"] = json!(gmm.k());
             report["d"] = json!(gmm.d());
             report["descriptors"] = json!(rows);
@@ -424,6 +442,15 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             report["backward_cached_times_s"] = json!(bwd);
             report["backward_over_forward"] = json!(tb / tf);
             report["backward_desc_per_s"] = json!(rows as f64 / tb);
+            report["forward_keeping_s"] = json!(tfk);
+            report["forward_keeping_times_s"] = json!(fwd_keep);
+            report["backward_stored_s"] = json!(tbk);
+            report["backward_stored_times_s"] = json!(bwd_keep);
+            report["stored_posteriors"] = json!(stored.1);
+            report["stored_posterior_bytes"] = json!(stored.0);
+            report["keeping_over_forward"] = json!(tfk / tf);
+            report["backward_stored_over_forward"] = json!(tbk / tf);
+            report["round_trip_stored_over_recomputed"] = json!((tfk + tbk) / (tf + tb));
             report["backward_uncached_s"] = json!(tu);
             report["uncached_over_forward"] = json!(tu / tf);
         }

@@ -153,6 +153,11 @@ pub struct Args {
     /// Posterior threshold of the encoder (0 = dense).
     #[arg(long, default_value_t = 1e-6)]
     pub posterior_threshold: f32,
+    /// Memory (MiB) for the training images' posteriors, kept from each encoding for the
+    /// backward pass instead of recomputing them (shared GMM only; 0 = always recompute).
+    /// Resume with the same value to reproduce a run exactly.
+    #[arg(long, default_value_t = 2048)]
+    pub posterior_cache_mb: usize,
 
     /// SVM cost C.
     #[arg(long, short = 'C', default_value_t = 3.0)]
@@ -284,6 +289,7 @@ fn params(a: &Args) -> anyhow::Result<DeepParams> {
         } else {
             ClassWeighting::Uniform
         },
+        max_posterior_bytes: a.posterior_cache_mb.saturating_mul(1 << 20),
     })
 }
 

@@ -167,10 +167,11 @@ struct GroupState {
     /// Kept with one GMM only: per-class mode would hold every class's N × 2KD vectors.
     #[serde(skip)]
     encoded: Option<Encoded>,
-    /// The Fisher-vector buffer of the encoding before `encoded`, handed to the next line
-    /// search's first trial (writing into fresh pages of an N × 2KD allocation costs time).
+    /// The encoding before `encoded` (Fisher vectors and forward cache), whose memory the
+    /// next line search's first trial reuses (writing into fresh pages of an N × 2KD
+    /// allocation, and of the stored posteriors, costs time).
     #[serde(skip)]
-    spare: Option<Vec<f32>>,
+    spare: Option<Encoded>,
 }
 
 /// Whether the encoding of the training set is kept between iterations (see
@@ -178,6 +179,16 @@ struct GroupState {
 /// would multiply the memory by the number of classes.
 fn keep_encoding(groups: usize) -> bool {
     groups == 1
+}
+
+/// The memory the forward cache may use for the training images' posteriors: only worth
+/// spending when the encoding is kept for the backward pass.
+fn posterior_budget(keep_encoding: bool, params: &DeepParams) -> usize {
+    if keep_encoding {
+        params.max_posterior_bytes
+    } else {
+        0
+    }
 }
 
 /// Fisher vectors of the training images at one θ and the encoder's forward cache.
@@ -380,7 +391,8 @@ fn initial_state(inits: &[Gmm], data: &DeepData, params: &DeepParams) -> Result<
         let mut theta = Theta::from_gmm(gmm);
         theta.project(&floors);
         let labels = group_labels(&train.labels, &tasks);
-        let (objective, ev) = evaluate_fully(&theta, train, &labels, params, &mut timers)?
+        let budget = posterior_budget(keep_encoding(inits.len()), params);
+        let (objective, ev) = evaluate_fully(&theta, train, &labels, params, budget, &mut timers)?
             .ok_or_else(|| {
                 Error::Invalid(format!(
                     "the initial GMM {i} gives non-finite Fisher vectors or SVM objective"
@@ -458,7 +470,7 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
             None => {
                 let t = Instant::now();
                 let enc = FisherEncoder::new(&group.theta.to_gmm()?, params.fisher)?;
-                let e = encode(&enc, train, None)?;
+                let e = encode(&enc, train, None, posterior_budget(keep, params))?;
                 timers.encode += t.elapsed().as_secs_f64();
                 e
             }
@@ -499,6 +511,7 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
                         Some(&start),
                         buffer,
                         threshold,
+                        posterior_budget(keep, params),
                         &mut timers,
                     )?;
                     Ok(match ev {
@@ -525,7 +538,7 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
                 group.objective = a.value;
                 group.train_scores = ev.scores;
                 let before = std::mem::replace(&mut group.encoded, keep.then_some(ev.encoded));
-                group.spare = before.map(|e| e.feats);
+                group.spare = before;
                 group.step = a.next;
                 steps.push(a.step);
             }
@@ -686,8 +699,9 @@ fn evaluate(
     labels: &Labels,
     params: &DeepParams,
     warm: Option<&OneVsRest>,
-    buffer: Option<Vec<f32>>,
+    buffer: Option<Encoded>,
     stop_above: f64,
+    posterior_bytes: usize,
     timers: &mut Timers,
 ) -> Result<Option<Evaluated>> {
     let gmm = match theta.to_gmm() {
@@ -697,7 +711,7 @@ fn evaluate(
     };
     let t = Instant::now();
     let enc = FisherEncoder::new(&gmm, params.fisher)?;
-    let encoded = match encode(&enc, set, buffer) {
+    let encoded = match encode(&enc, set, buffer, posterior_bytes) {
         Ok(e) => e,
         Err(Error::NonFinite { .. }) => return Ok(None),
         Err(e) => return Err(e),
@@ -750,6 +764,7 @@ fn evaluate_fully(
     set: &ImageSet,
     labels: &Labels,
     params: &DeepParams,
+    posterior_bytes: usize,
     timers: &mut Timers,
 ) -> Result<Option<(f64, Evaluation)>> {
     match evaluate(
@@ -760,6 +775,7 @@ fn evaluate_fully(
         None,
         None,
         f64::INFINITY,
+        posterior_bytes,
         timers,
     )? {
         Some(Evaluated::Value(j, ev)) => Ok(Some((j, ev))),
@@ -782,14 +798,27 @@ fn interpolate_duals(warm: &OneVsRest, alphas: &[Vec<f64>], r: f64) -> OneVsRest
     out
 }
 
-/// Encodes `set` with its forward cache, into `buffer` when it has the right size (every
-/// value is overwritten).
-fn encode(enc: &FisherEncoder, set: &ImageSet, buffer: Option<Vec<f32>>) -> Result<Encoded> {
+/// Encodes `set` with its forward cache (holding the posteriors if they fit in
+/// `posterior_bytes`), reusing the memory of `buffer`, an encoding that is no longer needed
+/// (its vectors when they have the right size; every value is overwritten).
+fn encode(
+    enc: &FisherEncoder,
+    set: &ImageSet,
+    buffer: Option<Encoded>,
+    posterior_bytes: usize,
+) -> Result<Encoded> {
     let len = set.len() * enc.len();
-    let mut feats = buffer
+    let (feats, recycle) = buffer.map_or((None, None), |b| (Some(b.feats), Some(b.cache)));
+    let mut feats = feats
         .filter(|b| b.len() == len)
         .unwrap_or_else(|| vec![0f32; len]);
-    let cache = enc.encode_batch_cached(&set.data, &set.offsets, &mut feats)?;
+    let cache = enc.encode_batch_keeping(
+        &set.data,
+        &set.offsets,
+        &mut feats,
+        posterior_bytes,
+        recycle,
+    )?;
     Ok(Encoded { feats, cache })
 }
 
@@ -972,10 +1001,17 @@ pub fn objective_and_gradient(
     params: &DeepParams,
 ) -> Result<(f64, Theta)> {
     let mut timers = Timers::default();
-    let (j, ev) =
-        evaluate_fully(theta, set, &set.labels, params, &mut timers)?.ok_or_else(|| {
-            Error::Invalid("the GMM gives non-finite Fisher vectors or SVM objective".into())
-        })?;
+    let (j, ev) = evaluate_fully(
+        theta,
+        set,
+        &set.labels,
+        params,
+        posterior_budget(true, params),
+        &mut timers,
+    )?
+    .ok_or_else(|| {
+        Error::Invalid("the GMM gives non-finite Fisher vectors or SVM objective".into())
+    })?;
     let g = gradient(
         theta,
         &SvmState::from_ovr(&ev.svm),

@@ -39,10 +39,14 @@
 //!    dropping the rest changes the gradient by < 1e-7 of its largest entry on the benchmark
 //!    workload (f32 rounding of the cached vectors alone is ~4e-8).
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
 use super::{
-    all_finite, image_error, FisherEncoder, FisherOptions, FisherScratch, Refined, L2_FLOOR,
+    all_finite, image_error, images_per_job, FisherEncoder, FisherOptions, FisherScratch, Refined,
+    L2_FLOOR,
 };
 use crate::error::{check_finite, Error, Result};
 use crate::kernels::{self, SimdLevel};
@@ -50,6 +54,12 @@ use crate::stats::BLOCK;
 
 #[path = "backward_simd.rs"]
 mod simd;
+
+#[path = "posteriors.rs"]
+mod posteriors;
+
+pub use posteriors::StoredPosteriors;
+use posteriors::{ImageEntries, Posteriors, MAX_K};
 
 /// Gradient of a scalar with respect to the GMM parameters, accumulated in f64.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,6 +121,8 @@ impl GmmGradient {
 /// by [`FisherEncoder::encode_batch_cached`]: per image its descriptor count, `‖p‖` (the L2
 /// divisor, 1 without `l2`) and `S0_k = Σ_i γ_ik` (`K` values), i.e. `O(images · K)`.
 /// Φ itself is recovered from the encoded vector: `p = φ‖p‖`, then the signed power inverted.
+/// Made by [`FisherEncoder::encode_batch_keeping`], it may also hold the images' posteriors,
+/// which spare the backward pass recomputing them (see [`StoredPosteriors`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ForwardCache {
     k: usize,
@@ -118,12 +130,25 @@ pub struct ForwardCache {
     counts: Vec<usize>,
     norms: Vec<f64>,
     s0: Vec<f64>,
+    posteriors: Option<Posteriors>,
 }
 
 impl ForwardCache {
     /// Number of images the cache describes.
     pub fn images(&self) -> usize {
         self.counts.len()
+    }
+
+    /// Whether the images' posteriors are stored (the backward pass then does not recompute
+    /// them).
+    pub fn has_posteriors(&self) -> bool {
+        self.posteriors.is_some()
+    }
+
+    /// Bytes of the stored posteriors (12 per entry, 4 per block of descriptors and per
+    /// image; 0 without them) and their number of entries.
+    pub fn posterior_size(&self) -> (usize, usize) {
+        self.posteriors.as_ref().map_or((0, 0), Posteriors::size)
     }
 }
 
@@ -135,6 +160,10 @@ struct CachedBatch<'a> {
     encoded: &'a [f32],
     cache: &'a ForwardCache,
 }
+
+/// Images per run of stored posteriors (at most; see
+/// [`FisherEncoder::encode_batch_keeping`]).
+const IMAGES_PER_RUN: usize = 16;
 
 /// Images are summed in at most this many fixed chunks, so the order of the f64 sums (and the
 /// result) does not depend on the thread count.
@@ -233,17 +262,19 @@ impl FisherEncoder {
             ));
         }
         self.forward(x, scratch)?;
-        self.backward_from_forward(x, grad_phi, grad, scratch)
+        self.backward_from_forward(x, grad_phi, grad, scratch, None)
     }
 
     /// The backward pass of one image whose forward results (Φ, φ, ‖p‖, S0) are in `scratch`:
-    /// one pass over the descriptors.
+    /// one pass over the descriptors, recomputing the posteriors unless they are given
+    /// (`kept`).
     fn backward_from_forward(
         &self,
         x: &[f32],
         grad_phi: &[f32],
         grad: &mut GmmGradient,
         scratch: &mut FisherScratch,
+        kept: Option<&ImageEntries>,
     ) -> Result<()> {
         if !all_finite(grad_phi) {
             check_finite("upstream gradient ∂L/∂φ", grad_phi)?;
@@ -251,7 +282,10 @@ impl FisherEncoder {
         let n_total = (x.len() / self.gmm.d()) as f64;
         self.upstream_phi(grad_phi, scratch);
         self.coefficients(n_total, scratch);
-        self.second_pass(x, scratch);
+        match kept {
+            Some(kept) => self.second_pass_kept(x, kept, scratch),
+            None => self.second_pass(x, scratch),
+        }
         self.parameter_gradient(n_total, grad, scratch);
         Ok(())
     }
@@ -291,6 +325,24 @@ impl FisherEncoder {
         offsets: &[usize],
         out: &mut [f32],
     ) -> Result<ForwardCache> {
+        self.encode_batch_keeping(data, offsets, out, 0, None)
+    }
+
+    /// [`encode_batch_cached`](Self::encode_batch_cached) that also stores the images'
+    /// posteriors in the cache ([`StoredPosteriors`], 12 bytes per entry ≥ 1e-9 of its row's
+    /// largest, a few per descriptor) when they take at most `max_posterior_bytes` in all: the
+    /// backward pass then reads them instead of recomputing them. Whether they are kept
+    /// depends only on the data and the GMM, not on the thread count; collection stops as soon
+    /// as the running total exceeds the limit. `recycle`, a cache this encoder is done with,
+    /// lends its memory (writing tens of MB into fresh pages costs more than storing them).
+    pub fn encode_batch_keeping(
+        &self,
+        data: &[f32],
+        offsets: &[usize],
+        out: &mut [f32],
+        max_posterior_bytes: usize,
+        recycle: Option<ForwardCache>,
+    ) -> Result<ForwardCache> {
         let images = self.check_batch(data, offsets)?;
         let (k, d, len) = (self.gmm.k(), self.gmm.d(), self.len());
         if out.len() != images * len {
@@ -300,28 +352,69 @@ impl FisherEncoder {
                 out.len(),
             ));
         }
+        let keep = max_posterior_bytes > 0 && k <= MAX_K;
+        let used = AtomicUsize::new(0);
+        let over = AtomicBool::new(false);
+        // Short runs: their buffers stay small enough to be reused from the heap.
+        let per = images_per_job(images).min(IMAGES_PER_RUN);
         let mut norms = vec![0f64; images];
         let mut s0 = vec![0f64; images * k];
-        out.par_chunks_mut(len)
-            .zip(s0.par_chunks_mut(k))
-            .zip(norms.par_iter_mut())
+        let mut spare = recycle
+            .and_then(|c| c.posteriors)
+            .map_or_else(Vec::new, |p| p.runs);
+        let mut runs: Vec<Option<StoredPosteriors>> =
+            (0..images.div_ceil(per)).map(|_| spare.pop()).collect();
+        // One scratch per worker at a time, handed from job to job.
+        let pool = Mutex::new(Vec::new());
+        out.par_chunks_mut(per * len)
+            .zip(s0.par_chunks_mut(per * k))
+            .zip(norms.par_chunks_mut(per))
+            .zip(runs.par_iter_mut())
             .enumerate()
-            .try_for_each_init(
-                || self.scratch(),
-                |scratch, (i, ((row, s0), norm))| {
-                    self.encode(&data[offsets[i] * d..offsets[i + 1] * d], row, scratch)
+            .try_for_each(|(j, (((rows, s0), norms), run))| {
+                let taken = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let mut scratch = taken.unwrap_or_else(|| self.scratch());
+                scratch.keeping = keep && !over.load(Ordering::Relaxed);
+                scratch.kept.reset();
+                for (u, row) in rows.chunks_mut(len).enumerate() {
+                    let i = j * per + u;
+                    self.encode(&data[offsets[i] * d..offsets[i + 1] * d], row, &mut scratch)
                         .map_err(|e| image_error(i, e))?;
-                    s0.copy_from_slice(&scratch.s0);
-                    *norm = scratch.norm;
-                    Ok(())
-                },
-            )?;
+                    s0[u * k..(u + 1) * k].copy_from_slice(&scratch.s0);
+                    norms[u] = scratch.norm;
+                    if scratch.keeping {
+                        scratch.kept.end_image();
+                    }
+                }
+                if scratch.keeping {
+                    let bytes = scratch.kept.bytes();
+                    // Entries are indexed by u32 within a run.
+                    if used.fetch_add(bytes, Ordering::Relaxed) + bytes > max_posterior_bytes
+                        || scratch.kept.entries() > u32::MAX as usize / 2
+                    {
+                        over.store(true, Ordering::Relaxed);
+                    } else {
+                        match run {
+                            Some(r) => r.clone_from(&scratch.kept),
+                            None => *run = Some(scratch.kept.clone()),
+                        }
+                    }
+                }
+                scratch.keeping = false;
+                pool.lock().unwrap_or_else(|e| e.into_inner()).push(scratch);
+                Ok::<(), Error>(())
+            })?;
+        let posteriors = (keep && !over.load(Ordering::Relaxed)).then(|| Posteriors {
+            per,
+            runs: runs.into_iter().flatten().collect(),
+        });
         Ok(ForwardCache {
             k,
             len,
             counts: offsets.windows(2).map(|w| w[1] - w[0]).collect(),
             norms,
             s0,
+            posteriors,
         })
     }
 
@@ -445,6 +538,18 @@ impl FisherEncoder {
                 offsets[i + 1] - offsets[i]
             )));
         }
+        if let Some(p) = &cache.posteriors {
+            if let Some(i) =
+                (0..images).find(|&i| p.image(i).blocks() != cache.counts[i].div_ceil(BLOCK))
+            {
+                return Err(Error::Invalid(format!(
+                    "forward cache: image {i}'s stored posteriors cover {} blocks, its {} descriptors make {}",
+                    p.image(i).blocks(),
+                    cache.counts[i],
+                    cache.counts[i].div_ceil(BLOCK)
+                )));
+            }
+        }
         if encoded.len() != images * len {
             return Err(Error::dim(
                 format!("encoded Fisher vectors ({images} images × {len})"),
@@ -474,7 +579,8 @@ impl FisherEncoder {
         }
         let s0 = &batch.cache.s0[i * k..(i + 1) * k];
         self.restore_forward(enc, batch.cache.norms[i], s0, scratch);
-        self.backward_from_forward(x, gp, g, scratch)
+        let kept = batch.cache.posteriors.as_ref().map(|p| p.image(i));
+        self.backward_from_forward(x, gp, g, scratch, kept.as_ref())
     }
 
     /// Sums `f(image, upstream, gradient, scratch)` over the images with a non-zero upstream

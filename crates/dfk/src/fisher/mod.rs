@@ -37,7 +37,7 @@
 mod backward;
 
 pub(crate) use backward::sum_gradients;
-pub use backward::{ForwardCache, GmmGradient};
+pub use backward::{ForwardCache, GmmGradient, StoredPosteriors};
 
 use std::sync::Mutex;
 
@@ -197,6 +197,15 @@ pub struct FisherScratch {
     gw: Vec<f64>,
     /// Rows of the block left to the row-by-row path ([`FisherEncoder::refine_row`]).
     slow: Vec<usize>,
+    /// Whether the forward pass appends the image's posteriors to `kept` for the backward pass.
+    keeping: bool,
+    kept: StoredPosteriors,
+    /// Backward from stored posteriors, per block (`BLOCK × K`, allocated on first use): the
+    /// grouped entries' γ and kept flags.
+    /// Forward keeping them: the block's entries staged as γ and codes.
+    cgam: Vec<f64>,
+    ckeep: Vec<bool>,
+    ccode: Vec<u32>,
 }
 
 /// The refined entries of one row, as [`FisherEncoder::refine_row`] leaves them in the
@@ -330,6 +339,11 @@ impl FisherEncoder {
             gcomp: vec![0; BLOCK * k],
             gw: vec![0.0; BLOCK * k],
             slow: Vec::with_capacity(BLOCK),
+            keeping: false,
+            kept: StoredPosteriors::default(),
+            cgam: Vec::new(),
+            ckeep: Vec::new(),
+            ccode: Vec::new(),
         }
     }
 
@@ -646,8 +660,9 @@ impl FisherEncoder {
     /// ([`kernels::moments_grouped_at`]) keep its sums in registers; one vector `exp` for the
     /// block; renormalisation per row. Rows whose refinement needs the whole row (see
     /// `refine_row`) are left out and listed in `scratch.slow`; the posterior buffer is left
-    /// holding `exp(l − max)` per row (`rmax`, `rsum` give its maximum and sum).
-    fn block_statistics(&self, x: &[f32], n: usize, scratch: &mut FisherScratch) {
+    /// holding `exp(l − max)` per row (`rmax`, `rsum` give its maximum and sum). Returns the
+    /// number of refined pairs.
+    fn block_statistics(&self, x: &[f32], n: usize, scratch: &mut FisherScratch) -> usize {
         let (k, d) = (self.gmm.k(), self.gmm.d());
         let thr = self.options.posterior_threshold as f64;
         let np = self.select_pairs(n, scratch);
@@ -693,13 +708,15 @@ impl FisherEncoder {
             s0[c] = sum;
         }
         kernels::moments_grouped_at(self.level, x, d, &self.ml, gstart, grow, gw, s12);
+        np
     }
 
     /// Adds the statistics of row `i` of the block (descriptor `x`) to S0..S2 on its own,
-    /// through [`refine_row`](Self::refine_row).
-    fn row_statistics(&self, x: &[f32], i: usize, scratch: &mut FisherScratch) {
+    /// through [`refine_row`](Self::refine_row), whose result it returns.
+    fn row_statistics(&self, x: &[f32], i: usize, scratch: &mut FisherScratch) -> Refined {
         let d = self.gmm.d();
-        let Refined { m, .. } = self.refine_row(x, i, scratch);
+        let refined = self.refine_row(x, i, scratch);
+        let m = refined.m;
         for j in 0..m {
             let (c, g) = (scratch.sel[j] as usize, scratch.gam[j]);
             scratch.w[j] = if self.kept(c, g) {
@@ -717,6 +734,7 @@ impl FisherEncoder {
             &scratch.delta,
             &mut scratch.s12,
         );
+        refined
     }
 
     /// Forward pass: leaves S0..S2, Φ (`scratch.phi`), the output (`scratch.out`) and ‖p‖.
@@ -731,11 +749,20 @@ impl FisherEncoder {
             if !finite {
                 Self::name_non_finite(x, d)?;
             }
-            self.block_statistics(block, n, scratch);
+            let np = self.block_statistics(block, n, scratch);
+            if scratch.keeping {
+                self.keep_block_posteriors(n, np, scratch);
+            }
             for j in 0..scratch.slow.len() {
                 let i = scratch.slow[j];
                 self.prepare_slow_row(i, scratch);
-                self.row_statistics(&block[i * d..(i + 1) * d], i, scratch);
+                let refined = self.row_statistics(&block[i * d..(i + 1) * d], i, scratch);
+                if scratch.keeping {
+                    self.keep_row_posteriors(i, refined, scratch);
+                }
+            }
+            if scratch.keeping {
+                scratch.kept.end_block();
             }
         }
         let nf = n_total as f64;

@@ -109,6 +109,40 @@ pub(super) fn quad_poly_pairs_at(
     }
 }
 
+/// `a[p]` of [`quad_poly_pairs_at`] alone, bit for bit (the quadratic forms are not needed
+/// when the posteriors are stored). The AVX-512 level does the last `D mod 8` terms with masked
+/// vectors instead of a scalar tail; the others compute `q` too, into `q_scratch`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn poly_pairs_at(
+    level: SimdLevel,
+    x: &[f32],
+    d: usize,
+    rows: &[u32],
+    comps: &[u32],
+    ml: &[f64],
+    uv: &[f64],
+    q_scratch: &mut [f64],
+    a: &mut [f64],
+) {
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => {
+            let np = rows.len();
+            assert!(comps.len() == np && a.len() >= np);
+            assert!(d > 0 && x.len().is_multiple_of(d) && ml.len().is_multiple_of(2 * d));
+            let (n, k) = (x.len() / d, ml.len() / (2 * d));
+            assert!(uv.len() == ml.len());
+            assert!(
+                rows.iter().all(|&r| (r as usize) < n) && comps.iter().all(|&c| (c as usize) < k),
+                "poly_pairs: row or component index out of range"
+            );
+            // SAFETY: the CPU has AVX-512F (clamp_to_cpu); indices checked above.
+            unsafe { x86::poly_pairs_avx512(x, d, rows, comps, ml, uv, a) }
+        }
+        _ => quad_poly_pairs_at(level, x, d, rows, comps, ml, uv, q_scratch, a),
+    }
+}
+
 /// Scalar twin of [`quad_poly_pairs_at`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn quad_poly_pairs_scalar(
@@ -344,6 +378,63 @@ mod x86 {
                 }
                 q[p + o] = pair_sum(&lq);
                 a[p + o] = pair_sum(&lp);
+            }
+        }
+    }
+
+    /// Four pairs at once (see [`super::poly_pairs_at`]); the last `d mod 8` terms in masked
+    /// lanes, which add exactly what the scalar tail adds to those lanes and leave the others.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn poly_pairs_avx512(
+        x: &[f32],
+        d: usize,
+        rows: &[u32],
+        comps: &[u32],
+        ml: &[f64],
+        uv: &[f64],
+        a: &mut [f64],
+    ) {
+        let whole = d / PAIR_LANES * PAIR_LANES;
+        let tail = (d - whole) as u32;
+        let mask = ((1u32 << tail) - 1) as __mmask8;
+        for p in (0..rows.len()).step_by(4) {
+            let (xs, ms, us) = pair_ptrs(x, d, rows, comps, ml, uv, p);
+            let mut ap = [_mm512_setzero_pd(); 4];
+            for j in (0..whole).step_by(PAIR_LANES) {
+                for o in 0..4 {
+                    // SAFETY: j + 8 ≤ whole ≤ d: within the row (d values) and within both
+                    // halves of the terms (2d values).
+                    unsafe {
+                        let xv = _mm512_cvtps_pd(_mm256_loadu_ps(xs[o].add(j)));
+                        let t = _mm512_sub_pd(xv, _mm512_loadu_pd(ms[o].add(j)));
+                        let w = _mm512_add_pd(
+                            _mm512_loadu_pd(us[o].add(j)),
+                            _mm512_mul_pd(_mm512_loadu_pd(us[o].add(d + j)), t),
+                        );
+                        ap[o] = _mm512_add_pd(ap[o], _mm512_mul_pd(t, w));
+                    }
+                }
+            }
+            if tail > 0 {
+                for o in 0..4 {
+                    // SAFETY: the masked loads read only lanes j < d - whole past `whole`:
+                    // within the row and both halves of the terms (masked-out lanes are not
+                    // accessed).
+                    unsafe {
+                        let xf = _mm512_maskz_loadu_ps(mask as __mmask16, xs[o].add(whole));
+                        let xv = _mm512_cvtps_pd(_mm512_castps512_ps256(xf));
+                        let t = _mm512_sub_pd(xv, _mm512_maskz_loadu_pd(mask, ms[o].add(whole)));
+                        let w = _mm512_add_pd(
+                            _mm512_maskz_loadu_pd(mask, us[o].add(whole)),
+                            _mm512_mul_pd(_mm512_maskz_loadu_pd(mask, us[o].add(d + whole)), t),
+                        );
+                        ap[o] = _mm512_mask_add_pd(ap[o], mask, ap[o], _mm512_mul_pd(t, w));
+                    }
+                }
+            }
+            for o in 0..(rows.len() - p).min(4) {
+                a[p + o] = pair_sum(&lanes512(ap[o]));
             }
         }
     }
@@ -657,7 +748,15 @@ mod tests {
             .collect()
     }
 
-    const SHAPES: [(usize, usize); 6] = [(1, 1), (5, 7), (16, 8), (17, 16), (37, 33), (40, 64)];
+    const SHAPES: [(usize, usize); 7] = [
+        (1, 1),
+        (5, 7),
+        (16, 8),
+        (17, 16),
+        (16, 34),
+        (37, 33),
+        (40, 64),
+    ];
 
     #[test]
     fn quad_poly_pairs_agree_at_every_level_and_with_the_forward_quad_forms() {
@@ -696,6 +795,23 @@ mod tests {
                 let mut qf = vec![0f64; np];
                 kernels::quad_pairs_at(level, &x, d, &rows, &comps, &ml, &mut qf);
                 assert_eq!(q, qf, "{level:?} K={k} D={d}: forward quadratic forms");
+                // The polynomial alone, for every pair count (partial groups of four).
+                for m in [0, 1, 2, 3, np] {
+                    let mut ap = vec![0f64; m];
+                    let mut scratch = vec![0f64; m];
+                    poly_pairs_at(
+                        level,
+                        &x,
+                        d,
+                        &rows[..m],
+                        &comps[..m],
+                        &ml,
+                        &uv,
+                        &mut scratch,
+                        &mut ap,
+                    );
+                    assert_eq!(ap, a0[..m], "{level:?} K={k} D={d} {m} pairs: poly alone");
+                }
             }
         }
     }

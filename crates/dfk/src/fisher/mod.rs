@@ -200,12 +200,14 @@ pub struct FisherScratch {
     /// Whether the forward pass appends the image's posteriors to `kept` for the backward pass.
     keeping: bool,
     kept: StoredPosteriors,
-    /// Backward from stored posteriors, per block (`BLOCK × K`, allocated on first use): the
-    /// grouped entries' γ and kept flags.
-    /// Forward keeping them: the block's entries staged as γ and codes.
+    /// Stored posteriors, per block, allocated on first use. Forward: the entries staged as γ
+    /// (`cgam`, `BLOCK × K`) and codes (`ccode`). Backward: their γ grouped (`cgam`), the
+    /// starts of the `2K` buckets (kept entries by component, then the others; `cstart`) and
+    /// fill positions (`cpos`).
     cgam: Vec<f64>,
-    ckeep: Vec<bool>,
     ccode: Vec<u32>,
+    cstart: Vec<u32>,
+    cpos: Vec<u32>,
 }
 
 /// The refined entries of one row, as [`FisherEncoder::refine_row`] leaves them in the
@@ -342,7 +344,8 @@ impl FisherEncoder {
             keeping: false,
             kept: StoredPosteriors::default(),
             cgam: Vec::new(),
-            ckeep: Vec::new(),
+            cstart: Vec::new(),
+            cpos: Vec::new(),
             ccode: Vec::new(),
         }
     }

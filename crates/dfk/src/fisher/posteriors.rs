@@ -254,8 +254,10 @@ impl FisherEncoder {
 
     /// The backward pass's pass over the descriptors `x` from the stored posteriors `kept`
     /// (instead of [`second_pass`](Self::second_pass)): per block, the entries grouped by
-    /// component, A for all of them with the recomputing pass's kernel (used where kept),
-    /// per row `s = Σ_kept γ A`, `B = γ (m A − s)`, and T0, T1, T2 as there.
+    /// whether the forward pass kept them, then by component; A for the kept ones with the
+    /// recomputing pass's kernel; per row `s = Σ_kept γ A`; `B = γ (A − s)` for the kept
+    /// entries and `B = −γ s` for the others; T0, and T1, T2 in f64 for the kept entries and in
+    /// f32 for the others, as the recomputing pass sums its skipped entries.
     pub(in crate::fisher) fn second_pass_kept(
         &self,
         x: &[f32],
@@ -265,13 +267,12 @@ impl FisherEncoder {
         let (k, d) = (self.gmm.k(), self.gmm.d());
         scratch.t0.fill(0.0);
         scratch.t12.fill(0.0);
-        if scratch.ckeep.len() < BLOCK * k {
-            scratch.ckeep.resize(BLOCK * k, false);
+        if scratch.cgam.len() < BLOCK * k {
             scratch.cgam.resize(BLOCK * k, 0.0);
         }
+        scratch.cstart.resize(2 * k + 1, 0);
+        scratch.cpos.resize(2 * k, 0);
         let FisherScratch {
-            gstart,
-            gpos,
             grow,
             gcomp,
             gw,
@@ -281,7 +282,8 @@ impl FisherEncoder {
             t0,
             t12,
             cgam,
-            ckeep,
+            cstart,
+            cpos,
             cuv,
             ..
         } = scratch;
@@ -289,70 +291,97 @@ impl FisherEncoder {
             let (n, start, end) = (block.len() / d, ends[0] as usize, ends[1] as usize);
             let (codes, gammas) = (&kept.code[start..end], &kept.gamma[start..end]);
             let np = end - start;
-            gstart.fill(0);
+            // Bucket c: kept entries of component c; bucket K + c: the others.
+            let bucket =
+                |code: u32| (code & COMP_MASK) as usize + if code & KEPT_BIT != 0 { 0 } else { k };
+            cstart.fill(0);
             for &code in codes {
-                gstart[(code & COMP_MASK) as usize + 1] += 1;
+                cstart[bucket(code) + 1] += 1;
             }
-            for c in 0..k {
-                gstart[c + 1] += gstart[c];
+            for b in 0..2 * k {
+                cstart[b + 1] += cstart[b];
             }
-            gpos.copy_from_slice(&gstart[..k]);
+            cpos.copy_from_slice(&cstart[..2 * k]);
             for (&code, &g) in codes.iter().zip(gammas) {
-                let c = (code & COMP_MASK) as usize;
-                let q = gpos[c] as usize;
-                gpos[c] += 1;
+                let b = bucket(code);
+                let q = cpos[b] as usize;
+                cpos[b] += 1;
                 grow[q] = code >> ROW_SHIFT;
-                gcomp[q] = c as u32;
+                gcomp[q] = code & COMP_MASK;
                 cgam[q] = g;
-                ckeep[q] = code & KEPT_BIT != 0;
             }
-            let (qrow, qcomp) = (&grow[..np], &gcomp[..np]);
-            let (qa, qg, qk) = (&mut gw[..np], &cgam[..np], &ckeep[..np]);
-            simd::quad_poly_pairs_at(
+            let nk = cstart[k] as usize;
+            let (qrow, qg) = (&grow[..np], &cgam[..np]);
+            let qa = &mut gw[..np];
+            simd::poly_pairs_at(
                 self.level,
                 block,
                 d,
-                qrow,
-                qcomp,
+                &qrow[..nk],
+                &gcomp[..nk],
                 &self.ml,
                 cuv,
-                &mut pval[..np],
-                qa,
+                &mut pval[..nk],
+                &mut qa[..nk],
             );
             let s_row = &mut rrest[..n];
             s_row.fill(0.0);
             for c in 0..k {
-                let range = gstart[c] as usize..gstart[c + 1] as usize;
+                let range = cstart[c] as usize..cstart[c + 1] as usize;
                 let rc = r[c];
-                for (((a, &g), &m), &row) in qa[range.clone()]
+                for ((a, &g), &row) in qa[range.clone()]
                     .iter_mut()
                     .zip(&qg[range.clone()])
-                    .zip(&qk[range.clone()])
                     .zip(&qrow[range])
                 {
                     *a += rc;
-                    if m {
-                        s_row[row as usize] += g * *a;
-                    }
+                    s_row[row as usize] += g * *a;
                 }
             }
             for c in 0..k {
-                let range = gstart[c] as usize..gstart[c + 1] as usize;
                 let mut sum = 0f64;
-                for (((a, &g), &m), &row) in qa[range.clone()]
+                let range = cstart[c] as usize..cstart[c + 1] as usize;
+                for ((a, &g), &row) in qa[range.clone()]
                     .iter_mut()
                     .zip(&qg[range.clone()])
-                    .zip(&qk[range.clone()])
                     .zip(&qrow[range])
                 {
-                    let ma = if m { *a } else { 0.0 };
-                    let b = g * (ma - s_row[row as usize]);
+                    let b = g * (*a - s_row[row as usize]);
+                    *a = b;
+                    sum += b;
+                }
+                let range = cstart[k + c] as usize..cstart[k + c + 1] as usize;
+                for ((a, &g), &row) in qa[range.clone()]
+                    .iter_mut()
+                    .zip(&qg[range.clone()])
+                    .zip(&qrow[range])
+                {
+                    let b = -g * s_row[row as usize];
                     *a = b;
                     sum += b;
                 }
                 t0[c] += sum;
             }
-            kernels::moments_grouped_at(self.level, block, d, &self.ml, gstart, qrow, qa, t12);
+            kernels::moments_grouped_at(
+                self.level,
+                block,
+                d,
+                &self.ml,
+                &cstart[..=k],
+                qrow,
+                qa,
+                t12,
+            );
+            simd::moments_grouped_f32_at(
+                self.level,
+                block,
+                d,
+                &self.ml,
+                &cstart[k..],
+                qrow,
+                qa,
+                t12,
+            );
         }
     }
 }

@@ -394,10 +394,10 @@ impl FisherEncoder {
                     {
                         over.store(true, Ordering::Relaxed);
                     } else {
-                        match run {
-                            Some(r) => r.clone_from(&scratch.kept),
-                            None => *run = Some(scratch.kept.clone()),
-                        }
+                        // The run takes the scratch's buffers; the scratch takes the
+                        // recycled run's (or fresh ones) for its next job.
+                        let taken = run.take().unwrap_or_default();
+                        *run = Some(std::mem::replace(&mut scratch.kept, taken));
                     }
                 }
                 scratch.keeping = false;

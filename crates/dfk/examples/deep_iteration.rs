@@ -2,15 +2,16 @@
 //! against one Fisher-vector encoding pass over the same training images.
 //!
 //! ```text
-//! cargo run --release -p dfk --example deep_iteration -- X.npy OFFSETS.npy LABELS.npy K [IMAGES] [ITERS] [GROW] [plain|adaptive] [no-early]
+//! cargo run --release -p dfk --example deep_iteration -- X.npy OFFSETS.npy LABELS.npy K [IMAGES] [ITERS] [GROW] [plain|adaptive] [early|no-early] [stored|recompute]
 //! ```
 //! (e.g. the files written by `fixtures/deep/make_descriptors.py`). GROW is the line search's
-//! growth factor (default 1.5), `plain` selects plain backtracking, `no-early` turns off
-//! the early rejection of line-search trials by the SVM dual bound. Prints one line per
-//! iteration, the median and mean ratio (two decimals), the trials rejected early by the SVM
-//! dual bound, J after the last iteration and the mean time of each stage per line-search
-//! trial (encode, SVM) and per iteration (backward); the encoding pass is timed before and
-//! after training.
+//! growth factor (default 1.5), `plain` selects plain backtracking, `no-early` turns off the
+//! early rejection of line-search trials by the SVM dual bound, `recompute` makes the backward
+//! pass recompute the posteriors instead of reading those stored by the forward pass. Prints
+//! one line per iteration, the median and mean ratio (two decimals), the trials rejected early
+//! by the SVM dual bound, J after the last iteration and the mean time of each stage per
+//! line-search trial (encode, SVM) and per iteration (backward); the encoding pass is timed
+//! before and after training.
 
 use std::time::Instant;
 
@@ -31,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let grow: f64 = args.get(7).map_or(Ok(1.5), |s| s.parse())?;
     let adaptive = args.get(8).map(String::as_str) != Some("plain");
     let early_rejection = args.get(9).map(String::as_str) != Some("no-early");
+    let recompute = args.get(10).map(String::as_str) == Some("recompute");
     let (data, rows, d) = npy::read_f32_matrix(&args[1])?;
     let offsets = npy::read_usize_offsets(&args[2], rows)?;
     let labels = npy::read_labels(&args[3])?;
@@ -47,6 +49,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             adaptive,
             early_rejection,
             ..LineSearch::default()
+        },
+        max_posterior_bytes: if recompute {
+            0
+        } else {
+            DeepParams::default().max_posterior_bytes
         },
         ..DeepParams::default()
     };

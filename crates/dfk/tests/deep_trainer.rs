@@ -296,6 +296,55 @@ fn results_do_not_depend_on_the_thread_count() {
 /// SVMs are solved tightly because a retry after an early rejection warm-starts from the
 /// stopped solve's duals instead of the full solve's, so the retry's solution agrees to the
 /// solver tolerance, not bit for bit.
+/// The trainer's backward pass reads the posteriors stored by the forward pass when they fit in
+/// `max_posterior_bytes`, and recomputes them otherwise: two computations of one gradient.
+#[test]
+fn stored_posteriors_give_the_recomputed_gradient() {
+    let set = synthetic(40, 300, 4, 3, 5);
+    // Tight components: many posteriors below VLFeat's threshold.
+    let g = gmm(5, 4, 6);
+    let tight: Vec<f32> = g.variances().iter().map(|v| 0.03 * v).collect();
+    let g = Gmm::new(5, 4, g.means().to_vec(), tight, g.weights().to_vec()).unwrap();
+    let theta = Theta::from_gmm(&g);
+    // VLFeat's threshold: skipped posteriors, which the two passes sum differently (with
+    // threshold 0 every posterior is kept and both give the same bits).
+    let mut stored = fd_params();
+    stored.fisher.posterior_threshold = 1e-6;
+    assert!(stored.max_posterior_bytes > 0);
+    let recomputed = DeepParams {
+        max_posterior_bytes: 0,
+        ..stored.clone()
+    };
+    let (ja, a) = objective_and_gradient(&theta, &set, &stored).unwrap();
+    let (jb, b) = objective_and_gradient(&theta, &set, &recomputed).unwrap();
+    assert_eq!(ja, jb, "the objective does not depend on the backward pass");
+    let all = |t: &Theta| -> Vec<f64> {
+        t.means
+            .iter()
+            .chain(&t.log_std)
+            .chain(&t.logits)
+            .copied()
+            .collect()
+    };
+    let (a, b) = (all(&a), all(&b));
+    // Different sums (stored γ, dropped entries below 1e-9): not the same bits...
+    assert_ne!(a, b, "both runs took the same path");
+    // ...but the same gradient.
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        worst <= 1e-6 * scale,
+        "max difference {worst:e}, scale {scale:e}"
+    );
+    eprintln!(
+        "stored vs recomputed posteriors: max difference {:.1e} of the largest entry",
+        worst / scale
+    );
+}
+
 #[test]
 fn early_rejection_changes_no_decision() {
     let set = synthetic(48, 15, 3, 3, 25);

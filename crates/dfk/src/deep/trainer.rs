@@ -398,6 +398,20 @@ fn initial_state(inits: &[Gmm], data: &DeepData, params: &DeepParams) -> Result<
                     "the initial GMM {i} gives non-finite Fisher vectors or SVM objective"
                 ))
             })?;
+        if budget > 0 {
+            let (bytes, entries) = ev.encoded.cache.posterior_size();
+            if ev.encoded.cache.has_posteriors() {
+                info!(
+                    "stored posteriors for the backward pass: {entries} entries, {:.1} MB",
+                    bytes as f64 / 1e6
+                );
+            } else {
+                warn!(
+                    "the posteriors take more than the {} MB allowed (--posterior-cache-mb): the backward pass recomputes them",
+                    budget >> 20
+                );
+            }
+        }
         groups.push(GroupState {
             tasks,
             init: theta.clone(),

@@ -47,11 +47,12 @@ pub struct DeepParams {
     /// Per-class cost weighting of the one-vs-rest SVMs.
     pub weighting: ClassWeighting,
     /// Memory (bytes) the training images' posteriors may take when the encoding is kept for
-    /// the backward pass (shared GMM): within it, the backward pass reads them instead of
-    /// recomputing them (about 0.3 of an encoding pass less per iteration on the Fashion-MNIST
-    /// benchmark, at ~12 bytes per stored posterior). 0 = always recompute. The gradient
-    /// differs between the two at the 1e-7 level (relative to its largest entry), so a resumed
-    /// run reproduces its original only with the same setting; it is not checked on resume.
+    /// the backward pass (shared GMM), counted as 12 bytes per stored posterior (the buffers'
+    /// spare capacity can add up to as much again): within it, the backward pass reads them
+    /// instead of recomputing them (about 0.3 of an encoding pass less per iteration on the
+    /// Fashion-MNIST benchmark). 0 = always recompute. The gradient differs between the two at
+    /// the 1e-8 level (relative to its largest entry), so a resumed run reproduces its original
+    /// only with the same setting; it is not checked on resume.
     pub max_posterior_bytes: usize,
 }
 

@@ -3,25 +3,30 @@
 //! Without them the cached backward pass ([`FisherEncoder::backward_batch_cached`]) recomputes
 //! every block's posteriors exactly as the forward pass did: the GEMM log-densities, the
 //! selection, the f64 refinement, the renormalisation. That is most of a forward pass again.
-//! The posteriors are sparse (2–4 entries per descriptor ≥ 1e-9 on the benchmark data at
-//! K = 16), so the forward pass can keep them: per block, every entry with
-//! `γ ≥` [`KEEP_CUTOFF`] or kept by VLFeat's rule, as (row, component, kept) and its f64 γ,
-//! 12 bytes each. The backward pass then only forms A for the kept entries, `B = γ (m A − s)`
-//! for all stored entries and their moments ([`FisherEncoder::second_pass_kept`]).
+//! The posteriors are sparse (3.2 entries per descriptor on the Fashion-MNIST benchmark at
+//! K = 16), so the forward pass can store them
+//! ([`FisherEncoder::encode_batch_keeping`]): per block of descriptors, every refined entry
+//! (f64 γ) that VLFeat's rule keeps or that is ≥ [`KEEP_CUTOFF`], and every unrefined entry
+//! with `exp(l − l_max) ≥ KEEP_CUTOFF` (GEMM γ), as (row, component, kept) and γ, 12 bytes
+//! each. The backward pass then forms A for the kept entries only, `B = γ (A − s)` for them and
+//! `B = −γ s` for the others, and their moments ([`FisherEncoder::second_pass_kept`]).
 //!
-//! Against the recomputing pass, the stored entries carry the same f64 γ (the backward pass
-//! refines exactly as the forward pass does), and two approximations change: unrefined entries
-//! below `KEEP_CUTOFF` leave out their `B = −γ s` from T0 as well (the recomputing pass drops
-//! those below `SKIP_CUTOFF` = 3e-8 from T1, T2 only), and the unrefined entries' moments are
-//! summed in f64 instead of f32.
+//! Against the recomputing pass, the entries carry the same γ (the backward pass refines
+//! exactly as the forward pass does) and are summed the same way (f64 moments for the kept
+//! entries, f32 for the skipped ones), except that the skipped entries are split differently:
+//! refined but not kept ones go with the skipped, and the unrefined ones below the cutoff leave
+//! out their `B = −γ s` from T0 as well (the recomputing pass drops those below `SKIP_CUTOFF` =
+//! 3e-8 from T1 and T2 only). With posterior threshold 0 (every posterior kept) both passes
+//! give the same bits; with VLFeat's 1e-6 they differed by 1.2e-8 of the gradient's largest
+//! entry in `stored_posteriors_give_the_recomputed_gradient`.
 
 use super::simd;
 use crate::fisher::{FisherEncoder, FisherScratch, Refined};
 use crate::kernels;
 use crate::stats::BLOCK;
 
-/// Unrefined posteriors below this are not stored: their `B = −γ s` is left out of T0, T1
-/// and T2 (see the module documentation).
+/// Unrefined posteriors with `exp(l − l_max)` below this are not stored: their `B = −γ s` is
+/// left out of T0, T1 and T2 (see the module documentation).
 pub(in crate::fisher) const KEEP_CUTOFF: f64 = 1e-9;
 
 /// Bits of an entry's code: the row within its block above [`ROW_SHIFT`], then the kept flag,

@@ -216,6 +216,32 @@ fn resume_continues_exactly() {
     );
 }
 
+/// `--posterior-cache-mb 0` makes the backward pass recompute the posteriors that the default
+/// run stores: the same training up to the gradient's rounding.
+#[test]
+fn stored_and_recomputed_posteriors_train_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.dfk"), dir.path().join("b.dfk"));
+    let stored = json(&ok(&deep_args(&s(&a), &["--iters", "3"])));
+    let recomputed = json(&ok(&deep_args(
+        &s(&b),
+        &["--iters", "3", "--posterior-cache-mb", "0"],
+    )));
+    assert_eq!(stored["objective_initial"], recomputed["objective_initial"]);
+    let (ma, mb) = (ModelFile::load(&a).unwrap(), ModelFile::load(&b).unwrap());
+    let (ja, jb) = (
+        objectives(&ma.history["deep"]["records"]),
+        objectives(&mb.history["deep"]["records"]),
+    );
+    assert_eq!(ja.len(), jb.len());
+    for (x, y) in ja.iter().zip(&jb) {
+        assert!(
+            (x - y).abs() <= 1e-6 * y.abs(),
+            "objectives {ja:?} against {jb:?}"
+        );
+    }
+}
+
 #[test]
 fn bad_flags_and_inputs_fail_without_writing_a_model() {
     let dir = tempfile::tempdir().unwrap();

@@ -87,14 +87,15 @@ pub(super) fn quad_poly_pairs_at(
     q: &mut [f64],
     a: &mut [f64],
 ) {
-    let np = rows.len();
-    assert!(comps.len() == np && q.len() >= np && a.len() >= np);
-    assert!(d > 0 && x.len().is_multiple_of(d) && ml.len().is_multiple_of(2 * d));
-    let (n, k) = (x.len() / d, ml.len() / (2 * d));
-    assert!(uv.len() == ml.len());
-    assert!(
-        rows.iter().all(|&r| (r as usize) < n) && comps.iter().all(|&c| (c as usize) < k),
-        "quad_poly_pairs: row or component index out of range"
+    check_pairs(
+        "quad_poly_pairs",
+        x,
+        d,
+        rows,
+        comps,
+        ml,
+        uv,
+        q.len().min(a.len()),
     );
     match level.clamp_to_cpu() {
         #[cfg(target_arch = "x86_64")]
@@ -107,6 +108,31 @@ pub(super) fn quad_poly_pairs_at(
         SimdLevel::Avx2 => unsafe { x86::quad_poly_pairs_avx2(x, d, rows, comps, ml, uv, q, a) },
         _ => quad_poly_pairs_scalar(x, d, rows, comps, ml, uv, q, a),
     }
+}
+
+/// The checks of the pair kernels before their unchecked loads: the shapes of `x` (`n × D`),
+/// `ml` and `uv` (`K × 2D`), `out` values for the pairs, and every row and component index in
+/// range.
+#[allow(clippy::too_many_arguments)]
+fn check_pairs(
+    what: &str,
+    x: &[f32],
+    d: usize,
+    rows: &[u32],
+    comps: &[u32],
+    ml: &[f64],
+    uv: &[f64],
+    out: usize,
+) {
+    let np = rows.len();
+    assert!(comps.len() == np && out >= np);
+    assert!(d > 0 && x.len().is_multiple_of(d) && ml.len().is_multiple_of(2 * d));
+    let (n, k) = (x.len() / d, ml.len() / (2 * d));
+    assert!(uv.len() == ml.len());
+    assert!(
+        rows.iter().all(|&r| (r as usize) < n) && comps.iter().all(|&c| (c as usize) < k),
+        "{what}: row or component index out of range"
+    );
 }
 
 /// `a[p]` of [`quad_poly_pairs_at`] alone, bit for bit (the quadratic forms are not needed
@@ -127,15 +153,7 @@ pub(super) fn poly_pairs_at(
     match level.clamp_to_cpu() {
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 => {
-            let np = rows.len();
-            assert!(comps.len() == np && a.len() >= np);
-            assert!(d > 0 && x.len().is_multiple_of(d) && ml.len().is_multiple_of(2 * d));
-            let (n, k) = (x.len() / d, ml.len() / (2 * d));
-            assert!(uv.len() == ml.len());
-            assert!(
-                rows.iter().all(|&r| (r as usize) < n) && comps.iter().all(|&c| (c as usize) < k),
-                "poly_pairs: row or component index out of range"
-            );
+            check_pairs("poly_pairs", x, d, rows, comps, ml, uv, a.len());
             // SAFETY: the CPU has AVX-512F (clamp_to_cpu); indices checked above.
             unsafe { x86::poly_pairs_avx512(x, d, rows, comps, ml, uv, a) }
         }

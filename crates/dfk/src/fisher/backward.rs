@@ -355,8 +355,12 @@ impl FisherEncoder {
         let keep = max_posterior_bytes > 0 && k <= MAX_K;
         let used = AtomicUsize::new(0);
         let over = AtomicBool::new(false);
-        // Short runs: their buffers stay small enough to be reused from the heap.
-        let per = images_per_job(images).min(IMAGES_PER_RUN);
+        // Short runs when storing: their buffers stay small enough to be reused from the heap.
+        let per = if keep {
+            images_per_job(images).min(IMAGES_PER_RUN)
+        } else {
+            images_per_job(images)
+        };
         let mut norms = vec![0f64; images];
         let mut s0 = vec![0f64; images * k];
         let mut spare = recycle

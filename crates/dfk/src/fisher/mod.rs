@@ -39,9 +39,6 @@ mod backward;
 pub(crate) use backward::sum_gradients;
 pub use backward::{ForwardCache, GmmGradient, StoredPosteriors};
 
-use std::sync::Mutex;
-
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{all_finite, Error, Result};
@@ -367,34 +364,8 @@ impl FisherEncoder {
     /// parallel over images on the current rayon pool. Offsets must increase strictly (no
     /// empty image) and stay within the rows of `data`.
     pub fn encode_batch(&self, data: &[f32], offsets: &[usize], out: &mut [f32]) -> Result<()> {
-        let images = self.check_batch(data, offsets)?;
-        if out.len() != images * self.len() {
-            return Err(Error::dim(
-                format!(
-                    "Fisher vector batch output ({images} images × {})",
-                    self.len()
-                ),
-                images * self.len(),
-                out.len(),
-            ));
-        }
-        let d = self.gmm.d();
-        let (len, per) = (self.len(), images_per_job(images));
-        // One scratch per worker at a time, handed from job to job.
-        let pool = Mutex::new(Vec::new());
-        out.par_chunks_mut(per * len)
-            .enumerate()
-            .try_for_each(|(j, rows)| {
-                let taken = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                let mut scratch = taken.unwrap_or_else(|| self.scratch());
-                for (u, row) in rows.chunks_mut(len).enumerate() {
-                    let i = j * per + u;
-                    self.encode(&data[offsets[i] * d..offsets[i + 1] * d], row, &mut scratch)
-                        .map_err(|e| image_error(i, e))?;
-                }
-                pool.lock().unwrap_or_else(|e| e.into_inner()).push(scratch);
-                Ok(())
-            })
+        // The cached encoding without stored posteriors; its per-image ‖p‖ and S0 are small.
+        self.encode_batch_cached(data, offsets, out).map(drop)
     }
 
     /// Validates a batch layout and returns the number of images.

@@ -402,12 +402,12 @@ fn initial_state(inits: &[Gmm], data: &DeepData, params: &DeepParams) -> Result<
             let (bytes, entries) = ev.encoded.cache.posterior_size();
             if ev.encoded.cache.has_posteriors() {
                 info!(
-                    "stored posteriors for the backward pass: {entries} entries, {:.1} MB",
-                    bytes as f64 / 1e6
+                    "stored posteriors for the backward pass: {entries} entries, {:.1} MiB",
+                    bytes as f64 / f64::from(1 << 20)
                 );
             } else {
                 warn!(
-                    "the posteriors take more than the {} MB allowed (--posterior-cache-mb): the backward pass recomputes them",
+                    "the posteriors take more than the {} MiB allowed (--posterior-cache-mb): the backward pass recomputes them",
                     budget >> 20
                 );
             }

@@ -154,8 +154,9 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-6)]
     pub posterior_threshold: f32,
     /// Memory (MiB) for the training images' posteriors, kept from each encoding for the
-    /// backward pass instead of recomputing them (shared GMM only; 0 = always recompute).
-    /// Resume with the same value to reproduce a run exactly.
+    /// backward pass instead of recomputing them (shared GMM only; 0 = always recompute; the
+    /// trainer holds two encodings at a time). Resume with the same value to reproduce a run
+    /// exactly.
     #[arg(long, default_value_t = 2048)]
     pub posterior_cache_mb: usize,
 

@@ -48,7 +48,8 @@ pub struct DeepParams {
     pub weighting: ClassWeighting,
     /// Memory (bytes) the training images' posteriors may take when the encoding is kept for
     /// the backward pass (shared GMM), counted as 12 bytes per stored posterior (the buffers'
-    /// spare capacity can add up to as much again): within it, the backward pass reads them
+    /// spare capacity can add up to as much again; the trainer holds two encodings at a time,
+    /// the current θ's and a line-search trial's): within it, the backward pass reads them
     /// instead of recomputing them (about 0.3 of an encoding pass less per iteration on the
     /// Fashion-MNIST benchmark). 0 = always recompute. The gradient differs between the two at
     /// the 1e-8 level (relative to its largest entry), so a resumed run reproduces its original

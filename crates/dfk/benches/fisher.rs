@@ -57,6 +57,34 @@ fn bench_fisher(c: &mut Criterion) {
                     .unwrap()
             })
         });
+        // The trainer's path: the forward pass stores the posteriors (reusing the memory of
+        // the previous cache), the backward pass reads them.
+        let mut kept = Some(cache);
+        g.bench_function(BenchmarkId::new("encode_batch_keeping", k), |b| {
+            b.iter(|| {
+                let recycle = kept.take();
+                kept = Some(
+                    enc.encode_batch_keeping(
+                        black_box(&x),
+                        &offsets,
+                        &mut out,
+                        usize::MAX,
+                        recycle,
+                    )
+                    .unwrap(),
+                );
+            })
+        });
+        let stored = enc
+            .encode_batch_keeping(&x, &offsets, &mut out, usize::MAX, kept)
+            .unwrap();
+        assert!(stored.has_posteriors());
+        g.bench_function(BenchmarkId::new("backward_batch_stored", k), |b| {
+            b.iter(|| {
+                enc.backward_batch_cached(black_box(&x), &offsets, &out, &stored, &upstream)
+                    .unwrap()
+            })
+        });
     }
     g.finish();
 }

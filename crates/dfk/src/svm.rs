@@ -268,8 +268,18 @@ pub fn train_binary(
     check_both_classes(positives, n, "the binary task")?;
     check_costs(cost, n)?;
     let alpha = initial_alpha(warm_alpha, cost, "warm-start alpha")?;
-    let task = Task { y, cost, alpha };
-    let mut models = solve(x, dim, vec![task], params, params.seed, None).into_models()?;
+    let task = Task {
+        id: 0,
+        y,
+        cost,
+        alpha,
+    };
+    let run = Run {
+        seed: params.seed,
+        stop: None,
+        solo_bytes: SOLO_BYTES,
+    };
+    let mut models = solve(x, dim, vec![task], params, &run).into_models()?;
     Ok(models.remove(0))
 }
 
@@ -638,7 +648,13 @@ fn one_vs_rest(
         .iter()
         .zip(&class_costs)
         .zip(alphas)
-        .map(|((y, cost), alpha)| Task { y, cost, alpha })
+        .enumerate()
+        .map(|(c, ((y, cost), alpha))| Task {
+            id: c as u64,
+            y,
+            cost,
+            alpha,
+        })
         .collect();
     let mut grouped = Vec::with_capacity(groups.len());
     for &size in groups.iter().rev() {
@@ -684,7 +700,12 @@ fn one_vs_rest(
             let seed = params
                 .seed
                 .wrapping_add((g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            solve(x, dim, group, params, seed, stop.as_ref())
+            let run = Run {
+                seed,
+                stop: stop.as_ref(),
+                solo_bytes: SOLO_BYTES,
+            };
+            solve(x, dim, group, params, &run)
         })
         .collect();
     // The largest bound certified by a group that stopped (each one alone certifies).
@@ -858,9 +879,19 @@ fn class_groups(classes: usize, dim: usize, threads: usize) -> Vec<usize> {
 
 /// One binary task of a solver group: labels, per-sample costs and starting dual variables.
 struct Task<'a> {
+    /// Which task of the problem this is (the class): picks its own random stream.
+    id: u64,
     y: &'a [f32],
     cost: &'a [f64],
     alpha: Vec<f64>,
+}
+
+/// How one solver group runs: its random seed, the optional early stop, and the size of a
+/// task's active rows below which it runs its epochs alone ([`SOLO_BYTES`]).
+struct Run<'a> {
+    seed: u64,
+    stop: Option<&'a DualStop>,
+    solo_bytes: usize,
 }
 
 /// Runs the solver compiled for the best instruction set of this CPU.
@@ -869,10 +900,9 @@ fn solve(
     dim: usize,
     tasks: Vec<Task<'_>>,
     params: &SvmParams,
-    seed: u64,
-    stop: Option<&DualStop>,
+    run: &Run,
 ) -> GroupOutcome {
-    solve_at(SimdLevel::detect(), x, dim, tasks, params, seed, stop)
+    solve_at(SimdLevel::detect(), x, dim, tasks, params, run)
 }
 
 /// [`solve`] compiled for `level` (clamped to what the CPU supports). Every level runs the same
@@ -883,16 +913,15 @@ fn solve_at(
     dim: usize,
     tasks: Vec<Task<'_>>,
     params: &SvmParams,
-    seed: u64,
-    stop: Option<&DualStop>,
+    run: &Run,
 ) -> GroupOutcome {
     match level.clamp_to_cpu() {
         // SAFETY: `clamp_to_cpu` only returns levels whose features the CPU reported.
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { solve_avx512(x, dim, tasks, params, seed, stop) },
+        SimdLevel::Avx512 => unsafe { solve_avx512(x, dim, tasks, params, run) },
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { solve_avx2(x, dim, tasks, params, seed, stop) },
-        _ => solve_impl(SimdLevel::Scalar, x, dim, tasks, params, seed, stop),
+        SimdLevel::Avx2 => unsafe { solve_avx2(x, dim, tasks, params, run) },
+        _ => solve_impl(SimdLevel::Scalar, x, dim, tasks, params, run),
     }
 }
 
@@ -905,10 +934,9 @@ unsafe fn solve_avx512(
     dim: usize,
     tasks: Vec<Task<'_>>,
     params: &SvmParams,
-    seed: u64,
-    stop: Option<&DualStop>,
+    run: &Run,
 ) -> GroupOutcome {
-    solve_impl(SimdLevel::Avx512, x, dim, tasks, params, seed, stop)
+    solve_impl(SimdLevel::Avx512, x, dim, tasks, params, run)
 }
 
 /// [`solve_impl`] compiled for AVX2 + FMA.
@@ -919,10 +947,9 @@ unsafe fn solve_avx2(
     dim: usize,
     tasks: Vec<Task<'_>>,
     params: &SvmParams,
-    seed: u64,
-    stop: Option<&DualStop>,
+    run: &Run,
 ) -> GroupOutcome {
-    solve_impl(SimdLevel::Avx2, x, dim, tasks, params, seed, stop)
+    solve_impl(SimdLevel::Avx2, x, dim, tasks, params, run)
 }
 
 /// Solver state of one task.
@@ -949,6 +976,8 @@ struct State<'a> {
     /// Converged on its shrunk set: skips epochs until the group's next full-set check.
     waiting: bool,
     converged: bool,
+    /// The order of the task's epochs on its own ([`solo_epochs`]).
+    rng: ChaCha8Rng,
 }
 
 impl State<'_> {
@@ -965,11 +994,14 @@ impl State<'_> {
 /// projected-gradient extremes, stop at `PG_max − PG_min ≤ eps` on the full set. The tasks
 /// share the random order of each epoch (a uniformly random permutation of all samples,
 /// restricted to each task's active ones), so each sample is read from memory once per epoch
-/// for all tasks instead of once per task: the solver is bound by memory bandwidth. A task that
-/// converged on its shrunk set sits out the epochs until no task is left working on its shrunk
-/// set; then all of them re-check on the full set in the same epoch. Inputs are validated by
-/// the callers. With `stop`, the group returns early once its dual bound exceeds the
-/// threshold (checked after the warm start and after every epoch; see [`DualStop`]).
+/// for all tasks instead of once per task: the solver is bound by memory bandwidth. Once a
+/// task's active rows are a shrunk set that fits in `run.solo_bytes`, it runs its epochs
+/// alone ([`solo_epochs`]) until it converges on them: the union of all tasks' active rows
+/// need not fit in cache, one task's do. A task that converged on its shrunk set sits out the
+/// epochs until no task is left working on its shrunk set; then all of them re-check on the
+/// full set in the same epoch. Inputs are validated by the callers. With `run.stop`, the group
+/// returns early once its dual bound exceeds the threshold (checked after the warm start and
+/// after every group epoch; see [`DualStop`]).
 #[inline(always)]
 fn solve_impl(
     level: SimdLevel,
@@ -977,9 +1009,9 @@ fn solve_impl(
     dim: usize,
     tasks: Vec<Task<'_>>,
     params: &SvmParams,
-    seed: u64,
-    stop: Option<&DualStop>,
+    run: &Run,
 ) -> GroupOutcome {
+    let (seed, stop) = (run.seed, run.stop);
     let n = tasks.first().map_or(0, |t| t.y.len());
     let row = |i: usize| &x[i * dim..(i + 1) * dim];
     let bias = f64::from(params.bias);
@@ -1004,6 +1036,11 @@ fn solve_impl(
             running: true,
             waiting: false,
             converged: false,
+            rng: {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                rng.set_stream(1 + t.id);
+                rng
+            },
         })
         .collect();
     let mut qd = Vec::with_capacity(n);
@@ -1025,6 +1062,10 @@ fn solve_impl(
     let mut order: Vec<usize> = (0..n).collect();
     let mut visited = vec![false; n];
     let mut visits = Vec::with_capacity(n);
+    let (mut here, mut dots) = (
+        Vec::with_capacity(states.len()),
+        Vec::with_capacity(states.len()),
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     if let Some(bound) = stop.and_then(|st| exceeded(st, &states)) {
         return stopped(bound, states);
@@ -1036,16 +1077,7 @@ fn solve_impl(
         }
         visited.fill(false);
         for s in states.iter_mut().filter(|s| s.visiting()) {
-            s.pg_max_new = f64::NEG_INFINITY;
-            s.pg_min_new = f64::INFINITY;
-            let fast = f32_dots_suffice(&s.w, x_norm_sq_max.sqrt(), params.eps);
-            // While `fast` stays on, the updates keep `w32` equal to `w` rounded.
-            if fast && !s.fast {
-                for (v32, &v) in s.w32.iter_mut().zip(&s.w) {
-                    *v32 = v as f32;
-                }
-            }
-            s.fast = fast;
+            begin_epoch(s, x_norm_sq_max.sqrt(), params.eps);
             for (v, &a) in visited.iter_mut().zip(&s.active) {
                 *v |= a;
             }
@@ -1057,16 +1089,37 @@ fn solve_impl(
         for (p, &i) in visits.iter().enumerate() {
             // After shrinking, visits are scattered over the matrix: fetching the next row
             // while this one is used hides the memory latency that otherwise dominates.
-            if let Some(&next) = visits.get(p + PREFETCH_AHEAD) {
-                kernels::prefetch(row(next));
-            }
+            let next = visits.get(p + PREFETCH_AHEAD).map_or(&[][..], |&j| row(j));
             let xi = row(i);
-            for s in states.iter_mut().filter(|s| s.visiting() && s.active[i]) {
-                update(level, s, i, xi, qd[i], bias, params.shrinking);
+            here.clear();
+            here.extend((0..states.len()).filter(|&t| states[t].visiting() && states[t].active[i]));
+            inner_products(level, &states, &here, xi, next, &mut dots);
+            for (&t, &dot) in here.iter().zip(&dots) {
+                update(&mut states[t], i, xi, dot, qd[i], bias, params.shrinking);
             }
         }
         for s in states.iter_mut().filter(|s| s.visiting()) {
             end_epoch(s, params);
+        }
+        // A task whose shrunk set of samples fits in cache finishes that phase alone: its rows
+        // then stay cached from one epoch to the next, where the group's epochs would stream
+        // the union of all tasks' active rows (which need not fit) from memory every time.
+        for s in states.iter_mut() {
+            let rows_bytes = s.n_active * dim * std::mem::size_of::<f32>();
+            if s.visiting() && s.n_active < n && rows_bytes <= run.solo_bytes {
+                let x_norm_max = x_norm_sq_max.sqrt();
+                solo_epochs(
+                    level,
+                    s,
+                    x,
+                    dim,
+                    &qd,
+                    x_norm_max,
+                    params,
+                    &mut visits,
+                    &mut dots,
+                );
+            }
         }
         if let Some(bound) = stop.and_then(|st| exceeded(st, &states)) {
             return stopped(bound, states);
@@ -1119,6 +1172,62 @@ fn solve_impl(
     GroupOutcome::Solved(models)
 }
 
+/// Bytes of active rows below which a task runs its epochs alone ([`solo_epochs`]): a
+/// share of the last-level cache that the rows of one task per thread can keep.
+const SOLO_BYTES: usize = 12 << 20;
+
+/// Resets the epoch's projected-gradient extremes of `s` and decides whether its inner
+/// products may use the `f32` weights this epoch ([`f32_dots_suffice`]).
+#[inline(always)]
+fn begin_epoch(s: &mut State, x_norm_max: f64, eps: f64) {
+    s.pg_max_new = f64::NEG_INFINITY;
+    s.pg_min_new = f64::INFINITY;
+    let fast = f32_dots_suffice(&s.w, x_norm_max, eps);
+    // While `fast` stays on, the updates keep `w32` equal to `w` rounded.
+    if fast && !s.fast {
+        for (v32, &v) in s.w32.iter_mut().zip(&s.w) {
+            *v32 = v as f32;
+        }
+    }
+    s.fast = fast;
+}
+
+/// liblinear's epochs for task `s` alone, each over its active samples in an order drawn from
+/// its own random stream, until it converges on them (and waits for the group's full-set
+/// check), converges or runs out of epochs. `order` and `dots` are scratch.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn solo_epochs(
+    level: SimdLevel,
+    s: &mut State,
+    x: &[f32],
+    dim: usize,
+    qd: &[f64],
+    x_norm_max: f64,
+    params: &SvmParams,
+    order: &mut Vec<usize>,
+    dots: &mut Vec<f64>,
+) {
+    let row = |i: usize| &x[i * dim..(i + 1) * dim];
+    let bias = f64::from(params.bias);
+    while s.visiting() {
+        begin_epoch(s, x_norm_max, params.eps);
+        order.clear();
+        order.extend((0..s.active.len()).filter(|&i| s.active[i]));
+        for i in 0..order.len() {
+            let j = s.rng.random_range(i..order.len());
+            order.swap(i, j);
+        }
+        for (p, &i) in order.iter().enumerate() {
+            let next = order.get(p + PREFETCH_AHEAD).map_or(&[][..], |&j| row(j));
+            let xi = row(i);
+            inner_products(level, std::slice::from_ref(s), &[0], xi, next, dots);
+            update(s, i, xi, dots[0], qd[i], bias, params.shrinking);
+        }
+        end_epoch(s, params);
+    }
+}
+
 /// The certified bound `Σ_c D_c − margin` when it exceeds the threshold of `stop` (the other
 /// groups' classes counted with their warm-start duals). Costs `dim` per task: `‖w̃‖²` is
 /// recomputed, `Σ α_i` is kept by the updates.
@@ -1140,23 +1249,78 @@ fn stopped(bound: f64, states: Vec<State>) -> GroupOutcome {
     }
 }
 
-/// One coordinate step of task `s` on its active sample `i` (or shrinking it).
+/// `⟨w_t, x⟩` of the tasks `tasks` of `states` (in that order, into `out`): [`dot_f32w`] for
+/// those whose epoch is `fast`, [`dot_f64`] for the others, with the same bits. Also prefetches
+/// `next` (the next sample's row, possibly empty). At AVX-512 the `fast` products of up to
+/// [`FUSED_TASKS`] tasks are computed in one pass over `x`, and the prefetches are spread over
+/// that pass: issued all at once they stall the pipeline once the memory system's queue is
+/// full.
 #[inline(always)]
-fn update(
+fn inner_products(
     level: SimdLevel,
-    s: &mut State,
-    i: usize,
-    xi: &[f32],
-    qd: f64,
-    bias: f64,
-    shrinking: bool,
+    states: &[State],
+    tasks: &[usize],
+    x: &[f32],
+    next: &[f32],
+    out: &mut Vec<f64>,
 ) {
+    out.clear();
+    out.resize(tasks.len(), 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if level == SimdLevel::Avx512 {
+        let mut fast = [0usize; FUSED_TASKS];
+        let mut m = 0;
+        let mut prefetched = next.is_empty();
+        let flush = |fast: &[usize], out: &mut Vec<f64>, prefetched: &mut bool| {
+            let ws: [&[f32]; FUSED_TASKS] = std::array::from_fn(|r| {
+                fast.get(r).map_or(&[][..], |&p| &states[tasks[p]].w32[..])
+            });
+            let mut sums = [0f64; FUSED_TASKS];
+            let ahead = if *prefetched { &[][..] } else { next };
+            // SAFETY: the solver runs this level only on CPUs with AVX-512F.
+            unsafe { dots_f32w_fused_avx512(&ws[..fast.len()], x, ahead, &mut sums) };
+            *prefetched = true;
+            for (&p, &v) in fast.iter().zip(&sums) {
+                out[p] = v;
+            }
+        };
+        for (p, &t) in tasks.iter().enumerate() {
+            if states[t].fast {
+                fast[m] = p;
+                m += 1;
+                if m == FUSED_TASKS {
+                    flush(&fast[..m], out, &mut prefetched);
+                    m = 0;
+                }
+            } else {
+                out[p] = dot_f64(level, &states[t].w, x);
+            }
+        }
+        if m > 0 {
+            flush(&fast[..m], out, &mut prefetched);
+        }
+        if !prefetched {
+            kernels::prefetch(next);
+        }
+        return;
+    }
+    kernels::prefetch(next);
+    for (o, &t) in out.iter_mut().zip(tasks) {
+        let s = &states[t];
+        *o = if s.fast {
+            dot_f32w(level, &s.w32, x)
+        } else {
+            dot_f64(level, &s.w, x)
+        };
+    }
+}
+
+/// One coordinate step of task `s` on its active sample `i` (or shrinking it), given
+/// `dot = ⟨w, x_i⟩` ([`inner_products`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn update(s: &mut State, i: usize, xi: &[f32], dot: f64, qd: f64, bias: f64, shrinking: bool) {
     let yi = f64::from(s.y[i]);
-    let dot = if s.fast {
-        dot_f32w(level, &s.w32, xi)
-    } else {
-        dot_f64(level, &s.w, xi)
-    };
     let g = yi * (dot + s.wb * bias) - 1.0;
     let c = s.cost[i];
     let a = s.alpha[i];
@@ -1448,6 +1612,86 @@ dot_f32w_level!(
     _mm256_storeu_ps
 );
 
+/// Most `fast` inner products [`dots_f32w_fused_avx512`] computes in one pass over a row:
+/// four accumulators per task, plus the row's four vectors, fit the 32 AVX-512 registers.
+const FUSED_TASKS: usize = 4;
+
+/// [`dot_f32w`] of each weight vector of `ws` (at most [`FUSED_TASKS`], all as long as `x`)
+/// with `x`, into `out`, reading `x` once; each result has the bits of [`dot_f32w_avx512`].
+/// Prefetches `next` (any length up to `x`'s, possibly empty) a few lines per step, ahead of
+/// its use by the next call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dots_f32w_fused_avx512(ws: &[&[f32]], x: &[f32], next: &[f32], out: &mut [f64]) {
+    match ws.len() {
+        0 => kernels::prefetch(next),
+        // SAFETY (all arms): same preconditions, checked by the callee.
+        1 => unsafe { dots_f32w_fused_n::<1>(ws, x, next, out) },
+        2 => unsafe { dots_f32w_fused_n::<2>(ws, x, next, out) },
+        3 => unsafe { dots_f32w_fused_n::<3>(ws, x, next, out) },
+        _ => unsafe { dots_f32w_fused_n::<4>(ws, x, next, out) },
+    }
+}
+
+/// [`dots_f32w_fused_avx512`] for exactly `M` weight vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dots_f32w_fused_n<const M: usize>(
+    ws: &[&[f32]],
+    x: &[f32],
+    next: &[f32],
+    out: &mut [f64],
+) {
+    use std::arch::x86_64::*;
+    assert!(ws.len() >= M && out.len() >= M);
+    let n = x.len();
+    assert!(ws[..M].iter().all(|w| w.len() == n) && next.len() <= n);
+    let whole = n - n % DOT32_LANES;
+    let mut accs = [[0f32; DOT32_LANES]; M];
+    // SAFETY: every load reads `DOT32_LANES` elements below `whole ≤ n` of `x` and of each
+    // `ws[t]` (all of length `n`); prefetches are hints that never fault, issued only for
+    // addresses inside `next`.
+    unsafe {
+        let xp = x.as_ptr();
+        let wp: [*const f32; M] = std::array::from_fn(|t| ws[t].as_ptr());
+        let mut a = [[_mm512_setzero_ps(); 4]; M];
+        let mut j = 0;
+        while j < whole {
+            // Those of the four cache lines of `next` at this offset that start inside it.
+            for line in (j..(j + DOT32_LANES).min(next.len())).step_by(16) {
+                _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(line).cast());
+            }
+            let xv = [
+                _mm512_loadu_ps(xp.add(j)),
+                _mm512_loadu_ps(xp.add(j + 16)),
+                _mm512_loadu_ps(xp.add(j + 32)),
+                _mm512_loadu_ps(xp.add(j + 48)),
+            ];
+            for (acc_t, &w) in a.iter_mut().zip(&wp) {
+                for (r, (acc, &xr)) in acc_t.iter_mut().zip(&xv).enumerate() {
+                    let prod = _mm512_mul_ps(_mm512_loadu_ps(w.add(j + 16 * r)), xr);
+                    *acc = _mm512_add_ps(*acc, prod);
+                }
+            }
+            j += DOT32_LANES;
+        }
+        for (acc, vectors) in accs.iter_mut().zip(&a) {
+            for (r, v) in vectors.iter().enumerate() {
+                _mm512_storeu_ps(acc.as_mut_ptr().add(16 * r), *v);
+            }
+        }
+    }
+    if whole < next.len() {
+        kernels::prefetch(&next[whole..]);
+    }
+    for ((acc, w), o) in accs.iter_mut().zip(ws).zip(out.iter_mut()) {
+        for (k, j) in (whole..n).enumerate() {
+            acc[k] += w[j] * x[j];
+        }
+        *o = reduce(acc.map(f64::from));
+    }
+}
+
 /// `⟨w, x⟩` of two `f32` vectors, accumulated in `f64`.
 #[inline(always)]
 fn dot_f32(w: &[f32], x: &[f32]) -> f64 {
@@ -1519,11 +1763,17 @@ mod tests {
         let params = SvmParams::default();
         let run = |level| {
             let task = Task {
+                id: 0,
                 y: &y,
                 cost: &cost,
                 alpha: vec![0.0; n],
             };
-            solve_at(level, &x, dim, vec![task], &params, 3, None)
+            let run = Run {
+                seed: 3,
+                stop: None,
+                solo_bytes: SOLO_BYTES,
+            };
+            solve_at(level, &x, dim, vec![task], &params, &run)
                 .into_models()
                 .unwrap()
                 .remove(0)
@@ -1565,6 +1815,99 @@ mod tests {
         let reference = dot_f32w_scalar(&wf, &x);
         for level in SimdLevel::available() {
             assert_eq!(dot_f32w(level, &wf, &x).to_bits(), reference.to_bits());
+        }
+    }
+
+    /// The fused products give the bits of [`dot_f32w`] for every task count up to
+    /// [`FUSED_TASKS`], for lengths with and without whole blocks of 64 and tails, with a
+    /// next row of any length to prefetch; [`inner_products`] mixes them with the `f64` ones.
+    #[test]
+    fn fused_products_match_single_ones() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        for len in [1, 15, 63, 64, 65, 130, 1091] {
+            let x: Vec<f32> = (0..len).map(|_| rng.random::<f32>() - 0.5).collect();
+            let ws: Vec<Vec<f32>> = (0..FUSED_TASKS)
+                .map(|_| (0..len).map(|_| rng.random::<f32>() * 4.0 - 2.0).collect())
+                .collect();
+            let single: Vec<u64> = ws
+                .iter()
+                .map(|w| dot_f32w_scalar(w, &x).to_bits())
+                .collect();
+            for m in 0..=FUSED_TASKS {
+                for next_len in [0, 1, len / 2, len] {
+                    let next = vec![1f32; next_len];
+                    let refs: Vec<&[f32]> = ws[..m].iter().map(|w| &w[..]).collect();
+                    let mut out = [f64::NAN; FUSED_TASKS];
+                    #[cfg(target_arch = "x86_64")]
+                    if SimdLevel::detect() == SimdLevel::Avx512 {
+                        // SAFETY: the CPU reported AVX-512F.
+                        unsafe { dots_f32w_fused_avx512(&refs, &x, &next, &mut out) };
+                        let got: Vec<u64> = out[..m].iter().map(|v| v.to_bits()).collect();
+                        assert_eq!(got, single[..m], "len {len}, {m} tasks, next {next_len}");
+                    }
+                }
+            }
+        }
+        // Through `inner_products`, at every level: six tasks (a full fused group and a
+        // partial one), two of them on the f64 products.
+        let (n, dim) = (4, 1091);
+        let x: Vec<f32> = (0..n * dim).map(|_| rng.random::<f32>() - 0.5).collect();
+        let y = vec![1f32; n];
+        let cost = vec![1f64; n];
+        let tasks: Vec<Task> = (0..6)
+            .map(|t| Task {
+                id: t,
+                y: &y,
+                cost: &cost,
+                alpha: vec![0.0; n],
+            })
+            .collect();
+        let mut states: Vec<State> = tasks
+            .into_iter()
+            .map(|t| State {
+                y: t.y,
+                cost: t.cost,
+                sum_alpha: 0.0,
+                alpha: t.alpha,
+                w: (0..dim).map(|_| rng.random::<f64>() - 0.5).collect(),
+                w32: Vec::new(),
+                fast: t.id % 3 != 1,
+                wb: 0.0,
+                active: vec![true; n],
+                n_active: n,
+                pg_max_old: 0.0,
+                pg_min_old: 0.0,
+                pg_max_new: 0.0,
+                pg_min_new: 0.0,
+                iterations: 0,
+                running: true,
+                waiting: false,
+                converged: false,
+                rng: ChaCha8Rng::seed_from_u64(t.id),
+            })
+            .collect();
+        for s in &mut states {
+            s.w32 = s.w.iter().map(|&v| v as f32).collect();
+        }
+        let order = [5, 0, 1, 3, 4, 2];
+        let (row, next) = (&x[dim..2 * dim], &x[2 * dim..3 * dim]);
+        let expected: Vec<u64> = order
+            .iter()
+            .map(|&t| {
+                let s = &states[t];
+                let v = if s.fast {
+                    dot_f32w_scalar(&s.w32, row)
+                } else {
+                    dot_f64_scalar(&s.w, row)
+                };
+                v.to_bits()
+            })
+            .collect();
+        for level in SimdLevel::available() {
+            let mut out = Vec::new();
+            inner_products(level, &states, &order, row, next, &mut out);
+            let got: Vec<u64> = out.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, expected, "level {}", level.name());
         }
     }
 
@@ -1636,6 +1979,68 @@ mod tests {
             total += alpha.iter().sum::<f64>() - 0.5 * w.iter().map(|v| v * v).sum::<f64>();
         }
         total
+    }
+
+    /// Running the shrunk phases alone or in the group are two orders of liblinear's
+    /// epochs: both meet the stopping rule, so both reach the optimum within the tolerance
+    /// (checked against a much tighter solve). With the default size the small problem's
+    /// tasks run alone as soon as shrinking starts.
+    #[test]
+    fn tasks_alone_or_in_the_group_reach_the_same_optimum() {
+        let (n, dim, classes) = (300, 24, 4);
+        let (x, labels) = noisy_classes(n, dim, classes, 33);
+        let solve_with = |solo_bytes: usize, eps: f64| {
+            let params = SvmParams {
+                c: 2.0,
+                eps,
+                max_iter: 100_000,
+                ..SvmParams::default()
+            };
+            let ys: Vec<Vec<f32>> = (0..classes).map(|c| labels.binary(c)).collect();
+            let cost = vec![2f64; n];
+            let tasks: Vec<Task> = ys
+                .iter()
+                .enumerate()
+                .map(|(c, y)| Task {
+                    id: c as u64,
+                    y,
+                    cost: &cost,
+                    alpha: vec![0.0; n],
+                })
+                .collect();
+            let run = Run {
+                seed: 4,
+                stop: None,
+                solo_bytes,
+            };
+            solve(&x, dim, tasks, &params, &run).into_models().unwrap()
+        };
+        let tight = solve_with(0, 1e-6);
+        let group = solve_with(0, 0.01);
+        let alone = solve_with(usize::MAX, 0.01);
+        let default = solve_with(SOLO_BYTES, 0.01);
+        assert_eq!(default, alone);
+        assert_ne!(group, alone, "the two schedules took the same path");
+        for c in 0..classes {
+            // The tight solve brackets the optimum between its dual and primal values.
+            let (low, high) = (tight[c].dual, tight[c].primal);
+            assert!(
+                high - low <= 1e-5 * high,
+                "class {c}: {low} .. {high}, {} epochs",
+                tight[c].iterations
+            );
+            for (what, m) in [("group", &group[c]), ("alone", &alone[c])] {
+                assert!(m.iterations > 1, "{what}, class {c}");
+                // Weak duality: each side stays on its side of the optimum ...
+                assert!(m.dual <= high && m.primal >= low, "{what}, class {c}");
+                // ... and eps 0.01 keeps both close to it.
+                let (primal_err, dual_err) = ((m.primal - low) / low, (high - m.dual) / high);
+                assert!(
+                    primal_err < 1e-3 && dual_err < 1e-3,
+                    "{what}, class {c}: {primal_err:e}, {dual_err:e}"
+                );
+            }
+        }
     }
 
     /// The early stop of [`train_one_vs_rest_below`]: its bound never exceeds the objective

@@ -45,8 +45,8 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::{
-    all_finite, image_error, images_per_job, FisherEncoder, FisherOptions, FisherScratch, Refined,
-    L2_FLOOR,
+    all_finite, image_error, images_per_job, next_block_halves, FisherEncoder, FisherOptions,
+    FisherScratch, Refined, L2_FLOOR,
 };
 use crate::error::{check_finite, Error, Result};
 use crate::kernels::{self, SimdLevel};
@@ -663,9 +663,12 @@ impl FisherEncoder {
         let d = self.gmm.d();
         scratch.t0.fill(0.0);
         scratch.t12.fill(0.0);
-        for block in x.chunks(BLOCK * d) {
+        for (b, block) in x.chunks(BLOCK * d).enumerate() {
+            let (first, second) = next_block_halves(x, b, d);
+            kernels::prefetch(first);
             let n = self.block_log_densities(block, scratch);
             scratch.col.fill(0.0);
+            kernels::prefetch(second);
             self.block_backward(block, n, scratch);
             for j in 0..scratch.slow.len() {
                 let i = scratch.slow[j];

@@ -21,7 +21,7 @@
 //! entry in `stored_posteriors_give_the_recomputed_gradient`.
 
 use super::simd;
-use crate::fisher::{FisherEncoder, FisherScratch, Refined};
+use crate::fisher::{next_block_halves, FisherEncoder, FisherScratch, Refined};
 use crate::kernels;
 use crate::stats::BLOCK;
 
@@ -292,7 +292,9 @@ impl FisherEncoder {
             cuv,
             ..
         } = scratch;
-        for (block, ends) in x.chunks(BLOCK * d).zip(kept.ends.windows(2)) {
+        for (b, (block, ends)) in x.chunks(BLOCK * d).zip(kept.ends.windows(2)).enumerate() {
+            let (first, second) = next_block_halves(x, b, d);
+            kernels::prefetch(first);
             let (n, start, end) = (block.len() / d, ends[0] as usize, ends[1] as usize);
             let (codes, gammas) = (&kept.code[start..end], &kept.gamma[start..end]);
             let np = end - start;
@@ -329,6 +331,7 @@ impl FisherEncoder {
                 &mut pval[..nk],
                 &mut qa[..nk],
             );
+            kernels::prefetch(second);
             let s_row = &mut rrest[..n];
             s_row.fill(0.0);
             for c in 0..k {

@@ -1318,7 +1318,6 @@ fn inner_products(
 /// One coordinate step of task `s` on its active sample `i` (or shrinking it), given
 /// `dot = ⟨w, x_i⟩` ([`inner_products`]).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn update(s: &mut State, i: usize, xi: &[f32], dot: f64, qd: f64, bias: f64, shrinking: bool) {
     let yi = f64::from(s.y[i]);
     let g = yi * (dot + s.wb * bias) - 1.0;

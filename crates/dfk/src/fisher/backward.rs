@@ -45,12 +45,12 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::{
-    all_finite, image_error, images_per_job, next_block_halves, FisherEncoder, FisherOptions,
-    FisherScratch, Refined, L2_FLOOR,
+    all_finite, image_error, images_per_job, FisherEncoder, FisherOptions, FisherScratch, Refined,
+    L2_FLOOR,
 };
 use crate::error::{check_finite, Error, Result};
 use crate::kernels::{self, SimdLevel};
-use crate::stats::BLOCK;
+use crate::stats::{BlockPrefetch, BLOCK};
 
 #[path = "backward_simd.rs"]
 mod simd;
@@ -664,11 +664,11 @@ impl FisherEncoder {
         scratch.t0.fill(0.0);
         scratch.t12.fill(0.0);
         for (b, block) in x.chunks(BLOCK * d).enumerate() {
-            let (first, second) = next_block_halves(x, b, d);
-            kernels::prefetch(first);
+            let mut ahead = BlockPrefetch::new(x, b, d, 2);
+            ahead.next_part();
             let n = self.block_log_densities(block, scratch);
             scratch.col.fill(0.0);
-            kernels::prefetch(second);
+            ahead.next_part();
             self.block_backward(block, n, scratch);
             for j in 0..scratch.slow.len() {
                 let i = scratch.slow[j];

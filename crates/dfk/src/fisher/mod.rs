@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{all_finite, Error, Result};
 use crate::gmm::Gmm;
 use crate::kernels::{self, SimdLevel};
-use crate::stats::{self, GmmTerms, Scratch, BLOCK};
+use crate::stats::{self, BlockPrefetch, GmmTerms, Scratch, BLOCK};
 
 /// Components with a weight below this are skipped (VLFeat 0.9.21's rule).
 pub const MIN_PRIOR: f32 = 1e-6;
@@ -213,16 +213,6 @@ pub struct FisherScratch {
 struct Refined {
     m: usize,
     scale: f64,
-}
-
-/// The two halves of block `b + 1` of `x` (rows of `d` values, [`BLOCK`] per block; empty
-/// past the end). A block pass prefetches them before its two main steps, so the next block
-/// streams in from memory while this one is computed; issued at once, its ~1,000 line
-/// prefetches would stall on the full miss queue.
-fn next_block_halves(x: &[f32], b: usize, d: usize) -> (&[f32], &[f32]) {
-    let next = x.get((b + 1) * BLOCK * d..).unwrap_or(&[]);
-    let next = &next[..next.len().min(BLOCK * d)];
-    next.split_at(next.len().div_ceil(2).next_multiple_of(16).min(next.len()))
 }
 
 impl FisherEncoder {
@@ -729,13 +719,14 @@ impl FisherEncoder {
         scratch.s0.fill(0.0);
         scratch.s12.fill(0.0);
         for (b, block) in x.chunks(BLOCK * d).enumerate() {
-            let (first, second) = next_block_halves(x, b, d);
-            kernels::prefetch(first);
+            // The image's next block, half before each of the two main steps.
+            let mut ahead = BlockPrefetch::new(x, b, d, 2);
+            ahead.next_part();
             let (n, finite) = self.block_log_densities_checked(block, scratch);
             if !finite {
                 Self::name_non_finite(x, d)?;
             }
-            kernels::prefetch(second);
+            ahead.next_part();
             let np = self.block_statistics(block, n, scratch);
             if scratch.keeping {
                 self.keep_block_posteriors(n, np, scratch);

@@ -21,9 +21,9 @@
 //! entry in `stored_posteriors_give_the_recomputed_gradient`.
 
 use super::simd;
-use crate::fisher::{next_block_halves, FisherEncoder, FisherScratch, Refined};
+use crate::fisher::{FisherEncoder, FisherScratch, Refined};
 use crate::kernels;
-use crate::stats::BLOCK;
+use crate::stats::{BlockPrefetch, BLOCK};
 
 /// Unrefined posteriors with `exp(l − l_max)` below this are not stored: their `B = −γ s` is
 /// left out of T0, T1 and T2 (see the module documentation).
@@ -293,8 +293,8 @@ impl FisherEncoder {
             ..
         } = scratch;
         for (b, (block, ends)) in x.chunks(BLOCK * d).zip(kept.ends.windows(2)).enumerate() {
-            let (first, second) = next_block_halves(x, b, d);
-            kernels::prefetch(first);
+            let mut ahead = BlockPrefetch::new(x, b, d, 2);
+            ahead.next_part();
             let (n, start, end) = (block.len() / d, ends[0] as usize, ends[1] as usize);
             let (codes, gammas) = (&kept.code[start..end], &kept.gamma[start..end]);
             let np = end - start;
@@ -331,7 +331,7 @@ impl FisherEncoder {
                 &mut pval[..nk],
                 &mut qa[..nk],
             );
-            kernels::prefetch(second);
+            ahead.next_part();
             let s_row = &mut rrest[..n];
             s_row.fill(0.0);
             for c in 0..k {

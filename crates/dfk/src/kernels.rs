@@ -31,7 +31,11 @@ impl SimdLevel {
     fn probe_cpu() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            // POPCNT (on every AVX-512 CPU) counts the lanes a compressing store keeps.
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("popcnt")
+            {
                 return SimdLevel::Avx512;
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -357,7 +361,9 @@ pub fn transpose_log_densities_scalar(
 /// component: `lᵢc = lt[c·stride + i]` (`K = starts.len() − 1` rows of `stride`, a multiple
 /// of 16 ≥ `n`) and the rows' maxima `mᵢ = max[i]`, as [`transpose_log_densities_at`] leaves
 /// them. Per row `eᵢc = exp(lᵢc − mᵢ)` ([`exp_scalar`]) and `Sᵢ = Σ_c eᵢc` (summed in component
-/// order). Writes, component after component, the rows with `eᵢc ≥ frac` (posterior at least
+/// order) over the entries that are not negligible ([`negligible_log_ratio`]: no exponential
+/// for them, and a vector of rows without any costs one comparison). Writes, component after
+/// component, the rows with `eᵢc ≥ frac` (posterior at least
 /// `frac` times the row's largest) in increasing order to `rows[starts[c]..starts[c+1]]` and
 /// their posteriors `eᵢc / Sᵢ` to `w` (both grown as needed; entries past `starts[K]` are
 /// scratch), and returns the totals. With `weights` (one per row, e.g. the length of a run of
@@ -399,19 +405,20 @@ pub fn posteriors_by_component_at(
     let (sum, rest) = rowbuf.split_at_mut(stride);
     sum[..lanes].fill(0.0);
     rest[..lanes].fill(0.0);
+    let cut = negligible_log_ratio(k, frac);
     let kept = match level.clamp_to_cpu() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); every row c·stride + [0, lanes)
         // of lt and [0, lanes) of max/sum/rest lies within the lengths checked above.
         SimdLevel::Avx512 => unsafe {
-            x86::exp_select_columns_avx512(lt, n, stride, max, frac, sum, rest, starts, rows, w)
+            x86::exp_select_columns_avx512(lt, n, stride, max, frac, cut, sum, rest, starts, rows, w)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above; the CPU has AVX2 and FMA.
         SimdLevel::Avx2 => unsafe {
-            x86::exp_select_columns_avx2(lt, n, stride, max, frac, sum, rest, starts, rows, w)
+            x86::exp_select_columns_avx2(lt, n, stride, max, frac, cut, sum, rest, starts, rows, w)
         },
-        _ => exp_select_columns_scalar(lt, n, stride, max, frac, sum, rest, starts, rows, w),
+        _ => exp_select_columns_scalar(lt, n, stride, max, frac, cut, sum, rest, starts, rows, w),
     };
     starts[k] = kept as u32;
     let mut totals = BlockPosteriors {
@@ -444,6 +451,20 @@ pub fn posteriors_by_component_at(
     totals
 }
 
+/// The log-ratio `x = lᵢc − mᵢ` below which [`posteriors_by_component_at`] counts an entry as
+/// zero, without an exponential: `ln(2⁻²⁴ / K)` (−20.8 at K = 64), so all of a row's
+/// negligible entries together are below half a unit in the last place of its sum `Sᵢ ≥ 1`
+/// and the log-likelihood stays exact to f32 rounding; lower where `frac` asks to keep
+/// smaller posteriors, and −∞ (nothing left out) when it is 0.
+pub fn negligible_log_ratio(k: usize, frac: f32) -> f32 {
+    if frac > 0.0 {
+        let below_rounding = -(24.0 * std::f32::consts::LN_2 + (k.max(1) as f32).ln());
+        below_rounding.min(frac.ln() - 1.0)
+    } else {
+        f32::NEG_INFINITY
+    }
+}
+
 /// Scalar twin of the pass of [`posteriors_by_component_at`] over `lt`: the sums and left-out
 /// sums per row added to `sum`/`rest` (zeroed by the caller), the kept pairs with their `e`
 /// and each component's start in `starts[..K]`; returns how many pairs (the caller sets
@@ -455,6 +476,7 @@ pub fn exp_select_columns_scalar(
     stride: usize,
     max: &[f32],
     frac: f32,
+    cut: f32,
     sum: &mut [f32],
     rest: &mut [f32],
     starts: &mut [u32],
@@ -467,7 +489,12 @@ pub fn exp_select_columns_scalar(
         starts[c] = np as u32;
         reserve_pairs(rows, w, np + n);
         for i in 0..n {
-            let e = exp_scalar(row[i] - max[i]);
+            let x = row[i] - max[i];
+            // Negligible (a NaN goes on, so that it reaches the sum).
+            if x < cut {
+                continue;
+            }
+            let e = exp_scalar(x);
             sum[i] += e;
             let keep = e >= frac;
             rest[i] += if keep { 0.0 } else { e };
@@ -1365,7 +1392,7 @@ mod x86 {
         max as f64 + sum.ln()
     }
 
-    #[target_feature(enable = "avx512f,fma")]
+    #[target_feature(enable = "avx512f,fma,popcnt")]
     pub(super) fn exp_candidates_avx512(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSelect {
         let body = row.len() / 16 * 16;
         let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
@@ -1500,13 +1527,14 @@ mod x86 {
     /// vector are compressed in registers and stored whole (the pair lists have 16 values of
     /// slack, [`super::reserve_pairs`]).
     #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,fma")]
+    #[target_feature(enable = "avx512f,fma,popcnt")]
     pub(super) unsafe fn exp_select_columns_avx512(
         lt: &[f32],
         n: usize,
         stride: usize,
         max: &[f32],
         frac: f32,
+        cut: f32,
         sum: &mut [f32],
         rest: &mut [f32],
         starts: &mut [u32],
@@ -1514,7 +1542,7 @@ mod x86 {
         w: &mut Vec<f32>,
     ) -> usize {
         let (k, lanes) = (starts.len() - 1, n.next_multiple_of(16));
-        let vfrac = _mm512_set1_ps(frac);
+        let (vfrac, vcut) = (_mm512_set1_ps(frac), _mm512_set1_ps(cut));
         let step = _mm512_set1_epi32(16);
         let mut np = 0usize;
         for (c, start) in starts[..k].iter_mut().enumerate() {
@@ -1534,12 +1562,21 @@ mod x86 {
                 // within this component.
                 unsafe {
                     let l = _mm512_loadu_ps(lt.as_ptr().add(c * stride + i));
-                    let e = exp512(_mm512_sub_ps(l, _mm512_loadu_ps(max.as_ptr().add(i))));
+                    let x = _mm512_sub_ps(l, _mm512_loadu_ps(max.as_ptr().add(i)));
+                    // The lanes that are not negligible (NaN included); on real descriptors
+                    // most of a component's vectors have none (2-3 % of a K = 64 EM step).
+                    let near = _mm512_mask_cmp_ps_mask::<_CMP_NLT_UQ>(valid, x, vcut);
+                    if near == 0 {
+                        idx = _mm512_add_epi32(idx, step);
+                        continue;
+                    }
+                    let e = exp512(x);
                     let s = _mm512_loadu_ps(sum.as_ptr().add(i));
-                    _mm512_storeu_ps(sum.as_mut_ptr().add(i), _mm512_add_ps(s, e));
-                    let keep = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(valid, e, vfrac);
+                    _mm512_storeu_ps(sum.as_mut_ptr().add(i), _mm512_mask_add_ps(s, near, s, e));
+                    let keep = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(near, e, vfrac);
                     let r = _mm512_loadu_ps(rest.as_ptr().add(i));
-                    _mm512_storeu_ps(rest.as_mut_ptr().add(i), _mm512_mask_add_ps(r, !keep, r, e));
+                    let left = near & !keep;
+                    _mm512_storeu_ps(rest.as_mut_ptr().add(i), _mm512_mask_add_ps(r, left, r, e));
                     _mm512_storeu_si512(
                         rp.add(np) as *mut _,
                         _mm512_maskz_compress_epi32(keep, idx),
@@ -1563,6 +1600,7 @@ mod x86 {
         stride: usize,
         max: &[f32],
         frac: f32,
+        cut: f32,
         sum: &mut [f32],
         rest: &mut [f32],
         starts: &mut [u32],
@@ -1570,7 +1608,7 @@ mod x86 {
         w: &mut Vec<f32>,
     ) -> usize {
         let (k, lanes) = (starts.len() - 1, n.next_multiple_of(16));
-        let vfrac = _mm256_set1_ps(frac);
+        let (vfrac, vcut) = (_mm256_set1_ps(frac), _mm256_set1_ps(cut));
         let mut np = 0usize;
         let mut e8 = [0f32; 8];
         for (c, start) in starts[..k].iter_mut().enumerate() {
@@ -1583,7 +1621,14 @@ mod x86 {
                 // `max`, `sum`, `rest` (checked by the caller).
                 let mut bits = unsafe {
                     let l = _mm256_loadu_ps(lt.as_ptr().add(c * stride + i));
-                    let e = exp256(_mm256_sub_ps(l, _mm256_loadu_ps(max.as_ptr().add(i))));
+                    let x = _mm256_sub_ps(l, _mm256_loadu_ps(max.as_ptr().add(i)));
+                    // The lanes that are not negligible (NaN included); negligible ones add
+                    // nothing (+0 leaves a sum as it is).
+                    let near = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, vcut);
+                    if _mm256_movemask_ps(near) as u32 & valid == 0 {
+                        continue;
+                    }
+                    let e = _mm256_and_ps(near, exp256(x));
                     let s = _mm256_loadu_ps(sum.as_ptr().add(i));
                     _mm256_storeu_ps(sum.as_mut_ptr().add(i), _mm256_add_ps(s, e));
                     let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(e, vfrac);
@@ -1760,7 +1805,7 @@ mod x86 {
     }
 
     /// Indices of the lanes at or above the threshold, compressed into `out` 16 at a time.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,popcnt")]
     pub(super) fn select_at_least_avx512(row: &[f32], threshold: f32, out: &mut [u32]) -> usize {
         let t = _mm512_set1_ps(threshold);
         let step = _mm512_set1_epi32(16);
@@ -3153,6 +3198,55 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Entries more than [`negligible_log_ratio`] below their row's maximum leave every result
+    /// as an impossible (−∞) entry would, whole vectors of them included; one just above the
+    /// cut still counts; a NaN still reaches the log-likelihood; `frac = 0` keeps them all.
+    #[test]
+    fn negligible_entries_count_as_zero_at_every_level() {
+        let (n, k, stride) = (40usize, 3usize, 48usize);
+        let cut = negligible_log_ratio(k, 1e-6);
+        assert!(cut < 1e-6f32.ln() && (-(cut as f64)).exp() * (k as f64) > 1.6e7);
+        // Row maxima 0 (component 0), a second component at −3, the third at cut − 0.01 for
+        // rows 0..32 (two whole vectors of negligible entries), cut + 0.5 for row 35.
+        let mut lt = vec![f32::NAN; k * stride];
+        for i in 0..n {
+            lt[i] = 0.0;
+            lt[stride + i] = -3.0 - 0.01 * i as f32;
+            lt[2 * stride + i] = if i == 35 { cut + 0.5 } else { cut - 0.01 };
+        }
+        let max = vec![0f32; stride];
+        let run = |level: SimdLevel, lt: &[f32], frac: f32| {
+            let (mut starts, mut rows, mut w) = (vec![0u32; k + 1], Vec::new(), Vec::new());
+            let mut rowbuf = vec![0f32; 2 * stride];
+            let got = posteriors_by_component_at(
+                level, lt, n, stride, &max, None, frac, &mut rowbuf, &mut starts, &mut rows,
+                &mut w,
+            );
+            let kept = got.kept;
+            (got, starts, rows[..kept].to_vec(), w[..kept].to_vec())
+        };
+        for level in SimdLevel::available() {
+            let with = run(level, &lt, 1e-6);
+            // The same block without the negligible entries.
+            let mut without = lt.clone();
+            for i in (0..n).filter(|&i| i != 35) {
+                without[2 * stride + i] = f32::NEG_INFINITY;
+            }
+            assert_eq!(with, run(level, &without, 1e-6), "{level:?}");
+            // The entry above the cut is left out of the kept pairs but is in the mass.
+            without[2 * stride + 35] = f32::NEG_INFINITY;
+            let bare = run(level, &without, 1e-6);
+            assert_eq!(with.0.kept, bare.0.kept, "{level:?}");
+            assert!(with.0.dropped > bare.0.dropped, "{level:?}: the entry above the cut");
+            // frac = 0 keeps every finite entry, the far ones too.
+            assert_eq!(run(level, &lt, 0.0).0.kept, k * n, "{level:?}");
+            // A NaN log-density is not negligible.
+            let mut nan = lt.clone();
+            nan[2 * stride + 3] = f32::NAN;
+            assert!(run(level, &nan, 1e-6).0.loglik.is_nan(), "{level:?}");
         }
     }
 

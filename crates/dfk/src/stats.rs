@@ -190,8 +190,9 @@ pub fn block_log_densities(
 /// the posteriors at or above `τ` times the descriptor's largest one (the others count as
 /// zero, as VLFeat's EM skips posteriors below `10⁻²/K`): `s0[k] = Σᵢ γᵢₖ`, and
 /// `moments[k·2D..]` = `[Σᵢ γᵢₖ δᵢₖ, Σᵢ γᵢₖ δᵢₖ²]` with `δᵢₖ = xᵢ − r_k`, summed in f32 per
-/// block of rows and in f64 across blocks. The log-likelihood is exact (every posterior enters
-/// the log-sum-exp).
+/// block of rows and in f64 across blocks. The log-likelihood is exact to f32 rounding: every
+/// posterior enters the log-sum-exp but those below half an f32 unit of it all together
+/// ([`kernels::negligible_log_ratio`]).
 ///
 /// Moments about the current means keep the M-step's `σ² = E[δ²] − E[δ]²` free of the
 /// cancellation of `E[x²] − E[x]²` when a component is narrow and far from the origin.

@@ -636,7 +636,7 @@ mod x86 {
         whole
     }
 
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,popcnt")]
     pub(super) fn skipped_select_avx512(
         post: &[f32],
         f: f32,

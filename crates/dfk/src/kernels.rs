@@ -411,7 +411,9 @@ pub fn posteriors_by_component_at(
         // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); every row c·stride + [0, lanes)
         // of lt and [0, lanes) of max/sum/rest lies within the lengths checked above.
         SimdLevel::Avx512 => unsafe {
-            x86::exp_select_columns_avx512(lt, n, stride, max, frac, cut, sum, rest, starts, rows, w)
+            x86::exp_select_columns_avx512(
+                lt, n, stride, max, frac, cut, sum, rest, starts, rows, w,
+            )
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above; the CPU has AVX2 and FMA.
@@ -3222,7 +3224,16 @@ mod tests {
             let (mut starts, mut rows, mut w) = (vec![0u32; k + 1], Vec::new(), Vec::new());
             let mut rowbuf = vec![0f32; 2 * stride];
             let got = posteriors_by_component_at(
-                level, lt, n, stride, &max, None, frac, &mut rowbuf, &mut starts, &mut rows,
+                level,
+                lt,
+                n,
+                stride,
+                &max,
+                None,
+                frac,
+                &mut rowbuf,
+                &mut starts,
+                &mut rows,
                 &mut w,
             );
             let kept = got.kept;
@@ -3240,7 +3251,10 @@ mod tests {
             without[2 * stride + 35] = f32::NEG_INFINITY;
             let bare = run(level, &without, 1e-6);
             assert_eq!(with.0.kept, bare.0.kept, "{level:?}");
-            assert!(with.0.dropped > bare.0.dropped, "{level:?}: the entry above the cut");
+            assert!(
+                with.0.dropped > bare.0.dropped,
+                "{level:?}: the entry above the cut"
+            );
             // frac = 0 keeps every finite entry, the far ones too.
             assert_eq!(run(level, &lt, 0.0).0.kept, k * n, "{level:?}");
             // A NaN log-density is not negligible.

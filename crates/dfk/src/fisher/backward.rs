@@ -919,26 +919,41 @@ impl FisherEncoder {
         let mut e_sum = 0f64;
         for c in 0..k {
             let t0 = scratch.t0[c];
-            let mut ek = t0;
-            let act = self.active[c];
             let ck = 1.0 / (n_total * (self.gmm.weights()[c] as f64).sqrt());
             let ckv = ck / std::f64::consts::SQRT_2;
             let s0 = scratch.s0[c];
             let (t1, t2) = scratch.t12[2 * c * d..2 * (c + 1) * d].split_at(d);
-            for j in 0..d {
-                let i = c * d + j;
-                let is = self.inv_sigma[i];
-                let (mut dm, mut ds) = (t1[j] * is, t2[j] * self.inv_var[i] - t0);
-                if act {
-                    let (gu, gv) = (scratch.out[i], scratch.out[kd + i]);
-                    let (u, v) = (scratch.phi[i], scratch.phi[kd + i]);
-                    dm -= ck * gu * s0 + std::f64::consts::SQRT_2 * gv * u;
-                    ds -= gu * u + 2.0 * gv * (v + ckv * s0);
-                    ek -= 0.5 * (gu * u + gv * v);
+            let (lo, hi) = (c * d, (c + 1) * d);
+            let (inv_sigma, inv_var) = (&self.inv_sigma[lo..hi], &self.inv_var[lo..hi]);
+            let (means, log_std) = (&mut grad.means[lo..hi], &mut grad.log_std[lo..hi]);
+            // Slices of one length, element-wise: the compiler vectorises these loops.
+            if !self.active[c] {
+                for j in 0..d {
+                    means[j] += t1[j] * inv_sigma[j] * inv_sigma[j];
+                    log_std[j] += t2[j] * inv_var[j] - t0;
                 }
-                grad.means[i] += dm * is;
-                grad.log_std[i] += ds;
+                scratch.t0[c] = t0;
+                e_sum += t0;
+                continue;
             }
+            let (gu, gv) = (&scratch.out[lo..hi], &scratch.out[kd + lo..kd + hi]);
+            let (u, v) = (&scratch.phi[lo..hi], &scratch.phi[kd + lo..kd + hi]);
+            for j in 0..d {
+                let is = inv_sigma[j];
+                let dm = t1[j] * is - (ck * gu[j] * s0 + std::f64::consts::SQRT_2 * gv[j] * u[j]);
+                let ds = t2[j] * inv_var[j] - t0 - (gu[j] * u[j] + 2.0 * gv[j] * (v[j] + ckv * s0));
+                means[j] += dm * is;
+                log_std[j] += ds;
+            }
+            // E_k = T0_k − ½ Σ_d (G^u u + G^v v), summed in eight lanes (one serial chain of
+            // D additions was most of this function's time).
+            let mut lanes = [0f64; 8];
+            for (j, lane) in (0..d).zip((0..8).cycle()) {
+                lanes[lane] += gu[j] * u[j] + gv[j] * v[j];
+            }
+            let dot = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
+                + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+            let ek = t0 - 0.5 * dot;
             scratch.t0[c] = ek;
             e_sum += ek;
         }

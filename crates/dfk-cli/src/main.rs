@@ -10,8 +10,8 @@ mod util;
 /// Options shared by every subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Global {
-    /// Worker threads (default: all cores).
-    #[arg(long, global = true)]
+    /// Worker threads, 1 to 1024 (default, or 0: all cores).
+    #[arg(long, global = true, value_parser = parse_threads)]
     pub threads: Option<usize>,
     /// Print nothing but errors (no progress bars).
     #[arg(long, short, global = true)]
@@ -23,6 +23,20 @@ pub struct Global {
     /// configuration file's seed is kept.
     #[arg(long, global = true, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// Most worker threads accepted: far more than cores only slows a run (and tens of thousands
+/// of threads stall the machine).
+const MAX_THREADS: usize = 1024;
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a thread count"))?;
+    if n > MAX_THREADS {
+        return Err(format!("at most {MAX_THREADS} threads (0: all cores)"));
+    }
+    Ok(n)
 }
 
 #[derive(Debug, Parser)]

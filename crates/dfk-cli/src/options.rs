@@ -67,6 +67,22 @@ pub struct Loaded {
 }
 
 impl DataArgs {
+    /// The files and folders named on the command line, as (flag, path), for
+    /// [`crate::util::check_outputs`].
+    pub fn inputs(&self) -> Vec<(&'static str, &std::path::Path)> {
+        let mut out = Vec::new();
+        if let Some(p) = &self.data {
+            out.push(("--data", p.as_path()));
+        }
+        if let Some(p) = &self.labels {
+            out.push(("--labels", p.as_path()));
+        }
+        if let Some(p) = &self.fashion_mnist {
+            out.push(("--fashion-mnist", p.as_path()));
+        }
+        out
+    }
+
     /// Loads the chosen source (which must be exactly one).
     pub fn load(&self) -> anyhow::Result<Loaded> {
         let chosen = [

@@ -151,3 +151,153 @@ pub fn seed_given() -> bool {
         a == "--seed" || a.starts_with("--seed=")
     })
 }
+
+/// Checks, before any work, the files a command will write: no output may be one of its
+/// inputs or another output (a usage error, exit status 2), and each output's folder must take
+/// a new file (tried with an empty probe file, removed at once), so that a command does not
+/// compute for minutes and then fail to save, or save one output and fail on the next.
+/// Devices and FIFOs (`/dev/null`) are written in place and need no probe.
+pub fn check_outputs(
+    outputs: &[(&str, &std::path::Path)],
+    inputs: &[(&str, &std::path::Path)],
+) -> anyhow::Result<()> {
+    for (i, &(flag, out)) in outputs.iter().enumerate() {
+        for &(input_flag, input) in inputs {
+            if same_file(out, input) {
+                return usage(format!(
+                    "{flag} {} is also the input {input_flag}: writing it would replace the \
+                     input; choose another output path",
+                    out.display()
+                ));
+            }
+        }
+        for &(other_flag, other) in &outputs[..i] {
+            if same_file(out, other) {
+                return usage(format!(
+                    "{flag} and {other_flag} are the same file ({}): give each output its own \
+                     path",
+                    out.display()
+                ));
+            }
+        }
+        probe_writable(flag, out)?;
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` name the same file: the same file on disk when both exist, else the
+/// same absolute path (folders resolved).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return ma.dev() == mb.dev() && ma.ino() == mb.ino();
+        }
+    }
+    match (absolute(a), absolute(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// `path` made absolute with its folder resolved (links and `..`), when that folder exists.
+fn absolute(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return Some(p);
+    }
+    let name = path.file_name()?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    Some(std::fs::canonicalize(parent).ok()?.join(name))
+}
+
+/// Fails, naming `flag` and the folder, when a new file cannot be created beside `path`.
+fn probe_writable(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    let Some(name) = path.file_name() else {
+        return usage(format!("{flag} {}: expected a file path", path.display()));
+    };
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.is_dir() {
+            return usage(format!(
+                "{flag} {}: is a directory, expected a file path",
+                path.display()
+            ));
+        }
+        if !meta.is_file() {
+            return Ok(());
+        }
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let probe = folder.join(format!(
+        ".{}.probe-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => anyhow::bail!(
+            "{flag} {}: cannot write a file in {} ({e})",
+            path.display(),
+            if folder == std::path::Path::new(".") {
+                "the current folder".to_string()
+            } else {
+                format!("the folder {}", folder.display())
+            }
+        ),
+    }
+}
+
+/// Checks, before any work, a folder a command will write into (creating it and missing
+/// parents if needed): it must not be a file, and the folder, or its nearest existing
+/// ancestor, must take a new file.
+pub fn check_output_dir(flag: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut existing = dir;
+    loop {
+        match std::fs::metadata(existing) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return usage(format!(
+                    "{flag} {}: {} exists and is not a folder",
+                    dir.display(),
+                    existing.display()
+                ))
+            }
+            Err(_) => match existing.parent() {
+                Some(p) if !p.as_os_str().is_empty() => existing = p,
+                _ => {
+                    existing = std::path::Path::new(".");
+                    break;
+                }
+            },
+        }
+    }
+    let probe = existing.join(format!(".dfk-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => anyhow::bail!(
+            "{flag} {}: cannot write in {} ({e})",
+            dir.display(),
+            existing.display()
+        ),
+    }
+}

@@ -32,12 +32,12 @@ pub enum Error {
     /// A data-dependent failure (e.g. all labels of one class, a degenerate GMM).
     #[error("{0}")]
     Invalid(String),
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written. (The OS error is part of the message, not a
+    /// separate `source`, so that printing the error chain does not repeat it.)
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file was read but its contents are malformed or do not match what was expected.
     #[error("{path}: {message}")]
@@ -75,7 +75,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 }

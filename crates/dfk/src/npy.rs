@@ -328,19 +328,27 @@ pub fn check_offsets(path: &Path, raw: &[i64], total_rows: usize) -> Result<Vec<
     Ok(out)
 }
 
-/// Reads class labels: a vector of non-negative integers (class indices).
+/// Reads class labels: a vector of non-negative integers (class indices below
+/// [`crate::svm::MAX_CLASSES`]).
 pub fn read_labels(path: impl AsRef<Path>) -> Result<Vec<usize>> {
     let path = path.as_ref();
     let raw = read_i64_vector(path)?;
     raw.iter()
         .enumerate()
-        .map(|(i, &l)| {
-            usize::try_from(l).map_err(|_| {
-                Error::format(
-                    path,
-                    format!("label {l} at index {i} is negative: expected class indices 0, 1, …"),
-                )
-            })
+        .map(|(i, &l)| match usize::try_from(l) {
+            Ok(c) if c < crate::svm::MAX_CLASSES => Ok(c),
+            Ok(_) => Err(Error::format(
+                path,
+                format!(
+                    "label {l} at index {i} is too large: labels are class indices 0, 1, … \
+                     (at most {} classes)",
+                    crate::svm::MAX_CLASSES
+                ),
+            )),
+            Err(_) => Err(Error::format(
+                path,
+                format!("label {l} at index {i} is negative: expected class indices 0, 1, …"),
+            )),
         })
         .collect()
 }
@@ -596,7 +604,10 @@ fn decode(bytes: &[u8], item: usize, big_endian: bool) -> impl Iterator<Item = f
 #[derive(Debug)]
 pub struct F32MatrixWriter {
     path: PathBuf,
+    /// The temporary file renamed over the target at the end, or, when `in_place`, the
+    /// device or FIFO written directly.
     tmp: PathBuf,
+    in_place: bool,
     out: Option<std::io::BufWriter<File>>,
     rows: usize,
     cols: usize,
@@ -609,9 +620,7 @@ impl F32MatrixWriter {
     /// float32 matrix.
     pub fn create(path: impl AsRef<Path>, rows: usize, cols: usize) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        if path.file_name().is_none() {
-            return Err(Error::format(&path, "not a file name"));
-        }
+        let target = output_target(&path)?;
         // npyz renders the header; it is written before any data, so an unfinished writer over
         // a buffer leaves exactly the header bytes in it.
         let mut header = Vec::new();
@@ -624,17 +633,26 @@ impl F32MatrixWriter {
                 .map_err(|e| Error::io(&path, e))?;
             drop(writer);
         }
-        let tmp = temp_path(&path);
+        let (tmp, in_place) = match target {
+            Target::Replace(target) => (temp_path(&target), false),
+            Target::InPlace(device) => (device, true),
+        };
         let mut w = Self {
             out: None,
             tmp,
+            in_place,
             rows,
             cols,
             written: 0,
             bytes: Vec::new(),
             path,
         };
-        let file = File::create(&w.tmp).map_err(|e| Error::io(&w.path, e))?;
+        let file = if w.in_place {
+            std::fs::OpenOptions::new().write(true).open(&w.tmp)
+        } else {
+            File::create(&w.tmp)
+        }
+        .map_err(|e| Error::io(&w.path, e))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         let wrote = out.write_all(&header);
         w.out = Some(out);
@@ -685,10 +703,29 @@ impl F32MatrixWriter {
         let Some(out) = self.out.take() else {
             return Err(Error::format(&self.path, "writer already finished"));
         };
+        if self.in_place {
+            let mut out = out;
+            return out.flush().map_err(|e| Error::io(&self.path, e));
+        }
+        // The target: the path itself, or the file a symbolic link at it points to.
+        let target = match output_target(&self.path) {
+            Ok(Target::Replace(target)) => target,
+            Ok(Target::InPlace(_)) => {
+                let _ = std::fs::remove_file(&self.tmp);
+                return Err(Error::format(
+                    &self.path,
+                    "became a device or FIFO while it was being written",
+                ));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.tmp);
+                return Err(e);
+            }
+        };
         let result = (|| {
             let file = out.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
-            std::fs::rename(&self.tmp, &self.path)
+            std::fs::rename(&self.tmp, &target)
         })();
         if let Err(e) = result {
             let _ = std::fs::remove_file(&self.tmp);
@@ -700,7 +737,8 @@ impl F32MatrixWriter {
 
 impl Drop for F32MatrixWriter {
     fn drop(&mut self) {
-        if self.out.take().is_some() {
+        // An unfinished temporary file goes; a device written in place stays.
+        if self.out.take().is_some() && !self.in_place {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
@@ -721,25 +759,92 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(unique)
 }
 
+/// Where a writer puts the bytes meant for an output path.
+#[derive(Debug)]
+enum Target {
+    /// A regular file, or nothing yet: written to a temporary file beside it, then renamed
+    /// over it (through a symbolic link, the file it points to).
+    Replace(PathBuf),
+    /// A character device or a FIFO (`/dev/null`, a pipe): written in place. Renaming over
+    /// it would replace the device with a regular file.
+    InPlace(PathBuf),
+}
+
+/// What writing to `path` means; an error for a directory, a socket or block device, or a
+/// symbolic link that leads nowhere.
+fn output_target(path: &Path) -> Result<Target> {
+    if path.file_name().is_none() {
+        return Err(Error::format(path, "not a file name"));
+    }
+    let meta = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Target::Replace(path.to_path_buf()))
+        }
+        Err(e) => return Err(Error::io(path, e)),
+        Ok(m) => m,
+    };
+    let (resolved, meta) = if meta.file_type().is_symlink() {
+        let resolved = std::fs::canonicalize(path).map_err(|e| {
+            Error::format(
+                path,
+                format!("a symbolic link whose target cannot be written ({e})"),
+            )
+        })?;
+        let meta = std::fs::metadata(&resolved).map_err(|e| Error::io(&resolved, e))?;
+        (resolved, meta)
+    } else {
+        (path.to_path_buf(), meta)
+    };
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return Ok(Target::Replace(resolved));
+    }
+    if kind.is_dir() {
+        return Err(Error::format(path, "is a directory: expected a file path"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_char_device() || kind.is_fifo() {
+            return Ok(Target::InPlace(resolved));
+        }
+    }
+    Err(Error::format(
+        path,
+        "exists and is neither a regular file nor a character device or FIFO",
+    ))
+}
+
 /// Writes a file atomically: `fill` writes the contents into a temporary file in the same
 /// directory, which is flushed, synced and renamed over `path`. On any error the temporary file
-/// is removed and `path` is left as it was.
+/// is removed and `path` is left as it was. A symbolic link is written through (the file it
+/// points to is replaced), and a character device or FIFO (`/dev/null`) is written in place,
+/// never replaced.
 pub fn write_atomic(
     path: impl AsRef<Path>,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
     let path = path.as_ref();
-    if path.file_name().is_none() {
-        return Err(Error::format(path, "not a file name"));
-    }
-    let tmp = temp_path(path);
+    let target = match output_target(path)? {
+        Target::InPlace(device) => {
+            let result = (|| {
+                let file = std::fs::OpenOptions::new().write(true).open(&device)?;
+                let mut w = std::io::BufWriter::new(file);
+                fill(&mut w)?;
+                w.flush()
+            })();
+            return result.map_err(|e| Error::io(path, e));
+        }
+        Target::Replace(target) => target,
+    };
+    let tmp = temp_path(&target);
     let result = (|| {
         let file = std::fs::File::create(&tmp)?;
         let mut w = std::io::BufWriter::new(file);
         fill(&mut w)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, &target)
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);

@@ -107,6 +107,13 @@ impl Default for DsiftParams {
 /// Largest accepted bin size; keeps all index arithmetic far from overflow.
 const MAX_BIN_SIZE: usize = 4096;
 
+/// Smallest accepted `magnif`.
+const MIN_MAGNIF: f32 = 0.5;
+
+/// Largest accepted `resize` area: 2²⁶ pixels, 256 MB as f32 (the image crate's own decoding
+/// limit is 512 MB).
+const MAX_RESIZE_PIXELS: u64 = 1 << 26;
+
 impl DsiftParams {
     /// Checks every field; the error names the field and the valid range.
     pub fn validate(&self) -> Result<()> {
@@ -127,8 +134,14 @@ impl DsiftParams {
         if self.step == 0 {
             return Err(Error::param("step", 0, "a grid step of at least 1 pixel"));
         }
-        if !(self.magnif.is_finite() && self.magnif > 0.0) {
-            return Err(Error::param("magnif", self.magnif, "a finite value > 0"));
+        // Below ½ the smoothing σ = bin/magnif passes twice the bin size, and its kernel grows
+        // without bound (1e-30 asked for 10^30 taps).
+        if !(self.magnif.is_finite() && self.magnif >= MIN_MAGNIF) {
+            return Err(Error::param(
+                "magnif",
+                self.magnif,
+                format!("a finite value >= {MIN_MAGNIF} (smoothing σ = bin / magnif)"),
+            ));
         }
         if !(self.window_size.is_finite() && self.window_size > 0.0) {
             return Err(Error::param(
@@ -148,11 +161,14 @@ impl DsiftParams {
             return Err(Error::param("clamp", self.clamp, "a finite value > 0"));
         }
         if let Some((w, h)) = self.resize {
-            if w == 0 || h == 0 {
+            if w == 0 || h == 0 || w as u64 * h as u64 > MAX_RESIZE_PIXELS {
                 return Err(Error::param(
                     "resize",
                     format!("{w}x{h}"),
-                    "a width and height of at least 1 pixel",
+                    format!(
+                        "a width and height of at least 1 pixel and at most {MAX_RESIZE_PIXELS} \
+                         pixels in all (e.g. 8192x8192)"
+                    ),
                 ));
             }
         }

@@ -119,6 +119,13 @@ impl Labels {
         if classes == 0 {
             return Err(Error::param("labels classes", 0, "at least 1 class"));
         }
+        if classes > MAX_CLASSES {
+            return Err(Error::param(
+                "labels classes",
+                classes,
+                format!("at most {MAX_CLASSES} classes"),
+            ));
+        }
         match self {
             Labels::MultiClass { labels, .. } => {
                 if let Some(i) = labels.iter().position(|&l| l >= classes) {
@@ -282,6 +289,10 @@ pub fn train_binary(
     let mut models = solve(x, dim, vec![task], params, &run).into_models()?;
     Ok(models.remove(0))
 }
+
+/// Most classes (one-vs-rest tasks) accepted: a label is a class index, and a stray huge one
+/// would otherwise size per-class tables by it.
+pub const MAX_CLASSES: usize = 1 << 20;
 
 /// Per-class costs of one one-vs-rest task: `C` of its positive and of its negative samples.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -604,6 +615,17 @@ fn one_vs_rest(
         }
     }
     for (c, &pos) in labels.positives_per_class().iter().enumerate() {
+        if pos == 0 {
+            // The likeliest causes, named: a gap in the class indices or a class that the
+            // training subset (a limit, a validation split) left out.
+            return Err(Error::Invalid(format!(
+                "class {c} has no training sample (all {n} samples are negatives of its \
+                 one-vs-rest task): classes are the indices 0..{} and each needs at least one \
+                 sample; check the labels for a gap, or a subset or split that leaves class \
+                 {c} out",
+                labels.classes() - 1
+            )));
+        }
         check_both_classes(pos, n, &format!("class {c} (one-vs-rest)"))?;
     }
     if let Some(w) = warm {

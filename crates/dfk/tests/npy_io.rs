@@ -269,3 +269,89 @@ fn non_finite_values_in_a_block_are_located_in_the_file() {
     let e = npy::require_finite_rows("x.npy", &[1.0, 2.0, 3.0, f32::INFINITY], 2, 40).unwrap_err();
     assert!(e.to_string().contains("row 41, column 1"), "{e}");
 }
+
+/// A symbolic link is written through: the file it points to gets the new bytes and the link
+/// stays a link, for whole-file writes and for the streaming writer alike.
+#[cfg(unix)]
+#[test]
+fn writes_through_a_symbolic_link_keep_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, link) = (dir.path().join("real.npy"), dir.path().join("link.npy"));
+    std::fs::write(&file, b"before").unwrap();
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let whole = dir.path().join("whole.npy");
+    npy::write_f32_matrix(&whole, &m5(), 5, 3).unwrap();
+    npy::write_f32_matrix(&link, &m5(), 5, 3).unwrap();
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+    std::fs::write(&file, b"before").unwrap();
+    let mut w = npy::F32MatrixWriter::create(&link, 5, 3).unwrap();
+    w.write_rows(&m5()).unwrap();
+    w.finish().unwrap();
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+    // Nothing else: no temporary files.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+}
+
+/// A FIFO is written in place (a reader gets the bytes) and is still a FIFO afterwards; the
+/// atomic rename would have replaced it with a regular file.
+#[cfg(unix)]
+#[test]
+fn a_fifo_is_written_in_place_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.npy");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("mkfifo unavailable: skipped");
+        return;
+    }
+    let whole = dir.path().join("whole.npy");
+    npy::write_f32_matrix(&whole, &m5(), 5, 3).unwrap();
+    for streaming in [false, true] {
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        if streaming {
+            let mut w = npy::F32MatrixWriter::create(&fifo, 5, 3).unwrap();
+            w.write_rows(&m5()).unwrap();
+            w.finish().unwrap();
+        } else {
+            npy::write_f32_matrix(&fifo, &m5(), 5, 3).unwrap();
+        }
+        let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(
+            kind.is_fifo(),
+            "streaming {streaming}: the FIFO was replaced"
+        );
+        assert_eq!(reader.join().unwrap(), std::fs::read(&whole).unwrap());
+    }
+}
+
+/// A directory is no output file: an error naming it, and nothing written.
+#[test]
+fn a_directory_as_output_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let e = err(npy::write_f32_matrix(&sub, &m5(), 5, 3));
+    assert!(e.contains("sub") && e.contains("directory"), "{e}");
+    assert!(npy::F32MatrixWriter::create(&sub, 5, 3).is_err());
+    assert!(sub.is_dir());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 0);
+}

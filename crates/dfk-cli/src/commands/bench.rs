@@ -330,6 +330,18 @@ fn accuracy(terms: &GmmTerms, gmm: &Gmm, x: &[f32]) -> (f64, f64, f64) {
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
+    if args.svm_n < 2 {
+        return crate::util::usage(format!(
+            "--svm-n {}: the svm stage needs at least 2 training vectors",
+            args.svm_n
+        ));
+    }
+    if !(args.threshold.is_finite() && (0.0..1.0).contains(&args.threshold)) {
+        return crate::util::usage(format!(
+            "--threshold {}: expected a posterior threshold in [0, 1)",
+            args.threshold
+        ));
+    }
     let level = args
         .simd
         .map(SimdLevel::from)

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::commands::train::{summarize, train_and_evaluate, write_report};
 use crate::options::{ConfigArgs, DataArgs};
-use crate::util::emit;
+use crate::util::{check_output_dir, check_outputs, emit};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -21,6 +21,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    check_output_dir("--report", &a.report)?;
+    if let Some(out) = &a.out {
+        check_outputs(&[("--out", out)], &[])?;
+    }
     let cfg = a.config.resolve(g)?;
     let data = DataArgs {
         data: None,

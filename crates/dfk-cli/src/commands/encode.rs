@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::commands::eval::load_pipeline;
 use crate::options::DataArgs;
-use crate::util::{cache_dir, emit, Bars};
+use crate::util::{cache_dir, check_outputs, emit, Bars};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -37,6 +37,13 @@ pub struct Args {
 }
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    let mut outputs = vec![("--out", a.out.as_path())];
+    if let Some(p) = &a.labels_out {
+        outputs.push(("--labels-out", p));
+    }
+    let mut inputs = a.data.inputs();
+    inputs.push(("--model", &a.model));
+    check_outputs(&outputs, &inputs)?;
     let pipeline = load_pipeline(&a.model)?;
     let loaded = a.data.load()?;
     let data = match (&loaded.test, a.test) {

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::commands::train::evaluate_on;
 use crate::options::DataArgs;
 use crate::report::{self, Report};
-use crate::util::{cache_dir, emit};
+use crate::util::{cache_dir, check_output_dir, emit};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +40,9 @@ pub fn load_pipeline(path: &std::path::Path) -> anyhow::Result<Pipeline> {
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let start = Instant::now();
+    if let Some(dir) = &a.report {
+        check_output_dir("--report", dir)?;
+    }
     let pipeline = load_pipeline(&a.model)?;
     let loaded = a.data.load()?;
     let (data, descriptors) = match &loaded.test {

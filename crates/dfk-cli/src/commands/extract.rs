@@ -11,7 +11,7 @@ use dfk::pipeline::{
 use serde_json::json;
 
 use crate::options::{ConfigArgs, DataArgs};
-use crate::util::{bar, cache_dir, emit, spinner, usage};
+use crate::util::{bar, cache_dir, check_output_dir, emit, spinner, usage};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -41,6 +41,9 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let cfg = a.config.resolve(g)?;
     if a.no_cache && a.out_dir.is_none() {
         return usage("--no-cache without --out-dir would keep nothing");
+    }
+    if let Some(dir) = &a.out_dir {
+        check_output_dir("--out-dir", dir)?;
     }
     let loaded = a.data.load()?;
     let cache = cache_dir(a.cache.as_deref(), a.no_cache);

@@ -16,7 +16,7 @@ use dfk::npy::{F32MatrixReader, F32MatrixWriter};
 use dfk::{model, npy};
 use serde_json::json;
 
-use crate::util::{emit, usage};
+use crate::util::{check_outputs, emit, usage};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +47,14 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     if a.batch_images == 0 {
         return usage("--batch-images must be at least 1");
     }
+    let mut inputs = vec![
+        ("--gmm", a.gmm.as_path()),
+        ("--descriptors", &a.descriptors),
+    ];
+    if let Some(o) = &a.offsets {
+        inputs.push(("--offsets", o));
+    }
+    check_outputs(&[("--out", &a.out)], &inputs)?;
     let gmm = model::load_gmm(&a.gmm)?;
     let mut reader = F32MatrixReader::open(&a.descriptors)?;
     let (rows, d) = (reader.rows(), reader.cols());

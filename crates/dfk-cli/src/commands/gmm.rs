@@ -7,7 +7,7 @@ use dfk::gmm::{fit_gmm, Gmm, GmmParams};
 use dfk::{model, npy};
 use serde_json::json;
 
-use crate::util::{emit, usage};
+use crate::util::{check_outputs, emit, usage};
 use crate::Global;
 
 #[derive(Debug, clap::Subcommand)]
@@ -87,6 +87,7 @@ fn fit(a: FitArgs, g: &Global) -> anyhow::Result<()> {
     if a.k == 0 {
         return usage("--k must be at least 1");
     }
+    check_outputs(&[("--out", &a.out)], &[("--descriptors", &a.descriptors)])?;
     let (x, n, d) = npy::read_f32_matrix(&a.descriptors)?;
     npy::require_finite(&a.descriptors, &x, d)?;
     if n < a.k {
@@ -131,6 +132,14 @@ fn fit(a: FitArgs, g: &Global) -> anyhow::Result<()> {
 }
 
 fn import(a: ImportArgs, g: &Global) -> anyhow::Result<()> {
+    check_outputs(
+        &[("--out", &a.out)],
+        &[
+            ("--means", &a.means),
+            ("--variances", &a.variances),
+            ("--weights", &a.weights),
+        ],
+    )?;
     let (means, k, d) = npy::read_f32_matrix(&a.means)?;
     let (variances, kv, dv) = npy::read_f32_matrix(&a.variances)?;
     if (kv, dv) != (k, d) {

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::commands::eval::load_pipeline;
 use crate::options::DataArgs;
-use crate::util::{usage, Bars};
+use crate::util::{check_outputs, usage, Bars};
 use crate::Global;
 
 /// Output format.
@@ -47,6 +47,12 @@ fn csv_field(s: &str) -> String {
 }
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    if let Some(out) = &a.out {
+        let mut inputs = a.data.inputs();
+        inputs.push(("--model", &a.model));
+        inputs.extend(a.images.iter().map(|p| ("an image", p.as_path())));
+        check_outputs(&[("--out", out)], &inputs)?;
+    }
     let pipeline = load_pipeline(&a.model)?;
     let has_data = a.data.data.is_some() || a.data.fashion_mnist.is_some() || a.data.embedded;
     let mut descriptors = None;

@@ -7,7 +7,7 @@ use dfk::{model, npy};
 use serde_json::json;
 
 use crate::options::WeightingArg;
-use crate::util::{emit, usage};
+use crate::util::{check_outputs, emit, usage};
 use crate::Global;
 
 #[derive(Debug, clap::Subcommand)]
@@ -110,6 +110,10 @@ fn train(a: TrainArgs, g: &Global) -> anyhow::Result<()> {
     if !(a.eps.is_finite() && a.eps > 0.0) {
         return usage("--eps must be positive");
     }
+    check_outputs(
+        &[("--out", &a.out)],
+        &[("--features", &a.features), ("--labels", &a.labels)],
+    )?;
     let (x, n, dim) = npy::read_f32_matrix(&a.features)?;
     npy::require_finite(&a.features, &x, dim)?;
     let labels = read_labels(&a, n)?;
@@ -150,6 +154,10 @@ fn train(a: TrainArgs, g: &Global) -> anyhow::Result<()> {
 }
 
 fn predict(a: PredictArgs, g: &Global) -> anyhow::Result<()> {
+    check_outputs(
+        &[("--out", &a.out)],
+        &[("the SVM file", &a.svm), ("--features", &a.features)],
+    )?;
     let (svm, _) = model::load_svm(&a.svm)?;
     let (x, n, dim) = npy::read_f32_matrix(&a.features)?;
     if dim != svm.dim {

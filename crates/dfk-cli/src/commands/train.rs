@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::options::{ConfigArgs, DataArgs, Loaded};
 use crate::report::{self, Report};
-use crate::util::{cache_dir, emit, usage, Bars};
+use crate::util::{cache_dir, check_output_dir, check_outputs, emit, usage, Bars};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -191,6 +191,10 @@ pub fn write_report(
 }
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    check_outputs(&[("--out", &a.out)], &a.data.inputs())?;
+    if let Some(dir) = &a.report {
+        check_output_dir("--report", dir)?;
+    }
     let cfg = a.config.resolve(g)?;
     let loaded = a.data.load()?;
     let cache = cache_dir(a.cache.as_deref(), a.no_cache);

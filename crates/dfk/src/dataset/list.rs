@@ -91,15 +91,31 @@ fn classes_beside(list: &Path) -> Result<Option<Vec<String>>> {
     Ok(Some(names))
 }
 
-/// Class names inferred from the labels of all lists.
-fn infer_classes(lists: &[(&Path, Vec<Entry>)]) -> Vec<String> {
+/// Class names inferred from the labels of all lists: numbers are class indices `0..=max`,
+/// anything else sorted names.
+fn infer_classes(lists: &[(&Path, Vec<Entry>)]) -> Result<Vec<String>> {
     let all = || lists.iter().flat_map(|(_, e)| e).flat_map(|e| &e.labels);
     let numbers: Option<Vec<usize>> = all().map(|l| l.parse::<usize>().ok()).collect();
     match numbers.and_then(|n| n.into_iter().max()) {
-        Some(max) => (0..=max).map(|c| c.to_string()).collect(),
+        Some(max) if max >= crate::svm::MAX_CLASSES => {
+            let (list, line) = lists
+                .iter()
+                .flat_map(|(p, e)| e.iter().map(move |e| (*p, e)))
+                .find(|(_, e)| e.labels.iter().any(|l| l.parse() == Ok(max)))
+                .map_or((lists[0].0, 0), |(p, e)| (p, e.line));
+            Err(Error::format(
+                list,
+                format!(
+                    "line {line}: label {max} is too large: numeric labels are class indices \
+                     0, 1, … (at most {} classes)",
+                    crate::svm::MAX_CLASSES
+                ),
+            ))
+        }
+        Some(max) => Ok((0..=max).map(|c| c.to_string()).collect()),
         None => {
             let names: BTreeSet<&String> = all().collect();
-            names.into_iter().cloned().collect()
+            Ok(names.into_iter().cloned().collect())
         }
     }
 }
@@ -148,7 +164,7 @@ pub(crate) fn resolve_lists(paths: &[&Path], classes: Option<&[String]>) -> Resu
         Some(c) => c.to_vec(),
         None => match classes_beside(paths[0])? {
             Some(c) => c,
-            None => infer_classes(&lists),
+            None => infer_classes(&lists)?,
         },
     };
     let mut resolved = Vec::with_capacity(lists.len());

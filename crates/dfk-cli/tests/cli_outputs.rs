@@ -1,0 +1,220 @@
+//! Outputs and limits checked before any work: an output that is also an input (or another
+//! output), a folder that cannot take the output, and values whose cost has no bound (thread
+//! counts, smoothing, resizing, label values) are refused with a message naming the flag or
+//! file, and nothing is written.
+
+mod common;
+use common::*;
+
+use dfk::npy;
+
+#[test]
+fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = dir.path().join("x.npy");
+    std::fs::copy(cli_fixture("descriptors.npy"), &x).unwrap();
+    let before = std::fs::read(&x).unwrap();
+    fails(
+        &[
+            "gmm",
+            "fit",
+            "--descriptors",
+            &s(&x),
+            "--k",
+            "2",
+            "--out",
+            &s(&x),
+        ],
+        2,
+        "is also the input --descriptors",
+    );
+    // The same file through another spelling of its path.
+    let other = format!("{}/./x.npy", dir.path().display());
+    fails(
+        &[
+            "gmm",
+            "fit",
+            "--descriptors",
+            &s(&x),
+            "--k",
+            "2",
+            "--out",
+            &other,
+        ],
+        2,
+        "is also the input --descriptors",
+    );
+    let gmm = import_gmm(dir.path());
+    let model = std::fs::read(&gmm).unwrap();
+    fails(
+        &[
+            "fisher",
+            "--gmm",
+            &s(&gmm),
+            "--descriptors",
+            &s(&x),
+            "--out",
+            &s(&gmm),
+        ],
+        2,
+        "is also the input --gmm",
+    );
+    assert_eq!(std::fs::read(&x).unwrap(), before);
+    assert_eq!(std::fs::read(&gmm).unwrap(), model);
+}
+
+#[test]
+fn an_unwritable_output_folder_fails_before_the_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("no/such/folder/g.dfk");
+    fails(
+        &[
+            "gmm",
+            "fit",
+            "--descriptors",
+            &cli_fixture("descriptors.npy"),
+            "--k",
+            "2",
+            "--out",
+            &s(&out),
+        ],
+        1,
+        "--out",
+    );
+    // A report folder below a file: refused before training, and no model written.
+    let file = dir.path().join("file.txt");
+    std::fs::write(&file, b"x").unwrap();
+    let model = dir.path().join("m.dfk");
+    fails_leaving_nothing(
+        &[
+            "train",
+            "--embedded",
+            "--limit",
+            "20",
+            "--k",
+            "2",
+            "--no-cache",
+            "--out",
+            &s(&model),
+            "--report",
+            &s(&file.join("report")),
+        ],
+        2,
+        "is not a folder",
+        &model,
+    );
+    // An output that is a directory.
+    fails(
+        &[
+            "gmm",
+            "fit",
+            "--descriptors",
+            &cli_fixture("descriptors.npy"),
+            "--k",
+            "2",
+            "--out",
+            &s(dir.path()),
+        ],
+        2,
+        "is a directory",
+    );
+}
+
+#[test]
+fn unbounded_values_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.dfk");
+    fails_leaving_nothing(
+        &[
+            "--threads",
+            "20000",
+            "gmm",
+            "fit",
+            "--descriptors",
+            &cli_fixture("descriptors.npy"),
+            "--k",
+            "2",
+            "--out",
+            &s(&m),
+        ],
+        2,
+        "at most 1024",
+        &m,
+    );
+    for (flag, value, needle) in [
+        ("--magnif", "1e-30", "magnif"),
+        ("--resize", "100000x100000", "resize"),
+    ] {
+        fails_leaving_nothing(
+            &[
+                "train",
+                "--embedded",
+                "--limit",
+                "20",
+                "--k",
+                "2",
+                "--no-cache",
+                flag,
+                value,
+                "--out",
+                &s(&m),
+            ],
+            2,
+            needle,
+            &m,
+        );
+    }
+    fails(&["bench", "--stage", "svm", "--svm-n", "0"], 2, "--svm-n");
+}
+
+#[test]
+fn labels_must_be_class_indices_with_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = npy::read_labels(cli_fixture("labels.npy")).unwrap();
+    let top = *labels.iter().max().unwrap() as i64;
+    let m = dir.path().join("s.dfk");
+    // A huge label: refused by value (it used to size a per-class table of 2^40 entries).
+    let huge = dir.path().join("huge.npy");
+    let l: Vec<i64> = labels
+        .iter()
+        .map(|&l| if l as i64 == top { 1 << 40 } else { l as i64 })
+        .collect();
+    npy::write_i64_vector(&huge, &l).unwrap();
+    fails_leaving_nothing(
+        &[
+            "svm",
+            "train",
+            "--features",
+            &cli_fixture("features.npy"),
+            "--labels",
+            &s(&huge),
+            "--out",
+            &s(&m),
+        ],
+        1,
+        "too large",
+        &m,
+    );
+    // A gap in the class indices: the empty class is named as such.
+    let gap = dir.path().join("gap.npy");
+    let l: Vec<i64> = labels
+        .iter()
+        .map(|&l| if l as i64 == top { top + 2 } else { l as i64 })
+        .collect();
+    npy::write_i64_vector(&gap, &l).unwrap();
+    fails_leaving_nothing(
+        &[
+            "svm",
+            "train",
+            "--features",
+            &cli_fixture("features.npy"),
+            "--labels",
+            &s(&gap),
+            "--out",
+            &s(&m),
+        ],
+        1,
+        &format!("class {top} has no training sample"),
+        &m,
+    );
+}

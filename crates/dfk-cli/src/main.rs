@@ -82,7 +82,43 @@ enum Command {
     Bench(commands::bench::Args),
 }
 
+/// On SIGINT or SIGTERM (Ctrl-C, `kill`, `timeout`): remove the temporary files of the
+/// writes in progress, then exit with 128 + the signal, as a shell reports it. The signals
+/// are blocked in this thread before any other starts (threads inherit the mask), and one
+/// thread waits for them, so the cleanup runs in ordinary code, not in a signal handler.
+#[cfg(unix)]
+fn clean_up_on_signals() {
+    // SAFETY: plain libc calls on a zeroed, then filled, sigset_t owned by this frame.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return;
+        }
+        set
+    };
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is a valid signal set and `sig` a valid out-pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                dfk::npy::remove_temporary_files();
+                std::process::exit(128 + sig);
+            }
+        });
+    if spawned.is_err() {
+        // No waiting thread: let the signals act as before.
+        // SAFETY: as above.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    #[cfg(unix)]
+    clean_up_on_signals();
     let cli = Cli::parse();
     let filter = if cli.global.quiet { "error" } else { "info" };
     tracing_subscriber::fmt()

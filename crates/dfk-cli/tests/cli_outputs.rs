@@ -218,3 +218,75 @@ fn labels_must_be_class_indices_with_samples() {
         &m,
     );
 }
+
+/// Ctrl-C (SIGINT) or SIGTERM while an output is being written: exit status 128 + signal,
+/// the target untouched and no hidden temporary file left in its folder.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_write_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, images, per) = (32usize, 400usize, 500usize);
+    let x: Vec<f32> = (0..images * per * d)
+        .map(|i| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5)
+        .collect();
+    let (xp, op, gp) = (
+        dir.path().join("x.npy"),
+        dir.path().join("o.npy"),
+        dir.path().join("g.dfk"),
+    );
+    npy::write_f32_matrix(&xp, &x, images * per, d).unwrap();
+    let offsets: Vec<i64> = (0..=images).map(|i| (i * per) as i64).collect();
+    npy::write_i64_vector(&op, &offsets).unwrap();
+    ok(&[
+        "gmm",
+        "fit",
+        "--descriptors",
+        &s(&xp),
+        "--k",
+        "256",
+        "--max-iter",
+        "1",
+        "--out",
+        &s(&gp),
+    ]);
+    let out = dir.path().join("fv.npy");
+    for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dfk"))
+            .args(["-q", "--threads", "1", "fisher", "--gmm", &s(&gp)])
+            .args([
+                "--descriptors",
+                &s(&xp),
+                "--offsets",
+                &s(&op),
+                "--out",
+                &s(&out),
+            ])
+            .spawn()
+            .unwrap();
+        let temp = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with(".fv.npy.tmp-"))
+        };
+        // Signal once the temporary output exists (the writer makes it before encoding).
+        let start = std::time::Instant::now();
+        while !temp() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "finished before it could be interrupted"
+            );
+            assert!(
+                start.elapsed().as_secs() < 60,
+                "no temporary output appeared"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // SAFETY: sends a signal to the child's pid.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "signal {signal}");
+        assert!(!temp(), "signal {signal}: a temporary file was left");
+        assert!(!out.exists(), "signal {signal}: the output appeared");
+    }
+}

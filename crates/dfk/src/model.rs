@@ -211,6 +211,9 @@ impl ModelFile {
                 ));
             }
         }
+        if let Some(svm) = &svm {
+            check_class_names(path, &r.header.class_names, svm.classes)?;
+        }
         let header = r.header;
         Ok(ModelFile {
             pca,
@@ -222,6 +225,21 @@ impl ModelFile {
             history: header.history,
         })
     }
+}
+
+/// The header's class names, when there are any, must name every one-vs-rest SVM.
+fn check_class_names(path: &Path, names: &[String], classes: usize) -> Result<()> {
+    if !names.is_empty() && names.len() != classes {
+        return Err(Error::format(
+            path,
+            format!(
+                "class_names has {} names but the file holds {classes} one-vs-rest SVMs: \
+                 expected one name per SVM (or none)",
+                names.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes a GMM alone (a model file of kind `gmm`) atomically.
@@ -263,6 +281,7 @@ pub fn load_svm(path: impl AsRef<Path>) -> Result<(OneVsRest, Vec<String>)> {
         ));
     }
     let svm = r.svm()?;
+    check_class_names(path, &r.header.class_names, svm.classes)?;
     Ok((svm, r.header.class_names.clone()))
 }
 

@@ -650,6 +650,7 @@ impl F32MatrixWriter {
         let file = if w.in_place {
             std::fs::OpenOptions::new().write(true).open(&w.tmp)
         } else {
+            track_temp(&w.tmp);
             File::create(&w.tmp)
         }
         .map_err(|e| Error::io(&w.path, e))?;
@@ -712,6 +713,7 @@ impl F32MatrixWriter {
             Ok(Target::Replace(target)) => target,
             Ok(Target::InPlace(_)) => {
                 let _ = std::fs::remove_file(&self.tmp);
+                untrack_temp(&self.tmp);
                 return Err(Error::format(
                     &self.path,
                     "became a device or FIFO while it was being written",
@@ -719,6 +721,7 @@ impl F32MatrixWriter {
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&self.tmp);
+                untrack_temp(&self.tmp);
                 return Err(e);
             }
         };
@@ -727,6 +730,7 @@ impl F32MatrixWriter {
             file.sync_all()?;
             std::fs::rename(&self.tmp, &target)
         })();
+        untrack_temp(&self.tmp);
         if let Err(e) = result {
             let _ = std::fs::remove_file(&self.tmp);
             return Err(Error::io(&self.path, e));
@@ -740,11 +744,39 @@ impl Drop for F32MatrixWriter {
         // An unfinished temporary file goes; a device written in place stays.
         if self.out.take().is_some() && !self.in_place {
             let _ = std::fs::remove_file(&self.tmp);
+            untrack_temp(&self.tmp);
         }
     }
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Temporary files being written now, so that an interrupted program can remove them
+/// ([`remove_temporary_files`]).
+static LIVE_TEMPS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn track_temp(path: &Path) {
+    if let Ok(mut live) = LIVE_TEMPS.lock() {
+        live.push(path.to_path_buf());
+    }
+}
+
+fn untrack_temp(path: &Path) {
+    if let Ok(mut live) = LIVE_TEMPS.lock() {
+        live.retain(|p| p != path);
+    }
+}
+
+/// Removes the temporary files of every write in progress (the targets stay as they were).
+/// For a program that is about to exit on a signal: Ctrl-C during a long write would
+/// otherwise leave a hidden `.NAME.tmp-…` file of up to the output's size.
+pub fn remove_temporary_files() {
+    if let Ok(mut live) = LIVE_TEMPS.lock() {
+        for p in live.drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
 
 fn temp_path(path: &Path) -> PathBuf {
     let name = path
@@ -838,6 +870,7 @@ pub fn write_atomic(
         Target::Replace(target) => target,
     };
     let tmp = temp_path(&target);
+    track_temp(&tmp);
     let result = (|| {
         let file = std::fs::File::create(&tmp)?;
         let mut w = std::io::BufWriter::new(file);
@@ -846,6 +879,7 @@ pub fn write_atomic(
         file.sync_all()?;
         std::fs::rename(&tmp, &target)
     })();
+    untrack_temp(&tmp);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e));

@@ -113,6 +113,15 @@ fn svm_file_round_trips_and_pipeline_serves_its_svms() {
     bad.save(&p).unwrap();
     let e = ModelFile::load(&p).unwrap_err().to_string();
     assert!(e.contains("svm.w") && e.contains("p.dfk"), "{e}");
+    // Class names that do not name every SVM (one name for four) are rejected on load.
+    model::save_svm(&a, &s, &names[..1]).unwrap();
+    let e = model::load_svm(&a).unwrap_err().to_string();
+    assert!(e.contains("class_names") && e.contains("s.dfk"), "{e}");
+    let mut bad = pipeline();
+    bad.class_names.push("extra".into());
+    bad.save(&p).unwrap();
+    let e = ModelFile::load(&p).unwrap_err().to_string();
+    assert!(e.contains("class_names") && e.contains("p.dfk"), "{e}");
 }
 
 /// A per-class model (one GMM per class, Deep Fisher Kernel) round-trips, and per-class GMMs

@@ -58,6 +58,12 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             pipeline.svm.classes
         );
     }
+    check_same_classes(
+        &data.class_names,
+        &pipeline.class_names,
+        &loaded.description,
+        &a.model,
+    )?;
     let cache = cache_dir(a.cache.as_deref(), a.no_cache);
     let mut timings = Vec::new();
     let e = evaluate_on(
@@ -102,4 +108,46 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         ),
     );
     Ok(())
+}
+
+/// Evaluation matches classes by position: a data set whose classes have other names than the
+/// model's (or the same names in another order) would be scored against the wrong classes.
+/// Names that are just the indices `0, 1, …` (labels from `.npy` files) say nothing and pass.
+fn check_same_classes(
+    data: &[String],
+    model: &[String],
+    description: &str,
+    model_path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let indices = |names: &[String]| names.iter().enumerate().all(|(i, n)| *n == i.to_string());
+    if data.is_empty() || model.is_empty() || data == model || indices(data) || indices(model) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{description} has classes [{}] but the model in {} was trained on [{}]: classes are \
+         matched by position, so they must be the same names in the same order",
+        data.join(", "),
+        model_path.display(),
+        model.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_same_classes;
+
+    #[test]
+    fn classes_must_have_the_model_names_in_its_order() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let path = std::path::Path::new("m.dfk");
+        let model = names(&["a", "b"]);
+        assert!(check_same_classes(&model, &model, "d", path).is_ok());
+        let e = check_same_classes(&names(&["apple", "zebra"]), &model, "d", path).unwrap_err();
+        assert!(e.to_string().contains("[apple, zebra]") && e.to_string().contains("m.dfk"));
+        assert!(check_same_classes(&names(&["b", "a"]), &model, "d", path).is_err());
+        // Index names or no names: nothing to compare.
+        assert!(check_same_classes(&names(&["0", "1"]), &model, "d", path).is_ok());
+        assert!(check_same_classes(&model, &names(&["0", "1"]), "d", path).is_ok());
+        assert!(check_same_classes(&[], &model, "d", path).is_ok());
+    }
 }

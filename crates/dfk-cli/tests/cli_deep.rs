@@ -320,3 +320,420 @@ fn per_class_model_works_with_eval_and_predict() {
     let info = ok(&["info", &s(&model)]);
     assert!(info.contains("class_gmm.means"), "{info}");
 }
+
+/// Tiny descriptor files in `dir`: 12 images of 5 descriptors in 3 dimensions (pseudo-random),
+/// labels `i % classes`. Returns the paths of X, offsets and labels.
+fn tiny_descriptors(dir: &Path, classes: i64) -> (String, String, String) {
+    let (x, o, y) = (dir.join("x.npy"), dir.join("o.npy"), dir.join("y.npy"));
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<f32> = (0..12 * 5 * 3)
+        .map(|i| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 40) as f32 / (1u64 << 24) as f32 + 0.3 * ((i / 15) % 3) as f32
+        })
+        .collect();
+    npy::write_f32_matrix(&x, &data, 60, 3).unwrap();
+    npy::write_i64_vector(&o, &(0..=12).map(|i| i * 5).collect::<Vec<_>>()).unwrap();
+    npy::write_i64_vector(&y, &(0..12).map(|i| i % classes).collect::<Vec<_>>()).unwrap();
+    (s(&x), s(&o), s(&y))
+}
+
+/// An `images × classes` int64 matrix (.npy), for `--multilabel`.
+fn write_i64_matrix(path: &Path, data: &[i64], rows: u64, cols: u64) {
+    use npyz::WriterBuilder;
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = npyz::WriteOptions::<i64>::new()
+        .default_dtype()
+        .shape(&[rows, cols])
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()
+        .unwrap();
+    w.extend(data.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+/// `dfk deep` on the tiny descriptor files, output `model`: `extra`, then the defaults of this
+/// file's tests for the flags that `extra` does not give (K = 2, half the images for
+/// validation, no early stopping).
+fn tiny_args(files: &(String, String, String), model: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--threads",
+        "1",
+        "-q",
+        "deep",
+        "--descriptors",
+        &files.0,
+        "--offsets",
+        &files.1,
+        "-o",
+        &s(model),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|v| v.to_string())
+    .collect();
+    for (flag, value) in [
+        ("--labels", files.2.as_str()),
+        ("-k", "2"),
+        ("--val-fraction", "0.5"),
+        ("--patience", "0"),
+        ("--rel-tol", "0"),
+    ] {
+        if !extra.contains(&flag) {
+            a.extend([flag.to_string(), value.to_string()]);
+        }
+    }
+    a
+}
+
+/// Resuming from the checkpoint `ckpt` (written as `<model>.ckpt`) must fail with exit status
+/// 1 and an error that names the checkpoint and every one of `needles`, without a panic, and
+/// write nothing: `model` keeps its contents (or stays absent) and so does the checkpoint.
+fn resume_fails(args: &[String], model: &Path, needles: &[&str]) {
+    let ckpt = dir_file(model, "ckpt");
+    let before_ckpt = std::fs::read(&ckpt).unwrap();
+    let before_model = std::fs::read(model).ok();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = dfk(&a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "dfk {a:?}: {err}");
+    assert!(!err.contains("panicked"), "dfk {a:?} panicked: {err}");
+    let name = ckpt.file_name().unwrap().to_string_lossy().into_owned();
+    for needle in std::iter::once(name.as_str()).chain(needles.iter().copied()) {
+        assert!(err.contains(needle), "dfk {a:?}: {err:?} lacks {needle:?}");
+    }
+    assert_eq!(
+        std::fs::read(model).ok(),
+        before_model,
+        "dfk {a:?} wrote the model"
+    );
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        before_ckpt,
+        "dfk {a:?} wrote the checkpoint"
+    );
+}
+
+/// `<path>.<ext>`, as `dfk deep` names its checkpoint.
+fn dir_file(path: &Path, ext: &str) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".");
+    p.push(ext);
+    p.into()
+}
+
+/// A checkpoint damaged in any of the ways the trainer would index, slice or unwrap is
+/// rejected whole, right after loading, with an error naming the file and the field.
+#[test]
+fn resume_rejects_a_malformed_checkpoint_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tiny_descriptors(dir.path(), 3);
+    let base = dir.path().join("base.dfk");
+    ok(&tiny_args(&files, &base, &["--iters", "2"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    let good = json(&std::fs::read_to_string(dir_file(&base, "ckpt")).unwrap());
+    assert_eq!(good["iteration"], 2);
+    assert_eq!(good["groups"][0]["tasks"], serde_json::json!([0, 1, 2]));
+
+    type Edit = fn(&mut Value);
+    let cases: &[(&str, Edit, &[&str])] = &[
+        (
+            "no records",
+            |c| c["history"]["records"] = serde_json::json!([]),
+            &["history.records holds 0 records", "iteration = 2"],
+        ),
+        (
+            "best iteration past the history",
+            |c| c["best"]["iteration"] = 99.into(),
+            &["best.iteration = 99", "iteration 2"],
+        ),
+        (
+            "no best SVMs",
+            |c| c["best"]["svms"] = serde_json::json!([]),
+            &["best.svms holds 0 entries", "expected one per GMM"],
+        ),
+        (
+            "no best GMMs",
+            |c| c["best"]["thetas"] = serde_json::json!([]),
+            &["best.thetas holds 0 entries", "expected one per GMM"],
+        ),
+        (
+            "no tasks",
+            |c| {
+                c["stop"] = Value::Null;
+                c["groups"][0]["tasks"] = serde_json::json!([]);
+            },
+            &["groups[0].tasks = []", "expected [0, 1, 2]"],
+        ),
+        (
+            "a task out of range",
+            |c| {
+                c["stop"] = Value::Null;
+                c["groups"][0]["tasks"] = serde_json::json!([0, 5]);
+            },
+            &["groups[0].tasks = [0, 5]", "task 5 is not a class index"],
+        ),
+        (
+            "a task twice",
+            |c| c["groups"][0]["tasks"] = serde_json::json!([0, 1, 1]),
+            &["groups[0].tasks = [0, 1, 1]", "more than once"],
+        ),
+        (
+            "no GMM",
+            |c| c["groups"] = serde_json::json!([]),
+            &["groups holds 0 GMMs", "expected 1"],
+        ),
+        (
+            "short weights",
+            |c| c["groups"][0]["svm"]["models"][1]["w"] = serde_json::json!([1.0]),
+            &["groups[0].svm.models[1].w holds 1 weights", "expected 12"],
+        ),
+        (
+            "no duals",
+            |c| c["best"]["svms"][0]["models"][0]["alpha"] = serde_json::json!([]),
+            &["best.svms[0].models[0].alpha holds 0 duals"],
+        ),
+        (
+            "a model missing",
+            |c| {
+                let m = c["groups"][0]["svm"]["models"].as_array_mut().unwrap();
+                m.pop();
+            },
+            &["groups[0].svm.models holds 2 models", "expected 3"],
+        ),
+        (
+            "wrong SVM dimension",
+            |c| c["best"]["svms"][0]["dim"] = 5.into(),
+            &["best.svms[0].dim = 5", "2 × K × D = 12"],
+        ),
+        (
+            "short training scores",
+            |c| c["groups"][0]["train_scores"] = serde_json::json!([0.5]),
+            &["groups[0].train_scores holds 1 scores"],
+        ),
+        (
+            "short means",
+            |c| {
+                let m = c["groups"][0]["theta"]["means"].as_array_mut().unwrap();
+                m.pop();
+            },
+            &["groups[0].theta.means holds 5 values", "K × D = 6"],
+        ),
+        (
+            "another K",
+            |c| c["best"]["thetas"][0]["k"] = 3.into(),
+            &["best.thetas[0].k = 3", "K = 2"],
+        ),
+        (
+            "overflowing variances",
+            |c| c["best"]["thetas"][0]["log_std"][0] = 1e3.into(),
+            &["best.thetas[0] is not a valid GMM"],
+        ),
+        (
+            "short floors",
+            |c| c["groups"][0]["floors"]["min_log_std"] = serde_json::json!([]),
+            &["groups[0].floors.min_log_std holds 0 values"],
+        ),
+        (
+            "iteration ahead of the history",
+            |c| c["iteration"] = 7.into(),
+            &["history.records holds 3 records but iteration = 7"],
+        ),
+        (
+            "records out of order",
+            |c| c["history"]["records"][1]["iteration"] = 5.into(),
+            &["history.records[1].iteration = 5, expected 1"],
+        ),
+        (
+            "best metric not the kept record's",
+            |c| c["best"]["metric"] = 0.123.into(),
+            &["best.metric = Some(0.123)", "val_metric"],
+        ),
+        (
+            "step out of range",
+            |c| c["groups"][0]["step"] = 0.into(),
+            &["groups[0].step = 0", "[min_step, max_step]"],
+        ),
+        (
+            "objective not the SVMs'",
+            |c| c["groups"][0]["objective"] = 123.0.into(),
+            &["groups[0].objective = 123.0", "primal"],
+        ),
+        (
+            "another initial GMM",
+            |c| {
+                let v = c["groups"][0]["init"]["means"][0].as_f64().unwrap();
+                c["groups"][0]["init"]["means"][0] = (v + 0.5).into();
+            },
+            &["groups[0].init.means[0]", "another GMM"],
+        ),
+        (
+            "a recorded setting changed",
+            |c| c["settings"]["svm.c"] = "1.0".into(),
+            &["svm.c (-C/--c): \"1.0\" in the checkpoint, \"3.0\" given"],
+        ),
+        (
+            "not a checkpoint",
+            |c| *c = serde_json::json!({"format": 3}),
+            &["not a dfk deep checkpoint"],
+        ),
+    ];
+    for (i, (what, edit, needles)) in cases.iter().enumerate() {
+        let model = dir.path().join(format!("case{i}.dfk"));
+        let mut c = good.clone();
+        edit(&mut c);
+        std::fs::write(dir_file(&model, "ckpt"), serde_json::to_vec(&c).unwrap()).unwrap();
+        // Half the cases with an earlier model in place, which must be left as it was.
+        if i % 2 == 1 {
+            std::fs::copy(&base, &model).unwrap();
+        }
+        eprintln!("case {i}: {what}");
+        resume_fails(
+            &tiny_args(&files, &model, &["--iters", "4", "--resume"]),
+            &model,
+            needles,
+        );
+        if i % 2 == 0 {
+            assert!(!model.exists(), "{what}: a model was written");
+        }
+    }
+
+    // The undamaged checkpoint resumes (the stopping rules may change).
+    let model = dir.path().join("good.dfk");
+    std::fs::copy(dir_file(&base, "ckpt"), dir_file(&model, "ckpt")).unwrap();
+    ok(&tiny_args(
+        &files,
+        &model,
+        &[
+            "--iters",
+            "3",
+            "--resume",
+            "--patience",
+            "5",
+            "--rel-tol",
+            "1e-9",
+        ],
+    )
+    .iter()
+    .map(String::as_str)
+    .collect::<Vec<_>>());
+    let m = ModelFile::load(&model).unwrap();
+    assert_eq!(m.history["deep"]["records"].as_array().unwrap().len(), 4);
+}
+
+/// Resuming with a setting that shapes the state changed names the setting, its flag, the
+/// checkpoint's value and the given one, and writes nothing.
+#[test]
+fn resume_names_the_setting_that_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tiny_descriptors(dir.path(), 3);
+    let base = dir.path().join("base.dfk");
+    ok(&tiny_args(&files, &base, &["--iters", "1"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    // Multi-label targets of the same images (each image's class, every third also the next).
+    let multi = dir.path().join("multi.npy");
+    let mut t = vec![0i64; 12 * 3];
+    for i in 0..12 {
+        t[i * 3 + i % 3] = 1;
+        if i % 3 == 0 {
+            t[i * 3 + (i + 1) % 3] = 1;
+        }
+    }
+    write_i64_matrix(&multi, &t, 12, 3);
+    let four = dir.path().join("four.npy");
+    npy::write_i64_vector(&four, &(0..12).map(|i| i % 4).collect::<Vec<_>>()).unwrap();
+    let (multi, four) = (s(&multi), s(&four));
+
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["-k", "3"],
+            &["K (--k or --gmm): \"2\" in the checkpoint, \"3\" given"],
+        ),
+        (
+            &["--labels", &multi, "--multilabel"],
+            &["labels (--multilabel): \"multi-class\" in the checkpoint, \"multi-label\" given"],
+        ),
+        (
+            &["--labels", &four],
+            &["classes (--labels): \"3\" in the checkpoint, \"4\" given"],
+        ),
+        (
+            &["--mode", "per-class"],
+            &["mode (--mode): \"shared\" in the checkpoint, \"per-class\" given"],
+        ),
+        (
+            &["-C", "10"],
+            &["svm.c (-C/--c): \"3.0\" in the checkpoint, \"10.0\" given"],
+        ),
+        (
+            &["--svm-eps", "0.01"],
+            &["svm.eps (--svm-eps): \"0.05\" in the checkpoint, \"0.01\" given"],
+        ),
+        (
+            &["--balanced"],
+            &["weighting (--balanced): \"uniform\" in the checkpoint, \"balanced\" given"],
+        ),
+        (
+            &["--sqrt-epsilon", "1e-5", "--posterior-threshold", "0"],
+            &[
+                "fisher.sqrt_epsilon (--sqrt-epsilon): \"1e-6\" in the checkpoint, \"1e-5\" given",
+                "fisher.posterior_threshold (--posterior-threshold)",
+            ],
+        ),
+        (
+            &["--groups", "means"],
+            &["groups (--groups): \"means,log-std,weights\" in the checkpoint, \"means\" given"],
+        ),
+        (&["--step", "0.2"], &["line_search.initial_step (--step)"]),
+        (
+            &["--val-fraction", "0.25"],
+            &["training set", "validation set"],
+        ),
+        (&["--seed", "5"], &["training set", "--seed"]),
+        (&["--gmm-iters", "1"], &["groups[0].init", "--gmm-iters"]),
+    ];
+    for (i, (extra, needles)) in cases.iter().enumerate() {
+        let model = dir.path().join(format!("case{i}.dfk"));
+        std::fs::copy(dir_file(&base, "ckpt"), dir_file(&model, "ckpt")).unwrap();
+        let mut e = vec!["--iters", "3", "--resume"];
+        e.extend_from_slice(extra);
+        let mut n = vec!["other settings"];
+        if extra[0] == "--gmm-iters" {
+            n.clear();
+        }
+        n.extend_from_slice(needles);
+        resume_fails(&tiny_args(&files, &model, &e), &model, &n);
+        assert!(!model.exists(), "{extra:?}: a model was written");
+    }
+}
+
+/// Outputs that collide with each other or with an input are refused before training.
+#[test]
+fn deep_outputs_must_not_collide() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tiny_descriptors(dir.path(), 3);
+    let model = dir.path().join("m.dfk");
+    let to_str = |a: &[String]| a.to_vec();
+    for (extra, needle) in [
+        (
+            vec!["--history", model.to_str().unwrap()],
+            "are the same file",
+        ),
+        (
+            vec!["--checkpoint", files.0.as_str()],
+            "is also the input --descriptors",
+        ),
+    ] {
+        let args = to_str(&tiny_args(&files, &model, &extra));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_leaving_nothing(&refs, 2, needle, &model);
+    }
+    let (_, before, _) = npy::read_f32_matrix(&files.0).unwrap();
+    assert_eq!(before, 60, "the descriptors are intact");
+}

@@ -434,6 +434,224 @@ fn resume_rejects_other_settings_and_corrupt_files() {
     ));
 }
 
+/// The message of a [`Error::Format`] about `path`; panics on anything else.
+fn format_message(r: Result<DeepModel, Error>, path: &std::path::Path) -> String {
+    match r {
+        Err(Error::Format { path: p, message }) => {
+            assert_eq!(p, path);
+            message
+        }
+        Err(e) => panic!("expected a format error about {}, got {e}", path.display()),
+        Ok(_) => panic!("a malformed checkpoint was accepted"),
+    }
+}
+
+/// A checkpoint whose structure does not fit the run (lengths, indices, shapes, values the
+/// trainer indexes or unwraps) is rejected whole on loading, naming the field, and left as it
+/// was; in both modes.
+#[test]
+fn resume_rejects_a_malformed_checkpoint() {
+    let set = synthetic(24, 8, 3, 3, 30);
+    let val = synthetic(12, 8, 3, 3, 31);
+    let data = DeepData {
+        train: &set,
+        val: Some(&val),
+        test: None,
+    };
+    let init = [gmm(2, 3, 32)];
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [GmmMode::Shared, GmmMode::PerClass] {
+        let params = |iters| DeepParams {
+            mode,
+            ..train_params(iters)
+        };
+        let cp = Checkpoint {
+            path: dir.path().join(format!("{mode:?}.ckpt")),
+            resume: true,
+        };
+        train_deep(&init, &data, &params(1), Some(&cp)).unwrap();
+        let good: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cp.path).unwrap()).unwrap();
+        type Edit = fn(&mut serde_json::Value);
+        let cases: [(Edit, &str); 12] = [
+            (
+                |c| c["history"]["records"] = serde_json::json!([]),
+                "history.records holds 0 records",
+            ),
+            (
+                |c| c["best"]["iteration"] = 99.into(),
+                "best.iteration = 99",
+            ),
+            (|c| c["best"]["svms"] = serde_json::json!([]), "best.svms"),
+            (
+                |c| c["best"]["thetas"] = serde_json::json!([]),
+                "best.thetas",
+            ),
+            (
+                |c| {
+                    c["stop"] = serde_json::Value::Null;
+                    c["groups"][0]["tasks"] = serde_json::json!([]);
+                },
+                "groups[0].tasks = []",
+            ),
+            (
+                |c| c["groups"][0]["tasks"] = serde_json::json!([0, 5]),
+                "task 5 is not a class index",
+            ),
+            (
+                |c| {
+                    let last = c["groups"].as_array().unwrap().len() - 1;
+                    c["groups"][last]["tasks"] = serde_json::json!([0]);
+                },
+                "].tasks = [0]",
+            ),
+            (
+                |c| c["groups"][0]["svm"]["models"][0]["alpha"] = serde_json::json!([1.0]),
+                "groups[0].svm.models[0].alpha holds 1 duals",
+            ),
+            (
+                |c| c["groups"][0]["train_scores"] = serde_json::json!([]),
+                "groups[0].train_scores holds 0 scores",
+            ),
+            (
+                |c| c["best"]["thetas"][0]["logits"] = serde_json::json!([0.0]),
+                "best.thetas[0].logits holds 1 values",
+            ),
+            (
+                |c| c["groups"][0]["floors"]["min_weight"] = 2.0.into(),
+                "groups[0].floors.min_weight = 2.0",
+            ),
+            (
+                |c| c["best"]["metric"] = serde_json::Value::Null,
+                "best.metric = None",
+            ),
+        ];
+        for (edit, needle) in cases {
+            let mut c = good.clone();
+            edit(&mut c);
+            let bytes = serde_json::to_vec(&c).unwrap();
+            std::fs::write(&cp.path, &bytes).unwrap();
+            let message = format_message(train_deep(&init, &data, &params(3), Some(&cp)), &cp.path);
+            assert!(
+                message.contains(needle),
+                "{mode:?}: {message:?} lacks {needle:?}"
+            );
+            assert_eq!(
+                std::fs::read(&cp.path).unwrap(),
+                bytes,
+                "{mode:?}: {needle}"
+            );
+        }
+        // The checkpoint itself is fine.
+        std::fs::write(&cp.path, serde_json::to_vec(&good).unwrap()).unwrap();
+        let resumed = train_deep(&init, &data, &params(2), Some(&cp)).unwrap();
+        assert_eq!(resumed.history.records.len(), 3);
+    }
+}
+
+/// Resuming with other images, labels or initial GMMs fails with a message naming the
+/// setting; a checkpoint from before the settings were recorded still resumes exactly.
+#[test]
+fn resume_names_changed_data_and_initial_gmms() {
+    let set = synthetic(20, 10, 3, 2, 40);
+    let val = synthetic(10, 10, 3, 2, 41);
+    let data = DeepData {
+        train: &set,
+        val: None,
+        test: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cp = Checkpoint {
+        path: dir.path().join("run.ckpt"),
+        resume: true,
+    };
+    let init = [gmm(2, 3, 42)];
+    train_deep(&init, &data, &train_params(1), Some(&cp)).unwrap();
+    let saved = std::fs::read(&cp.path).unwrap();
+    let fails = |init: &[Gmm], data: &DeepData, needles: &[&str]| {
+        let message = format_message(
+            train_deep(init, data, &train_params(2), Some(&cp)),
+            &cp.path,
+        );
+        for needle in needles {
+            assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+        }
+        assert_eq!(std::fs::read(&cp.path).unwrap(), saved);
+    };
+    fails(
+        &[gmm(3, 3, 42)],
+        &data,
+        &[
+            "other settings",
+            "K (--k or --gmm): \"2\" in the checkpoint, \"3\" given",
+        ],
+    );
+    fails(&[gmm(2, 3, 43)], &data, &["groups[0].init.", "another GMM"]);
+    fails(
+        &init,
+        &DeepData {
+            val: Some(&val),
+            ..data
+        },
+        &["validation set (--val-fraction, --seed): \"none\" in the checkpoint"],
+    );
+    // The same images with other labels: the same sizes, another content.
+    let mut relabelled = set.clone();
+    if let Labels::MultiClass { labels, .. } = &mut relabelled.labels {
+        labels.swap(0, 1);
+    }
+    fails(
+        &init,
+        &DeepData {
+            train: &relabelled,
+            ..data
+        },
+        &["training set"],
+    );
+    let Labels::MultiClass { labels, classes } = &set.labels else {
+        unreachable!()
+    };
+    let mut targets = vec![false; labels.len() * classes];
+    for (i, &c) in labels.iter().enumerate() {
+        targets[i * classes + c] = true;
+    }
+    let multi = ImageSet::new(
+        set.data.clone(),
+        set.d,
+        set.offsets.clone(),
+        Labels::MultiLabel {
+            targets,
+            classes: *classes,
+        },
+    )
+    .unwrap();
+    fails(
+        &init,
+        &DeepData {
+            train: &multi,
+            ..data
+        },
+        &["labels (--multilabel): \"multi-class\" in the checkpoint, \"multi-label\" given"],
+    );
+
+    // A checkpoint without recorded settings (an older one) is checked by its fingerprint and
+    // structure, and resumes exactly.
+    let mut old: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+    old.as_object_mut().unwrap().remove("settings").unwrap();
+    std::fs::write(&cp.path, serde_json::to_vec(&old).unwrap()).unwrap();
+    let resumed = train_deep(&init, &data, &train_params(3), Some(&cp)).unwrap();
+    let straight = train_deep(&init, &data, &train_params(3), None).unwrap();
+    assert_eq!(resumed.gmms, straight.gmms);
+    assert_eq!(resumed.history.records.len(), 4);
+    // Without the settings, another K is still caught, by the shapes.
+    std::fs::write(&cp.path, serde_json::to_vec(&old).unwrap()).unwrap();
+    let message = format_message(
+        train_deep(&[gmm(3, 3, 42)], &data, &train_params(3), Some(&cp)),
+        &cp.path,
+    );
+    assert!(message.contains("groups[0].init.k = 2"), "{message}");
+}
+
 #[test]
 fn bad_input_is_rejected() {
     let labels = || Labels::MultiClass {

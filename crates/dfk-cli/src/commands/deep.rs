@@ -22,7 +22,7 @@ use dfk::pipeline::{
 use dfk::svm::{ClassWeighting, Labels, OneVsRest, SvmParams};
 use serde_json::json;
 
-use crate::util::{emit, usage};
+use crate::util::{check_outputs, emit, usage};
 use crate::Global;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -184,7 +184,9 @@ pub struct Args {
     /// Checkpoint file, written every iteration (default: `<output>.ckpt`).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// Continue from the checkpoint if it exists.
+    /// Continue from the checkpoint if it exists. Every setting other than the stopping rules
+    /// (--iters, --rel-tol, --patience) and --posterior-cache-mb must be the one it was written
+    /// with, and the data the same; the checkpoint is checked whole before it is used.
     #[arg(long)]
     pub resume: bool,
     /// Also write the history as JSON here.
@@ -329,6 +331,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             a.val_fraction
         ));
     }
+    check_deep_outputs(&a)?;
     let Sets {
         train: mut all,
         mut test,
@@ -376,6 +379,20 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         test: test.as_ref(),
     };
     let model = train_deep(std::slice::from_ref(&gmm), &data, &p, Some(&checkpoint))?;
+    let h = &model.history;
+    // The trainer checks a resumed checkpoint whole, so these cannot fail; but nothing is
+    // indexed blindly, and nothing is written before they are known.
+    let first = h
+        .records
+        .first()
+        .context("the trainer returned an empty history")?;
+    let best = h.records.get(h.best_iteration).with_context(|| {
+        format!(
+            "the trainer kept iteration {} of a history of {} records",
+            h.best_iteration,
+            h.records.len()
+        )
+    })?;
     config.fisher = p.fisher;
     config.svm = SvmConfig {
         c: a.c,
@@ -394,9 +411,6 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     if let Some(h) = &a.history {
         npy::write_bytes_atomic(h, &serde_json::to_vec_pretty(&model.history)?)?;
     }
-    let h = &model.history;
-    let first = &h.records[0];
-    let best = &h.records[h.best_iteration];
     let summary = json!({
         "metric": h.metric,
         "iterations": h.records.len() - 1,
@@ -432,6 +446,40 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
 }
 
 /// `<path>.<ext>` (appended, so `model.dfk` gives `model.dfk.ckpt`).
+/// The model, checkpoint and history paths, checked before any work against each other and
+/// the inputs ([`check_outputs`]). A checkpoint that is resumed from is an input as well as an
+/// output, so only its folder is checked.
+fn check_deep_outputs(a: &Args) -> anyhow::Result<()> {
+    let checkpoint = a
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| sibling(&a.output, "ckpt"));
+    let mut outputs = vec![
+        ("--output", a.output.as_path()),
+        ("--checkpoint", &checkpoint),
+    ];
+    if let Some(h) = &a.history {
+        outputs.push(("--history", h));
+    }
+    let named = [
+        ("--descriptors", &a.descriptors),
+        ("--offsets", &a.offsets),
+        ("--labels", &a.labels),
+        ("--fashion-mnist", &a.fashion_mnist),
+        ("--data", &a.data),
+        ("--config", &a.config),
+        ("--test-descriptors", &a.test_descriptors),
+        ("--test-offsets", &a.test_offsets),
+        ("--test-labels", &a.test_labels),
+        ("--gmm", &a.gmm),
+    ];
+    let inputs: Vec<(&str, &Path)> = named
+        .iter()
+        .filter_map(|(flag, p)| p.as_deref().map(|p| (*flag, p)))
+        .collect();
+    check_outputs(&outputs, &inputs)
+}
+
 fn sibling(path: &Path, ext: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".");
@@ -448,17 +496,24 @@ fn save_model(
     class_names: Option<Vec<String>>,
 ) -> anyhow::Result<()> {
     let classes = model.svms.iter().map(|s| s.models.len()).sum::<usize>();
+    let (Some(svm0), Some(gmm0)) = (model.svms.first(), model.gmms.first()) else {
+        anyhow::bail!(
+            "the trainer returned {} GMMs and {} SVMs: nothing to save",
+            model.gmms.len(),
+            model.svms.len()
+        );
+    };
     let names: Vec<String> = match class_names {
         Some(n) if n.len() == classes => n,
         _ => (0..classes).map(|c| c.to_string()).collect(),
     };
     let (svm, class_gmms) = match model.mode {
-        GmmMode::Shared => (model.svms[0].clone(), Vec::new()),
+        GmmMode::Shared => (svm0.clone(), Vec::new()),
         // Class c's single binary SVM becomes row c; it scores the FV under class c's GMM.
         GmmMode::PerClass => (
             OneVsRest {
                 classes,
-                dim: model.gmms[0].fisher_len(),
+                dim: gmm0.fisher_len(),
                 multilabel: a.multilabel,
                 models: model
                     .svms
@@ -472,7 +527,7 @@ fn save_model(
     let file = ModelFile {
         pca,
         gmm: match model.mode {
-            GmmMode::Shared => model.gmms[0].clone(),
+            GmmMode::Shared => gmm0.clone(),
             GmmMode::PerClass => init.clone(),
         },
         svm: Some(svm),

@@ -3,6 +3,7 @@
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::svm::Labels;
@@ -159,5 +160,74 @@ impl ImageSet {
             )));
         }
         Ok((self.subset(&kept)?, self.subset(&out)?))
+    }
+
+    /// A 64-bit hash of the descriptors (their bits), the offsets and the labels: recognises
+    /// the same set again (a checkpoint records it), not a cryptographic digest.
+    pub(crate) fn content_hash(&self) -> u64 {
+        // Blocks hashed in parallel, combined in order: the same value for any thread count.
+        const BLOCK: usize = 1 << 16;
+        let blocks: Vec<u64> = self
+            .data
+            .par_chunks(BLOCK)
+            .map(|b| {
+                let mut h = Hash64::new();
+                let mut pairs = b.chunks_exact(2);
+                for p in &mut pairs {
+                    h.write(u64::from(p[0].to_bits()) | (u64::from(p[1].to_bits()) << 32));
+                }
+                for v in pairs.remainder() {
+                    h.write(u64::from(v.to_bits()));
+                }
+                h.finish()
+            })
+            .collect();
+        let mut h = Hash64::new();
+        h.write(self.d as u64);
+        h.write(self.data.len() as u64);
+        for b in blocks {
+            h.write(b);
+        }
+        h.write(self.offsets.len() as u64);
+        for &o in &self.offsets {
+            h.write(o as u64);
+        }
+        match &self.labels {
+            Labels::MultiClass { labels, classes } => {
+                h.write(0);
+                h.write(*classes as u64);
+                for &l in labels {
+                    h.write(l as u64);
+                }
+            }
+            Labels::MultiLabel { targets, classes } => {
+                h.write(1);
+                h.write(*classes as u64);
+                for t in targets.chunks(64) {
+                    h.write(t.iter().rev().fold(0u64, |a, &b| (a << 1) | u64::from(b)));
+                }
+            }
+        }
+        h.finish()
+    }
+}
+
+/// Word-at-a-time multiplicative hash (FxHash's step) with a SplitMix64 finaliser.
+struct Hash64(u64);
+
+impl Hash64 {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn write(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 }

@@ -122,6 +122,97 @@ impl DeepParams {
     }
 
     /// The settings that must not change when a run is resumed (everything except the
+    /// stopping rules and the posterior memory), one by one: name, the `dfk deep` flag that sets
+    /// it (empty where none does) and its value as text. [`Self::fingerprint`] holds them all.
+    pub(crate) fn settings(&self) -> Vec<(&'static str, &'static str, String)> {
+        let ls = &self.line_search;
+        let (f, s) = (&self.fisher, &self.svm);
+        let groups = [
+            (self.groups.means, "means"),
+            (self.groups.log_std, "log-std"),
+            (self.groups.weights, "weights"),
+        ]
+        .iter()
+        .filter(|g| g.0)
+        .map(|g| g.1)
+        .collect::<Vec<_>>()
+        .join(",");
+        vec![
+            (
+                "mode",
+                "--mode",
+                match self.mode {
+                    GmmMode::Shared => "shared".into(),
+                    GmmMode::PerClass => "per-class".into(),
+                },
+            ),
+            ("groups", "--groups", groups),
+            ("line_search.c1", "--armijo-c1", format!("{:?}", ls.c1)),
+            (
+                "line_search.initial_step",
+                "--step",
+                format!("{:?}", ls.initial_step),
+            ),
+            (
+                "line_search.max_step",
+                "--max-step",
+                format!("{:?}", ls.max_step),
+            ),
+            (
+                "line_search.min_step",
+                "--min-step",
+                format!("{:?}", ls.min_step),
+            ),
+            ("line_search.shrink", "", format!("{:?}", ls.shrink)),
+            ("line_search.grow", "", format!("{:?}", ls.grow)),
+            (
+                "line_search.adaptive",
+                "--plain-backtracking",
+                ls.adaptive.to_string(),
+            ),
+            (
+                "line_search.early_rejection",
+                "",
+                ls.early_rejection.to_string(),
+            ),
+            (
+                "variance_floor",
+                "--variance-floor",
+                format!("{:?}", self.variance_floor),
+            ),
+            (
+                "min_weight",
+                "--min-weight",
+                format!("{:?}", self.min_weight),
+            ),
+            ("fisher.improved", "", f.improved.to_string()),
+            ("fisher.power", "", format!("{:?}", f.power)),
+            ("fisher.l2", "", f.l2.to_string()),
+            (
+                "fisher.posterior_threshold",
+                "--posterior-threshold",
+                format!("{:?}", f.posterior_threshold),
+            ),
+            (
+                "fisher.sqrt_epsilon",
+                "--sqrt-epsilon",
+                format!("{:?}", f.sqrt_epsilon),
+            ),
+            ("svm.c", "-C/--c", format!("{:?}", s.c)),
+            ("svm.eps", "--svm-eps", format!("{:?}", s.eps)),
+            ("svm.max_iter", "--svm-max-iter", s.max_iter.to_string()),
+            ("svm.bias", "--bias", format!("{:?}", s.bias)),
+            ("svm.shrinking", "", s.shrinking.to_string()),
+            ("svm.seed", "", s.seed.to_string()),
+            (
+                "weighting",
+                "--balanced",
+                format!("{:?}", self.weighting).to_lowercase(),
+            ),
+        ]
+    }
+
+    /// The settings that must not change when a run is resumed (everything except the
     /// stopping rules), as text.
     pub(crate) fn fingerprint(&self) -> String {
         format!(

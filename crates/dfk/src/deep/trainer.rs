@@ -1,6 +1,7 @@
 //! The alternating trainer (GMKL-style, method.md §2): encode → solve the SVMs (warm start) →
 //! back-propagate the SVM objective into the GMM → Armijo step that re-encodes and re-solves.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -36,8 +37,9 @@ pub struct DeepData<'a> {
 pub struct Checkpoint {
     /// Checkpoint file (JSON, written atomically).
     pub path: PathBuf,
-    /// Continue from `path` when it exists (the settings other than the stopping rules must
-    /// match); otherwise start afresh.
+    /// Continue from `path` when it exists (the settings other than the stopping rules, the
+    /// initial GMMs and the images must match; the file is checked whole before it is used);
+    /// otherwise start afresh.
     pub resume: bool,
 }
 
@@ -211,6 +213,10 @@ struct Best {
 struct TrainState {
     format: String,
     fingerprint: String,
+    /// The settings that shaped the state, by name ([`run_settings`]); empty in checkpoints
+    /// written before they were recorded (only the fingerprint is compared then).
+    #[serde(default)]
+    settings: BTreeMap<String, String>,
     train_images: usize,
     train_rows: usize,
     iteration: usize,
@@ -274,9 +280,16 @@ pub fn train_deep(
     }
     let classes = train.labels.classes();
     let inits = initial_gmms(init, params.mode, classes, train.d)?;
+    // Only a checkpoint records them (hashing the images costs a pass over them).
+    let settings = match checkpoint {
+        Some(_) => run_settings(params, &inits, data),
+        None => Vec::new(),
+    };
 
     let resumed = match checkpoint {
-        Some(cp) if cp.resume && cp.path.exists() => Some(load_state(&cp.path, params, train)?),
+        Some(cp) if cp.resume && cp.path.exists() => {
+            Some(load_state(&cp.path, params, &inits, data, &settings)?)
+        }
         _ => None,
     };
     let mut state = match resumed {
@@ -294,7 +307,7 @@ pub fn train_deep(
             s
         }
         None => {
-            let s = initial_state(&inits, data, params)?;
+            let s = initial_state(&inits, data, params, &settings)?;
             save_checkpoint(checkpoint, &s)?;
             s
         }
@@ -376,7 +389,12 @@ fn group_labels(labels: &Labels, tasks: &[usize]) -> Labels {
     }
 }
 
-fn initial_state(inits: &[Gmm], data: &DeepData, params: &DeepParams) -> Result<TrainState> {
+fn initial_state(
+    inits: &[Gmm],
+    data: &DeepData,
+    params: &DeepParams,
+    settings: &[Setting],
+) -> Result<TrainState> {
     let start = Instant::now();
     let train = data.train;
     let classes = train.labels.classes();
@@ -443,16 +461,17 @@ fn initial_state(inits: &[Gmm], data: &DeepData, params: &DeepParams) -> Result<
     let mut state = TrainState {
         format: CHECKPOINT_FORMAT.into(),
         fingerprint: params.fingerprint(),
+        settings: settings
+            .iter()
+            .map(|s| (s.name.to_string(), s.value.clone()))
+            .collect(),
         train_images: train.len(),
         train_rows: train.data.len() / train.d,
         iteration: 0,
         groups,
         best,
         history: DeepHistory {
-            metric: match train.labels {
-                Labels::MultiClass { .. } => "accuracy".into(),
-                Labels::MultiLabel { .. } => "mAP".into(),
-            },
+            metric: metric_name(&train.labels).into(),
             ..DeepHistory::default()
         },
         stop: None,
@@ -924,6 +943,14 @@ fn scatter_scores(part: &[f32], tasks: &[usize], classes: usize, out: &mut [f32]
     }
 }
 
+/// Name of [`metric`]'s score for `labels`.
+fn metric_name(labels: &Labels) -> &'static str {
+    match labels {
+        Labels::MultiClass { .. } => "accuracy",
+        Labels::MultiLabel { .. } => "mAP",
+    }
+}
+
 /// Accuracy of the arg-max class (multi-class) or mean AP (multi-label).
 fn metric(labels: &Labels, scores: &[f32]) -> Result<f64> {
     match labels {
@@ -955,7 +982,89 @@ fn save_checkpoint(cp: Option<&Checkpoint>, state: &TrainState) -> Result<()> {
     write_bytes_atomic(&cp.path, &bytes)
 }
 
-fn load_state(path: &Path, params: &DeepParams, train: &ImageSet) -> Result<TrainState> {
+/// One setting that shapes the trainer's state: recorded in the checkpoint, so that a resumed
+/// run can name what differs.
+struct Setting {
+    /// Name, the key in the checkpoint's `settings`.
+    name: &'static str,
+    /// What sets it on the `dfk deep` command line (empty where nothing does).
+    flag: &'static str,
+    /// The value, as text.
+    value: String,
+}
+
+/// Every setting that shapes the state: the GMMs' shapes, the labels, the images (their
+/// content, by hash) and the parameters other than the stopping rules.
+fn run_settings(params: &DeepParams, inits: &[Gmm], data: &DeepData) -> Vec<Setting> {
+    let train = data.train;
+    let mut ks: Vec<String> = inits.iter().map(|g| g.k().to_string()).collect();
+    ks.dedup();
+    let set = |s: Option<&ImageSet>| {
+        s.map_or("none".to_string(), |s| {
+            format!(
+                "{} images, {} descriptors, content hash {:016x}",
+                s.len(),
+                s.data.len() / s.d,
+                s.content_hash()
+            )
+        })
+    };
+    let mut out = vec![
+        Setting {
+            name: "K",
+            flag: "--k or --gmm",
+            value: ks.join(","),
+        },
+        Setting {
+            name: "D",
+            flag: "the descriptors: --descriptors, or --config for images",
+            value: train.d.to_string(),
+        },
+        Setting {
+            name: "labels",
+            flag: "--multilabel",
+            value: match train.labels {
+                Labels::MultiClass { .. } => "multi-class".into(),
+                Labels::MultiLabel { .. } => "multi-label".into(),
+            },
+        },
+        Setting {
+            name: "classes",
+            flag: "--labels",
+            value: train.labels.classes().to_string(),
+        },
+        Setting {
+            name: "training set",
+            flag: "the training data, --labels, --max-train, --val-fraction, --seed",
+            value: set(Some(train)),
+        },
+        Setting {
+            name: "validation set",
+            flag: "--val-fraction, --seed",
+            value: set(data.val),
+        },
+        Setting {
+            name: "test set",
+            flag: "the test data, --max-test",
+            value: set(data.test),
+        },
+    ];
+    out.extend(
+        params
+            .settings()
+            .into_iter()
+            .map(|(name, flag, value)| Setting { name, flag, value }),
+    );
+    out
+}
+
+fn load_state(
+    path: &Path,
+    params: &DeepParams,
+    inits: &[Gmm],
+    data: &DeepData,
+    settings: &[Setting],
+) -> Result<TrainState> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let state: TrainState = serde_json::from_slice(&bytes)
         .map_err(|e| Error::format(path, format!("not a dfk deep checkpoint: {e}")))?;
@@ -968,6 +1077,33 @@ fn load_state(path: &Path, params: &DeepParams, train: &ImageSet) -> Result<Trai
             ),
         ));
     }
+    if !state.settings.is_empty() {
+        let differ: Vec<String> = settings
+            .iter()
+            .filter(|s| state.settings.get(s.name) != Some(&s.value))
+            .map(|s| {
+                let what = if s.flag.is_empty() {
+                    s.name.to_string()
+                } else {
+                    format!("{} ({})", s.name, s.flag)
+                };
+                let was = state
+                    .settings
+                    .get(s.name)
+                    .map_or("not recorded".to_string(), |v| format!("{v:?}"));
+                format!("{what}: {was} in the checkpoint, {:?} given", s.value)
+            })
+            .collect();
+        if !differ.is_empty() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "the checkpoint was made with other settings: {}; resume with the checkpoint's settings, or remove the checkpoint to start afresh",
+                    differ.join("; ")
+                ),
+            ));
+        }
+    }
     if state.fingerprint != params.fingerprint() {
         return Err(Error::format(
             path,
@@ -978,6 +1114,7 @@ fn load_state(path: &Path, params: &DeepParams, train: &ImageSet) -> Result<Trai
             ),
         ));
     }
+    let train = data.train;
     let rows = train.data.len() / train.d;
     if state.train_images != train.len() || state.train_rows != rows {
         return Err(Error::format(
@@ -990,20 +1127,348 @@ fn load_state(path: &Path, params: &DeepParams, train: &ImageSet) -> Result<Trai
             ),
         ));
     }
-    for g in &state.groups {
-        if g.theta.d != train.d
-            || g.theta.means.len() != g.theta.k * g.theta.d
-            || g.theta.log_std.len() != g.theta.k * g.theta.d
-            || g.theta.logits.len() != g.theta.k
-            || !g.theta.is_finite()
+    validate_state(&state, params, inits, data).map_err(|m| Error::format(path, m))?;
+    Ok(state)
+}
+
+/// Checks everything the trainer (and the model it returns) reads from a loaded state, so that
+/// no index, length or value taken from a checkpoint can fail later: the error names the field
+/// and what was expected.
+fn validate_state(
+    state: &TrainState,
+    params: &DeepParams,
+    inits: &[Gmm],
+    data: &DeepData,
+) -> std::result::Result<(), String> {
+    let train = data.train;
+    let n = train.len();
+    let classes = train.labels.classes();
+    let h = &state.history;
+    let records = h.records.len();
+    if state.iteration.checked_add(1) != Some(records) {
+        return Err(format!(
+            "history.records holds {records} records but iteration = {}: expected one record per iteration 0..={}",
+            state.iteration, state.iteration
+        ));
+    }
+    if let Some((j, r)) = h
+        .records
+        .iter()
+        .enumerate()
+        .find(|(j, r)| r.iteration != *j)
+    {
+        return Err(format!(
+            "history.records[{j}].iteration = {}, expected {j}",
+            r.iteration
+        ));
+    }
+    let metric = metric_name(&train.labels);
+    if h.metric != metric {
+        return Err(format!(
+            "history.metric = {:?} but the labels are scored by {metric:?}",
+            h.metric
+        ));
+    }
+    if let Some((j, r)) = h
+        .records
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.val_metric.is_some() != data.val.is_some())
+    {
+        return Err(format!(
+            "history.records[{j}].val_metric = {:?} but {}",
+            r.val_metric,
+            if data.val.is_some() {
+                "validation images are given"
+            } else {
+                "no validation images are given"
+            }
+        ));
+    }
+
+    let mode = match params.mode {
+        GmmMode::Shared => "shared mode: one GMM for all classes",
+        GmmMode::PerClass => "per-class mode: one GMM per class",
+    };
+    if state.groups.len() != inits.len() {
+        return Err(format!(
+            "groups holds {} GMMs, expected {} ({mode}, {classes} classes)",
+            state.groups.len(),
+            inits.len()
+        ));
+    }
+    for (i, (g, init)) in state.groups.iter().zip(inits).enumerate() {
+        let field = format!("groups[{i}]");
+        let tasks = match params.mode {
+            GmmMode::Shared => (0..classes).collect::<Vec<_>>(),
+            GmmMode::PerClass => vec![i],
+        };
+        if let Some(&c) = g.tasks.iter().find(|&&c| c >= classes) {
+            return Err(format!(
+                "{field}.tasks = {:?}: task {c} is not a class index (0..{classes}); expected {tasks:?} ({mode})",
+                g.tasks
+            ));
+        }
+        if let Some((j, &c)) = g
+            .tasks
+            .iter()
+            .enumerate()
+            .find(|(j, c)| g.tasks[..*j].contains(c))
         {
-            return Err(Error::format(
-                path,
-                "checkpoint GMM parameters have the wrong shape or non-finite values",
+            return Err(format!(
+                "{field}.tasks = {:?}: task {c} appears more than once (at {j}); expected {tasks:?} ({mode})",
+                g.tasks
+            ));
+        }
+        if g.tasks != tasks {
+            return Err(format!(
+                "{field}.tasks = {:?}, expected {tasks:?} ({mode})",
+                g.tasks
+            ));
+        }
+        let (k, d) = (init.k(), init.d());
+        check_theta(&format!("{field}.init"), &g.init, k, d)?;
+        check_theta(&format!("{field}.theta"), &g.theta, k, d)?;
+        let floors = &g.floors;
+        if floors.min_log_std.len() != k * d {
+            return Err(format!(
+                "{field}.floors.min_log_std holds {} values, expected K × D = {}",
+                floors.min_log_std.len(),
+                k * d
+            ));
+        }
+        if let Some(j) = floors.min_log_std.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "{field}.floors.min_log_std[{j}] = {:?}: expected a finite value",
+                floors.min_log_std[j]
+            ));
+        }
+        if !(floors.min_weight.is_finite() && (0.0..1.0).contains(&floors.min_weight)) {
+            return Err(format!(
+                "{field}.floors.min_weight = {:?}: expected a value in [0, 1)",
+                floors.min_weight
+            ));
+        }
+        let labels = group_labels(&train.labels, &g.tasks);
+        check_svm(&format!("{field}.svm"), &g.svm, &labels, 2 * k * d, n)?;
+        let primal = g.svm.to_ovr().objective();
+        if !(g.objective.is_finite()
+            && (g.objective - primal).abs() <= 1e-9 * g.objective.abs().max(1.0))
+        {
+            return Err(format!(
+                "{field}.objective = {:?} but its SVMs' primal objectives sum to {primal:?}",
+                g.objective
+            ));
+        }
+        if g.train_scores.len() != n * g.tasks.len() {
+            return Err(format!(
+                "{field}.train_scores holds {} scores, expected {} ({n} training images × {} tasks)",
+                g.train_scores.len(),
+                n * g.tasks.len(),
+                g.tasks.len()
+            ));
+        }
+        if let Some(j) = g.train_scores.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "{field}.train_scores[{j}] = {:?}: expected a finite value",
+                g.train_scores[j]
+            ));
+        }
+        let ls = &params.line_search;
+        if !(g.step >= ls.min_step && g.step <= ls.max_step) {
+            return Err(format!(
+                "{field}.step = {:?}: expected a value in [min_step, max_step] = [{:?}, {:?}]",
+                g.step, ls.min_step, ls.max_step
             ));
         }
     }
-    Ok(state)
+
+    let best = &state.best;
+    if best.iteration > state.iteration {
+        return Err(format!(
+            "best.iteration = {} but the checkpoint is at iteration {} (history.records holds {records} records)",
+            best.iteration, state.iteration
+        ));
+    }
+    let kept = h.records[best.iteration].val_metric;
+    if best.metric != kept {
+        return Err(format!(
+            "best.metric = {:?} but history.records[{}].val_metric = {kept:?}",
+            best.metric, best.iteration
+        ));
+    }
+    for (what, len) in [("thetas", best.thetas.len()), ("svms", best.svms.len())] {
+        if len != state.groups.len() {
+            return Err(format!(
+                "best.{what} holds {len} entries, expected one per GMM ({}: {mode})",
+                state.groups.len()
+            ));
+        }
+    }
+    for (i, ((t, s), g)) in best
+        .thetas
+        .iter()
+        .zip(&best.svms)
+        .zip(&state.groups)
+        .enumerate()
+    {
+        check_theta(&format!("best.thetas[{i}]"), t, g.init.k, g.init.d)?;
+        let labels = group_labels(&train.labels, &g.tasks);
+        check_svm(
+            &format!("best.svms[{i}]"),
+            s,
+            &labels,
+            2 * g.init.k * g.init.d,
+            n,
+        )?;
+    }
+
+    // Last, the values: the run must start from the given GMMs (up to rounding: the same EM
+    // on another machine may differ in the last bits).
+    for (i, (g, init)) in state.groups.iter().zip(inits).enumerate() {
+        let floors = Floors::relative_to(init, params.variance_floor, params.min_weight);
+        let mut given = Theta::from_gmm(init);
+        given.project(&floors);
+        let t = &g.init;
+        let tol = 1e-4;
+        let far = |what: &str, j: usize, a: f64, b: f64| {
+            Err(format!(
+                "groups[{i}].init.{what}[{j}] = {a:?} but the given initial GMM has {b:?}: the checkpoint started from another GMM (--gmm, or the EM settings --k, --gmm-iters, --gmm-restarts, --gmm-variance-floor, --gmm-sample, --gmm-posterior-threshold, --seed)"
+            ))
+        };
+        for (j, ((&a, &b), &s)) in t
+            .means
+            .iter()
+            .zip(&given.means)
+            .zip(&given.log_std)
+            .enumerate()
+        {
+            // In units of the given σ.
+            if (a - b).abs() > tol * s.exp() {
+                return far("means", j, a, b);
+            }
+        }
+        for (what, x, y) in [
+            ("log_std", &t.log_std, &given.log_std),
+            ("logits", &t.logits, &given.logits),
+        ] {
+            for (j, (&a, &b)) in x.iter().zip(y).enumerate() {
+                if (a - b).abs() > tol {
+                    return far(what, j, a, b);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// θ at `field` has `k` components in `d` dimensions, finite values, and is a valid GMM.
+fn check_theta(field: &str, t: &Theta, k: usize, d: usize) -> std::result::Result<(), String> {
+    if t.k != k {
+        return Err(format!(
+            "{field}.k = {} but the initial GMM has K = {k} components",
+            t.k
+        ));
+    }
+    if t.d != d {
+        return Err(format!(
+            "{field}.d = {} but the descriptors have D = {d} dimensions",
+            t.d
+        ));
+    }
+    for (what, v, len, shape) in [
+        ("means", &t.means, k * d, "K × D"),
+        ("log_std", &t.log_std, k * d, "K × D"),
+        ("logits", &t.logits, k, "K"),
+    ] {
+        if v.len() != len {
+            return Err(format!(
+                "{field}.{what} holds {} values, expected {shape} = {len}",
+                v.len()
+            ));
+        }
+        if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+            return Err(format!(
+                "{field}.{what}[{j}] = {:?}: expected a finite value",
+                v[j]
+            ));
+        }
+    }
+    t.to_gmm()
+        .map(|_| ())
+        .map_err(|e| format!("{field} is not a valid GMM: {e}"))
+}
+
+/// The SVM state at `field` has one model per task of `labels`, each with `dim` finite weights
+/// and one finite dual per training image (`n`).
+fn check_svm(
+    field: &str,
+    s: &SvmState,
+    labels: &Labels,
+    dim: usize,
+    n: usize,
+) -> std::result::Result<(), String> {
+    if s.classes != labels.classes() {
+        return Err(format!(
+            "{field}.classes = {}, expected {} (one per task of the GMM)",
+            s.classes,
+            labels.classes()
+        ));
+    }
+    let multilabel = matches!(labels, Labels::MultiLabel { .. });
+    if s.multilabel != multilabel {
+        return Err(format!(
+            "{field}.multilabel = {}, expected {multilabel}",
+            s.multilabel
+        ));
+    }
+    if s.dim != dim {
+        return Err(format!(
+            "{field}.dim = {} but the Fisher vectors have 2 × K × D = {dim} values",
+            s.dim
+        ));
+    }
+    if s.models.len() != s.classes {
+        return Err(format!(
+            "{field}.models holds {} models, expected {} (one per task)",
+            s.models.len(),
+            s.classes
+        ));
+    }
+    for (c, m) in s.models.iter().enumerate() {
+        let f = format!("{field}.models[{c}]");
+        if m.w.len() != dim {
+            return Err(format!("{f}.w holds {} weights, expected {dim}", m.w.len()));
+        }
+        if m.alpha.len() != n {
+            return Err(format!(
+                "{f}.alpha holds {} duals, expected one per training image ({n})",
+                m.alpha.len()
+            ));
+        }
+        if let Some(j) = m.w.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "{f}.w[{j}] = {:?}: expected a finite value",
+                m.w[j]
+            ));
+        }
+        if let Some(j) = m.alpha.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "{f}.alpha[{j}] = {:?}: expected a finite value",
+                m.alpha[j]
+            ));
+        }
+        for (what, v) in [
+            ("b", f64::from(m.b)),
+            ("primal", m.primal),
+            ("dual", m.dual),
+        ] {
+            if !v.is_finite() {
+                return Err(format!("{f}.{what} = {v:?}: expected a finite value"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// J(θ) = Σ_c primal objective of the one-vs-rest SVMs trained (from scratch) on the Fisher

@@ -50,12 +50,15 @@ impl Gmm {
         check_finite("GMM means", &means)?;
         check_finite("GMM variances", &variances)?;
         check_finite("GMM weights", &weights)?;
-        if let Some(i) = variances.iter().position(|&v| v <= 0.0) {
+        // Normal floats only: below f32::MIN_POSITIVE the precision 1/σ² is infinite.
+        if let Some(i) = variances.iter().position(|&v| v < f32::MIN_POSITIVE) {
             return Err(Error::Invalid(format!(
-                "GMM variance at index {i} (component {}, dimension {}) is {}: variances must be positive",
+                "GMM variance at index {i} (component {}, dimension {}) is {:e}: variances must \
+                 be positive and at least {:e}",
                 i / d,
                 i % d,
-                variances[i]
+                variances[i],
+                f32::MIN_POSITIVE
             )));
         }
         if let Some(i) = weights.iter().position(|&w| w < 0.0) {

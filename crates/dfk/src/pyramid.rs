@@ -55,14 +55,27 @@ pub const MAX_CELLS: usize = 64;
 /// with `1 ≤ rows, cols ≤` [`MAX_SIDE`], at most [`MAX_CELLS`] cells in all. Serialises as the
 /// list of levels, e.g. `[[1, 1], [2, 2], [3, 1]]`; parses from `"1x1,2x2,3x1"` (`ROWSxCOLS`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "Vec<[usize; 2]>", into = "Vec<[usize; 2]>")]
+#[serde(try_from = "Vec<Vec<usize>>", into = "Vec<[usize; 2]>")]
 pub struct SpatialPyramid {
     levels: Vec<[usize; 2]>,
 }
 
-impl TryFrom<Vec<[usize; 2]>> for SpatialPyramid {
+/// Read as lists of any length, so that a level of other than two numbers is an error (a
+/// fixed-size array quietly dropped a third number of a TOML level).
+impl TryFrom<Vec<Vec<usize>>> for SpatialPyramid {
     type Error = Error;
-    fn try_from(levels: Vec<[usize; 2]>) -> Result<Self> {
+    fn try_from(levels: Vec<Vec<usize>>) -> Result<Self> {
+        let levels = levels
+            .into_iter()
+            .map(|l| match l[..] {
+                [rows, cols] => Ok([rows, cols]),
+                _ => Err(Error::param(
+                    "pyramid level",
+                    format!("{l:?}"),
+                    "[rows, cols]: two numbers",
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?;
         Self::new(levels)
     }
 }

@@ -615,6 +615,9 @@ fn gmm_construction_rejects_invalid_parameters() {
     assert!(matches!(nonfinite, Err(Error::NonFinite { index: 1, .. })));
     let invalid = |r: dfk::Result<Gmm>| assert!(matches!(r, Err(Error::Invalid(_))), "{r:?}");
     invalid(Gmm::new(1, 2, vec![0.0; 2], vec![1.0, 0.0], vec![1.0]));
+    // A subnormal variance (1/σ² = ∞) is rejected, the smallest normal one accepted.
+    invalid(Gmm::new(1, 2, vec![0.0; 2], vec![1.0, 1e-45], vec![1.0]));
+    assert!(Gmm::new(1, 1, vec![0.0], vec![f32::MIN_POSITIVE], vec![1.0]).is_ok());
     invalid(Gmm::new(2, 1, vec![0.0; 2], vec![1.0; 2], vec![1.5, -0.5]));
     invalid(Gmm::new(2, 1, vec![0.0; 2], vec![1.0; 2], vec![0.0, 0.0]));
     // Weights are renormalised.

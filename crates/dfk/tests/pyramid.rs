@@ -626,3 +626,14 @@ fn unknown_positions_are_an_error_not_the_centre() {
     assert!(e.to_string().contains("descriptor position"), "{e}");
     assert!(fit_from_descriptors(&raw, &labels, &cfg, &Silent).is_err());
 }
+
+/// A level must be exactly `[rows, cols]`: a third number is an error, not dropped.
+#[test]
+fn levels_of_other_than_two_numbers_are_rejected() {
+    let ok: dfk::pyramid::SpatialPyramid = serde_json::from_str("[[1, 1], [2, 3]]").unwrap();
+    assert_eq!(serde_json::to_string(&ok).unwrap(), "[[1,1],[2,3]]");
+    for bad in ["[[2, 2, 2]]", "[[1, 1], [2]]", "[[]]"] {
+        let e = serde_json::from_str::<dfk::pyramid::SpatialPyramid>(bad).unwrap_err();
+        assert!(e.to_string().contains("two numbers"), "{bad}: {e}");
+    }
+}

@@ -160,6 +160,8 @@ fn ap_svg(e: &Evaluation) -> anyhow::Result<String> {
             .map_err(plot_err)?;
         chart
             .draw_series(e.per_class_ap.iter().enumerate().map(|(i, &ap)| {
+                // A class without samples (AP undefined) gets no bar.
+                let ap = if ap.is_nan() { 0.0 } else { ap };
                 Rectangle::new(
                     [(0.0, i as f64 + 0.15), (100.0 * ap, i as f64 + 0.85)],
                     PALETTE[i % PALETTE.len()].filled(),
@@ -168,13 +170,20 @@ fn ap_svg(e: &Evaluation) -> anyhow::Result<String> {
             .map_err(plot_err)?;
         chart
             .draw_series(e.per_class_ap.iter().enumerate().map(|(i, &ap)| {
+                // In the bar, white; without a bar, dark on the background.
+                let (label, x, colour, align) = if ap.is_nan() {
+                    ("no samples".to_string(), 1.0, BLACK, HPos::Left)
+                } else {
+                    let x = (100.0 * ap - 1.0).max(8.0);
+                    (format!("{:.1}", 100.0 * ap), x, WHITE, HPos::Right)
+                };
                 Text::new(
-                    format!("{:.1}", 100.0 * ap),
-                    ((100.0 * ap - 1.0).max(8.0), i as f64 + 0.5),
+                    label,
+                    (x, i as f64 + 0.5),
                     ("sans-serif", 11)
                         .into_font()
-                        .color(&WHITE)
-                        .pos(Pos::new(HPos::Right, VPos::Center)),
+                        .color(&colour)
+                        .pos(Pos::new(align, VPos::Center)),
                 )
             }))
             .map_err(plot_err)?;
@@ -414,6 +423,10 @@ fn escape(s: &str) -> String {
 }
 
 fn pct(v: f64) -> String {
+    if v.is_nan() {
+        // An AP of a class without samples in the evaluated set.
+        return "– (no samples)".into();
+    }
     format!("{:.2} %", 100.0 * v)
 }
 

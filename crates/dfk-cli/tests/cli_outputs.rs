@@ -290,3 +290,40 @@ fn an_interrupted_write_leaves_no_temporary_file() {
         assert!(!out.exists(), "signal {signal}: the output appeared");
     }
 }
+
+/// A subset that lacks some of the model's classes is scored: those classes' AP is null and
+/// the mAP is the mean over the others.
+#[test]
+fn eval_scores_a_subset_without_some_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.dfk");
+    ok(&[
+        "-q",
+        "train",
+        "--embedded",
+        "--limit",
+        "40",
+        "--k",
+        "2",
+        "--no-cache",
+        "--out",
+        &s(&m),
+    ]);
+    let out = ok(&[
+        "--json",
+        "eval",
+        "--model",
+        &s(&m),
+        "--embedded",
+        "--limit",
+        "5",
+        "--no-cache",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let aps = v["per_class_ap"].as_array().unwrap();
+    assert_eq!(aps.len(), 10);
+    let present: Vec<f64> = aps.iter().filter_map(|a| a.as_f64()).collect();
+    assert!(!present.is_empty() && present.len() < 10, "{aps:?}");
+    let mean = present.iter().sum::<f64>() / present.len() as f64;
+    assert!((v["map"].as_f64().unwrap() - mean).abs() < 1e-12);
+}

@@ -1245,12 +1245,16 @@ pub struct Evaluation {
     pub accuracy: Option<f64>,
     /// Top-k accuracies `(k, accuracy)` for k = 1, 2, 5 (single-label only).
     pub top_k: Vec<(usize, f64)>,
-    /// Average precision per class (area under the PR curve, as scikit-learn).
+    /// Average precision per class (area under the PR curve, as scikit-learn); NaN (null in
+    /// JSON) for a class without samples in the evaluated set, whose AP is undefined.
     pub per_class_ap: Vec<f64>,
-    /// Mean of `per_class_ap`.
+    /// Mean of `per_class_ap` over the classes with samples.
     pub map: f64,
-    /// Mean 11-point interpolated AP (PASCAL VOC 2007).
+    /// Mean 11-point interpolated AP (PASCAL VOC 2007) over the classes with samples.
     pub map_voc11: f64,
+    /// The classes without samples in the evaluated set (left out of the mAPs).
+    #[serde(default)]
+    pub absent_classes: Vec<usize>,
     /// Confusion matrix, `classes × classes`, row = true class (single-label only).
     pub confusion: Vec<Vec<usize>>,
     /// One precision–recall curve per class, thinned to at most 200 points.
@@ -1286,15 +1290,33 @@ pub fn evaluate(scores: &[f32], labels: &Labels, class_names: &[String]) -> Resu
         });
     }
     crate::error::check_finite("scores", scores)?;
-    let per_class_ap = metrics::per_class_ap(scores, labels, false)?;
-    let voc11 = metrics::per_class_ap(scores, labels, true)?;
+    labels.validate()?;
+    // A class without samples here (a subset of a data set) has no AP; the others are scored.
+    let absent_classes: Vec<usize> = (0..c)
+        .filter(|&class| (0..n).all(|i| !labels.is_positive(i, class)))
+        .collect();
+    if absent_classes.len() == c {
+        return Err(Error::Invalid(format!(
+            "none of the {c} classes has a sample among the {n} evaluated images"
+        )));
+    }
+    let (mut per_class_ap, mut voc11) = (vec![f64::NAN; c], vec![f64::NAN; c]);
     let mut pr_curves = Vec::with_capacity(c);
     for class in 0..c {
         let s: Vec<f32> = (0..n).map(|i| scores[i * c + class]).collect();
-        let pos: Vec<bool> = labels.binary(class).iter().map(|&y| y > 0.0).collect();
+        let pos: Vec<bool> = (0..n).map(|i| labels.is_positive(i, class)).collect();
+        if absent_classes.contains(&class) {
+            pr_curves.push(thin(Vec::new(), Vec::new(), 200));
+            continue;
+        }
+        let named = |e: Error| Error::Invalid(format!("AP of class {class}: {e}"));
+        per_class_ap[class] = metrics::average_precision(&s, &pos).map_err(named)?;
+        voc11[class] = metrics::average_precision_voc11(&s, &pos).map_err(named)?;
         let (p, r) = metrics::precision_recall_curve(&s, &pos)?;
         pr_curves.push(thin(p, r, 200));
     }
+    let present =
+        |aps: &[f64]| -> Vec<f64> { aps.iter().copied().filter(|a| !a.is_nan()).collect() };
     let (accuracy, top_k, confusion) = match labels {
         Labels::MultiClass { labels: truth, .. } => {
             let pred: Vec<usize> = scores
@@ -1333,9 +1355,10 @@ pub fn evaluate(scores: &[f32], labels: &Labels, class_names: &[String]) -> Resu
         multilabel: matches!(labels, Labels::MultiLabel { .. }),
         accuracy,
         top_k,
-        map: metrics::mean_ap(&per_class_ap)?,
-        map_voc11: metrics::mean_ap(&voc11)?,
+        map: metrics::mean_ap(&present(&per_class_ap))?,
+        map_voc11: metrics::mean_ap(&present(&voc11))?,
         per_class_ap,
+        absent_classes,
         confusion,
         pr_curves,
     })

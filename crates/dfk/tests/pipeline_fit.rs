@@ -173,6 +173,23 @@ fn evaluation_of_known_scores() {
     let mut nan = scores;
     nan[4] = f32::NAN;
     assert!(evaluate(&nan, &labels, &names).is_err());
+    // Without images of class 2 (a subset): its AP is undefined (NaN) and left out of the mAP,
+    // the others are scored as before on the first two images.
+    let subset = Labels::MultiClass {
+        labels: vec![0, 1],
+        classes: 3,
+    };
+    let e = evaluate(&scores[..6], &subset, &names).unwrap();
+    assert_eq!(e.absent_classes, vec![2]);
+    assert!(e.per_class_ap[2].is_nan() && e.per_class_ap[..2] == [1.0, 1.0]);
+    assert_eq!((e.map, e.accuracy), (1.0, Some(1.0)));
+    assert!(e.pr_curves[2].precision.is_empty() && !e.pr_curves[1].precision.is_empty());
+    // No class with an image at all is an error.
+    let none = Labels::MultiLabel {
+        targets: vec![false; 6],
+        classes: 3,
+    };
+    assert!(evaluate(&scores[..6], &none, &names).is_err());
 }
 
 /// Images whose descriptors cluster by class: class c's descriptors lie near 10·e_c.

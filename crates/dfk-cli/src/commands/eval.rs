@@ -49,6 +49,17 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         Some(t) => (t, None),
         None => (&loaded.train, loaded.descriptors.as_ref()),
     };
+    // Numeric labels name classes by index, and a subset may not reach the model's last class
+    // (labels 0..2 of a 10-class model): its classes are the model's.
+    let widened;
+    let data = if data.classes() < pipeline.svm.classes && index_names(&data.class_names) {
+        let mut d = data.clone();
+        d.class_names = (0..pipeline.svm.classes).map(|c| c.to_string()).collect();
+        widened = d;
+        &widened
+    } else {
+        data
+    };
     if data.classes() != pipeline.svm.classes {
         anyhow::bail!(
             "{} has {} classes but the model in {} was trained on {}",
@@ -110,6 +121,11 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether class names are just the indices `0, 1, …` (labels from `.npy` or IDX files).
+fn index_names(names: &[String]) -> bool {
+    names.iter().enumerate().all(|(i, n)| *n == i.to_string())
+}
+
 /// Evaluation matches classes by position: a data set whose classes have other names than the
 /// model's (or the same names in another order) would be scored against the wrong classes.
 /// Names that are just the indices `0, 1, …` (labels from `.npy` files) say nothing and pass.
@@ -119,8 +135,12 @@ fn check_same_classes(
     description: &str,
     model_path: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let indices = |names: &[String]| names.iter().enumerate().all(|(i, n)| *n == i.to_string());
-    if data.is_empty() || model.is_empty() || data == model || indices(data) || indices(model) {
+    if data.is_empty()
+        || model.is_empty()
+        || data == model
+        || index_names(data)
+        || index_names(model)
+    {
         return Ok(());
     }
     anyhow::bail!(

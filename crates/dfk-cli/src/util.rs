@@ -301,3 +301,20 @@ pub fn check_output_dir(flag: &str, dir: &std::path::Path) -> anyhow::Result<()>
         ),
     }
 }
+
+/// A library parameter error as a usage error (exit status 2) naming the command-line flag:
+/// `flags` maps the library's parameter names to the flags that set them. Other errors are
+/// returned as they are.
+pub fn as_flag_error(e: dfk::Error, flags: &[(&str, &str)]) -> anyhow::Error {
+    if let dfk::Error::InvalidParameter {
+        name,
+        value,
+        expected,
+    } = &e
+    {
+        if let Some((_, flag)) = flags.iter().find(|(n, _)| n == name) {
+            return UsageError(format!("{flag} {value}: expected {expected}")).into();
+        }
+    }
+    e.into()
+}

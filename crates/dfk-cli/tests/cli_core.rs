@@ -340,7 +340,7 @@ fn malformed_inputs_fail_cleanly() {
         "--k",
         &m,
     );
-    // An EM posterior threshold outside [0, 1) is named.
+    // An EM posterior threshold outside [0, 1) is a usage error naming the flag.
     fails_leaving_nothing(
         &[
             "gmm",
@@ -354,8 +354,8 @@ fn malformed_inputs_fail_cleanly() {
             "--out",
             &s(&m),
         ],
-        1,
-        "posterior_threshold",
+        2,
+        "--posterior-threshold 1.5",
         &m,
     );
     // Nothing but the inputs and models made above is left in the folder.

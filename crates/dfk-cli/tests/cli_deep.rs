@@ -255,9 +255,10 @@ fn bad_flags_and_inputs_fail_without_writing_a_model() {
     emb(&["--groups", "means,colour"], 2, "--groups");
     emb(&["--val-fraction", "1.5"], 2, "--val-fraction");
     emb(&["--mode", "tree"], 2, "--mode");
-    emb(&["--step", "5"], 1, "initial_step");
-    emb(&["-C", "0"], 1, "svm C");
-    emb(&["--variance-floor", "0"], 1, "variance_floor");
+    emb(&["--step", "5"], 2, "--step 5");
+    emb(&["-C", "0"], 2, "-C 0");
+    emb(&["--variance-floor", "0"], 2, "--variance-floor 0");
+    emb(&["--svm-eps", "0"], 2, "--svm-eps 0");
     emb(&["-k", "0"], 2, "-k");
     emb(&["--data", "/nonexistent"], 2, "exactly one of");
     emb(&["--gmm", "/nonexistent/g.dfk"], 1, "/nonexistent/g.dfk");

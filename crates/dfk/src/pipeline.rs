@@ -706,7 +706,11 @@ impl Preprocessor {
     pub fn apply_all(&self, raw: &RawDescriptors) -> Result<Descriptors> {
         let d = &raw.descriptors;
         if d.dim != self.d_in {
-            return Err(Error::dim("raw descriptor dimension", self.d_in, d.dim));
+            return Err(Error::dim(
+                "descriptor columns (the model was fitted to descriptors of this dimension)",
+                self.d_in,
+                d.dim,
+            ));
         }
         let images = d.images();
         let block = 256;

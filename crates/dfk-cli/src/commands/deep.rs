@@ -22,7 +22,7 @@ use dfk::pipeline::{
 use dfk::svm::{ClassWeighting, Labels, OneVsRest, SvmParams};
 use serde_json::json;
 
-use crate::util::{check_outputs, emit, usage};
+use crate::util::{as_flag_error, check_outputs, emit, usage};
 use crate::Global;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -298,7 +298,16 @@ fn params(a: &Args) -> anyhow::Result<DeepParams> {
 
 fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<Gmm> {
     if let Some(path) = &a.gmm {
-        return Ok(load_gmm(path)?);
+        let gmm = load_gmm(path)?;
+        if gmm.d() != train.d {
+            anyhow::bail!(
+                "{}: the GMM has dimension {} but the training descriptors have {} columns",
+                path.display(),
+                gmm.d(),
+                train.d
+            );
+        }
+        return Ok(gmm);
     }
     let p = GmmParams::new(a.k)
         .max_iter(a.gmm_iters)
@@ -321,7 +330,27 @@ fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<Gmm> {
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let p = params(&a)?;
-    p.validate()?;
+    p.validate().map_err(|e| {
+        as_flag_error(
+            e,
+            &[
+                ("rel_tol", "--rel-tol"),
+                ("sqrt_epsilon", "--sqrt-epsilon"),
+                ("svm C", "-C"),
+                ("svm eps", "--svm-eps"),
+                ("svm max_iter", "--svm-max-iter"),
+                ("svm bias", "--bias"),
+                ("c1", "--armijo-c1"),
+                ("initial_step", "--step"),
+                ("min_step", "--min-step"),
+                ("max_step", "--max-step"),
+                ("variance_floor", "--variance-floor"),
+                ("min_weight", "--min-weight"),
+                ("posterior_threshold", "--posterior-threshold"),
+            ],
+        )
+    })?;
+    p.svm.validate().map_err(|e| as_flag_error(e, SVM_FLAGS))?;
     if a.gmm.is_none() && a.k == 0 {
         return usage("-k 0: the GMM needs at least 1 component");
     }
@@ -446,6 +475,14 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
 }
 
 /// `<path>.<ext>` (appended, so `model.dfk` gives `model.dfk.ckpt`).
+/// The flags of the SVM settings, by the library's names for them.
+const SVM_FLAGS: &[(&str, &str)] = &[
+    ("svm c", "-C"),
+    ("svm eps", "--svm-eps"),
+    ("svm max_iter", "--svm-max-iter"),
+    ("svm bias", "--bias"),
+];
+
 /// The model, checkpoint and history paths, checked before any work against each other and
 /// the inputs ([`check_outputs`]). A checkpoint that is resumed from is an input as well as an
 /// output, so only its folder is checked.

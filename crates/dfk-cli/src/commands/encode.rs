@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use dfk::npy;
 use serde_json::json;
 
@@ -59,9 +60,16 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         ));
     }
     let fv = match (&loaded.descriptors, a.test) {
-        (Some(raw), false) => pipeline.encode_raw(raw, &Bars::new(g))?,
-        _ => pipeline.encode_dataset(data, cache.as_deref(), &Bars::new(g))?,
-    };
+        (Some(raw), false) => pipeline.encode_raw(raw, &Bars::new(g)),
+        _ => pipeline.encode_dataset(data, cache.as_deref(), &Bars::new(g)),
+    }
+    .with_context(|| {
+        format!(
+            "encoding {} with the model in {}",
+            loaded.description,
+            a.model.display()
+        )
+    })?;
     let dim = pipeline.feature_len();
     npy::write_f32_matrix(&a.out, &fv, data.len(), dim)?;
     if let Some(p) = &a.labels_out {

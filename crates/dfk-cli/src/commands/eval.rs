@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use dfk::model::ModelFile;
 use dfk::pipeline::Pipeline;
 use serde_json::json;
@@ -85,7 +86,14 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         g,
         &mut timings,
         "",
-    )?;
+    )
+    .with_context(|| {
+        format!(
+            "evaluating {} with the model in {}",
+            loaded.description,
+            a.model.display()
+        )
+    })?;
     let secs = start.elapsed().as_secs_f64();
     if let Some(dir) = &a.report {
         let model = ModelFile::load(&a.model)?;

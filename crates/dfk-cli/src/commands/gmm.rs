@@ -7,7 +7,7 @@ use dfk::gmm::{fit_gmm, Gmm, GmmParams};
 use dfk::{model, npy};
 use serde_json::json;
 
-use crate::util::{check_outputs, emit, usage};
+use crate::util::{as_flag_error, check_outputs, emit, usage};
 use crate::Global;
 
 #[derive(Debug, clap::Subcommand)]
@@ -109,7 +109,18 @@ fn fit(a: FitArgs, g: &Global) -> anyhow::Result<()> {
         .variance_floor(a.variance_floor)
         .posterior_threshold(a.posterior_threshold)
         .seed(g.seed);
-    params.validate()?;
+    params.validate().map_err(|e| {
+        as_flag_error(
+            e,
+            &[
+                ("max_iter", "--max-iter"),
+                ("tol", "--tol"),
+                ("restarts", "--restarts"),
+                ("variance_floor", "--variance-floor"),
+                ("posterior_threshold", "--posterior-threshold"),
+            ],
+        )
+    })?;
     let start = std::time::Instant::now();
     let fit = fit_gmm(&x, d, &params)
         .with_context(|| format!("fitting a GMM to {}", a.descriptors.display()))?;

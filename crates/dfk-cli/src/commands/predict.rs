@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use anyhow::Context;
+
 use dfk::dataset::{Dataset, ImageSource, Item};
 use dfk::npy::write_bytes_atomic;
 use serde_json::json;
@@ -98,9 +100,10 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         ));
     }
     let fv = match &descriptors {
-        Some(raw) => pipeline.encode_raw(raw, &Bars::new(g))?,
-        None => pipeline.encode_dataset(&data, None, &Bars::new(g))?,
-    };
+        Some(raw) => pipeline.encode_raw(raw, &Bars::new(g)),
+        None => pipeline.encode_dataset(&data, None, &Bars::new(g)),
+    }
+    .with_context(|| format!("encoding with the model in {}", a.model.display()))?;
     let n = data.len();
     let c = pipeline.svm.classes;
     let scores = pipeline.scores(&fv, n);

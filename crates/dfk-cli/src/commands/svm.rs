@@ -7,7 +7,7 @@ use dfk::{model, npy};
 use serde_json::json;
 
 use crate::options::WeightingArg;
-use crate::util::{check_outputs, emit, usage};
+use crate::util::{as_flag_error, check_outputs, emit, usage};
 use crate::Global;
 
 #[derive(Debug, clap::Subcommand)]
@@ -125,6 +125,17 @@ fn train(a: TrainArgs, g: &Global) -> anyhow::Result<()> {
         seed: g.seed,
         ..SvmParams::default()
     };
+    params.validate().map_err(|e| {
+        as_flag_error(
+            e,
+            &[
+                ("svm c", "--c"),
+                ("svm eps", "--eps"),
+                ("svm max_iter", "--max-iter"),
+                ("svm bias", "--bias"),
+            ],
+        )
+    })?;
     let weighting = match a.weighting {
         WeightingArg::Uniform => ClassWeighting::Uniform,
         WeightingArg::Balanced => ClassWeighting::Balanced,

@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::Global;
@@ -234,30 +235,28 @@ fn probe_writable(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => std::path::Path::new("."),
     };
-    let probe = folder.join(format!(
-        ".{}.probe-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-    {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(e) => anyhow::bail!(
-            "{flag} {}: cannot write a file in {} ({e})",
+    let probe = format!(".{}.probe-{}", name.to_string_lossy(), std::process::id());
+    create_and_remove(&folder.join(probe)).with_context(|| {
+        format!(
+            "{flag} {}: cannot write a file in {}",
             path.display(),
             if folder == std::path::Path::new(".") {
                 "the current folder".to_string()
             } else {
                 format!("the folder {}", folder.display())
             }
-        ),
-    }
+        )
+    })
+}
+
+/// Creates `probe` as a new empty file and removes it again: whether its folder takes files.
+fn create_and_remove(probe: &std::path::Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(probe)?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
 }
 
 /// Checks, before any work, a folder a command will write into (creating it and missing
@@ -285,21 +284,13 @@ pub fn check_output_dir(flag: &str, dir: &std::path::Path) -> anyhow::Result<()>
         }
     }
     let probe = existing.join(format!(".dfk-probe-{}", std::process::id()));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-    {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(e) => anyhow::bail!(
-            "{flag} {}: cannot write in {} ({e})",
+    create_and_remove(&probe).with_context(|| {
+        format!(
+            "{flag} {}: cannot write in {}",
             dir.display(),
             existing.display()
-        ),
-    }
+        )
+    })
 }
 
 /// A library parameter error as a usage error (exit status 2) naming the command-line flag:

@@ -327,3 +327,66 @@ fn eval_scores_a_subset_without_some_classes() {
     let mean = present.iter().sum::<f64>() / present.len() as f64;
     assert!((v["map"].as_f64().unwrap() - mean).abs() < 1e-12);
 }
+
+/// A damaged descriptor-cache entry is extracted afresh and replaced (same model as with the
+/// intact cache), and a cache folder that cannot be written is only warned about.
+#[test]
+fn a_damaged_or_unwritable_cache_does_not_fail_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let train = |out: &std::path::Path, cache: &str| {
+        let o = dfk(&[
+            "train",
+            "--embedded",
+            "--limit",
+            "40",
+            "--k",
+            "2",
+            "--cache",
+            cache,
+            "--out",
+            &s(out),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err
+    };
+    // What was learned: everything but the history (which holds timings).
+    let learned = |p: &std::path::Path| {
+        let mut m = dfk::model::ModelFile::load(p).unwrap();
+        m.history = serde_json::Value::Null;
+        m
+    };
+    let (first, second, third) = (
+        dir.path().join("1.dfk"),
+        dir.path().join("2.dfk"),
+        dir.path().join("3.dfk"),
+    );
+    train(&first, &s(&cache));
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(&cache).unwrap() {
+        let f = entry.unwrap().path().join("descriptors.npy");
+        if f.is_file() {
+            let bytes = std::fs::read(&f).unwrap();
+            std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "the first run stored no cache entry");
+    let err = train(&second, &s(&cache));
+    assert!(err.contains("extracting afresh"), "{err}");
+    assert_eq!(learned(&first), learned(&second));
+    // The entries were replaced: the next run reads them without a warning.
+    let err = train(&third, &s(&cache));
+    assert!(!err.contains("extracting afresh"), "{err}");
+    assert_eq!(learned(&first), learned(&third));
+    // A cache below a file cannot be made: a warning, and the same model.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = train(&third, &s(&file.join("cache")));
+    assert!(
+        err.contains("cannot store the descriptors in the cache"),
+        "{err}"
+    );
+    assert_eq!(learned(&first), learned(&third));
+}

@@ -491,7 +491,9 @@ pub fn descriptor_cache_key(
 
 /// Returns the preprocessed descriptors of `data`, from `cache_dir/<key>/` when present there,
 /// else extracted (see [`extract_preprocessed`]) and, with a cache directory, stored there.
-/// Also returns whether the cache was hit.
+/// Also returns whether the cache was hit. A cache is never a reason to fail: an entry that
+/// cannot be read or does not match the data set is extracted afresh and replaced, and a
+/// cache folder that cannot be written is left alone — each with a warning.
 pub fn load_or_extract(
     data: &Dataset,
     sift: &DsiftParams,
@@ -505,22 +507,36 @@ pub fn load_or_extract(
     let dir = cache_dir.join(descriptor_cache_key(data, sift, pre)?);
     let (data_path, offsets_path) = (dir.join("descriptors.npy"), dir.join("offsets.npy"));
     if data_path.is_file() && offsets_path.is_file() {
-        let d = Descriptors::from_npy(&data_path, &offsets_path)?;
-        if d.images() != data.len() || d.dim != pre.dim() {
-            return Err(Error::format(
-                &data_path,
-                "cached descriptors do not match the data set: delete this cache folder",
-            ));
+        match Descriptors::from_npy(&data_path, &offsets_path) {
+            Ok(d) if d.images() == data.len() && d.dim == pre.dim() => {
+                progress(data.len());
+                return Ok((d, true));
+            }
+            Ok(d) => tracing::warn!(
+                "{}: cached descriptors of {} images × {} columns do not match the data set \
+                 ({} images × {}): extracting afresh and replacing them",
+                dir.display(),
+                d.images(),
+                d.dim,
+                data.len(),
+                pre.dim()
+            ),
+            Err(e) => tracing::warn!(
+                "unreadable descriptor cache entry ({e}): extracting afresh and replacing it"
+            ),
         }
-        progress(data.len());
-        return Ok((d, true));
     }
     let d = extract_preprocessed(data, sift, pre, progress)?;
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    // The descriptor file is written last: its presence marks a complete entry.
-    let offsets: Vec<i64> = d.offsets.iter().map(|&o| o as i64).collect();
-    npy::write_i64_vector(&offsets_path, &offsets)?;
-    npy::write_f32_matrix(&data_path, &d.data, d.rows(), d.dim)?;
+    let stored = (|| {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        // The descriptor file is written last: its presence marks a complete entry.
+        let offsets: Vec<i64> = d.offsets.iter().map(|&o| o as i64).collect();
+        npy::write_i64_vector(&offsets_path, &offsets)?;
+        npy::write_f32_matrix(&data_path, &d.data, d.rows(), d.dim)
+    })();
+    if let Err(e) = stored {
+        tracing::warn!("cannot store the descriptors in the cache ({e}): going on without it");
+    }
     Ok((d, false))
 }
 

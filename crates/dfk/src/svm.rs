@@ -416,6 +416,22 @@ impl OneVsRest {
                     }
                 }
             });
+        // Finite weights and features can still overflow f32 in the product (a model file
+        // with weights near f32::MAX): an infinite or NaN score would silently decide the
+        // arg-max, so it is an error instead.
+        if let Some(p) = out.iter().position(|s| !s.is_finite()) {
+            let (i, c) = (p / classes, p % classes);
+            let w_max = self.models[c].w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let x_max = x[i * dim..(i + 1) * dim]
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()));
+            return Err(Error::Invalid(format!(
+                "the decision value of sample {i} for class {c} is {} (it overflows f32): the \
+                 class's weights reach |w| = {w_max:e} and the sample's features |x| = \
+                 {x_max:e}; the model's weights are out of range for these features",
+                out[p]
+            )));
+        }
         Ok(())
     }
 
@@ -2174,6 +2190,34 @@ mod tests {
             train_one_vs_rest(&x, n, dim, &labels, &params, uniform, Some(&warm)).unwrap()
         });
         assert_eq!(run(solved.objective()), OneVsRestOutcome::Solved(solved));
+    }
+
+    #[test]
+    fn overflowing_scores_are_an_error() {
+        let (n, dim) = (3, 4);
+        let x: Vec<f32> = vec![1.0; n * dim];
+        let model = |w: f32| OneVsRest {
+            classes: 2,
+            dim,
+            multilabel: false,
+            models: (0..2)
+                .map(|_| BinarySvm {
+                    w: vec![w; dim],
+                    b: 0.0,
+                    alpha: vec![],
+                    primal: 0.0,
+                    dual: 0.0,
+                    iterations: 0,
+                })
+                .collect(),
+        };
+        // Finite weights whose products sum past f32::MAX.
+        let err = model(3e38).try_scores(&x, n).unwrap_err().to_string();
+        assert!(
+            err.contains("sample 0") && err.contains("overflows"),
+            "{err}"
+        );
+        assert_eq!(model(1e30).try_scores(&x, n).unwrap()[0], 4e30);
     }
 
     #[test]

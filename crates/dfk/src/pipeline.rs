@@ -1224,6 +1224,25 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// [`Pipeline::scores`], or an error naming the sample and class of the first score that
+    /// overflows `f32` (finite weights near `f32::MAX` in a model file).
+    pub fn try_scores(&self, features: &[f32], n: usize) -> Result<Vec<f32>> {
+        if self.class_gmms.is_empty() {
+            return self.svm.try_scores(features, n);
+        }
+        let out = self.scores(features, n);
+        match out.iter().position(|s| !s.is_finite()) {
+            Some(p) => Err(Error::Invalid(format!(
+                "the decision value of sample {} for class {} is {} (it overflows f32): the \
+                 model's weights are out of range for these features",
+                p / self.svm.classes,
+                p % self.svm.classes,
+                out[p]
+            ))),
+            None => Ok(out),
+        }
+    }
+
     /// SVM scores (`n × classes`) of the features from [`encode_dataset`](Self::encode_dataset):
     /// ⟨w_c, φ⟩ + b_c, where φ is the Fisher vector under class c's GMM in per-class mode.
     pub fn scores(&self, features: &[f32], n: usize) -> Vec<f32> {

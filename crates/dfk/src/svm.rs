@@ -416,10 +416,16 @@ impl OneVsRest {
                     }
                 }
             });
-        // Finite weights and features can still overflow f32 in the product (a model file
-        // with weights near f32::MAX): an infinite or NaN score would silently decide the
-        // arg-max, so it is an error instead.
-        if let Some(p) = out.iter().position(|s| !s.is_finite()) {
+        Ok(())
+    }
+
+    /// An error naming the first sample and class whose score in `scores` (from `x`, `n`
+    /// rows) is not finite. Finite weights and features can still overflow f32 in the product
+    /// (a model file with weights near f32::MAX): an infinite or NaN score would silently
+    /// decide the arg-max.
+    fn check_scores(&self, x: &[f32], scores: &[f32]) -> Result<()> {
+        let (classes, dim) = (self.classes, self.dim);
+        if let Some(p) = scores.iter().position(|s| !s.is_finite()) {
             let (i, c) = (p / classes, p % classes);
             let w_max = self.models[c].w.iter().fold(0f32, |m, v| m.max(v.abs()));
             let x_max = x[i * dim..(i + 1) * dim]
@@ -429,27 +435,30 @@ impl OneVsRest {
                 "the decision value of sample {i} for class {c} is {} (it overflows f32): the \
                  class's weights reach |w| = {w_max:e} and the sample's features |x| = \
                  {x_max:e}; the model's weights are out of range for these features",
-                out[p]
+                scores[p]
             )));
         }
         Ok(())
     }
 
-    /// Checked form of [`OneVsRest::scores`].
+    /// Checked form of [`OneVsRest::scores`]: also an error when a score overflows `f32`.
     pub fn try_scores(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
         let mut out = vec![0f32; n * self.classes];
         self.scores_into(x, n, &mut out)?;
+        self.check_scores(x, &out)?;
         Ok(out)
     }
 
-    /// Decision values `n × classes` of the samples `x` (`n × dim`).
+    /// Decision values `n × classes` of the samples `x` (`n × dim`); a score that overflows
+    /// `f32` is left infinite (see [`OneVsRest::try_scores`]).
     ///
     /// # Panics
     /// If `x.len() != n · dim` or the model is inconsistent; use [`OneVsRest::try_scores`] for
     /// inputs that are not known to be valid.
     pub fn scores(&self, x: &[f32], n: usize) -> Vec<f32> {
-        match self.try_scores(x, n) {
-            Ok(s) => s,
+        let mut out = vec![0f32; n * self.classes];
+        match self.scores_into(x, n, &mut out) {
+            Ok(()) => out,
             Err(e) => panic!("OneVsRest::scores: {e}"),
         }
     }

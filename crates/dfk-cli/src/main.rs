@@ -1,5 +1,7 @@
 //! `dfk`: image classification with Fisher vectors and Deep Fisher Kernels.
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 
 mod commands;
@@ -82,10 +84,11 @@ enum Command {
     Bench(commands::bench::Args),
 }
 
-/// On SIGINT or SIGTERM (Ctrl-C, `kill`, `timeout`): remove the temporary files of the
-/// writes in progress, then exit with 128 + the signal, as a shell reports it. The signals
-/// are blocked in this thread before any other starts (threads inherit the mask), and one
-/// thread waits for them, so the cleanup runs in ordinary code, not in a signal handler.
+/// On SIGINT, SIGTERM, SIGHUP or SIGQUIT (Ctrl-C, `kill`, `timeout`, a closed terminal,
+/// `Ctrl-\`): remove the temporary files of the writes in progress, then exit with 128 + the
+/// signal, as a shell reports it. The signals are blocked in this thread before any other
+/// starts (threads inherit the mask), and one thread waits for them, so the cleanup runs in
+/// ordinary code, not in a signal handler.
 #[cfg(unix)]
 fn clean_up_on_signals() {
     // SAFETY: plain libc calls on a zeroed, then filled, sigset_t owned by this frame.
@@ -94,6 +97,8 @@ fn clean_up_on_signals() {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGQUIT);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return;
         }
@@ -127,6 +132,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not in logs and pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
         .init();

@@ -83,6 +83,65 @@ impl DataArgs {
         out
     }
 
+    /// A list file given as `--data` (`--format list` or `npy`, or a file without
+    /// `--format`), whose named files are inputs too.
+    fn list_file(&self) -> Option<&Path> {
+        let path = self.data.as_deref()?;
+        match self.format {
+            Some(DataFormat::List | DataFormat::Npy) => Some(path),
+            None if path.is_file() => Some(path),
+            _ => None,
+        }
+    }
+
+    /// Refuses, before loading, an output that is a file named in the `--data` list file (an
+    /// image, or a descriptor `.npy` with `--format npy`), which writing it would replace. A
+    /// list that cannot be read is left to the loader to report.
+    pub fn check_outputs_not_listed(&self, outputs: &[(&str, &Path)]) -> anyhow::Result<()> {
+        let Some(list) = self.list_file() else {
+            return Ok(());
+        };
+        let files = dataset::list_paths(list).unwrap_or_default();
+        let what = if self.format == Some(DataFormat::Npy) {
+            "a descriptor file"
+        } else {
+            "an image"
+        };
+        crate::util::check_not_data(
+            outputs,
+            &format!("{what} listed in --data {}", list.display()),
+            files.iter().map(PathBuf::as_path),
+        )
+    }
+
+    /// Refuses an output that is one of the files of the loaded sets (the images of a folder,
+    /// list or VOC devkit, the descriptor files of `--format npy`), which writing it would
+    /// replace: after loading, before any work.
+    pub fn check_outputs_not_loaded(
+        &self,
+        outputs: &[(&str, &Path)],
+        loaded: &Loaded,
+    ) -> anyhow::Result<()> {
+        let files = std::iter::once(&loaded.train)
+            .chain(&loaded.test)
+            .flat_map(|d| &d.items)
+            .filter_map(|item| match &item.source {
+                dataset::ImageSource::File(p) => Some(p.as_path()),
+                dataset::ImageSource::Memory { .. } => None,
+            });
+        let what = if loaded.descriptors.is_some() {
+            "a descriptor file"
+        } else {
+            "an image"
+        };
+        let data = self.data.as_deref().unwrap_or(Path::new("."));
+        crate::util::check_not_data(
+            outputs,
+            &format!("{what} of --data {}", data.display()),
+            files,
+        )
+    }
+
     /// Loads the chosen source (which must be exactly one).
     pub fn load(&self) -> anyhow::Result<Loaded> {
         let chosen = [
@@ -251,7 +310,7 @@ pub struct ConfigArgs {
     #[arg(long, help_heading = "Descriptors")]
     pub step: Option<usize>,
     /// SIFT smoothing: σ = bin / magnif.
-    #[arg(long, help_heading = "Descriptors")]
+    #[arg(long, value_parser = parse_f32, help_heading = "Descriptors")]
     pub magnif: Option<f32>,
     /// SIFT spatial window.
     #[arg(long, value_enum, help_heading = "Descriptors")]
@@ -259,7 +318,7 @@ pub struct ConfigArgs {
     /// RootSIFT (L1 normalise, square root).
     #[arg(long, help_heading = "Descriptors")]
     pub root_sift: Option<bool>,
-    /// Resize images to WxH before extraction, or `none`.
+    /// Resize images to WxH before extraction (W·H at most 2^24, e.g. 4096x4096), or `none`.
     #[arg(long, value_parser = parse_resize, help_heading = "Descriptors")]
     pub resize: Option<Resize>,
     /// PCA output dimension (0: no PCA).
@@ -287,12 +346,12 @@ pub struct ConfigArgs {
     /// At most this many descriptors for EM.
     #[arg(long, help_heading = "GMM")]
     pub gmm_sample: Option<usize>,
-    /// Relative variance floor.
+    /// Variance floor relative to each dimension's data variance (0 to 1).
     #[arg(long, help_heading = "GMM")]
     pub variance_floor: Option<f64>,
     /// EM's M-step posterior threshold: posteriors below this times a descriptor's largest
     /// one are left out of the means, variances and weights (0: keep all).
-    #[arg(long, help_heading = "GMM")]
+    #[arg(long, value_parser = parse_f32, help_heading = "GMM")]
     pub gmm_posterior_threshold: Option<f32>,
     /// Improved Fisher vector (signed square root + L2).
     #[arg(long, help_heading = "Fisher vector")]
@@ -304,7 +363,7 @@ pub struct ConfigArgs {
     #[arg(long, help_heading = "SVM")]
     pub svm_eps: Option<f64>,
     /// SVM bias feature value (0: no bias).
-    #[arg(long, help_heading = "SVM")]
+    #[arg(long, value_parser = parse_f32, help_heading = "SVM")]
     pub bias: Option<f32>,
     /// SVM class weighting.
     #[arg(long, value_enum, help_heading = "SVM")]
@@ -312,6 +371,14 @@ pub struct ConfigArgs {
 }
 
 impl ConfigArgs {
+    /// The configuration file, if any, as (flag, path) for [`crate::util::check_outputs`].
+    pub fn inputs(&self) -> Vec<(&'static str, &Path)> {
+        self.config
+            .iter()
+            .map(|p| ("--config", p.as_path()))
+            .collect()
+    }
+
     /// Defaults, then `--config`, then the flags, then the global `--seed`; validated.
     pub fn resolve(&self, g: &Global) -> anyhow::Result<PipelineConfig> {
         let mut cfg = match &self.config {
@@ -363,11 +430,201 @@ impl ConfigArgs {
         if crate::util::seed_given() {
             cfg.seed = g.seed;
         }
-        if let Err(e) = cfg.validate() {
-            return usage(format!("invalid pipeline settings: {e}"));
-        }
+        self.validate(&cfg)?;
         Ok(cfg)
     }
+
+    /// Checks the merged settings, a usage error naming the flag when it was given, else the
+    /// configuration file's key: each part of the configuration is validated on its own, so
+    /// that a parameter name the parts share (`posterior_threshold`) finds the right flag.
+    fn validate(&self, cfg: &PipelineConfig) -> anyhow::Result<()> {
+        // (library name, flag, TOML key, whether the flag was given)
+        let sift = [
+            ("bin_sizes", "--bins", "sift.bin_sizes", self.bins.is_some()),
+            ("step", "--step", "sift.step", self.step.is_some()),
+            ("magnif", "--magnif", "sift.magnif", self.magnif.is_some()),
+            ("resize", "--resize", "sift.resize", self.resize.is_some()),
+            ("window_size", "", "sift.window_size", false),
+            ("contrast_threshold", "", "sift.contrast_threshold", false),
+            ("clamp", "", "sift.clamp", false),
+        ];
+        let gmm = [
+            ("k", "--k", "gmm.k", self.k.is_some()),
+            ("tol", "", "gmm.tol", false),
+            ("restarts", "", "gmm.restarts", false),
+            (
+                "variance_floor",
+                "--variance-floor",
+                "gmm.variance_floor",
+                self.variance_floor.is_some(),
+            ),
+            ("weight_floor", "", "gmm.weight_floor", false),
+            (
+                "posterior_threshold",
+                "--gmm-posterior-threshold",
+                "gmm.posterior_threshold",
+                self.gmm_posterior_threshold.is_some(),
+            ),
+        ];
+        let svm = [
+            ("svm c", "--c", "svm.c", self.c.is_some()),
+            ("svm eps", "--svm-eps", "svm.eps", self.svm_eps.is_some()),
+            ("svm max_iter", "", "svm.max_iter", false),
+            ("svm bias", "--bias", "svm.bias", self.bias.is_some()),
+        ];
+        let fisher = [
+            ("power", "", "fisher.power", false),
+            (
+                "posterior_threshold",
+                "",
+                "fisher.posterior_threshold",
+                false,
+            ),
+            ("sqrt_epsilon", "", "fisher.sqrt_epsilon", false),
+        ];
+        let rest = [
+            ("pca.sample", "", "pca.sample", false),
+            (
+                "pca.dims",
+                "--pca-dims",
+                "pca.dims",
+                self.pca_dims.is_some(),
+            ),
+            (
+                "gmm.sample",
+                "--gmm-sample",
+                "gmm.sample",
+                self.gmm_sample.is_some(),
+            ),
+        ];
+        let named = |e: dfk::Error, table: &[(&str, &str, &str, bool)]| -> anyhow::Error {
+            self.setting_error(e, table)
+        };
+        cfg.sift.validate().map_err(|e| named(e, &sift))?;
+        // The weight floor (default 1e-6) bounds K: name the setting that is out of range.
+        let g = &cfg.gmm;
+        if let Some(expected) = k_beyond_weight_floor(g.k, g.weight_floor) {
+            return self.setting_usage(
+                ("--k", "gmm.k", self.k.is_some()),
+                &g.k.to_string(),
+                &expected,
+            );
+        }
+        if !(g.variance_floor.is_finite() && (0.0..=1.0).contains(&g.variance_floor)) {
+            return self.setting_usage(
+                (
+                    "--variance-floor",
+                    "gmm.variance_floor",
+                    self.variance_floor.is_some(),
+                ),
+                &g.variance_floor.to_string(),
+                VARIANCE_FLOOR_RANGE,
+            );
+        }
+        cfg.gmm_params().validate().map_err(|e| named(e, &gmm))?;
+        cfg.svm
+            .params(cfg.seed)
+            .validate()
+            .map_err(|e| named(e, &svm))?;
+        cfg.fisher.validate().map_err(|e| named(e, &fisher))?;
+        cfg.validate().map_err(|e| named(e, &rest))?;
+        Ok(())
+    }
+
+    /// A library parameter error in terms of the command line: `--flag VALUE: expected …`
+    /// when the flag was given, `key = VALUE in FILE: expected …` when the value came from the
+    /// configuration file; other errors as they are.
+    fn setting_error(&self, e: dfk::Error, table: &[(&str, &str, &str, bool)]) -> anyhow::Error {
+        if let dfk::Error::InvalidParameter {
+            name,
+            value,
+            expected,
+        } = &e
+        {
+            if let Some(&(_, flag, key, given)) = table.iter().find(|(n, ..)| n == name) {
+                if let Err(err) = self.setting_usage((flag, key, given), value, expected) {
+                    return err;
+                }
+            }
+        }
+        crate::util::UsageError(format!("invalid pipeline settings: {e}")).into()
+    }
+
+    /// A usage error for a setting given as `flag` on the command line (when `given`) or as
+    /// `key` in the configuration file.
+    fn setting_usage(
+        &self,
+        (flag, key, given): (&str, &str, bool),
+        value: &str,
+        expected: &str,
+    ) -> anyhow::Result<()> {
+        let value = tidy_number(value);
+        match &self.config {
+            _ if given && !flag.is_empty() => usage(format!("{flag} {value}: expected {expected}")),
+            Some(file) => usage(format!(
+                "{key} = {value} in {}: expected {expected}",
+                file.display()
+            )),
+            None => usage(format!(
+                "invalid setting {key} = {value}: expected {expected}"
+            )),
+        }
+    }
+}
+
+/// When `k` components are too many for EM's weight floor (each weight is kept at or above
+/// it, so K · floor must stay below 1), what K may be; `None` when K is fine (or the floor
+/// itself is invalid, which its own check reports).
+pub fn k_beyond_weight_floor(k: usize, weight_floor: f64) -> Option<String> {
+    let floor_ok = weight_floor.is_finite() && weight_floor > 0.0 && weight_floor < 1.0;
+    if !floor_ok || k == 0 || weight_floor * (k as f64) < 1.0 {
+        return None;
+    }
+    let max = ((1.0 / weight_floor).ceil() as u64).saturating_sub(1);
+    Some(format!(
+        "at most {max} components (EM's weight floor {weight_floor:e} needs K · floor < 1)"
+    ))
+}
+
+/// A number for a message: as written when short, else in scientific notation (`1e300`, not
+/// three hundred digits).
+pub fn tidy_number(value: &str) -> String {
+    match value.parse::<f64>() {
+        Ok(v) if value.len() > 12 && v.is_finite() => format!("{v:e}"),
+        _ => value.to_string(),
+    }
+}
+
+/// The accepted range of a GMM variance floor relative to the data variance: above 1 a
+/// component would be wider than the data, and huge values overflow the float32 variances.
+pub const VARIANCE_FLOOR_RANGE: &str = "a value in [0, 1] (relative to each dimension's data \
+                                        variance)";
+
+/// Checks a variance floor relative to the data variance (see [`VARIANCE_FLOOR_RANGE`]).
+pub fn check_variance_floor(flag: &str, value: f64) -> anyhow::Result<()> {
+    if value.is_finite() && (0.0..=1.0).contains(&value) {
+        return Ok(());
+    }
+    usage(format!(
+        "{flag} {}: expected {VARIANCE_FLOOR_RANGE}",
+        tidy_number(&value.to_string())
+    ))
+}
+
+/// Parses a float32 flag value, refusing one that does not fit (`1e308` would become
+/// infinity) and non-finite values.
+pub fn parse_f32(s: &str) -> Result<f32, String> {
+    let v: f32 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{s}` is not a number: {e}"))?;
+    if !v.is_finite() {
+        return Err(format!(
+            "`{s}` is not a finite 32-bit float (at most ±{:e})",
+            f32::MAX
+        ));
+    }
+    Ok(v)
 }
 
 /// Reads a pipeline configuration from TOML (missing keys keep their defaults).

@@ -521,6 +521,14 @@ pre{{background:#f7f7f7;padding:1em;overflow-x:auto}}</style></head><body>\n<h1>
     Ok(page)
 }
 
+/// The file names a report writes in its folder, in the order [`write`] writes them.
+pub const FILES: [&str; 2] = ["report.json", "index.html"];
+
+/// The files a report in `dir` consists of, for the output checks before the work.
+pub fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    FILES.iter().map(|name| dir.join(name)).collect()
+}
+
 /// Writes `index.html` and `report.json` into `dir` (created if missing).
 pub fn write(dir: &Path, r: &Report) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -536,10 +544,10 @@ pub fn write(dir: &Path, r: &Report) -> anyhow::Result<()> {
             .collect::<serde_json::Map<String, Value>>(),
     });
     dfk::npy::write_bytes_atomic(
-        dir.join("report.json"),
+        dir.join(FILES[0]),
         serde_json::to_string_pretty(&numbers)?.as_bytes(),
     )?;
-    dfk::npy::write_bytes_atomic(dir.join("index.html"), page.as_bytes())?;
+    dfk::npy::write_bytes_atomic(dir.join(FILES[1]), page.as_bytes())?;
     Ok(())
 }
 

@@ -162,6 +162,32 @@ pub fn check_outputs(
     outputs: &[(&str, &std::path::Path)],
     inputs: &[(&str, &std::path::Path)],
 ) -> anyhow::Result<()> {
+    check_outputs_in_folders(outputs, &[], inputs)
+}
+
+/// [`check_outputs`] for a command that also writes files into folders it creates (a
+/// `--report` folder, `--out-dir`): `in_folders` are those files, each with the flag of its
+/// folder. They must not collide with the inputs or the other outputs either, their folders
+/// are checked as [`check_output_dir`] does, and none of them may be an existing directory.
+pub fn check_outputs_in_folders(
+    outputs: &[(&str, &std::path::Path)],
+    in_folders: &[(&str, &std::path::Path)],
+    inputs: &[(&str, &std::path::Path)],
+) -> anyhow::Result<()> {
+    let all: Vec<(&str, &std::path::Path)> = outputs.iter().chain(in_folders).copied().collect();
+    check_distinct(&all, inputs)?;
+    for &(flag, out) in outputs {
+        probe_writable(flag, out)?;
+    }
+    check_folder_outputs(in_folders)
+}
+
+/// No output may be an input, another output, or lie inside another output (which is
+/// written as a file).
+fn check_distinct(
+    outputs: &[(&str, &std::path::Path)],
+    inputs: &[(&str, &std::path::Path)],
+) -> anyhow::Result<()> {
     for (i, &(flag, out)) in outputs.iter().enumerate() {
         for &(input_flag, input) in inputs {
             if same_file(out, input) {
@@ -181,13 +207,56 @@ pub fn check_outputs(
                 ));
             }
         }
-        probe_writable(flag, out)?;
+        for &(other_flag, other) in outputs {
+            if let (Some(a), Some(b)) = (absolute(out), absolute(other)) {
+                if a != b && a.starts_with(&b) {
+                    return usage(format!(
+                        "{flag} {} lies inside {other_flag} {}, which is written as a file: \
+                         give each output its own path",
+                        out.display(),
+                        other.display()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses, before any work, an output that is one of the files a data set consists of (an
+/// image, or a descriptor file named in a list file): `what` says where they come from (e.g.
+/// "an image listed in --data list.txt"). Only outputs that exist can be such a file, so
+/// this costs nothing when none does.
+pub fn check_not_data<'p>(
+    outputs: &[(&str, &std::path::Path)],
+    what: &str,
+    files: impl IntoIterator<Item = &'p std::path::Path>,
+) -> anyhow::Result<()> {
+    let existing: Vec<(&str, &std::path::Path)> = outputs
+        .iter()
+        .copied()
+        .filter(|(_, p)| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
+        .collect();
+    if existing.is_empty() {
+        return Ok(());
+    }
+    for file in files {
+        for &(flag, out) in &existing {
+            if same_file(out, file) {
+                return usage(format!(
+                    "{flag} {} is also {what} ({}): writing it would replace the input; \
+                     choose another output path",
+                    out.display(),
+                    file.display()
+                ));
+            }
+        }
     }
     Ok(())
 }
 
 /// Whether `a` and `b` name the same file: the same file on disk when both exist, else the
-/// same absolute path (folders resolved).
+/// same absolute path (the existing part resolved).
 fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     #[cfg(unix)]
     {
@@ -202,17 +271,41 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     }
 }
 
-/// `path` made absolute with its folder resolved (links and `..`), when that folder exists.
+/// `path` made absolute: its longest existing ancestor resolved (links and `..`), the rest
+/// appended with `.` and `..` applied as written.
 fn absolute(path: &std::path::Path) -> Option<std::path::PathBuf> {
-    if let Ok(p) = std::fs::canonicalize(path) {
-        return Some(p);
+    use std::path::{Component, Path};
+    let mut rest = Vec::new();
+    let mut p = path;
+    loop {
+        let existing = if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        };
+        if let Ok(mut out) = std::fs::canonicalize(existing) {
+            for c in rest.iter().rev() {
+                match c {
+                    Component::ParentDir => {
+                        out.pop();
+                    }
+                    Component::Normal(name) => out.push(name),
+                    _ => {}
+                }
+            }
+            return Some(out);
+        }
+        rest.push(p.components().next_back()?);
+        p = p.parent()?;
     }
-    let name = path.file_name()?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    Some(std::fs::canonicalize(parent).ok()?.join(name))
+}
+
+/// Whether `path` is written with a trailing separator (`out/`): a folder, not a file name.
+fn ends_in_separator(path: &std::path::Path) -> bool {
+    path.as_os_str()
+        .as_encoded_bytes()
+        .last()
+        .is_some_and(|&b| std::path::is_separator(b as char))
 }
 
 /// Fails, naming `flag` and the folder, when a new file cannot be created beside `path`.
@@ -221,15 +314,14 @@ fn probe_writable(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
         return usage(format!("{flag} {}: expected a file path", path.display()));
     };
     if let Ok(meta) = std::fs::metadata(path) {
-        if meta.is_dir() {
-            return usage(format!(
-                "{flag} {}: is a directory, expected a file path",
-                path.display()
-            ));
-        }
-        if !meta.is_file() {
+        if !check_file_target(flag, path, &meta)? {
             return Ok(());
         }
+    } else if ends_in_separator(path) {
+        return usage(format!(
+            "{flag} {}: ends in a path separator but is not a folder: expected a file path",
+            path.display()
+        ));
     }
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -247,6 +339,40 @@ fn probe_writable(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
             }
         )
     })
+}
+
+/// For an output path that exists: an error for a directory; `true` for a regular file
+/// (replaced, so its folder must take a new file), `false` for a device or FIFO (written in
+/// place).
+fn check_file_target(
+    flag: &str,
+    path: &std::path::Path,
+    meta: &std::fs::Metadata,
+) -> anyhow::Result<bool> {
+    if meta.is_dir() {
+        return usage(format!(
+            "{flag} {}: is a directory, expected a file path",
+            path.display()
+        ));
+    }
+    Ok(meta.is_file())
+}
+
+/// Files a command writes into folders it creates: each file's folder is checked as
+/// [`check_output_dir`] does, and no file may be an existing directory.
+fn check_folder_outputs(files: &[(&str, &std::path::Path)]) -> anyhow::Result<()> {
+    let mut folders: Vec<&std::path::Path> = Vec::new();
+    for &(flag, file) in files {
+        let folder = file.parent().unwrap_or(std::path::Path::new("."));
+        if !folders.contains(&folder) {
+            check_output_dir(flag, folder)?;
+            folders.push(folder);
+        }
+        if let Ok(meta) = std::fs::metadata(file) {
+            check_file_target(flag, file, &meta)?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates `probe` as a new empty file and removes it again: whether its folder takes files.
@@ -304,6 +430,7 @@ pub fn as_flag_error(e: dfk::Error, flags: &[(&str, &str)]) -> anyhow::Error {
     } = &e
     {
         if let Some((_, flag)) = flags.iter().find(|(n, _)| n == name) {
+            let value = crate::options::tidy_number(value);
             return UsageError(format!("{flag} {value}: expected {expected}")).into();
         }
     }

@@ -395,3 +395,48 @@ fn gmm_fit_writes_a_model() {
         assert!((mean[c] - 4.0).abs() < 0.5, "component {k}: {mean:?}");
     }
 }
+
+/// A model file whose finite weights overflow f32 in the scores is refused by `svm predict`,
+/// naming the file and the sample, and writes nothing.
+#[test]
+fn svm_predict_refuses_scores_that_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = |w: f32| dfk::svm::OneVsRest {
+        classes: 2,
+        dim: 6,
+        multilabel: false,
+        models: (0..2)
+            .map(|_| dfk::svm::BinarySvm {
+                w: vec![w; 6],
+                b: 0.0,
+                alpha: vec![],
+                primal: 0.0,
+                dual: 0.0,
+                iterations: 0,
+            })
+            .collect(),
+    };
+    let (big, small) = (dir.path().join("big.dfk"), dir.path().join("small.dfk"));
+    dfk::model::save_svm(&big, &model(3e38), &[]).unwrap();
+    dfk::model::save_svm(&small, &model(1.0), &[]).unwrap();
+    let out = dir.path().join("scores.npy");
+    let args = |m: &std::path::Path| {
+        [
+            "svm".to_string(),
+            "predict".into(),
+            s(m),
+            "--features".into(),
+            cli_fixture("features.npy"),
+            "--out".into(),
+            s(&out),
+        ]
+    };
+    let a = args(&big);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    fails_leaving_nothing(&a, 1, "overflows f32", &out);
+    fails_leaving_nothing(&a, 1, &s(&big), &out);
+    let a = args(&small);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    ok(&a);
+    assert!(out.exists());
+}

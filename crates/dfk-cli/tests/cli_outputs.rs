@@ -219,8 +219,9 @@ fn labels_must_be_class_indices_with_samples() {
     );
 }
 
-/// Ctrl-C (SIGINT) or SIGTERM while an output is being written: exit status 128 + signal,
-/// the target untouched and no hidden temporary file left in its folder.
+/// Ctrl-C (SIGINT), SIGTERM, SIGHUP (a closed terminal) or SIGQUIT while an output is being
+/// written: exit status 128 + signal, the target untouched and no hidden temporary file left
+/// in its folder.
 #[cfg(unix)]
 #[test]
 fn an_interrupted_write_leaves_no_temporary_file() {
@@ -250,7 +251,12 @@ fn an_interrupted_write_leaves_no_temporary_file() {
         &s(&gp),
     ]);
     let out = dir.path().join("fv.npy");
-    for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+    for (signal, code) in [
+        (libc::SIGINT, 130),
+        (libc::SIGTERM, 143),
+        (libc::SIGHUP, 129),
+        (libc::SIGQUIT, 131),
+    ] {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dfk"))
             .args(["-q", "--threads", "1", "fisher", "--gmm", &s(&gp)])
             .args([
@@ -389,4 +395,450 @@ fn a_damaged_or_unwritable_cache_does_not_fail_a_run() {
         "{err}"
     );
     assert_eq!(learned(&first), learned(&third));
+}
+
+/// A 32×32 binary PGM image (a format the loaders read) at `path`.
+fn pgm(path: &std::path::Path, seed: u8) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut bytes = b"P5\n32 32\n255\n".to_vec();
+    bytes.extend((0..32 * 32).map(|i: u32| (i as u8).wrapping_mul(seed | 1)));
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Asserts that `file` still holds `before`.
+fn unchanged(file: &std::path::Path, before: &[u8]) {
+    assert_eq!(
+        std::fs::read(file).unwrap(),
+        before,
+        "{} was changed",
+        file.display()
+    );
+}
+
+/// Outputs that would replace an input are refused before any work, naming both: a model
+/// written over the report's own files (or the report over the model), the configuration
+/// file, an image or descriptor file of the data set, and `gmm export` into its input's folder.
+#[test]
+fn outputs_that_would_replace_inputs_or_each_other_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let train = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["train", "--embedded", "--limit", "40", "--k", "2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |args: Vec<String>, needle: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&args, 2, needle);
+    };
+    // The model as one of the report's files (the folder exists, from an earlier run), and
+    // the model as the report folder.
+    let report = p("report");
+    std::fs::create_dir(&report).unwrap();
+    for name in ["report.json", "index.html"] {
+        let model = report.join(name);
+        run(
+            train(&["--no-cache", "--out", &s(&model), "--report", &s(&report)]),
+            &format!("--report and --out are the same file ({})", model.display()),
+        );
+        assert!(!model.exists(), "{} was written", model.display());
+    }
+    let new = p("new");
+    run(
+        train(&["--no-cache", "--out", &s(&new), "--report", &s(&new)]),
+        "lies inside --out",
+    );
+    assert!(!new.exists());
+    // The report of `dfk eval` over its model.
+    let model = report.join("index.html");
+    std::fs::write(&model, b"a model").unwrap();
+    fails(
+        &[
+            "eval",
+            "--model",
+            &s(&model),
+            "--embedded",
+            "--no-cache",
+            "--report",
+            &s(&report),
+        ],
+        2,
+        "--report",
+    );
+    unchanged(&model, b"a model");
+    assert!(!report.join("report.json").exists());
+    // The configuration file.
+    let config = p("c.toml");
+    std::fs::write(&config, "seed = 3\n").unwrap();
+    run(
+        train(&["--no-cache", "--config", &s(&config), "--out", &s(&config)]),
+        "is also the input --config",
+    );
+    unchanged(&config, b"seed = 3\n");
+    // An image named in a list file, or found in a class folder.
+    let mut list = String::new();
+    for i in 0..6u8 {
+        let class = ["a", "b"][i as usize % 2];
+        pgm(&p(&format!("img/{class}/{i}.pgm")), i);
+        list.push_str(&format!("img/{class}/{i}.pgm {class}\n"));
+    }
+    std::fs::write(p("list.txt"), list).unwrap();
+    let image = p("img/a/0.pgm");
+    let before = std::fs::read(&image).unwrap();
+    for data in [p("list.txt"), p("img")] {
+        fails(
+            &[
+                "train",
+                "--data",
+                &s(&data),
+                "--k",
+                "2",
+                "--no-cache",
+                "--out",
+                &s(&image),
+            ],
+            2,
+            "is also an image",
+        );
+        unchanged(&image, &before);
+    }
+    fails(
+        &[
+            "encode",
+            "--model",
+            &s(&config),
+            "--data",
+            &s(&p("list.txt")),
+            "--no-cache",
+            "--out",
+            &s(&p("fv.npy")),
+            "--labels-out",
+            &s(&image),
+        ],
+        2,
+        "--labels-out",
+    );
+    unchanged(&image, &before);
+    assert!(!p("fv.npy").exists());
+    fails(
+        &[
+            "deep",
+            "--data",
+            &s(&p("list.txt")),
+            "-k",
+            "2",
+            "--out",
+            &s(&p("d.dfk")),
+            "--history",
+            &s(&image),
+        ],
+        2,
+        "--history",
+    );
+    unchanged(&image, &before);
+    assert!(!p("d.dfk").exists());
+    // A descriptor file named in a `--format npy` list.
+    let desc = p("desc/0.npy");
+    std::fs::create_dir_all(p("desc")).unwrap();
+    for i in 0..4 {
+        let rows: Vec<f32> = (0..12).map(|j| (i * 12 + j) as f32).collect();
+        npy::write_f32_matrix(p(&format!("desc/{i}.npy")), &rows, 3, 4).unwrap();
+    }
+    std::fs::write(p("desc/list.txt"), "0.npy a\n1.npy b\n2.npy a\n3.npy b\n").unwrap();
+    let before = std::fs::read(&desc).unwrap();
+    fails(
+        &[
+            "train",
+            "--data",
+            &s(&p("desc/list.txt")),
+            "--format",
+            "npy",
+            "--spatial",
+            "false",
+            "--k",
+            "1",
+            "--out",
+            &s(&desc),
+        ],
+        2,
+        "is also a descriptor file listed in --data",
+    );
+    unchanged(&desc, &before);
+    // `gmm export` into the folder of its input, under one of the names it writes.
+    let gmm = import_gmm(dir.path());
+    let input = p("gx/means.npy");
+    std::fs::create_dir_all(p("gx")).unwrap();
+    std::fs::copy(&gmm, &input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    fails(
+        &["gmm", "export", &s(&input), "--out-dir", &s(&p("gx"))],
+        2,
+        "is also the input GMM file",
+    );
+    unchanged(&input, &before);
+    assert!(!p("gx/variances.npy").exists());
+}
+
+/// An output path that cannot be written is refused before the work, naming the flag and the
+/// path, and no other output is written: a file path ending in a separator (`newd/`), a
+/// directory where a file is expected, a file where a report or `--out-dir` folder goes, and a
+/// directory in the place of one of a report's files.
+#[test]
+fn blocked_output_paths_fail_before_the_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let model = p("m.dfk");
+    std::fs::write(&model, b"not read: the outputs are checked first").unwrap();
+    let fv = p("fv.npy");
+    fails_leaving_nothing(
+        &[
+            "encode",
+            "--model",
+            &s(&model),
+            "--embedded",
+            "--limit",
+            "20",
+            "--no-cache",
+            "--out",
+            &s(&fv),
+            "--labels-out",
+            &format!("{}/", p("nd").display()),
+        ],
+        2,
+        "--labels-out",
+        &fv,
+    );
+    let deep = p("d.dfk");
+    let history = format!("{}/", p("newd").display());
+    fails_leaving_nothing(
+        &[
+            "deep",
+            "--embedded",
+            "--max-train",
+            "40",
+            "-k",
+            "2",
+            "--iters",
+            "1",
+            "--out",
+            &s(&deep),
+            "--history",
+            &history,
+        ],
+        2,
+        &format!("--history {history}: ends in a path separator"),
+        &deep,
+    );
+    assert!(!p("d.dfk.ckpt").exists() && !p("newd").exists());
+    // An existing folder given as a file: with or without the separator.
+    std::fs::create_dir(p("folder")).unwrap();
+    for out in [s(&p("folder")), format!("{}/", p("folder").display())] {
+        fails(
+            &[
+                "svm",
+                "train",
+                "--features",
+                &cli_fixture("features.npy"),
+                "--labels",
+                &cli_fixture("labels.npy"),
+                "--out",
+                &out,
+            ],
+            2,
+            "is a directory",
+        );
+    }
+    // `extract --with-test` writes into DIR/train and DIR/test: a file named train blocks it.
+    let x = p("x");
+    std::fs::create_dir(&x).unwrap();
+    std::fs::write(x.join("train"), b"").unwrap();
+    let train_dir = x.join("train");
+    fails(
+        &[
+            "extract",
+            "--embedded",
+            "--limit",
+            "20",
+            "--with-test",
+            "--no-cache",
+            "--out-dir",
+            &s(&x),
+        ],
+        2,
+        &format!("{} exists and is not a folder", train_dir.display()),
+    );
+    assert!(!x.join("test").exists());
+    // A report whose index.html is a folder: refused before training, no model written.
+    let report = p("report");
+    std::fs::create_dir_all(report.join("index.html")).unwrap();
+    let out = p("trained.dfk");
+    fails_leaving_nothing(
+        &[
+            "train",
+            "--embedded",
+            "--limit",
+            "40",
+            "--k",
+            "2",
+            "--no-cache",
+            "--out",
+            &s(&out),
+            "--report",
+            &s(&report),
+        ],
+        2,
+        &format!("{}: is a directory", report.join("index.html").display()),
+        &out,
+    );
+    assert!(!report.join("report.json").exists());
+}
+
+/// `dfk bench` refuses sizes it cannot run (zero dimensions or components) and sizes whose
+/// buffers would not fit in memory, naming the flags and the bound, instead of panicking or
+/// aborting on a failed allocation.
+#[test]
+fn bench_sizes_are_checked_before_anything_is_allocated() {
+    fails(&["bench", "--stage", "stats", "--d", "0"], 2, "--d 0");
+    fails(&["bench", "--stage", "stats", "--k", "0"], 2, "--k 0");
+    fails(
+        &["bench", "--stage", "encode", "--images", "0"],
+        2,
+        "--images 0",
+    );
+    fails(&["bench", "--stage", "em", "--n", "0"], 2, "--n 0");
+    for (stage, flag) in [
+        ("svm", "--svm-n"),
+        ("em", "--n"),
+        ("init", "--n"),
+        ("stats", "--images"),
+        ("encode", "--images"),
+        ("backward", "--images"),
+    ] {
+        fails(
+            &["bench", "--stage", stage, flag, "100000000000"],
+            2,
+            &format!("{flag} 100000000000"),
+        );
+        fails(
+            &["bench", "--stage", stage, flag, "100000000000"],
+            2,
+            "at most 32 GiB",
+        );
+    }
+    fails(
+        &[
+            "bench",
+            "--stage",
+            "stats",
+            "--images",
+            &usize::MAX.to_string(),
+        ],
+        2,
+        "at most 32 GiB",
+    );
+}
+
+/// Settings whose value is out of range are usage errors naming the flag and the range:
+/// `--k` beyond what EM's weight floor allows, a `--bias` that does not fit in a float32, a
+/// `--variance-floor` above 1 (`1e300` overflowed the variances), `--resize` above 4096×4096
+/// pixels (8192×8192 took about 10 GB per image).
+#[test]
+fn out_of_range_settings_name_their_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.dfk");
+    let train = |flag: &str, value: &str, needle: &str| {
+        fails_leaving_nothing(
+            &[
+                "train",
+                "--embedded",
+                "--limit",
+                "20",
+                "--no-cache",
+                flag,
+                value,
+                "--out",
+                &s(&m),
+            ],
+            2,
+            needle,
+            &m,
+        );
+    };
+    train(
+        "--k",
+        "1000000",
+        "--k 1000000: expected at most 999999 components",
+    );
+    train("--bias", "1e308", "--bias");
+    train(
+        "--variance-floor",
+        "1e300",
+        "--variance-floor 1e300: expected a value in [0, 1]",
+    );
+    train("--resize", "8192x8192", "at most 16777216 pixels");
+    fails_leaving_nothing(
+        &[
+            "svm",
+            "train",
+            "--features",
+            &cli_fixture("features.npy"),
+            "--labels",
+            &cli_fixture("labels.npy"),
+            "--bias",
+            "1e308",
+            "--out",
+            &s(&m),
+        ],
+        2,
+        "--bias",
+        &m,
+    );
+    fails_leaving_nothing(
+        &[
+            "gmm",
+            "fit",
+            "--descriptors",
+            &cli_fixture("descriptors.npy"),
+            "--k",
+            "2",
+            "--variance-floor",
+            "1e300",
+            "--out",
+            &s(&m),
+        ],
+        2,
+        "--variance-floor 1e300",
+        &m,
+    );
+    // A configuration file's value is named by its key and the file.
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[svm]\nbias = 1e39\n").unwrap();
+    train("--config", &s(&config), "svm.bias = inf in");
+}
+
+/// Warnings on a stderr that is not a terminal (a log file, a pipe) carry no colour codes.
+#[test]
+fn warnings_are_plain_text_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let o = dfk(&[
+        "train",
+        "--embedded",
+        "--limit",
+        "40",
+        "--k",
+        "2",
+        "--cache",
+        &s(&file.join("cache")),
+        "--out",
+        &s(&dir.path().join("m.dfk")),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("WARN"), "{err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in {err:?}");
 }

@@ -802,11 +802,22 @@ enum Target {
     InPlace(PathBuf),
 }
 
-/// What writing to `path` means; an error for a directory, a socket or block device, or a
-/// symbolic link that leads nowhere.
+/// What writing to `path` means; an error for a directory, a path ending in a separator
+/// (`out/`), a socket or block device, or a symbolic link that leads nowhere.
 fn output_target(path: &Path) -> Result<Target> {
     if path.file_name().is_none() {
         return Err(Error::format(path, "not a file name"));
+    }
+    let trailing_separator = path
+        .as_os_str()
+        .as_encoded_bytes()
+        .last()
+        .is_some_and(|&b| std::path::is_separator(b as char));
+    if trailing_separator && !path.is_dir() {
+        return Err(Error::format(
+            path,
+            "ends in a path separator but is not a folder: expected a file name",
+        ));
     }
     let meta = match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

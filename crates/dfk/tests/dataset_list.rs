@@ -203,3 +203,32 @@ fn explicit_list_splits() {
         other => panic!("expected an empty split error, got {other:?}"),
     }
 }
+
+#[test]
+fn integer_labels_that_are_no_class_index_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    gray(&r.join("a.png"));
+    // Negative, beyond u64::MAX, beyond the class limit: named with the file, line and value
+    // (they used to become class names, or a class count of 2^64).
+    for bad in ["-1", "18446744073709551616", "5000000"] {
+        write(
+            &r.join("l.txt"),
+            &format!("a.png 0\na.png 1\na.png {bad}\n"),
+        );
+        let (path, msg) = format_error(load_list(r.join("l.txt")).unwrap_err());
+        assert!(path.ends_with("l.txt"), "{path:?}");
+        assert!(
+            msg.contains("line 3") && msg.contains(&format!("label {bad} ")),
+            "{msg}"
+        );
+    }
+    // `+1` is written as an integer and is the index 1.
+    write(&r.join("l.txt"), "a.png 0\na.png +1\n");
+    assert_eq!(load_list(r.join("l.txt")).unwrap().first_labels(), [0, 1]);
+    // Among names, an integer-looking label is a name like the others.
+    write(&r.join("l.txt"), "a.png cat\na.png -1\na.png 7\n");
+    let ds = load_list(r.join("l.txt")).unwrap();
+    assert_eq!(ds.class_names, ["-1", "7", "cat"]);
+    assert_eq!(ds.first_labels(), [2, 0, 1]);
+}

@@ -355,3 +355,15 @@ fn a_directory_as_output_is_an_error() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 0);
 }
+
+/// A path written with a trailing separator (`new/`) names a folder, not a file: an error
+/// naming it before anything is written (the rename used to fail only at the end).
+#[test]
+fn a_path_ending_in_a_separator_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = format!("{}/new/", dir.path().display());
+    let e = err(npy::write_f32_matrix(&folder, &m5(), 5, 3));
+    assert!(e.contains("new/") && e.contains("separator"), "{e}");
+    assert!(npy::F32MatrixWriter::create(&folder, 5, 3).is_err());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -329,13 +329,108 @@ fn accuracy(terms: &GmmTerms, gmm: &Gmm, x: &[f32]) -> (f64, f64, f64) {
     (ll_err, ll_rel, post_err)
 }
 
-pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
-    if args.svm_n < 2 {
-        return crate::util::usage(format!(
-            "--svm-n {}: the svm stage needs at least 2 training vectors",
-            args.svm_n
+/// Most memory the buffers of one stage may take (32 GiB): a size beyond it is a typo, refused
+/// with the flags to lower instead of aborting on a failed allocation.
+const MAX_BUFFER_BYTES: u128 = 32 << 30;
+
+/// Checks the sizes before anything is allocated: the synthetic dimension and components are
+/// positive, the stage has something to measure, and its main buffers (descriptors, Fisher
+/// vectors, posteriors) fit in [`MAX_BUFFER_BYTES`].
+fn check_sizes(args: &Args) -> anyhow::Result<()> {
+    use crate::util::usage;
+    // The svm stage always makes its own data.
+    let synthetic = args.data.is_none() || args.stage == Stage::Svm;
+    if synthetic {
+        for (flag, v) in [("--d", args.d), ("--k", args.k)] {
+            if v == 0 {
+                return usage(format!("{flag} 0: expected at least 1"));
+            }
+        }
+    }
+    if !(args.noise.is_finite() && args.noise >= 0.0) {
+        return usage(format!(
+            "--noise {}: expected a finite value >= 0",
+            args.noise
         ));
     }
+    // (the sizes, with their flags, and the f32 values held), in u128 so that no product
+    // overflows.
+    let (d, k) = if synthetic {
+        (args.d as u128, args.k as u128)
+    } else {
+        (1, 0)
+    };
+    let dk = if synthetic {
+        format!(", --d {}, --k {}", args.d, args.k)
+    } else {
+        String::new()
+    };
+    let (sizes, values): (String, u128) = match args.stage {
+        Stage::Peak | Stage::Sift => return Ok(()),
+        Stage::Stats | Stage::Encode | Stage::Backward => {
+            for (flag, v) in [("--images", args.images), ("--per-image", args.per_image)] {
+                if v == 0 {
+                    return usage(format!("{flag} 0: expected at least 1"));
+                }
+            }
+            let rows = args.images as u128 * args.per_image as u128;
+            // The descriptors; encoding adds the vectors (the backward stage two of them).
+            let vectors = match args.stage {
+                Stage::Stats => 0,
+                Stage::Encode => 1,
+                _ => 2,
+            };
+            let fv = if synthetic { 2 * k * d } else { 0 };
+            (
+                format!(
+                    "--images {}, --per-image {}{dk}",
+                    args.images, args.per_image
+                ),
+                rows * d + vectors * args.images as u128 * fv,
+            )
+        }
+        Stage::Em | Stage::Init | Stage::Accuracy => {
+            if args.n == 0 {
+                return usage("--n 0: expected at least 1 descriptor");
+            }
+            let n = match args.stage {
+                Stage::Accuracy => args.n.min(2048),
+                _ => args.n,
+            } as u128;
+            // The descriptors and one posterior per descriptor and component.
+            (format!("--n {}{dk}", args.n), n * d + n * k)
+        }
+        Stage::Svm => {
+            if args.svm_n < 2 {
+                return usage(format!(
+                    "--svm-n {}: the svm stage needs at least 2 training vectors",
+                    args.svm_n
+                ));
+            }
+            // 100 descriptors per vector, and the vectors (K capped at 128).
+            let n = args.svm_n as u128;
+            (
+                format!("--svm-n {}{dk}", args.svm_n),
+                n * 100 * d + n * 2 * k.min(128) * d,
+            )
+        }
+    };
+    // The synthetic GMM and its cluster centres.
+    let bytes = (values + 4 * k * d).saturating_mul(4);
+    if bytes > MAX_BUFFER_BYTES {
+        let stage = format!("{:?}", args.stage).to_lowercase();
+        return usage(format!(
+            "{sizes}: the {stage} stage would allocate {:.1} GiB for its data; at most {} GiB \
+             is accepted (lower these sizes)",
+            bytes as f64 / (1u64 << 30) as f64,
+            MAX_BUFFER_BYTES >> 30
+        ));
+    }
+    Ok(())
+}
+
+pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
+    check_sizes(&args)?;
     if !(args.threshold.is_finite() && (0.0..1.0).contains(&args.threshold)) {
         return crate::util::usage(format!(
             "--threshold {}: expected a posterior threshold in [0, 1)",

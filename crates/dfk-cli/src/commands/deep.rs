@@ -22,7 +22,7 @@ use dfk::pipeline::{
 use dfk::svm::{ClassWeighting, Labels, OneVsRest, SvmParams};
 use serde_json::json;
 
-use crate::util::{as_flag_error, check_outputs, emit, usage};
+use crate::util::{as_flag_error, check_not_data, check_outputs, emit, usage};
 use crate::Global;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -97,7 +97,7 @@ pub struct Args {
     /// EM restarts.
     #[arg(long, default_value_t = 1)]
     pub gmm_restarts: usize,
-    /// EM variance floor, relative to each dimension's data variance.
+    /// EM variance floor, relative to each dimension's data variance (0 to 1).
     #[arg(long, default_value_t = 1e-3)]
     pub gmm_variance_floor: f64,
     /// Descriptors sampled for the k-means++ initialisation of EM.
@@ -141,7 +141,7 @@ pub struct Args {
     /// Armijo constant c1.
     #[arg(long, default_value_t = 1e-4)]
     pub armijo_c1: f64,
-    /// Variance floor during learning, relative to the initial variances.
+    /// Variance floor during learning, relative to the initial variances (above 0, at most 1).
     #[arg(long, default_value_t = 1e-3)]
     pub variance_floor: f64,
     /// Weight floor during learning.
@@ -170,7 +170,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     pub svm_max_iter: usize,
     /// SVM bias feature value (0 = no bias).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::options::parse_f32)]
     pub bias: f32,
     /// Weight each one-vs-rest task's costs by inverse class frequency.
     #[arg(long)]
@@ -354,6 +354,20 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     if a.gmm.is_none() && a.k == 0 {
         return usage("-k 0: the GMM needs at least 1 component");
     }
+    crate::options::check_variance_floor("--gmm-variance-floor", a.gmm_variance_floor)?;
+    if a.gmm.is_none() {
+        let em = GmmParams::new(a.k);
+        if let Some(expected) = crate::options::k_beyond_weight_floor(a.k, em.weight_floor) {
+            return usage(format!("-k {}: expected {expected}", a.k));
+        }
+    }
+    if !(a.variance_floor > 0.0 && a.variance_floor <= 1.0) {
+        return usage(format!(
+            "--variance-floor {}: expected a value in (0, 1] (relative to the initial \
+             variances)",
+            crate::options::tidy_number(&a.variance_floor.to_string())
+        ));
+    }
     if !(0.0..1.0).contains(&a.val_fraction) {
         return usage(format!(
             "--val-fraction {}: expected a value in [0, 1)",
@@ -487,17 +501,8 @@ const SVM_FLAGS: &[(&str, &str)] = &[
 /// the inputs ([`check_outputs`]). A checkpoint that is resumed from is an input as well as an
 /// output, so only its folder is checked.
 fn check_deep_outputs(a: &Args) -> anyhow::Result<()> {
-    let checkpoint = a
-        .checkpoint
-        .clone()
-        .unwrap_or_else(|| sibling(&a.output, "ckpt"));
-    let mut outputs = vec![
-        ("--output", a.output.as_path()),
-        ("--checkpoint", &checkpoint),
-    ];
-    if let Some(h) = &a.history {
-        outputs.push(("--history", h));
-    }
+    let paths = output_paths(a);
+    let outputs: Vec<(&str, &Path)> = paths.iter().map(|(f, p)| (*f, p.as_path())).collect();
     let named = [
         ("--descriptors", &a.descriptors),
         ("--offsets", &a.offsets),
@@ -514,7 +519,30 @@ fn check_deep_outputs(a: &Args) -> anyhow::Result<()> {
         .iter()
         .filter_map(|(flag, p)| p.as_deref().map(|p| (*flag, p)))
         .collect();
-    check_outputs(&outputs, &inputs)
+    check_outputs(&outputs, &inputs)?;
+    // The images of a list file are inputs too (those of a folder are checked once listed).
+    if let Some(list) = a.data.as_deref().filter(|p| p.is_file()) {
+        let files = dataset::list_paths(list).unwrap_or_default();
+        check_not_data(
+            &outputs,
+            &format!("an image listed in --data {}", list.display()),
+            files.iter().map(PathBuf::as_path),
+        )?;
+    }
+    Ok(())
+}
+
+/// The files `dfk deep` writes, with their flags: the model, the checkpoint and the history.
+fn output_paths(a: &Args) -> Vec<(&'static str, PathBuf)> {
+    let checkpoint = a
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| sibling(&a.output, "ckpt"));
+    let mut outputs = vec![("--output", a.output.clone()), ("--checkpoint", checkpoint)];
+    if let Some(h) = &a.history {
+        outputs.push(("--history", h.clone()));
+    }
+    outputs
 }
 
 fn sibling(path: &Path, ext: &str) -> PathBuf {
@@ -679,6 +707,16 @@ fn load_sets(a: &Args, g: &Global) -> anyhow::Result<Sets> {
         } else {
             dataset::load_list(path)?
         };
+        let paths = output_paths(a);
+        let outputs: Vec<(&str, &Path)> = paths.iter().map(|(f, p)| (*f, p.as_path())).collect();
+        check_not_data(
+            &outputs,
+            &format!("an image of --data {}", path.display()),
+            ds.items.iter().filter_map(|item| match &item.source {
+                dataset::ImageSource::File(p) => Some(p.as_path()),
+                dataset::ImageSource::Memory { .. } => None,
+            }),
+        )?;
         (ds, None)
     };
     // Subset before extraction, so only the images used are described.

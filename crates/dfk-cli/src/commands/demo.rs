@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use crate::commands::train::{summarize, train_and_evaluate, write_report};
 use crate::options::{ConfigArgs, DataArgs};
-use crate::util::{check_output_dir, check_outputs, emit};
+use crate::report;
+use crate::util::{check_outputs_in_folders, emit};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -21,10 +22,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
-    check_output_dir("--report", &a.report)?;
-    if let Some(out) = &a.out {
-        check_outputs(&[("--out", out)], &[])?;
-    }
+    let report_files = report::files(&a.report);
+    let in_report: Vec<(&str, &std::path::Path)> = report_files
+        .iter()
+        .map(|p| ("--report", p.as_path()))
+        .collect();
+    let outputs: Vec<(&str, &std::path::Path)> =
+        a.out.iter().map(|p| ("--out", p.as_path())).collect();
+    check_outputs_in_folders(&outputs, &in_report, &a.config.inputs())?;
     let cfg = a.config.resolve(g)?;
     let data = DataArgs {
         data: None,

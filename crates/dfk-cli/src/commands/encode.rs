@@ -45,8 +45,10 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let mut inputs = a.data.inputs();
     inputs.push(("--model", &a.model));
     check_outputs(&outputs, &inputs)?;
+    a.data.check_outputs_not_listed(&outputs)?;
     let pipeline = load_pipeline(&a.model)?;
     let loaded = a.data.load()?;
+    a.data.check_outputs_not_loaded(&outputs, &loaded)?;
     let data = match (&loaded.test, a.test) {
         (Some(t), true) => t,
         (None, true) => return crate::util::usage("--test needs --fashion-mnist or --embedded"),

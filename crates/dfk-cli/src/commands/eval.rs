@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::commands::train::evaluate_on;
 use crate::options::DataArgs;
 use crate::report::{self, Report};
-use crate::util::{cache_dir, check_output_dir, emit};
+use crate::util::{cache_dir, check_outputs_in_folders, emit};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -41,11 +41,18 @@ pub fn load_pipeline(path: &std::path::Path) -> anyhow::Result<Pipeline> {
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let start = Instant::now();
-    if let Some(dir) = &a.report {
-        check_output_dir("--report", dir)?;
-    }
+    let report_files = a.report.as_deref().map(report::files).unwrap_or_default();
+    let in_report: Vec<(&str, &std::path::Path)> = report_files
+        .iter()
+        .map(|p| ("--report", p.as_path()))
+        .collect();
+    let mut inputs = a.data.inputs();
+    inputs.push(("--model", &a.model));
+    check_outputs_in_folders(&[], &in_report, &inputs)?;
+    a.data.check_outputs_not_listed(&in_report)?;
     let pipeline = load_pipeline(&a.model)?;
     let loaded = a.data.load()?;
+    a.data.check_outputs_not_loaded(&in_report, &loaded)?;
     let (data, descriptors) = match &loaded.test {
         Some(t) => (t, None),
         None => (&loaded.train, loaded.descriptors.as_ref()),

@@ -2,7 +2,9 @@
 //! and (x, y) as configured) into the cache, and optionally into `.npy` files, so that training
 //! runs with the same settings do not extract again.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use dfk::npy;
 use dfk::pipeline::{
@@ -11,7 +13,7 @@ use dfk::pipeline::{
 use serde_json::json;
 
 use crate::options::{ConfigArgs, DataArgs};
-use crate::util::{bar, cache_dir, check_output_dir, emit, spinner, usage};
+use crate::util::{bar, cache_dir, check_outputs_in_folders, emit, spinner, usage};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -37,15 +39,40 @@ pub struct Args {
     no_cache: bool,
 }
 
+/// The files `--out-dir DIR` receives: per set (`DIR`, or `DIR/train` and `DIR/test` with
+/// `--with-test`) the descriptors, offsets, labels and, with a pyramid, positions.
+fn out_files(dir: &Path, with_test: bool, positions: bool) -> Vec<PathBuf> {
+    let sets = if with_test {
+        vec![dir.join("train"), dir.join("test")]
+    } else {
+        vec![dir.to_path_buf()]
+    };
+    let mut names = vec!["descriptors.npy", "offsets.npy", "labels.npy"];
+    if positions {
+        names.push("positions.npy");
+    }
+    sets.iter()
+        .flat_map(|set| names.iter().map(move |n| set.join(n)))
+        .collect()
+}
+
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let cfg = a.config.resolve(g)?;
     if a.no_cache && a.out_dir.is_none() {
         return usage("--no-cache without --out-dir would keep nothing");
     }
-    if let Some(dir) = &a.out_dir {
-        check_output_dir("--out-dir", dir)?;
-    }
+    let files = a
+        .out_dir
+        .as_deref()
+        .map(|dir| out_files(dir, a.with_test, cfg.pyramid.is_some()))
+        .unwrap_or_default();
+    let in_dir: Vec<(&str, &Path)> = files.iter().map(|p| ("--out-dir", p.as_path())).collect();
+    let mut inputs = a.data.inputs();
+    inputs.extend(a.config.inputs());
+    check_outputs_in_folders(&[], &in_dir, &inputs)?;
+    a.data.check_outputs_not_listed(&in_dir)?;
     let loaded = a.data.load()?;
+    a.data.check_outputs_not_loaded(&in_dir, &loaded)?;
     let cache = cache_dir(a.cache.as_deref(), a.no_cache);
     let mut sets = vec![("train", &loaded.train)];
     if a.with_test {
@@ -73,7 +100,8 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             } else {
                 dir.clone()
             };
-            std::fs::create_dir_all(&dir)?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("--out-dir: cannot create {}", dir.display()))?;
             d.save_npy(dir.join("descriptors.npy"), dir.join("offsets.npy"))?;
             let labels: Vec<i64> = data.first_labels().iter().map(|&l| l as i64).collect();
             npy::write_i64_vector(dir.join("labels.npy"), &labels)?;

@@ -7,7 +7,7 @@ use dfk::gmm::{fit_gmm, Gmm, GmmParams};
 use dfk::{model, npy};
 use serde_json::json;
 
-use crate::util::{as_flag_error, check_outputs, emit, usage};
+use crate::util::{as_flag_error, check_outputs, check_outputs_in_folders, emit, usage};
 use crate::Global;
 
 #[derive(Debug, clap::Subcommand)]
@@ -37,7 +37,7 @@ pub struct FitArgs {
     /// Independent initialisations (the best likelihood is kept).
     #[arg(long, default_value_t = 1)]
     restarts: usize,
-    /// Variance floor relative to each dimension's data variance.
+    /// Variance floor relative to each dimension's data variance (0 to 1).
     #[arg(long, default_value_t = 1e-4)]
     variance_floor: f64,
     /// M-step posterior threshold: posteriors below this times a descriptor's largest one
@@ -86,6 +86,12 @@ pub fn run(args: GmmCommand, g: &Global) -> anyhow::Result<()> {
 fn fit(a: FitArgs, g: &Global) -> anyhow::Result<()> {
     if a.k == 0 {
         return usage("--k must be at least 1");
+    }
+    crate::options::check_variance_floor("--variance-floor", a.variance_floor)?;
+    if let Some(expected) =
+        crate::options::k_beyond_weight_floor(a.k, GmmParams::new(a.k).weight_floor)
+    {
+        return usage(format!("--k {}: expected {expected}", a.k));
     }
     check_outputs(&[("--out", &a.out)], &[("--descriptors", &a.descriptors)])?;
     let (x, n, d) = npy::read_f32_matrix(&a.descriptors)?;
@@ -188,13 +194,24 @@ fn import(a: ImportArgs, g: &Global) -> anyhow::Result<()> {
 }
 
 fn export(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
+    let [means, variances, weights] =
+        ["means.npy", "variances.npy", "weights.npy"].map(|name| a.out_dir.join(name));
+    check_outputs_in_folders(
+        &[],
+        &[
+            ("--out-dir", &means),
+            ("--out-dir", &variances),
+            ("--out-dir", &weights),
+        ],
+        &[("GMM file", &a.gmm)],
+    )?;
     let gmm = model::load_gmm(&a.gmm)?;
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("cannot create {}", a.out_dir.display()))?;
     let (k, d) = (gmm.k(), gmm.d());
-    npy::write_f32_matrix(a.out_dir.join("means.npy"), gmm.means(), k, d)?;
-    npy::write_f32_matrix(a.out_dir.join("variances.npy"), gmm.variances(), k, d)?;
-    npy::write_f32_vector(a.out_dir.join("weights.npy"), gmm.weights())?;
+    npy::write_f32_matrix(&means, gmm.means(), k, d)?;
+    npy::write_f32_matrix(&variances, gmm.variances(), k, d)?;
+    npy::write_f32_vector(&weights, gmm.weights())?;
     emit(
         g,
         &json!({"out_dir": a.out_dir, "k": k, "d": d}),

@@ -54,6 +54,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         inputs.push(("--model", &a.model));
         inputs.extend(a.images.iter().map(|p| ("an image", p.as_path())));
         check_outputs(&[("--out", out)], &inputs)?;
+        a.data.check_outputs_not_listed(&[("--out", out)])?;
     }
     let pipeline = load_pipeline(&a.model)?;
     let has_data = a.data.data.is_some() || a.data.fashion_mnist.is_some() || a.data.embedded;
@@ -80,6 +81,10 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         }
         (true, true) => {
             let loaded = a.data.load()?;
+            if let Some(out) = &a.out {
+                a.data
+                    .check_outputs_not_loaded(&[("--out", out)], &loaded)?;
+            }
             descriptors = loaded.descriptors;
             match loaded.test {
                 Some(test) => {
@@ -106,7 +111,9 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     .with_context(|| format!("encoding with the model in {}", a.model.display()))?;
     let n = data.len();
     let c = pipeline.svm.classes;
-    let scores = pipeline.scores(&fv, n);
+    let scores = pipeline
+        .try_scores(&fv, n)
+        .with_context(|| format!("scoring with the model in {}", a.model.display()))?;
     let pred = dfk::svm::argmax_rows(&scores, c);
     let names: Vec<String> = (0..c)
         .map(|i| {

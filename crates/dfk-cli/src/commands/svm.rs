@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+
 use dfk::svm::{train_one_vs_rest, ClassWeighting, Labels, SvmParams};
 use dfk::{model, npy};
 use serde_json::json;
@@ -36,7 +38,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1000)]
     max_iter: usize,
     /// Bias feature value (0: no bias).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::options::parse_f32)]
     bias: f32,
     /// Class weighting.
     #[arg(long, value_enum, default_value = "uniform")]
@@ -167,7 +169,7 @@ fn train(a: TrainArgs, g: &Global) -> anyhow::Result<()> {
 fn predict(a: PredictArgs, g: &Global) -> anyhow::Result<()> {
     check_outputs(
         &[("--out", &a.out)],
-        &[("the SVM file", &a.svm), ("--features", &a.features)],
+        &[("SVM file", &a.svm), ("--features", &a.features)],
     )?;
     let (svm, _) = model::load_svm(&a.svm)?;
     let (x, n, dim) = npy::read_f32_matrix(&a.features)?;
@@ -180,7 +182,9 @@ fn predict(a: PredictArgs, g: &Global) -> anyhow::Result<()> {
         );
     }
     npy::require_finite(&a.features, &x, dim)?;
-    let scores = svm.scores(&x, n);
+    let scores = svm
+        .try_scores(&x, n)
+        .with_context(|| format!("scoring with the SVMs in {}", a.svm.display()))?;
     npy::write_f32_matrix(&a.out, &scores, n, svm.classes)?;
     emit(
         g,

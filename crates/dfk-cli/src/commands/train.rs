@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::options::{ConfigArgs, DataArgs, Loaded};
 use crate::report::{self, Report};
-use crate::util::{cache_dir, check_output_dir, check_outputs, emit, usage, Bars};
+use crate::util::{cache_dir, check_outputs_in_folders, emit, usage, Bars};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -72,7 +72,7 @@ pub fn evaluate_on(
         seconds: t.elapsed().as_secs_f64(),
     });
     let t = Instant::now();
-    let scores = pipeline.scores(&fv, data.len());
+    let scores = pipeline.try_scores(&fv, data.len())?;
     let e = evaluate(&scores, &dataset_labels(data), &pipeline.class_names)?;
     timings.push(StageTime {
         stage: format!("{prefix}score + metrics"),
@@ -191,12 +191,21 @@ pub fn write_report(
 }
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
-    check_outputs(&[("--out", &a.out)], &a.data.inputs())?;
-    if let Some(dir) = &a.report {
-        check_output_dir("--report", dir)?;
-    }
+    let report_files = a.report.as_deref().map(report::files).unwrap_or_default();
+    let in_report: Vec<(&str, &Path)> = report_files
+        .iter()
+        .map(|p| ("--report", p.as_path()))
+        .collect();
+    let mut inputs = a.data.inputs();
+    inputs.extend(a.config.inputs());
+    check_outputs_in_folders(&[("--out", &a.out)], &in_report, &inputs)?;
+    let outputs: Vec<(&str, &Path)> = std::iter::once(("--out", a.out.as_path()))
+        .chain(in_report.iter().copied())
+        .collect();
+    a.data.check_outputs_not_listed(&outputs)?;
     let cfg = a.config.resolve(g)?;
     let loaded = a.data.load()?;
+    a.data.check_outputs_not_loaded(&outputs, &loaded)?;
     let cache = cache_dir(a.cache.as_deref(), a.no_cache);
     let t = train_and_evaluate(&loaded, &cfg, cache.as_deref(), g)?;
     let model = t.pipeline.to_model(t.history.clone())?;

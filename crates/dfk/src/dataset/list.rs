@@ -6,7 +6,8 @@
 //! multi-label when any line has more than one distinct label.
 //!
 //! Classes: given explicitly, else read from `classes.txt` beside the list file (one name per
-//! line), else inferred: `0..=max` when every label is a non-negative integer, otherwise the
+//! line), else inferred: `0..=max` when every label is written as an integer (then a negative
+//! one, or one past [`crate::svm::MAX_CLASSES`], is an error naming the line), otherwise the
 //! sorted distinct label names. With a class list, a label is a class name or, failing that,
 //! an integer index into the list; anything else "names no class" and is an error.
 
@@ -70,6 +71,13 @@ fn parse(list: &Path) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
+/// The files a list file names (relative paths joined to its folder), in file order, without
+/// opening them or resolving the labels: what a program checks its outputs against before it
+/// loads the data.
+pub fn list_paths(list: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+    Ok(parse(list.as_ref())?.into_iter().map(|e| e.path).collect())
+}
+
 /// Reads `classes.txt` (one name per line, `#` comments) when it exists beside `list`.
 fn classes_beside(list: &Path) -> Result<Option<Vec<String>>> {
     let path = list.parent().unwrap_or(Path::new("")).join("classes.txt");
@@ -91,33 +99,52 @@ fn classes_beside(list: &Path) -> Result<Option<Vec<String>>> {
     Ok(Some(names))
 }
 
-/// Class names inferred from the labels of all lists: numbers are class indices `0..=max`,
-/// anything else sorted names.
+/// Whether a label is written as an integer: an optional sign, then digits only.
+fn looks_like_integer(label: &str) -> bool {
+    let digits = label.strip_prefix(['+', '-']).unwrap_or(label);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Class names inferred from the labels of all lists: when every label is written as an
+/// integer, they are class indices `0..=max`, and one that is not a valid index (negative,
+/// or beyond [`crate::svm::MAX_CLASSES`]) is an error naming its file and line; otherwise
+/// the labels are names, sorted.
 fn infer_classes(lists: &[(&Path, Vec<Entry>)]) -> Result<Vec<String>> {
-    let all = || lists.iter().flat_map(|(_, e)| e).flat_map(|e| &e.labels);
-    let numbers: Option<Vec<usize>> = all().map(|l| l.parse::<usize>().ok()).collect();
-    match numbers.and_then(|n| n.into_iter().max()) {
-        Some(max) if max >= crate::svm::MAX_CLASSES => {
-            let (list, line) = lists
-                .iter()
-                .flat_map(|(p, e)| e.iter().map(move |e| (*p, e)))
-                .find(|(_, e)| e.labels.iter().any(|l| l.parse() == Ok(max)))
-                .map_or((lists[0].0, 0), |(p, e)| (p, e.line));
-            Err(Error::format(
-                list,
-                format!(
-                    "line {line}: label {max} is too large: numeric labels are class indices \
-                     0, 1, … (at most {} classes)",
-                    crate::svm::MAX_CLASSES
-                ),
-            ))
-        }
-        Some(max) => Ok((0..=max).map(|c| c.to_string()).collect()),
-        None => {
-            let names: BTreeSet<&String> = all().collect();
-            Ok(names.into_iter().cloned().collect())
+    let entries = || {
+        lists
+            .iter()
+            .flat_map(|(p, e)| e.iter().map(move |e| (*p, e)))
+    };
+    let all = || entries().flat_map(|(_, e)| &e.labels);
+    if !all().all(|l| looks_like_integer(l)) {
+        let names: BTreeSet<&String> = all().collect();
+        return Ok(names.into_iter().cloned().collect());
+    }
+    let mut max = 0;
+    for (list, entry) in entries() {
+        for label in &entry.labels {
+            match label.parse::<usize>() {
+                Ok(c) if c < crate::svm::MAX_CLASSES => max = max.max(c),
+                _ => {
+                    let why = if label.starts_with('-') {
+                        "is negative".to_string()
+                    } else {
+                        format!("is too large (at most {} classes)", crate::svm::MAX_CLASSES)
+                    };
+                    return Err(Error::format(
+                        list,
+                        format!(
+                            "line {}: label {label} {why}: integer labels are class indices \
+                             0, 1, … (use names, or a classes.txt beside the list, for other \
+                             labels)",
+                            entry.line
+                        ),
+                    ));
+                }
+            }
         }
     }
+    Ok((0..=max).map(|c| c.to_string()).collect())
 }
 
 fn resolve(list: &Path, entry: &Entry, classes: &[String]) -> Result<Vec<usize>> {

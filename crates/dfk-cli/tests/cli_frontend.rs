@@ -449,3 +449,90 @@ fn precomputed_descriptors_with_format_npy() {
     let (_, n, d) = dfk::npy::read_f32_matrix(&fv).unwrap();
     assert_eq!((n, d), (30, 2 * 4));
 }
+
+/// `eval` on a folder holding only some of the model's classes, in another order: labels are
+/// matched to the model's classes by name and the absent class has no AP; a class the model
+/// lacks is refused, naming both class lists.
+#[test]
+fn eval_maps_a_named_subset_by_class_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three classes of 32×32 grey images told apart by stripes or a square.
+    let write = |root: &str, class: &str, pattern: usize| {
+        let folder = dir.path().join(root).join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        for i in 0..8 {
+            let mut pgm = b"P5\n32 32\n255\n".to_vec();
+            for y in 0..32usize {
+                for x in 0..32usize {
+                    let on = match pattern {
+                        0 => x % 4 == 0,
+                        1 => y % 4 == 0,
+                        _ => (8..24).contains(&x) && (8..24).contains(&y),
+                    };
+                    pgm.push(if on {
+                        250
+                    } else {
+                        ((x * 7 + y * 13 + i * 29) % 60) as u8
+                    });
+                }
+            }
+            std::fs::write(folder.join(format!("{i}.pgm")), pgm).unwrap();
+        }
+    };
+    for (p, class) in ["bird", "cat", "dog"].iter().enumerate() {
+        write("full", class, p);
+    }
+    write("sub", "dog", 2);
+    write("sub", "bird", 0);
+    write("other", "bird", 0);
+    write("other", "emu", 1);
+    let model = s(&dir.path().join("m.dfk"));
+    let full = s(&dir.path().join("full"));
+    ok(&[
+        "-q",
+        "--threads",
+        "2",
+        "train",
+        "--data",
+        &full,
+        "--no-cache",
+        "--k",
+        "2",
+        "--out",
+        &model,
+    ]);
+    let sub = s(&dir.path().join("sub"));
+    let out = ok(&[
+        "--json",
+        "--threads",
+        "2",
+        "eval",
+        "--model",
+        &model,
+        "--data",
+        &sub,
+        "--no-cache",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["images"], 16, "{v}");
+    let ap = v["per_class_ap"].as_array().unwrap();
+    assert!(
+        ap.len() == 3 && ap[0].is_number() && ap[1].is_null() && ap[2].is_number(),
+        "{v}"
+    );
+    let other = s(&dir.path().join("other"));
+    fails(
+        &[
+            "--threads",
+            "2",
+            "eval",
+            "--model",
+            &model,
+            "--data",
+            &other,
+            "--no-cache",
+        ],
+        1,
+        "[bird, emu]",
+    );
+}

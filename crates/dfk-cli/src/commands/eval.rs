@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use dfk::dataset::Dataset;
 use dfk::model::ModelFile;
 use dfk::pipeline::Pipeline;
 use serde_json::json;
@@ -68,6 +69,22 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     } else {
         data
     };
+    // Named classes that the model also has (a folder or list holding only some of them, or
+    // in another order): each label is mapped to the model's class of the same name.
+    let renamed;
+    let data = match by_model_names(data, &pipeline.class_names) {
+        Some(d) => {
+            renamed = d;
+            &renamed
+        }
+        None => data,
+    };
+    check_same_classes(
+        &data.class_names,
+        &pipeline.class_names,
+        &loaded.description,
+        &a.model,
+    )?;
     if data.classes() != pipeline.svm.classes {
         anyhow::bail!(
             "{} has {} classes but the model in {} was trained on {}",
@@ -77,12 +94,6 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             pipeline.svm.classes
         );
     }
-    check_same_classes(
-        &data.class_names,
-        &pipeline.class_names,
-        &loaded.description,
-        &a.model,
-    )?;
     let cache = cache_dir(a.cache.as_deref(), a.no_cache);
     let mut timings = Vec::new();
     let e = evaluate_on(
@@ -136,6 +147,28 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `data` with its classes renamed to the model's (`model` names, in the model's order) and
+/// its labels mapped by name, when its class names are other than the model's but all among
+/// them; `None` otherwise (the same names, index names, or a name the model lacks).
+fn by_model_names(data: &Dataset, model: &[String]) -> Option<Dataset> {
+    if data.class_names == model || index_names(&data.class_names) || index_names(model) {
+        return None;
+    }
+    let to_model: Vec<usize> = data
+        .class_names
+        .iter()
+        .map(|name| model.iter().position(|m| m == name))
+        .collect::<Option<_>>()?;
+    let mut out = data.clone();
+    out.class_names = model.to_vec();
+    for item in &mut out.items {
+        for l in &mut item.labels {
+            *l = *to_model.get(*l)?;
+        }
+    }
+    Some(out)
+}
+
 /// Whether class names are just the indices `0, 1, …` (labels from `.npy` or IDX files).
 fn index_names(names: &[String]) -> bool {
     names.iter().enumerate().all(|(i, n)| *n == i.to_string())
@@ -170,6 +203,30 @@ fn check_same_classes(
 #[cfg(test)]
 mod tests {
     use super::check_same_classes;
+
+    #[test]
+    fn named_subsets_are_mapped_to_the_model_classes_by_name() {
+        use super::by_model_names;
+        use dfk::dataset::{Dataset, ImageSource, Item};
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let item = |l: usize| Item {
+            source: ImageSource::File(format!("{l}.png").into()),
+            labels: vec![l],
+        };
+        let data = Dataset {
+            class_names: names(&["dog", "bird"]),
+            items: vec![item(0), item(1), item(0)],
+            multilabel: false,
+        };
+        let model = names(&["bird", "cat", "dog"]);
+        let mapped = by_model_names(&data, &model).unwrap();
+        assert_eq!(mapped.class_names, model);
+        assert_eq!(mapped.first_labels(), vec![2, 0, 2]);
+        // A class the model lacks, the model's own names, or index names: left as they are.
+        assert!(by_model_names(&data, &names(&["bird", "cat"])).is_none());
+        assert!(by_model_names(&data, &names(&["dog", "bird"])).is_none());
+        assert!(by_model_names(&data, &names(&["0", "1", "2"])).is_none());
+    }
 
     #[test]
     fn classes_must_have_the_model_names_in_its_order() {

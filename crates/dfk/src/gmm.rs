@@ -535,7 +535,8 @@ impl Default for GmmParams {
 impl GmmParams {
     /// Default parameters for `k` components: at most 500 iterations, tol 1e-7, one restart,
     /// seed 0, variance floor 1e-4 (relative), weight floor 1e-6, k-means initialisation
-    /// (k-means++ seeds, then 20 Lloyd iterations) on at most 100 000 descriptors.
+    /// (k-means++ seeds, then 20 Lloyd iterations) on at most 100 000 descriptors (or `k`,
+    /// when that is more: the sample must hold at least `k`).
     ///
     /// The tolerance is tight because EM often creeps along plateaus: at 1e-6 it stops early
     /// enough to end below VLFeat's and scikit-learn's final likelihoods (`docs/gmm.md`).
@@ -551,7 +552,7 @@ impl GmmParams {
             init: GmmInit::KMeans {
                 iters: DEFAULT_KMEANS_ITERS,
             },
-            kmeans_sample: Some(100_000),
+            kmeans_sample: Some(100_000.max(k)),
             posterior_threshold: DEFAULT_EM_POSTERIOR_THRESHOLD,
         }
     }
@@ -1383,6 +1384,15 @@ mod tests {
         let same = [1.0f32, 2.0, 3.0].repeat(30);
         let c = kmeans_plus_plus(&same, d, 5, &mut ChaCha8Rng::seed_from_u64(0));
         assert_eq!(c, [1.0f32, 2.0, 3.0].repeat(5));
+    }
+
+    #[test]
+    fn default_parameters_are_valid_for_any_k() {
+        for k in [1, 16, 100_000, 100_001, 999_999] {
+            let p = GmmParams::new(k);
+            assert!(p.validate().is_ok(), "k = {k}");
+            assert!(p.kmeans_sample.unwrap() >= k);
+        }
     }
 
     #[test]

@@ -88,17 +88,24 @@ enum Command {
 /// `Ctrl-\`): remove the temporary files of the writes in progress, then exit with 128 + the
 /// signal, as a shell reports it. The signals are blocked in this thread before any other
 /// starts (threads inherit the mask), and one thread waits for them, so the cleanup runs in
-/// ordinary code, not in a signal handler.
+/// ordinary code, not in a signal handler. A signal that the process inherited as ignored
+/// (`nohup` ignores SIGHUP, a shell's background job SIGINT and SIGQUIT) stays ignored: a
+/// blocked signal would be delivered to `sigwait` even so.
 #[cfg(unix)]
 fn clean_up_on_signals() {
-    // SAFETY: plain libc calls on a zeroed, then filled, sigset_t owned by this frame.
+    // SAFETY: plain libc calls on a zeroed, then filled, sigset_t owned by this frame, and a
+    // query of the current actions (a null new action changes nothing).
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::sigaddset(&mut set, libc::SIGQUIT);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            let ignored = libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN;
+            if !ignored {
+                libc::sigaddset(&mut set, sig);
+            }
+        }
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return;
         }

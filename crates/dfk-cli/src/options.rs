@@ -318,7 +318,7 @@ pub struct ConfigArgs {
     /// RootSIFT (L1 normalise, square root).
     #[arg(long, help_heading = "Descriptors")]
     pub root_sift: Option<bool>,
-    /// Resize images to WxH before extraction (W·H at most 2^24, e.g. 4096x4096), or `none`.
+    /// Resize images to WxH before extraction (W·H at most 2^26, e.g. 8192x8192; ~3 GB per image in flight at 4096x4096), or `none`.
     #[arg(long, value_parser = parse_resize, help_heading = "Descriptors")]
     pub resize: Option<Resize>,
     /// PCA output dimension (0: no PCA).

@@ -295,6 +295,47 @@ fn an_interrupted_write_leaves_no_temporary_file() {
         assert!(!temp(), "signal {signal}: a temporary file was left");
         assert!(!out.exists(), "signal {signal}: the output appeared");
     }
+    // Started as `nohup` starts it, with SIGHUP ignored: a hang-up leaves the run going. The
+    // input is a FIFO that nobody writes, so the run waits until it is stopped.
+    let fifo = dir.path().join("fifo.npy");
+    let c_fifo = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dfk"));
+    child.args([
+        "-q",
+        "--threads",
+        "1",
+        "gmm",
+        "fit",
+        "--descriptors",
+        &s(&fifo),
+    ]);
+    child.args(["--k", "2", "--out", &s(&dir.path().join("g2.dfk"))]);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut child, || {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = child.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: sends a signal to the child's pid.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let after_hangup = child.try_wait().unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let code = child.wait().unwrap().code();
+    assert!(
+        after_hangup.is_none(),
+        "an ignored SIGHUP ended the run: {after_hangup:?}"
+    );
+    assert_eq!(code, Some(143));
 }
 
 /// A subset that lacks some of the model's classes is scored: those classes' AP is null and
@@ -778,7 +819,7 @@ fn out_of_range_settings_name_their_flag() {
         "1e300",
         "--variance-floor 1e300: expected a value in [0, 1]",
     );
-    train("--resize", "8192x8192", "at most 16777216 pixels");
+    train("--resize", "10000x10000", "at most 67108864 pixels");
     fails_leaving_nothing(
         &[
             "svm",

@@ -110,11 +110,13 @@ const MAX_BIN_SIZE: usize = 4096;
 /// Smallest accepted `magnif`.
 const MIN_MAGNIF: f32 = 0.5;
 
-/// Largest accepted `resize` area: 2²⁴ pixels (4096×4096), 64 MB as f32. Extraction holds
-/// several image-sized buffers per image in flight (gradients, orientation planes, smoothed
-/// copies) and its descriptors: one 4096×4096 image peaked at about 3 GB with the default
-/// bins and step (2048×2048 at 0.8 GB), so 8192×8192 would need about four times that.
-const MAX_RESIZE_PIXELS: u64 = 1 << 24;
+/// Largest accepted `resize` area: 2²⁶ pixels (e.g. 8192×8192), 256 MB as f32 (the image
+/// crate's own decoding limit is 512 MB). Extraction holds several image-sized buffers per
+/// image in flight (gradients, orientation planes, smoothed copies) and its descriptors: one
+/// 4096×4096 image peaked at about 3 GB with the default bins and step (2048×2048 at
+/// 0.8 GB), so the largest sizes need a machine with that much memory per thread. The cap is
+/// not lowered further: models saved with a larger `resize` would no longer load.
+const MAX_RESIZE_PIXELS: u64 = 1 << 26;
 
 impl DsiftParams {
     /// Checks every field; the error names the field and the valid range.
@@ -169,7 +171,7 @@ impl DsiftParams {
                     format!("{w}x{h}"),
                     format!(
                         "a width and height of at least 1 pixel and at most {MAX_RESIZE_PIXELS} \
-                         pixels in all (e.g. 4096x4096)"
+                         pixels in all (e.g. 8192x8192)"
                     ),
                 ));
             }

@@ -223,6 +223,17 @@ fn integer_labels_that_are_no_class_index_are_errors() {
             "{msg}"
         );
     }
+    // The binary labels −1 / +1 (liblinear's convention) name two classes, `-1` and `1`,
+    // also when a list holds only one of them.
+    for (list, labels) in [
+        ("a.png -1\na.png +1\na.png 1\n", vec![0, 1, 1]),
+        ("a.png -1\na.png -1\n", vec![0, 0]),
+    ] {
+        write(&r.join("l.txt"), list);
+        let ds = load_list(r.join("l.txt")).unwrap();
+        assert_eq!(ds.class_names, ["-1", "1"]);
+        assert_eq!(ds.first_labels(), labels);
+    }
     // `+1` is written as an integer and is the index 1.
     write(&r.join("l.txt"), "a.png 0\na.png +1\n");
     assert_eq!(load_list(r.join("l.txt")).unwrap().first_labels(), [0, 1]);

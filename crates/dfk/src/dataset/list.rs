@@ -107,8 +107,9 @@ fn looks_like_integer(label: &str) -> bool {
 
 /// Class names inferred from the labels of all lists: when every label is written as an
 /// integer, they are class indices `0..=max`, and one that is not a valid index (negative,
-/// or beyond [`crate::svm::MAX_CLASSES`]) is an error naming its file and line; otherwise
-/// the labels are names, sorted.
+/// or beyond [`crate::svm::MAX_CLASSES`]) is an error naming its file and line — except the
+/// binary labels −1 / +1, which name the classes `-1` and `1`; otherwise the labels are
+/// names, sorted.
 fn infer_classes(lists: &[(&Path, Vec<Entry>)]) -> Result<Vec<String>> {
     let entries = || {
         lists
@@ -119,6 +120,11 @@ fn infer_classes(lists: &[(&Path, Vec<Entry>)]) -> Result<Vec<String>> {
     if !all().all(|l| looks_like_integer(l)) {
         let names: BTreeSet<&String> = all().collect();
         return Ok(names.into_iter().cloned().collect());
+    }
+    // The binary convention −1 / +1 (as in liblinear's files): two classes named by value.
+    let values: Option<BTreeSet<i64>> = all().map(|l| l.parse::<i64>().ok()).collect();
+    if values.is_some_and(|v| v.contains(&-1) && v.iter().all(|&x| x == -1 || x == 1)) {
+        return Ok(vec!["-1".to_string(), "1".to_string()]);
     }
     let mut max = 0;
     for (list, entry) in entries() {

@@ -533,6 +533,20 @@ fn eval_maps_a_named_subset_by_class_name() {
             "--no-cache",
         ],
         1,
-        "[bird, emu]",
+        "[bird, emu] but the model",
+    );
+    fails(
+        &[
+            "--threads",
+            "2",
+            "eval",
+            "--model",
+            &model,
+            "--data",
+            &other,
+            "--no-cache",
+        ],
+        1,
+        "has no class emu",
     );
 }

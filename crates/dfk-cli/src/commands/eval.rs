@@ -174,9 +174,10 @@ fn index_names(names: &[String]) -> bool {
     names.iter().enumerate().all(|(i, n)| *n == i.to_string())
 }
 
-/// Evaluation matches classes by position: a data set whose classes have other names than the
-/// model's (or the same names in another order) would be scored against the wrong classes.
-/// Names that are just the indices `0, 1, …` (labels from `.npy` files) say nothing and pass.
+/// Evaluation matches named classes to the model's by name ([`by_model_names`] has mapped
+/// every data set whose names the model all has): names left different here include one the
+/// model lacks, which is an error naming it. Names that are just the indices `0, 1, …`
+/// (labels from `.npy` files) say nothing and pass.
 fn check_same_classes(
     data: &[String],
     model: &[String],
@@ -191,12 +192,18 @@ fn check_same_classes(
     {
         return Ok(());
     }
+    let unknown: Vec<&str> = data
+        .iter()
+        .filter(|n| !model.contains(n))
+        .map(String::as_str)
+        .collect();
     anyhow::bail!(
-        "{description} has classes [{}] but the model in {} was trained on [{}]: classes are \
-         matched by position, so they must be the same names in the same order",
+        "{description} has classes [{}] but the model in {} was trained on [{}]: it has no \
+         class {}",
         data.join(", "),
         model_path.display(),
-        model.join(", ")
+        model.join(", "),
+        unknown.join(", ")
     )
 }
 
@@ -229,14 +236,15 @@ mod tests {
     }
 
     #[test]
-    fn classes_must_have_the_model_names_in_its_order() {
+    fn a_class_the_model_lacks_is_named() {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let path = std::path::Path::new("m.dfk");
         let model = names(&["a", "b"]);
         assert!(check_same_classes(&model, &model, "d", path).is_ok());
-        let e = check_same_classes(&names(&["apple", "zebra"]), &model, "d", path).unwrap_err();
-        assert!(e.to_string().contains("[apple, zebra]") && e.to_string().contains("m.dfk"));
-        assert!(check_same_classes(&names(&["b", "a"]), &model, "d", path).is_err());
+        let e = check_same_classes(&names(&["apple", "b"]), &model, "d", path).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("[apple, b]") && e.contains("m.dfk"), "{e}");
+        assert!(e.ends_with("no class apple"), "{e}");
         // Index names or no names: nothing to compare.
         assert!(check_same_classes(&names(&["0", "1"]), &model, "d", path).is_ok());
         assert!(check_same_classes(&model, &names(&["0", "1"]), "d", path).is_ok());

@@ -440,3 +440,46 @@ fn svm_predict_refuses_scores_that_overflow() {
     ok(&a);
     assert!(out.exists());
 }
+
+/// `info` loads the file as the commands that use it do: an inconsistent model is shown, with
+/// the problem, and exits 1; a sound one exits 0.
+#[test]
+fn info_reports_a_model_that_does_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let svm = dfk::svm::OneVsRest {
+        classes: 2,
+        dim: 3,
+        multilabel: false,
+        models: (0..2)
+            .map(|_| dfk::svm::BinarySvm {
+                w: vec![0.5; 3],
+                b: 0.0,
+                alpha: vec![],
+                primal: 0.0,
+                dual: 0.0,
+                iterations: 0,
+            })
+            .collect(),
+    };
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (good, bad) = (dir.path().join("good.dfk"), dir.path().join("bad.dfk"));
+    dfk::model::save_svm(&good, &svm, &names(&["a", "b"])).unwrap();
+    dfk::model::save_svm(&bad, &svm, &names(&["a", "b", "c"])).unwrap();
+    let out = ok(&["info", &s(&good)]);
+    assert!(
+        out.contains("classes (2): a, b") && !out.contains("problem"),
+        "{out}"
+    );
+    let o = dfk(&["info", &s(&bad)]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stdout.contains("classes (3): a, b, c"), "{stdout}");
+    assert!(
+        stdout.contains("problem: the file does not load"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("3 names but the file holds 2"), "{stderr}");
+}

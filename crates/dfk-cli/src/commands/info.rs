@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use dfk::model;
-use dfk::pipeline::PipelineConfig;
+use dfk::model::{self, ModelFile, ModelKind};
+use dfk::pipeline::{Pipeline, PipelineConfig};
 
 use crate::util::emit;
 use crate::Global;
@@ -73,6 +73,27 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     if !h.config.is_null() {
         writeln!(text, "configuration: {}", h.config)?;
     }
-    emit(g, &serde_json::to_value(&s)?, text.trim_end());
-    Ok(())
+    // The summary reads the header and the arrays' shapes only: load the file as the
+    // commands that use it do, so that an inconsistent one is reported here too.
+    let problem = match h.kind {
+        ModelKind::Pipeline => ModelFile::load(path)
+            .and_then(|m| Pipeline::from_model(&m, path))
+            .err(),
+        ModelKind::Gmm => model::load_gmm(path).err(),
+        ModelKind::Svm => model::load_svm(path).err(),
+    };
+    let mut json = serde_json::to_value(&s)?;
+    json["problem"] = problem.as_ref().map(|e| e.to_string()).into();
+    if let Some(e) = &problem {
+        writeln!(text, "problem: the file does not load: {e}")?;
+    }
+    emit(g, &json, text.trim_end());
+    match problem {
+        Some(e) => Err(anyhow::Error::from(e).context(format!(
+            "{} does not load as a {} model",
+            path.display(),
+            h.kind
+        ))),
+        None => Ok(()),
+    }
 }

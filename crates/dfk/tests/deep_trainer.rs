@@ -650,6 +650,15 @@ fn resume_names_changed_data_and_initial_gmms() {
         &cp.path,
     );
     assert!(message.contains("groups[0].init.k = 2"), "{message}");
+    // And another setting by the fingerprint, saying why it cannot be named.
+    std::fs::write(&cp.path, serde_json::to_vec(&old).unwrap()).unwrap();
+    let mut other_c = train_params(3);
+    other_c.svm.c = 2.0;
+    let message = format_message(train_deep(&init, &data, &other_c, Some(&cp)), &cp.path);
+    assert!(
+        message.contains("other settings") && message.contains("predates the record"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -1105,10 +1105,15 @@ fn load_state(
         }
     }
     if state.fingerprint != params.fingerprint() {
+        // Only a checkpoint without recorded settings (an earlier dfk's) gets here with a
+        // difference: the list above names each changed setting otherwise.
         return Err(Error::format(
             path,
             format!(
-                "the checkpoint was made with other settings: {} (now: {})",
+                "the checkpoint was made with other settings, and it predates the record of \
+                 each setting, so they cannot be named one by one; remove the checkpoint to \
+                 start afresh, or resume with the settings of that run (in the checkpoint: \
+                 {}; now: {})",
                 state.fingerprint,
                 params.fingerprint()
             ),

@@ -49,8 +49,8 @@ pub struct DataArgs {
     /// The embedded Fashion-MNIST subset (2,000 training / 1,000 test images).
     #[arg(long)]
     pub embedded: bool,
-    /// Use only the first N images of each set.
-    #[arg(long)]
+    /// Use only the first N images of each set (at least 1).
+    #[arg(long, value_parser = parse_limit)]
     pub limit: Option<usize>,
 }
 
@@ -83,6 +83,11 @@ impl DataArgs {
         out
     }
 
+    /// Whether `--data` holds precomputed descriptors (`--format npy`) instead of images.
+    pub fn is_descriptors(&self) -> bool {
+        self.format == Some(DataFormat::Npy)
+    }
+
     /// A list file given as `--data` (`--format list` or `npy`, or a file without
     /// `--format`), whose named files are inputs too.
     fn list_file(&self) -> Option<&Path> {
@@ -92,6 +97,34 @@ impl DataArgs {
             None if path.is_file() => Some(path),
             _ => None,
         }
+    }
+
+    /// Refuses, before any work, an output folder (`--report`, `--out-dir`) inside an image
+    /// folder given as `--data`: every sub-folder there is read as a class, so the next run on
+    /// the same data would find a class folder without images (or with other files).
+    pub fn check_folders_outside_data(&self, folders: &[(&str, &Path)]) -> anyhow::Result<()> {
+        let Some(root) = self.data.as_deref() else {
+            return Ok(());
+        };
+        let folder_layout = match self.format {
+            Some(DataFormat::Folder) => true,
+            None => root.is_dir(),
+            _ => false,
+        };
+        if !folder_layout {
+            return Ok(());
+        }
+        for &(flag, dir) in folders {
+            if crate::util::lies_inside(dir, root) {
+                return crate::util::usage(format!(
+                    "{flag} {} lies inside the image folder --data {}, whose sub-folders are \
+                     read as classes: choose a folder outside it",
+                    dir.display(),
+                    root.display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Refuses, before loading, an output that is a file named in the `--data` list file (an
@@ -434,6 +467,26 @@ impl ConfigArgs {
         Ok(cfg)
     }
 
+    /// Checks `pca.dims` against the dimension of the descriptors it projects, `d_in`
+    /// (`source` says where that comes from), before any work: a usage error naming
+    /// `--pca-dims` (or the configuration's key).
+    pub fn check_pca_dims(
+        &self,
+        cfg: &PipelineConfig,
+        d_in: usize,
+        source: &str,
+    ) -> anyhow::Result<()> {
+        let dims = cfg.pca.dims;
+        if dims <= d_in {
+            return Ok(());
+        }
+        self.setting_usage(
+            ("--pca-dims", "pca.dims", self.pca_dims.is_some()),
+            &dims.to_string(),
+            &format!("at most the input dimension {d_in} ({source}), or 0 for no PCA"),
+        )
+    }
+
     /// Checks the merged settings, a usage error naming the flag when it was given, else the
     /// configuration file's key: each part of the configuration is validated on its own, so
     /// that a parameter name the parts share (`posterior_threshold`) finds the right flag.
@@ -522,6 +575,25 @@ impl ConfigArgs {
             );
         }
         cfg.gmm_params().validate().map_err(|e| named(e, &gmm))?;
+        // EM fits K components on the sample: fewer than K descriptors always fail, so say
+        // so before the work, naming both settings (a flag, or the configuration's key).
+        if g.sample < g.k {
+            let name = |given: bool, flag: &str, key: &str, value: usize| match &self.config {
+                Some(file) if !given => format!("{key} = {value} in {}", file.display()),
+                _ => format!("{flag} {value}"),
+            };
+            return usage(format!(
+                "{} is less than {}: EM needs at least one descriptor per component; raise \
+                 --gmm-sample or lower --k",
+                name(
+                    self.gmm_sample.is_some(),
+                    "--gmm-sample",
+                    "gmm.sample",
+                    g.sample
+                ),
+                name(self.k.is_some(), "--k", "gmm.k", g.k),
+            ));
+        }
         cfg.svm
             .params(cfg.seed)
             .validate()
@@ -572,6 +644,9 @@ impl ConfigArgs {
     }
 }
 
+/// What `--pca-dims` is compared with for images: the length of a SIFT descriptor.
+pub const SIFT_VALUES: &str = "the values of one SIFT descriptor";
+
 /// When `k` components are too many for EM's weight floor (each weight is kept at or above
 /// it, so K · floor must stay below 1), what K may be; `None` when K is fine (or the floor
 /// itself is invalid, which its own check reports).
@@ -609,6 +684,18 @@ pub fn check_variance_floor(flag: &str, value: f64) -> anyhow::Result<()> {
         "{flag} {}: expected {VARIANCE_FLOOR_RANGE}",
         tidy_number(&value.to_string())
     ))
+}
+
+/// Parses `--limit N`: a count of images, at least 1 (0 would leave an empty data set).
+fn parse_limit(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{s}` is not a count of images: {e}"))?;
+    if n == 0 {
+        return Err("expected at least 1 image (leave --limit out to use them all)".into());
+    }
+    Ok(n)
 }
 
 /// Parses a float32 flag value, refusing one that does not fit (`1e308` would become

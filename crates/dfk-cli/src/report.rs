@@ -531,7 +531,8 @@ pub fn files(dir: &Path) -> Vec<std::path::PathBuf> {
 
 /// Writes `index.html` and `report.json` into `dir` (created if missing).
 pub fn write(dir: &Path, r: &Report) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(crate::util::folder_path(dir))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let page = html(r)?;
     let numbers = json!({
         "title": r.title,

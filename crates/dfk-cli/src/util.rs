@@ -135,7 +135,7 @@ pub fn cache_dir(flag: Option<&std::path::Path>, disabled: bool) -> Option<std::
         return None;
     }
     if let Some(p) = flag {
-        return Some(p.to_path_buf());
+        return Some(folder_path(p));
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
@@ -300,27 +300,91 @@ fn absolute(path: &std::path::Path) -> Option<std::path::PathBuf> {
     }
 }
 
-/// Whether `path` is written with a trailing separator (`out/`): a folder, not a file name.
-fn ends_in_separator(path: &std::path::Path) -> bool {
-    path.as_os_str()
-        .as_encoded_bytes()
-        .last()
-        .is_some_and(|&b| std::path::is_separator(b as char))
+/// Whether `path` is `folder` or lies below it (both made absolute, links resolved where they
+/// exist).
+pub fn lies_inside(path: &std::path::Path, folder: &std::path::Path) -> bool {
+    match (absolute(path), absolute(folder)) {
+        (Some(p), Some(f)) => p.starts_with(f),
+        _ => false,
+    }
+}
+
+/// Whether `path` is written as a folder, not a file name: with a trailing separator (`out/`)
+/// or a trailing `.` component (`out/.`, which `Path::file_name` reads as `out`).
+fn written_as_folder(path: &std::path::Path) -> bool {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let is_sep = |b: u8| std::path::is_separator(b as char);
+    match bytes {
+        [.., b] if is_sep(*b) => true,
+        [b'.'] => true,
+        [.., sep, b'.'] => is_sep(*sep),
+        _ => false,
+    }
+}
+
+/// A folder path as the file system functions expect it: `.` components dropped (`out/.` is
+/// `out`, which `std::fs::create_dir_all` would otherwise fail to create).
+pub fn folder_path(dir: &std::path::Path) -> std::path::PathBuf {
+    let p: std::path::PathBuf = dir.components().collect();
+    if p.as_os_str().is_empty() {
+        std::path::PathBuf::from(".")
+    } else {
+        p
+    }
+}
+
+/// Creates the output folder `dir` and its missing parents ([`folder_path`] first).
+pub fn create_output_dir(flag: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(folder_path(dir))
+        .with_context(|| format!("{flag}: cannot create {}", dir.display()))
+}
+
+/// For an output path that is a symbolic link: the file it points to, or a usage error naming
+/// `flag` when the link leads nowhere (the writers refuse such a link, so refusing it before
+/// the work saves a run that could not be saved). `None` when `path` is not a link.
+fn link_target(flag: &str, path: &std::path::Path) -> anyhow::Result<Option<std::path::PathBuf>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => match std::fs::canonicalize(path) {
+            Ok(resolved) => Ok(Some(resolved)),
+            Err(e) => {
+                let to = std::fs::read_link(path)
+                    .map(|t| format!(" (to {})", t.display()))
+                    .unwrap_or_default();
+                usage(format!(
+                    "{flag} {}: a symbolic link{to} whose target does not exist ({e}): \
+                     remove the link or create its target first",
+                    path.display()
+                ))
+            }
+        },
+        _ => Ok(None),
+    }
 }
 
 /// Fails, naming `flag` and the folder, when a new file cannot be created beside `path`.
 fn probe_writable(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
-    let Some(name) = path.file_name() else {
+    if path.file_name().is_none() {
         return usage(format!("{flag} {}: expected a file path", path.display()));
+    }
+    let written = path;
+    // Through a symbolic link, the temporary file is written beside the file it points to.
+    let resolved = link_target(flag, path)?;
+    let path = resolved.as_deref().unwrap_or(path);
+    let Some(name) = path.file_name() else {
+        return usage(format!(
+            "{flag} {}: expected a file path",
+            written.display()
+        ));
     };
     if let Ok(meta) = std::fs::metadata(path) {
-        if !check_file_target(flag, path, &meta)? {
+        if !check_file_target(flag, written, &meta)? {
             return Ok(());
         }
-    } else if ends_in_separator(path) {
+    } else if written_as_folder(written) {
         return usage(format!(
-            "{flag} {}: ends in a path separator but is not a folder: expected a file path",
-            path.display()
+            "{flag} {}: ends in a path separator or `.` but is not a folder: expected a file \
+             path",
+            written.display()
         ));
     }
     let folder = match path.parent() {
@@ -331,7 +395,7 @@ fn probe_writable(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
     create_and_remove(&folder.join(probe)).with_context(|| {
         format!(
             "{flag} {}: cannot write a file in {}",
-            path.display(),
+            written.display(),
             if folder == std::path::Path::new(".") {
                 "the current folder".to_string()
             } else {
@@ -368,6 +432,7 @@ fn check_folder_outputs(files: &[(&str, &std::path::Path)]) -> anyhow::Result<()
             check_output_dir(flag, folder)?;
             folders.push(folder);
         }
+        link_target(flag, file)?;
         if let Ok(meta) = std::fs::metadata(file) {
             check_file_target(flag, file, &meta)?;
         }
@@ -389,7 +454,8 @@ fn create_and_remove(probe: &std::path::Path) -> std::io::Result<()> {
 /// parents if needed): it must not be a file, and the folder, or its nearest existing
 /// ancestor, must take a new file.
 pub fn check_output_dir(flag: &str, dir: &std::path::Path) -> anyhow::Result<()> {
-    let mut existing = dir;
+    let normal = folder_path(dir);
+    let mut existing = normal.as_path();
     loop {
         match std::fs::metadata(existing) {
             Ok(m) if m.is_dir() => break,

@@ -260,6 +260,47 @@ fn bad_flags_and_inputs_fail_without_writing_a_model() {
     emb(&["--variance-floor", "0"], 2, "--variance-floor 0");
     emb(&["--svm-eps", "0"], 2, "--svm-eps 0");
     emb(&["-k", "0"], 2, "-k");
+    // The two posterior thresholds (encoder, EM) and the EM settings are named by their flags,
+    // before any work (both used to say "posterior_threshold", EM's only after extraction).
+    emb(
+        &["--posterior-threshold", "1"],
+        2,
+        "--posterior-threshold 1: expected a value in [0, 1)",
+    );
+    emb(
+        &["--gmm-posterior-threshold", "1"],
+        2,
+        "--gmm-posterior-threshold 1: expected a value in [0, 1)",
+    );
+    emb(&["--gmm-restarts", "0"], 2, "--gmm-restarts 0");
+    // Subsets that leave nothing name the flag to change (they named neither, exit 1).
+    let small = |extra: &[&str], needle: &str| {
+        let mut a = vec![
+            "--threads",
+            "2",
+            "deep",
+            "--embedded",
+            "--max-test",
+            "20",
+            "-k",
+            "2",
+            "--iters",
+            "1",
+            "-o",
+            &m,
+        ];
+        a.extend_from_slice(extra);
+        fails_leaving_nothing(&a, 2, needle, &model);
+    };
+    small(&["--max-train", "0"], "--max-train 0: expected at least 1");
+    small(
+        &["--max-train", "3", "--val-fraction", "0.5"],
+        "--max-train 3: the stratified subset keeps about 3/2000 of each class's images",
+    );
+    small(
+        &["--max-train", "12", "--val-fraction", "0.9"],
+        "--val-fraction 0.9: a validation fraction of 0.9",
+    );
     emb(&["--data", "/nonexistent"], 2, "exactly one of");
     emb(&["--gmm", "/nonexistent/g.dfk"], 1, "/nonexistent/g.dfk");
     fails_leaving_nothing(&["deep", "-o", &m], 2, "exactly one of", &model);

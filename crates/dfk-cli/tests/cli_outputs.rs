@@ -737,6 +737,265 @@ fn blocked_output_paths_fail_before_the_work() {
     assert!(!report.join("report.json").exists());
 }
 
+/// A folder written as `DIR/.` is the folder DIR (it used to pass the checks and then fail to
+/// be created after the work, leaving the other outputs written); a file written as `FILE/.` is
+/// refused before the work like `FILE/`; a symbolic link that leads nowhere (or into a folder
+/// that does not exist) is refused before the work, not after it.
+#[test]
+fn dot_folders_and_dangling_links_are_checked_before_the_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    // A quick training run writing to `out`, with `extra` flags.
+    let quick = |out: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "--embedded",
+            "--limit",
+            "40",
+            "--threads",
+            "2",
+            "--resize",
+            "none",
+            "--gmm-iter",
+            "3",
+            "--pca-dims",
+            "8",
+            "--no-cache",
+            "-q",
+            "--out",
+            out,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect();
+        if !extra.contains(&"--k") {
+            v.extend(["--k".to_string(), "2".to_string()]);
+        }
+        v
+    };
+    let run_ok = |v: Vec<String>| ok(&strs(&v));
+    let run_fails = |v: Vec<String>, code: i32, needle: &str| fails(&strs(&v), code, needle);
+    // A report folder and an --out-dir written with a trailing `.`: created and filled.
+    let model = p("t.dfk");
+    let report = format!("{}/.", p("nr").display());
+    run_ok(quick(&s(&model), &["--report", &report]));
+    assert!(p("nr").join("index.html").is_file() && p("nr").join("report.json").is_file());
+    let out_dir = format!("{}/.", p("newg").display());
+    ok(&["gmm", "export", &s(&model), "--out-dir", &out_dir]);
+    assert!(p("newg").join("weights.npy").is_file());
+    // A file output written as a folder: refused before training, nothing written.
+    let dotted = format!("{}/.", p("new.dfk").display());
+    run_fails(
+        quick(&dotted, &[]),
+        2,
+        &format!("--out {dotted}: ends in a path separator or `.`"),
+    );
+    assert!(!p("new.dfk").exists());
+    // With a report: neither the report folder nor the model is written.
+    let nr2 = p("nr2");
+    run_fails(quick(&dotted, &["--report", &s(&nr2)]), 2, "--out");
+    assert!(!nr2.exists());
+    // Dangling links: to a missing file, and into a missing folder.
+    #[cfg(unix)]
+    for (link, target) in [("dl.dfk", "nowhere.dfk"), ("dl2.dfk", "nodir/x.dfk")] {
+        std::os::unix::fs::symlink(target, p(link)).unwrap();
+        run_fails(
+            quick(&s(&p(link)), &["--report", &s(&nr2)]),
+            2,
+            &format!(
+                "--out {}: a symbolic link (to {target}) whose target does not exist",
+                s(&p(link))
+            ),
+        );
+        assert!(!nr2.exists() && !p(target).exists());
+        fails(
+            &[
+                "gmm",
+                "fit",
+                "--descriptors",
+                &cli_fixture("two_images.npy"),
+                "--k",
+                "2",
+                "--out",
+                &s(&p(link)),
+            ],
+            2,
+            "whose target does not exist",
+        );
+    }
+    // A link to an existing file is written through.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("t.dfk", p("link.dfk")).unwrap();
+        let before = std::fs::read(&model).unwrap();
+        run_ok(quick(&s(&p("link.dfk")), &["--seed", "1", "--k", "3"]));
+        assert!(std::fs::symlink_metadata(p("link.dfk"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_ne!(std::fs::read(&model).unwrap(), before);
+    }
+}
+
+/// A class folder without images is an error naming it when the data is loaded (it used to
+/// fail after SIFT, GMM and Fisher vectors with "class 0 has no training sample"), and an
+/// output folder inside an image folder (which would be a class folder on the next run) is
+/// refused before any work.
+#[test]
+fn empty_class_folders_and_outputs_inside_the_data_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    for (i, class) in ["b", "c"].iter().enumerate() {
+        pgm(&imgs.join(class).join("1.pgm"), i as u8 + 1);
+    }
+    std::fs::create_dir_all(imgs.join("aempty")).unwrap();
+    std::fs::write(imgs.join("aempty").join("notes.txt"), b"not an image").unwrap();
+    let out = dir.path().join("e.dfk");
+    let quick = |extra: &[&str]| -> Vec<String> {
+        [
+            "train",
+            "--data",
+            &s(&imgs),
+            "--threads",
+            "2",
+            "--resize",
+            "none",
+            "--k",
+            "2",
+            "--pca-dims",
+            "8",
+            "--no-cache",
+            "-q",
+            "--out",
+            &s(&out),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect()
+    };
+    fails_leaving_nothing(
+        &strs(&quick(&[])),
+        1,
+        &format!(
+            "class folder {} (it holds no png/jpg/jpeg/bmp/pgm file",
+            imgs.join("aempty").display()
+        ),
+        &out,
+    );
+    std::fs::remove_dir_all(imgs.join("aempty")).unwrap();
+    let report = imgs.join("rep");
+    fails_leaving_nothing(
+        &strs(&quick(&["--report", &s(&report)])),
+        2,
+        &format!(
+            "--report {} lies inside the image folder --data {}",
+            report.display(),
+            imgs.display()
+        ),
+        &out,
+    );
+    assert!(!report.exists());
+    let x = imgs.join("b").join("x");
+    fails(
+        &[
+            "extract",
+            "--data",
+            &s(&imgs),
+            "--threads",
+            "2",
+            "--no-cache",
+            "--out-dir",
+            &s(&x),
+        ],
+        2,
+        "--out-dir",
+    );
+    assert!(!x.exists());
+}
+
+/// Flag values that were reported without their flag, or as data errors (exit 1): `--limit 0`
+/// ("data set is empty"), a float32 flag beyond f32 (printed as `inf`), `bench` with only one
+/// of `--data`/`--gmm`, too few `--data` rows for `--images`/`--per-image`, and `--k` above
+/// `--n` in the init stage.
+#[test]
+fn small_flag_errors_name_their_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("l.dfk");
+    fails_leaving_nothing(
+        &["train", "--embedded", "--limit", "0", "--out", &s(&out)],
+        2,
+        "'--limit <LIMIT>': expected at least 1 image",
+        &out,
+    );
+    fails_leaving_nothing(
+        &[
+            "gmm",
+            "fit",
+            "--descriptors",
+            &cli_fixture("two_images.npy"),
+            "--k",
+            "2",
+            "--posterior-threshold",
+            "1e40",
+            "--out",
+            &s(&out),
+        ],
+        2,
+        "`1e40` is not a finite 32-bit float",
+        &out,
+    );
+    let x = cli_fixture("two_images.npy");
+    fails(
+        &["--threads", "2", "bench", "--stage", "stats", "--data", &x],
+        2,
+        "--data without --gmm",
+    );
+    let prefix = dir.path().join("gp");
+    let part = |name: &str| s(&dir.path().join(format!("gp_{name}.npy")));
+    npy::write_f32_matrix(part("means"), &[0.0; 8], 2, 4).unwrap();
+    npy::write_f32_matrix(part("variances"), &[1.0; 8], 2, 4).unwrap();
+    npy::write_f32_vector(part("weights"), &[0.5, 0.5]).unwrap();
+    fails(
+        &[
+            "--threads",
+            "2",
+            "bench",
+            "--stage",
+            "stats",
+            "--data",
+            &x,
+            "--gmm",
+            &s(&prefix),
+            "--reps",
+            "1",
+        ],
+        1,
+        "(--images 200 × --per-image 1000)",
+    );
+    fails(
+        &[
+            "--threads",
+            "2",
+            "bench",
+            "--stage",
+            "init",
+            "--k",
+            "200",
+            "--n",
+            "10",
+        ],
+        2,
+        "--k 200 is more than --n 10",
+    );
+}
+
+/// Borrowed arguments for [`ok`] and [`fails`].
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// `dfk bench` refuses sizes it cannot run (zero dimensions or components) and sizes whose
 /// buffers would not fit in memory, naming the flags and the bound, instead of panicking or
 /// aborting on a failed allocation.
@@ -785,7 +1044,8 @@ fn bench_sizes_are_checked_before_anything_is_allocated() {
 /// Settings whose value is out of range are usage errors naming the flag and the range:
 /// `--k` beyond what EM's weight floor allows, a `--bias` that does not fit in a float32, a
 /// `--variance-floor` above 1 (`1e300` overflowed the variances), `--resize` above 4096×4096
-/// pixels (8192×8192 took about 10 GB per image).
+/// pixels (8192×8192 took about 10 GB per image) or below one descriptor, a `--gmm-sample`
+/// below `--k`, `--pca-dims` above the SIFT descriptor's 128 values.
 #[test]
 fn out_of_range_settings_name_their_flag() {
     let dir = tempfile::tempdir().unwrap();
@@ -820,6 +1080,24 @@ fn out_of_range_settings_name_their_flag() {
         "--variance-floor 1e300: expected a value in [0, 1]",
     );
     train("--resize", "10000x10000", "at most 67108864 pixels");
+    // Settings that could only fail after the work (on every image, or once the descriptors
+    // are sampled or projected) are refused before it, naming the flags.
+    train(
+        "--gmm-sample",
+        "3",
+        "--gmm-sample 3 is less than --k 64: EM needs at least one descriptor per component",
+    );
+    train(
+        "--resize",
+        "1x1",
+        "--resize 1x1: expected at least 19x19 pixels, the extent of one descriptor with the bin \
+         sizes [4, 6]",
+    );
+    train(
+        "--pca-dims",
+        "1000",
+        "--pca-dims 1000: expected at most the input dimension 128",
+    );
     fails_leaving_nothing(
         &[
             "svm",

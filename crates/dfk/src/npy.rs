@@ -808,15 +808,17 @@ fn output_target(path: &Path) -> Result<Target> {
     if path.file_name().is_none() {
         return Err(Error::format(path, "not a file name"));
     }
-    let trailing_separator = path
-        .as_os_str()
-        .as_encoded_bytes()
-        .last()
-        .is_some_and(|&b| std::path::is_separator(b as char));
-    if trailing_separator && !path.is_dir() {
+    // `out/` and `out/.` name a folder (`Path::file_name` reads `out/.` as `out`).
+    let is_sep = |b: u8| std::path::is_separator(b as char);
+    let written_as_folder = match path.as_os_str().as_encoded_bytes() {
+        [.., b] if is_sep(*b) => true,
+        [.., sep, b'.'] => is_sep(*sep),
+        _ => false,
+    };
+    if written_as_folder && !path.is_dir() {
         return Err(Error::format(
             path,
-            "ends in a path separator but is not a folder: expected a file name",
+            "ends in a path separator or `.` but is not a folder: expected a file name",
         ));
     }
     let meta = match std::fs::symlink_metadata(path) {

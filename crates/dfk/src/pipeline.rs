@@ -230,8 +230,13 @@ impl PipelineConfig {
         if self.pca.dims > 0 && self.pca.sample < 2 {
             return Err(Error::param("pca.sample", self.pca.sample, "at least 2"));
         }
-        if self.gmm.sample == 0 {
-            return Err(Error::param("gmm.sample", 0, "at least K"));
+        if self.gmm.sample < self.gmm.k.max(1) {
+            // EM fits K components on the sample: fewer than K descriptors always fail.
+            return Err(Error::param(
+                "gmm.sample",
+                self.gmm.sample,
+                format!("at least K = {} (gmm.k)", self.gmm.k),
+            ));
         }
         self.gmm_params().validate()?;
         if !(self.svm.c.is_finite() && self.svm.c > 0.0) {

@@ -175,6 +175,21 @@ impl DsiftParams {
                     ),
                 ));
             }
+            // Every image is resized to this size, so one too small for a descriptor would
+            // fail on every image: a settings conflict, reported before any work.
+            let need = self.min_image_side();
+            if (w as usize) < need || (h as usize) < need {
+                return Err(Error::param(
+                    "resize",
+                    format!("{w}x{h}"),
+                    format!(
+                        "at least {need}x{need} pixels, the extent of one descriptor with the \
+                         bin sizes {:?} (3 · largest bin + 1): resize to more pixels or use \
+                         smaller bins",
+                        self.bin_sizes
+                    ),
+                ));
+            }
         }
         Ok(())
     }

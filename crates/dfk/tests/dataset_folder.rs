@@ -146,6 +146,23 @@ fn missing_or_empty_folders() {
     std::fs::create_dir_all(dir.path().join("a")).unwrap();
     std::fs::write(dir.path().join("a/readme.txt"), "x").unwrap();
     assert!(matches!(load_folder(dir.path()), Err(Error::Empty { .. })));
+    // A class folder without images beside one with images: an error naming the folder and
+    // the extensions read (it used to become a class without samples, found after the work).
+    gray(&dir.path().join("b/1.png"), 4, 4, 0);
+    match load_folder(dir.path()) {
+        Err(Error::Empty { what }) => assert!(
+            what.contains(&dir.path().join("a").display().to_string())
+                && what.contains("png/jpg/jpeg/bmp/pgm"),
+            "{what}"
+        ),
+        other => panic!("expected an empty class folder error, got {other:?}"),
+    }
+    // Hidden folders are not classes.
+    std::fs::create_dir_all(dir.path().join(".hidden")).unwrap();
+    std::fs::rename(dir.path().join("a"), dir.path().join(".a")).unwrap();
+    assert_eq!(load_folder(dir.path()).unwrap().class_names, ["b"]);
+    std::fs::rename(dir.path().join(".a"), dir.path().join("a")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("b")).unwrap();
     // Only broken images, skipped: nothing left.
     garbage(&dir.path().join("a/x.png"));
     assert!(matches!(

@@ -366,4 +366,13 @@ fn a_path_ending_in_a_separator_is_an_error() {
     assert!(e.contains("new/") && e.contains("separator"), "{e}");
     assert!(npy::F32MatrixWriter::create(&folder, 5, 3).is_err());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // `new/.` too (`Path::file_name` reads it as `new`; the rename used to fail at the end).
+    let dot = format!("{}/new.npy/.", dir.path().display());
+    let e = err(npy::write_f32_matrix(&dot, &m5(), 5, 3));
+    assert!(
+        e.contains("new.npy/.") && e.contains("separator or `.`"),
+        "{e}"
+    );
+    assert!(npy::F32MatrixWriter::create(&dot, 5, 3).is_err());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

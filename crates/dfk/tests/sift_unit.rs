@@ -358,6 +358,15 @@ fn invalid_parameters_are_errors_naming_the_field() {
                 ..base.clone()
             },
         ),
+        // Smaller than one descriptor of the largest bin (3 · bin + 1 pixels): every image
+        // would fail, so it is a parameter error, not one per image.
+        (
+            "resize",
+            DsiftParams {
+                resize: Some((base.min_image_side() as u32, 1)),
+                ..base.clone()
+            },
+        ),
     ];
     for (field, params) in cases {
         match dense_sift(&img, &params) {

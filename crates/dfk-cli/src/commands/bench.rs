@@ -206,6 +206,17 @@ fn load_gmm(prefix: &std::path::Path) -> anyhow::Result<Gmm> {
     Ok(Gmm::new(k, d, means, vars, weights)?)
 }
 
+/// The flags that set how many descriptor rows the stage reads.
+fn rows_flags(args: &Args) -> String {
+    match args.stage {
+        Stage::Stats | Stage::Encode | Stage::Backward => {
+            format!("--images {} × --per-image {}", args.images, args.per_image)
+        }
+        Stage::Accuracy => format!("--n {}, at most 2048", args.n),
+        _ => format!("--n {}", args.n),
+    }
+}
+
 /// The workload: descriptors (`rows × D`) and the GMM.
 fn workload(args: &Args, rows: usize) -> anyhow::Result<(Vec<f32>, Gmm)> {
     match (&args.data, &args.gmm) {
@@ -216,7 +227,12 @@ fn workload(args: &Args, rows: usize) -> anyhow::Result<(Vec<f32>, Gmm)> {
                 bail!("--data has {d} columns, the GMM {} dimensions", gmm.d());
             }
             if r < rows {
-                bail!("--data has {r} rows, the stage needs {rows}");
+                bail!(
+                    "--data {} has {r} rows, the stage needs {rows} ({}): lower them or give \
+                     more rows",
+                    data.display(),
+                    rows_flags(args)
+                );
             }
             Ok((x[..rows * d].to_vec(), gmm))
         }
@@ -338,8 +354,23 @@ const MAX_BUFFER_BYTES: u128 = 32 << 30;
 /// vectors, posteriors) fit in [`MAX_BUFFER_BYTES`].
 fn check_sizes(args: &Args) -> anyhow::Result<()> {
     use crate::util::usage;
+    if args.data.is_some() != args.gmm.is_some() {
+        return usage(if args.data.is_some() {
+            "--data without --gmm: give both --data and --gmm, or neither"
+        } else {
+            "--gmm without --data: give both --data and --gmm, or neither"
+        });
+    }
     // The svm stage always makes its own data.
     let synthetic = args.data.is_none() || args.stage == Stage::Svm;
+    // EM's initialisation needs at least one descriptor per component.
+    if synthetic && args.stage == Stage::Init && args.n > 0 && args.k > args.n {
+        return usage(format!(
+            "--k {} is more than --n {}: the init stage fits K components on N descriptors, \
+             so it needs --n at least --k",
+            args.k, args.n
+        ));
+    }
     if synthetic {
         for (flag, v) in [("--d", args.d), ("--k", args.k)] {
             if v == 0 {
@@ -633,6 +664,14 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         }
         Stage::Init => {
             let (x, gmm) = workload(&args, args.n)?;
+            if gmm.k() > args.n {
+                bail!(
+                    "--gmm has K = {} components, more than --n {}: the init stage fits K \
+                     components on N descriptors, so it needs --n at least K",
+                    gmm.k(),
+                    args.n
+                );
+            }
             let params = GmmParams::new(gmm.k()).max_iter(1);
             let (mut init_ll, mut fit_ll) = (0.0, 0.0);
             let mut fit = time_reps(args.reps, || {

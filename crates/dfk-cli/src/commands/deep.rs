@@ -105,7 +105,7 @@ pub struct Args {
     pub gmm_sample: usize,
     /// EM's M-step posterior threshold: posteriors below this times a descriptor's largest
     /// one are left out of the means, variances and weights (0: keep all).
-    #[arg(long, default_value_t = dfk::gmm::DEFAULT_EM_POSTERIOR_THRESHOLD)]
+    #[arg(long, default_value_t = dfk::gmm::DEFAULT_EM_POSTERIOR_THRESHOLD, value_parser = crate::options::parse_f32)]
     pub gmm_posterior_threshold: f32,
 
     /// Shared GMM or one GMM per class.
@@ -148,10 +148,10 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-4)]
     pub min_weight: f64,
     /// ε of the smoothed signed square root sign(Φ)(√(|Φ|+ε) − √ε).
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = 1e-6, value_parser = crate::options::parse_f32)]
     pub sqrt_epsilon: f32,
     /// Posterior threshold of the encoder (0 = dense).
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = 1e-6, value_parser = crate::options::parse_f32)]
     pub posterior_threshold: f32,
     /// Memory (MiB) for the training images' posteriors, kept from each encoding for the
     /// backward pass instead of recomputing them (shared GMM only; 0 = always recompute; the
@@ -234,7 +234,21 @@ fn limit(set: ImageSet, n: usize, seed: u64) -> anyhow::Result<ImageSet> {
         return Ok(set);
     }
     let fraction = 1.0 - n as f64 / set.len() as f64;
-    Ok(set.split_holdout(fraction, seed)?.0)
+    let len = set.len();
+    Ok(set
+        .split_holdout(fraction, seed)
+        .map_err(|e| max_train_error(n, len, e))?
+        .0)
+}
+
+/// `--max-train n` of `len` images that leaves nothing: each class keeps its share
+/// (n / len of its images, rounded), which is none when n is small beside the classes.
+fn max_train_error(n: usize, len: usize, e: dfk::Error) -> anyhow::Error {
+    crate::util::UsageError(format!(
+        "--max-train {n}: the stratified subset keeps about {n}/{len} of each class's images, \
+         which rounds to no image ({e}): give a larger --max-train"
+    ))
+    .into()
 }
 
 fn params(a: &Args) -> anyhow::Result<DeepParams> {
@@ -296,6 +310,32 @@ fn params(a: &Args) -> anyhow::Result<DeepParams> {
     })
 }
 
+/// The EM settings of the initial GMM (without `--gmm`).
+fn em_params(a: &Args, seed: u64) -> GmmParams {
+    GmmParams::new(a.k)
+        .max_iter(a.gmm_iters)
+        .restarts(a.gmm_restarts)
+        .variance_floor(a.gmm_variance_floor)
+        .posterior_threshold(a.gmm_posterior_threshold)
+        .seed(seed)
+        .kmeans_sample(Some(a.gmm_sample.max(a.k)))
+}
+
+/// The flags of the EM settings, by the library's parameter names.
+const EM_FLAGS: &[(&str, &str)] = &[
+    ("k", "-k"),
+    ("restarts", "--gmm-restarts"),
+    ("variance_floor", "--gmm-variance-floor"),
+    ("posterior_threshold", "--gmm-posterior-threshold"),
+    ("kmeans_sample", "--gmm-sample"),
+];
+
+/// The flags of the encoder's settings, by the library's parameter names.
+const FISHER_FLAGS: &[(&str, &str)] = &[
+    ("posterior_threshold", "--posterior-threshold"),
+    ("sqrt_epsilon", "--sqrt-epsilon"),
+];
+
 fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<Gmm> {
     if let Some(path) = &a.gmm {
         let gmm = load_gmm(path)?;
@@ -309,13 +349,7 @@ fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<Gmm> {
         }
         return Ok(gmm);
     }
-    let p = GmmParams::new(a.k)
-        .max_iter(a.gmm_iters)
-        .restarts(a.gmm_restarts)
-        .variance_floor(a.gmm_variance_floor)
-        .posterior_threshold(a.gmm_posterior_threshold)
-        .seed(seed)
-        .kmeans_sample(Some(a.gmm_sample.max(a.k)));
+    let p = em_params(a, seed);
     let t = std::time::Instant::now();
     let fit = fit_gmm(&train.data, train.d, &p).context("EM initialisation")?;
     tracing::info!(
@@ -351,6 +385,9 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         )
     })?;
     p.svm.validate().map_err(|e| as_flag_error(e, SVM_FLAGS))?;
+    p.fisher
+        .validate()
+        .map_err(|e| as_flag_error(e, FISHER_FLAGS))?;
     if a.gmm.is_none() && a.k == 0 {
         return usage("-k 0: the GMM needs at least 1 component");
     }
@@ -360,6 +397,12 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         if let Some(expected) = crate::options::k_beyond_weight_floor(a.k, em.weight_floor) {
             return usage(format!("-k {}: expected {expected}", a.k));
         }
+        em_params(&a, g.seed)
+            .validate()
+            .map_err(|e| as_flag_error(e, EM_FLAGS))?;
+    }
+    if a.max_train == Some(0) {
+        return usage("--max-train 0: expected at least 1 image (leave it out to use them all)");
     }
     if !(a.variance_floor > 0.0 && a.variance_floor <= 1.0) {
         return usage(format!(
@@ -394,7 +437,18 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         all = limit(all, n, g.seed)?;
     }
     let (train, val) = if a.val_fraction > 0.0 {
-        let (t, v) = all.split_holdout(a.val_fraction, g.seed)?;
+        let (t, v) = all.split_holdout(a.val_fraction, g.seed).map_err(|e| {
+            crate::util::UsageError(format!(
+                "--val-fraction {}: {e}: give more training images{} or another \
+                 --val-fraction (0 for no validation part)",
+                a.val_fraction,
+                if a.max_train.is_some() {
+                    " (--max-train)"
+                } else {
+                    ""
+                }
+            ))
+        })?;
         // The split copies the descriptors: free the full set (1 GB for Fashion-MNIST's 60k).
         drop(all);
         (t, Some(v))
@@ -721,7 +775,9 @@ fn load_sets(a: &Args, g: &Global) -> anyhow::Result<Sets> {
     };
     // Subset before extraction, so only the images used are described.
     if let Some(n) = a.max_train.filter(|&n| n < train.len()) {
-        train = dataset::stratified_split(&train, 1.0 - n as f64 / train.len() as f64, g.seed)?.0;
+        train = dataset::stratified_split(&train, 1.0 - n as f64 / train.len() as f64, g.seed)
+            .map_err(|e| max_train_error(n, train.len(), e))?
+            .0;
     }
     let test = match (test, a.max_test) {
         (Some(t), Some(n)) if n < t.len() => Some(t.subset(&(0..n).collect::<Vec<_>>())?),

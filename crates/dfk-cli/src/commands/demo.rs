@@ -31,6 +31,8 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         a.out.iter().map(|p| ("--out", p.as_path())).collect();
     check_outputs_in_folders(&outputs, &in_report, &a.config.inputs())?;
     let cfg = a.config.resolve(g)?;
+    a.config
+        .check_pca_dims(&cfg, dfk::sift::DESCRIPTOR_LEN, crate::options::SIFT_VALUES)?;
     let data = DataArgs {
         data: None,
         format: None,

@@ -4,8 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-
 use dfk::npy;
 use dfk::pipeline::{
     descriptor_cache_key, fit_preprocessor, load_or_extract_with_positions, Preprocessor,
@@ -71,6 +69,13 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     inputs.extend(a.config.inputs());
     check_outputs_in_folders(&[], &in_dir, &inputs)?;
     a.data.check_outputs_not_listed(&in_dir)?;
+    if let Some(dir) = &a.out_dir {
+        a.data.check_folders_outside_data(&[("--out-dir", dir)])?;
+    }
+    if !a.data.is_descriptors() {
+        a.config
+            .check_pca_dims(&cfg, dfk::sift::DESCRIPTOR_LEN, crate::options::SIFT_VALUES)?;
+    }
     let loaded = a.data.load()?;
     a.data.check_outputs_not_loaded(&in_dir, &loaded)?;
     let cache = cache_dir(a.cache.as_deref(), a.no_cache);
@@ -100,8 +105,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             } else {
                 dir.clone()
             };
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("--out-dir: cannot create {}", dir.display()))?;
+            crate::util::create_output_dir("--out-dir", &dir)?;
             d.save_npy(dir.join("descriptors.npy"), dir.join("offsets.npy"))?;
             let labels: Vec<i64> = data.first_labels().iter().map(|&l| l as i64).collect();
             npy::write_i64_vector(dir.join("labels.npy"), &labels)?;

@@ -43,7 +43,8 @@ pub struct FitArgs {
     /// M-step posterior threshold: posteriors below this times a descriptor's largest one
     /// are left out of the means, variances and weights (0: keep all; the log-likelihood
     /// always uses all).
-    #[arg(long, default_value_t = dfk::gmm::DEFAULT_EM_POSTERIOR_THRESHOLD)]
+    #[arg(long, default_value_t = dfk::gmm::DEFAULT_EM_POSTERIOR_THRESHOLD,
+          value_parser = crate::options::parse_f32)]
     posterior_threshold: f32,
     /// Output GMM file.
     #[arg(long)]
@@ -206,8 +207,7 @@ fn export(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
         &[("GMM file", &a.gmm)],
     )?;
     let gmm = model::load_gmm(&a.gmm)?;
-    std::fs::create_dir_all(&a.out_dir)
-        .with_context(|| format!("cannot create {}", a.out_dir.display()))?;
+    crate::util::create_output_dir("--out-dir", &a.out_dir)?;
     let (k, d) = (gmm.k(), gmm.d());
     npy::write_f32_matrix(&means, gmm.means(), k, d)?;
     npy::write_f32_matrix(&variances, gmm.variances(), k, d)?;

@@ -203,9 +203,28 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         .chain(in_report.iter().copied())
         .collect();
     a.data.check_outputs_not_listed(&outputs)?;
+    if let Some(dir) = &a.report {
+        a.data.check_folders_outside_data(&[("--report", dir)])?;
+    }
     let cfg = a.config.resolve(g)?;
+    if !a.data.is_descriptors() {
+        a.config
+            .check_pca_dims(&cfg, dfk::sift::DESCRIPTOR_LEN, crate::options::SIFT_VALUES)?;
+    }
     let loaded = a.data.load()?;
     a.data.check_outputs_not_loaded(&outputs, &loaded)?;
+    // (Positions asked of precomputed descriptors are refused first, by train_and_evaluate.)
+    if let Some(d) = loaded
+        .descriptors
+        .as_ref()
+        .filter(|_| !cfg.spatial && cfg.pyramid.is_none())
+    {
+        a.config.check_pca_dims(
+            &cfg,
+            d.descriptors.dim,
+            "the columns of the descriptor files",
+        )?;
+    }
     let cache = cache_dir(a.cache.as_deref(), a.no_cache);
     let t = train_and_evaluate(&loaded, &cfg, cache.as_deref(), g)?;
     let model = t.pipeline.to_model(t.history.clone())?;

@@ -37,7 +37,9 @@ fn is_image(path: &Path) -> bool {
 }
 
 /// Collects the images of `root/<class>/` for the given class list (a class folder that is
-/// absent contributes nothing).
+/// absent contributes nothing; one without any image file is [`Error::Empty`] naming it, since
+/// it would otherwise become a class without samples, or a folder written into the data
+/// folder, such as a report, would silently become a class).
 fn collect(root: &Path, classes: &[String], policy: OnError) -> Result<(Dataset, usize)> {
     let mut candidates = Vec::new();
     for (c, name) in classes.iter().enumerate() {
@@ -45,8 +47,18 @@ fn collect(root: &Path, classes: &[String], policy: OnError) -> Result<(Dataset,
         if !dir.is_dir() {
             continue;
         }
+        let before = candidates.len();
         for path in sorted_entries(&dir)?.into_iter().filter(|p| is_image(p)) {
             candidates.push((path, vec![c]));
+        }
+        if candidates.len() == before {
+            return Err(empty(format!(
+                "class folder {} (it holds no {} file; every sub-folder of {} is read as a \
+                 class, except hidden ones starting with `.`: add images to it, or move it out)",
+                dir.display(),
+                IMAGE_EXTENSIONS.join("/"),
+                root.display()
+            )));
         }
     }
     if candidates.is_empty() {
@@ -76,7 +88,8 @@ fn collect(root: &Path, classes: &[String], policy: OnError) -> Result<(Dataset,
 /// Loads `root/<class>/*.{png,jpg,jpeg,bmp,pgm}` (extensions in any case): classes are the
 /// sub-folders sorted by name, images within a class sorted by name. Every image's header is
 /// checked; `policy` decides whether a bad one fails the load or is skipped (the count of
-/// skipped images is returned). No class folder, or no image at all, is [`Error::Empty`].
+/// skipped images is returned). No class folder, a class folder without an image file (named),
+/// or no image at all, is [`Error::Empty`].
 pub fn load_folder_with(root: impl AsRef<Path>, policy: OnError) -> Result<(Dataset, usize)> {
     let root = root.as_ref();
     let classes = class_dirs(root)?;

@@ -913,6 +913,25 @@ fn empty_class_folders_and_outputs_inside_the_data_are_named() {
         "--out-dir",
     );
     assert!(!x.exists());
+    // eval too, with a model trained on the folder.
+    ok(&strs(&quick(&[])));
+    fails(
+        &[
+            "eval",
+            "--model",
+            &s(&out),
+            "--data",
+            &s(&imgs),
+            "--threads",
+            "2",
+            "--no-cache",
+            "--report",
+            &s(&report),
+        ],
+        2,
+        "lies inside the image folder",
+    );
+    assert!(!report.exists());
 }
 
 /// Flag values that were reported without their flag, or as data errors (exit 1): `--limit 0`

@@ -50,6 +50,9 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let mut inputs = a.data.inputs();
     inputs.push(("--model", &a.model));
     check_outputs_in_folders(&[], &in_report, &inputs)?;
+    if let Some(dir) = &a.report {
+        a.data.check_folders_outside_data(&[("--report", dir)])?;
+    }
     a.data.check_outputs_not_listed(&in_report)?;
     let pipeline = load_pipeline(&a.model)?;
     let loaded = a.data.load()?;

@@ -396,18 +396,15 @@ fn gmm_fit_writes_a_model() {
     }
 }
 
-/// A model file whose finite weights overflow f32 in the scores is refused by `svm predict`,
-/// naming the file and the sample, and writes nothing.
-#[test]
-fn svm_predict_refuses_scores_that_overflow() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = |w: f32| dfk::svm::OneVsRest {
-        classes: 2,
-        dim: 6,
+/// One-vs-rest SVMs for `classes` classes whose `dim` weights are all `w` (no bias, no duals).
+fn uniform_svm(classes: usize, dim: usize, w: f32) -> dfk::svm::OneVsRest {
+    dfk::svm::OneVsRest {
+        classes,
+        dim,
         multilabel: false,
-        models: (0..2)
+        models: (0..classes)
             .map(|_| dfk::svm::BinarySvm {
-                w: vec![w; 6],
+                w: vec![w; dim],
                 b: 0.0,
                 alpha: vec![],
                 primal: 0.0,
@@ -415,7 +412,15 @@ fn svm_predict_refuses_scores_that_overflow() {
                 iterations: 0,
             })
             .collect(),
-    };
+    }
+}
+
+/// A model file whose finite weights overflow f32 in the scores is refused by `svm predict`,
+/// naming the file and the sample, and writes nothing.
+#[test]
+fn svm_predict_refuses_scores_that_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = |w: f32| uniform_svm(2, 6, w);
     let (big, small) = (dir.path().join("big.dfk"), dir.path().join("small.dfk"));
     dfk::model::save_svm(&big, &model(3e38), &[]).unwrap();
     dfk::model::save_svm(&small, &model(1.0), &[]).unwrap();
@@ -446,21 +451,7 @@ fn svm_predict_refuses_scores_that_overflow() {
 #[test]
 fn info_reports_a_model_that_does_not_load() {
     let dir = tempfile::tempdir().unwrap();
-    let svm = dfk::svm::OneVsRest {
-        classes: 2,
-        dim: 3,
-        multilabel: false,
-        models: (0..2)
-            .map(|_| dfk::svm::BinarySvm {
-                w: vec![0.5; 3],
-                b: 0.0,
-                alpha: vec![],
-                primal: 0.0,
-                dual: 0.0,
-                iterations: 0,
-            })
-            .collect(),
-    };
+    let svm = uniform_svm(2, 3, 0.5);
     let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let (good, bad) = (dir.path().join("good.dfk"), dir.path().join("bad.dfk"));
     dfk::model::save_svm(&good, &svm, &names(&["a", "b"])).unwrap();

@@ -309,19 +309,6 @@ pub fn lies_inside(path: &std::path::Path, folder: &std::path::Path) -> bool {
     }
 }
 
-/// Whether `path` is written as a folder, not a file name: with a trailing separator (`out/`)
-/// or a trailing `.` component (`out/.`, which `Path::file_name` reads as `out`).
-fn written_as_folder(path: &std::path::Path) -> bool {
-    let bytes = path.as_os_str().as_encoded_bytes();
-    let is_sep = |b: u8| std::path::is_separator(b as char);
-    match bytes {
-        [.., b] if is_sep(*b) => true,
-        [b'.'] => true,
-        [.., sep, b'.'] => is_sep(*sep),
-        _ => false,
-    }
-}
-
 /// A folder path as the file system functions expect it: `.` components dropped (`out/.` is
 /// `out`, which `std::fs::create_dir_all` would otherwise fail to create).
 pub fn folder_path(dir: &std::path::Path) -> std::path::PathBuf {
@@ -380,7 +367,7 @@ fn probe_writable(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
         if !check_file_target(flag, written, &meta)? {
             return Ok(());
         }
-    } else if written_as_folder(written) {
+    } else if dfk::npy::written_as_folder(written) {
         return usage(format!(
             "{flag} {}: ends in a path separator or `.` but is not a folder: expected a file \
              path",

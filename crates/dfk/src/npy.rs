@@ -802,20 +802,25 @@ enum Target {
     InPlace(PathBuf),
 }
 
+/// Whether `path` is written as a folder, not a file name: with a trailing separator (`out/`)
+/// or a trailing `.` component (`out/.`, which `Path::file_name` reads as `out`).
+pub fn written_as_folder(path: &Path) -> bool {
+    let is_sep = |b: u8| std::path::is_separator(b as char);
+    match path.as_os_str().as_encoded_bytes() {
+        [.., b] if is_sep(*b) => true,
+        [b'.'] => true,
+        [.., sep, b'.'] => is_sep(*sep),
+        _ => false,
+    }
+}
+
 /// What writing to `path` means; an error for a directory, a path ending in a separator
 /// (`out/`), a socket or block device, or a symbolic link that leads nowhere.
 fn output_target(path: &Path) -> Result<Target> {
     if path.file_name().is_none() {
         return Err(Error::format(path, "not a file name"));
     }
-    // `out/` and `out/.` name a folder (`Path::file_name` reads `out/.` as `out`).
-    let is_sep = |b: u8| std::path::is_separator(b as char);
-    let written_as_folder = match path.as_os_str().as_encoded_bytes() {
-        [.., b] if is_sep(*b) => true,
-        [.., sep, b'.'] => is_sep(*sep),
-        _ => false,
-    };
-    if written_as_folder && !path.is_dir() {
+    if written_as_folder(path) && !path.is_dir() {
         return Err(Error::format(
             path,
             "ends in a path separator or `.` but is not a folder: expected a file name",

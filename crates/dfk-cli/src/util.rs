@@ -128,8 +128,8 @@ pub fn spinner(g: &Global, message: &str) -> ProgressBar {
     pb
 }
 
-/// The descriptor cache folder: `--cache DIR`, else `$XDG_CACHE_HOME/dfk`, else
-/// `$HOME/.cache/dfk`; `None` with `--no-cache` or when no home is known.
+/// The descriptor cache folder: `--cache DIR`, else `$XDG_CACHE_HOME/dfk/descriptors`, else
+/// `$HOME/.cache/dfk/descriptors`; `None` with `--no-cache` or when no home is known.
 pub fn cache_dir(flag: Option<&std::path::Path>, disabled: bool) -> Option<std::path::PathBuf> {
     if disabled {
         return None;
@@ -137,11 +137,67 @@ pub fn cache_dir(flag: Option<&std::path::Path>, disabled: bool) -> Option<std::
     if let Some(p) = flag {
         return Some(folder_path(p));
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
-    Some(base.join("dfk").join("descriptors"))
+    default_cache_dir().map(|(dir, _)| dir)
+}
+
+/// The default descriptor cache folder and the environment variable it comes from.
+fn default_cache_dir() -> Option<(std::path::PathBuf, &'static str)> {
+    let (base, var) = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => (std::path::PathBuf::from(x), "XDG_CACHE_HOME"),
+        None => (
+            std::path::PathBuf::from(std::env::var_os("HOME")?).join(".cache"),
+            "HOME",
+        ),
+    };
+    Some((base.join("dfk").join("descriptors"), var))
+}
+
+/// [`cache_dir`], checked before any image is read (by `train`, `eval`, `encode`, `extract`):
+///
+/// - An explicit `--cache DIR` that exists but is not a folder (a regular file, say) is a
+///   usage error (exit status 2); so is one that is the image folder given as `--data` or
+///   lies inside it, whose sub-folders would be read as classes by the next run on that data
+///   (checked as `--report` and `--out-dir` are, by
+///   [`DataArgs::check_folders_outside_data`](crate::options::DataArgs::check_folders_outside_data)).
+/// - The default folder (from `$XDG_CACHE_HOME` or `$HOME`) that exists but is not a folder
+///   is an error too, naming the path and the variable it comes from, but with exit status 1:
+///   no flag was wrong. It is not checked against `--data` (it lies there only when the data
+///   folder is, or holds, the cache home), nor with `--format npy`, whose precomputed
+///   descriptors never use the cache.
+/// - Whether the folder can be created and written is not probed: storing descriptors is
+///   allowed to fail (`load_or_extract` warns and goes on without the cache, and a read-only
+///   cache still serves its entries), so a cache below a file or in a read-only folder only
+///   brings that warning, as before.
+pub fn checked_cache_dir(
+    flag: Option<&std::path::Path>,
+    disabled: bool,
+    data: &crate::options::DataArgs,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if disabled {
+        return Ok(None);
+    }
+    if let Some(dir) = flag {
+        if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+            return usage(format!(
+                "--cache {}: exists and is not a folder: give a folder path (created when \
+                 missing), or --no-cache",
+                dir.display()
+            ));
+        }
+        data.check_folders_outside_data(&[("--cache", dir)])?;
+    } else if !data.is_descriptors() {
+        if let Some((dir, var)) = default_cache_dir() {
+            if std::fs::metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+                anyhow::bail!(
+                    "the default descriptor cache {} (from ${var}) exists and is not a folder: \
+                     remove or rename it, or choose a folder with --cache DIR, or give \
+                     --no-cache",
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(cache_dir(flag, disabled))
 }
 
 /// Whether `--seed` was given on the command line (clap fills in 0 otherwise; a configuration

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::commands::eval::load_pipeline;
 use crate::options::DataArgs;
-use crate::util::{cache_dir, check_outputs, emit, Bars};
+use crate::util::{check_outputs, checked_cache_dir, emit, Bars};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -29,7 +29,7 @@ pub struct Args {
     /// Also write the first label of each image as int64 .npy.
     #[arg(long)]
     labels_out: Option<PathBuf>,
-    /// Descriptor cache folder.
+    /// Descriptor cache folder (default: $XDG_CACHE_HOME/dfk/descriptors or ~/.cache/dfk/descriptors).
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
     /// Extract descriptors afresh and do not store them.
@@ -46,6 +46,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     inputs.push(("--model", &a.model));
     check_outputs(&outputs, &inputs)?;
     a.data.check_outputs_not_listed(&outputs)?;
+    let cache = checked_cache_dir(a.cache.as_deref(), a.no_cache, &a.data)?;
     let pipeline = load_pipeline(&a.model)?;
     let loaded = a.data.load()?;
     a.data.check_outputs_not_loaded(&outputs, &loaded)?;
@@ -54,7 +55,6 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         (None, true) => return crate::util::usage("--test needs --fashion-mnist or --embedded"),
         _ => &loaded.train,
     };
-    let cache = cache_dir(a.cache.as_deref(), a.no_cache);
     if loaded.descriptors.is_some() && !a.test && pipeline.config.pyramid.is_some() {
         return crate::util::usage(format!(
             "precomputed descriptors carry no positions, but {} encodes a spatial pyramid",

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::commands::train::evaluate_on;
 use crate::options::DataArgs;
 use crate::report::{self, Report};
-use crate::util::{cache_dir, check_outputs_in_folders, emit};
+use crate::util::{check_outputs_in_folders, checked_cache_dir, emit};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +54,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         a.data.check_folders_outside_data(&[("--report", dir)])?;
     }
     a.data.check_outputs_not_listed(&in_report)?;
+    let cache = checked_cache_dir(a.cache.as_deref(), a.no_cache, &a.data)?;
     let pipeline = load_pipeline(&a.model)?;
     let loaded = a.data.load()?;
     a.data.check_outputs_not_loaded(&in_report, &loaded)?;
@@ -97,7 +98,6 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             pipeline.svm.classes
         );
     }
-    let cache = cache_dir(a.cache.as_deref(), a.no_cache);
     let mut timings = Vec::new();
     let e = evaluate_on(
         &pipeline,

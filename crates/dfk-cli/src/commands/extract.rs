@@ -11,7 +11,7 @@ use dfk::pipeline::{
 use serde_json::json;
 
 use crate::options::{ConfigArgs, DataArgs};
-use crate::util::{bar, cache_dir, check_outputs_in_folders, emit, spinner, usage};
+use crate::util::{bar, check_outputs_in_folders, checked_cache_dir, emit, spinner, usage};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -72,13 +72,13 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     if let Some(dir) = &a.out_dir {
         a.data.check_folders_outside_data(&[("--out-dir", dir)])?;
     }
+    let cache = checked_cache_dir(a.cache.as_deref(), a.no_cache, &a.data)?;
     if !a.data.is_descriptors() {
         a.config
             .check_pca_dims(&cfg, dfk::sift::DESCRIPTOR_LEN, crate::options::SIFT_VALUES)?;
     }
     let loaded = a.data.load()?;
     a.data.check_outputs_not_loaded(&in_dir, &loaded)?;
-    let cache = cache_dir(a.cache.as_deref(), a.no_cache);
     let mut sets = vec![("train", &loaded.train)];
     if a.with_test {
         match &loaded.test {

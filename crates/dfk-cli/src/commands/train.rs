@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::options::{ConfigArgs, DataArgs, Loaded};
 use crate::report::{self, Report};
-use crate::util::{cache_dir, check_outputs_in_folders, emit, usage, Bars};
+use crate::util::{check_outputs_in_folders, checked_cache_dir, emit, usage, Bars};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -206,6 +206,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     if let Some(dir) = &a.report {
         a.data.check_folders_outside_data(&[("--report", dir)])?;
     }
+    let cache = checked_cache_dir(a.cache.as_deref(), a.no_cache, &a.data)?;
     let cfg = a.config.resolve(g)?;
     if !a.data.is_descriptors() {
         a.config
@@ -225,7 +226,6 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             "the columns of the descriptor files",
         )?;
     }
-    let cache = cache_dir(a.cache.as_deref(), a.no_cache);
     let t = train_and_evaluate(&loaded, &cfg, cache.as_deref(), g)?;
     let model = t.pipeline.to_model(t.history.clone())?;
     model.save(&a.out)?;

@@ -202,6 +202,52 @@ pub fn exp_select_scalar(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSele
     cut_candidates(row, frac, r, out)
 }
 
+/// [`exp_select_at`] on four consecutive rows of one length `k` (`rows` holds `4k` values):
+/// row `r`'s indices go to `out[r·k..]` (`out` must hold at least `4k` values) and its
+/// [`ExpSelect`] to the `r`-th result. Per row the same bits as [`exp_select_at`]: the AVX-512
+/// level (with `k` a multiple of 16) runs the same operations on the four rows interleaved, so
+/// that their dependency chains (maximum, exponentials, sums) overlap instead of running one
+/// after the other; the other levels and lengths call it row by row.
+#[inline]
+pub fn exp_select4_at(
+    level: SimdLevel,
+    rows: &mut [f32],
+    frac: f32,
+    out: &mut [u32],
+) -> [ExpSelect; 4] {
+    assert!(
+        rows.len().is_multiple_of(4) && out.len() >= rows.len(),
+        "exp_select4: four rows of one length, and an output as long"
+    );
+    let k = rows.len() / 4;
+    let candidates = match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); `rows` is four rows of `k`, a
+        // multiple of 16, and `out` is as long.
+        SimdLevel::Avx512 if k > 0 && k.is_multiple_of(16) => unsafe {
+            x86::exp_candidates4_avx512(rows, k, frac, out)
+        },
+        _ => {
+            return std::array::from_fn(|r| {
+                exp_select_at(
+                    level,
+                    &mut rows[r * k..(r + 1) * k],
+                    frac,
+                    &mut out[r * k..(r + 1) * k],
+                )
+            })
+        }
+    };
+    std::array::from_fn(|r| {
+        cut_candidates(
+            &rows[r * k..(r + 1) * k],
+            frac,
+            candidates[r],
+            &mut out[r * k..(r + 1) * k],
+        )
+    })
+}
+
 /// Keeps the candidates `out[..r.count]` of [`exp_candidates_at`] with `eᵢ ≥ frac·S` (in
 /// order), adding the others to the rest.
 #[inline(always)]
@@ -1434,6 +1480,57 @@ mod x86 {
         }
         let rest = _mm512_reduce_add_ps(vrest) as f64;
         select_rest(row, body, frac, max, sum, n, rest, out)
+    }
+
+    /// [`exp_candidates_avx512`] on four rows of `k` values (`k` a multiple of 16, `out` at
+    /// least `4k` long, row `r`'s indices at `out[r·k..]`): per row the same operations in the
+    /// same order, the four rows interleaved.
+    #[target_feature(enable = "avx512f,fma,popcnt")]
+    pub(super) fn exp_candidates4_avx512(
+        rows: &mut [f32],
+        k: usize,
+        frac: f32,
+        out: &mut [u32],
+    ) -> [ExpSelect; 4] {
+        debug_assert!(k > 0 && k.is_multiple_of(16) && rows.len() == 4 * k);
+        debug_assert!(out.len() >= 4 * k);
+        let vm: [__m512; 4] = std::array::from_fn(|r| {
+            let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+            for c in rows[r * k..(r + 1) * k].chunks_exact(16) {
+                // SAFETY: `c` holds exactly 16 f32.
+                vmax = _mm512_max_ps(vmax, unsafe { _mm512_loadu_ps(c.as_ptr()) });
+            }
+            _mm512_set1_ps(_mm512_reduce_max_ps(vmax))
+        });
+        let vfrac = _mm512_set1_ps(frac);
+        let (mut vsum, mut vrest) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
+        let mut n = [0usize; 4];
+        let step = _mm512_set1_epi32(16);
+        let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for j in (0..k).step_by(16) {
+            for r in 0..4 {
+                // SAFETY: r·k + j + 16 ≤ 4k = rows.len(); the store writes 16 lanes at
+                // out[r·k + n_r..] with n_r ≤ j, so within out[..4k].
+                unsafe {
+                    let p = rows.as_mut_ptr().add(r * k + j);
+                    let e = exp512(_mm512_sub_ps(_mm512_loadu_ps(p), vm[r]));
+                    _mm512_storeu_ps(p, e);
+                    vsum[r] = _mm512_add_ps(vsum[r], e);
+                    let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(e, vfrac);
+                    vrest[r] = _mm512_mask_add_ps(vrest[r], !keep, vrest[r], e);
+                    let packed = _mm512_maskz_compress_epi32(keep, idx);
+                    _mm512_storeu_si512(out.as_mut_ptr().add(r * k + n[r]) as *mut _, packed);
+                    n[r] += keep.count_ones() as usize;
+                }
+            }
+            idx = _mm512_add_epi32(idx, step);
+        }
+        std::array::from_fn(|r| ExpSelect {
+            max: _mm512_cvtss_f32(vm[r]),
+            sum: _mm512_reduce_add_ps(vsum[r]) as f64,
+            rest: _mm512_reduce_add_ps(vrest[r]) as f64,
+            count: n[r],
+        })
     }
 
     /// Transposes the 16 × 16 block held by `r` (row `i` in `r[i]`) in registers: afterwards
@@ -3018,6 +3115,45 @@ mod tests {
         let e64: Vec<f64> = row.iter().map(|&v| (v as f64 - max as f64).exp()).collect();
         let s64 = e64.iter().sum();
         (row, max, e64, s64)
+    }
+
+    #[test]
+    fn exp_select4_gives_each_row_what_exp_select_gives_it_at_every_level() {
+        // Four different rows per call (shifted and permuted), one with a NaN and one with a
+        // -inf entry, at lengths that take the interleaved kernel (16, 64) and those that do
+        // not (5, 37).
+        for len in [5usize, 16, 37, 64] {
+            let (base, ..) = softmax_case(len);
+            let mut rows = Vec::with_capacity(4 * len);
+            for r in 0..4 {
+                rows.extend((0..len).map(|i| base[(i * (2 * r + 1) + r) % len] - 3.0 * r as f32));
+            }
+            rows[len + len / 2] = f32::NAN;
+            rows[3 * len] = f32::NEG_INFINITY;
+            for frac in [0.0f32, 1e-6, 1e-3, 0.2] {
+                for level in SimdLevel::available() {
+                    let mut got_rows = rows.clone();
+                    let mut out = vec![u32::MAX; 4 * len];
+                    let got = exp_select4_at(level, &mut got_rows, frac, &mut out);
+                    for r in 0..4 {
+                        let mut row = rows[r * len..(r + 1) * len].to_vec();
+                        let mut want_idx = vec![u32::MAX; len];
+                        let want = exp_select_at(level, &mut row, frac, &mut want_idx);
+                        let what = format!("{level:?} len {len} frac {frac} row {r}");
+                        let same = |a: &[f32], b: &[f32]| {
+                            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+                        };
+                        assert!(same(&got_rows[r * len..(r + 1) * len], &row), "{what}");
+                        assert_eq!(got[r].max.to_bits(), want.max.to_bits(), "{what}");
+                        assert_eq!(got[r].sum.to_bits(), want.sum.to_bits(), "{what}");
+                        assert_eq!(got[r].rest.to_bits(), want.rest.to_bits(), "{what}");
+                        assert_eq!(got[r].count, want.count, "{what}");
+                        let sel = &out[r * len..r * len + got[r].count];
+                        assert_eq!(sel, &want_idx[..want.count], "{what}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

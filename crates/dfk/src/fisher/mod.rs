@@ -194,6 +194,8 @@ pub struct FisherScratch {
     gw: Vec<f64>,
     /// Rows of the block left to the row-by-row path ([`FisherEncoder::refine_row`]).
     slow: Vec<usize>,
+    /// `4K`: the selections of up to four rows before they join the pairs.
+    cand: Vec<u32>,
     /// Whether the forward pass appends the image's posteriors to `kept` for the backward pass.
     keeping: bool,
     kept: StoredPosteriors,
@@ -338,6 +340,7 @@ impl FisherEncoder {
             gcomp: vec![0; BLOCK * k],
             gw: vec![0.0; BLOCK * k],
             slow: Vec::with_capacity(BLOCK),
+            cand: vec![0; 4 * k],
             keeping: false,
             kept: StoredPosteriors::default(),
             cgam: Vec::new(),
@@ -537,21 +540,36 @@ impl FisherEncoder {
             grow,
             gcomp,
             slow,
+            cand,
             ..
         } = scratch;
         slow.clear();
         let mut np = 0;
         gstart.fill(0);
-        for i in 0..n {
-            let row = &mut block.post[i * k..(i + 1) * k];
-            let r = kernels::exp_select_at(self.level, row, self.refine, &mut pcomp[np..np + k]);
-            prow[np..np + r.count].fill(i as u32);
-            for &c in &pcomp[np..np + r.count] {
-                gstart[c as usize + 1] += 1;
+        // Four rows at a time, so that their independent chains overlap; the last n mod 4
+        // one by one.
+        let mut i = 0;
+        while i < n {
+            let found = if i + 4 <= n {
+                let rows = &mut block.post[i * k..(i + 4) * k];
+                kernels::exp_select4_at(self.level, rows, self.refine, cand)
+            } else {
+                let row = &mut block.post[i * k..(i + 1) * k];
+                let r = kernels::exp_select_at(self.level, row, self.refine, &mut cand[..k]);
+                [r; 4]
+            };
+            let rows = if i + 4 <= n { 4 } else { 1 };
+            for (j, r) in found[..rows].iter().enumerate() {
+                for &c in &cand[j * k..j * k + r.count] {
+                    pcomp[np] = c;
+                    prow[np] = (i + j) as u32;
+                    gstart[c as usize + 1] += 1;
+                    np += 1;
+                }
+                (rmax[i + j], rsum[i + j], rrest[i + j]) = (r.max as f64, r.sum, r.rest);
+                rend[i + j] = np as u32;
             }
-            (rmax[i], rsum[i], rrest[i]) = (r.max as f64, r.sum, r.rest);
-            np += r.count;
-            rend[i] = np as u32;
+            i += rows;
         }
         for c in 0..k {
             gstart[c + 1] += gstart[c];

@@ -1005,10 +1005,17 @@ struct State<'a> {
     cost: &'a [f64],
     alpha: Vec<f64>,
     w: Vec<f64>,
-    /// `w` rounded to `f32`, kept in step with it while `fast`.
+    /// While `fast`: `w` rounded to `f32` at the last sync, then updated in `f32` alongside
+    /// `w` (see [`F32Budget`]).
     w32: Vec<f32>,
-    /// Whether this epoch's inner products use `w32` (see [`f32_dots_suffice`]).
+    /// Whether the inner products use `w32` (see [`F32Budget`]).
     fast: bool,
+    /// While `fast`: a bound on how far the `f32` updates since the last sync moved `w32`
+    /// from `w` rounded, and one on `‖w‖`.
+    drift: f64,
+    w_bound: f64,
+    /// The epoch's test of whether `w32` may stand in for `w`.
+    budget: F32Budget,
     wb: f64,
     /// `Σ_i α_i`, kept up to date by the updates (for the dual bound).
     sum_alpha: f64,
@@ -1072,6 +1079,9 @@ fn solve_impl(
             w: vec![0f64; dim],
             w32: vec![0f32; dim],
             fast: false,
+            drift: 0.0,
+            w_bound: 0.0,
+            budget: F32Budget::new(dim, 0.0, 0.0),
             wb: 0.0,
             active: vec![true; n],
             n_active: n,
@@ -1224,19 +1234,28 @@ fn solve_impl(
 const SOLO_BYTES: usize = 12 << 20;
 
 /// Resets the epoch's projected-gradient extremes of `s` and decides whether its inner
-/// products may use the `f32` weights this epoch ([`f32_dots_suffice`]).
+/// products may start the epoch on the `f32` weights ([`F32Budget`]).
 #[inline(always)]
 fn begin_epoch(s: &mut State, x_norm_max: f64, eps: f64) {
     s.pg_max_new = f64::NEG_INFINITY;
     s.pg_min_new = f64::INFINITY;
-    let fast = f32_dots_suffice(&s.w, x_norm_max, eps);
-    // While `fast` stays on, the updates keep `w32` equal to `w` rounded.
-    if fast && !s.fast {
+    s.budget = F32Budget::new(s.w.len(), x_norm_max, eps);
+    s.fast = true;
+    sync_w32(s);
+}
+
+/// Makes `w32` the rounded `w` again (`drift` 0, `w_bound = ‖w‖`), or turns `fast` off when
+/// even that is not close enough; only while `fast`.
+#[inline(always)]
+fn sync_w32(s: &mut State) {
+    let w_norm = s.w.iter().map(|v| v * v).sum::<f64>().sqrt();
+    s.fast = s.fast && s.budget.allows(w_norm, 0.0);
+    if s.fast {
         for (v32, &v) in s.w32.iter_mut().zip(&s.w) {
             *v32 = v as f32;
         }
+        (s.drift, s.w_bound) = (0.0, w_norm);
     }
-    s.fast = fast;
 }
 
 /// liblinear's epochs for task `s` alone, each over its active samples in an order drawn from
@@ -1403,6 +1422,13 @@ fn update(s: &mut State, i: usize, xi: &[f32], dot: f64, qd: f64, bias: f64, shr
         let d = (new - a) * yi;
         if s.fast {
             axpy_shadowed(d, xi, &mut s.w, &mut s.w32);
+            // qd ≥ ‖x_i‖².
+            (s.drift, s.w_bound) = s
+                .budget
+                .after_update(s.drift, s.w_bound, d.abs() * qd.sqrt());
+            if !s.budget.allows(s.w_bound, s.drift) {
+                sync_w32(s);
+            }
         } else {
             axpy(d, xi, &mut s.w);
         }
@@ -1551,18 +1577,69 @@ unsafe fn dot_f64_avx2(w: &[f64], x: &[f32]) -> f64 {
 /// Accumulators of [`dot_f32w`]: four AVX-512 registers (eight AVX2 ones) of `f32`.
 const DOT32_LANES: usize = 64;
 
-/// Whether an epoch may compute the gradients `G_i` from the `f32` copy of `w`
-/// ([`dot_f32w`]) instead of the `f64` one. Rounding `w` to `f32` and summing in `f32` change
-/// `⟨w, x_i⟩` by at most about `(dim/64 + 8) · 2⁻²⁴ · Σ_j |w_j x_{ij}|`, and
-/// `Σ_j |w_j x_{ij}| ≤ ‖w‖ ‖x_i‖ ≤ ‖w‖ · x_norm_max`: the `f32` products are used only while
-/// that bound is at most `eps / 64`, so the stopping test `PG_max − PG_min ≤ eps` and the
-/// shrinking decisions are off by at most `eps / 32`. `w` itself is always updated in `f64`.
-/// Tight tolerances (or very large weights) keep the `f64` products.
-#[inline(always)]
+/// The unit roundoff of `f32`, 2⁻²⁴.
+const F32_UNIT: f64 = f32::EPSILON as f64 * 0.5;
+
+/// When the gradients `G_i` may come from the `f32` copy `w32` of `w` ([`dot_f32w`]) instead
+/// of the `f64` one. Rounding `w` to `f32` and summing in `f32` change `⟨w, x_i⟩` by at most
+/// about `(dim/64 + 8) · 2⁻²⁴ · Σ_j |w_j x_{ij}|`, and `Σ_j |w_j x_{ij}| ≤ ‖w‖ · x_norm_max`.
+/// Between syncs `w32` is updated in `f32` ([`axpy_shadowed`]), which moves it from `w`
+/// rounded by at most `drift`: per update `w32_j + fl(fl(d) x_j)`, rounded, is off from
+/// `w32_j + d x_j` by at most `u |w32_j'| + (2u + u²) |d x_j|` (u = 2⁻²⁴), so `drift` grows
+/// by `u (1 + 2u)(‖w‖ + drift) + (2u + u²) |d| ‖x_i‖` (plus the absolute error of underflow),
+/// with `‖w‖ ≤ w_bound`, which grows by `|d| ‖x_i‖`. The `f32` products are used only while
+/// `(dim/64 + 8) u (w_bound + drift) x_norm_max + drift · x_norm_max ≤ eps / 64`, so the
+/// stopping test `PG_max − PG_min ≤ eps` and the shrinking decisions are off by at most
+/// `eps / 32`; past that the solver syncs `w32` to `w` rounded, or (tight tolerances, very
+/// large weights) uses the `f64` products. `w` itself is always updated in `f64`.
+#[derive(Clone, Copy, Debug)]
+struct F32Budget {
+    /// `(dim/64 + 8) · u`.
+    terms_unit: f64,
+    x_norm_max: f64,
+    /// `eps / 64`.
+    limit: f64,
+    /// Per update: `√dim · 2⁻¹²⁶`, more than the absolute error that subnormal products and
+    /// sums can add.
+    underflow: f64,
+}
+
+impl F32Budget {
+    fn new(dim: usize, x_norm_max: f64, eps: f64) -> Self {
+        let terms = (dim / DOT32_LANES + 8) as f64;
+        F32Budget {
+            terms_unit: terms * F32_UNIT,
+            x_norm_max,
+            limit: eps / 64.0,
+            underflow: (dim as f64).sqrt() * f64::from(f32::MIN_POSITIVE),
+        }
+    }
+
+    /// `(drift, w_bound)` after an update `w += d·x` with `|d| ‖x‖ ≤ step` (see above).
+    #[inline(always)]
+    fn after_update(&self, drift: f64, w_bound: f64, step: f64) -> (f64, f64) {
+        let w_bound = w_bound + step;
+        let drift = drift
+            + F32_UNIT * (1.0 + 2.0 * F32_UNIT) * (w_bound + drift)
+            + (2.0 * F32_UNIT + F32_UNIT * F32_UNIT) * step
+            + self.underflow;
+        (drift, w_bound)
+    }
+
+    /// Whether `w32` may stand in for `w` with `‖w‖ ≤ w_bound` and the drift `drift`.
+    #[inline(always)]
+    fn allows(&self, w_bound: f64, drift: f64) -> bool {
+        self.terms_unit * (w_bound + drift) * self.x_norm_max + drift * self.x_norm_max
+            <= self.limit
+    }
+}
+
+/// Whether the `f32` products may stand in for the `f64` ones for weights `w` just rounded
+/// to `f32` ([`F32Budget`] with no drift).
+#[cfg(test)]
 fn f32_dots_suffice(w: &[f64], x_norm_max: f64, eps: f64) -> bool {
     let w_norm = w.iter().map(|v| v * v).sum::<f64>().sqrt();
-    let terms = (w.len() / DOT32_LANES + 8) as f64;
-    terms * f64::from(f32::EPSILON) * 0.5 * w_norm * x_norm_max <= eps / 64.0
+    F32Budget::new(w.len(), x_norm_max, eps).allows(w_norm, 0.0)
 }
 
 /// `⟨w, x⟩` of two `f32` vectors at `level`: products added into `f32` accumulator
@@ -1783,12 +1860,15 @@ fn axpy(d: f64, x: &[f32], w: &mut [f64]) {
     }
 }
 
-/// `w += d · x` and `w32 = w` rounded to `f32`, in one pass.
+/// `w += d · x` in `f64` and `w32 += d · x` in `f32` (`d` rounded, then multiply and add,
+/// each rounded: no fused multiply-add, so every level gives the same bits), in one pass.
+/// Converting each updated `w` back to `f32` instead cost ~1.5× the whole update.
 #[inline(always)]
 fn axpy_shadowed(d: f64, x: &[f32], w: &mut [f64], w32: &mut [f32]) {
+    let d32 = d as f32;
     for ((wi, w32i), &xi) in w.iter_mut().zip(w32).zip(x) {
         *wi += d * f64::from(xi);
-        *w32i = *wi as f32;
+        *w32i += d32 * xi;
     }
 }
 
@@ -1918,6 +1998,9 @@ mod tests {
                 w: (0..dim).map(|_| rng.random::<f64>() - 0.5).collect(),
                 w32: Vec::new(),
                 fast: t.id % 3 != 1,
+                drift: 0.0,
+                w_bound: 0.0,
+                budget: F32Budget::new(dim, 1.0, 1.0),
                 wb: 0.0,
                 active: vec![true; n],
                 n_active: n,
@@ -1987,6 +2070,55 @@ mod tests {
         let w = vec![20.0 / (1104f64).sqrt(); 1104];
         assert!(f32_dots_suffice(&w, 1.0, 0.05));
         assert!(!f32_dots_suffice(&w, 1.0, 1e-4));
+    }
+
+    /// The drift that [`F32Budget::after_update`] tracks bounds how far the `f32` updates of
+    /// [`axpy_shadowed`] move `w32` from `w` rounded at the sync, and the products from the
+    /// drifted `w32` stay within the bound that [`F32Budget::allows`] tests. Small steps on a
+    /// large `w` (the rounding of the sums dominates), then large steps (the products').
+    #[test]
+    fn f32_updates_stay_within_their_drift_bound() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for (dim, scale) in [(64usize, 1e-3), (1104, 1e-3), (4352, 1e-2), (4352, 1.0)] {
+            let rows: Vec<f32> = (0..50 * dim).map(|_| rng.random::<f32>() - 0.5).collect();
+            let mut w: Vec<f64> = (0..dim).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+            let synced: Vec<f64> = w.clone();
+            let mut w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+            let rounding: Vec<f64> = w32.iter().zip(&w).map(|(&a, b)| f64::from(a) - b).collect();
+            let budget = F32Budget::new(dim, 1.0, 1.0);
+            let mut drift = 0.0;
+            let mut w_bound = w.iter().map(|v| v * v).sum::<f64>().sqrt();
+            for t in 0..3000 {
+                let x = &rows[(t % 50) * dim..][..dim];
+                let d = scale * (rng.random::<f64>() * 2.0 - 1.0);
+                axpy_shadowed(d, x, &mut w, &mut w32);
+                (drift, w_bound) = budget.after_update(drift, w_bound, d.abs() * sq_norm(x).sqrt());
+            }
+            // ‖(w32 − w) − (rounding at the sync)‖ ≤ drift, and ‖w‖ ≤ w_bound.
+            let moved = w32
+                .iter()
+                .zip(&w)
+                .zip(&rounding)
+                .map(|((&a, b), r)| (f64::from(a) - b - r).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                moved <= drift,
+                "dim {dim}: moved {moved:e} > drift {drift:e}"
+            );
+            assert!(moved > 0.0, "dim {dim}: the updates were rounded");
+            assert!(w.iter().map(|v| v * v).sum::<f64>().sqrt() <= w_bound);
+            assert!(w != synced);
+            // The products: |⟨w32, x⟩ − ⟨w, x⟩| within the bound `allows` tests.
+            let terms = (dim / DOT32_LANES + 8) as f64;
+            for x in rows.chunks_exact(dim).take(10) {
+                let exact: f64 = w.iter().zip(x).map(|(a, &b)| a * f64::from(b)).sum();
+                let x_norm = sq_norm(x).sqrt();
+                let bound = terms * F32_UNIT * (w_bound + drift) * x_norm + drift * x_norm;
+                let err = (dot_f32w(SimdLevel::detect(), &w32, x) - exact).abs();
+                assert!(err <= bound, "dim {dim}: error {err:e} > bound {bound:e}");
+            }
+        }
     }
 
     /// `n × dim` features and `classes` noisy labels (a quarter of them random), so that no

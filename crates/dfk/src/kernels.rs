@@ -205,9 +205,9 @@ pub fn exp_select_scalar(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSele
 /// [`exp_select_at`] on four consecutive rows of one length `k` (`rows` holds `4k` values):
 /// row `r`'s indices go to `out[r·k..]` (`out` must hold at least `4k` values) and its
 /// [`ExpSelect`] to the `r`-th result. Per row the same bits as [`exp_select_at`]: the AVX-512
-/// level (with `k` a multiple of 16) runs the same operations on the four rows interleaved, so
-/// that their dependency chains (maximum, exponentials, sums) overlap instead of running one
-/// after the other; the other levels and lengths call it row by row.
+/// level runs the same operations on the four rows interleaved, so that their dependency
+/// chains (maximum, exponentials, sums) overlap instead of running one after the other; the
+/// other levels call it row by row.
 #[inline]
 pub fn exp_select4_at(
     level: SimdLevel,
@@ -222,11 +222,8 @@ pub fn exp_select4_at(
     let k = rows.len() / 4;
     let candidates = match level.clamp_to_cpu() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); `rows` is four rows of `k`, a
-        // multiple of 16, and `out` is as long.
-        SimdLevel::Avx512 if k > 0 && k.is_multiple_of(16) => unsafe {
-            x86::exp_candidates4_avx512(rows, k, frac, out)
-        },
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu).
+        SimdLevel::Avx512 => unsafe { x86::exp_candidates4_avx512(rows, k, frac, out) },
         _ => {
             return std::array::from_fn(|r| {
                 exp_select_at(
@@ -1442,49 +1439,13 @@ mod x86 {
 
     #[target_feature(enable = "avx512f,fma,popcnt")]
     pub(super) fn exp_candidates_avx512(row: &mut [f32], frac: f32, out: &mut [u32]) -> ExpSelect {
-        let body = row.len() / 16 * 16;
-        let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
-        for c in row[..body].chunks_exact(16) {
-            // SAFETY: `c` holds exactly 16 f32.
-            vmax = _mm512_max_ps(vmax, unsafe { _mm512_loadu_ps(c.as_ptr()) });
-        }
-        let max = row[body..]
-            .iter()
-            .fold(_mm512_reduce_max_ps(vmax), |m, &v| m.max(v));
-        let (vm, vfrac) = (_mm512_set1_ps(max), _mm512_set1_ps(frac));
-        let (mut vsum, mut vrest) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let step = _mm512_set1_epi32(16);
-        let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        let mut n = 0usize;
-        for c in row[..body].chunks_exact_mut(16) {
-            // SAFETY: `c` holds exactly 16 f32; the store writes 16 values at `out[n..]` with
-            // n + 16 ≤ (index of this chunk) + 16 ≤ out.len().
-            unsafe {
-                let e = exp512(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), vm));
-                _mm512_storeu_ps(c.as_mut_ptr(), e);
-                vsum = _mm512_add_ps(vsum, e);
-                let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(e, vfrac);
-                vrest = _mm512_mask_add_ps(vrest, !keep, vrest, e);
-                // Compress in a register, then store all 16 lanes (the compressing store to
-                // memory is microcoded and slow on some CPUs).
-                let packed = _mm512_maskz_compress_epi32(keep, idx);
-                _mm512_storeu_si512(out.as_mut_ptr().add(n) as *mut _, packed);
-                n += keep.count_ones() as usize;
-            }
-            idx = _mm512_add_epi32(idx, step);
-        }
-        let mut sum = _mm512_reduce_add_ps(vsum) as f64;
-        for v in row[body..].iter_mut() {
-            *v = exp_scalar(*v - max);
-            sum += *v as f64;
-        }
-        let rest = _mm512_reduce_add_ps(vrest) as f64;
-        select_rest(row, body, frac, max, sum, n, rest, out)
+        let [r] = exp_candidates_rows_avx512::<1>(row, row.len(), frac, out);
+        r
     }
 
-    /// [`exp_candidates_avx512`] on four rows of `k` values (`k` a multiple of 16, `out` at
-    /// least `4k` long, row `r`'s indices at `out[r·k..]`): per row the same operations in the
-    /// same order, the four rows interleaved.
+    /// [`exp_candidates_avx512`] on four rows of `k` values (`out` at least `4k` long, row
+    /// `r`'s indices at `out[r·k..]`): per row the same operations in the same order, the four
+    /// rows interleaved.
     #[target_feature(enable = "avx512f,fma,popcnt")]
     pub(super) fn exp_candidates4_avx512(
         rows: &mut [f32],
@@ -1492,25 +1453,46 @@ mod x86 {
         frac: f32,
         out: &mut [u32],
     ) -> [ExpSelect; 4] {
-        debug_assert!(k > 0 && k.is_multiple_of(16) && rows.len() == 4 * k);
-        debug_assert!(out.len() >= 4 * k);
-        let vm: [__m512; 4] = std::array::from_fn(|r| {
+        exp_candidates_rows_avx512::<4>(rows, k, frac, out)
+    }
+
+    /// The candidates of [`super::exp_candidates_at`] for `R` rows of `k` values (`rows`
+    /// holds `R·k`, `out` at least as many, row `r`'s indices at `out[r·k..]`), the rows'
+    /// vector steps interleaved: the maximum, then per 16 values the exponentials, their sums
+    /// and the compressed indices of the candidates; the last `k mod 16` values of each row
+    /// one by one ([`exp_scalar`]).
+    #[inline]
+    #[target_feature(enable = "avx512f,fma,popcnt")]
+    fn exp_candidates_rows_avx512<const R: usize>(
+        rows: &mut [f32],
+        k: usize,
+        frac: f32,
+        out: &mut [u32],
+    ) -> [ExpSelect; R] {
+        assert!(rows.len() == R * k && out.len() >= R * k);
+        let body = k / 16 * 16;
+        let (mut max, mut vm) = ([0f32; R], [_mm512_setzero_ps(); R]);
+        for r in 0..R {
+            let row = &rows[r * k..(r + 1) * k];
             let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
-            for c in rows[r * k..(r + 1) * k].chunks_exact(16) {
+            for c in row[..body].chunks_exact(16) {
                 // SAFETY: `c` holds exactly 16 f32.
                 vmax = _mm512_max_ps(vmax, unsafe { _mm512_loadu_ps(c.as_ptr()) });
             }
-            _mm512_set1_ps(_mm512_reduce_max_ps(vmax))
-        });
+            max[r] = row[body..]
+                .iter()
+                .fold(_mm512_reduce_max_ps(vmax), |m, &v| m.max(v));
+            vm[r] = _mm512_set1_ps(max[r]);
+        }
         let vfrac = _mm512_set1_ps(frac);
-        let (mut vsum, mut vrest) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
-        let mut n = [0usize; 4];
+        let (mut vsum, mut vrest) = ([_mm512_setzero_ps(); R], [_mm512_setzero_ps(); R]);
+        let mut n = [0usize; R];
         let step = _mm512_set1_epi32(16);
         let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        for j in (0..k).step_by(16) {
-            for r in 0..4 {
-                // SAFETY: r·k + j + 16 ≤ 4k = rows.len(); the store writes 16 lanes at
-                // out[r·k + n_r..] with n_r ≤ j, so within out[..4k].
+        for j in (0..body).step_by(16) {
+            for r in 0..R {
+                // SAFETY: r·k + j + 16 ≤ r·k + body ≤ rows.len(); the store writes 16 lanes at
+                // out[r·k + n_r..] with n_r ≤ j, so below r·k + body ≤ out.len().
                 unsafe {
                     let p = rows.as_mut_ptr().add(r * k + j);
                     let e = exp512(_mm512_sub_ps(_mm512_loadu_ps(p), vm[r]));
@@ -1518,6 +1500,8 @@ mod x86 {
                     vsum[r] = _mm512_add_ps(vsum[r], e);
                     let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(e, vfrac);
                     vrest[r] = _mm512_mask_add_ps(vrest[r], !keep, vrest[r], e);
+                    // Compress in a register, then store all 16 lanes (the compressing store
+                    // to memory is microcoded and slow on some CPUs).
                     let packed = _mm512_maskz_compress_epi32(keep, idx);
                     _mm512_storeu_si512(out.as_mut_ptr().add(r * k + n[r]) as *mut _, packed);
                     n[r] += keep.count_ones() as usize;
@@ -1525,12 +1509,24 @@ mod x86 {
             }
             idx = _mm512_add_epi32(idx, step);
         }
-        std::array::from_fn(|r| ExpSelect {
-            max: _mm512_cvtss_f32(vm[r]),
-            sum: _mm512_reduce_add_ps(vsum[r]) as f64,
-            rest: _mm512_reduce_add_ps(vrest[r]) as f64,
-            count: n[r],
-        })
+        let mut found = [ExpSelect {
+            max: 0.0,
+            sum: 0.0,
+            rest: 0.0,
+            count: 0,
+        }; R];
+        for (r, f) in found.iter_mut().enumerate() {
+            let row = &mut rows[r * k..(r + 1) * k];
+            let mut sum = _mm512_reduce_add_ps(vsum[r]) as f64;
+            for v in row[body..].iter_mut() {
+                *v = exp_scalar(*v - max[r]);
+                sum += *v as f64;
+            }
+            let rest = _mm512_reduce_add_ps(vrest[r]) as f64;
+            let out = &mut out[r * k..(r + 1) * k];
+            *f = select_rest(row, body, frac, max[r], sum, n[r], rest, out);
+        }
+        found
     }
 
     /// Transposes the 16 × 16 block held by `r` (row `i` in `r[i]`) in registers: afterwards

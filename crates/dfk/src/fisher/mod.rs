@@ -550,15 +550,13 @@ impl FisherEncoder {
         // one by one.
         let mut i = 0;
         while i < n {
-            let found = if i + 4 <= n {
-                let rows = &mut block.post[i * k..(i + 4) * k];
-                kernels::exp_select4_at(self.level, rows, self.refine, cand)
-            } else {
-                let row = &mut block.post[i * k..(i + 1) * k];
-                let r = kernels::exp_select_at(self.level, row, self.refine, &mut cand[..k]);
-                [r; 4]
-            };
             let rows = if i + 4 <= n { 4 } else { 1 };
+            let post = &mut block.post[i * k..(i + rows) * k];
+            let found = if rows == 4 {
+                kernels::exp_select4_at(self.level, post, self.refine, cand)
+            } else {
+                [kernels::exp_select_at(self.level, post, self.refine, &mut cand[..k]); 4]
+            };
             for (j, r) in found[..rows].iter().enumerate() {
                 for &c in &cand[j * k..j * k + r.count] {
                     pcomp[np] = c;

@@ -220,29 +220,21 @@ pub fn exp_select4_at(
         "exp_select4: four rows of one length, and an output as long"
     );
     let k = rows.len() / 4;
-    let candidates = match level.clamp_to_cpu() {
+    match level.clamp_to_cpu() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu).
-        SimdLevel::Avx512 => unsafe { x86::exp_candidates4_avx512(rows, k, frac, out) },
-        _ => {
-            return std::array::from_fn(|r| {
-                exp_select_at(
-                    level,
-                    &mut rows[r * k..(r + 1) * k],
-                    frac,
-                    &mut out[r * k..(r + 1) * k],
-                )
+        SimdLevel::Avx512 => {
+            // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu).
+            let candidates = unsafe { x86::exp_candidates4_avx512(rows, k, frac, out) };
+            std::array::from_fn(|r| {
+                let (row, out) = (&rows[r * k..(r + 1) * k], &mut out[r * k..(r + 1) * k]);
+                cut_candidates(row, frac, candidates[r], out)
             })
         }
-    };
-    std::array::from_fn(|r| {
-        cut_candidates(
-            &rows[r * k..(r + 1) * k],
-            frac,
-            candidates[r],
-            &mut out[r * k..(r + 1) * k],
-        )
-    })
+        _ => std::array::from_fn(|r| {
+            let (row, out) = (&mut rows[r * k..(r + 1) * k], &mut out[r * k..(r + 1) * k]);
+            exp_select_at(level, row, frac, out)
+        }),
+    }
 }
 
 /// Keeps the candidates `out[..r.count]` of [`exp_candidates_at`] with `eᵢ ≥ frac·S` (in
@@ -3116,8 +3108,8 @@ mod tests {
     #[test]
     fn exp_select4_gives_each_row_what_exp_select_gives_it_at_every_level() {
         // Four different rows per call (shifted and permuted), one with a NaN and one with a
-        // -inf entry, at lengths that take the interleaved kernel (16, 64) and those that do
-        // not (5, 37).
+        // -inf entry, at lengths that are whole AVX-512 vectors (16, 64) and lengths with a
+        // tail of k mod 16 values that the kernel takes one by one (5, 37).
         for len in [5usize, 16, 37, 64] {
             let (base, ..) = softmax_case(len);
             let mut rows = Vec::with_capacity(4 * len);

@@ -280,6 +280,7 @@ pub fn train_binary(
         y,
         cost,
         alpha,
+        start: None,
     };
     let run = Run {
         seed: params.seed,
@@ -701,6 +702,7 @@ fn one_vs_rest(
             y,
             cost,
             alpha,
+            start: None,
         })
         .collect();
     let mut grouped = Vec::with_capacity(groups.len());
@@ -715,12 +717,20 @@ fn one_vs_rest(
         let starts: Vec<(f64, f64)> = if grouped.len() == 1 {
             vec![(0.0, 0.0)]
         } else {
+            // The groups' solvers start from these weights instead of computing them again.
             grouped
-                .par_iter()
+                .par_iter_mut()
                 .map(|group| {
+                    let level = SimdLevel::detect();
+                    let starts = start_weights(level, x, dim, group, f64::from(params.bias));
                     group
-                        .iter()
-                        .map(|t| warm_dual(x, dim, t, f64::from(params.bias)))
+                        .iter_mut()
+                        .zip(starts)
+                        .map(|(t, start)| {
+                            let dual = warm_dual(t, &start);
+                            t.start = Some(start);
+                            dual
+                        })
                         .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
                 })
                 .collect()
@@ -788,21 +798,42 @@ fn one_vs_rest(
     }))
 }
 
-/// `(D(α), Σ_i α_i + ½‖w̃‖²)` of a task's starting duals: its dual objective and the magnitude
-/// the rounding margin is relative to.
-fn warm_dual(x: &[f32], dim: usize, task: &Task, bias: f64) -> (f64, f64) {
-    let mut w = vec![0f64; dim];
-    let mut wb = 0f64;
-    for (i, &a) in task.alpha.iter().enumerate() {
-        if a != 0.0 {
-            let d = a * f64::from(task.y[i]);
-            axpy(d, &x[i * dim..(i + 1) * dim], &mut w);
-            wb += d * bias;
-        }
-    }
+/// `(D(α), Σ_i α_i + ½‖w̃‖²)` of a task's starting duals, given their weights: its dual
+/// objective and the magnitude the rounding margin is relative to.
+fn warm_dual(task: &Task, (w, wb): &(Vec<f64>, f64)) -> (f64, f64) {
     let sum: f64 = task.alpha.iter().sum();
     let half = 0.5 * (w.iter().map(|v| v * v).sum::<f64>() + wb * wb);
     (sum - half, sum + half)
+}
+
+/// `(w, w_b) = Σ_i α_i y_i x̃_i` of each task, summed in the order of the samples (as
+/// [`axpy`] one sample at a time would), a block of rows at a time: a block is read from memory
+/// once for all tasks and each `w` once per block.
+fn start_weights(
+    level: SimdLevel,
+    x: &[f32],
+    dim: usize,
+    tasks: &[Task],
+    bias: f64,
+) -> Vec<(Vec<f64>, f64)> {
+    let n = tasks.first().map_or(0, |t| t.y.len());
+    let mut starts = vec![(vec![0f64; dim], 0f64); tasks.len()];
+    let mut block = Vec::with_capacity(PENDING_ROWS);
+    for first in (0..n).step_by(PENDING_ROWS) {
+        for (t, (w, wb)) in tasks.iter().zip(&mut starts) {
+            block.clear();
+            for i in first..(first + PENDING_ROWS).min(n) {
+                let a = t.alpha[i];
+                if a != 0.0 {
+                    let d = a * f64::from(t.y[i]);
+                    block.push((i, d));
+                    *wb += d * bias;
+                }
+            }
+            add_rows(level, x, dim, &block, w);
+        }
+    }
+    starts
 }
 
 /// When a solver group stops early: as soon as the dual bound of all classes (this group's
@@ -931,6 +962,8 @@ struct Task<'a> {
     y: &'a [f32],
     cost: &'a [f64],
     alpha: Vec<f64>,
+    /// `(w, w_b) = Σ_i α_i y_i x̃_i` of `alpha` when already computed ([`start_weights`]).
+    start: Option<(Vec<f64>, f64)>,
 }
 
 /// How one solver group runs: its random seed, the optional early stop, and the size of a
@@ -1016,6 +1049,9 @@ struct State<'a> {
     w_bound: f64,
     /// The epoch's test of whether `w32` may stand in for `w`.
     budget: F32Budget,
+    /// While `fast`: updates `(i, d)` of `w += d·x_i` made to `w32` but not yet to `w`,
+    /// applied in order by [`settle`] (at most [`PENDING_ROWS`]).
+    pending: Vec<(usize, f64)>,
     wb: f64,
     /// `Σ_i α_i`, kept up to date by the updates (for the dual bound).
     sum_alpha: f64,
@@ -1069,52 +1105,55 @@ fn solve_impl(
     let n = tasks.first().map_or(0, |t| t.y.len());
     let row = |i: usize| &x[i * dim..(i + 1) * dim];
     let bias = f64::from(params.bias);
+    let mut tasks = tasks;
+    if tasks.iter().any(|t| t.start.is_none()) {
+        let starts = start_weights(level, x, dim, &tasks, bias);
+        for (t, start) in tasks.iter_mut().zip(starts) {
+            t.start = Some(start);
+        }
+    }
     let mut states: Vec<State> = tasks
         .into_iter()
-        .map(|t| State {
-            y: t.y,
-            cost: t.cost,
-            sum_alpha: t.alpha.iter().sum(),
-            alpha: t.alpha,
-            w: vec![0f64; dim],
-            w32: vec![0f32; dim],
-            fast: false,
-            drift: 0.0,
-            w_bound: 0.0,
-            budget: F32Budget::new(dim, 0.0, 0.0),
-            wb: 0.0,
-            active: vec![true; n],
-            n_active: n,
-            pg_max_old: f64::INFINITY,
-            pg_min_old: f64::NEG_INFINITY,
-            pg_max_new: f64::NEG_INFINITY,
-            pg_min_new: f64::INFINITY,
-            iterations: 0,
-            running: true,
-            waiting: false,
-            converged: false,
-            rng: {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream(1 + t.id);
-                rng
-            },
+        .map(|t| {
+            // Computed above when not given.
+            let (w, wb) = t.start.unwrap_or_default();
+            State {
+                w,
+                wb,
+                y: t.y,
+                cost: t.cost,
+                sum_alpha: t.alpha.iter().sum(),
+                alpha: t.alpha,
+                w32: vec![0f32; dim],
+                fast: false,
+                drift: 0.0,
+                w_bound: 0.0,
+                budget: F32Budget::new(dim, 0.0, 0.0),
+                pending: Vec::with_capacity(PENDING_ROWS),
+                active: vec![true; n],
+                n_active: n,
+                pg_max_old: f64::INFINITY,
+                pg_min_old: f64::NEG_INFINITY,
+                pg_max_new: f64::NEG_INFINITY,
+                pg_min_new: f64::INFINITY,
+                iterations: 0,
+                running: true,
+                waiting: false,
+                converged: false,
+                rng: {
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                    rng.set_stream(1 + t.id);
+                    rng
+                },
+            }
         })
         .collect();
     let mut qd = Vec::with_capacity(n);
     let mut x_norm_sq_max = 0f64;
     for i in 0..n {
-        let xi = row(i);
-        let sq = sq_norm(xi);
+        let sq = sq_norm(row(i));
         x_norm_sq_max = x_norm_sq_max.max(sq);
         qd.push(sq + bias * bias);
-        for s in &mut states {
-            let a = s.alpha[i];
-            if a != 0.0 {
-                let d = a * f64::from(s.y[i]);
-                axpy(d, xi, &mut s.w);
-                s.wb += d * bias;
-            }
-        }
     }
     let mut order: Vec<usize> = (0..n).collect();
     let mut visited = vec![false; n];
@@ -1134,7 +1173,7 @@ fn solve_impl(
         }
         visited.fill(false);
         for s in states.iter_mut().filter(|s| s.visiting()) {
-            begin_epoch(s, x_norm_sq_max.sqrt(), params.eps);
+            begin_epoch(level, s, x, x_norm_sq_max.sqrt(), params.eps);
             for (v, &a) in visited.iter_mut().zip(&s.active) {
                 *v |= a;
             }
@@ -1152,7 +1191,8 @@ fn solve_impl(
             here.extend((0..states.len()).filter(|&t| states[t].visiting() && states[t].active[i]));
             inner_products(level, &states, &here, xi, next, &mut dots);
             for (&t, &dot) in here.iter().zip(&dots) {
-                update(&mut states[t], i, xi, dot, qd[i], bias, params.shrinking);
+                let s = &mut states[t];
+                update(level, s, x, dim, i, dot, qd[i], bias, params.shrinking);
             }
         }
         for s in states.iter_mut().filter(|s| s.visiting()) {
@@ -1178,6 +1218,9 @@ fn solve_impl(
                 );
             }
         }
+        for s in &mut states {
+            settle(level, s, x);
+        }
         if let Some(bound) = stop.and_then(|st| exceeded(st, &states)) {
             return stopped(bound, states);
         }
@@ -1194,13 +1237,21 @@ fn solve_impl(
             }
         }
     }
-    // Hinge losses in one pass over the samples for all tasks (the matrix is read once).
+    for s in &mut states {
+        settle(level, s, x);
+    }
+    // Hinge losses in one pass over the samples for all tasks (the matrix is read once), a
+    // block of rows at a time (each `w` is read once per block).
     let mut losses = vec![0f64; states.len()];
-    for i in 0..n {
-        let xi = row(i);
+    let mut dots_block = [0f64; LOSS_ROWS];
+    for first in (0..n).step_by(LOSS_ROWS) {
+        let rows = LOSS_ROWS.min(n - first);
         for (s, loss) in states.iter().zip(&mut losses) {
-            let f = dot_f64(level, &s.w, xi) + s.wb * bias;
-            *loss += s.cost[i] * (1.0 - f64::from(s.y[i]) * f).max(0.0);
+            dot_f64_rows(level, &s.w, x, first, &mut dots_block[..rows]);
+            for (i, &dot) in (first..).zip(&dots_block[..rows]) {
+                let f = dot + s.wb * bias;
+                *loss += s.cost[i] * (1.0 - f64::from(s.y[i]) * f).max(0.0);
+            }
         }
     }
     let models = states
@@ -1236,18 +1287,19 @@ const SOLO_BYTES: usize = 12 << 20;
 /// Resets the epoch's projected-gradient extremes of `s` and decides whether its inner
 /// products may start the epoch on the `f32` weights ([`F32Budget`]).
 #[inline(always)]
-fn begin_epoch(s: &mut State, x_norm_max: f64, eps: f64) {
+fn begin_epoch(level: SimdLevel, s: &mut State, x: &[f32], x_norm_max: f64, eps: f64) {
     s.pg_max_new = f64::NEG_INFINITY;
     s.pg_min_new = f64::INFINITY;
     s.budget = F32Budget::new(s.w.len(), x_norm_max, eps);
     s.fast = true;
-    sync_w32(s);
+    sync_w32(level, s, x);
 }
 
 /// Makes `w32` the rounded `w` again (`drift` 0, `w_bound = ‖w‖`), or turns `fast` off when
 /// even that is not close enough; only while `fast`.
 #[inline(always)]
-fn sync_w32(s: &mut State) {
+fn sync_w32(level: SimdLevel, s: &mut State, x: &[f32]) {
+    settle(level, s, x);
     let w_norm = s.w.iter().map(|v| v * v).sum::<f64>().sqrt();
     s.fast = s.fast && s.budget.allows(w_norm, 0.0);
     if s.fast {
@@ -1277,7 +1329,7 @@ fn solo_epochs(
     let row = |i: usize| &x[i * dim..(i + 1) * dim];
     let bias = f64::from(params.bias);
     while s.visiting() {
-        begin_epoch(s, x_norm_max, params.eps);
+        begin_epoch(level, s, x, x_norm_max, params.eps);
         order.clear();
         order.extend((0..s.active.len()).filter(|&i| s.active[i]));
         for i in 0..order.len() {
@@ -1288,7 +1340,7 @@ fn solo_epochs(
             let next = order.get(p + PREFETCH_AHEAD).map_or(&[][..], |&j| row(j));
             let xi = row(i);
             inner_products(level, std::slice::from_ref(s), &[0], xi, next, dots);
-            update(s, i, xi, dots[0], qd[i], bias, params.shrinking);
+            update(level, s, x, dim, i, dots[0], qd[i], bias, params.shrinking);
         }
         end_epoch(s, params);
     }
@@ -1384,7 +1436,19 @@ fn inner_products(
 /// One coordinate step of task `s` on its active sample `i` (or shrinking it), given
 /// `dot = ⟨w, x_i⟩` ([`inner_products`]).
 #[inline(always)]
-fn update(s: &mut State, i: usize, xi: &[f32], dot: f64, qd: f64, bias: f64, shrinking: bool) {
+#[allow(clippy::too_many_arguments)]
+fn update(
+    level: SimdLevel,
+    s: &mut State,
+    x: &[f32],
+    dim: usize,
+    i: usize,
+    dot: f64,
+    qd: f64,
+    bias: f64,
+    shrinking: bool,
+) {
+    let xi = &x[i * dim..(i + 1) * dim];
     let yi = f64::from(s.y[i]);
     let g = yi * (dot + s.wb * bias) - 1.0;
     let c = s.cost[i];
@@ -1421,13 +1485,19 @@ fn update(s: &mut State, i: usize, xi: &[f32], dot: f64, qd: f64, bias: f64, shr
         s.sum_alpha += new - a;
         let d = (new - a) * yi;
         if s.fast {
-            axpy_shadowed(d, xi, &mut s.w, &mut s.w32);
+            // The inner products need `w32` now; `w` only at the next sync, so its updates
+            // wait and are applied a block at a time (the row is still cached by then).
+            axpy_f32(d as f32, xi, &mut s.w32);
+            s.pending.push((i, d));
+            if s.pending.len() == PENDING_ROWS {
+                settle(level, s, x);
+            }
             // qd ≥ ‖x_i‖².
             (s.drift, s.w_bound) = s
                 .budget
                 .after_update(s.drift, s.w_bound, d.abs() * qd.sqrt());
             if !s.budget.allows(s.w_bound, s.drift) {
-                sync_w32(s);
+                sync_w32(level, s, x);
             }
         } else {
             axpy(d, xi, &mut s.w);
@@ -1574,6 +1644,79 @@ unsafe fn dot_f64_avx2(w: &[f64], x: &[f32]) -> f64 {
     reduce(acc)
 }
 
+/// Rows of the final hinge-loss pass whose products with `w` are computed together.
+const LOSS_ROWS: usize = 8;
+
+/// [`dot_f64`] of `w` with the rows `first..first + out.len()` of `x` (`w.len()` wide), into
+/// `out`: the same bits, with `w` read once for all of them.
+#[inline(always)]
+fn dot_f64_rows(level: SimdLevel, w: &[f64], x: &[f32], first: usize, out: &mut [f64]) {
+    let dim = w.len();
+    match level {
+        // SAFETY: the solver runs at a level clamped to the CPU's features.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 if out.len() <= LOSS_ROWS => unsafe {
+            dot_f64_rows_avx512(w, x, first, out)
+        },
+        _ => {
+            for (i, o) in (first..).zip(out.iter_mut()) {
+                *o = dot_f64(level, w, &x[i * dim..(i + 1) * dim]);
+            }
+        }
+    }
+}
+
+/// [`dot_f64_rows`] a 512-weight chunk of `w` at a time (kept in the first-level cache), each
+/// row's four accumulator registers of [`dot_f64_avx512`] carried from chunk to chunk.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_f64_rows_avx512(w: &[f64], x: &[f32], first: usize, out: &mut [f64]) {
+    use std::arch::x86_64::*;
+    const CHUNK: usize = 512;
+    let dim = w.len();
+    let whole = dim - dim % DOT_LANES;
+    let rows = out.len();
+    assert!(rows <= LOSS_ROWS && (first + rows) * dim <= x.len());
+    let mut acc = [[_mm512_setzero_pd(); 4]; LOSS_ROWS];
+    // SAFETY: the loads read `w[o..o + 8]` and `x_i[o..o + 8]` with `o + 8 ≤ whole ≤ dim`, for
+    // rows `i < first + rows` of `x` (checked above).
+    unsafe {
+        let wp = w.as_ptr();
+        let mut start = 0;
+        while start < whole {
+            let end = (start + CHUNK).min(whole);
+            for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                let xp = x.as_ptr().add((first + r) * dim);
+                let mut j = start;
+                while j < end {
+                    for (q, acc_q) in a.iter_mut().enumerate() {
+                        let o = j + 8 * q;
+                        let prod = _mm512_mul_pd(
+                            _mm512_loadu_pd(wp.add(o)),
+                            _mm512_cvtps_pd(_mm256_loadu_ps(xp.add(o))),
+                        );
+                        *acc_q = _mm512_add_pd(*acc_q, prod);
+                    }
+                    j += DOT_LANES;
+                }
+            }
+            start = end;
+        }
+    }
+    for (r, (a, o)) in acc.iter().zip(out.iter_mut()).enumerate() {
+        let xi = &x[(first + r) * dim..(first + r + 1) * dim];
+        let mut lanes = [0f64; DOT_LANES];
+        for (q, v) in a.iter().enumerate() {
+            // SAFETY: `lanes` holds 32 values; `q < 4`.
+            unsafe { _mm512_storeu_pd(lanes.as_mut_ptr().add(8 * q), *v) };
+        }
+        for (k, j) in (whole..dim).enumerate() {
+            lanes[k] += w[j] * f64::from(xi[j]);
+        }
+        *o = reduce(lanes);
+    }
+}
+
 /// Accumulators of [`dot_f32w`]: four AVX-512 registers (eight AVX2 ones) of `f32`.
 const DOT32_LANES: usize = 64;
 
@@ -1583,7 +1726,7 @@ const F32_UNIT: f64 = f32::EPSILON as f64 * 0.5;
 /// When the gradients `G_i` may come from the `f32` copy `w32` of `w` ([`dot_f32w`]) instead
 /// of the `f64` one. Rounding `w` to `f32` and summing in `f32` change `⟨w, x_i⟩` by at most
 /// about `(dim/64 + 8) · 2⁻²⁴ · Σ_j |w_j x_{ij}|`, and `Σ_j |w_j x_{ij}| ≤ ‖w‖ · x_norm_max`.
-/// Between syncs `w32` is updated in `f32` ([`axpy_shadowed`]), which moves it from `w`
+/// Between syncs `w32` is updated in `f32` ([`axpy_f32`]), which moves it from `w`
 /// rounded by at most `drift`: per update `w32_j + fl(fl(d) x_j)`, rounded, is off from
 /// `w32_j + d x_j` by at most `u |w32_j'| + (2u + u²) |d x_j|` (u = 2⁻²⁴), so `drift` grows
 /// by `u (1 + 2u)(‖w‖ + drift) + (2u + u²) |d| ‖x_i‖` (plus the absolute error of underflow),
@@ -1860,15 +2003,90 @@ fn axpy(d: f64, x: &[f32], w: &mut [f64]) {
     }
 }
 
-/// `w += d · x` in `f64` and `w32 += d · x` in `f32` (`d` rounded, then multiply and add,
-/// each rounded: no fused multiply-add, so every level gives the same bits), in one pass.
-/// Converting each updated `w` back to `f32` instead cost ~1.5× the whole update.
+/// `w32 += d32 · x` in `f32` (multiply, then add, each rounded: no fused multiply-add, so
+/// every level gives the same bits).
 #[inline(always)]
-fn axpy_shadowed(d: f64, x: &[f32], w: &mut [f64], w32: &mut [f32]) {
-    let d32 = d as f32;
-    for ((wi, w32i), &xi) in w.iter_mut().zip(w32).zip(x) {
-        *wi += d * f64::from(xi);
+fn axpy_f32(d32: f32, x: &[f32], w32: &mut [f32]) {
+    for (w32i, &xi) in w32.iter_mut().zip(x) {
         *w32i += d32 * xi;
+    }
+}
+
+/// Updates of `w` that wait for one another ([`State::pending`]): enough to read and write
+/// `w` once per this many updates instead of once per update (at Fisher-vector sizes `w` is
+/// larger than the first-level cache, and updating it in place cost more than the rest of a
+/// coordinate step), few enough that their rows are still in the core's cache when applied.
+const PENDING_ROWS: usize = 8;
+
+/// Applies the pending updates of `w` ([`State::pending`]).
+#[inline(always)]
+fn settle(level: SimdLevel, s: &mut State, x: &[f32]) {
+    if !s.pending.is_empty() {
+        add_rows(level, x, s.w.len(), &s.pending, &mut s.w);
+        s.pending.clear();
+    }
+}
+
+/// `w += d · x_i` for each `(i, d)` of `updates` in turn (`x_i` the rows of `x`, `dim` wide):
+/// every element of `w` gets the same operations in the same order as from [`axpy`] called
+/// once per update, so the same bits, but `w` is read and written once.
+#[inline(always)]
+fn add_rows(level: SimdLevel, x: &[f32], dim: usize, updates: &[(usize, f64)], w: &mut [f64]) {
+    debug_assert_eq!(w.len(), dim);
+    match level {
+        // SAFETY: the solver runs at a level clamped to the CPU's features.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { add_rows_avx512(x, dim, updates, w) },
+        _ => add_rows_chunked(x, dim, updates, w),
+    }
+}
+
+/// [`add_rows`] a chunk of `w` at a time (kept in the first-level cache).
+#[inline(always)]
+fn add_rows_chunked(x: &[f32], dim: usize, updates: &[(usize, f64)], w: &mut [f64]) {
+    const CHUNK: usize = 256;
+    for (c, wc) in w.chunks_mut(CHUNK).enumerate() {
+        let offset = c * CHUNK;
+        for &(i, d) in updates {
+            let xc = &x[i * dim + offset..i * dim + offset + wc.len()];
+            axpy(d, xc, wc);
+        }
+    }
+}
+
+/// [`add_rows`] 64 weights at a time, held in eight registers over all updates.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_rows_avx512(x: &[f32], dim: usize, updates: &[(usize, f64)], w: &mut [f64]) {
+    use std::arch::x86_64::*;
+    const WIDTH: usize = 64;
+    let whole = dim - dim % WIDTH;
+    assert!(w.len() >= dim && updates.iter().all(|&(i, _)| (i + 1) * dim <= x.len()));
+    // SAFETY: the loads read `w[j..j + 64]` and `x_i[j..j + 64]` with `j + 64 ≤ whole ≤ dim`,
+    // within `w` and row `i` of `x` (checked above).
+    unsafe {
+        let (wp, xp) = (w.as_mut_ptr(), x.as_ptr());
+        let mut j = 0;
+        while j < whole {
+            let mut acc: [__m512d; 8] = std::array::from_fn(|r| _mm512_loadu_pd(wp.add(j + 8 * r)));
+            for &(i, d) in updates {
+                let dv = _mm512_set1_pd(d);
+                let row = xp.add(i * dim + j);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_cvtps_pd(_mm256_loadu_ps(row.add(8 * r)));
+                    *a = _mm512_add_pd(*a, _mm512_mul_pd(dv, xv));
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                _mm512_storeu_pd(wp.add(j + 8 * r), *a);
+            }
+            j += WIDTH;
+        }
+    }
+    if whole < dim {
+        for &(i, d) in updates {
+            axpy(d, &x[i * dim + whole..(i + 1) * dim], &mut w[whole..dim]);
+        }
     }
 }
 
@@ -1893,6 +2111,7 @@ mod tests {
                 y: &y,
                 cost: &cost,
                 alpha: vec![0.0; n],
+                start: None,
             };
             let run = Run {
                 seed: 3,
@@ -1944,6 +2163,38 @@ mod tests {
         }
     }
 
+    /// The block-wise products of the hinge-loss pass give the bits of [`dot_f64_scalar`] row
+    /// by row at every level: widths with and without a tail after blocks of 32, within one
+    /// 512-weight chunk and across several, and blocks of 1 to [`LOSS_ROWS`] rows.
+    #[test]
+    fn row_block_products_match_single_ones() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for dim in [1usize, 31, 32, 100, 512, 1091, 4352] {
+            let n = LOSS_ROWS + 3;
+            let x: Vec<f32> = (0..n * dim).map(|_| rng.random::<f32>() - 0.5).collect();
+            let w: Vec<f64> = (0..dim)
+                .map(|_| rng.random::<f64>() * 20.0 - 10.0)
+                .collect();
+            let single: Vec<u64> = x
+                .chunks_exact(dim)
+                .map(|xi| dot_f64_scalar(&w, xi).to_bits())
+                .collect();
+            for level in SimdLevel::available() {
+                for (first, rows) in [(0, LOSS_ROWS), (3, LOSS_ROWS), (n - 1, 1), (2, 5)] {
+                    let mut out = vec![f64::NAN; rows];
+                    dot_f64_rows(level, &w, &x, first, &mut out);
+                    let bits: Vec<u64> = out.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(
+                        bits,
+                        single[first..first + rows],
+                        "dim {dim}, rows {first}+{rows}, level {}",
+                        level.name()
+                    );
+                }
+            }
+        }
+    }
+
     /// The fused products give the bits of [`dot_f32w`] for every task count up to
     /// [`FUSED_TASKS`], for lengths with and without whole blocks of 64 and tails, with a
     /// next row of any length to prefetch; [`inner_products`] mixes them with the `f64` ones.
@@ -1986,6 +2237,7 @@ mod tests {
                 y: &y,
                 cost: &cost,
                 alpha: vec![0.0; n],
+                start: None,
             })
             .collect();
         let mut states: Vec<State> = tasks
@@ -2001,6 +2253,7 @@ mod tests {
                 drift: 0.0,
                 w_bound: 0.0,
                 budget: F32Budget::new(dim, 1.0, 1.0),
+                pending: Vec::new(),
                 wb: 0.0,
                 active: vec![true; n],
                 n_active: n,
@@ -2072,8 +2325,51 @@ mod tests {
         assert!(!f32_dots_suffice(&w, 1.0, 1e-4));
     }
 
+    /// Deferred updates applied together give every level the bits of one [`axpy`] per
+    /// update in order: widths below, at and past the 64 weights of the AVX-512 block, rows
+    /// repeated, and signs and magnitudes that make the order of the additions matter.
+    #[test]
+    fn add_rows_gives_the_bits_of_one_axpy_per_update() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for dim in [1usize, 37, 64, 200, 4352] {
+            let n = 9;
+            let x: Vec<f32> = (0..n * dim).map(|_| rng.random::<f32>() - 0.5).collect();
+            let start: Vec<f64> = (0..dim).map(|_| rng.random::<f64>() * 1e3).collect();
+            let updates: Vec<(usize, f64)> = (0..PENDING_ROWS + 3)
+                .map(|u| {
+                    let scale = [1e-9, 1.0, 1e6][u % 3];
+                    (u * 5 % n, scale * (rng.random::<f64>() - 0.5))
+                })
+                .collect();
+            let mut reference = start.clone();
+            for &(i, d) in &updates {
+                axpy(d, &x[i * dim..(i + 1) * dim], &mut reference);
+            }
+            let mut reassociated = start.clone();
+            for j in 0..dim {
+                let sum: f64 = updates
+                    .iter()
+                    .map(|&(i, d)| d * f64::from(x[i * dim + j]))
+                    .sum();
+                reassociated[j] += sum;
+            }
+            // With a few dozen weights some are bound to round differently in another order.
+            if dim >= 37 {
+                assert_ne!(reassociated, reference, "dim {dim}: the order must matter");
+            }
+            for level in SimdLevel::available() {
+                let mut w = start.clone();
+                add_rows(level, &x, dim, &updates, &mut w);
+                assert_eq!(w, reference, "dim {dim}, level {}", level.name());
+                let mut w = start.clone();
+                add_rows(level, &x, dim, &[], &mut w);
+                assert_eq!(w, start);
+            }
+        }
+    }
+
     /// The drift that [`F32Budget::after_update`] tracks bounds how far the `f32` updates of
-    /// [`axpy_shadowed`] move `w32` from `w` rounded at the sync, and the products from the
+    /// [`axpy_f32`] move `w32` from `w` rounded at the sync, and the products from the
     /// drifted `w32` stay within the bound that [`F32Budget::allows`] tests. Small steps on a
     /// large `w` (the rounding of the sums dominates), then large steps (the products').
     #[test]
@@ -2091,7 +2387,8 @@ mod tests {
             for t in 0..3000 {
                 let x = &rows[(t % 50) * dim..][..dim];
                 let d = scale * (rng.random::<f64>() * 2.0 - 1.0);
-                axpy_shadowed(d, x, &mut w, &mut w32);
+                axpy(d, x, &mut w);
+                axpy_f32(d as f32, x, &mut w32);
                 (drift, w_bound) = budget.after_update(drift, w_bound, d.abs() * sq_norm(x).sqrt());
             }
             // ‖(w32 − w) − (rounding at the sync)‖ ≤ drift, and ‖w‖ ≤ w_bound.
@@ -2184,6 +2481,7 @@ mod tests {
                     y,
                     cost: &cost,
                     alpha: vec![0.0; n],
+                    start: None,
                 })
                 .collect();
             let run = Run {

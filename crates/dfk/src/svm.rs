@@ -1587,20 +1587,8 @@ unsafe fn dot_f64_avx512(w: &[f64], x: &[f32]) -> f64 {
     let mut acc = [0f64; DOT_LANES];
     // SAFETY: every load reads `DOT_LANES` elements below `whole ≤ n` of both slices.
     unsafe {
-        let (wp, xp) = (w.as_ptr(), x.as_ptr());
         let mut a = [_mm512_setzero_pd(); 4];
-        let mut j = 0;
-        while j < whole {
-            for (r, acc_r) in a.iter_mut().enumerate() {
-                let o = j + 8 * r;
-                let prod = _mm512_mul_pd(
-                    _mm512_loadu_pd(wp.add(o)),
-                    _mm512_cvtps_pd(_mm256_loadu_ps(xp.add(o))),
-                );
-                *acc_r = _mm512_add_pd(*acc_r, prod);
-            }
-            j += DOT_LANES;
-        }
+        accumulate_dot_f64_avx512(&mut a, w.as_ptr(), x.as_ptr(), 0, whole);
         for (r, v) in a.iter().enumerate() {
             _mm512_storeu_pd(acc.as_mut_ptr().add(8 * r), *v);
         }
@@ -1609,6 +1597,39 @@ unsafe fn dot_f64_avx512(w: &[f64], x: &[f32]) -> f64 {
         acc[k] += w[j] * f64::from(x[j]);
     }
     reduce(acc)
+}
+
+/// The products `w_j x_j` for `j` in `from..to` (multiples of 32) added into the four
+/// accumulator registers of [`dot_f64_avx512`] (lane `j mod 32`).
+///
+/// # Safety
+/// `w` and `x` must be valid for reads of `to` elements, and the CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn accumulate_dot_f64_avx512(
+    acc: &mut [std::arch::x86_64::__m512d; 4],
+    w: *const f64,
+    x: *const f32,
+    from: usize,
+    to: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut j = from;
+    while j < to {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let o = j + 8 * r;
+            // SAFETY: `o + 8 ≤ to`, within both (the caller's contract).
+            let prod = unsafe {
+                _mm512_mul_pd(
+                    _mm512_loadu_pd(w.add(o)),
+                    _mm512_cvtps_pd(_mm256_loadu_ps(x.add(o))),
+                )
+            };
+            *acc_r = _mm512_add_pd(*acc_r, prod);
+        }
+        j += DOT_LANES;
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1687,18 +1708,7 @@ unsafe fn dot_f64_rows_avx512(w: &[f64], x: &[f32], first: usize, out: &mut [f64
             let end = (start + CHUNK).min(whole);
             for (r, a) in acc.iter_mut().enumerate().take(rows) {
                 let xp = x.as_ptr().add((first + r) * dim);
-                let mut j = start;
-                while j < end {
-                    for (q, acc_q) in a.iter_mut().enumerate() {
-                        let o = j + 8 * q;
-                        let prod = _mm512_mul_pd(
-                            _mm512_loadu_pd(wp.add(o)),
-                            _mm512_cvtps_pd(_mm256_loadu_ps(xp.add(o))),
-                        );
-                        *acc_q = _mm512_add_pd(*acc_q, prod);
-                    }
-                    j += DOT_LANES;
-                }
+                accumulate_dot_f64_avx512(a, wp, xp, start, end);
             }
             start = end;
         }

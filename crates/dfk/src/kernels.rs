@@ -372,6 +372,80 @@ pub fn transpose_log_densities_at(
     }
 }
 
+/// Components per register tile of [`log_densities_direct_at`]: two 16-row slabs × 14
+/// components are 28 of the 32 vector registers.
+pub const DENSITY_TILE: usize = 14;
+
+/// Slabs of 16 rows per register tile of [`log_densities_direct_at`].
+const DENSITY_SLABS: usize = 2;
+
+/// `coef` (`two_d × K` row-major) regrouped for [`log_densities_direct_at`]: tiles of
+/// [`DENSITY_TILE`] components (the last one narrower), each `two_d × width` row-major, one
+/// after another, so that a tile's coefficients are one contiguous stream.
+pub fn pack_density_tiles(coef: &[f32], two_d: usize, k: usize) -> Vec<f32> {
+    assert_eq!(
+        coef.len(),
+        two_d * k,
+        "pack_density_tiles: coef must be two_d × K"
+    );
+    let mut tiles = Vec::with_capacity(coef.len());
+    for c0 in (0..k).step_by(DENSITY_TILE) {
+        let c1 = (c0 + DENSITY_TILE).min(k);
+        for row in coef.chunks_exact(k) {
+            tiles.extend_from_slice(&row[c0..c1]);
+        }
+    }
+    tiles
+}
+
+/// EM's block of log-densities straight into the component-major layout of
+/// [`posteriors_by_component_at`], without a row-major product to transpose: for the `n` rows
+/// of `x` (`n × d`, `n ≤ stride`) with `δ = x − shift`,
+/// `lt[c·stride + i] = Σ_j [δᵢ², δᵢ]_j · coef[j][c] + bias[c]` (one fused multiply-add per
+/// term, in order of `j`, from zero: the sums a row-major GEMM microkernel forms) and
+/// `max[i] = max_c lt[c·stride + i]` as [`transpose_log_densities_at`] takes it. The rows'
+/// `[δ², δ]` are first transposed into `slabs` (≥ `n`·2d values rounded up to 16 rows; rows
+/// past `n` are zero, so lanes `n..` up to the next multiple of 16 hold `bias`). `tiles` is
+/// [`pack_density_tiles`] of the `2d × K` coefficients. Returns whether every value of `x`
+/// is finite, or `None` below AVX-512, where the caller forms the product with a GEMM and
+/// [`transpose_log_densities_at`] (the shape that is fastest there).
+#[allow(clippy::too_many_arguments)]
+pub fn log_densities_direct_at(
+    level: SimdLevel,
+    x: &[f32],
+    d: usize,
+    shift: Option<&[f32]>,
+    tiles: &[f32],
+    bias: &[f32],
+    slabs: &mut [f32],
+    lt: &mut [f32],
+    stride: usize,
+    max: &mut [f32],
+) -> Option<bool> {
+    let k = bias.len();
+    assert!(
+        d > 0 && x.len().is_multiple_of(d),
+        "log_densities_direct: x must be n × d"
+    );
+    let lanes = (x.len() / d).next_multiple_of(16);
+    assert!(
+        stride.is_multiple_of(16) && lanes <= stride,
+        "log_densities_direct: the rows must fit the stride, a multiple of 16"
+    );
+    assert!(shift.is_none_or(|s| s.len() == d) && tiles.len() == 2 * d * k);
+    assert!(slabs.len() >= lanes * 2 * d && lt.len() >= k * stride && max.len() >= lanes);
+    match level.clamp_to_cpu() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); lengths checked above.
+        SimdLevel::Avx512 => unsafe {
+            let finite = x86::shift_square_slabs_avx512(x, d, shift, slabs);
+            x86::log_densities_slabs_avx512(slabs, lanes / 16, 2 * d, tiles, bias, lt, stride, max);
+            Some(finite)
+        },
+        _ => None,
+    }
+}
+
 /// Scalar twin of [`transpose_log_densities_at`].
 pub fn transpose_log_densities_scalar(
     post: &[f32],
@@ -1607,6 +1681,193 @@ mod x86 {
             }
             // SAFETY: i0 + 16 ≤ rows ≤ max.len().
             unsafe { _mm512_storeu_ps(max.as_mut_ptr().add(i0), m) };
+        }
+    }
+
+    /// The `[δ², δ]` of [`super::log_densities_direct_at`] in slabs of 16 rows: slab `s` holds
+    /// value `j` of rows `16s..16s + 16` at `slabs[(s·2d + j)·16..][..16]` (rows past the end
+    /// zero). 16 × 16 tiles of `δ` transposed in registers. Returns whether `x` is finite.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn shift_square_slabs_avx512(
+        x: &[f32],
+        d: usize,
+        shift: Option<&[f32]>,
+        slabs: &mut [f32],
+    ) -> bool {
+        let n = x.len() / d;
+        let expo = _mm512_set1_epi32(0x7f80_0000);
+        let mut bad: u16 = 0;
+        for (s, slab) in slabs
+            .chunks_exact_mut(32 * d)
+            .take(n.div_ceil(16))
+            .enumerate()
+        {
+            let rows = (n - 16 * s).min(16);
+            for j0 in (0..d).step_by(16) {
+                let width = (d - j0).min(16);
+                let m = if width == 16 {
+                    u16::MAX
+                } else {
+                    (1u16 << width) - 1
+                };
+                // SAFETY: the lanes of mask m are j0..j0 + width ≤ d: within the shift and
+                // within row 16s + i < n of x; masked lanes are not read.
+                let c = match shift {
+                    Some(c) => unsafe { _mm512_maskz_loadu_ps(m, c.as_ptr().add(j0)) },
+                    None => _mm512_setzero_ps(),
+                };
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (i, v) in r.iter_mut().enumerate().take(rows) {
+                    let a =
+                        unsafe { _mm512_maskz_loadu_ps(m, x.as_ptr().add((16 * s + i) * d + j0)) };
+                    let bits = _mm512_and_si512(_mm512_castps_si512(a), expo);
+                    bad |= _mm512_cmpeq_epi32_mask(bits, expo);
+                    *v = _mm512_sub_ps(a, c);
+                }
+                transpose16(&mut r);
+                for (t, v) in r.iter().enumerate().take(width) {
+                    // SAFETY: j0 + t < d, so both values lie within the slab's 2d × 16.
+                    unsafe {
+                        let at = slab.as_mut_ptr().add((j0 + t) * 16);
+                        _mm512_storeu_ps(at, _mm512_mul_ps(*v, *v));
+                        _mm512_storeu_ps(at.add(d * 16), *v);
+                    }
+                }
+            }
+        }
+        bad == 0
+    }
+
+    /// One register tile of [`log_densities_slabs_avx512`]: `MR` slabs × `NR` components, the
+    /// 2d products summed in registers, then the bias added, stored component-major and
+    /// folded into the running maxima.
+    ///
+    /// # Safety
+    /// `slabs` holds `MR` slabs of `two_d × 16`, `tile` `two_d × NR` values, `bias` `NR`;
+    /// `out` row `t < NR` at `t·stride` has `16·MR` writable values.
+    // Indices over the tile's rows and columns read as the register tile they name.
+    #[allow(clippy::needless_range_loop)]
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn density_tile<const MR: usize, const NR: usize>(
+        slabs: *const f32,
+        two_d: usize,
+        tile: *const f32,
+        bias: *const f32,
+        out: *mut f32,
+        stride: usize,
+        max: &mut [__m512; DENSITY_SLABS],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+        for j in 0..two_d {
+            let mut a = [_mm512_setzero_ps(); MR];
+            for (m, a) in a.iter_mut().enumerate() {
+                *a = unsafe { _mm512_loadu_ps(slabs.add((m * two_d + j) * 16)) };
+            }
+            for t in 0..NR {
+                let b = _mm512_set1_ps(unsafe { *tile.add(j * NR + t) });
+                for m in 0..MR {
+                    acc[m][t] = _mm512_fmadd_ps(a[m], b, acc[m][t]);
+                }
+            }
+        }
+        for t in 0..NR {
+            let b = _mm512_set1_ps(unsafe { *bias.add(t) });
+            for m in 0..MR {
+                let v = _mm512_add_ps(acc[m][t], b);
+                max[m] = _mm512_max_ps(max[m], v);
+                unsafe { _mm512_storeu_ps(out.add(t * stride + m * 16), v) };
+            }
+        }
+    }
+
+    /// [`density_tile`] for a tile narrower than [`DENSITY_TILE`] (the last one of a row).
+    ///
+    /// # Safety
+    /// As [`density_tile`] with `NR = nr`, `1 ≤ nr < DENSITY_TILE`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn density_tile_narrow<const MR: usize>(
+        nr: usize,
+        slabs: *const f32,
+        two_d: usize,
+        tile: *const f32,
+        bias: *const f32,
+        out: *mut f32,
+        stride: usize,
+        max: &mut [__m512; DENSITY_SLABS],
+    ) {
+        macro_rules! narrow {
+            ($($w:literal)*) => {
+                match nr {
+                    $($w => unsafe {
+                        density_tile::<MR, $w>(slabs, two_d, tile, bias, out, stride, max)
+                    },)*
+                    _ => unreachable!("density tile of width {nr}"),
+                }
+            };
+        }
+        narrow!(1 2 3 4 5 6 7 8 9 10 11 12 13)
+    }
+
+    /// [`super::log_densities_direct_at`] from the slabs: pairs of slabs (32 rows) against
+    /// each tile of components in turn, so the pair's 2d × 32 values stay in L1 while the
+    /// packed coefficients stream from L2; the maxima stay in registers across the tiles.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn log_densities_slabs_avx512(
+        slabs: &[f32],
+        n_slabs: usize,
+        two_d: usize,
+        tiles: &[f32],
+        bias: &[f32],
+        lt: &mut [f32],
+        stride: usize,
+        max: &mut [f32],
+    ) {
+        let k = bias.len();
+        let mut s = 0;
+        while s < n_slabs {
+            let mr = if n_slabs - s >= DENSITY_SLABS {
+                DENSITY_SLABS
+            } else {
+                1
+            };
+            let mut mx = [_mm512_set1_ps(f32::NEG_INFINITY); DENSITY_SLABS];
+            // SAFETY (pointers): slabs s..s + mr lie within `slabs` (n_slabs · two_d · 16
+            // checked by the caller), tile c0 at c0·two_d within `tiles` (two_d · K), rows
+            // c0.. of lt at column 16s with 16·mr ≤ stride − 16s lanes, maxima 16s + 16·mr ≤
+            // 16·n_slabs ≤ max.len().
+            let sp = unsafe { slabs.as_ptr().add(s * two_d * 16) };
+            for c0 in (0..k).step_by(DENSITY_TILE) {
+                let nr = (k - c0).min(DENSITY_TILE);
+                unsafe {
+                    let tp = tiles.as_ptr().add(c0 * two_d);
+                    let (bp, op) = (
+                        bias.as_ptr().add(c0),
+                        lt.as_mut_ptr().add(c0 * stride + 16 * s),
+                    );
+                    match (mr, nr == DENSITY_TILE) {
+                        (DENSITY_SLABS, true) => density_tile::<DENSITY_SLABS, DENSITY_TILE>(
+                            sp, two_d, tp, bp, op, stride, &mut mx,
+                        ),
+                        (_, true) => {
+                            density_tile::<1, DENSITY_TILE>(sp, two_d, tp, bp, op, stride, &mut mx)
+                        }
+                        (DENSITY_SLABS, false) => density_tile_narrow::<DENSITY_SLABS>(
+                            nr, sp, two_d, tp, bp, op, stride, &mut mx,
+                        ),
+                        (_, false) => {
+                            density_tile_narrow::<1>(nr, sp, two_d, tp, bp, op, stride, &mut mx)
+                        }
+                    }
+                }
+            }
+            for (m, v) in mx.iter().enumerate().take(mr) {
+                unsafe { _mm512_storeu_ps(max.as_mut_ptr().add(16 * (s + m)), *v) };
+            }
+            s += mr;
         }
     }
 
@@ -3186,6 +3447,152 @@ mod tests {
             .collect();
         let bias = (0..k).map(|c| 0.37 * (c % 5) as f32 - 1.0).collect();
         (post, bias)
+    }
+
+    /// The log-densities of [`log_densities_direct_at`] against the path it replaces at
+    /// AVX-512 (`[δ², δ]` rows, a row-major GEMM, [`transpose_log_densities_at`]).
+    #[test]
+    fn direct_log_densities_match_the_gemm_and_transpose() {
+        use faer::linalg::matmul::matmul;
+        use faer::{Accum, MatMut, MatRef, Par};
+        let stride = 64;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut uniform = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let mut differing = 0;
+        for (n, d, k) in [
+            (1usize, 1usize, 1usize),
+            (15, 5, 3),
+            (16, 16, 14),
+            (17, 34, 15),
+            (33, 64, 64),
+            (64, 20, 29),
+            (48, 64, 256),
+        ] {
+            let x: Vec<f32> = (0..n * d).map(|_| 8.0 * uniform()).collect();
+            let shift: Vec<f32> = (0..d).map(|_| uniform()).collect();
+            let coef: Vec<f32> = (0..2 * d * k).map(|_| 2.0 * uniform()).collect();
+            let bias: Vec<f32> = (0..k).map(|_| 10.0 * uniform()).collect();
+            let tiles = pack_density_tiles(&coef, 2 * d, k);
+            let lanes = n.next_multiple_of(16);
+            let mut slabs = vec![f32::NAN; lanes * 2 * d];
+            let mut lt = vec![-7f32; k * stride];
+            let mut max = vec![-7f32; lanes + 1];
+            let Some(finite) = log_densities_direct_at(
+                SimdLevel::Avx512,
+                &x,
+                d,
+                Some(&shift),
+                &tiles,
+                &bias,
+                &mut slabs,
+                &mut lt,
+                stride,
+                &mut max,
+            ) else {
+                assert!(!SimdLevel::available().contains(&SimdLevel::Avx512));
+                return;
+            };
+            assert!(finite);
+            // The reference: rows [δ², δ] (zero rows up to the lane count), GEMM, transpose.
+            let mut aug = vec![0f32; lanes * 2 * d];
+            assert!(shift_square_scalar(
+                &x,
+                d,
+                Some(&shift),
+                &mut aug[..n * 2 * d]
+            ));
+            let mut post = vec![0f32; lanes * k];
+            matmul(
+                MatMut::from_row_major_slice_mut(&mut post, lanes, k),
+                Accum::Replace,
+                MatRef::from_row_major_slice(&aug, lanes, 2 * d),
+                MatRef::from_row_major_slice(&coef, 2 * d, k),
+                1.0f32,
+                Par::Seq,
+            );
+            let mut want = vec![-7f32; k * stride];
+            let mut want_max = vec![-7f32; lanes + 1];
+            transpose_log_densities_scalar(&post, lanes, &bias, &mut want, stride, &mut want_max);
+            for c in 0..k {
+                for i in 0..stride {
+                    let (got, exp) = (lt[c * stride + i], want[c * stride + i]);
+                    // One sum of 2d products: the GEMM may group them differently.
+                    let scale: f32 = (0..2 * d)
+                        .map(|j| (aug[i.min(lanes - 1) * 2 * d + j] * coef[j * k + c]).abs())
+                        .sum::<f32>()
+                        + bias[c].abs();
+                    assert!(
+                        (got - exp).abs() <= 2.0 * d as f32 * f32::EPSILON * scale,
+                        "{n}×{d}, K {k}: ({i}, {c}) {got} against {exp}"
+                    );
+                    if got.to_bits() != exp.to_bits() {
+                        differing += 1;
+                    }
+                }
+            }
+            for i in 0..lanes {
+                let m = (0..k)
+                    .map(|c| lt[c * stride + i])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                assert_eq!(max[i], m, "{n}×{d}, K {k}: maximum of row {i}");
+            }
+            assert_eq!(max[lanes], -7.0, "wrote past the maxima");
+        }
+        eprintln!("entries differing in bits from the GEMM: {differing}");
+    }
+
+    /// A non-finite value anywhere in the rows is reported, as by [`shift_square_at`].
+    #[test]
+    fn direct_log_densities_report_non_finite_rows() {
+        let (n, d, k, stride) = (20usize, 18usize, 5usize, 32usize);
+        let coef = vec![0.5f32; 2 * d * k];
+        let tiles = pack_density_tiles(&coef, 2 * d, k);
+        let bias = vec![0f32; k];
+        for (at, bad) in [
+            (0usize, f32::NAN),
+            (n * d - 1, f32::INFINITY),
+            (17 * d + 16, f32::NEG_INFINITY),
+        ] {
+            let mut x = vec![0.25f32; n * d];
+            x[at] = bad;
+            let mut slabs = vec![0f32; stride * 2 * d];
+            let (mut lt, mut max) = (vec![0f32; k * stride], vec![0f32; stride]);
+            let got = log_densities_direct_at(
+                SimdLevel::Avx512,
+                &x,
+                d,
+                None,
+                &tiles,
+                &bias,
+                &mut slabs,
+                &mut lt,
+                stride,
+                &mut max,
+            );
+            assert!(
+                got.is_none_or(|finite| !finite),
+                "{bad} at {at} not reported"
+            );
+            x[at] = 0.25;
+            let got = log_densities_direct_at(
+                SimdLevel::Avx512,
+                &x,
+                d,
+                None,
+                &tiles,
+                &bias,
+                &mut slabs,
+                &mut lt,
+                stride,
+                &mut max,
+            );
+            assert!(got.is_none_or(|finite| finite));
+        }
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct GmmTerms {
     d: usize,
     /// `2D × K` row-major: rows `0..D` hold −1/(2σ²), rows `D..2D` hold μ/σ².
     coef: Vec<f32>,
+    /// `coef` in the tiles of [`kernels::log_densities_direct_at`].
+    coef_tiles: Vec<f32>,
     /// `K` values: log π − ½ Σ log σ² − ½ Σ μ²/σ².
     bias: Vec<f32>,
     /// −(D/2) log 2π, added to the log-sum-exp to give true log-densities.
@@ -86,6 +88,7 @@ impl GmmTerms {
         Self {
             k,
             d,
+            coef_tiles: kernels::pack_density_tiles(&coef, 2 * d, k),
             coef,
             bias,
             log_norm: -(d as f64) * HALF_LOG_2PI,
@@ -286,34 +289,52 @@ impl EmStats {
                 None => (block, None),
             };
             let n = rows_x.len() / d;
-            let aug = &mut scratch.aug[..n * 2 * d];
-            finite &= kernels::shift_square_at(terms.level, rows_x, d, Some(shift), aug);
-            ahead.next_part();
-            // The row-major product (its fastest shape), then made component-major so that
-            // the rows of x are the vector lanes of what follows.
-            // Rows n..lanes of `post` keep the previous block's values: they only fill vector
-            // lanes whose results are never used.
-            let lanes = n.next_multiple_of(16);
-            let post = &mut scratch.post[..lanes * k];
-            matmul(
-                MatMut::from_row_major_slice_mut(&mut post[..n * k], n, k),
-                Accum::Replace,
-                MatRef::from_row_major_slice(aug, n, 2 * d),
-                MatRef::from_row_major_slice(&terms.coef, 2 * d, k),
-                1.0f32,
-                Par::Seq,
-            );
-            ahead.next_part();
-            let (lt, max) = (&mut scratch.lt, &mut scratch.max);
-            kernels::transpose_log_densities_at(
+            // The log-densities component-major, so that the rows of x are the vector lanes
+            // of what follows: at AVX-512 formed that way directly, below it as the row-major
+            // product (the GEMM's fastest shape there) made component-major.
+            let direct = kernels::log_densities_direct_at(
                 terms.level,
-                post,
-                lanes,
+                rows_x,
+                d,
+                Some(shift),
+                &terms.coef_tiles,
                 &terms.bias,
-                lt,
+                &mut scratch.aug,
+                &mut scratch.lt,
                 BLOCK,
-                max,
+                &mut scratch.max,
             );
+            ahead.next_part();
+            match direct {
+                Some(ok) => finite &= ok,
+                None => {
+                    let aug = &mut scratch.aug[..n * 2 * d];
+                    finite &= kernels::shift_square_at(terms.level, rows_x, d, Some(shift), aug);
+                    // Rows n..lanes of `post` keep the previous block's values: they only
+                    // fill vector lanes whose results are never used.
+                    let lanes = n.next_multiple_of(16);
+                    let post = &mut scratch.post[..lanes * k];
+                    matmul(
+                        MatMut::from_row_major_slice_mut(&mut post[..n * k], n, k),
+                        Accum::Replace,
+                        MatRef::from_row_major_slice(aug, n, 2 * d),
+                        MatRef::from_row_major_slice(&terms.coef, 2 * d, k),
+                        1.0f32,
+                        Par::Seq,
+                    );
+                    let (lt, max) = (&mut scratch.lt, &mut scratch.max);
+                    kernels::transpose_log_densities_at(
+                        terms.level,
+                        post,
+                        lanes,
+                        &terms.bias,
+                        lt,
+                        BLOCK,
+                        max,
+                    );
+                }
+            }
+            ahead.next_part();
             let found = kernels::posteriors_by_component_at(
                 terms.level,
                 &scratch.lt,

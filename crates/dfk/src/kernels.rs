@@ -406,7 +406,9 @@ pub fn pack_density_tiles(coef: &[f32], two_d: usize, k: usize) -> Vec<f32> {
 /// `max[i] = max_c lt[c·stride + i]` as [`transpose_log_densities_at`] takes it. The rows'
 /// `[δ², δ]` are first transposed into `slabs` (≥ `n`·2d values rounded up to 16 rows; rows
 /// past `n` are zero, so lanes `n..` up to the next multiple of 16 hold `bias`). `tiles` is
-/// [`pack_density_tiles`] of the `2d × K` coefficients. Returns whether every value of `x`
+/// [`pack_density_tiles`] of the `2d × K` coefficients. `ahead` (the next block's rows, or
+/// empty) is prefetched in pieces spread over the products, so that it streams in while they
+/// compute instead of stalling on a full miss queue. Returns whether every value of `x`
 /// is finite, or `None` below AVX-512, where the caller forms the product with a GEMM and
 /// [`transpose_log_densities_at`] (the shape that is fastest there).
 #[allow(clippy::too_many_arguments)]
@@ -421,6 +423,7 @@ pub fn log_densities_direct_at(
     lt: &mut [f32],
     stride: usize,
     max: &mut [f32],
+    ahead: &[f32],
 ) -> Option<bool> {
     let k = bias.len();
     assert!(
@@ -439,7 +442,17 @@ pub fn log_densities_direct_at(
         // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); lengths checked above.
         SimdLevel::Avx512 => unsafe {
             let finite = x86::shift_square_slabs_avx512(x, d, shift, slabs);
-            x86::log_densities_slabs_avx512(slabs, lanes / 16, 2 * d, tiles, bias, lt, stride, max);
+            x86::log_densities_slabs_avx512(
+                slabs,
+                lanes / 16,
+                2 * d,
+                tiles,
+                bias,
+                lt,
+                stride,
+                max,
+                ahead,
+            );
             Some(finite)
         },
         _ => None,
@@ -1825,8 +1838,17 @@ mod x86 {
         lt: &mut [f32],
         stride: usize,
         max: &mut [f32],
+        ahead: &[f32],
     ) {
         let k = bias.len();
+        // `ahead` in equal pieces of whole lines, one before each tile's products.
+        let calls = n_slabs.div_ceil(DENSITY_SLABS) * k.div_ceil(DENSITY_TILE);
+        let piece = ahead
+            .len()
+            .div_ceil(calls.max(1))
+            .next_multiple_of(16)
+            .max(16);
+        let mut pieces = ahead.chunks(piece);
         let mut s = 0;
         while s < n_slabs {
             let mr = if n_slabs - s >= DENSITY_SLABS {
@@ -1842,6 +1864,9 @@ mod x86 {
             let sp = unsafe { slabs.as_ptr().add(s * two_d * 16) };
             for c0 in (0..k).step_by(DENSITY_TILE) {
                 let nr = (k - c0).min(DENSITY_TILE);
+                if let Some(p) = pieces.next() {
+                    super::prefetch(p);
+                }
                 unsafe {
                     let tp = tiles.as_ptr().add(c0 * two_d);
                     let (bp, op) = (
@@ -3493,6 +3518,7 @@ mod tests {
                 &mut lt,
                 stride,
                 &mut max,
+                &[],
             ) else {
                 assert!(!SimdLevel::available().contains(&SimdLevel::Avx512));
                 return;
@@ -3573,6 +3599,7 @@ mod tests {
                 &mut lt,
                 stride,
                 &mut max,
+                &x,
             );
             assert!(
                 got.is_none_or(|finite| !finite),
@@ -3590,6 +3617,7 @@ mod tests {
                 &mut lt,
                 stride,
                 &mut max,
+                &[],
             );
             assert!(got.is_none_or(|finite| finite));
         }

@@ -23,7 +23,9 @@ pub const BLOCK: usize = 256;
 /// the next block streams in from memory while a block pass computes this one. Spread over the
 /// pass's steps: issued at once, a block's ~1,000 line prefetches stall on the full miss queue.
 pub(crate) struct BlockPrefetch<'a> {
-    parts: std::slice::Chunks<'a, f32>,
+    /// What is not yet prefetched, and the size of a piece (whole lines).
+    rest: &'a [f32],
+    size: usize,
 }
 
 impl<'a> BlockPrefetch<'a> {
@@ -35,16 +37,20 @@ impl<'a> BlockPrefetch<'a> {
             .div_ceil(parts.max(1))
             .next_multiple_of(16)
             .max(16);
-        Self {
-            parts: next.chunks(size),
-        }
+        Self { rest: next, size }
     }
 
     /// Prefetches the next piece (nothing once all are issued).
     pub(crate) fn next_part(&mut self) {
-        if let Some(part) = self.parts.next() {
-            kernels::prefetch(part);
-        }
+        let (part, rest) = self.rest.split_at(self.size.min(self.rest.len()));
+        kernels::prefetch(part);
+        self.rest = rest;
+    }
+
+    /// The pieces not yet issued, as one slice, handed over to a kernel that spreads its
+    /// prefetches itself (nothing is left for [`next_part`](Self::next_part)).
+    pub(crate) fn rest(&mut self) -> &'a [f32] {
+        std::mem::take(&mut self.rest)
     }
 }
 
@@ -303,11 +309,12 @@ impl EmStats {
                 &mut scratch.lt,
                 BLOCK,
                 &mut scratch.max,
+                ahead.rest(),
             );
-            ahead.next_part();
             match direct {
                 Some(ok) => finite &= ok,
                 None => {
+                    ahead.next_part();
                     let aug = &mut scratch.aug[..n * 2 * d];
                     finite &= kernels::shift_square_at(terms.level, rows_x, d, Some(shift), aug);
                     // Rows n..lanes of `post` keep the previous block's values: they only

@@ -404,7 +404,7 @@ pub fn pack_density_tiles(coef: &[f32], two_d: usize, k: usize) -> Vec<f32> {
 /// `lt[c·stride + i] = Σ_j [δᵢ², δᵢ]_j · coef[j][c] + bias[c]` (one fused multiply-add per
 /// term, in order of `j`, from zero: the sums a row-major GEMM microkernel forms) and
 /// `max[i] = max_c lt[c·stride + i]` as [`transpose_log_densities_at`] takes it. The rows'
-/// `[δ², δ]` are first transposed into `slabs` (≥ `n`·2d values rounded up to 16 rows; rows
+/// `[δ², δ]` are transposed, 32 rows at a time, into `slabs` (≥ 32·2d values, reused; rows
 /// past `n` are zero, so lanes `n..` up to the next multiple of 16 hold `bias`). `tiles` is
 /// [`pack_density_tiles`] of the `2d × K` coefficients. `ahead` (the next block's rows, or
 /// empty) is prefetched in pieces spread over the products, so that it streams in while they
@@ -436,24 +436,16 @@ pub fn log_densities_direct_at(
         "log_densities_direct: the rows must fit the stride, a multiple of 16"
     );
     assert!(shift.is_none_or(|s| s.len() == d) && tiles.len() == 2 * d * k);
-    assert!(slabs.len() >= lanes * 2 * d && lt.len() >= k * stride && max.len() >= lanes);
+    assert!(
+        slabs.len() >= DENSITY_SLABS * 16 * 2 * d && lt.len() >= k * stride && max.len() >= lanes
+    );
     match level.clamp_to_cpu() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512F and FMA (clamp_to_cpu); lengths checked above.
         SimdLevel::Avx512 => unsafe {
-            let finite = x86::shift_square_slabs_avx512(x, d, shift, slabs);
-            x86::log_densities_slabs_avx512(
-                slabs,
-                lanes / 16,
-                2 * d,
-                tiles,
-                bias,
-                lt,
-                stride,
-                max,
-                ahead,
-            );
-            Some(finite)
+            Some(x86::log_densities_slabs_avx512(
+                x, d, shift, slabs, tiles, bias, lt, stride, max, ahead,
+            ))
         },
         _ => None,
     }
@@ -1824,23 +1816,28 @@ mod x86 {
         narrow!(1 2 3 4 5 6 7 8 9 10 11 12 13)
     }
 
-    /// [`super::log_densities_direct_at`] from the slabs: pairs of slabs (32 rows) against
-    /// each tile of components in turn, so the pair's 2d × 32 values stay in L1 while the
+    /// [`super::log_densities_direct_at`] a pair of slabs (32 rows) at a time: their `[δ², δ]`
+    /// transposed into `slabs` ([`shift_square_slabs_avx512`]), then against each tile of
+    /// components in turn, so the pair's 2d × 32 values are written and read in L1 while the
     /// packed coefficients stream from L2; the maxima stay in registers across the tiles.
+    /// Returns whether `x` is finite.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,fma")]
     pub(super) fn log_densities_slabs_avx512(
-        slabs: &[f32],
-        n_slabs: usize,
-        two_d: usize,
+        x: &[f32],
+        d: usize,
+        shift: Option<&[f32]>,
+        slabs: &mut [f32],
         tiles: &[f32],
         bias: &[f32],
         lt: &mut [f32],
         stride: usize,
         max: &mut [f32],
         ahead: &[f32],
-    ) {
-        let k = bias.len();
+    ) -> bool {
+        let (k, n, two_d) = (bias.len(), x.len() / d, 2 * d);
+        let n_slabs = n.div_ceil(16);
+        let mut finite = true;
         // `ahead` in equal pieces of whole lines, one before each tile's products.
         let calls = n_slabs.div_ceil(DENSITY_SLABS) * k.div_ceil(DENSITY_TILE);
         let piece = ahead
@@ -1857,11 +1854,13 @@ mod x86 {
                 1
             };
             let mut mx = [_mm512_set1_ps(f32::NEG_INFINITY); DENSITY_SLABS];
-            // SAFETY (pointers): slabs s..s + mr lie within `slabs` (n_slabs · two_d · 16
+            let rows = &x[16 * s * d..(16 * (s + mr)).min(n) * d];
+            finite &= shift_square_slabs_avx512(rows, d, shift, slabs);
+            // SAFETY (pointers): the mr slabs lie within `slabs` (DENSITY_SLABS · two_d · 16
             // checked by the caller), tile c0 at c0·two_d within `tiles` (two_d · K), rows
             // c0.. of lt at column 16s with 16·mr ≤ stride − 16s lanes, maxima 16s + 16·mr ≤
             // 16·n_slabs ≤ max.len().
-            let sp = unsafe { slabs.as_ptr().add(s * two_d * 16) };
+            let sp = slabs.as_ptr();
             for c0 in (0..k).step_by(DENSITY_TILE) {
                 let nr = (k - c0).min(DENSITY_TILE);
                 if let Some(p) = pieces.next() {
@@ -1894,6 +1893,7 @@ mod x86 {
             }
             s += mr;
         }
+        finite
     }
 
     /// [`super::exp_select_columns_scalar`] 16 rows at a time: the kept rows and values of a
@@ -3504,7 +3504,7 @@ mod tests {
             let bias: Vec<f32> = (0..k).map(|_| 10.0 * uniform()).collect();
             let tiles = pack_density_tiles(&coef, 2 * d, k);
             let lanes = n.next_multiple_of(16);
-            let mut slabs = vec![f32::NAN; lanes * 2 * d];
+            let mut slabs = vec![f32::NAN; 32 * 2 * d];
             let mut lt = vec![-7f32; k * stride];
             let mut max = vec![-7f32; lanes + 1];
             let Some(finite) = log_densities_direct_at(

@@ -321,9 +321,33 @@ impl EStep {
     }
 }
 
+/// `leaf(t)` for the tasks `lo..hi`, combined by `merge` in a binary tree whose shape depends
+/// only on `lo..hi` (halves, the left one the smaller), so that the result does not depend on
+/// the number of threads; the halves run in parallel. Unlike groups of tasks that end in a
+/// join, an idle thread steals whatever is left anywhere in the tree, so a thread that the
+/// machine preempts holds up at most the task it is running; and at most about one result per
+/// level and thread is held at once.
+fn merge_tree<T, L, M>(lo: usize, hi: usize, leaf: &L, merge: &M) -> T
+where
+    T: Send,
+    L: Fn(usize) -> T + Sync,
+    M: Fn(T, T) -> T + Sync,
+{
+    if hi - lo <= 1 {
+        return leaf(lo);
+    }
+    let mid = lo + (hi - lo) / 2;
+    let (a, b) = rayon::join(
+        || merge_tree(lo, mid, leaf, merge),
+        || merge_tree(mid, hi, leaf, merge),
+    );
+    merge(a, b)
+}
+
 /// E-step over all rows of `x`: the statistics ([`EmStats`]) of `x` under `gmm`, a model in
 /// the coordinates of `x − shift`, with moments about its means and posteriors below
-/// `threshold` left out, merged in row order; and whether `x` holds a non-finite value
+/// `threshold` left out, merged in a binary tree over the tasks in row order whose shape
+/// depends only on the number of rows ([`merge_tree`]); and whether `x` holds a non-finite value
 /// (tested while the blocks are formed).
 fn e_step(gmm: &Gmm, x: &[f32], shift: &[f32], threshold: f32) -> EStep {
     let (k, d) = (gmm.k, gmm.d);
@@ -333,42 +357,50 @@ fn e_step(gmm: &Gmm, x: &[f32], shift: &[f32], threshold: f32) -> EStep {
         .chunks_exact(d)
         .flat_map(|m| m.iter().zip(shift).map(|(&m, &s)| m + s))
         .collect();
-    let mut total = EmStats::zeros(k, d);
-    let mut non_finite = false;
-    // Per-chunk statistics are recycled once merged: no allocation per chunk.
+    // Per-task statistics are recycled once merged: no allocation per task.
     let spare: Mutex<Vec<EmStats>> = Mutex::new(Vec::new());
-    // Results in flight bounded to ~1 MB per thread: each holds K × 2D f64 moments (256 KB at
-    // K = 256, D = 64), and sixteen of those per thread made the first steps of a fit spend
-    // ~15 ms (of ~45) faulting in fresh pages; but fewer, smaller groups mean more joins, which
-    // cost a K = 64 step (~13 ms) up to 8 ms when a thread is preempted.
-    let result_bytes = (2 * k * d + k) * std::mem::size_of::<f64>();
-    let in_flight = ((1 << 20) / result_bytes).clamp(4, 16);
-    ordered_chunks_of(
-        E_CHUNK,
-        in_flight,
-        x,
-        d,
-        || EmScratch::new(k, d),
-        |scratch, chunk| {
-            let recycled = spare.lock().ok().and_then(|mut v| v.pop());
-            let mut st = match recycled {
-                Some(mut st) => {
-                    st.clear();
-                    st
-                }
-                None => EmStats::zeros(k, d),
-            };
-            let finite = st.accumulate(&terms, &refs, chunk, shift, threshold, scratch);
-            (st, !finite)
-        },
-        |(st, bad)| {
-            total.merge(&st);
-            non_finite |= bad;
-            if let Ok(mut v) = spare.lock() {
-                v.push(st);
+    let threads = rayon::current_num_threads().max(1);
+    let scratches: Vec<Mutex<Option<EmScratch>>> = (0..threads).map(|_| Mutex::new(None)).collect();
+    let tasks = x.len().div_ceil(E_CHUNK * d).max(1);
+    let leaf = |t: usize| {
+        let chunk = &x[(t * E_CHUNK * d).min(x.len())..((t + 1) * E_CHUNK * d).min(x.len())];
+        let mut st = match spare.lock().ok().and_then(|mut v| v.pop()) {
+            Some(mut st) => {
+                st.clear();
+                st
             }
-        },
-    );
+            None => EmStats::zeros(k, d),
+        };
+        // One scratch per worker thread, made on first use and kept for the whole step.
+        let slot = rayon::current_thread_index().and_then(|i| scratches.get(i));
+        let finite = match slot.and_then(|m| m.try_lock().ok()) {
+            Some(mut s) => st.accumulate(
+                &terms,
+                &refs,
+                chunk,
+                shift,
+                threshold,
+                s.get_or_insert_with(|| EmScratch::new(k, d)),
+            ),
+            None => st.accumulate(
+                &terms,
+                &refs,
+                chunk,
+                shift,
+                threshold,
+                &mut EmScratch::new(k, d),
+            ),
+        };
+        (st, !finite)
+    };
+    let merge = |(mut a, bad_a): (EmStats, bool), (b, bad_b): (EmStats, bool)| {
+        a.merge(&b);
+        if let Ok(mut v) = spare.lock() {
+            v.push(b);
+        }
+        (a, bad_a | bad_b)
+    };
+    let (total, non_finite) = merge_tree(0, tasks, &leaf, &merge);
     EStep {
         stats: total,
         refs,

@@ -218,7 +218,7 @@ fn non_finite_error(x: &[f32], d: usize) -> Option<Error> {
 
 /// Runs `work` on every `CHUNK`-row block of `x` in parallel (with per-thread state from
 /// `init`) and hands the results to `consume` in row order.
-fn ordered_chunks<S, T, I, W, C>(x: &[f32], d: usize, init: I, work: W, consume: C)
+fn ordered_chunks<S, T, I, W, C>(x: &[f32], d: usize, init: I, work: W, mut consume: C)
 where
     S: Send,
     T: Send,
@@ -226,46 +226,37 @@ where
     W: Fn(&mut S, &[f32]) -> T + Sync + Send,
     C: FnMut(T),
 {
-    ordered_chunks_of(CHUNK, 16, x, d, init, work, consume)
-}
-
-/// [`ordered_chunks`] with `rows` rows per task and at most `in_flight` tasks per thread whose
-/// results are held at once.
-#[allow(clippy::too_many_arguments)]
-fn ordered_chunks_of<S, T, I, W, C>(
-    rows: usize,
-    in_flight: usize,
-    x: &[f32],
-    d: usize,
-    init: I,
-    work: W,
-    mut consume: C,
-) where
-    S: Send,
-    T: Send,
-    I: Fn() -> S + Sync + Send,
-    W: Fn(&mut S, &[f32]) -> T + Sync + Send,
-    C: FnMut(T),
-{
-    // Several tasks per thread for load balance, a bounded number of results held at once (each
-    // group ends in a join); the grouping does not affect the merge order.
+    // Several tasks per thread for load balance, at most 16 results per thread held at once
+    // (each group ends in a join); the grouping does not affect the merge order.
     let threads = rayon::current_num_threads().max(1);
-    let group = rows * d * in_flight.max(1) * threads;
-    let states: Vec<Mutex<Option<S>>> = (0..threads).map(|_| Mutex::new(None)).collect();
+    let group = CHUNK * d * 16 * threads;
+    let states = thread_states(threads);
     for part in x.chunks(group) {
         let parts: Vec<T> = part
-            .par_chunks(rows * d)
-            .map(|chunk| {
-                // One state per worker thread, made on first use and kept for the whole call
-                // (rayon's `map_init` would make one per split, i.e. reallocate per task).
-                let slot = rayon::current_thread_index().and_then(|i| states.get(i));
-                match slot.and_then(|m| m.try_lock().ok()) {
-                    Some(mut state) => work(state.get_or_insert_with(&init), chunk),
-                    None => work(&mut init(), chunk),
-                }
-            })
+            .par_chunks(CHUNK * d)
+            .map(|chunk| with_thread_state(&states, &init, |state| work(state, chunk)))
             .collect();
         parts.into_iter().for_each(&mut consume);
+    }
+}
+
+/// One empty state slot per worker thread, for [`with_thread_state`].
+fn thread_states<S>(threads: usize) -> Vec<Mutex<Option<S>>> {
+    (0..threads).map(|_| Mutex::new(None)).collect()
+}
+
+/// Runs `f` on the calling worker thread's state in `states`, made by `init` on first use and
+/// kept for the whole parallel call (rayon's `map_init` would make one per split, i.e.
+/// reallocate per task); a fresh state where the slot is missing or busy.
+fn with_thread_state<S, R>(
+    states: &[Mutex<Option<S>>],
+    init: impl Fn() -> S,
+    f: impl FnOnce(&mut S) -> R,
+) -> R {
+    let slot = rayon::current_thread_index().and_then(|i| states.get(i));
+    match slot.and_then(|m| m.try_lock().ok()) {
+        Some(mut state) => f(state.get_or_insert_with(init)),
+        None => f(&mut init()),
     }
 }
 
@@ -359,8 +350,7 @@ fn e_step(gmm: &Gmm, x: &[f32], shift: &[f32], threshold: f32) -> EStep {
         .collect();
     // Per-task statistics are recycled once merged: no allocation per task.
     let spare: Mutex<Vec<EmStats>> = Mutex::new(Vec::new());
-    let threads = rayon::current_num_threads().max(1);
-    let scratches: Vec<Mutex<Option<EmScratch>>> = (0..threads).map(|_| Mutex::new(None)).collect();
+    let scratches = thread_states(rayon::current_num_threads().max(1));
     let tasks = x.len().div_ceil(E_CHUNK * d).max(1);
     let leaf = |t: usize| {
         let chunk = &x[(t * E_CHUNK * d).min(x.len())..((t + 1) * E_CHUNK * d).min(x.len())];
@@ -371,26 +361,11 @@ fn e_step(gmm: &Gmm, x: &[f32], shift: &[f32], threshold: f32) -> EStep {
             }
             None => EmStats::zeros(k, d),
         };
-        // One scratch per worker thread, made on first use and kept for the whole step.
-        let slot = rayon::current_thread_index().and_then(|i| scratches.get(i));
-        let finite = match slot.and_then(|m| m.try_lock().ok()) {
-            Some(mut s) => st.accumulate(
-                &terms,
-                &refs,
-                chunk,
-                shift,
-                threshold,
-                s.get_or_insert_with(|| EmScratch::new(k, d)),
-            ),
-            None => st.accumulate(
-                &terms,
-                &refs,
-                chunk,
-                shift,
-                threshold,
-                &mut EmScratch::new(k, d),
-            ),
-        };
+        let finite = with_thread_state(
+            &scratches,
+            || EmScratch::new(k, d),
+            |scratch| st.accumulate(&terms, &refs, chunk, shift, threshold, scratch),
+        );
         (st, !finite)
     };
     let merge = |(mut a, bad_a): (EmStats, bool), (b, bad_b): (EmStats, bool)| {

@@ -257,7 +257,8 @@ impl EmStats {
 
     /// Accumulates the statistics of the rows of `x` (`n × D`, any `n`) block by block: the
     /// log-densities of `x − shift` under `terms` (a model in those shifted coordinates) as one
-    /// GEMM into a component-major block, then the exponentials, log-likelihoods and kept
+    /// matrix product into a component-major block ([`kernels::log_densities_direct_at`] at
+    /// AVX-512, a GEMM and a transpose below it), then the exponentials, log-likelihoods and kept
     /// posteriors down its columns, grouped by component
     /// ([`kernels::posteriors_by_component_at`]), then their moments about `refs` (`K × D`,
     /// `r_k` in the coordinates of `x`; [`kernels::moments_grouped_f32_at`]), which costs
@@ -440,7 +441,8 @@ pub struct EmScratch {
     compact: Vec<f32>,
     run_starts: Vec<u32>,
     counts: Vec<f32>,
-    /// `BLOCK × 2D`: the block's `[δ², δ]`.
+    /// `BLOCK × 2D`: the block's `[δ², δ]` for the GEMM below AVX-512; at AVX-512 only its
+    /// first 32 rows' worth, the transposed slab pair of [`kernels::log_densities_direct_at`].
     aug: Vec<f32>,
     /// `BLOCK × K`: the product part of its log-densities.
     post: Vec<f32>,

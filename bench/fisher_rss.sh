@@ -5,15 +5,18 @@
 # Each input is deleted after its run (the largest is M_max x BATCH x PER x D x 4 bytes).
 #
 #   bench/fisher_rss.sh DFK WL THREADS BATCH PER "1 4 16 64"
+#
+# PYTHON (default python3) is the interpreter with numpy; bench/run.sh passes its venv's.
 set -euo pipefail
 DFK=$1 WL=$2 THREADS=$3 BATCH=$4 PER=$5 MULTS=$6
+PYTHON=${PYTHON:-python3}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/dfk_rss.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 "$DFK" --quiet gmm import --means "$WL/gmm_means.npy" --variances "$WL/gmm_variances.npy" \
   --weights "$WL/gmm_weights.npy" --out "$TMP/g.dfk"
 for M in $MULTS; do
   IMAGES=$((M * BATCH))
-  python3 - "$WL/x.npy" "$TMP/x.npy" "$TMP/o.npy" "$IMAGES" "$PER" <<'PY'
+  "$PYTHON" - "$WL/x.npy" "$TMP/x.npy" "$TMP/o.npy" "$IMAGES" "$PER" <<'PY'
 import sys
 import numpy as np
 src = np.load(sys.argv[1], mmap_mode="r")
@@ -32,7 +35,7 @@ PY
   /usr/bin/time -v -o "$TMP/time.txt" "$DFK" --json --threads "$THREADS" fisher --gmm "$TMP/g.dfk" \
     --descriptors "$TMP/x.npy" --offsets "$TMP/o.npy" --batch-images "$BATCH" --out "$TMP/fv.npy" >"$TMP/run.json"
   RSS=$(sed -n 's/^\s*Maximum resident set size (kbytes): //p' "$TMP/time.txt")
-  SECS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["seconds"])' "$TMP/run.json")
+  SECS=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["seconds"])' "$TMP/run.json")
   FB=$(stat -c %s "$TMP/fv.npy")
   echo "{\"stage\":\"rss\",\"impl\":\"dfk\",\"batch_images\":$BATCH,\"images\":$IMAGES,\"per_image\":$PER,\"x_bytes\":$XB,\"fv_bytes\":$FB,\"max_rss_kb\":$RSS,\"seconds\":$SECS,\"threads\":$THREADS}"
   rm -f "$TMP/x.npy" "$TMP/fv.npy"

@@ -205,7 +205,7 @@ fi
 if has rss; then
   K=$(echo $KS | awk '{print $NF}')
   echo "== streaming dfk fisher: peak RSS for inputs of $RSS_MULTS x 64 images (K=$K)" >&2
-  bench/fisher_rss.sh "$DFK" "$OUT/wl_rows${ROWS}_k$K" "$THREADS" 64 "$PER_IMAGE" "$RSS_MULTS" \
+  PYTHON=$PY bench/fisher_rss.sh "$DFK" "$OUT/wl_rows${ROWS}_k$K" "$THREADS" 64 "$PER_IMAGE" "$RSS_MULTS" \
     | tag synthetic >>"$RESULTS"
 fi
 echo "{\"end\": \"$(date -u +%H:%MZ)\", \"load_end\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >$OUT/meta_end.json

@@ -339,6 +339,14 @@ fn usage_and_data_errors() {
         1,
         &s(&bad_cfg),
     );
+    for table in ["[sift]\nbogus = 1\n", "[fisher]\nbogus = 1\n"] {
+        std::fs::write(&bad_cfg, table).unwrap();
+        fails(
+            &["train", "--embedded", "--config", &s(&bad_cfg), "--out", &m],
+            1,
+            "unknown field `bogus`",
+        );
+    }
     let missing = dir.path().join("missing.dfk");
     fails(
         &["eval", "--model", &s(&missing), "--embedded"],

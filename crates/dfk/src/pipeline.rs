@@ -168,7 +168,9 @@ impl SvmConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Dense SIFT.
+    /// Dense SIFT. The keys a configuration gives override [`fashion_mnist_sift`], the
+    /// pipeline's default, not [`DsiftParams::default`].
+    #[serde(deserialize_with = "sift_over_pipeline_defaults")]
     pub sift: DsiftParams,
     /// PCA projection of the descriptors.
     pub pca: PcaConfig,
@@ -221,6 +223,23 @@ pub fn fashion_mnist_sift() -> DsiftParams {
         resize: Some((56, 56)),
         ..DsiftParams::default()
     }
+}
+
+/// Reads the `sift` table of a configuration over [`fashion_mnist_sift`]: a file that sets only
+/// `step` keeps the pipeline's bins, RootSIFT and resize. Unknown keys are errors.
+fn sift_over_pipeline_defaults<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<DsiftParams, D::Error> {
+    use serde::de::Error as _;
+    let given = serde_json::Value::deserialize(d)?;
+    let serde_json::Value::Object(given) = given else {
+        return Err(D::Error::custom("expected a table of SIFT settings"));
+    };
+    let mut merged = serde_json::to_value(fashion_mnist_sift()).map_err(D::Error::custom)?;
+    if let serde_json::Value::Object(defaults) = &mut merged {
+        defaults.extend(given);
+    }
+    serde_json::from_value(merged).map_err(D::Error::custom)
 }
 
 impl PipelineConfig {

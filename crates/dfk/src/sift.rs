@@ -61,7 +61,7 @@ pub enum Window {
 
 /// Parameters of [`dense_sift`]; defaults are `vl_phow`'s except `step` (4, not 2).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DsiftParams {
     /// Spatial bin sizes in pixels, one scale each (default `[4, 6, 8, 10]`).
     pub bin_sizes: Vec<usize>,
@@ -83,8 +83,63 @@ pub struct DsiftParams {
     /// Clamp of the L2-normalised descriptor entries before renormalising (default 0.2).
     pub clamp: f32,
     /// Resize the image to `(width, height)` before extraction (bilinear / triangle filter).
-    /// Keypoints are reported in the coordinates of the image passed in.
+    /// Keypoints are reported in the coordinates of the image passed in. Serialised as
+    /// `[width, height]` or `"none"` (TOML has no null; null is read too).
+    #[serde(with = "resize_setting")]
     pub resize: Option<(u32, u32)>,
+}
+
+/// `DsiftParams::resize` as a setting: `[width, height]`, or `"none"` for no resizing, written
+/// out so that a configuration printed as TOML reads back the same (a missing key means the
+/// default, which for the pipeline is a resize).
+pub(crate) mod resize_setting {
+    use serde::de::{self, Deserializer, SeqAccess, Visitor};
+    use serde::{Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<(u32, u32)>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(size) => size.serialize(s),
+            None => s.serialize_str("none"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(u32, u32)>, D::Error> {
+        struct Setting;
+        impl<'de> Visitor<'de> for Setting {
+            type Value = Option<(u32, u32)>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a [width, height] pair or \"none\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "none" => Ok(None),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(Setting)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let width = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let height = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    return Err(de::Error::invalid_length(3, &self));
+                }
+                Ok(Some((width, height)))
+            }
+        }
+        d.deserialize_any(Setting)
+    }
 }
 
 impl Default for DsiftParams {

@@ -41,6 +41,45 @@ fn config_round_trips_through_json_and_rejects_unknown_keys() {
 }
 
 #[test]
+fn a_partial_sift_table_keeps_the_pipeline_defaults_and_unknown_keys_fail() {
+    let defaults = PipelineConfig::default();
+    // Only `step` given: bins, RootSIFT and resize stay the pipeline's (not `vl_phow`'s).
+    let partial: PipelineConfig = serde_json::from_str(r#"{"sift": {"step": 8}}"#).unwrap();
+    assert_eq!(partial.sift.step, 8);
+    assert_eq!(partial.sift.bin_sizes, defaults.sift.bin_sizes);
+    assert!(partial.sift.root_sift);
+    assert_eq!(partial.sift.resize, Some((56, 56)));
+    // `resize` can be turned off explicitly, and that survives a round trip.
+    let off: PipelineConfig = serde_json::from_str(r#"{"sift": {"resize": "none"}}"#).unwrap();
+    assert_eq!(off.sift.resize, None);
+    let text = serde_json::to_string(&off).unwrap();
+    assert!(text.contains(r#""resize":"none""#), "{text}");
+    assert_eq!(serde_json::from_str::<PipelineConfig>(&text).unwrap(), off);
+    // Model files written before stored null for no resize.
+    let null: PipelineConfig = serde_json::from_str(r#"{"sift": {"resize": null}}"#).unwrap();
+    assert_eq!(null.sift.resize, None);
+    for bad in [
+        r#"{"sift": {"bogus": 1}}"#,
+        r#"{"fisher": {"bogus": 1}}"#,
+        r#"{"sift": {"resize": "big"}}"#,
+        r#"{"sift": {"resize": [56]}}"#,
+        r#"{"sift": {"resize": [56, 56, 1]}}"#,
+        r#"{"sift": 3}"#,
+    ] {
+        let err = serde_json::from_str::<PipelineConfig>(bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bogus")
+                || err.contains("resize")
+                || err.contains("[width, height]")
+                || err.contains("table"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
 fn extraction_is_deterministic_and_positions_are_normalised() {
     let data = small_train(20);
     let cfg = PipelineConfig::default();

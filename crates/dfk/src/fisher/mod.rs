@@ -56,7 +56,7 @@ const REFINE_FRACTION: f32 = 0.5;
 
 /// How the Fisher vector is post-processed.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct FisherOptions {
     /// Apply the signed power `sign(Φ)|Φ|^power` (VLFeat's `VL_FISHER_FLAG_SQUARE_ROOT` when
     /// `power` = 0.5); with `l2` this is VLFeat's `VL_FISHER_FLAG_IMPROVED`.

@@ -190,3 +190,23 @@ fn bad_options_are_errors() {
         );
     }
 }
+
+#[test]
+fn statistics_beyond_float32_are_an_error_not_infinities() {
+    // Unnormalised, a value near the float32 limit gives a second-order statistic ~1e77.
+    let gmm = Gmm::new(2, 3, vec![0.0; 6], vec![1.0; 6], vec![0.5, 0.5]).unwrap();
+    let enc = FisherEncoder::new(&gmm, FisherOptions::plain()).unwrap();
+    let mut x = data(4);
+    x[3] = 3e38;
+    let mut out = vec![0f32; enc.len()];
+    let err = enc.encode(&x, &mut out, &mut enc.scratch()).unwrap_err();
+    assert!(
+        matches!(&err, Error::NonFinite { what, .. } if what.contains("too large")),
+        "{err}"
+    );
+    // Normalised, the same descriptors encode to a finite unit vector.
+    let enc = FisherEncoder::new(&gmm, FisherOptions::default()).unwrap();
+    enc.encode(&x, &mut out, &mut enc.scratch()).unwrap();
+    let norm = out.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+}

@@ -5,7 +5,7 @@ mod fisher_support;
 
 use dfk::fisher::{FisherEncoder, FisherOptions};
 use dfk::gmm::Gmm;
-use fisher_support::{random_case, Rng};
+use fisher_support::{errors, forward, random_case, to_f64, Params, RefOptions, Rng};
 use proptest::prelude::*;
 
 fn case(seed: u64, k: usize, d: usize, n: usize) -> (Gmm, Vec<f32>) {
@@ -112,5 +112,22 @@ fn thread_count_does_not_change_results() {
         )
         .unwrap();
         assert_eq!(&f1[i * len..(i + 1) * len], &one[..]);
+    }
+}
+
+#[test]
+fn a_descriptor_far_outside_the_mixture_is_weighed_by_its_exact_posteriors() {
+    // Values whose squares swamp the f32 log-density sums: such a row used to get NaN
+    // posteriors from the GEMM's normaliser and drop out of the vector without a word.
+    let (gmm, x) = case(11, 4, 3, 300);
+    let o = FisherOptions::default();
+    let (th, ro) = (Params::of(&gmm), RefOptions::of(&o));
+    for big in [1e8f32, 1e15, -1e30] {
+        let mut y = x.clone();
+        y[5 * 3 + 1] = big;
+        let got = encode(&gmm, &y, o);
+        let want = forward(&to_f64(&y), &th, &ro).phi;
+        let (_, rel) = errors(&to_f64(&got), &want);
+        assert!(rel < 1e-4, "{big}: relative error {rel:e}");
     }
 }

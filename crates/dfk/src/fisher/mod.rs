@@ -464,7 +464,10 @@ impl FisherEncoder {
     /// rescaled to the new `Z`, fused with the selection of the kept entries (keeping
     /// `x − μ_k` for the statistics). Every kept entry
     /// (γ ≥ threshold) is refined: should the rescaling lift an unrefined one to the threshold
-    /// (it never does unless the GEMM is off by a factor 2), the whole row is refined.
+    /// (it never does unless the GEMM is off by a factor 2), the whole row is refined: then
+    /// every component is recomputed and `Z` is their sum alone, so that a row whose GEMM
+    /// values are meaningless (descriptor values so large that `x²` swamps the f32 sums) is
+    /// still weighed by its exact posteriors instead of a NaN from the GEMM's `Z`.
     fn refine_row(&self, x: &[f32], i: usize, scratch: &mut FisherScratch) -> Refined {
         let k = self.gmm.k();
         let post = &scratch.block.post[i * k..(i + 1) * k];
@@ -475,7 +478,14 @@ impl FisherEncoder {
         }
         let mut t = self.refine;
         loop {
-            let m = kernels::select_at_least_at(self.level, post, t, &mut scratch.sel);
+            let m = if t == 0.0 {
+                for (c, s) in scratch.sel[..k].iter_mut().enumerate() {
+                    *s = c as u32;
+                }
+                k
+            } else {
+                kernels::select_at_least_at(self.level, post, t, &mut scratch.sel)
+            };
             kernels::centre_quad_sel_at(
                 self.level,
                 &scratch.xd,
@@ -493,7 +503,7 @@ impl FisherEncoder {
             }
             if m > 0 {
                 // The unrefined posteriors are exp(l − lse); rescale them to the new max.
-                let tail = (lse - max).exp();
+                let tail = if t == 0.0 { 0.0 } else { (lse - max).exp() };
                 let gam = &mut scratch.gam[..m];
                 gam.iter_mut().for_each(|g| *g -= max);
                 kernels::exp_f64_in_place_at(self.level, gam);
@@ -787,6 +797,15 @@ impl FisherEncoder {
             }
         }
         self.postprocess(scratch);
+        // Unnormalised, descriptors near the float32 limit give statistics beyond it: refuse
+        // them rather than return infinities.
+        let fits = |v: &f64| v.abs() <= f32::MAX as f64;
+        if let Some(index) = scratch.out.iter().position(|v| !fits(v)) {
+            return Err(Error::NonFinite {
+                what: "Fisher vector (descriptor values too large for float32 statistics)".into(),
+                index,
+            });
+        }
         Ok(())
     }
 

@@ -874,7 +874,40 @@ pub fn write_atomic(
     path: impl AsRef<Path>,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
-    let path = path.as_ref();
+    match stage(path.as_ref(), fill)? {
+        Some(staged) => staged.commit(),
+        None => Ok(()),
+    }
+}
+
+/// A complete, synced temporary file waiting to be renamed over its target.
+struct Staged {
+    tmp: PathBuf,
+    target: PathBuf,
+    /// The path as the caller named it, for messages.
+    shown: PathBuf,
+}
+
+impl Staged {
+    fn commit(self) -> Result<()> {
+        let result = std::fs::rename(&self.tmp, &self.target);
+        self.discard();
+        result.map_err(|e| Error::io(&self.shown, e))
+    }
+
+    /// Removes the temporary file (a no-op once renamed).
+    fn discard(&self) {
+        untrack_temp(&self.tmp);
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// The first half of [`write_atomic`]: the contents written and synced into a temporary file
+/// beside the target (`None`: a device or FIFO, written in place).
+fn stage(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<Option<Staged>> {
     let target = match output_target(path)? {
         Target::InPlace(device) => {
             let result = (|| {
@@ -883,26 +916,92 @@ pub fn write_atomic(
                 fill(&mut w)?;
                 w.flush()
             })();
-            return result.map_err(|e| Error::io(path, e));
+            return result.map(|()| None).map_err(|e| Error::io(path, e));
         }
         Target::Replace(target) => target,
     };
-    let tmp = temp_path(&target);
-    track_temp(&tmp);
+    let staged = Staged {
+        tmp: temp_path(&target),
+        target,
+        shown: path.to_path_buf(),
+    };
+    track_temp(&staged.tmp);
     let result = (|| {
-        let file = std::fs::File::create(&tmp)?;
+        let file = std::fs::File::create(&staged.tmp)?;
         let mut w = std::io::BufWriter::new(file);
         fill(&mut w)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &target)
+        file.sync_all()
     })();
-    untrack_temp(&tmp);
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
+    match result {
+        Ok(()) => Ok(Some(staged)),
+        Err(e) => {
+            staged.discard();
+            Err(Error::io(path, e))
+        }
     }
-    Ok(())
+}
+
+/// Several `.npy` files written as one output: each goes to a temporary file beside its
+/// target, and only [`commit`](Self::commit), once all are complete, renames them into place.
+/// On an error before that (a full disk, say) or when dropped uncommitted, the temporary files
+/// are removed and no target changes, so a reader never finds part of the set.
+#[derive(Default)]
+pub struct FileGroup {
+    staged: Vec<Staged>,
+}
+
+impl FileGroup {
+    /// An empty group.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a row-major `rows × cols` float32 matrix (see [`write_f32_matrix`]).
+    pub fn f32_matrix(
+        &mut self,
+        path: impl AsRef<Path>,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        check_matrix_len(data, rows, cols)?;
+        self.add(path.as_ref(), data, &[rows as u64, cols as u64])
+    }
+
+    /// Adds a float32 vector.
+    pub fn f32_vector(&mut self, path: impl AsRef<Path>, data: &[f32]) -> Result<()> {
+        self.add(path.as_ref(), data, &[data.len() as u64])
+    }
+
+    fn add<T: npyz::AutoSerialize + Copy>(
+        &mut self,
+        path: &Path,
+        data: &[T],
+        shape: &[u64],
+    ) -> Result<()> {
+        if let Some(staged) = stage(path, |w| fill_array(w, data, shape))? {
+            self.staged.push(staged);
+        }
+        Ok(())
+    }
+
+    /// Renames every file into place. A rename fails only in rare cases (the folder removed
+    /// meanwhile); then the files renamed so far stay and the others are removed.
+    pub fn commit(mut self) -> Result<()> {
+        for staged in std::mem::take(&mut self.staged) {
+            staged.commit()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FileGroup {
+    fn drop(&mut self) {
+        for staged in &self.staged {
+            staged.discard();
+        }
+    }
 }
 
 /// Writes bytes atomically (see [`write_atomic`]).
@@ -910,20 +1009,37 @@ pub fn write_bytes_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |w| w.write_all(bytes))
 }
 
+fn fill_array<T: npyz::AutoSerialize + Copy>(
+    w: &mut dyn Write,
+    data: &[T],
+    shape: &[u64],
+) -> std::io::Result<()> {
+    let mut writer = npyz::WriteOptions::<T>::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(w)
+        .begin_nd()?;
+    writer.extend(data.iter().copied())?;
+    writer.finish()
+}
+
 fn write_array<T: npyz::AutoSerialize + Copy>(
     path: &Path,
     data: &[T],
     shape: &[u64],
 ) -> Result<()> {
-    write_atomic(path, |w| {
-        let mut writer = npyz::WriteOptions::<T>::new()
-            .default_dtype()
-            .shape(shape)
-            .writer(w)
-            .begin_nd()?;
-        writer.extend(data.iter().copied())?;
-        writer.finish()
-    })
+    write_atomic(path, |w| fill_array(w, data, shape))
+}
+
+fn check_matrix_len(data: &[f32], rows: usize, cols: usize) -> Result<()> {
+    if data.len() != rows * cols {
+        return Err(Error::dim(
+            "matrix to write (rows × cols)",
+            rows * cols,
+            data.len(),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes a row-major `rows × cols` float32 matrix atomically.
@@ -933,13 +1049,7 @@ pub fn write_f32_matrix(
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    if data.len() != rows * cols {
-        return Err(Error::dim(
-            "matrix to write (rows × cols)",
-            rows * cols,
-            data.len(),
-        ));
-    }
+    check_matrix_len(data, rows, cols)?;
     write_array(path.as_ref(), data, &[rows as u64, cols as u64])
 }
 
@@ -956,6 +1066,44 @@ pub fn write_i64_vector(path: impl AsRef<Path>, data: &[i64]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_file_group_lands_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.npy"), dir.path().join("b.npy"));
+        // The second file cannot be written: the first must not appear, no temporary stays.
+        let mut group = FileGroup::new();
+        group.f32_vector(&a, &[1.0, 2.0]).unwrap();
+        assert!(!a.exists(), "staged, not yet in place");
+        let err = group
+            .f32_vector(dir.path().join("missing").join("b.npy"), &[3.0])
+            .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        drop(group);
+        assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+        // A shape error before anything is staged.
+        let mut group = FileGroup::new();
+        assert!(group.f32_matrix(&a, &[1.0; 5], 2, 3).is_err());
+        // Committed: both in place, with their contents, nothing else beside them.
+        let mut group = FileGroup::new();
+        group.f32_matrix(&a, &[1.0, 2.0, 3.0, 4.0], 2, 2).unwrap();
+        group.f32_vector(&b, &[5.0]).unwrap();
+        group.commit().unwrap();
+        assert_eq!(names(dir.path()), ["a.npy", "b.npy"]);
+        assert_eq!(
+            read_f32_matrix(&a).unwrap(),
+            (vec![1.0, 2.0, 3.0, 4.0], 2, 2)
+        );
+    }
 
     #[test]
     fn transpose_maps_fortran_to_c_order() {

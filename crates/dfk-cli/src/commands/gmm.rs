@@ -209,9 +209,12 @@ fn export(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
     let gmm = model::load_gmm(&a.gmm)?;
     crate::util::create_output_dir("--out-dir", &a.out_dir)?;
     let (k, d) = (gmm.k(), gmm.d());
-    npy::write_f32_matrix(&means, gmm.means(), k, d)?;
-    npy::write_f32_matrix(&variances, gmm.variances(), k, d)?;
-    npy::write_f32_vector(&weights, gmm.weights())?;
+    // All three or none: a full disk must not leave means.npy without its variances.
+    let mut files = npy::FileGroup::new();
+    files.f32_matrix(&means, gmm.means(), k, d)?;
+    files.f32_matrix(&variances, gmm.variances(), k, d)?;
+    files.f32_vector(&weights, gmm.weights())?;
+    files.commit()?;
     emit(
         g,
         &json!({"out_dir": a.out_dir, "k": k, "d": d}),

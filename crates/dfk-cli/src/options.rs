@@ -226,6 +226,31 @@ impl DataArgs {
         })
     }
 
+    /// Refuses a `--limit` whose first N training images leave a class without an image (the
+    /// SVMs need every class), naming the class, before any work.
+    pub fn check_limit_keeps_every_class(&self, train: &Dataset) -> anyhow::Result<()> {
+        let Some(n) = self.limit else {
+            return Ok(());
+        };
+        let counts = train.class_counts();
+        match counts.iter().position(|&c| c == 0) {
+            Some(c) if train.len() == n => {
+                let missing = counts.iter().filter(|&&c| c == 0).count();
+                let name = train.class_names.get(c).map_or("", String::as_str);
+                usage(format!(
+                    "--limit {n}: the first {n} training images hold no image of class {c} \
+                     ({name}){}; every class needs one: raise --limit",
+                    if missing > 1 {
+                        format!(" nor of {} other classes", missing - 1)
+                    } else {
+                        String::new()
+                    }
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn load_npy(&self) -> anyhow::Result<Loaded> {
         let Some(list) = &self.data else {
             return usage("--format npy needs --data LIST-FILE");

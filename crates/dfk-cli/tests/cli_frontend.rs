@@ -331,6 +331,12 @@ fn usage_and_data_errors() {
         "resize",
     );
     fails(&["train", "--embedded", "--frobnicate"], 2, "frobnicate");
+    // A limit that leaves a class out is refused before any work, naming the class.
+    fails(
+        &["train", "--embedded", "--limit", "20", "--out", &m],
+        2,
+        "hold no image of class 7 (Sneaker)",
+    );
     // Data errors: exit 1, naming the file.
     let bad_cfg = dir.path().join("bad.toml");
     std::fs::write(&bad_cfg, "[gmm]\nkay = 3\n").unwrap();

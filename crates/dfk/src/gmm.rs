@@ -671,7 +671,7 @@ pub struct GmmFit {
 }
 
 /// Per-dimension mean and (population) variance of the data, in f64.
-fn data_moments(x: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
+fn data_moments(x: &[f32], d: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let n = (x.len() / d) as f64;
     let mut mean = vec![0f64; d];
     ordered_chunks(
@@ -690,24 +690,58 @@ fn data_moments(x: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
         |s| mean.iter_mut().zip(&s).for_each(|(m, v)| *m += v),
     );
     mean.iter_mut().for_each(|m| *m /= n);
-    let mut var = vec![0f64; d];
+    let (mut var, mut spread) = (vec![0f64; d], vec![0f64; d]);
     ordered_chunks(
         x,
         d,
         || (),
         |_, chunk| {
-            let mut s = vec![0f64; d];
+            let (mut s, mut far) = (vec![0f64; d], vec![0f64; d]);
             for r in chunk.chunks_exact(d) {
-                for ((s, &v), &m) in s.iter_mut().zip(r).zip(&mean) {
-                    *s += (v as f64 - m).powi(2);
+                for (((s, far), &v), &m) in s.iter_mut().zip(&mut far).zip(r).zip(&mean) {
+                    let dev = v as f64 - m;
+                    *s += dev * dev;
+                    *far = far.max(dev.abs());
                 }
             }
-            s
+            (s, far)
         },
-        |s| var.iter_mut().zip(&s).for_each(|(m, v)| *m += v),
+        |(s, far)| {
+            var.iter_mut().zip(&s).for_each(|(m, v)| *m += v);
+            spread
+                .iter_mut()
+                .zip(&far)
+                .for_each(|(m, &v)| *m = m.max(v));
+        },
     );
     var.iter_mut().for_each(|v| *v /= n);
-    (mean, var)
+    (mean, var, spread)
+}
+
+/// The largest distance from the mean that a fit accepts in any dimension: the E-step squares
+/// centred values in f32 (up to 3.4e38) and the variances are stored as f32, so 1e18 leaves a
+/// factor 100 for the sums.
+const MAX_SPREAD: f64 = 1e18;
+
+/// Refuses data whose spread float32 statistics cannot hold, naming the first such value.
+fn check_spread(x: &[f32], d: usize, mean: &[f64], spread: &[f64]) -> Result<()> {
+    if spread.iter().all(|&s| s <= MAX_SPREAD) {
+        return Ok(());
+    }
+    // The farthest value of the first such dimension (the others may lie far from a mean
+    // that one huge value pulled away).
+    let j = spread.iter().position(|&s| s > MAX_SPREAD).unwrap_or(0);
+    let dev = |r: usize| (x[r * d + j] as f64 - mean[j]).abs();
+    let row = (0..x.len() / d).fold(0, |best, r| if dev(r) > dev(best) { r } else { best });
+    let i = row * d + j;
+    Err(Error::Invalid(format!(
+        "descriptor row {} (dimension {}) is {:e}, {:e} from the dimension's mean: beyond \
+         {MAX_SPREAD:e}, the squares overflow the float32 statistics; scale the descriptors down",
+        i / d,
+        i % d,
+        x[i],
+        (x[i] as f64 - mean[i % d]).abs()
+    )))
 }
 
 /// Validates the parameters and the data of a fit and returns `N` (at least `k` rows).
@@ -776,7 +810,8 @@ struct EmContext<'a> {
 impl<'a> EmContext<'a> {
     fn new(x: &'a [f32], d: usize, params: &GmmParams) -> Result<Self> {
         let n = check_fit_input(x, d, params)?;
-        let (mean, data_var) = data_moments(x, d);
+        let (mean, data_var, spread) = data_moments(x, d);
+        check_spread(x, d, &mean, &spread)?;
         let shift = mean.iter().map(|&m| m as f32).collect();
         Ok(Self::with_moments(x, n, d, params, shift, data_var))
     }

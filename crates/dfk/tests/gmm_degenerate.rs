@@ -558,13 +558,14 @@ fn bad_input_is_rejected_with_a_clear_error() {
     // log-likelihood.
     let mut huge = x.clone();
     huge[4 * 9 + 1] = 1e20;
-    for err in [
-        em_step(&gmm, &huge, &p).unwrap_err(),
-        fit_gmm(&huge, 4, &p).unwrap_err(),
+    // (A fit refuses it before any EM, by its distance from the mean.)
+    for (err, why) in [
+        (em_step(&gmm, &huge, &p).unwrap_err(), "not finite"),
+        (fit_gmm(&huge, 4, &p).unwrap_err(), "scale the descriptors"),
     ] {
         assert!(matches!(err, Error::Invalid(_)), "{err}");
         let msg = err.to_string();
-        assert!(msg.contains("row 9") && msg.contains("not finite"), "{msg}");
+        assert!(msg.contains("row 9") && msg.contains(why), "{msg}");
     }
 
     expect_param(fit_gmm(&x, 0, &p), "d");
@@ -631,4 +632,22 @@ fn params_deserialise_with_defaults() {
     let p: GmmParams =
         serde_json::from_str(r#"{"k": 8, "init": {"KMeans": {"iters": 5}}}"#).unwrap();
     assert_eq!(p, GmmParams::new(8).init(GmmInit::KMeans { iters: 5 }));
+}
+
+#[test]
+fn values_too_far_for_float32_statistics_are_named_and_large_ones_fit() {
+    let d = 3;
+    let mut x = mixture(400, d, 2, 0.0, 5);
+    // 1e15: squares of 1e30 still fit float32; the fit is finite.
+    x[123 * d + 1] = 1e15;
+    let fit = fit_gmm(&x, d, &GmmParams::new(2).max_iter(5)).unwrap();
+    assert!(fit.gmm.variances().iter().all(|v| v.is_finite()));
+    assert!(fit.gmm.means().iter().all(|v| v.is_finite()));
+    // 1e25 is refused before any EM, naming that value's row and dimension.
+    x[321 * d + 2] = -1e25;
+    let err = fit_gmm(&x, d, &GmmParams::new(2)).unwrap_err().to_string();
+    assert!(
+        err.contains("row 321 (dimension 2)") && err.contains("scale the descriptors"),
+        "{err}"
+    );
 }

@@ -75,7 +75,14 @@ fn read_array(path: &Path) -> Result<Array> {
         .iter()
         .try_fold(1usize, |acc, &s| acc.checked_mul(s))
         .ok_or_else(|| Error::format(path, "array shape overflows"))?;
-    let item = type_str.num_bytes().unwrap_or(0);
+    // Object arrays (`|O`, pickled Python objects) have no item size: refused by type, not by
+    // their byte count.
+    let Some(item) = type_str.num_bytes() else {
+        return Err(Error::format(
+            path,
+            format!("unsupported dtype {descr}: expected float32/float64, an integer type or bool"),
+        ));
+    };
     let expected_bytes = count.checked_mul(item);
     let data = file.into_inner();
     match expected_bytes {

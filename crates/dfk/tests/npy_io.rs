@@ -376,3 +376,32 @@ fn a_path_ending_in_a_separator_is_an_error() {
     assert!(npy::F32MatrixWriter::create(&dot, 5, 3).is_err());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// An object array (`|O`, what `np.save` writes for a list of Python objects, followed by a
+/// pickle) is refused by its type in every reader, not by a byte count.
+#[test]
+fn object_arrays_are_an_unsupported_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("obj.npy");
+    let mut header = "{'descr': '|O', 'fortran_order': False, 'shape': (2, 2), }".to_string();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(b"\x80\x04\x95 pickled objects .");
+    std::fs::write(&path, bytes).unwrap();
+    for message in [
+        err(npy::read_f32_matrix(&path)),
+        err(npy::read_labels(&path)),
+        err(npy::read_usize_offsets(&path, 3)),
+        err(npy::read_f32_vector(&path)),
+    ] {
+        assert!(
+            message.contains("obj.npy") && message.contains("unsupported dtype |O"),
+            "{message}"
+        );
+    }
+}

@@ -326,8 +326,27 @@ fn bad_flags_and_inputs_fail_without_writing_a_model() {
         "-o",
         &m,
     ];
-    fails_leaving_nothing(&desc, 1, "labels", &model);
+    fails_leaving_nothing(&desc, 1, "y.npy: 9 labels for the 10 images of", &model);
     npy::write_i64_vector(&y, &(0..10).map(|i| i % 2).collect::<Vec<_>>()).unwrap();
+    // Test descriptors of another dimension: named by their file.
+    let tx = dir.path().join("tx.npy");
+    npy::write_f32_matrix(&tx, &vec![0.5; 40 * 4], 40, 4).unwrap();
+    let mut with_test = desc.to_vec();
+    let (tx_s, o_s, y_s) = (s(&tx), s(&o), s(&y));
+    with_test.extend([
+        "--test-descriptors",
+        &tx_s,
+        "--test-offsets",
+        &o_s,
+        "--test-labels",
+        &y_s,
+    ]);
+    fails_leaving_nothing(
+        &with_test,
+        1,
+        "tx.npy: descriptors of dimension 4, but those of --descriptors",
+        &model,
+    );
     npy::write_i64_vector(&o, &(0..=9).map(|i| i * 4).collect::<Vec<_>>()).unwrap();
     fails_leaving_nothing(&desc, 1, "o.npy", &model);
     npy::write_i64_vector(&o, &(0..=10).map(|i| i * 4).collect::<Vec<_>>()).unwrap();

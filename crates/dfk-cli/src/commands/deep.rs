@@ -214,6 +214,15 @@ fn read_set(x: &Path, o: &Path, y: &Path, multilabel: bool) -> anyhow::Result<Im
         let classes = l.iter().max().map_or(0, |m| m + 1);
         Labels::MultiClass { labels: l, classes }
     };
+    let images = offsets.len().saturating_sub(1);
+    if labels.n() != images && offsets.len() >= 2 {
+        anyhow::bail!(
+            "{}: {} labels for the {images} images of {}: expected one per image",
+            y.display(),
+            labels.n(),
+            o.display()
+        );
+    }
     ImageSet::new(data, d, offsets, labels).with_context(|| format!("images of {}", x.display()))
 }
 
@@ -713,7 +722,19 @@ fn load_sets(a: &Args, g: &Global) -> anyhow::Result<Sets> {
     if let (Some(x), Some(o), Some(y)) = (&a.descriptors, &a.offsets, &a.labels) {
         let train = read_set(x, o, y, a.multilabel)?;
         let test = match (&a.test_descriptors, &a.test_offsets, &a.test_labels) {
-            (Some(x), Some(o), Some(y)) => Some(read_set(x, o, y, a.multilabel)?),
+            (Some(tx), Some(o), Some(y)) => {
+                let test = read_set(tx, o, y, a.multilabel)?;
+                if test.d != train.d {
+                    anyhow::bail!(
+                        "{}: descriptors of dimension {}, but those of --descriptors {} have {}",
+                        tx.display(),
+                        test.d,
+                        x.display(),
+                        train.d
+                    );
+                }
+                Some(test)
+            }
             _ => None,
         };
         // Descriptors are used as given: no SIFT parameters apply, no PCA, no (x, y).

@@ -473,4 +473,10 @@ fn info_reports_a_model_that_does_not_load() {
         "{stdout}"
     );
     assert!(stderr.contains("3 names but the file holds 2"), "{stderr}");
+    // An SVM model has no pipeline configuration to print.
+    fails(
+        &["info", &s(&good), "--config"],
+        1,
+        "a svm model holds no pipeline configuration",
+    );
 }

@@ -478,11 +478,12 @@ impl<'a> Reader<'a> {
             })?;
         let value: serde_json::Value = serde_json::from_str(json)
             .map_err(|e| Error::format(path, format!("model header is not valid JSON: {e}")))?;
-        let format = value.get("format").and_then(|v| v.as_str());
-        if format != Some(FORMAT_NAME) {
+        let format = value.get("format");
+        if format.and_then(|v| v.as_str()) != Some(FORMAT_NAME) {
+            let found = format.map_or("missing".to_string(), |v| v.to_string());
             return Err(Error::format(
                 path,
-                format!("header field `format` is {format:?}: expected \"{FORMAT_NAME}\""),
+                format!("header field `format` is {found}: expected \"{FORMAT_NAME}\""),
             ));
         }
         let version = value.get("format_version").and_then(|v| v.as_u64());

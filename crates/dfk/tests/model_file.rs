@@ -290,7 +290,16 @@ fn malformed_files_give_errors_naming_file_and_field() {
     let mut other = header(FORMAT_VERSION, "gmm");
     other["format"] = "something-else".into();
     craft(&p("other.dfk"), Some(other), &gmm_arrays(vec![2, 3], 0.0));
-    assert!(load_err(&p("other.dfk")).contains("format"));
+    let e = load_err(&p("other.dfk"));
+    assert!(
+        e.contains(r#"`format` is "something-else": expected "dfk-model""#) && !e.contains("Some("),
+        "{e}"
+    );
+    let mut none = header(FORMAT_VERSION, "gmm");
+    none.as_object_mut().unwrap().remove("format");
+    craft(&p("none.dfk"), Some(none), &gmm_arrays(vec![2, 3], 0.0));
+    let e = load_err(&p("none.dfk"));
+    assert!(e.contains("`format` is missing"), "{e}");
 
     let good = std::fs::read(p("ok.dfk")).unwrap();
     std::fs::write(p("truncated.dfk"), &good[..good.len() - 3]).unwrap();

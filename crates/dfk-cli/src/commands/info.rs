@@ -29,6 +29,13 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     };
     let s = model::summarize(path)?;
     if a.config {
+        if s.header.config.is_null() {
+            anyhow::bail!(
+                "{}: a {} model holds no pipeline configuration (only pipeline models, from train and deep, do)",
+                path.display(),
+                s.header.kind
+            );
+        }
         let cfg: PipelineConfig = serde_json::from_value(s.header.config.clone())
             .map_err(|e| anyhow::anyhow!("{}: header field `config`: {e}", path.display()))?;
         print!("{}", toml::to_string(&cfg)?);

@@ -480,3 +480,28 @@ fn info_reports_a_model_that_does_not_load() {
         "a svm model holds no pipeline configuration",
     );
 }
+
+/// Identical descriptors fit (every component on that point) but with a warning.
+#[test]
+fn identical_descriptors_fit_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, g) = (dir.path().join("x.npy"), dir.path().join("g.dfk"));
+    dfk::npy::write_f32_matrix(&x, &[0.25; 50 * 4], 50, 4).unwrap();
+    let o = dfk(&[
+        "gmm",
+        "fit",
+        "--descriptors",
+        &s(&x),
+        "--k",
+        "3",
+        "--out",
+        &s(&g),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("all 50 descriptors are identical"),
+        "{stderr}"
+    );
+    assert!(g.exists());
+}

@@ -812,6 +812,14 @@ impl<'a> EmContext<'a> {
         let n = check_fit_input(x, d, params)?;
         let (mean, data_var, spread) = data_moments(x, d);
         check_spread(x, d, &mean, &spread)?;
+        if spread.iter().all(|&s| s == 0.0) && params.k > 1 {
+            // Not an error (the fit is defined), but nothing a user wants: say so.
+            tracing::warn!(
+                "all {n} descriptors are identical: the {} components coincide at that point, \
+                 and Fisher vectors of such data carry no information",
+                params.k
+            );
+        }
         let shift = mean.iter().map(|&m| m as f32).collect();
         Ok(Self::with_moments(x, n, d, params, shift, data_var))
     }

@@ -123,6 +123,23 @@ fn svm_train_and_predict() {
     ]);
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["classes"], 3);
+    for (flag, value) in [("--c", "inf"), ("--c", "0"), ("--eps", "-1")] {
+        fails(
+            &[
+                "svm",
+                "train",
+                "--features",
+                &cli_fixture("features.npy"),
+                "--labels",
+                &cli_fixture("labels.npy"),
+                &format!("{flag}={value}"),
+                "--out",
+                &s(&dir.path().join("never.dfk")),
+            ],
+            2,
+            &format!("{flag} {value}: expected a finite number > 0"),
+        );
+    }
     let scores = dir.path().join("scores.npy");
     ok(&[
         "svm",

@@ -1008,6 +1008,7 @@ fn small_flag_errors_name_their_flags() {
         2,
         "--k 200 is more than --n 10",
     );
+    fails(&["bench", "--reps", "0"], 2, "--reps");
 }
 
 /// Borrowed arguments for [`ok`] and [`fails`].

@@ -73,8 +73,8 @@ pub struct Args {
     /// Descriptors (em/init stages).
     #[arg(long, default_value_t = 50_000)]
     pub n: usize,
-    /// Timed repetitions (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    /// Timed repetitions (the median is reported), at least 1.
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub reps: usize,
     /// Descriptors as an `.npy` matrix (rows × D) instead of synthetic data.
     #[arg(long)]

@@ -107,10 +107,10 @@ fn read_labels(a: &TrainArgs, n: usize) -> anyhow::Result<Labels> {
 
 fn train(a: TrainArgs, g: &Global) -> anyhow::Result<()> {
     if !(a.c.is_finite() && a.c > 0.0) {
-        return usage("--c must be positive");
+        return usage(format!("--c {}: expected a finite number > 0", a.c));
     }
     if !(a.eps.is_finite() && a.eps > 0.0) {
-        return usage("--eps must be positive");
+        return usage(format!("--eps {}: expected a finite number > 0", a.eps));
     }
     check_outputs(
         &[("--out", &a.out)],

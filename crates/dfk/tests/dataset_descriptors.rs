@@ -91,6 +91,20 @@ fn column_mismatch_between_files() {
         Err(Error::Empty { .. })
     ));
     assert!(Descriptors::from_npy_files(&[]).is_err());
+    // A file of 0 rows is named (it used to surface as "offsets must increase strictly").
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.npy"), dir.path().join("b.npy"));
+    dfk::npy::write_f32_matrix(&a, &[1.0, 2.0, 3.0], 1, 3).unwrap();
+    dfk::npy::write_f32_matrix(&b, &[], 0, 3).unwrap();
+    match Descriptors::from_npy_files(&[a, b]) {
+        Err(Error::Format { path, message }) => {
+            assert!(
+                path.ends_with("b.npy") && message.contains("0 rows"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a format error, got {other:?}"),
+    }
 }
 
 #[test]

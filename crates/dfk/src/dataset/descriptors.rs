@@ -109,6 +109,12 @@ impl Descriptors {
         };
         for path in paths {
             let (data, rows, dim) = npy::read_f32_matrix(path)?;
+            if rows == 0 {
+                return Err(Error::format(
+                    path,
+                    "0 rows: each file holds one image's descriptors, at least one",
+                ));
+            }
             if out.dim == 0 {
                 if dim == 0 {
                     return Err(Error::format(path, "0 columns: expected dim ≥ 1"));

@@ -155,9 +155,13 @@ fn malformed_and_empty_lists() {
         Err(Error::Io { path, .. }) => assert_eq!(path, missing),
         other => panic!("expected an io error, got {other:?}"),
     }
-    write(&r.join("classes.txt"), "a\na\n");
+    write(&r.join("classes.txt"), "a\nb\na\n");
     write(&r.join("l.txt"), "a.png a\n");
-    assert!(load_list(r.join("l.txt")).is_err());
+    let e = load_list(r.join("l.txt")).unwrap_err().to_string();
+    assert!(
+        e.contains("classes.txt") && e.contains("`a` is listed twice"),
+        "{e}"
+    );
 }
 
 #[test]

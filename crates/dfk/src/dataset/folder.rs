@@ -94,7 +94,11 @@ pub fn load_folder_with(root: impl AsRef<Path>, policy: OnError) -> Result<(Data
     let root = root.as_ref();
     let classes = class_dirs(root)?;
     if classes.is_empty() {
-        return Err(empty(format!("class folders under {}", root.display())));
+        return Err(empty(format!(
+            "class folders under {} (images go in one sub-folder per class, e.g. {}/cat/1.jpg)",
+            root.display(),
+            root.display()
+        )));
     }
     collect(root, &classes, policy)
 }

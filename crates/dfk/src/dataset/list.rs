@@ -92,9 +92,12 @@ fn classes_beside(list: &Path) -> Result<Option<Vec<String>>> {
     if names.is_empty() {
         return Err(empty(format!("class list {}", path.display())));
     }
-    let distinct: BTreeSet<&String> = names.iter().collect();
-    if distinct.len() != names.len() {
-        return Err(Error::format(&path, "a class name is listed twice"));
+    let mut seen = BTreeSet::new();
+    if let Some(twice) = names.iter().find(|n| !seen.insert(n.as_str())) {
+        return Err(Error::format(
+            &path,
+            format!("class name `{twice}` is listed twice"),
+        ));
     }
     Ok(Some(names))
 }

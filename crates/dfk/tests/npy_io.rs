@@ -384,7 +384,7 @@ fn object_arrays_are_an_unsupported_dtype() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("obj.npy");
     let mut header = "{'descr': '|O', 'fortran_order': False, 'shape': (2, 2), }".to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');

@@ -1335,13 +1335,12 @@ pub fn fma_probe(level: SimdLevel, iters: u64) -> u64 {
 mod x86 {
     use super::*;
 
-    /// e^x on 16 lanes; see [`exp_scalar`] for the special cases. `2^n` is one `vscalefps`,
-    /// exact for the normal results this range gives, so values match the scalar twin.
+    /// The shared core of [`exp512`] and [`exp512_nonpositive`]: e^x for `x` already clamped
+    /// to [`EXP_UNDERFLOW`, `EXP_OVERFLOW`] (or NaN): range reduction, polynomial, `2^n`.
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
-    fn exp512(x: __m512) -> __m512 {
+    fn exp512_in_range(xc: __m512) -> __m512 {
         let set1 = _mm512_set1_ps;
-        let xc = _mm512_min_ps(_mm512_max_ps(x, set1(EXP_UNDERFLOW)), set1(EXP_OVERFLOW));
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(xc, set1(LOG2E)),
         );
@@ -1354,6 +1353,17 @@ mod x86 {
         p = _mm512_fmadd_ps(p, r, set1(P5));
         let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), set1(1.0));
         let y = _mm512_scalef_ps(y, n);
+        y
+    }
+
+    /// e^x on 16 lanes; see [`exp_scalar`] for the special cases. `2^n` is one `vscalefps`,
+    /// exact for the normal results this range gives, so values match the scalar twin.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    fn exp512(x: __m512) -> __m512 {
+        let set1 = _mm512_set1_ps;
+        let xc = _mm512_min_ps(_mm512_max_ps(x, set1(EXP_UNDERFLOW)), set1(EXP_OVERFLOW));
+        let y = exp512_in_range(xc);
         let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, set1(EXP_UNDERFLOW));
         let over = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, set1(EXP_OVERFLOW));
         let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
@@ -1370,18 +1380,7 @@ mod x86 {
     fn exp512_nonpositive(x: __m512) -> __m512 {
         let set1 = _mm512_set1_ps;
         let xc = _mm512_max_ps(set1(EXP_UNDERFLOW), x);
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(xc, set1(LOG2E)),
-        );
-        let r = _mm512_fnmadd_ps(n, set1(LN2_HI), xc);
-        let r = _mm512_fnmadd_ps(n, set1(LN2_LO), r);
-        let mut p = _mm512_fmadd_ps(set1(P0), r, set1(P1));
-        p = _mm512_fmadd_ps(p, r, set1(P2));
-        p = _mm512_fmadd_ps(p, r, set1(P3));
-        p = _mm512_fmadd_ps(p, r, set1(P4));
-        p = _mm512_fmadd_ps(p, r, set1(P5));
-        let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), set1(1.0));
-        let y = _mm512_scalef_ps(y, n);
+        let y = exp512_in_range(xc);
         let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, set1(EXP_UNDERFLOW));
         _mm512_mask_mov_ps(y, under, _mm512_setzero_ps())
     }

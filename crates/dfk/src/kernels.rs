@@ -1352,8 +1352,7 @@ mod x86 {
         p = _mm512_fmadd_ps(p, r, set1(P4));
         p = _mm512_fmadd_ps(p, r, set1(P5));
         let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), set1(1.0));
-        let y = _mm512_scalef_ps(y, n);
-        y
+        _mm512_scalef_ps(y, n)
     }
 
     /// e^x on 16 lanes; see [`exp_scalar`] for the special cases. `2^n` is one `vscalefps`,

@@ -347,6 +347,9 @@ fn bad_flags_and_inputs_fail_without_writing_a_model() {
         "tx.npy: descriptors of dimension 4, but those of --descriptors",
         &model,
     );
+    let mut max_test = desc.to_vec();
+    max_test.extend(["--max-test", "5"]);
+    fails_leaving_nothing(&max_test, 2, "--max-test applies to a test set", &model);
     npy::write_i64_vector(&o, &(0..=9).map(|i| i * 4).collect::<Vec<_>>()).unwrap();
     fails_leaving_nothing(&desc, 1, "o.npy", &model);
     npy::write_i64_vector(&o, &(0..=10).map(|i| i * 4).collect::<Vec<_>>()).unwrap();

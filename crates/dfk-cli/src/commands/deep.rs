@@ -427,6 +427,13 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         ));
     }
     check_deep_outputs(&a)?;
+    let has_test = a.fashion_mnist.is_some() || a.embedded || a.test_descriptors.is_some();
+    if a.max_test.is_some() && !has_test {
+        return usage(
+            "--max-test applies to a test set, and these data have none (give --test-descriptors \
+             with --descriptors, or use --fashion-mnist / --embedded)",
+        );
+    }
     let Sets {
         train: mut all,
         mut test,

@@ -981,6 +981,11 @@ impl FileGroup {
         self.add(path.as_ref(), data, &[data.len() as u64])
     }
 
+    /// Adds an int64 vector.
+    pub fn i64_vector(&mut self, path: impl AsRef<Path>, data: &[i64]) -> Result<()> {
+        self.add(path.as_ref(), data, &[data.len() as u64])
+    }
+
     fn add<T: npyz::AutoSerialize + Copy>(
         &mut self,
         path: &Path,

@@ -106,12 +106,19 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 dir.clone()
             };
             crate::util::create_output_dir("--out-dir", &dir)?;
-            d.save_npy(dir.join("descriptors.npy"), dir.join("offsets.npy"))?;
+            // The set's files land together or not at all (a full disk, say).
+            let mut files = npy::FileGroup::new();
+            d.stage_npy(
+                &mut files,
+                dir.join("descriptors.npy"),
+                dir.join("offsets.npy"),
+            )?;
             let labels: Vec<i64> = data.first_labels().iter().map(|&l| l as i64).collect();
-            npy::write_i64_vector(dir.join("labels.npy"), &labels)?;
+            files.i64_vector(dir.join("labels.npy"), &labels)?;
             if let Some(p) = &positions {
-                npy::write_f32_matrix(dir.join("positions.npy"), p, d.rows(), 2)?;
+                files.f32_matrix(dir.join("positions.npy"), p, d.rows(), 2)?;
             }
+            files.commit()?;
         }
         let cached = Preprocessor {
             spatial: pre.spatial || cfg.pyramid.is_some(),

@@ -186,15 +186,28 @@ impl Descriptors {
         ))
     }
 
-    /// Writes the matrix and its int64 offsets as two `.npy` files (each written atomically).
+    /// Writes the matrix and its int64 offsets as two `.npy` files, both or neither
+    /// ([`npy::FileGroup`]).
     pub fn save_npy(
         &self,
         data_path: impl AsRef<Path>,
         offsets_path: impl AsRef<Path>,
     ) -> Result<()> {
+        let mut files = npy::FileGroup::new();
+        self.stage_npy(&mut files, data_path, offsets_path)?;
+        files.commit()
+    }
+
+    /// [`save_npy`](Self::save_npy) into a group of files that the caller commits with others.
+    pub fn stage_npy(
+        &self,
+        files: &mut npy::FileGroup,
+        data_path: impl AsRef<Path>,
+        offsets_path: impl AsRef<Path>,
+    ) -> Result<()> {
         self.validate()?;
-        npy::write_f32_matrix(data_path, &self.data, self.rows(), self.dim)?;
+        files.f32_matrix(data_path, &self.data, self.rows(), self.dim)?;
         let offsets: Vec<i64> = self.offsets.iter().map(|&o| o as i64).collect();
-        npy::write_i64_vector(offsets_path, &offsets)
+        files.i64_vector(offsets_path, &offsets)
     }
 }

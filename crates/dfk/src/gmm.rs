@@ -723,24 +723,19 @@ fn data_moments(x: &[f32], d: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
 /// factor 100 for the sums.
 const MAX_SPREAD: f64 = 1e18;
 
-/// Refuses data whose spread float32 statistics cannot hold, naming the first such value.
+/// Refuses data whose spread float32 statistics cannot hold, naming the farthest value of the
+/// first such dimension (the others may lie far from a mean that one huge value pulled away).
 fn check_spread(x: &[f32], d: usize, mean: &[f64], spread: &[f64]) -> Result<()> {
-    if spread.iter().all(|&s| s <= MAX_SPREAD) {
+    let Some(j) = spread.iter().position(|&s| s > MAX_SPREAD) else {
         return Ok(());
-    }
-    // The farthest value of the first such dimension (the others may lie far from a mean
-    // that one huge value pulled away).
-    let j = spread.iter().position(|&s| s > MAX_SPREAD).unwrap_or(0);
+    };
     let dev = |r: usize| (x[r * d + j] as f64 - mean[j]).abs();
     let row = (0..x.len() / d).fold(0, |best, r| if dev(r) > dev(best) { r } else { best });
-    let i = row * d + j;
     Err(Error::Invalid(format!(
-        "descriptor row {} (dimension {}) is {:e}, {:e} from the dimension's mean: beyond \
+        "descriptor row {row} (dimension {j}) is {:e}, {:e} from the dimension's mean: beyond \
          {MAX_SPREAD:e}, the squares overflow the float32 statistics; scale the descriptors down",
-        i / d,
-        i % d,
-        x[i],
-        (x[i] as f64 - mean[i % d]).abs()
+        x[row * d + j],
+        dev(row)
     )))
 }
 

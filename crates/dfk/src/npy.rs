@@ -972,7 +972,13 @@ impl FileGroup {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
-        check_matrix_len(data, rows, cols)?;
+        if data.len() != rows * cols {
+            return Err(Error::dim(
+                "matrix to write (rows × cols)",
+                rows * cols,
+                data.len(),
+            ));
+        }
         self.add(path.as_ref(), data, &[rows as u64, cols as u64])
     }
 
@@ -1035,25 +1041,6 @@ fn fill_array<T: npyz::AutoSerialize + Copy>(
     writer.finish()
 }
 
-fn write_array<T: npyz::AutoSerialize + Copy>(
-    path: &Path,
-    data: &[T],
-    shape: &[u64],
-) -> Result<()> {
-    write_atomic(path, |w| fill_array(w, data, shape))
-}
-
-fn check_matrix_len(data: &[f32], rows: usize, cols: usize) -> Result<()> {
-    if data.len() != rows * cols {
-        return Err(Error::dim(
-            "matrix to write (rows × cols)",
-            rows * cols,
-            data.len(),
-        ));
-    }
-    Ok(())
-}
-
 /// Writes a row-major `rows × cols` float32 matrix atomically.
 pub fn write_f32_matrix(
     path: impl AsRef<Path>,
@@ -1061,18 +1048,23 @@ pub fn write_f32_matrix(
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    check_matrix_len(data, rows, cols)?;
-    write_array(path.as_ref(), data, &[rows as u64, cols as u64])
+    let mut one = FileGroup::new();
+    one.f32_matrix(path, data, rows, cols)?;
+    one.commit()
 }
 
 /// Writes a float32 vector atomically.
 pub fn write_f32_vector(path: impl AsRef<Path>, data: &[f32]) -> Result<()> {
-    write_array(path.as_ref(), data, &[data.len() as u64])
+    let mut one = FileGroup::new();
+    one.f32_vector(path, data)?;
+    one.commit()
 }
 
 /// Writes an int64 vector atomically.
 pub fn write_i64_vector(path: impl AsRef<Path>, data: &[i64]) -> Result<()> {
-    write_array(path.as_ref(), data, &[data.len() as u64])
+    let mut one = FileGroup::new();
+    one.i64_vector(path, data)?;
+    one.commit()
 }
 
 #[cfg(test)]

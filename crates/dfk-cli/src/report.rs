@@ -1,15 +1,17 @@
 //! `--report DIR`: a self-contained `index.html` with inline SVG plots (plotters' SVG backend)
-//! and `report.json` with the numbers. Both files are written atomically.
+//! and `report.json` with the numbers. Both files land together or not at all.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::Context;
+use dfk::npy::FileGroup;
 use dfk::pipeline::{Evaluation, StageTime};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::{json, Value};
+
+use crate::util::{create_output_dir, CreatedDirs};
 
 /// Everything a report shows.
 pub struct Report<'a> {
@@ -529,11 +531,16 @@ pub fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     FILES.iter().map(|name| dir.join(name)).collect()
 }
 
-/// Writes `index.html` and `report.json` into `dir` (created if missing).
-pub fn write(dir: &Path, r: &Report) -> anyhow::Result<()> {
-    std::fs::create_dir_all(crate::util::folder_path(dir))
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    let page = html(r)?;
+/// A report's two files, rendered: nothing is written yet, so a plot that fails leaves no
+/// output behind.
+pub struct Rendered {
+    json: String,
+    html: String,
+}
+
+/// Renders the plots and numbers of a report.
+pub fn render(r: &Report) -> anyhow::Result<Rendered> {
+    let html = html(r)?;
     let numbers = json!({
         "title": r.title,
         "evaluation": r.evaluation,
@@ -544,12 +551,40 @@ pub fn write(dir: &Path, r: &Report) -> anyhow::Result<()> {
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect::<serde_json::Map<String, Value>>(),
     });
-    dfk::npy::write_bytes_atomic(
-        dir.join(FILES[0]),
-        serde_json::to_string_pretty(&numbers)?.as_bytes(),
-    )?;
-    dfk::npy::write_bytes_atomic(dir.join(FILES[1]), page.as_bytes())?;
+    let json = serde_json::to_string_pretty(&numbers)?;
+    Ok(Rendered { json, html })
+}
+
+impl Rendered {
+    /// Creates `dir` if missing and stages `report.json` and `index.html` in `files`; the
+    /// caller commits them with the rest of its output, then keeps the returned folders.
+    pub fn stage(&self, dir: &Path, files: &mut FileGroup) -> anyhow::Result<CreatedDirs> {
+        let created = create_output_dir("--report", dir)?;
+        files.bytes(dir.join(FILES[0]), self.json.as_bytes())?;
+        files.bytes(dir.join(FILES[1]), self.html.as_bytes())?;
+        Ok(created)
+    }
+}
+
+/// Writes `report.json` and `index.html` into `dir` (created if missing), both or neither.
+pub fn write(dir: &Path, r: &Report) -> anyhow::Result<()> {
+    let rendered = render(r)?;
+    let mut files = FileGroup::new();
+    let created = rendered.stage(dir, &mut files)?;
+    files.commit()?;
+    created.keep();
     Ok(())
+}
+
+#[cfg(test)]
+impl Rendered {
+    /// A report of the given contents, for tests of how it is written.
+    pub fn from_contents(json: &str, html: &str) -> Self {
+        Self {
+            json: json.into(),
+            html: html.into(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -376,10 +376,44 @@ pub fn folder_path(dir: &std::path::Path) -> std::path::PathBuf {
     }
 }
 
-/// Creates the output folder `dir` and its missing parents ([`folder_path`] first).
-pub fn create_output_dir(flag: &str, dir: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(folder_path(dir))
-        .with_context(|| format!("{flag}: cannot create {}", dir.display()))
+/// Creates the output folder `dir` and its missing parents ([`folder_path`] first). The
+/// folders it created are removed again (when still empty) if the returned guard is dropped
+/// before [`CreatedDirs::keep`]: a command that fails leaves no empty output folder behind.
+pub fn create_output_dir(flag: &str, dir: &std::path::Path) -> anyhow::Result<CreatedDirs> {
+    let dir = folder_path(dir);
+    let created: Vec<std::path::PathBuf> = dir
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && std::fs::symlink_metadata(p).is_err())
+        .map(|p| p.to_path_buf())
+        .collect();
+    let guard = CreatedDirs { created };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("{flag}: cannot create {}", dir.display()))?;
+    Ok(guard)
+}
+
+/// The folders [`create_output_dir`] created, deepest first.
+#[must_use = "dropping the guard removes the folders it created"]
+pub struct CreatedDirs {
+    created: Vec<std::path::PathBuf>,
+}
+
+impl CreatedDirs {
+    /// The output is complete: keep the folders.
+    pub fn keep(mut self) {
+        self.created.clear();
+    }
+}
+
+impl Drop for CreatedDirs {
+    fn drop(&mut self) {
+        // `remove_dir` removes only empty folders: anything another writer put there stays.
+        for dir in &self.created {
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
+    }
 }
 
 /// For an output path that is a symbolic link: the file it points to, or a usage error naming
@@ -544,4 +578,32 @@ pub fn as_flag_error(e: dfk::Error, flags: &[(&str, &str)]) -> anyhow::Error {
         }
     }
     e.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_output_folders_are_removed_unless_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("a/b/c");
+        drop(create_output_dir("--out-dir", &deep).unwrap());
+        assert!(!tmp.path().join("a").exists(), "dropped: a/b/c removed");
+
+        // A folder that already existed stays, and only what was created goes.
+        std::fs::create_dir(tmp.path().join("a")).unwrap();
+        drop(create_output_dir("--out-dir", &deep).unwrap());
+        assert!(tmp.path().join("a").is_dir() && !tmp.path().join("a/b").exists());
+
+        // A folder someone wrote into is not removed (nor its parents).
+        let guard = create_output_dir("--out-dir", &deep).unwrap();
+        std::fs::write(deep.join("other.txt"), b"x").unwrap();
+        drop(guard);
+        assert!(deep.join("other.txt").is_file());
+
+        let kept = tmp.path().join("k/l");
+        create_output_dir("--out-dir", &kept).unwrap().keep();
+        assert!(kept.is_dir());
+    }
 }

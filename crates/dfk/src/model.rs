@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gmm::Gmm;
-use crate::npy::write_bytes_atomic;
+use crate::npy::FileGroup;
 use crate::pca::Pca;
 use crate::svm::{BinarySvm, OneVsRest};
 
@@ -116,6 +116,14 @@ pub struct ModelFile {
 impl ModelFile {
     /// Writes the model to `path` atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let mut one = FileGroup::new();
+        self.stage(path, &mut one)?;
+        one.commit()
+    }
+
+    /// Stages the model file for `path` in `files`, so that it lands together with the
+    /// other files of an output (a report) or not at all.
+    pub fn stage(&self, path: impl AsRef<Path>, files: &mut FileGroup) -> Result<()> {
         let mut w = Writer::default();
         w.gmm(&self.gmm);
         if let Some(pca) = &self.pca {
@@ -138,7 +146,7 @@ impl ModelFile {
             config: self.config.clone(),
             history: self.history.clone(),
         };
-        w.finish(path.as_ref(), &header)
+        w.stage(path.as_ref(), &header, files)
     }
 
     /// Reads a model file of kind `pipeline`, checking the format version and every array's
@@ -431,6 +439,13 @@ impl Writer {
     }
 
     fn finish(self, path: &Path, header: &Header) -> Result<()> {
+        let mut one = FileGroup::new();
+        self.stage(path, header, &mut one)?;
+        one.commit()
+    }
+
+    /// The encoded model file, staged in `files` to land with the rest of an output.
+    fn stage(self, path: &Path, header: &Header, files: &mut FileGroup) -> Result<()> {
         let json = serde_json::to_string(header)
             .map_err(|e| Error::format(path, format!("cannot encode the model header: {e}")))?;
         let views = self
@@ -445,7 +460,7 @@ impl Writer {
         let metadata = HashMap::from([(METADATA_KEY.to_string(), json)]);
         let bytes = safetensors::serialize(views, Some(metadata))
             .map_err(|e| Error::format(path, format!("cannot encode the model: {e}")))?;
-        write_bytes_atomic(path, &bytes)
+        files.bytes(path, &bytes)
     }
 }
 

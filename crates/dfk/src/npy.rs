@@ -183,10 +183,45 @@ fn transpose<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
     out
 }
 
+/// The error for a finite float64 value that has no float32 counterpart (it would become
+/// ±inf, and be reported as a non-finite value the file does not hold).
+fn beyond_f32(path: &Path, index: usize, cols: usize, value: f64) -> Error {
+    Error::format(
+        path,
+        format!(
+            "row {}, column {}: value {value:e} is beyond the float32 range (±{:e}) in which \
+             dfk computes",
+            index / cols,
+            index % cols,
+            f32::MAX
+        ),
+    )
+}
+
+/// `f64` values narrowed to `f32`; `cols` (the row length) places a value that is finite in
+/// `f64` but beyond the `f32` range, which is an error.
+fn narrow(path: &Path, v: &[f64], cols: usize) -> Result<Vec<f32>> {
+    v.iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let y = x as f32;
+            if y.is_infinite() && x.is_finite() {
+                Err(beyond_f32(path, i, cols.max(1), x))
+            } else {
+                Ok(y)
+            }
+        })
+        .collect()
+}
+
 fn float_values(path: &Path, a: Array, what: &str) -> Result<Vec<f32>> {
+    let cols = match a.shape[..] {
+        [_, c] => c,
+        _ => 1,
+    };
     match a.values {
         Values::F32(v) => Ok(v),
-        Values::F64(v) => Ok(v.into_iter().map(|x| x as f32).collect()),
+        Values::F64(v) => narrow(path, &v, cols),
         _ => Err(Error::format(
             path,
             format!(
@@ -516,6 +551,24 @@ impl F32MatrixReader {
         self.cols
     }
 
+    /// Of the `raw` values just decoded from float64 bytes (value `r` stored at
+    /// `out[place(r)]`), the first that is finite but beyond the `f32` range: its place in
+    /// `out` and its value.
+    fn first_beyond_f32(
+        &self,
+        raw: usize,
+        place: impl Fn(usize) -> usize,
+        out: &[f32],
+    ) -> Option<(usize, f64)> {
+        if self.item != 8 {
+            return None;
+        }
+        (0..raw)
+            .filter(|&r| out[place(r)].is_infinite())
+            .map(|r| (place(r), f64_at(&self.bytes, r, self.big_endian)))
+            .find(|(_, x)| x.is_finite())
+    }
+
     /// Index of the next row [`read_rows`](Self::read_rows) returns.
     pub fn position(&self) -> usize {
         self.next
@@ -565,6 +618,9 @@ impl F32MatrixReader {
                 for (i, v) in decode(&self.bytes, item, self.big_endian).enumerate() {
                     out[i * cols + j] = v;
                 }
+                if let Some((i, x)) = self.first_beyond_f32(count, |r| r * cols + j, out) {
+                    return Err(beyond_f32(&self.path, first * cols + i, cols, x));
+                }
             }
         } else {
             let at = self.data_start + (first * cols * item) as u64;
@@ -579,9 +635,22 @@ impl F32MatrixReader {
             {
                 *o = v;
             }
+            if let Some((i, x)) = self.first_beyond_f32(count * cols, |r| r, out) {
+                return Err(beyond_f32(&self.path, first * cols + i, cols, x));
+            }
         }
         self.next += count;
         Ok(())
+    }
+}
+
+/// Value `i` of raw float64 bytes.
+fn f64_at(bytes: &[u8], i: usize, big_endian: bool) -> f64 {
+    let b: [u8; 8] = bytes[8 * i..8 * i + 8].try_into().expect("eight bytes");
+    if big_endian {
+        f64::from_be_bytes(b)
+    } else {
+        f64::from_le_bytes(b)
     }
 }
 
@@ -949,7 +1018,7 @@ fn stage(
     }
 }
 
-/// Several `.npy` files written as one output: each goes to a temporary file beside its
+/// Several files (`.npy` arrays, or raw bytes) written as one output: each goes to a temporary file beside its
 /// target, and only [`commit`](Self::commit), once all are complete, renames them into place.
 /// On an error before that (a full disk, say) or when dropped uncommitted, the temporary files
 /// are removed and no target changes, so a reader never finds part of the set.
@@ -990,6 +1059,14 @@ impl FileGroup {
     /// Adds an int64 vector.
     pub fn i64_vector(&mut self, path: impl AsRef<Path>, data: &[i64]) -> Result<()> {
         self.add(path.as_ref(), data, &[data.len() as u64])
+    }
+
+    /// Adds a file of raw bytes (a model, a report page).
+    pub fn bytes(&mut self, path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+        if let Some(staged) = stage(path.as_ref(), |w| w.write_all(bytes))? {
+            self.staged.push(staged);
+        }
+        Ok(())
     }
 
     fn add<T: npyz::AutoSerialize + Copy>(

@@ -405,3 +405,69 @@ fn object_arrays_are_an_unsupported_dtype() {
         );
     }
 }
+
+/// A `.npy` file of `descr` and `shape` holding `payload` (raw bytes in the file's order).
+fn raw_npy(path: &std::path::Path, descr: &str, fortran: bool, shape: &str, payload: &[u8]) {
+    let py_bool = if fortran { "True" } else { "False" };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': {py_bool}, 'shape': {shape}, }}");
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(payload);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A float64 value that is finite but beyond the float32 range is named with its row and
+/// column, by every reader and in both layouts, instead of turning into an infinity that the
+/// finiteness check then reports as a value the file does not hold.
+#[test]
+fn float64_values_beyond_float32_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    // 3 × 2, C order, little-endian: entry (2, 1) is 1e300.
+    let c_order = dir.path().join("big_c.npy");
+    let values = [0.5f64, -1.0, 2.0, 3e38, -4.0, 1e300];
+    let le: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    raw_npy(&c_order, "<f8", false, "(3, 2)", &le);
+    // The same matrix Fortran order, big-endian, with −1e39 at (1, 0) instead.
+    let fortran = dir.path().join("big_f.npy");
+    let columns = [0.5f64, -1e39, -4.0, -1.0, 3e38, 1e300];
+    let be: Vec<u8> = columns.iter().flat_map(|v| v.to_be_bytes()).collect();
+    raw_npy(&fortran, ">f8", true, "(3, 2)", &be);
+    for (path, place, value) in [
+        (&c_order, "row 2, column 1", "1e300"),
+        (&fortran, "row 1, column 0", "-1e39"),
+    ] {
+        let whole = err(npy::read_f32_matrix(path));
+        let mut reader = npy::F32MatrixReader::open(path).unwrap();
+        let mut buf = Vec::new();
+        let streamed = (0..3)
+            .map(|_| reader.read_rows(1, &mut buf))
+            .find_map(|r| r.err())
+            .map(|e| e.to_string())
+            .expect("the reader reports the value");
+        for e in [whole, streamed] {
+            assert!(
+                e.contains(&path.file_name().unwrap().to_string_lossy().to_string())
+                    && e.contains(place)
+                    && e.contains(value)
+                    && e.contains("float32 range"),
+                "{e}"
+            );
+        }
+    }
+    // An infinity stored as float64 is read as one (the finiteness check names it), and a
+    // value within range (3e38) reads as its nearest float32.
+    let inf = dir.path().join("inf.npy");
+    let le: Vec<u8> = [f64::INFINITY, 3e38]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    raw_npy(&inf, "<f8", false, "(1, 2)", &le);
+    let (data, _, _) = npy::read_f32_matrix(&inf).unwrap();
+    assert_eq!(data, vec![f32::INFINITY, 3e38f32]);
+}

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::commands::train::{summarize, train_and_evaluate, write_report};
+use crate::commands::train::{render_report, save_outputs, summarize, train_and_evaluate};
 use crate::options::{ConfigArgs, DataArgs};
 use crate::report;
 use crate::util::{check_outputs_in_folders, emit};
@@ -55,9 +55,10 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     }
     // The demo measures the whole pipeline: no descriptor cache.
     let t = train_and_evaluate(&loaded, &cfg, None, g)?;
-    if let Some(out) = &a.out {
-        t.pipeline.to_model(t.history.clone())?.save(out)?;
-    }
+    let model = match &a.out {
+        Some(_) => Some(t.pipeline.to_model(t.history.clone())?),
+        None => None,
+    };
     let facts = vec![
         ("data".to_string(), loaded.description.clone()),
         (
@@ -66,11 +67,10 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         ),
         ("total time".to_string(), format!("{:.1} s", t.seconds)),
     ];
-    write_report(
-        &a.report,
-        &t,
-        "dfk demo: embedded Fashion-MNIST subset",
-        facts,
+    let rendered = render_report(&t, "dfk demo: embedded Fashion-MNIST subset", facts)?;
+    save_outputs(
+        model.as_ref().zip(a.out.as_deref()),
+        Some((&rendered, &a.report)),
     )?;
     let (mut value, human) = summarize(&t, a.out.as_deref());
     value["report"] = serde_json::json!(a.report.join("index.html"));

@@ -105,7 +105,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             } else {
                 dir.clone()
             };
-            crate::util::create_output_dir("--out-dir", &dir)?;
+            let created = crate::util::create_output_dir("--out-dir", &dir)?;
             // The set's files land together or not at all (a full disk, say).
             let mut files = npy::FileGroup::new();
             d.stage_npy(
@@ -119,6 +119,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 files.f32_matrix(dir.join("positions.npy"), p, d.rows(), 2)?;
             }
             files.commit()?;
+            created.keep();
         }
         let cached = Preprocessor {
             spatial: pre.spatial || cfg.pyramid.is_some(),

@@ -207,7 +207,7 @@ fn export(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
         &[("GMM file", &a.gmm)],
     )?;
     let gmm = model::load_gmm(&a.gmm)?;
-    crate::util::create_output_dir("--out-dir", &a.out_dir)?;
+    let created = crate::util::create_output_dir("--out-dir", &a.out_dir)?;
     let (k, d) = (gmm.k(), gmm.d());
     // All three or none: a full disk must not leave means.npy without its variances.
     let mut files = npy::FileGroup::new();
@@ -215,6 +215,7 @@ fn export(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
     files.f32_matrix(&variances, gmm.variances(), k, d)?;
     files.f32_vector(&weights, gmm.weights())?;
     files.commit()?;
+    created.keep();
     emit(
         g,
         &json!({"out_dir": a.out_dir, "k": k, "d": d}),

@@ -169,25 +169,42 @@ pub fn summarize(t: &Trained, model: Option<&Path>) -> (serde_json::Value, Strin
     (value, human)
 }
 
-/// Writes the report of a training run.
-pub fn write_report(
-    dir: &Path,
+/// Renders the report of a training run.
+pub fn render_report(
     t: &Trained,
     title: &str,
     facts: Vec<(String, String)>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<report::Rendered> {
     let config = serde_json::to_value(&t.pipeline.config)?;
-    report::write(
-        dir,
-        &Report {
-            title,
-            evaluation: &t.evaluation,
-            timings: &t.timings,
-            history: &t.history,
-            config: &config,
-            facts,
-        },
-    )
+    report::render(&Report {
+        title,
+        evaluation: &t.evaluation,
+        timings: &t.timings,
+        history: &t.history,
+        config: &config,
+        facts,
+    })
+}
+
+/// Writes the model (when `out` is given) and the report (when `report` is given) as one
+/// output: both land, or neither does.
+pub fn save_outputs(
+    model: Option<(&dfk::model::ModelFile, &Path)>,
+    report: Option<(&report::Rendered, &Path)>,
+) -> anyhow::Result<()> {
+    let mut files = dfk::npy::FileGroup::new();
+    if let Some((model, out)) = model {
+        model.stage(out, &mut files)?;
+    }
+    let created = match report {
+        Some((rendered, dir)) => Some(rendered.stage(dir, &mut files)?),
+        None => None,
+    };
+    files.commit()?;
+    if let Some(created) = created {
+        created.keep();
+    }
+    Ok(())
 }
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
@@ -229,19 +246,71 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     }
     let t = train_and_evaluate(&loaded, &cfg, cache.as_deref(), g)?;
     let model = t.pipeline.to_model(t.history.clone())?;
-    model.save(&a.out)?;
-    if let Some(dir) = &a.report {
-        let facts = vec![
-            ("data".to_string(), loaded.description.clone()),
-            ("model".to_string(), a.out.display().to_string()),
-            (
-                "evaluated on".to_string(),
-                if t.tested { "test set" } else { "training set" }.to_string(),
-            ),
-        ];
-        write_report(dir, &t, "dfk training report", facts)?;
-    }
+    let rendered = match &a.report {
+        Some(dir) => {
+            let facts = vec![
+                ("data".to_string(), loaded.description.clone()),
+                ("model".to_string(), a.out.display().to_string()),
+                (
+                    "evaluated on".to_string(),
+                    if t.tested { "test set" } else { "training set" }.to_string(),
+                ),
+            ];
+            Some((render_report(&t, "dfk training report", facts)?, dir))
+        }
+        None => None,
+    };
+    save_outputs(
+        Some((&model, &a.out)),
+        rendered.as_ref().map(|(r, dir)| (r, dir.as_path())),
+    )?;
     let (value, human) = summarize(&t, Some(&a.out));
     emit(g, &value, &human);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dfk::gmm::Gmm;
+    use dfk::model::ModelFile;
+
+    fn model() -> ModelFile {
+        ModelFile {
+            pca: None,
+            gmm: Gmm::new(1, 2, vec![0.0; 2], vec![1.0; 2], vec![1.0]).unwrap(),
+            svm: None,
+            class_gmms: Vec::new(),
+            class_names: Vec::new(),
+            config: json!({}),
+            history: json!({}),
+        }
+    }
+
+    #[test]
+    fn model_and_report_land_together_or_not_at_all() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (out, report) = (tmp.path().join("m.dfk"), tmp.path().join("new/rep"));
+        let rendered = report::Rendered::from_contents("{}", "<html></html>");
+
+        // The report's page cannot be written (a folder is in its place): no model, no
+        // report.json, and no folder left from this run.
+        let blocked = tmp.path().join("blocked");
+        std::fs::create_dir_all(blocked.join("index.html")).unwrap();
+        let err = save_outputs(Some((&model(), &out)), Some((&rendered, &blocked))).unwrap_err();
+        assert!(format!("{err:#}").contains("index.html"), "{err:#}");
+        assert!(!out.exists() && !blocked.join("report.json").exists());
+
+        // The model cannot be written (a folder in its place): no report folder created.
+        let err = save_outputs(Some((&model(), &blocked)), Some((&rendered, &report)));
+        assert!(err.is_err() && !tmp.path().join("new").exists());
+
+        save_outputs(Some((&model(), &out)), Some((&rendered, &report))).unwrap();
+        assert!(ModelFile::load(&out).is_ok());
+        assert_eq!(
+            std::fs::read(report.join("index.html")).unwrap(),
+            b"<html></html>"
+        );
+        assert_eq!(std::fs::read(report.join("report.json")).unwrap(), b"{}");
+    }
 }

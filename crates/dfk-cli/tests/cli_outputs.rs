@@ -1059,6 +1059,27 @@ fn bench_sizes_are_checked_before_anything_is_allocated() {
         2,
         "at most 32 GiB",
     );
+    // Measured data with fewer rows than the sizes ask for, or --data without --gmm: usage
+    // errors naming the flags.
+    let dir = tempfile::tempdir().unwrap();
+    let (data, prefix) = (dir.path().join("x.npy"), dir.path().join("g"));
+    npy::write_f32_matrix(&data, &[0.5; 3 * 2], 3, 2).unwrap();
+    npy::write_f32_matrix(dir.path().join("g_means.npy"), &[0.0; 2], 1, 2).unwrap();
+    npy::write_f32_matrix(dir.path().join("g_variances.npy"), &[1.0; 2], 1, 2).unwrap();
+    npy::write_f32_vector(dir.path().join("g_weights.npy"), &[1.0]).unwrap();
+    let (data, prefix) = (data.display().to_string(), prefix.display().to_string());
+    fails(
+        &[
+            "bench", "--stage", "em", "--n", "10", "--data", &data, "--gmm", &prefix,
+        ],
+        2,
+        "has 3 rows, the stage needs 10 (--n 10)",
+    );
+    fails(
+        &["bench", "--stage", "em", "--n", "2", "--data", &data],
+        2,
+        "give both --data and --gmm",
+    );
 }
 
 /// Settings whose value is out of range are usage errors naming the flag and the range:

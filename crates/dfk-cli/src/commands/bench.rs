@@ -20,6 +20,7 @@ use dfk::sift::{dense_sift_with, DsiftParams, DsiftScratch, GrayImage};
 use dfk::stats::{self, EmScratch, EmStats, GmmTerms, Scratch};
 use dfk::svm::{train_binary, SvmParams};
 
+use crate::util::usage;
 use crate::Global;
 
 /// What to measure.
@@ -227,17 +228,18 @@ fn workload(args: &Args, rows: usize) -> anyhow::Result<(Vec<f32>, Gmm)> {
                 bail!("--data has {d} columns, the GMM {} dimensions", gmm.d());
             }
             if r < rows {
-                bail!(
+                // The sizes asked for are the flags': a usage error, like a size out of range.
+                return usage(format!(
                     "--data {} has {r} rows, the stage needs {rows} ({}): lower them or give \
                      more rows",
                     data.display(),
                     rows_flags(args)
-                );
+                ));
             }
             Ok((x[..rows * d].to_vec(), gmm))
         }
         (None, None) => synthetic(rows, args.d, args.k, args.noise, args.seed),
-        _ => bail!("give both --data and --gmm, or neither"),
+        _ => usage("give both --data and --gmm, or neither"),
     }
 }
 

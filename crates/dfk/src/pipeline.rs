@@ -347,7 +347,7 @@ fn extract_images(
     let per_image: Vec<(Vec<f32>, Vec<f32>)> = indices
         .par_iter()
         .map_init(DsiftScratch::new, |scratch, &i| {
-            let name = || data.items[i].source.describe();
+            let name = || data.item_name(i);
             let img = data.load_u8(i)?;
             let gray = GrayImage::from_u8(img.width, img.height, &img.pixels)
                 .map_err(|e| Error::Invalid(format!("{}: {e}", name())))?;

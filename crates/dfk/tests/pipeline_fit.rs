@@ -320,3 +320,28 @@ fn fit_pipeline_on_a_few_fashion_mnist_images() {
     let fv = fit.pipeline.encode_dataset(&data, None, &Silent).unwrap();
     assert_eq!(fv, fit.train_features);
 }
+
+/// An image held in memory (IDX, embedded set) that yields no descriptor is named by its
+/// index in the data set: its size alone does not tell it from the others.
+#[test]
+fn a_memory_image_without_descriptors_is_named_by_its_index() {
+    let mut data = small_train(3);
+    data.items[2].source = dfk::dataset::ImageSource::Memory {
+        width: 6,
+        height: 5,
+        pixels: vec![128; 30],
+    };
+    let params = dfk::sift::DsiftParams {
+        resize: None,
+        ..PipelineConfig::default().sift
+    };
+    let err = match extract_descriptors(&data, &params, &|_| ()) {
+        Ok(_) => panic!("a 6 × 5 image gave descriptors"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.starts_with("image 2 (memory image 6x5): ")
+            && err.contains("smaller than one descriptor"),
+        "{err}"
+    );
+}

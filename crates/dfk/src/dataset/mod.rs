@@ -265,6 +265,16 @@ impl Dataset {
         Ok(())
     }
 
+    /// Item `i` for messages: an image file by its path, an image held in memory (from an
+    /// IDX file or the embedded set) by its index in the data set, which is all that tells
+    /// it from the others.
+    pub fn item_name(&self, i: usize) -> String {
+        match &self.items[i].source {
+            ImageSource::File(p) => p.display().to_string(),
+            source => format!("image {i} ({})", source.describe()),
+        }
+    }
+
     /// Number of items.
     pub fn len(&self) -> usize {
         self.items.len()

@@ -523,7 +523,7 @@ pre{{background:#f7f7f7;padding:1em;overflow-x:auto}}</style></head><body>\n<h1>
     Ok(page)
 }
 
-/// The file names a report writes in its folder, in the order [`write`] writes them.
+/// The file names a report writes in its folder, in the order [`write()`] writes them.
 pub const FILES: [&str; 2] = ["report.json", "index.html"];
 
 /// The files a report in `dir` consists of, for the output checks before the work.

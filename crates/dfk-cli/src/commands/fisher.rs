@@ -27,7 +27,7 @@ pub struct Args {
     /// Descriptors, N×D float32/float64 .npy (D must match the GMM).
     #[arg(long)]
     descriptors: PathBuf,
-    /// int64 offsets, images+1 entries: image i owns rows O[i]..O[i+1]. Without it the whole
+    /// int64 offsets, images+1 entries: image i owns rows `O[i]..O[i+1]`. Without it the whole
     /// matrix is one image.
     #[arg(long)]
     offsets: Option<PathBuf>,

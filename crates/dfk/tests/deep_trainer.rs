@@ -222,6 +222,43 @@ fn resumed_run_matches_an_uninterrupted_one() {
     }
 }
 
+/// A run that stopped on its relative-decrease rule continues when resumed with a looser one
+/// (the stopping rules are the resumed run's), and then matches a run made with the looser
+/// rule from the start; resumed with the same rule it stays stopped.
+#[test]
+fn resuming_with_looser_stopping_rules_continues_the_run() {
+    let set = synthetic(40, 15, 3, 2, 7);
+    let data = DeepData {
+        train: &set,
+        val: None,
+        test: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let init = [gmm(3, 3, 9)];
+    let cp = Checkpoint {
+        path: dir.path().join("run.ckpt"),
+        resume: true,
+    };
+    let strict = DeepParams {
+        rel_tol: 0.5,
+        ..train_params(4)
+    };
+    let first = train_deep(&init, &data, &strict, Some(&cp)).unwrap();
+    assert_eq!(
+        first.history.records.len(),
+        2,
+        "{}",
+        first.history.stop_reason
+    );
+    assert!(first.history.stop_reason.contains("rel_tol 0.5"));
+    let again = train_deep(&init, &data, &strict, Some(&cp)).unwrap();
+    assert_eq!(again.history.records.len(), 2);
+    let resumed = train_deep(&init, &data, &train_params(4), Some(&cp)).unwrap();
+    assert_eq!(resumed.history.records.len(), 5);
+    let straight = train_deep(&init, &data, &train_params(4), None).unwrap();
+    assert_eq!(straight.gmms, resumed.gmms);
+}
+
 /// The same run in a 1-thread and a 2-thread rayon pool. The encoder and backward pass sum in
 /// a fixed order (bit-identical gradients for the same θ); the one-vs-rest solver visits
 /// samples in an order that depends on the thread count, so its solutions agree to its

@@ -224,6 +224,10 @@ struct TrainState {
     best: Best,
     history: DeepHistory,
     stop: Option<String>,
+    /// The relative decrease of the objective in the latest iteration (for the stopping
+    /// rules of a resumed run; absent in checkpoints written before it was recorded).
+    #[serde(default)]
+    last_decrease: Option<f64>,
 }
 
 const CHECKPOINT_FORMAT: &str = "dfk-deep-checkpoint-1";
@@ -290,6 +294,13 @@ pub fn train_deep(
         Some(cp) if cp.resume && cp.path.exists() => {
             Some(load_state(&cp.path, params, &inits, data, &settings)?)
         }
+        Some(cp) if cp.resume => {
+            warn!(
+                "resume: no checkpoint at {}, so the run starts from iteration 0",
+                cp.path.display()
+            );
+            None
+        }
         _ => None,
     };
     let mut state = match resumed {
@@ -301,9 +312,9 @@ pub fn train_deep(
                     .unwrap_or_default(),
                 s.iteration
             );
-            if s.stop.as_deref() == Some(BUDGET) && s.iteration < params.max_iter {
-                s.stop = None;
-            }
+            // The stopping rules may differ from the run's: ask them again (the budget is
+            // the loop's own test).
+            s.stop = stop_rule(&s, data, params);
             s
         }
         None => {
@@ -475,6 +486,7 @@ fn initial_state(
             ..DeepHistory::default()
         },
         stop: None,
+        last_decrease: None,
     };
     score_and_select(&mut state, data, params, &mut record)?;
     record.time_total_s = start.elapsed().as_secs_f64();
@@ -604,23 +616,39 @@ fn iterate(state: &mut TrainState, data: &DeepData, params: &DeepParams) -> Resu
 
     let decrease = (previous - state.groups.iter().map(|g| g.objective).sum::<f64>())
         / previous.abs().max(f64::MIN_POSITIVE);
+    state.last_decrease = Some(decrease);
+    state.stop = stop_rule(state, data, params);
+    Ok(())
+}
+
+/// Why the run stops after the state's latest iteration under `params`' stopping rules (the
+/// budget aside), if it does. A resumed run asks again with its own rules, so that a looser
+/// `rel_tol` or `patience` continues a run that stopped on a stricter one.
+fn stop_rule(state: &TrainState, data: &DeepData, params: &DeepParams) -> Option<String> {
+    if state.iteration == 0 {
+        return None;
+    }
     if state.groups.iter().all(|g| !g.active) {
-        state.stop = Some("no GMM can decrease its objective along the gradient".into());
-    } else if params.rel_tol > 0.0 && decrease < params.rel_tol {
-        state.stop = Some(format!(
-            "relative decrease {decrease:.3e} below rel_tol {}",
-            params.rel_tol
-        ));
-    } else if data.val.is_some()
+        return Some("no GMM can decrease its objective along the gradient".into());
+    }
+    if let Some(decrease) = state.last_decrease {
+        if params.rel_tol > 0.0 && decrease < params.rel_tol {
+            return Some(format!(
+                "relative decrease {decrease:.3e} below rel_tol {}",
+                params.rel_tol
+            ));
+        }
+    }
+    if data.val.is_some()
         && params.patience > 0
         && state.iteration - state.best.iteration >= params.patience
     {
-        state.stop = Some(format!(
+        return Some(format!(
             "no validation improvement for {} iterations",
             params.patience
         ));
     }
-    Ok(())
+    None
 }
 
 /// Fills the metrics and displacement of `record` and updates the best iterate (highest

@@ -68,7 +68,7 @@ enum Command {
     Svm(commands::svm::SvmCommand),
     /// Extract dense SIFT descriptors from a data set into a cache.
     Extract(commands::extract::Args),
-    /// Train a pipeline (PCA + GMM + Fisher vectors + SVMs), optionally with Deep Fisher Kernel learning.
+    /// Train a pipeline (PCA + GMM + Fisher vectors + SVMs) with the plain Fisher kernel (`dfk deep` learns the GMM).
     Train(commands::train::Args),
     /// Train with Deep Fisher Kernel learning: the GMM learned jointly with the SVMs.
     Deep(commands::deep::Args),

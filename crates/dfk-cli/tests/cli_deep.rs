@@ -801,3 +801,163 @@ fn deep_outputs_must_not_collide() {
     let (_, before, _) = npy::read_f32_matrix(&files.0).unwrap();
     assert_eq!(before, 60, "the descriptors are intact");
 }
+
+/// Options that used to be ignored without a word are refused or honoured (a review's
+/// findings): flags of another data source, EM flags beside --gmm, configuration tables deep
+/// does not read, a weight floor no K components can keep, a cache inside the image folder,
+/// and --max-test 0.
+#[test]
+fn options_that_would_be_ignored_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.dfk");
+    let m = s(&model);
+    let files = tiny_descriptors(dir.path(), 2);
+    let emb = |extra: &[&str], code: i32, needle: &str| {
+        let mut a = vec!["deep", "--embedded", "--max-train", "100", "-o", &m];
+        a.extend_from_slice(extra);
+        fails_leaving_nothing(&a, code, needle, &model);
+    };
+    emb(
+        &[
+            "--test-descriptors",
+            &files.0,
+            "--test-offsets",
+            &files.1,
+            "--test-labels",
+            &files.2,
+        ],
+        2,
+        "--descriptors",
+    );
+    emb(&["--labels", &files.2], 2, "--descriptors");
+    emb(&["--test-labels", &files.2], 2, "--test-descriptors");
+    emb(&["--multilabel"], 2, "--descriptors");
+    emb(&["--gmm", &files.0, "-k", "4"], 2, "--gmm");
+    emb(&["--gmm", &files.0, "--gmm-iters", "4"], 2, "--gmm");
+    emb(&["--max-test", "0"], 2, "--max-test 0: expected at least 1");
+    emb(
+        &["-k", "4", "--min-weight", "0.3", "--iters", "0"],
+        2,
+        "--min-weight 0.3",
+    );
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[svm]\nc = 100\n").unwrap();
+    emb(
+        &["--config", &s(&config)],
+        2,
+        "the [svm] table is not used by dfk deep",
+    );
+    std::fs::write(&config, "[gmm]\nk = 3\n").unwrap();
+    emb(
+        &["--config", &s(&config)],
+        2,
+        "the [gmm] table is not used by dfk deep",
+    );
+    let tiny = |extra: &[&str], needle: &str| {
+        let a = tiny_args(&files, &model, extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        fails_leaving_nothing(&a, 2, needle, &model);
+    };
+    tiny(&["--config", &s(&config)], "--config");
+    tiny(&["--cache", &s(dir.path())], "--cache");
+
+    // A cache folder inside an image folder would become a class: refused before any work.
+    let images = dir.path().join("imgs");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(images.join(class)).unwrap();
+    }
+    let cache = images.join("cache");
+    let a = [
+        "deep",
+        "--data",
+        &s(&images),
+        "--cache",
+        &s(&cache),
+        "-o",
+        &m,
+    ];
+    fails_leaving_nothing(&a, 2, "lies inside the image folder", &model);
+    assert!(!cache.exists());
+}
+
+/// --max-train on images subsets once (it used to subset the extracted set again, and fail
+/// for many sizes), and a pipeline model as --gmm brings its PCA: the deep model's PCA is the
+/// given model's, not a new fit.
+#[test]
+fn max_train_and_a_pipeline_gmm_with_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("d.dfk");
+    for n in ["56", "57", "66"] {
+        ok(&[
+            "-q",
+            "deep",
+            "--embedded",
+            "--max-train",
+            n,
+            "--max-test",
+            "20",
+            "--iters",
+            "0",
+            "-k",
+            "2",
+            "--val-fraction",
+            "0",
+            "-o",
+            &s(&model),
+        ]);
+    }
+    let base = dir.path().join("base.dfk");
+    ok(&[
+        "-q",
+        "train",
+        "--embedded",
+        "--limit",
+        "200",
+        "--k",
+        "4",
+        "--pca-dims",
+        "16",
+        "--no-cache",
+        "--out",
+        &s(&base),
+    ]);
+    ok(&[
+        "-q",
+        "deep",
+        "--embedded",
+        "--max-train",
+        "100",
+        "--max-test",
+        "20",
+        "--gmm",
+        &s(&base),
+        "--iters",
+        "1",
+        "--val-fraction",
+        "0",
+        "-o",
+        &s(&model),
+    ]);
+    let (b, d) = (
+        ModelFile::load(&base).unwrap(),
+        ModelFile::load(&model).unwrap(),
+    );
+    assert_eq!(b.pca, d.pca, "the deep model's PCA is the --gmm model's");
+    assert_eq!(d.gmm.d(), b.gmm.d());
+    // A GMM file holds no PCA: refused with images, naming the need.
+    let gmm = import_gmm(dir.path());
+    fails(
+        &[
+            "deep",
+            "--embedded",
+            "--max-train",
+            "100",
+            "--gmm",
+            &s(&gmm),
+            "-o",
+            &s(&model),
+        ],
+        1,
+        "give a pipeline model",
+    );
+}

@@ -39,11 +39,21 @@ pub struct Args {
     #[arg(long, value_name = "X.npy", requires_all = ["offsets", "labels"], help_heading = "Data")]
     pub descriptors: Option<PathBuf>,
     /// Row offsets of the training images (.npy int64, images + 1 entries).
-    #[arg(long, value_name = "O.npy", help_heading = "Data")]
+    #[arg(
+        long,
+        value_name = "O.npy",
+        requires = "descriptors",
+        help_heading = "Data"
+    )]
     pub offsets: Option<PathBuf>,
     /// Training labels (.npy int: one class per image, or `images × classes` 0/1 with
     /// `--multilabel`).
-    #[arg(long, value_name = "Y.npy", help_heading = "Data")]
+    #[arg(
+        long,
+        value_name = "Y.npy",
+        requires = "descriptors",
+        help_heading = "Data"
+    )]
     pub labels: Option<PathBuf>,
     /// Images instead of descriptors: a folder with the four Fashion-MNIST IDX files (training
     /// and test sets).
@@ -57,22 +67,37 @@ pub struct Args {
     pub data: Option<PathBuf>,
     /// Pipeline configuration (TOML) for images: dense SIFT, PCA, L2, (x, y); default: the
     /// pipeline's defaults (`dfk train`).
-    #[arg(long, value_name = "FILE.toml", help_heading = "Data")]
+    #[arg(
+        long,
+        value_name = "FILE.toml",
+        conflicts_with = "descriptors",
+        help_heading = "Data"
+    )]
     pub config: Option<PathBuf>,
     /// Descriptor cache folder for images (none: extract afresh).
-    #[arg(long, value_name = "DIR", help_heading = "Data")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "descriptors",
+        help_heading = "Data"
+    )]
     pub cache: Option<PathBuf>,
     /// Test descriptors, scored at every iteration for the report (never used for decisions).
-    #[arg(long, value_name = "X.npy", requires_all = ["test_offsets", "test_labels"])]
+    #[arg(
+        long,
+        value_name = "X.npy",
+        requires_all = ["test_offsets", "test_labels", "descriptors"]
+    )]
     pub test_descriptors: Option<PathBuf>,
     /// Row offsets of the test images.
-    #[arg(long, value_name = "O.npy")]
+    #[arg(long, value_name = "O.npy", requires = "test_descriptors")]
     pub test_offsets: Option<PathBuf>,
     /// Test labels.
-    #[arg(long, value_name = "Y.npy")]
+    #[arg(long, value_name = "Y.npy", requires = "test_descriptors")]
     pub test_labels: Option<PathBuf>,
-    /// Labels are an `images × classes` 0/1 matrix (multi-label, scored by mAP).
-    #[arg(long)]
+    /// Labels are an `images × classes` 0/1 matrix (multi-label, scored by mAP); descriptor
+    /// files only (the labels of images come with their data set).
+    #[arg(long, requires = "descriptors")]
     pub multilabel: bool,
     /// Use only this many training images (stratified, seeded), before the validation split.
     #[arg(long, value_name = "N")]
@@ -89,23 +114,23 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub gmm: Option<PathBuf>,
     /// Number of GMM components K (EM initialisation).
-    #[arg(long, short = 'k', default_value_t = 16)]
+    #[arg(long, short = 'k', default_value_t = 16, conflicts_with = "gmm")]
     pub k: usize,
     /// EM iterations.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, conflicts_with = "gmm")]
     pub gmm_iters: usize,
     /// EM restarts.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, conflicts_with = "gmm")]
     pub gmm_restarts: usize,
     /// EM variance floor, relative to each dimension's data variance (0 to 1).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, conflicts_with = "gmm")]
     pub gmm_variance_floor: f64,
     /// Descriptors sampled for the k-means++ initialisation of EM.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, conflicts_with = "gmm")]
     pub gmm_sample: usize,
     /// EM's M-step posterior threshold: posteriors below this times a descriptor's largest
     /// one are left out of the means, variances and weights (0: keep all).
-    #[arg(long, default_value_t = dfk::gmm::DEFAULT_EM_POSTERIOR_THRESHOLD, value_parser = crate::options::parse_f32)]
+    #[arg(long, default_value_t = dfk::gmm::DEFAULT_EM_POSTERIOR_THRESHOLD, value_parser = crate::options::parse_f32, conflicts_with = "gmm")]
     pub gmm_posterior_threshold: f32,
 
     /// Shared GMM or one GMM per class.
@@ -372,6 +397,15 @@ fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<Gmm> {
 }
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    let config_file = match &a.config {
+        Some(path) => Some(load_deep_config(path)?),
+        None => None,
+    };
+    // The configuration file's seed, unless --seed is given (as in `dfk train`).
+    let seed = match &config_file {
+        Some(c) if !crate::util::seed_given() => c.seed,
+        _ => g.seed,
+    };
     let p = params(&a)?;
     p.validate().map_err(|e| {
         as_flag_error(
@@ -413,6 +447,9 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     if a.max_train == Some(0) {
         return usage("--max-train 0: expected at least 1 image (leave it out to use them all)");
     }
+    if a.max_test == Some(0) {
+        return usage("--max-test 0: expected at least 1 image (leave it out to use them all)");
+    }
     if !(a.variance_floor > 0.0 && a.variance_floor <= 1.0) {
         return usage(format!(
             "--variance-floor {}: expected a value in (0, 1] (relative to the initial \
@@ -427,6 +464,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         ));
     }
     check_deep_outputs(&a)?;
+    let cache = checked_cache(&a)?;
     let has_test = a.fashion_mnist.is_some() || a.embedded || a.test_descriptors.is_some();
     if a.max_test.is_some() && !has_test {
         return usage(
@@ -440,20 +478,12 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         pca,
         mut config,
         class_names,
-    } = load_sets(&a, g)?;
+    } = load_sets(&a, config_file, cache.as_deref(), seed)?;
     if let Some(t) = test.as_mut() {
         align_classes(&mut all, t);
-        if let Some(n) = a.max_test {
-            if n < t.len() {
-                *t = t.subset(&(0..n).collect::<Vec<_>>())?;
-            }
-        }
-    }
-    if let Some(n) = a.max_train {
-        all = limit(all, n, g.seed)?;
     }
     let (train, val) = if a.val_fraction > 0.0 {
-        let (t, v) = all.split_holdout(a.val_fraction, g.seed).map_err(|e| {
+        let (t, v) = all.split_holdout(a.val_fraction, seed).map_err(|e| {
             crate::util::UsageError(format!(
                 "--val-fraction {}: {e}: give more training images{} or another \
                  --val-fraction (0 for no validation part)",
@@ -478,7 +508,15 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         test.as_ref().map_or(0, |t| t.len()),
         train.d
     );
-    let gmm = initial_gmm(&a, &train, g.seed)?;
+    let gmm = initial_gmm(&a, &train, seed)?;
+    if gmm.k() as f64 * a.min_weight >= 1.0 {
+        return usage(format!(
+            "--min-weight {}: {} components cannot all keep that weight (K · floor must be \
+             below 1)",
+            a.min_weight,
+            gmm.k()
+        ));
+    }
     let checkpoint = Checkpoint {
         path: a
             .checkpoint
@@ -519,7 +557,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         },
     };
     config.gmm.k = gmm.k();
-    config.seed = g.seed;
+    config.seed = seed;
     save_model(&a, &model, &gmm, pca, &config, class_names)?;
     if let Some(h) = &a.history {
         npy::write_bytes_atomic(h, &serde_json::to_vec_pretty(&model.history)?)?;
@@ -556,6 +594,91 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         ),
     );
     Ok(())
+}
+
+/// The pipeline configuration and preprocessor (PCA) of the model file given as `--gmm` with
+/// image data: the images must go through the PCA its GMM was fitted under, so a GMM file
+/// without one (kind gmm), or another configuration (`--config`), is refused.
+fn model_pipeline(
+    path: &Path,
+    config: Option<&Path>,
+) -> anyhow::Result<(PipelineConfig, dfk::pipeline::Preprocessor)> {
+    if let Some(c) = config {
+        return usage(format!(
+            "--config {}: with --gmm {} and images, the model's own pipeline configuration (dense \
+             SIFT, PCA) is used: leave --config out",
+            c.display(),
+            path.display()
+        ));
+    }
+    let model = ModelFile::load(path).with_context(|| {
+        format!(
+            "--gmm {}: with images, the GMM must come with the PCA it was fitted under: give a \
+             pipeline model (dfk train --out, dfk deep -o)",
+            path.display()
+        )
+    })?;
+    let config: PipelineConfig = serde_json::from_value(model.config.clone())
+        .with_context(|| format!("{}: header field `config`", path.display()))?;
+    let d_in = model
+        .pca
+        .as_ref()
+        .map_or(dfk::sift::DESCRIPTOR_LEN, |p| p.d_in());
+    let pre = dfk::pipeline::Preprocessor::from_parts(d_in, model.pca.clone(), &config)
+        .with_context(|| format!("{}: its PCA and configuration", path.display()))?;
+    Ok((config, pre))
+}
+
+/// Reads `--config`, refusing the tables `dfk deep` does not take from it: its GMM, encoder
+/// and SVM settings are flags, and a table that would be silently ignored is an error.
+fn load_deep_config(path: &Path) -> anyhow::Result<PipelineConfig> {
+    let config = crate::options::load_toml(path)?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if let Ok(table) = text.parse::<toml::Table>() {
+        for (key, flags) in [
+            ("gmm", "-k and the --gmm-* flags"),
+            ("fisher", "--sqrt-epsilon and --posterior-threshold"),
+            (
+                "svm",
+                "-C, --svm-eps, --svm-max-iter, --bias and --balanced",
+            ),
+        ] {
+            if table.contains_key(key) {
+                return usage(format!(
+                    "--config {}: the [{key}] table is not used by dfk deep, which takes these \
+                     settings from {flags}: remove it",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(config)
+}
+
+/// `--cache`, checked as `dfk train` checks it: a folder (created when missing), not a file,
+/// and not inside an image folder given as `--data`, whose sub-folders are read as classes.
+fn checked_cache(a: &Args) -> anyhow::Result<Option<PathBuf>> {
+    let Some(dir) = &a.cache else {
+        return Ok(None);
+    };
+    if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        return usage(format!(
+            "--cache {}: exists and is not a folder: give a folder path (created when missing)",
+            dir.display()
+        ));
+    }
+    if let Some(root) = a.data.as_deref().filter(|p| p.is_dir()) {
+        if crate::util::lies_inside(dir, root) {
+            return usage(format!(
+                "--cache {} lies inside the image folder --data {}, whose sub-folders are read \
+                 as classes: choose a folder outside it",
+                dir.display(),
+                root.display()
+            ));
+        }
+    }
+    Ok(Some(crate::util::folder_path(dir)))
 }
 
 /// `<path>.<ext>` (appended, so `model.dfk` gives `model.dfk.ckpt`).
@@ -716,7 +839,12 @@ struct Sets {
     class_names: Option<Vec<String>>,
 }
 
-fn load_sets(a: &Args, g: &Global) -> anyhow::Result<Sets> {
+fn load_sets(
+    a: &Args,
+    config_file: Option<PipelineConfig>,
+    cache: Option<&Path>,
+    seed: u64,
+) -> anyhow::Result<Sets> {
     let sources = [
         a.descriptors.is_some(),
         a.fashion_mnist.is_some(),
@@ -727,7 +855,10 @@ fn load_sets(a: &Args, g: &Global) -> anyhow::Result<Sets> {
         return usage("give exactly one of --descriptors, --fashion-mnist, --embedded, --data");
     }
     if let (Some(x), Some(o), Some(y)) = (&a.descriptors, &a.offsets, &a.labels) {
-        let train = read_set(x, o, y, a.multilabel)?;
+        let mut train = read_set(x, o, y, a.multilabel)?;
+        if let Some(n) = a.max_train {
+            train = limit(train, n, seed)?;
+        }
         let test = match (&a.test_descriptors, &a.test_offsets, &a.test_labels) {
             (Some(tx), Some(o), Some(y)) => {
                 let test = read_set(tx, o, y, a.multilabel)?;
@@ -740,7 +871,10 @@ fn load_sets(a: &Args, g: &Global) -> anyhow::Result<Sets> {
                         train.d
                     );
                 }
-                Some(test)
+                match a.max_test {
+                    Some(n) if n < test.len() => Some(test.subset(&(0..n).collect::<Vec<_>>())?),
+                    _ => Some(test),
+                }
             }
             _ => None,
         };
@@ -765,11 +899,16 @@ fn load_sets(a: &Args, g: &Global) -> anyhow::Result<Sets> {
     if a.descriptors.is_some() {
         return usage("--descriptors needs --offsets and --labels");
     }
-    let mut config = match &a.config {
-        Some(p) => crate::options::load_toml(p)?,
-        None => PipelineConfig::default(),
+    // A pipeline model as --gmm brings the SIFT settings and PCA its GMM was fitted under.
+    let from_model = match &a.gmm {
+        Some(path) => Some(model_pipeline(path, a.config.as_deref())?),
+        None => None,
     };
-    config.seed = g.seed;
+    let mut config = match &from_model {
+        Some((c, _)) => c.clone(),
+        None => config_file.unwrap_or_default(),
+    };
+    config.seed = seed;
     config.validate()?;
     if let Some(p) = &config.pyramid {
         return usage(format!(
@@ -803,7 +942,7 @@ fn load_sets(a: &Args, g: &Global) -> anyhow::Result<Sets> {
     };
     // Subset before extraction, so only the images used are described.
     if let Some(n) = a.max_train.filter(|&n| n < train.len()) {
-        train = dataset::stratified_split(&train, 1.0 - n as f64 / train.len() as f64, g.seed)
+        train = dataset::stratified_split(&train, 1.0 - n as f64 / train.len() as f64, seed)
             .map_err(|e| max_train_error(n, train.len(), e))?
             .0;
     }
@@ -811,8 +950,10 @@ fn load_sets(a: &Args, g: &Global) -> anyhow::Result<Sets> {
         (Some(t), Some(n)) if n < t.len() => Some(t.subset(&(0..n).collect::<Vec<_>>())?),
         (t, _) => t,
     };
-    let pre = fit_preprocessor(&train, &config, &|_| {})?;
-    let cache = a.cache.as_deref();
+    let pre = match from_model {
+        Some((_, pre)) => pre,
+        None => fit_preprocessor(&train, &config, &|_| {})?,
+    };
     let train_set = extract(&train, &config, &pre, cache)?;
     let test_set = test
         .as_ref()

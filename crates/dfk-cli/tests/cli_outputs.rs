@@ -990,7 +990,7 @@ fn small_flag_errors_name_their_flags() {
             "--reps",
             "1",
         ],
-        1,
+        2,
         "(--images 200 × --per-image 1000)",
     );
     fails(
@@ -1201,4 +1201,97 @@ fn warnings_are_plain_text_when_stderr_is_not_a_terminal() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("WARN"), "{err}");
     assert!(!err.contains('\u{1b}'), "colour codes in {err:?}");
+}
+
+/// Named classes are matched to the model's by name in `encode --labels-out` as in `eval`
+/// (a folder with only some of the model's classes gets the model's indices), and named data
+/// beside a model whose classes are only numbered is an error in both (it was scored by
+/// position).
+#[test]
+fn class_names_are_matched_to_the_model_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let mut list = String::new();
+    for (c, class) in ["ant", "bee", "cat"].iter().enumerate() {
+        for i in 0..6u8 {
+            let img = p(&format!("imgs/{class}/{i}.pgm"));
+            pgm(&img, 17 * c as u8 + i);
+            list.push_str(&format!("{} {c}\n", s(&img)));
+        }
+    }
+    std::fs::write(p("numbers.list"), list).unwrap();
+    let (named, numbered) = (p("named.dfk"), p("numbered.dfk"));
+    for (data, model) in [(p("imgs"), &named), (p("numbers.list"), &numbered)] {
+        ok(&[
+            "-q",
+            "train",
+            "--data",
+            &s(&data),
+            "--k",
+            "2",
+            "--no-cache",
+            "--out",
+            &s(model),
+        ]);
+    }
+    // Only bee and cat: the model's classes 1 and 2.
+    for class in ["bee", "cat"] {
+        copy_folder(&p(&format!("imgs/{class}")), &p(&format!("some/{class}")));
+    }
+    let labels = p("y.npy");
+    ok(&[
+        "-q",
+        "encode",
+        "--model",
+        &s(&named),
+        "--data",
+        &s(&p("some")),
+        "--no-cache",
+        "--out",
+        &s(&p("f.npy")),
+        "--labels-out",
+        &s(&labels),
+    ]);
+    assert_eq!(
+        npy::read_i64_vector(&labels).unwrap(),
+        [vec![1; 6], vec![2; 6]].concat()
+    );
+    let refused = "names its classes [ant, bee, cat] but the model";
+    fails(
+        &[
+            "eval",
+            "--model",
+            &s(&numbered),
+            "--data",
+            &s(&p("imgs")),
+            "--no-cache",
+        ],
+        1,
+        refused,
+    );
+    fails_leaving_nothing(
+        &[
+            "encode",
+            "--model",
+            &s(&numbered),
+            "--data",
+            &s(&p("imgs")),
+            "--no-cache",
+            "--out",
+            &s(&p("g.npy")),
+            "--labels-out",
+            &s(&p("z.npy")),
+        ],
+        1,
+        refused,
+        &p("g.npy"),
+    );
+}
+
+fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
 }

@@ -61,6 +61,20 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             a.model.display()
         ));
     }
+    // The labels as the model's class indices (the rows of its SVMs' scores), checked before
+    // the work.
+    let labels: Option<Vec<i64>> = match &a.labels_out {
+        Some(_) => {
+            let mapped = crate::commands::eval::in_model_classes(
+                data,
+                &pipeline,
+                &loaded.description,
+                &a.model,
+            )?;
+            Some(mapped.first_labels().iter().map(|&l| l as i64).collect())
+        }
+        None => None,
+    };
     let fv = match (&loaded.descriptors, a.test) {
         (Some(raw), false) => pipeline.encode_raw(raw, &Bars::new(g)),
         _ => pipeline.encode_dataset(data, cache.as_deref(), &Bars::new(g)),
@@ -73,11 +87,12 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         )
     })?;
     let dim = pipeline.feature_len();
-    npy::write_f32_matrix(&a.out, &fv, data.len(), dim)?;
-    if let Some(p) = &a.labels_out {
-        let labels: Vec<i64> = data.first_labels().iter().map(|&l| l as i64).collect();
-        npy::write_i64_vector(p, &labels)?;
+    let mut files = npy::FileGroup::new();
+    files.f32_matrix(&a.out, &fv, data.len(), dim)?;
+    if let (Some(p), Some(labels)) = (&a.labels_out, &labels) {
+        files.i64_vector(p, labels)?;
     }
+    files.commit()?;
     emit(
         g,
         &json!({"out": a.out, "images": data.len(), "dim": dim}),

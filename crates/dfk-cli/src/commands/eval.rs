@@ -62,42 +62,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         Some(t) => (t, None),
         None => (&loaded.train, loaded.descriptors.as_ref()),
     };
-    // Numeric labels name classes by index, and a subset may not reach the model's last class
-    // (labels 0..2 of a 10-class model): its classes are the model's.
-    let widened;
-    let data = if data.classes() < pipeline.svm.classes && index_names(&data.class_names) {
-        let mut d = data.clone();
-        d.class_names = (0..pipeline.svm.classes).map(|c| c.to_string()).collect();
-        widened = d;
-        &widened
-    } else {
-        data
-    };
-    // Named classes that the model also has (a folder or list holding only some of them, or
-    // in another order): each label is mapped to the model's class of the same name.
-    let renamed;
-    let data = match by_model_names(data, &pipeline.class_names) {
-        Some(d) => {
-            renamed = d;
-            &renamed
-        }
-        None => data,
-    };
-    check_same_classes(
-        &data.class_names,
-        &pipeline.class_names,
-        &loaded.description,
-        &a.model,
-    )?;
-    if data.classes() != pipeline.svm.classes {
-        anyhow::bail!(
-            "{} has {} classes but the model in {} was trained on {}",
-            loaded.description,
-            data.classes(),
-            a.model.display(),
-            pipeline.svm.classes
-        );
-    }
+    let data = &*in_model_classes(data, &pipeline, &loaded.description, &a.model)?;
     let mut timings = Vec::new();
     let e = evaluate_on(
         &pipeline,
@@ -150,6 +115,42 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `data` with its labels as the model's class indices: numeric labels name classes by index
+/// (a subset may not reach the model's last class: labels 0..2 of a 10-class model), named
+/// classes that the model also has (a folder or list holding only some of them, or in another
+/// order) are mapped by name; a name the model lacks, or names beside a model whose classes are
+/// only numbered, is an error ([`check_same_classes`]).
+pub fn in_model_classes<'a>(
+    data: &'a Dataset,
+    pipeline: &dfk::pipeline::Pipeline,
+    description: &str,
+    model_path: &std::path::Path,
+) -> anyhow::Result<std::borrow::Cow<'a, Dataset>> {
+    use std::borrow::Cow;
+    let mut data = Cow::Borrowed(data);
+    if data.classes() < pipeline.svm.classes && index_names(&data.class_names) {
+        data.to_mut().class_names = (0..pipeline.svm.classes).map(|c| c.to_string()).collect();
+    }
+    if let Some(d) = by_model_names(&data, &pipeline.class_names) {
+        data = Cow::Owned(d);
+    }
+    check_same_classes(
+        &data.class_names,
+        &pipeline.class_names,
+        description,
+        model_path,
+    )?;
+    if data.classes() != pipeline.svm.classes {
+        anyhow::bail!(
+            "{description} has {} classes but the model in {} was trained on {}",
+            data.classes(),
+            model_path.display(),
+            pipeline.svm.classes
+        );
+    }
+    Ok(data)
+}
+
 /// `data` with its classes renamed to the model's (`model` names, in the model's order) and
 /// its labels mapped by name, when its class names are other than the model's but all among
 /// them; `None` otherwise (the same names, index names, or a name the model lacks).
@@ -179,21 +180,27 @@ fn index_names(names: &[String]) -> bool {
 
 /// Evaluation matches named classes to the model's by name ([`by_model_names`] has mapped
 /// every data set whose names the model all has): names left different here include one the
-/// model lacks, which is an error naming it. Names that are just the indices `0, 1, …`
-/// (labels from `.npy` files) say nothing and pass.
+/// model lacks, which is an error naming it. Data whose names are just the indices `0, 1, …`
+/// (labels from `.npy` files) are the model's classes by index; named data beside a model
+/// whose classes are only numbered (trained on numeric labels) cannot be matched, an error.
 fn check_same_classes(
     data: &[String],
     model: &[String],
     description: &str,
     model_path: &std::path::Path,
 ) -> anyhow::Result<()> {
-    if data.is_empty()
-        || model.is_empty()
-        || data == model
-        || index_names(data)
-        || index_names(model)
-    {
+    if data.is_empty() || model.is_empty() || data == model || index_names(data) {
         return Ok(());
+    }
+    if index_names(model) {
+        anyhow::bail!(
+            "{description} names its classes [{}] but the model in {} numbers them 0..{} (it \
+             was trained on numeric labels), so which is which is unknown: give the data with \
+             class indices (a list file of numeric labels)",
+            data.join(", "),
+            model_path.display(),
+            model.len() - 1
+        );
     }
     let unknown: Vec<&str> = data
         .iter()
@@ -248,9 +255,11 @@ mod tests {
         let e = e.to_string();
         assert!(e.contains("[apple, b]") && e.contains("m.dfk"), "{e}");
         assert!(e.ends_with("no class apple"), "{e}");
-        // Index names or no names: nothing to compare.
+        // Index names on the data side or no names: nothing to compare; named data beside a
+        // numbered model: no way to match them.
         assert!(check_same_classes(&names(&["0", "1"]), &model, "d", path).is_ok());
-        assert!(check_same_classes(&model, &names(&["0", "1"]), "d", path).is_ok());
+        let e = check_same_classes(&model, &names(&["0", "1"]), "d", path).unwrap_err();
+        assert!(e.to_string().contains("numbers them 0..1"), "{e}");
         assert!(check_same_classes(&[], &model, "d", path).is_ok());
     }
 }

@@ -229,3 +229,46 @@ fn dataset_validation() {
     };
     assert!(matches!(mem.decode_u8(), Err(Error::DimMismatch { .. })));
 }
+
+/// Entries named as images that are not regular files (a broken symbolic link, a FIFO) fail
+/// the load naming them, or are skipped and counted: they used to drop out silently.
+#[cfg(unix)]
+#[test]
+fn entries_named_as_images_that_are_not_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    gray(&r.join("a/1.png"), 4, 4, 0);
+    gray(&r.join("b/1.png"), 4, 4, 0);
+    std::os::unix::fs::symlink(r.join("missing.png"), r.join("a/broken.png")).unwrap();
+    let fifo = r.join("b/pipe.png");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success(), "mkfifo failed");
+    match load_folder(r) {
+        Err(Error::Format { path, message }) => {
+            assert!(path.ends_with("a/broken.png"), "{path:?}");
+            assert!(message.contains("not a regular file"), "{message}");
+        }
+        other => panic!("expected an error naming the link, got {other:?}"),
+    }
+    let (ds, skipped) = load_folder_with(r, OnError::Skip).unwrap();
+    assert_eq!((ds.len(), skipped), (2, 2));
+}
+
+/// A class folder whose name is not UTF-8 is an error naming it, not a class left out.
+#[cfg(unix)]
+#[test]
+fn a_class_folder_name_that_is_not_utf8_is_named() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    gray(&r.join("a/1.png"), 4, 4, 0);
+    let odd = r.join(std::ffi::OsStr::from_bytes(b"b\xff"));
+    gray(&odd.join("1.png"), 4, 4, 0);
+    match load_folder(r) {
+        Err(Error::Format { path, message }) => {
+            assert_eq!(path, odd);
+            assert!(message.contains("not valid UTF-8"), "{message}");
+        }
+        other => panic!("expected an error naming the folder, got {other:?}"),
+    }
+}

@@ -19,21 +19,30 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(entries)
 }
 
-/// Class folder names directly under `root`, sorted.
+/// Class folder names directly under `root`, sorted. A name that is not UTF-8 cannot be a
+/// class name (model files and reports store them as text): an error naming the folder.
 fn class_dirs(root: &Path) -> Result<Vec<String>> {
-    Ok(sorted_entries(root)?
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect())
+    let mut names = Vec::new();
+    for dir in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
+        match dir.file_name().and_then(|n| n.to_str()) {
+            Some(name) => names.push(name.to_string()),
+            None => {
+                return Err(Error::format(
+                    &dir,
+                    "class folder name is not valid UTF-8: class names are stored as text, \
+                     rename the folder",
+                ))
+            }
+        }
+    }
+    Ok(names)
 }
 
-fn is_image(path: &Path) -> bool {
-    path.is_file()
-        && path
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase())
-            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
+/// Whether `path` is named as an image (by its extension, in any case).
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
 }
 
 /// Collects the images of `root/<class>/` for the given class list (a class folder that is
@@ -42,16 +51,34 @@ fn is_image(path: &Path) -> bool {
 /// folder, such as a report, would silently become a class).
 fn collect(root: &Path, classes: &[String], policy: OnError) -> Result<(Dataset, usize)> {
     let mut candidates = Vec::new();
+    let mut not_files = 0;
     for (c, name) in classes.iter().enumerate() {
         let dir = root.join(name);
         if !dir.is_dir() {
             continue;
         }
-        let before = candidates.len();
-        for path in sorted_entries(&dir)?.into_iter().filter(|p| is_image(p)) {
-            candidates.push((path, vec![c]));
+        let (before, not_files_before) = (candidates.len(), not_files);
+        for path in sorted_entries(&dir)?.into_iter() {
+            if !has_image_extension(&path) || path.is_dir() {
+                continue;
+            }
+            if path.is_file() {
+                candidates.push((path, vec![c]));
+                continue;
+            }
+            // Named as an image but not a readable regular file: a broken or looping symbolic
+            // link, a FIFO (reading it would block), a device.
+            let what = "not a regular file (a broken or looping symbolic link, a FIFO or a \
+                        device): expected an image file";
+            match policy {
+                OnError::Fail => return Err(Error::format(&path, what)),
+                OnError::Skip => {
+                    tracing::warn!("skipping {}: {what}", path.display());
+                    not_files += 1;
+                }
+            }
         }
-        if candidates.len() == before {
+        if candidates.len() == before && not_files == not_files_before {
             return Err(empty(format!(
                 "class folder {} (it holds no {} file; every sub-folder of {} is read as a \
                  class, except hidden ones starting with `.`: add images to it, or move it out)",
@@ -69,6 +96,7 @@ fn collect(root: &Path, classes: &[String], policy: OnError) -> Result<(Dataset,
         )));
     }
     let (items, skipped) = checked_items(candidates, policy)?;
+    let skipped = skipped + not_files;
     if items.is_empty() {
         return Err(empty(format!(
             "image folder {} after skipping {skipped} unreadable images",

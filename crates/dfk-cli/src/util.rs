@@ -423,6 +423,9 @@ fn link_target(flag: &str, path: &std::path::Path) -> anyhow::Result<Option<std:
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => match std::fs::canonicalize(path) {
             Ok(resolved) => Ok(Some(resolved)),
+            // `/dev/stdout` on a pipe leads to `pipe:[…]`, which has no path but opens: a
+            // stream written in place, as a FIFO is.
+            Err(_) if is_stream(path) => Ok(None),
             Err(e) => {
                 let to = std::fs::read_link(path)
                     .map(|t| format!(" (to {})", t.display()))
@@ -435,6 +438,23 @@ fn link_target(flag: &str, path: &std::path::Path) -> anyhow::Result<Option<std:
             }
         },
         _ => Ok(None),
+    }
+}
+
+/// Whether `path` (through links) is a FIFO, socket or character device: written in place.
+fn is_stream(path: &std::path::Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::metadata(path).is_ok_and(|m| {
+            let t = m.file_type();
+            t.is_fifo() || t.is_char_device() || t.is_socket()
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
     }
 }
 

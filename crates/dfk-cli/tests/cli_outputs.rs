@@ -1295,3 +1295,33 @@ fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
+
+/// `--out /dev/stdout` when stdout is a pipe (a link to `pipe:[…]`, which has no path) is
+/// written in place, as a FIFO is; it was refused as a link to a missing file.
+#[cfg(target_os = "linux")]
+#[test]
+fn dev_stdout_on_a_pipe_is_written_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let gmm = import_gmm(dir.path());
+    let out = dfk(&[
+        "-q",
+        "fisher",
+        "--gmm",
+        &s(&gmm),
+        "--descriptors",
+        &cli_fixture("two_images.npy"),
+        "--offsets",
+        &cli_fixture("two_offsets.npy"),
+        "--out",
+        "/dev/stdout",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = dir.path().join("fv.npy");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let (_, rows, cols) = npy::read_f32_matrix(&file).unwrap();
+    assert_eq!((rows, cols), (2, 24));
+}

@@ -910,6 +910,18 @@ fn output_target(path: &Path) -> Result<Target> {
         Ok(m) => m,
     };
     let (resolved, meta) = if meta.file_type().is_symlink() {
+        // `/dev/stdout` on a pipe leads to `pipe:[…]`, which has no path but opens: written
+        // in place, as a FIFO is.
+        #[cfg(unix)]
+        if std::fs::canonicalize(path).is_err() {
+            use std::os::unix::fs::FileTypeExt;
+            if let Ok(m) = std::fs::metadata(path) {
+                let t = m.file_type();
+                if t.is_fifo() || t.is_char_device() || t.is_socket() {
+                    return Ok(Target::InPlace(path.to_path_buf()));
+                }
+            }
+        }
         let resolved = std::fs::canonicalize(path).map_err(|e| {
             Error::format(
                 path,

@@ -1325,3 +1325,66 @@ fn dev_stdout_on_a_pipe_is_written_in_place() {
     let (_, rows, cols) = npy::read_f32_matrix(&file).unwrap();
     assert_eq!((rows, cols), (2, 24));
 }
+
+/// `--json` prints one JSON document on stdout: `info --config` wraps its TOML, `predict
+/// --out` prints a summary, and CSV predictions on stdout are refused.
+#[test]
+fn json_output_is_one_json_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&["--json", "info", "--config"])).unwrap();
+    assert!(v["toml"].as_str().unwrap().contains("[sift]"), "{v}");
+    let k = v["config"]["gmm"]["k"].as_u64().unwrap();
+    assert!(
+        v["toml"].as_str().unwrap().contains(&format!("k = {k}")),
+        "{v}"
+    );
+    let m = dir.path().join("m.dfk");
+    ok(&[
+        "-q",
+        "train",
+        "--embedded",
+        "--limit",
+        "60",
+        "--k",
+        "2",
+        "--no-cache",
+        "--out",
+        &s(&m),
+    ]);
+    let out = dir.path().join("p.csv");
+    let v: serde_json::Value = serde_json::from_str(&ok(&[
+        "--json",
+        "predict",
+        "--model",
+        &s(&m),
+        "--embedded",
+        "--limit",
+        "2",
+        "--output-format",
+        "csv",
+        "--out",
+        &s(&out),
+    ]))
+    .unwrap();
+    let csv = std::fs::read_to_string(&out).unwrap();
+    assert!(csv.starts_with("image,label,class"));
+    assert_eq!(
+        v["images"].as_u64().unwrap() as usize,
+        csv.lines().count() - 1
+    );
+    fails(
+        &[
+            "--json",
+            "predict",
+            "--model",
+            &s(&m),
+            "--embedded",
+            "--limit",
+            "2",
+            "--output-format",
+            "csv",
+        ],
+        2,
+        "--json with --output-format csv",
+    );
+}

@@ -22,7 +22,7 @@ pub struct Args {
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let Some(path) = &a.model else {
         if a.config {
-            print!("{}", toml::to_string(&PipelineConfig::default())?);
+            print_config(&PipelineConfig::default(), g)?;
             return Ok(());
         }
         return crate::util::usage("give a model file (or --config for the default configuration)");
@@ -38,7 +38,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         }
         let cfg: PipelineConfig = serde_json::from_value(s.header.config.clone())
             .map_err(|e| anyhow::anyhow!("{}: header field `config`: {e}", path.display()))?;
-        print!("{}", toml::to_string(&cfg)?);
+        print_config(&cfg, g)?;
         return Ok(());
     }
     let h = &s.header;
@@ -103,4 +103,19 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+/// The configuration as TOML (for `--config`), or with `--json` that TOML and the settings as
+/// one JSON document.
+fn print_config(cfg: &PipelineConfig, g: &Global) -> anyhow::Result<()> {
+    let text = toml::to_string(cfg)?;
+    if g.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"toml": text, "config": cfg}))?
+        );
+    } else {
+        print!("{text}");
+    }
+    Ok(())
 }

@@ -127,6 +127,13 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let format = a
         .output_format
         .unwrap_or(if g.json { Format::Json } else { Format::Csv });
+    if g.json && format == Format::Csv && a.out.is_none() {
+        // --json promises one JSON document on stdout.
+        return crate::util::usage(
+            "--json with --output-format csv: the predictions would be CSV on stdout; give \
+             --out FILE for the CSV, or leave --output-format out",
+        );
+    }
     // Files by path; in-memory images (IDX, embedded) by their index in the set.
     let image = |i: usize| match &data.items[i].source {
         ImageSource::File(p) => p.display().to_string(),
@@ -166,7 +173,15 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         }
     }
     match &a.out {
-        Some(p) => write_bytes_atomic(p, text.as_bytes())?,
+        Some(p) => {
+            write_bytes_atomic(p, text.as_bytes())?;
+            // With --out, stdout carries the summary (JSON with --json), as other commands do.
+            crate::util::emit(
+                g,
+                &json!({"out": p, "images": n, "classes": c}),
+                &format!("predicted {n} images → {}", p.display()),
+            );
+        }
         None => std::io::stdout().write_all(text.as_bytes())?,
     }
     Ok(())

@@ -743,7 +743,9 @@ pub fn parse_f32(s: &str) -> Result<f32, String> {
 pub fn load_toml(path: &Path) -> anyhow::Result<PipelineConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let cfg: PipelineConfig = toml::from_str(&text)
-        .with_context(|| format!("{}: invalid configuration", path.display()))?;
+    // A value the file gets wrong is the user's to fix, like a bad flag: a usage error.
+    let cfg: PipelineConfig = toml::from_str(&text).map_err(|e| {
+        crate::util::UsageError(format!("{}: invalid configuration: {e}", path.display()))
+    })?;
     Ok(cfg)
 }

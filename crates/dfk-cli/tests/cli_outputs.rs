@@ -1388,3 +1388,37 @@ fn json_output_is_one_json_document() {
         "--json with --output-format csv",
     );
 }
+
+/// A configuration file with a value of the wrong type or out of range is a usage error
+/// naming the file (it was exit 1 for some keys, 2 for others), and `window` takes the flag's
+/// lower-case spelling too.
+#[test]
+fn configuration_values_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, m) = (dir.path().join("c.toml"), dir.path().join("m.dfk"));
+    let train = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        dfk(&[
+            "-q",
+            "train",
+            "--embedded",
+            "--limit",
+            "60",
+            "--k",
+            "2",
+            "--no-cache",
+            "--config",
+            &s(&config),
+            "--out",
+            &s(&m),
+        ])
+    };
+    for text in ["pyramid = [[0, 1]]\n", "[gmm]\nk = \"four\"\n"] {
+        let o = train(text);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains("c.toml: invalid configuration"), "{err}");
+        assert!(!m.exists());
+    }
+    assert!(train("[sift]\nwindow = \"flat\"\n").status.success());
+}

@@ -54,8 +54,10 @@ pub enum Window {
     /// Triangular (bilinear) binning, each bin then weighted by the mean of the Gaussian
     /// window over it (VLFeat's `useFlatWindow`; `vl_phow`'s default "fast" mode).
     #[default]
+    #[serde(alias = "flat")]
     Flat,
     /// Triangular binning times a Gaussian window centred on the descriptor.
+    #[serde(alias = "gaussian")]
     Gaussian,
 }
 

@@ -228,6 +228,21 @@ impl DataArgs {
 
     /// Refuses a `--limit` whose first N training images leave a class without an image (the
     /// SVMs need every class), naming the class, before any work.
+    /// Refuses, before any work, training data with a single class: one-vs-rest SVMs need
+    /// negatives (multi-label data sets have their own per-class check in training).
+    pub fn check_several_classes(&self, train: &Dataset, description: &str) -> anyhow::Result<()> {
+        if !train.multilabel && train.classes() < 2 {
+            anyhow::bail!(
+                "the training data ({description}) have {} class{} ({}): a classifier needs at \
+                 least two",
+                train.classes(),
+                if train.classes() == 1 { "" } else { "es" },
+                train.class_names.join(", ")
+            );
+        }
+        Ok(())
+    }
+
     pub fn check_limit_keeps_every_class(&self, train: &Dataset) -> anyhow::Result<()> {
         let Some(n) = self.limit else {
             return Ok(());

@@ -1422,3 +1422,27 @@ fn configuration_values_are_usage_errors() {
     }
     assert!(train("[sift]\nwindow = \"flat\"\n").status.success());
 }
+
+/// Training data with a single class is refused before any extraction, naming the data (it
+/// failed after the whole pipeline with "all 3 samples of class 0 are positive").
+#[test]
+fn a_single_class_is_refused_before_the_work() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        pgm(&dir.path().join(format!("imgs/only/{i}.pgm")), i);
+    }
+    let m = dir.path().join("m.dfk");
+    let imgs = s(&dir.path().join("imgs"));
+    fails_leaving_nothing(
+        &["train", "--data", &imgs, "--no-cache", "--out", &s(&m)],
+        1,
+        "have 1 class (only): a classifier needs at least two",
+        &m,
+    );
+    fails_leaving_nothing(
+        &["deep", "--data", &imgs, "-o", &s(&m)],
+        1,
+        "1 class: a classifier needs at least two",
+        &m,
+    );
+}

@@ -479,6 +479,18 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         mut config,
         class_names,
     } = load_sets(&a, config_file, cache.as_deref(), seed)?;
+    if let Labels::MultiClass { classes, .. } = &all.labels {
+        if *classes < 2 {
+            let source = match &a.labels {
+                Some(y) => format!("--labels {}", y.display()),
+                None => "the training images".to_string(),
+            };
+            anyhow::bail!(
+                "{source}: {classes} class{}: a classifier needs at least two",
+                if *classes == 1 { "" } else { "es" }
+            );
+        }
+    }
     if let Some(t) = test.as_mut() {
         align_classes(&mut all, t);
     }

@@ -231,6 +231,8 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     }
     let loaded = a.data.load()?;
     a.data.check_outputs_not_loaded(&outputs, &loaded)?;
+    a.data
+        .check_several_classes(&loaded.train, &loaded.description)?;
     a.data.check_limit_keeps_every_class(&loaded.train)?;
     // (Positions asked of precomputed descriptors are refused first, by train_and_evaluate.)
     if let Some(d) = loaded

@@ -337,22 +337,23 @@ fn usage_and_data_errors() {
         2,
         "hold no image of class 7 (Sneaker)",
     );
-    // Data errors: exit 1, naming the file.
+    // A configuration file's unknown keys: usage errors (exit 2) naming the file.
     let bad_cfg = dir.path().join("bad.toml");
     std::fs::write(&bad_cfg, "[gmm]\nkay = 3\n").unwrap();
     fails(
         &["train", "--embedded", "--config", &s(&bad_cfg), "--out", &m],
-        1,
+        2,
         &s(&bad_cfg),
     );
     for table in ["[sift]\nbogus = 1\n", "[fisher]\nbogus = 1\n"] {
         std::fs::write(&bad_cfg, table).unwrap();
         fails(
             &["train", "--embedded", "--config", &s(&bad_cfg), "--out", &m],
-            1,
+            2,
             "unknown field `bogus`",
         );
     }
+    // Data errors: exit 1, naming the file.
     let missing = dir.path().join("missing.dfk");
     fails(
         &["eval", "--model", &s(&missing), "--embedded"],

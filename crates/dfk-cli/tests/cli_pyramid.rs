@@ -140,9 +140,9 @@ fn invalid_pyramids_are_errors() {
     fails(&with(&["--pyramid", "8x8,1x1"]), 2, "at most 64 cells");
     let config = [&base[..], &["--config", &toml_arg]].concat();
     std::fs::write(&toml, "pyramid = [[1, 0]]\n").unwrap();
-    fails(&config, 1, "pyramid level");
+    fails(&config, 2, "pyramid level");
     std::fs::write(&toml, "pyramid = []\n").unwrap();
-    fails(&config, 1, "at least one level");
+    fails(&config, 2, "at least one level");
     assert!(!model.exists());
 }
 

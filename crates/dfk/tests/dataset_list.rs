@@ -247,3 +247,24 @@ fn integer_labels_that_are_no_class_index_are_errors() {
     assert_eq!(ds.class_names, ["-1", "7", "cat"]);
     assert_eq!(ds.first_labels(), [2, 0, 1]);
 }
+
+/// An image the list names but that cannot be opened is reported with the list that names
+/// it, and a byte-order mark before the first path is not part of it.
+#[test]
+fn missing_images_name_their_list_and_a_bom_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    gray(&r.join("a.png"));
+    gray(&r.join("b.png"));
+    write(&r.join("bom.txt"), "\u{feff}a.png cat\nb.png dog\n");
+    let ds = load_list(r.join("bom.txt")).unwrap();
+    assert_eq!(ds.len(), 2);
+    write(&r.join("gone.txt"), "a.png cat\nnot-here.png dog\n");
+    let e = load_list(r.join("gone.txt")).unwrap_err().to_string();
+    assert!(
+        e.contains("not-here.png")
+            && e.contains("named in the list file")
+            && e.contains("gone.txt"),
+        "{e}"
+    );
+}

@@ -570,7 +570,10 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     };
     config.gmm.k = gmm.k();
     config.seed = seed;
-    save_model(&a, &model, &gmm, pca, &config, class_names)?;
+    // Multi-label from the data's labels (a list file's several labels per image, or
+    // --multilabel descriptor labels), as the shared mode's SVMs record it.
+    let multilabel = matches!(train.labels, Labels::MultiLabel { .. });
+    save_model(&a, multilabel, &model, &gmm, pca, &config, class_names)?;
     if let Some(h) = &a.history {
         npy::write_bytes_atomic(h, &serde_json::to_vec_pretty(&model.history)?)?;
     }
@@ -759,6 +762,7 @@ fn sibling(path: &Path, ext: &str) -> PathBuf {
 
 fn save_model(
     a: &Args,
+    multilabel: bool,
     model: &DeepModel,
     init: &Gmm,
     pca: Option<Pca>,
@@ -784,7 +788,7 @@ fn save_model(
             OneVsRest {
                 classes,
                 dim: gmm0.fisher_len(),
-                multilabel: a.multilabel,
+                multilabel,
                 models: model
                     .svms
                     .iter()

@@ -41,6 +41,8 @@ fn strip_comment(line: &str) -> &str {
 
 fn parse(list: &Path) -> Result<Vec<Entry>> {
     let text = read_text(list)?;
+    // A byte-order mark (some Windows editors write one) is not part of the first path.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let base = list.parent().unwrap_or(Path::new(""));
     let mut entries = Vec::new();
     for (i, raw) in text.lines().enumerate() {
@@ -231,7 +233,24 @@ fn load_lists(
     let mut skipped = 0;
     let mut out = Vec::with_capacity(paths.len());
     for (list, candidates) in paths.iter().zip(resolved.lists) {
-        let (items, s) = checked_items(candidates, policy)?;
+        // An image that cannot be used is named with the list that names it.
+        let (items, s) = checked_items(candidates, policy).map_err(|e| match e {
+            Error::Io { path, error } => Error::format(
+                path,
+                format!(
+                    "{error} (an image named in the list file {})",
+                    list.display()
+                ),
+            ),
+            Error::Format { path, message } => Error::format(
+                path,
+                format!(
+                    "{message} (an image named in the list file {})",
+                    list.display()
+                ),
+            ),
+            other => other,
+        })?;
         skipped += s;
         if items.is_empty() {
             return Err(empty(format!(

@@ -840,6 +840,20 @@ fn options_that_would_be_ignored_are_refused() {
         2,
         "--min-weight 0.3",
     );
+    // A device as the output has no `<output>.ckpt` beside it.
+    #[cfg(unix)]
+    fails(
+        &[
+            "deep",
+            "--embedded",
+            "--max-train",
+            "100",
+            "-o",
+            "/dev/null",
+        ],
+        2,
+        "give --checkpoint FILE",
+    );
     let config = dir.path().join("c.toml");
     std::fs::write(&config, "[svm]\nc = 100\n").unwrap();
     emb(

@@ -709,6 +709,13 @@ const SVM_FLAGS: &[(&str, &str)] = &[
 /// the inputs ([`check_outputs`]). A checkpoint that is resumed from is an input as well as an
 /// output, so only its folder is checked.
 fn check_deep_outputs(a: &Args) -> anyhow::Result<()> {
+    if a.checkpoint.is_none() && is_device(&a.output) {
+        return usage(format!(
+            "--output {} is not a file, so the checkpoint cannot go beside it as \
+             `<output>.ckpt`: give --checkpoint FILE",
+            a.output.display()
+        ));
+    }
     let paths = output_paths(a);
     let outputs: Vec<(&str, &Path)> = paths.iter().map(|(f, p)| (*f, p.as_path())).collect();
     let named = [
@@ -751,6 +758,11 @@ fn output_paths(a: &Args) -> Vec<(&'static str, PathBuf)> {
         outputs.push(("--history", h.clone()));
     }
     outputs
+}
+
+/// Whether `path` is a device, FIFO or socket (such as `/dev/null`).
+fn is_device(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
 }
 
 fn sibling(path: &Path, ext: &str) -> PathBuf {

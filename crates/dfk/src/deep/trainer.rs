@@ -294,6 +294,13 @@ pub fn train_deep(
         Some(cp) if cp.resume && cp.path.exists() => {
             Some(load_state(&cp.path, params, &inits, data, &settings)?)
         }
+        Some(cp) if !cp.resume && cp.path.exists() => {
+            warn!(
+                "replacing the checkpoint {} of an earlier run (--resume continues it)",
+                cp.path.display()
+            );
+            None
+        }
         Some(cp) if cp.resume => {
             warn!(
                 "resume: no checkpoint at {}, so the run starts from iteration 0",

@@ -1446,3 +1446,34 @@ fn a_single_class_is_refused_before_the_work() {
         &m,
     );
 }
+
+/// `predict` given a folder as an image points at --data; a missing image is named as such.
+#[test]
+fn predict_names_what_an_image_argument_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.dfk");
+    ok(&[
+        "-q",
+        "train",
+        "--embedded",
+        "--limit",
+        "60",
+        "--k",
+        "2",
+        "--no-cache",
+        "--out",
+        &s(&m),
+    ]);
+    let folder = s(dir.path());
+    fails(
+        &["predict", "--model", &s(&m), &folder],
+        2,
+        &format!("is a folder, not an image: give --data {folder}"),
+    );
+    let missing = s(&dir.path().join("nope.png"));
+    fails(
+        &["predict", "--model", &s(&m), &missing],
+        1,
+        "nope.png: no such file: expected an image file",
+    );
+}

@@ -62,8 +62,23 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let data = match (a.images.is_empty(), has_data) {
         (false, false) => {
             for p in &a.images {
+                if p.is_dir() {
+                    return crate::util::usage(format!(
+                        "{}: is a folder, not an image: give --data {} for a folder of \
+                         class sub-folders",
+                        p.display(),
+                        p.display()
+                    ));
+                }
                 if !p.is_file() {
-                    anyhow::bail!("{}: no such image file", p.display());
+                    let why = match std::fs::symlink_metadata(p) {
+                        Ok(m) if m.file_type().is_symlink() => {
+                            "a symbolic link that leads to no file"
+                        }
+                        Ok(_) => "not a regular file",
+                        Err(_) => "no such file",
+                    };
+                    anyhow::bail!("{}: {why}: expected an image file", p.display());
                 }
             }
             Dataset {

@@ -874,6 +874,8 @@ fn options_that_would_be_ignored_are_refused() {
     };
     tiny(&["--config", &s(&config)], "--config");
     tiny(&["--cache", &s(dir.path())], "--cache");
+    // More components than descriptors: named by the flag, with the count that limits it.
+    tiny(&["-k", "40"], "30 training descriptors left after --max-train and the validation split: -k 40: expected at most");
 
     // A cache folder inside an image folder would become a class: refused before any work.
     let images = dir.path().join("imgs");

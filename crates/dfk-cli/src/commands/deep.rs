@@ -385,7 +385,15 @@ fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<Gmm> {
     }
     let p = em_params(a, seed);
     let t = std::time::Instant::now();
-    let fit = fit_gmm(&train.data, train.d, &p).context("EM initialisation")?;
+    let fit = fit_gmm(&train.data, train.d, &p)
+        .map_err(|e| as_flag_error(e, EM_FLAGS))
+        .with_context(|| {
+            format!(
+                "EM initialisation on the {} training descriptors left after --max-train and \
+                 the validation split",
+                train.data.len() / train.d.max(1)
+            )
+        })?;
     tracing::info!(
         "EM: K = {}, {} iterations, log-likelihood {:.4}, {:.1}s",
         a.k,

@@ -522,3 +522,39 @@ fn identical_descriptors_fit_with_a_warning() {
     );
     assert!(g.exists());
 }
+
+/// A pipeline model whose stored encoding settings are invalid (edited, or written by another
+/// tool) is reported on loading, by `info` and before `predict` reads any image.
+#[test]
+fn invalid_stored_settings_are_reported_on_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.dfk");
+    ok(&[
+        "-q",
+        "train",
+        "--embedded",
+        "--limit",
+        "60",
+        "--k",
+        "2",
+        "--no-cache",
+        "--out",
+        &s(&m),
+    ]);
+    let mut model = dfk::model::ModelFile::load(&m).unwrap();
+    model.config["sift"]["step"] = serde_json::json!(0);
+    model.save(&m).unwrap();
+    let o = dfk(&["info", &s(&m)]);
+    assert_eq!(o.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("problem: the file does not load")
+            && stdout.contains("stored configuration"),
+        "{stdout}"
+    );
+    fails(
+        &["predict", "--model", &s(&m), "--embedded", "--limit", "1"],
+        1,
+        "stored configuration",
+    );
+}

@@ -1125,6 +1125,13 @@ impl Pipeline {
     pub fn from_model(model: &ModelFile, path: &Path) -> Result<Self> {
         let config: PipelineConfig = serde_json::from_value(model.config.clone())
             .map_err(|e| Error::format(path, format!("header field `config`: {e}")))?;
+        // The settings that encoding uses, checked on loading rather than when the first
+        // image fails (the training-only ones do not matter here).
+        config
+            .sift
+            .validate()
+            .and_then(|()| config.fisher.validate())
+            .map_err(|e| Error::format(path, format!("stored configuration: {e}")))?;
         let svm = model
             .svm
             .clone()

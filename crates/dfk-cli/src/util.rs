@@ -247,9 +247,16 @@ fn check_distinct(
     for (i, &(flag, out)) in outputs.iter().enumerate() {
         for &(input_flag, input) in inputs {
             if same_file(out, input) {
+                // Inputs are named by their flag or kind (`--data`, "GMM file"), or described
+                // with an article ("an image").
+                let what = if input_flag.starts_with("a ") || input_flag.starts_with("an ") {
+                    input_flag.to_string()
+                } else {
+                    format!("the input {input_flag}")
+                };
                 return usage(format!(
-                    "{flag} {} is also the input {input_flag}: writing it would replace the \
-                     input; choose another output path",
+                    "{flag} {} is also {what}: writing it would replace the input; choose \
+                     another output path",
                     out.display()
                 ));
             }

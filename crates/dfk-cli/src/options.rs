@@ -756,11 +756,18 @@ pub fn parse_f32(s: &str) -> Result<f32, String> {
 
 /// Reads a pipeline configuration from TOML (missing keys keep their defaults).
 pub fn load_toml(path: &Path) -> anyhow::Result<PipelineConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_toml(path, &read_toml(path)?)
+}
+
+/// The text of the configuration file `path`.
+pub fn read_toml(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The configuration in `text`, read from `path` (named in errors).
+pub fn parse_toml(path: &Path, text: &str) -> anyhow::Result<PipelineConfig> {
     // A value the file gets wrong is the user's to fix, like a bad flag: a usage error.
-    let cfg: PipelineConfig = toml::from_str(&text).map_err(|e| {
-        crate::util::UsageError(format!("{}: invalid configuration: {e}", path.display()))
-    })?;
-    Ok(cfg)
+    toml::from_str(text).map_err(|e| {
+        crate::util::UsageError(format!("{}: invalid configuration: {e}", path.display())).into()
+    })
 }

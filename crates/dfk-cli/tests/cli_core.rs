@@ -528,19 +528,7 @@ fn identical_descriptors_fit_with_a_warning() {
 #[test]
 fn invalid_stored_settings_are_reported_on_loading() {
     let dir = tempfile::tempdir().unwrap();
-    let m = dir.path().join("m.dfk");
-    ok(&[
-        "-q",
-        "train",
-        "--embedded",
-        "--limit",
-        "60",
-        "--k",
-        "2",
-        "--no-cache",
-        "--out",
-        &s(&m),
-    ]);
+    let m = small_model(dir.path());
     let mut model = dfk::model::ModelFile::load(&m).unwrap();
     model.config["sift"]["step"] = serde_json::json!(0);
     model.save(&m).unwrap();

@@ -1338,19 +1338,7 @@ fn json_output_is_one_json_document() {
         v["toml"].as_str().unwrap().contains(&format!("k = {k}")),
         "{v}"
     );
-    let m = dir.path().join("m.dfk");
-    ok(&[
-        "-q",
-        "train",
-        "--embedded",
-        "--limit",
-        "60",
-        "--k",
-        "2",
-        "--no-cache",
-        "--out",
-        &s(&m),
-    ]);
+    let m = small_model(dir.path());
     let out = dir.path().join("p.csv");
     let v: serde_json::Value = serde_json::from_str(&ok(&[
         "--json",
@@ -1451,19 +1439,7 @@ fn a_single_class_is_refused_before_the_work() {
 #[test]
 fn predict_names_what_an_image_argument_is() {
     let dir = tempfile::tempdir().unwrap();
-    let m = dir.path().join("m.dfk");
-    ok(&[
-        "-q",
-        "train",
-        "--embedded",
-        "--limit",
-        "60",
-        "--k",
-        "2",
-        "--no-cache",
-        "--out",
-        &s(&m),
-    ]);
+    let m = small_model(dir.path());
     let folder = s(dir.path());
     fails(
         &["predict", "--model", &s(&m), &folder],

@@ -383,16 +383,13 @@ fn a_path_ending_in_a_separator_is_an_error() {
 fn object_arrays_are_an_unsupported_dtype() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("obj.npy");
-    let mut header = "{'descr': '|O', 'fortran_order': False, 'shape': (2, 2), }".to_string();
-    while !(10 + header.len() + 1).is_multiple_of(64) {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend_from_slice(b"\x80\x04\x95 pickled objects .");
-    std::fs::write(&path, bytes).unwrap();
+    raw_npy(
+        &path,
+        "|O",
+        false,
+        "(2, 2)",
+        b"\x80\x04\x95 pickled objects .",
+    );
     for message in [
         err(npy::read_f32_matrix(&path)),
         err(npy::read_labels(&path)),

@@ -655,9 +655,8 @@ fn model_pipeline(
 /// Reads `--config`, refusing the tables `dfk deep` does not take from it: its GMM, encoder
 /// and SVM settings are flags, and a table that would be silently ignored is an error.
 fn load_deep_config(path: &Path) -> anyhow::Result<PipelineConfig> {
-    let config = crate::options::load_toml(path)?;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::options::read_toml(path)?;
+    let config = crate::options::parse_toml(path, &text)?;
     if let Ok(table) = text.parse::<toml::Table>() {
         for (key, flags) in [
             ("gmm", "-k and the --gmm-* flags"),

@@ -72,3 +72,22 @@ pub fn import_gmm(dir: &Path) -> PathBuf {
     ]);
     gmm
 }
+
+/// Trains a small pipeline model on the embedded subset (60 training images, K = 2) into
+/// `dir/m.dfk`, for tests of the commands that use a model.
+pub fn small_model(dir: &Path) -> PathBuf {
+    let m = dir.join("m.dfk");
+    ok(&[
+        "-q",
+        "train",
+        "--embedded",
+        "--limit",
+        "60",
+        "--k",
+        "2",
+        "--no-cache",
+        "--out",
+        &s(&m),
+    ]);
+    m
+}

@@ -373,6 +373,21 @@ fn eval_scores_a_subset_without_some_classes() {
     assert!(!present.is_empty() && present.len() < 10, "{aps:?}");
     let mean = present.iter().sum::<f64>() / present.len() as f64;
     assert!((v["map"].as_f64().unwrap() - mean).abs() < 1e-12);
+    // The confusion matrix (true class × predicted class) counts every image once, and the
+    // classes without an image are listed (their AP is null).
+    let confusion = v["confusion"].as_array().unwrap();
+    assert_eq!(confusion.len(), 10);
+    let total: u64 = confusion
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, v["images"].as_u64().unwrap());
+    assert_eq!(v["class_names"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        v["absent_classes"].as_array().unwrap().len(),
+        aps.iter().filter(|a| a.is_null()).count()
+    );
 }
 
 /// A damaged descriptor-cache entry is extracted afresh and replaced (same model as with the

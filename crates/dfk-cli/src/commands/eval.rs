@@ -104,7 +104,8 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     emit(
         g,
         &json!({"images": e.images, "accuracy": e.accuracy, "map": e.map, "map_voc11": e.map_voc11,
-                "top_k": e.top_k, "per_class_ap": e.per_class_ap, "seconds": secs}),
+                "top_k": e.top_k, "class_names": e.class_names, "per_class_ap": e.per_class_ap,
+                "absent_classes": e.absent_classes, "confusion": e.confusion, "seconds": secs}),
         &format!(
             "{} images: {acc}mAP {:.2} % ({:.1} s)",
             e.images,

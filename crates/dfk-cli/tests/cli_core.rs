@@ -546,3 +546,30 @@ fn invalid_stored_settings_are_reported_on_loading() {
         "stored configuration",
     );
 }
+
+/// A float 0/1 label matrix is reported by its dtype (integers expected), not as a matrix
+/// that should have been a vector.
+#[test]
+fn float_label_matrices_are_named_by_their_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+    npy::write_f32_matrix(&x, &[0.5; 6 * 4], 6, 4).unwrap();
+    let eye: Vec<f32> = (0..6 * 3).map(|i| f32::from(i / 3 % 3 == i % 3)).collect();
+    npy::write_f32_matrix(&y, &eye, 6, 3).unwrap();
+    let out = dir.path().join("s.dfk");
+    fails_leaving_nothing(
+        &[
+            "svm",
+            "train",
+            "--features",
+            &s(&x),
+            "--labels",
+            &s(&y),
+            "--out",
+            &s(&out),
+        ],
+        1,
+        "is not an integer type",
+        &out,
+    );
+}

@@ -84,6 +84,11 @@ fn read_labels(a: &TrainArgs, n: usize) -> anyhow::Result<Labels> {
                 "{}: a label matrix must be n×C with 0/1 entries (n = {n})",
                 a.labels.display()
             ),
+            // A file that is not a vector is reported as the matrix it tried to be (a float
+            // 0/1 matrix: its dtype, not its shape, is wrong).
+            Err(matrix_err) if vector_err.to_string().contains("as a vector (rank 1)") => {
+                return Err(matrix_err.into())
+            }
             Err(_) => return Err(vector_err.into()),
         },
     };

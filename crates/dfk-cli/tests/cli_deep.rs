@@ -977,3 +977,35 @@ fn max_train_and_a_pipeline_gmm_with_images() {
         "give a pipeline model",
     );
 }
+
+/// The model stores the EM settings that fitted the initial GMM (they were the pipeline's
+/// defaults whatever the flags said).
+#[test]
+fn the_model_records_the_em_settings_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.dfk");
+    let files = tiny_descriptors(dir.path(), 2);
+    let a = tiny_args(
+        &files,
+        &model,
+        &[
+            "--gmm-iters",
+            "7",
+            "--gmm-restarts",
+            "2",
+            "--gmm-variance-floor",
+            "0.01",
+            "--iters",
+            "0",
+        ],
+    );
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    ok(&a);
+    let gmm = &ModelFile::load(&model).unwrap().config["gmm"];
+    assert_eq!(gmm["k"], 2);
+    assert_eq!(gmm["max_iter"], 7);
+    assert_eq!(gmm["restarts"], 2);
+    assert_eq!(gmm["variance_floor"], 0.01);
+    // Half of the 12 images (5 descriptors each) are held out for validation.
+    assert_eq!(gmm["sample"], 30);
+}

@@ -577,6 +577,23 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         },
     };
     config.gmm.k = gmm.k();
+    if a.gmm.is_none() {
+        // The EM settings that fitted the initial GMM, not the pipeline's defaults.
+        let em = em_params(&a, seed);
+        config.gmm.max_iter = em.max_iter;
+        config.gmm.tol = em.tol;
+        config.gmm.restarts = em.restarts;
+        config.gmm.variance_floor = em.variance_floor;
+        config.gmm.weight_floor = em.weight_floor;
+        config.gmm.posterior_threshold = em.posterior_threshold;
+        // EM ran on every training descriptor (--gmm-sample bounds only its k-means start).
+        config.gmm.sample = train.data.len() / train.d.max(1);
+        match em.init {
+            dfk::gmm::GmmInit::KMeans { iters } => config.gmm.kmeans_iters = iters,
+            dfk::gmm::GmmInit::KMeansPlusPlus => config.gmm.kmeans_iters = 0,
+            _ => {}
+        }
+    }
     config.seed = seed;
     // Multi-label from the data's labels (a list file's several labels per image, or
     // --multilabel descriptor labels), as the shared mode's SVMs record it.

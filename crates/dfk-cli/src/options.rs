@@ -304,6 +304,23 @@ impl DataArgs {
         if format != DataFormat::Idx && self.labels.is_some() {
             return usage("--labels applies to --format idx only");
         }
+        match format {
+            DataFormat::List if path.is_dir() => {
+                return usage(format!(
+                    "--data {} is a folder, but --format list reads a list file (a folder of \
+                     class sub-folders is --format folder)",
+                    path.display()
+                ))
+            }
+            DataFormat::Folder if path.exists() && !path.is_dir() => {
+                return usage(format!(
+                    "--data {} is a file, but --format folder reads a folder of class \
+                     sub-folders (a list file is --format list)",
+                    path.display()
+                ))
+            }
+            _ => {}
+        }
         Ok(match format {
             DataFormat::Folder => dataset::load_folder(path)?,
             DataFormat::List => dataset::load_list(path)?,

@@ -1468,3 +1468,42 @@ fn predict_names_what_an_image_argument_is() {
         "nope.png: no such file: expected an image file",
     );
 }
+
+/// `--format list` given a folder, or `--format folder` given a file, says which format reads
+/// what (it said only "Is a directory" / "Not a directory").
+#[test]
+fn a_data_format_that_does_not_fit_the_path_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("l.txt");
+    std::fs::write(&list, "a.png 0\n").unwrap();
+    let (d, l) = (s(dir.path()), s(&list));
+    let m = s(&dir.path().join("m.dfk"));
+    fails(
+        &[
+            "train",
+            "--data",
+            &d,
+            "--format",
+            "list",
+            "--no-cache",
+            "--out",
+            &m,
+        ],
+        2,
+        "is a folder, but --format list reads a list file",
+    );
+    fails(
+        &[
+            "train",
+            "--data",
+            &l,
+            "--format",
+            "folder",
+            "--no-cache",
+            "--out",
+            &m,
+        ],
+        2,
+        "is a file, but --format folder reads a folder of class sub-folders",
+    );
+}

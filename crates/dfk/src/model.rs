@@ -688,6 +688,16 @@ impl<'a> Reader<'a> {
         let (w, ws) = self.f32("svm.w", 2)?;
         let (c, dim) = (ws[0], ws[1]);
         let (b, bs) = self.f32("svm.b", 1)?;
+        if bs[..] == [dim] && dim != c {
+            // One bias per class: a `w` whose second axis matches them is stored transposed.
+            return Err(Error::format(
+                self.path,
+                format!(
+                    "array `svm.w` has shape {ws:?}: expected classes × features, [{dim}, {c}] \
+                     for the {dim} biases of `svm.b` (it looks transposed)"
+                ),
+            ));
+        }
         self.check_shape("svm.b", &bs, &[c])?;
         let (primal, ps) = self.f64("svm.primal", 1)?;
         self.check_shape("svm.primal", &ps, &[c])?;

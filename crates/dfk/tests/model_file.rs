@@ -311,3 +311,34 @@ fn malformed_files_give_errors_naming_file_and_field() {
     let e = model::load_gmm(p("absent.dfk")).unwrap_err().to_string();
     assert!(e.contains("absent.dfk"), "{e}");
 }
+
+/// An SVM file whose `svm.w` is stored features × classes is named as transposed (the error
+/// used to blame `svm.b` for not matching the features).
+#[test]
+fn a_transposed_svm_weight_matrix_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.dfk");
+    model::save_svm(&path, &svm(5, 3), &[]).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let metadata = meta.metadata().clone();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<(String, TensorView)> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let shape = if name == "svm.w" {
+                vec![t.shape()[1], t.shape()[0]]
+            } else {
+                t.shape().to_vec()
+            };
+            (name, TensorView::new(t.dtype(), shape, t.data()).unwrap())
+        })
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, metadata).unwrap()).unwrap();
+    let e = model::load_svm(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("`svm.w` has shape [5, 3]") && e.contains("looks transposed"),
+        "{e}"
+    );
+}

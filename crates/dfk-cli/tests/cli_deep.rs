@@ -874,6 +874,29 @@ fn options_that_would_be_ignored_are_refused() {
     };
     tiny(&["--config", &s(&config)], "--config");
     tiny(&["--cache", &s(dir.path())], "--cache");
+    // A test class that no training image has is blamed on the test labels (a data error).
+    let other = dir.path().join("three");
+    std::fs::create_dir(&other).unwrap();
+    let three = tiny_descriptors(&other, 3);
+    let a = tiny_args(
+        &files,
+        &model,
+        &[
+            "--test-descriptors",
+            &three.0,
+            "--test-offsets",
+            &three.1,
+            "--test-labels",
+            &three.2,
+        ],
+    );
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    fails_leaving_nothing(
+        &a,
+        1,
+        "label 2 names a class that no training image has",
+        &model,
+    );
     // More components than descriptors: named by the flag, with the count that limits it.
     tiny(&["-k", "40"], "30 training descriptors left after --max-train and the validation split: -k 40: expected at most");
 

@@ -500,6 +500,22 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         }
     }
     if let Some(t) = test.as_mut() {
+        if let (Labels::MultiClass { classes: ct, .. }, Labels::MultiClass { classes: ca, .. }) =
+            (&t.labels, &all.labels)
+        {
+            if ct > ca {
+                let source = match &a.test_labels {
+                    Some(y) => format!("--test-labels {}", y.display()),
+                    None => "the test images".to_string(),
+                };
+                anyhow::bail!(
+                    "{source}: label {} names a class that no training image has (the training \
+                     labels are 0..{}): every test class needs training samples",
+                    ct - 1,
+                    ca - 1
+                );
+            }
+        }
         align_classes(&mut all, t);
     }
     let (train, val) = if a.val_fraction > 0.0 {

@@ -867,6 +867,12 @@ fn options_that_would_be_ignored_are_refused() {
         2,
         "the [gmm] table is not used by dfk deep",
     );
+    std::fs::write(&config, "[pca]\ndims = 999\n").unwrap();
+    emb(
+        &["--config", &s(&config)],
+        2,
+        "c.toml: invalid parameter pca.dims = 999: expected at most 128",
+    );
     let tiny = |extra: &[&str], needle: &str| {
         let a = tiny_args(&files, &model, extra);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();

@@ -690,6 +690,24 @@ fn model_pipeline(
 fn load_deep_config(path: &Path) -> anyhow::Result<PipelineConfig> {
     let text = crate::options::read_toml(path)?;
     let config = crate::options::parse_toml(path, &text)?;
+    // Values wrong in the file are the user's to fix, named with it, before any work.
+    let checked = config.validate().and_then(|()| {
+        if config.pca.dims > dfk::sift::DESCRIPTOR_LEN {
+            Err(dfk::Error::param(
+                "pca.dims",
+                config.pca.dims,
+                format!(
+                    "at most {} (the SIFT descriptor length)",
+                    dfk::sift::DESCRIPTOR_LEN
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = checked {
+        return usage(format!("--config {}: {e}", path.display()));
+    }
     if let Ok(table) = text.parse::<toml::Table>() {
         for (key, flags) in [
             ("gmm", "-k and the --gmm-* flags"),

@@ -1507,3 +1507,41 @@ fn a_data_format_that_does_not_fit_the_path_is_named() {
         "is a file, but --format folder reads a folder of class sub-folders",
     );
 }
+
+/// What a class folder holds but the loader does not read (a nested folder, a GIF) is named in
+/// a warning instead of being passed over in silence.
+#[test]
+fn entries_a_class_folder_does_not_read_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    for (class, seed) in [("a", 1), ("b", 2)] {
+        for i in 0..2u8 {
+            pgm(
+                &dir.path().join(format!("imgs/{class}/{i}.pgm")),
+                seed * 10 + i,
+            );
+        }
+    }
+    std::fs::create_dir(dir.path().join("imgs/a/more")).unwrap();
+    std::fs::write(dir.path().join("imgs/b/x.gif"), b"GIF89a").unwrap();
+    std::fs::write(dir.path().join("imgs/b/notes.txt"), b"-").unwrap();
+    let o = dfk(&[
+        "train",
+        "--data",
+        &s(&dir.path().join("imgs")),
+        "--k",
+        "2",
+        "--no-cache",
+        "--out",
+        &s(&dir.path().join("m.dfk")),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    for entry in [
+        "imgs/a: 1 entry not read",
+        "imgs/b: 1 entry not read",
+        "x.gif",
+    ] {
+        assert!(err.contains(entry), "{entry:?} not in {err}");
+    }
+    assert!(!err.contains("notes.txt"), "{err}");
+}

@@ -38,6 +38,13 @@ fn class_dirs(root: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Whether `path` is named as an image of a format that folder data sets do not read.
+fn has_other_image_extension(path: &Path) -> bool {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|e| ["gif", "tif", "tiff", "webp"].contains(&e.as_str()))
+}
+
 /// Whether `path` is named as an image (by its extension, in any case).
 fn has_image_extension(path: &Path) -> bool {
     path.extension()
@@ -58,8 +65,14 @@ fn collect(root: &Path, classes: &[String], policy: OnError) -> Result<(Dataset,
             continue;
         }
         let (before, not_files_before) = (candidates.len(), not_files);
+        let mut ignored = Vec::new();
         for path in sorted_entries(&dir)?.into_iter() {
-            if !has_image_extension(&path) || path.is_dir() {
+            if path.is_dir() || !has_image_extension(&path) {
+                // Folders are not searched, and only the listed formats are read: say so
+                // for what looks like data (a nested folder, another image format).
+                if path.is_dir() || has_other_image_extension(&path) {
+                    ignored.push(path);
+                }
                 continue;
             }
             if path.is_file() {
@@ -77,6 +90,18 @@ fn collect(root: &Path, classes: &[String], policy: OnError) -> Result<(Dataset,
                     not_files += 1;
                 }
             }
+        }
+        if let Some(first) = ignored.first() {
+            tracing::warn!(
+                "{}: {} entr{} not read ({}{}): only {} files directly in a class folder are \
+                 images of its class",
+                dir.display(),
+                ignored.len(),
+                if ignored.len() == 1 { "y" } else { "ies" },
+                first.display(),
+                if ignored.len() > 1 { ", …" } else { "" },
+                IMAGE_EXTENSIONS.join("/")
+            );
         }
         if candidates.len() == before && not_files == not_files_before {
             return Err(empty(format!(

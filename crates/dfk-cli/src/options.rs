@@ -115,14 +115,7 @@ impl DataArgs {
             return Ok(());
         }
         for &(flag, dir) in folders {
-            if crate::util::lies_inside(dir, root) {
-                return crate::util::usage(format!(
-                    "{flag} {} lies inside the image folder --data {}, whose sub-folders are \
-                     read as classes: choose a folder outside it",
-                    dir.display(),
-                    root.display()
-                ));
-            }
+            crate::util::check_outside_image_folder(flag, dir, root)?;
         }
         Ok(())
     }

@@ -365,6 +365,24 @@ fn absolute(path: &std::path::Path) -> Option<std::path::PathBuf> {
 
 /// Whether `path` is `folder` or lies below it (both made absolute, links resolved where they
 /// exist).
+/// Refuses a folder output (`flag dir`) that lies inside the image folder `root`, whose
+/// sub-folders are read as classes.
+pub fn check_outside_image_folder(
+    flag: &str,
+    dir: &std::path::Path,
+    root: &std::path::Path,
+) -> anyhow::Result<()> {
+    if lies_inside(dir, root) {
+        return usage(format!(
+            "{flag} {} lies inside the image folder --data {}, whose sub-folders are read as \
+             classes: choose a folder outside it",
+            dir.display(),
+            root.display()
+        ));
+    }
+    Ok(())
+}
+
 pub fn lies_inside(path: &std::path::Path, folder: &std::path::Path) -> bool {
     match (absolute(path), absolute(folder)) {
         (Some(p), Some(f)) => p.starts_with(f),

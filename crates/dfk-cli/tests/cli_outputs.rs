@@ -1355,41 +1355,27 @@ fn json_output_is_one_json_document() {
     );
     let m = small_model(dir.path());
     let out = dir.path().join("p.csv");
-    let v: serde_json::Value = serde_json::from_str(&ok(&[
+    let m = s(&m);
+    let predict = [
         "--json",
         "predict",
         "--model",
-        &s(&m),
+        &m,
         "--embedded",
         "--limit",
         "2",
         "--output-format",
         "csv",
-        "--out",
-        &s(&out),
-    ]))
-    .unwrap();
+    ];
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&[&predict[..], &["--out", &s(&out)]].concat())).unwrap();
     let csv = std::fs::read_to_string(&out).unwrap();
     assert!(csv.starts_with("image,label,class"));
     assert_eq!(
         v["images"].as_u64().unwrap() as usize,
         csv.lines().count() - 1
     );
-    fails(
-        &[
-            "--json",
-            "predict",
-            "--model",
-            &s(&m),
-            "--embedded",
-            "--limit",
-            "2",
-            "--output-format",
-            "csv",
-        ],
-        2,
-        "--json with --output-format csv",
-    );
+    fails(&predict, 2, "--json with --output-format csv");
 }
 
 /// A configuration file with a value of the wrong type or out of range is a usage error

@@ -742,19 +742,11 @@ fn checked_cache(a: &Args) -> anyhow::Result<Option<PathBuf>> {
         ));
     }
     if let Some(root) = a.data.as_deref().filter(|p| p.is_dir()) {
-        if crate::util::lies_inside(dir, root) {
-            return usage(format!(
-                "--cache {} lies inside the image folder --data {}, whose sub-folders are read \
-                 as classes: choose a folder outside it",
-                dir.display(),
-                root.display()
-            ));
-        }
+        crate::util::check_outside_image_folder("--cache", dir, root)?;
     }
     Ok(Some(crate::util::folder_path(dir)))
 }
 
-/// `<path>.<ext>` (appended, so `model.dfk` gives `model.dfk.ckpt`).
 /// The flags of the SVM settings, by the library's names for them.
 const SVM_FLAGS: &[(&str, &str)] = &[
     ("svm c", "-C"),
@@ -823,6 +815,7 @@ fn is_device(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
 }
 
+/// `<path>.<ext>` (appended, so `model.dfk` gives `model.dfk.ckpt`).
 fn sibling(path: &Path, ext: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".");

@@ -201,6 +201,26 @@ fn resume_continues_exactly() {
         objectives(&ma.history["deep"]["records"]),
         objectives(&mb.history["deep"]["records"])
     );
+    // Another thread count continues the run, warning that it is not bit for bit; the
+    // checkpoint then records the new count.
+    let resumed_path = s(&resumed);
+    let resume_with_two = |iters: &'static str| {
+        let mut args = deep_args(&resumed_path, &["--iters", iters, "--resume"]);
+        assert_eq!(args[..2], ["--threads", "1"]);
+        args[1] = "2";
+        let out = dfk(&args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        assert_eq!(
+            json(&String::from_utf8_lossy(&out.stdout))["iterations"],
+            iters.parse::<u64>().unwrap()
+        );
+        err
+    };
+    let err = resume_with_two("5");
+    assert!(err.contains("checkpoint was written with 1"), "{err}");
+    let err = resume_with_two("6");
+    assert!(!err.contains("worker threads"), "{err}");
     // Other settings cannot resume this checkpoint.
     let other = dir.path().join("other.dfk");
     std::fs::copy(

@@ -228,6 +228,11 @@ struct TrainState {
     /// rules of a resumed run; absent in checkpoints written before it was recorded).
     #[serde(default)]
     last_decrease: Option<f64>,
+    /// Worker threads of the run that wrote the checkpoint: the SVM solves group their
+    /// classes by thread count, so a run resumed with another count agrees only within the
+    /// solver's tolerance (absent in checkpoints written before it was recorded).
+    #[serde(default)]
+    threads: Option<usize>,
 }
 
 const CHECKPOINT_FORMAT: &str = "dfk-deep-checkpoint-1";
@@ -322,6 +327,15 @@ pub fn train_deep(
             // The stopping rules may differ from the run's: ask them again (the budget is
             // the loop's own test).
             s.stop = stop_rule(&s, data, params);
+            let threads = rayon::current_num_threads();
+            if let Some(was) = s.threads.filter(|&was| was != threads) {
+                warn!(
+                    "resuming with {threads} worker threads, but the checkpoint was written \
+                     with {was}: the results agree within the SVM's tolerance, not bit for \
+                     bit (--threads {was} continues the run identically)"
+                );
+            }
+            s.threads = Some(threads);
             s
         }
         None => {
@@ -494,6 +508,7 @@ fn initial_state(
         },
         stop: None,
         last_decrease: None,
+        threads: Some(rayon::current_num_threads()),
     };
     score_and_select(&mut state, data, params, &mut record)?;
     record.time_total_s = start.elapsed().as_secs_f64();

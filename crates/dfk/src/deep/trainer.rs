@@ -229,8 +229,8 @@ struct TrainState {
     #[serde(default)]
     last_decrease: Option<f64>,
     /// Worker threads of the run that wrote the checkpoint: the SVM solves group their
-    /// classes by thread count, so a run resumed with another count agrees only within the
-    /// solver's tolerance (absent in checkpoints written before it was recorded).
+    /// classes by thread count, so a run resumed with another count is not the uninterrupted
+    /// run bit for bit (absent in checkpoints written before it was recorded).
     #[serde(default)]
     threads: Option<usize>,
 }
@@ -331,8 +331,10 @@ pub fn train_deep(
             if let Some(was) = s.threads.filter(|&was| was != threads) {
                 warn!(
                     "resuming with {threads} worker threads, but the checkpoint was written \
-                     with {was}: the results agree within the SVM's tolerance, not bit for \
-                     bit (--threads {was} continues the run identically)"
+                     with {was}: the SVM solves, which group the classes by thread count, \
+                     stop at other points within their tolerance, so the run continues but \
+                     not bit for bit as it would have (--threads {was} continues it \
+                     identically)"
                 );
             }
             s.threads = Some(threads);

@@ -810,3 +810,60 @@ fn multilabel_training_decreases_the_objective_and_reports_map() {
     }
     assert!(model.svms[0].multilabel);
 }
+
+/// Image sets whose labels or shape do not fit are errors, not panics or silent misreadings.
+#[test]
+fn image_sets_that_do_not_fit_the_model_are_refused() {
+    // A label beyond the classes: refused when the set is made (the hold-out split and the
+    // SVMs index per-class tables by it).
+    let bad = ImageSet::new(
+        vec![0.5; 16],
+        2,
+        vec![0, 2, 4, 6, 8],
+        Labels::MultiClass {
+            labels: vec![0, 5, 0, 1],
+            classes: 2,
+        },
+    );
+    assert!(
+        matches!(&bad, Err(e) if e.to_string().contains("label of sample 1 is 5")),
+        "{bad:?}"
+    );
+
+    let set = synthetic(30, 10, 4, 3, 11);
+    let data = DeepData {
+        train: &set,
+        val: None,
+        test: None,
+    };
+    let model = train_deep(&[gmm(2, 4, 12)], &data, &train_params(1), None).unwrap();
+    assert!(model.evaluate(&set).unwrap() > 0.0);
+    // The same values read as 2-d descriptors: another dimension than the model's GMM.
+    let as_2d = ImageSet::new(
+        set.data.clone(),
+        2,
+        (0..=30).map(|i| i * 20).collect(),
+        set.labels.clone(),
+    )
+    .unwrap();
+    for r in [model.scores(&as_2d).map(|_| 0.0), model.evaluate(&as_2d)] {
+        assert!(
+            matches!(
+                &r,
+                Err(Error::DimMismatch {
+                    expected: 4,
+                    got: 2,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    // Two classes against the model's three.
+    let two = synthetic(30, 10, 4, 2, 13);
+    let r = model.evaluate(&two);
+    assert!(
+        matches!(&r, Err(Error::DimMismatch { what, expected: 3, got: 2 }) if what.contains("classes")),
+        "{r:?}"
+    );
+}

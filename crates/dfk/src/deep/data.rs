@@ -62,6 +62,8 @@ impl ImageSet {
         if labels.n() != n {
             return Err(Error::dim("labels (one per image)", n, labels.n()));
         }
+        // Class indices are used to index per-class tables (the hold-out split, the SVMs).
+        labels.validate()?;
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
             return Err(Error::NonFinite {
                 what: format!("descriptor row {} (dimension {})", i / d, i % d),

@@ -65,6 +65,13 @@ impl DeepModel {
     /// Scores (`images × classes`) of the images of `set`: class c's SVM applied to the Fisher
     /// vector under its GMM.
     pub fn scores(&self, set: &ImageSet) -> Result<Vec<f32>> {
+        if let Some(gmm) = self.gmms.first().filter(|g| g.d() != set.d) {
+            return Err(Error::dim(
+                "descriptor dimension of the image set (the model's GMM)",
+                gmm.d(),
+                set.d,
+            ));
+        }
         let mut groups = Vec::with_capacity(self.gmms.len());
         for (g, s) in self.gmms.iter().zip(&self.svms) {
             groups.push((g.clone(), s, tasks_of(self.mode, groups.len(), s)));
@@ -81,6 +88,14 @@ impl DeepModel {
 
     /// Accuracy (multi-class) or mAP (multi-label) on `set`.
     pub fn evaluate(&self, set: &ImageSet) -> Result<f64> {
+        let classes: usize = self.svms.iter().map(|s| s.models.len()).sum();
+        if set.labels.classes() != classes {
+            return Err(Error::dim(
+                "classes of the image set's labels (the model's classes)",
+                classes,
+                set.labels.classes(),
+            ));
+        }
         metric(&set.labels, &self.scores(set)?)
     }
 }

@@ -187,19 +187,26 @@ fn check_loglik(e: &EStep, x: &[f32], d: usize) -> Result<()> {
     if e.stats.loglik.is_finite() {
         return Ok(());
     }
+    Err(overflow_error(x, d, 0))
+}
+
+/// The error for finite descriptors whose log-likelihood is not (every component's scaled
+/// squared distance overflows f32), naming the largest value of `x` (`N × d`, `N ≥ 1`, its
+/// first row descriptor row `first` of the data).
+fn overflow_error(x: &[f32], d: usize, first: usize) -> Error {
     let i = x
         .iter()
         .enumerate()
         .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
         .map_or(0, |(i, _)| i);
-    Err(Error::Invalid(format!(
+    Error::Invalid(format!(
         "descriptor matrix: the log-likelihood under the GMM is not finite (a descriptor's \
          squared distance to every component overflows f32); the largest value is {} at \
          descriptor row {} (dimension {}): expected values on the scale of the model",
         x[i],
-        i / d,
+        first + i / d,
         i % d
-    )))
+    ))
 }
 
 /// The error naming the first non-finite value of `x`, if any.
@@ -447,7 +454,11 @@ impl Gmm {
         let n = check_data(x, self.d)?;
         let shift = model_centre(self);
         let terms = GmmTerms::new(&shifted(self, &shift)?);
-        Ok(total_loglik(&terms, x, &shift) / n as f64)
+        let ll = total_loglik(&terms, x, &shift) / n as f64;
+        if !ll.is_finite() {
+            return Err(overflow_error(x, self.d, 0));
+        }
+        Ok(ll)
     }
 
     /// Posteriors `γᵢₖ = πₖ 𝒩(xᵢ; μₖ, σ²ₖ) / Σⱼ πⱼ 𝒩(xᵢ; μⱼ, σ²ⱼ)` of the rows of `x`
@@ -472,6 +483,11 @@ impl Gmm {
                     }
                 },
             );
+        // Finite rows give NaN posteriors only where their log-likelihood overflows.
+        if let Some(i) = out.iter().position(|v| v.is_nan()) {
+            let row = i / k;
+            return Err(overflow_error(&x[row * d..(row + 1) * d], d, row));
+        }
         Ok(out)
     }
 }

@@ -562,6 +562,8 @@ fn bad_input_is_rejected_with_a_clear_error() {
     for (err, why) in [
         (em_step(&gmm, &huge, &p).unwrap_err(), "not finite"),
         (fit_gmm(&huge, 4, &p).unwrap_err(), "scale the descriptors"),
+        (gmm.log_likelihood(&huge).unwrap_err(), "not finite"),
+        (gmm.posteriors(&huge).unwrap_err(), "not finite"),
     ] {
         assert!(matches!(err, Error::Invalid(_)), "{err}");
         let msg = err.to_string();

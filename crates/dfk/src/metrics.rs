@@ -58,6 +58,9 @@ pub fn top_k_accuracy(scores: &[f32], classes: usize, truth: &[usize], k: usize)
     Ok(hits as f64 / truth.len() as f64)
 }
 
+/// Largest class count of [`confusion_matrix`]: its table of 2²⁸ counts is 2 GB.
+pub const MAX_CONFUSION_CLASSES: usize = 1 << 14;
+
 /// `classes × classes` counts, row-major, row = true class, column = predicted class.
 pub fn confusion_matrix(pred: &[usize], truth: &[usize], classes: usize) -> Result<Vec<usize>> {
     check_pair_len(
@@ -65,6 +68,13 @@ pub fn confusion_matrix(pred: &[usize], truth: &[usize], classes: usize) -> Resu
         truth.len(),
         pred.len(),
     )?;
+    if classes > MAX_CONFUSION_CLASSES {
+        return Err(Error::param(
+            "confusion matrix classes",
+            classes,
+            format!("at most {MAX_CONFUSION_CLASSES} (a classes × classes table)"),
+        ));
+    }
     let mut m = vec![0usize; classes * classes];
     for (i, (&p, &t)) in pred.iter().zip(truth).enumerate() {
         if p >= classes || t >= classes {

@@ -1325,7 +1325,8 @@ pub struct Evaluation {
     /// The classes without samples in the evaluated set (left out of the mAPs).
     #[serde(default)]
     pub absent_classes: Vec<usize>,
-    /// Confusion matrix, `classes × classes`, row = true class (single-label only).
+    /// Confusion matrix, `classes × classes`, row = true class (single-label only, and empty
+    /// beyond [`metrics::MAX_CONFUSION_CLASSES`] classes).
     pub confusion: Vec<Vec<usize>>,
     /// One precision–recall curve per class, thinned to at most 200 points.
     pub pr_curves: Vec<PrCurve>,
@@ -1404,7 +1405,13 @@ pub fn evaluate(scores: &[f32], labels: &Labels, class_names: &[String]) -> Resu
                         .0
                 })
                 .collect();
-            let cm = metrics::confusion_matrix(&pred, truth, c)?;
+            // Beyond the table's size limit the confusion matrix is left empty, as for
+            // multi-label data.
+            let cm = if c <= metrics::MAX_CONFUSION_CLASSES {
+                metrics::confusion_matrix(&pred, truth, c)?
+            } else {
+                Vec::new()
+            };
             let top_k = [1, 2, 5]
                 .iter()
                 .filter(|&&k| k <= c)

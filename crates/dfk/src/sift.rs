@@ -360,11 +360,14 @@ impl GrayImage {
     /// (bilinear when enlarging, area-weighted when shrinking); values clamped to `[0, 1]`.
     pub fn resized(&self, width: u32, height: u32) -> Result<GrayImage> {
         self.check()?;
-        if width == 0 || height == 0 {
+        if width == 0 || height == 0 || width as u64 * height as u64 > MAX_RESIZE_PIXELS {
             return Err(Error::param(
                 "resize",
                 format!("{width}x{height}"),
-                "a width and height of at least 1 pixel",
+                format!(
+                    "a width and height of at least 1 pixel and at most {MAX_RESIZE_PIXELS} \
+                     pixels in all"
+                ),
             ));
         }
         let buffer = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(

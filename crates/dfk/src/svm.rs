@@ -102,7 +102,8 @@ impl Labels {
                 }
             }
             Labels::MultiLabel { targets, classes } => {
-                for row in targets.chunks_exact(*classes) {
+                // No classes, no counts (`chunks_exact` needs a non-zero size).
+                for row in targets.chunks_exact((*classes).max(1)) {
                     for (c, &t) in counts.iter_mut().zip(row) {
                         *c += usize::from(t);
                     }
@@ -324,7 +325,7 @@ impl ClassWeighting {
             .positives_per_class()
             .into_iter()
             .map(|pos| {
-                let neg = labels.n() - pos;
+                let neg = labels.n().saturating_sub(pos);
                 match self {
                     ClassWeighting::Balanced if pos > 0 && neg > 0 => ClassCost {
                         positive: c * n / (2.0 * pos as f64),

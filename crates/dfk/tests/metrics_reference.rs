@@ -3,7 +3,7 @@
 
 use dfk::metrics::{
     accuracy, average_precision, average_precision_voc11, confusion_matrix, mean_ap, per_class_ap,
-    precision_recall_curve, top_k_accuracy,
+    precision_recall_curve, top_k_accuracy, MAX_CONFUSION_CLASSES,
 };
 use dfk::svm::Labels;
 use dfk::Error;
@@ -182,6 +182,17 @@ fn bad_inputs_are_errors() {
         confusion_matrix(&[0, 2], &[0, 1], 2).unwrap_err(),
         Error::Invalid(_)
     ));
+    // A class count whose table cannot be held (2³² wrapped its size to 0 before) is refused.
+    for classes in [MAX_CONFUSION_CLASSES + 1, 1 << 32] {
+        assert!(matches!(
+            confusion_matrix(&[0], &[0], classes).unwrap_err(),
+            Error::InvalidParameter { .. }
+        ));
+    }
+    assert_eq!(
+        confusion_matrix(&[1], &[0], MAX_CONFUSION_CLASSES).unwrap()[1],
+        1
+    );
 
     assert!(is_empty(average_precision(&[], &[]).unwrap_err()));
     assert!(is_dim(average_precision(&[0.1, 0.2], &[true]).unwrap_err()));

@@ -288,6 +288,15 @@ fn bad_images_are_errors() {
     assert!(dense_sift(&random_image(31, 31, 0), &params).is_ok());
     assert!(GrayImage::from_u8(3, 3, &[0; 8]).is_err());
     assert!(GrayImage::new(3, 3, vec![0.0; 10]).is_err());
+    // Resizing to more pixels than a `resize` setting may ask for is refused, not allocated
+    // (100000² f32 values are 40 GB).
+    let small = random_image(2, 2, 0);
+    let err = small.resized(100_000, 100_000).unwrap_err().to_string();
+    assert!(
+        err.contains("resize") && err.contains("100000x100000"),
+        "{err}"
+    );
+    assert!(small.resized(8, 8).is_ok());
 }
 
 #[test]

@@ -563,3 +563,18 @@ fn one_vs_rest_bad_inputs() {
     assert!(matches!(err(nan_model.validate()), Error::NonFinite { .. }));
     assert_eq!(ovr.try_scores(&[], 0).unwrap(), Vec::<f32>::new());
 }
+
+/// Labels without classes have no per-class counts or costs (and training refuses them),
+/// rather than panicking.
+#[test]
+fn labels_without_classes_have_no_counts() {
+    let labels = Labels::MultiLabel {
+        targets: vec![],
+        classes: 0,
+    };
+    assert!(labels.positives_per_class().is_empty());
+    assert!(dfk::svm::ClassWeighting::Balanced
+        .costs(1.0, &labels)
+        .is_empty());
+    assert!(labels.validate().is_err());
+}

@@ -25,6 +25,28 @@ pub fn usage<T>(message: impl Into<String>) -> anyhow::Result<T> {
     Err(UsageError(message.into()).into())
 }
 
+/// Usage error unless a pipeline configured by `config` (of the model `model`, when named) can
+/// encode precomputed descriptors, which carry no positions: neither the (x, y) columns of
+/// `spatial` nor a spatial pyramid can be formed without them.
+pub fn check_positions_not_needed(
+    config: &dfk::pipeline::PipelineConfig,
+    model: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let name = model.map_or("the model".to_string(), |m| m.display().to_string());
+    if config.pyramid.is_some() {
+        return usage(format!(
+            "precomputed descriptors carry no positions, but {name} encodes a spatial pyramid"
+        ));
+    }
+    if config.spatial {
+        return usage(format!(
+            "precomputed descriptors carry no positions, but {name} appends each descriptor's \
+             (x, y) (spatial = true): use a model trained on descriptors with --spatial false"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether progress bars are drawn: not with `--quiet`, `--json`, or when stderr is not a terminal.
 pub fn show_progress(g: &Global) -> bool {
     !g.quiet && !g.json && std::io::stderr().is_terminal()

@@ -195,4 +195,16 @@ fn precomputed_descriptors_cannot_use_a_pyramid() {
         fails(&[cmd, &data[..]].concat(), 2, "encodes a spatial pyramid");
     }
     assert!(!fv.exists());
+    // So does a model that appends each descriptor's (x, y) (the image default), with a
+    // usage error rather than a complaint about the placeholder positions.
+    let plain = dir.path().join("plain.dfk");
+    ok(&[&["train"][..], &SMALL, &["--out", &s(&plain)]].concat());
+    for cmd in [
+        &["predict", "--model", &s(&plain)][..],
+        &["eval", "--model", &s(&plain)][..],
+        &["encode", "--model", &s(&plain), "--out", &s(&fv)][..],
+    ] {
+        fails(&[cmd, &data[..]].concat(), 2, "(spatial = true)");
+    }
+    assert!(!fv.exists());
 }

@@ -55,11 +55,8 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         (None, true) => return crate::util::usage("--test needs --fashion-mnist or --embedded"),
         _ => &loaded.train,
     };
-    if loaded.descriptors.is_some() && !a.test && pipeline.config.pyramid.is_some() {
-        return crate::util::usage(format!(
-            "precomputed descriptors carry no positions, but {} encodes a spatial pyramid",
-            a.model.display()
-        ));
+    if loaded.descriptors.is_some() && !a.test {
+        crate::util::check_positions_not_needed(&pipeline.config, Some(&a.model))?;
     }
     // The labels as the model's class indices (the rows of its SVMs' scores), checked before
     // the work.

@@ -113,11 +113,8 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             "give image files or one data option (--data, --fashion-mnist, --embedded), not both",
         ),
     };
-    if descriptors.is_some() && pipeline.config.pyramid.is_some() {
-        return usage(format!(
-            "precomputed descriptors carry no positions, but {} encodes a spatial pyramid",
-            a.model.display()
-        ));
+    if descriptors.is_some() {
+        crate::util::check_positions_not_needed(&pipeline.config, Some(&a.model))?;
     }
     let fv = match &descriptors {
         Some(raw) => pipeline.encode_raw(raw, &Bars::new(g)),

@@ -57,10 +57,8 @@ pub fn evaluate_on(
     timings: &mut Vec<StageTime>,
     prefix: &str,
 ) -> anyhow::Result<Evaluation> {
-    if descriptors.is_some() && pipeline.config.pyramid.is_some() {
-        return usage(
-            "precomputed descriptors carry no positions, but the model encodes a spatial pyramid",
-        );
+    if descriptors.is_some() {
+        crate::util::check_positions_not_needed(&pipeline.config, None)?;
     }
     let t = Instant::now();
     let fv = match descriptors {

@@ -1351,10 +1351,30 @@ fn thin(p: Vec<f64>, r: Vec<f64>, max: usize) -> PrCurve {
 
 /// Evaluates scores (`n × C`, row-major) against labels.
 pub fn evaluate(scores: &[f32], labels: &Labels, class_names: &[String]) -> Result<Evaluation> {
+    evaluate_ignoring(scores, labels, class_names, None)
+}
+
+/// [`evaluate`], with image `i` left out of class `c`'s AP and precision–recall curve where
+/// `ignore[i·C + c]` (`n × C`; PASCAL VOC's "difficult" images, [`Dataset::difficult_mask`]).
+/// Accuracy and the confusion matrix (single-label data) use every image.
+pub fn evaluate_ignoring(
+    scores: &[f32],
+    labels: &Labels,
+    class_names: &[String],
+    ignore: Option<&[bool]>,
+) -> Result<Evaluation> {
     let (n, c) = (labels.n(), labels.classes());
     if scores.len() != n * c {
         return Err(Error::dim("scores (images × classes)", n * c, scores.len()));
     }
+    if let Some(m) = ignore.filter(|m| m.len() != n * c) {
+        return Err(Error::dim(
+            "images left out of AP (images × classes)",
+            n * c,
+            m.len(),
+        ));
+    }
+    let counted = |i: usize, class: usize| ignore.is_none_or(|m| !m[i * c + class]);
     if n == 0 {
         return Err(Error::Empty {
             what: "evaluation set".into(),
@@ -1364,7 +1384,7 @@ pub fn evaluate(scores: &[f32], labels: &Labels, class_names: &[String]) -> Resu
     labels.validate()?;
     // A class without samples here (a subset of a data set) has no AP; the others are scored.
     let absent_classes: Vec<usize> = (0..c)
-        .filter(|&class| (0..n).all(|i| !labels.is_positive(i, class)))
+        .filter(|&class| (0..n).all(|i| !(counted(i, class) && labels.is_positive(i, class))))
         .collect();
     if absent_classes.len() == c {
         return Err(Error::Invalid(format!(
@@ -1374,8 +1394,9 @@ pub fn evaluate(scores: &[f32], labels: &Labels, class_names: &[String]) -> Resu
     let (mut per_class_ap, mut voc11) = (vec![f64::NAN; c], vec![f64::NAN; c]);
     let mut pr_curves = Vec::with_capacity(c);
     for class in 0..c {
-        let s: Vec<f32> = (0..n).map(|i| scores[i * c + class]).collect();
-        let pos: Vec<bool> = (0..n).map(|i| labels.is_positive(i, class)).collect();
+        let kept = (0..n).filter(|&i| counted(i, class));
+        let s: Vec<f32> = kept.clone().map(|i| scores[i * c + class]).collect();
+        let pos: Vec<bool> = kept.map(|i| labels.is_positive(i, class)).collect();
         if absent_classes.contains(&class) {
             pr_curves.push(thin(Vec::new(), Vec::new(), 200));
             continue;

@@ -18,6 +18,7 @@ fn synthetic(counts: &[usize]) -> Dataset {
                     pixels: vec![id],
                 },
                 labels: vec![c],
+                difficult: Vec::new(),
             });
         }
     }

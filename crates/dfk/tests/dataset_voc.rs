@@ -65,6 +65,11 @@ fn labels_difficult_and_order() {
         .map(|k| (k / 20, k % 20))
         .collect();
     assert_eq!(difficult, [(0, 8), (2, 4)]);
+    // The items carry them too, for evaluation to leave out of those classes' AP.
+    assert_eq!(ds.items[0].difficult, [8]);
+    assert!(ds.items[1].difficult.is_empty());
+    assert_eq!(ds.items[2].difficult, [4]);
+    assert_eq!(ds.difficult_mask().as_ref(), Some(&voc.difficult));
     let img = ds.load_u8(1).unwrap();
     assert_eq!((img.width, img.height), (6, 4));
 

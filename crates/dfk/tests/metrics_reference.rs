@@ -277,3 +277,37 @@ fn bad_inputs_are_errors() {
     };
     assert!(is_empty(per_class_ap(&[], &empty, false).unwrap_err()));
 }
+
+/// VOC's protocol leaves a "difficult" image out of its class's AP. Hand-computed case:
+/// scores 0.9, 0.8, 0.7, 0.6 with positives T, T, F, T: AP = (1/1 + 2/2 + 3/4) / 3 over all
+/// images; without image 0 (difficult), the ranking T, F, T gives (1/1 + 2/3) / 2.
+#[test]
+fn difficult_images_are_left_out_of_their_class_ap() {
+    use dfk::pipeline::{evaluate, evaluate_ignoring};
+    // Class 1 is positive where class 0 is not, so both have positives.
+    let pos = [true, true, false, true];
+    let targets: Vec<bool> = pos.iter().flat_map(|&p| [p, !p]).collect();
+    let labels = Labels::MultiLabel {
+        targets,
+        classes: 2,
+    };
+    let scores: Vec<f32> = [0.9f32, 0.8, 0.7, 0.6]
+        .iter()
+        .flat_map(|&s| [s, 1.0 - s])
+        .collect();
+    let names = ["a".to_string(), "b".to_string()];
+    let all = evaluate(&scores, &labels, &names).unwrap();
+    assert!((all.per_class_ap[0] - 2.75 / 3.0).abs() < 1e-12);
+    // Image 0 difficult for class 0 only: class 1's AP is unchanged.
+    let mut ignore = vec![false; 8];
+    ignore[0] = true;
+    let voc = evaluate_ignoring(&scores, &labels, &names, Some(&ignore)).unwrap();
+    assert!((voc.per_class_ap[0] - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+    assert_eq!(voc.per_class_ap[1], all.per_class_ap[1]);
+    // Every positive of a class difficult: the class is absent, not an AP of 0.
+    let ignore: Vec<bool> = pos.iter().flat_map(|&p| [p, false]).collect();
+    let none = evaluate_ignoring(&scores, &labels, &names, Some(&ignore)).unwrap();
+    assert_eq!(none.absent_classes, [0]);
+    // A mask of the wrong shape is an error.
+    assert!(evaluate_ignoring(&scores, &labels, &names, Some(&[false; 3])).is_err());
+}

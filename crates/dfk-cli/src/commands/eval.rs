@@ -167,7 +167,7 @@ fn by_model_names(data: &Dataset, model: &[String]) -> Option<Dataset> {
     let mut out = data.clone();
     out.class_names = model.to_vec();
     for item in &mut out.items {
-        for l in &mut item.labels {
+        for l in item.labels.iter_mut().chain(&mut item.difficult) {
             *l = *to_model.get(*l)?;
         }
     }
@@ -230,6 +230,7 @@ mod tests {
         let item = |l: usize| Item {
             source: ImageSource::File(format!("{l}.png").into()),
             labels: vec![l],
+            difficult: Vec::new(),
         };
         let data = Dataset {
             class_names: names(&["dog", "bird"]),

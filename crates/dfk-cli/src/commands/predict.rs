@@ -89,6 +89,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                     .map(|p| Item {
                         source: ImageSource::File(p.clone()),
                         labels: Vec::new(),
+                        difficult: Vec::new(),
                     })
                     .collect(),
                 multilabel: false,

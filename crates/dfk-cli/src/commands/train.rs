@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use dfk::dataset::Dataset;
 use dfk::pipeline::{
-    dataset_labels, evaluate, fit_from_descriptors, fit_pipeline, Evaluation, Pipeline,
+    dataset_labels, evaluate_ignoring, fit_from_descriptors, fit_pipeline, Evaluation, Pipeline,
     PipelineConfig, RawDescriptors, StageTime,
 };
 use serde_json::json;
@@ -71,7 +71,13 @@ pub fn evaluate_on(
     });
     let t = Instant::now();
     let scores = pipeline.try_scores(&fv, data.len())?;
-    let e = evaluate(&scores, &dataset_labels(data), &pipeline.class_names)?;
+    // VOC's difficult images are left out of their classes' AP, as its protocol does.
+    let e = evaluate_ignoring(
+        &scores,
+        &dataset_labels(data),
+        &pipeline.class_names,
+        data.difficult_mask().as_deref(),
+    )?;
     timings.push(StageTime {
         stage: format!("{prefix}score + metrics"),
         seconds: t.elapsed().as_secs_f64(),
@@ -113,10 +119,11 @@ pub fn train_and_evaluate(
         ),
         None => {
             let scores = fit.pipeline.scores(&fit.train_features, loaded.train.len());
-            let e = evaluate(
+            let e = evaluate_ignoring(
                 &scores,
                 &dataset_labels(&loaded.train),
                 &fit.pipeline.class_names,
+                loaded.train.difficult_mask().as_deref(),
             )?;
             (e, false)
         }

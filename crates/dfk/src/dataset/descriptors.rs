@@ -174,6 +174,7 @@ impl Descriptors {
             .map(|(path, labels)| Item {
                 source: ImageSource::File(path),
                 labels,
+                difficult: Vec::new(),
             })
             .collect();
         Ok((

@@ -174,6 +174,7 @@ pub(crate) fn idx_dataset(
                 pixels: px.to_vec(),
             },
             labels: vec![l as usize],
+            difficult: Vec::new(),
         })
         .collect();
     Ok(Dataset {

@@ -86,6 +86,9 @@ pub enum ImageSource {
 pub struct Item {
     pub source: ImageSource,
     pub labels: Vec<usize>,
+    /// Classes the image is marked "difficult" for (PASCAL VOC flag 0): evaluation leaves the
+    /// image out of those classes' AP, as the VOC protocol does. Empty for other formats.
+    pub difficult: Vec<usize>,
 }
 
 /// A labelled image collection.
@@ -226,6 +229,7 @@ pub(crate) fn checked_items(
         .map(|((path, labels), _)| Item {
             source: ImageSource::File(path),
             labels,
+            difficult: Vec::new(),
         })
         .collect();
     Ok((items, skipped))
@@ -261,8 +265,34 @@ impl Dataset {
                     item.source.describe()
                 )));
             }
+            if let Some(&l) = item.difficult.iter().find(|&&l| l >= c) {
+                return Err(Error::Invalid(format!(
+                    "item {i} ({}) is marked difficult for class {l}, but there are only {c} \
+                     classes",
+                    item.source.describe()
+                )));
+            }
         }
         Ok(())
+    }
+
+    /// `n × C` row-major: whether item `i` is marked difficult for class `c`
+    /// ([`Item::difficult`]), for [`crate::pipeline::evaluate_ignoring`]; `None` when no item
+    /// is (every format but VOC).
+    pub fn difficult_mask(&self) -> Option<Vec<bool>> {
+        if self.items.iter().all(|item| item.difficult.is_empty()) {
+            return None;
+        }
+        let classes = self.classes();
+        let mut mask = vec![false; self.len() * classes];
+        for (row, item) in mask.chunks_exact_mut(classes.max(1)).zip(&self.items) {
+            for &l in &item.difficult {
+                if let Some(m) = row.get_mut(l) {
+                    *m = true;
+                }
+            }
+        }
+        Some(mask)
     }
 
     /// Item `i` for messages: an image file by its path, an image held in memory (from an

@@ -166,6 +166,7 @@ pub fn load_voc_with(root: impl AsRef<Path>, split: &str, options: VocOptions) -
             items.push(Item {
                 source: ImageSource::File(path),
                 labels,
+                difficult: (0..c).filter(|&k| difficult[i * c + k]).collect(),
             });
             kept_ids.push(ids[i].clone());
             kept_difficult.extend_from_slice(&difficult[i * c..(i + 1) * c]);

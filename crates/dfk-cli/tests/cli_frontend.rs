@@ -553,3 +553,83 @@ fn eval_maps_a_named_subset_by_class_name() {
         "{err}"
     );
 }
+
+/// `extract` on a multi-label PASCAL VOC devkit writes the images × classes 0/1 label matrix
+/// that `dfk deep --multilabel` reads (it wrote each image's first label only); and it refuses
+/// `.npy` descriptors, which it cannot extract from.
+#[test]
+fn extract_writes_multilabel_labels_as_a_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("VOC2007");
+    let main = root.join("ImageSets/Main");
+    std::fs::create_dir_all(&main).unwrap();
+    std::fs::create_dir_all(root.join("JPEGImages")).unwrap();
+    let ids = ["000001", "000002", "000003"];
+    // Image 0: a dog (11) and a difficult chair (8); image 1: a car (6); image 2: a person (14).
+    let flag = |i: usize, c: usize| match (i, c) {
+        (0, 11) | (1, 6) | (2, 14) => 1,
+        (0, 8) => 0,
+        _ => -1,
+    };
+    for (c, class) in dfk::dataset::VOC_CLASSES.iter().enumerate() {
+        let text: String = (0..3)
+            .map(|i| format!("{} {}\n", ids[i], flag(i, c)))
+            .collect();
+        std::fs::write(main.join(format!("{class}_trainval.txt")), text).unwrap();
+    }
+    for (i, id) in ids.iter().enumerate() {
+        // A 48 × 48 grey PGM under the `.jpg` name (the format is read from the content).
+        let mut pgm = b"P5\n48 48\n255\n".to_vec();
+        pgm.extend((0..48 * 48).map(|p| ((p * (i + 3) * 7) % 251) as u8));
+        std::fs::write(root.join(format!("JPEGImages/{id}.jpg")), pgm).unwrap();
+    }
+    let out = dir.path().join("x");
+    let text = ok(&[
+        "--json",
+        "extract",
+        "--data",
+        &s(&root),
+        "--format",
+        "voc",
+        "--split",
+        "trainval",
+        "--no-cache",
+        "--pca-dims",
+        "0",
+        "--spatial",
+        "false",
+        "--out-dir",
+        &s(&out),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(v["sets"][0]["set"], "data");
+    let (labels, rows, cols) = dfk::npy::read_i64_matrix(out.join("labels.npy")).unwrap();
+    assert_eq!((rows, cols), (3, 20));
+    let positives: Vec<Vec<usize>> = labels
+        .chunks(20)
+        .map(|r| (0..20).filter(|&c| r[c] == 1).collect())
+        .collect();
+    // The difficult chair is a positive, as for training.
+    assert_eq!(positives, [vec![8, 11], vec![6], vec![14]]);
+    assert!(labels.iter().all(|&l| l == 0 || l == 1));
+
+    let list = dir.path().join("list.txt");
+    dfk::npy::write_f32_matrix(dir.path().join("a.npy"), &[0.5; 8], 2, 4).unwrap();
+    std::fs::write(&list, "a.npy 0\n").unwrap();
+    let x2 = dir.path().join("x2");
+    fails_leaving_nothing(
+        &[
+            "extract",
+            "--data",
+            &s(&list),
+            "--format",
+            "npy",
+            "--no-cache",
+            "--out-dir",
+            &s(&x2),
+        ],
+        2,
+        "descriptors already",
+        &x2,
+    );
+}

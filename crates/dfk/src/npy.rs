@@ -1068,6 +1068,24 @@ impl FileGroup {
         self.add(path.as_ref(), data, &[data.len() as u64])
     }
 
+    /// Adds a row-major `rows × cols` int64 matrix.
+    pub fn i64_matrix(
+        &mut self,
+        path: impl AsRef<Path>,
+        data: &[i64],
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        if data.len() != rows * cols {
+            return Err(Error::dim(
+                "matrix to write (rows × cols)",
+                rows * cols,
+                data.len(),
+            ));
+        }
+        self.add(path.as_ref(), data, &[rows as u64, cols as u64])
+    }
+
     /// Adds an int64 vector.
     pub fn i64_vector(&mut self, path: impl AsRef<Path>, data: &[i64]) -> Result<()> {
         self.add(path.as_ref(), data, &[data.len() as u64])

@@ -8,6 +8,7 @@ use dfk::npy;
 use dfk::pipeline::{
     descriptor_cache_key, fit_preprocessor, load_or_extract_with_positions, Preprocessor,
 };
+use dfk::svm::Labels;
 use serde_json::json;
 
 use crate::options::{ConfigArgs, DataArgs};
@@ -72,14 +73,19 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     if let Some(dir) = &a.out_dir {
         a.data.check_folders_outside_data(&[("--out-dir", dir)])?;
     }
-    let cache = checked_cache_dir(a.cache.as_deref(), a.no_cache, &a.data)?;
-    if !a.data.is_descriptors() {
-        a.config
-            .check_pca_dims(&cfg, dfk::sift::DESCRIPTOR_LEN, crate::options::SIFT_VALUES)?;
+    if a.data.is_descriptors() {
+        return usage(
+            "extract computes dense SIFT from images, and --format npy data are descriptors \
+             already: give them to `dfk train`, `dfk fisher` or `dfk deep` as they are",
+        );
     }
+    let cache = checked_cache_dir(a.cache.as_deref(), a.no_cache, &a.data)?;
+    a.config
+        .check_pca_dims(&cfg, dfk::sift::DESCRIPTOR_LEN, crate::options::SIFT_VALUES)?;
     let loaded = a.data.load()?;
     a.data.check_outputs_not_loaded(&in_dir, &loaded)?;
-    let mut sets = vec![("train", &loaded.train)];
+    // Without --with-test the one set is whatever was loaded (a VOC test split, say).
+    let mut sets = vec![(if a.with_test { "train" } else { "data" }, &loaded.train)];
     if a.with_test {
         match &loaded.test {
             Some(t) => sets.push(("test", t)),
@@ -113,8 +119,18 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 dir.join("descriptors.npy"),
                 dir.join("offsets.npy"),
             )?;
-            let labels: Vec<i64> = data.first_labels().iter().map(|&l| l as i64).collect();
-            files.i64_vector(dir.join("labels.npy"), &labels)?;
+            // Multi-label data (VOC) as the images × classes 0/1 matrix that `dfk deep
+            // --multilabel` reads; single-label data as one class index per image.
+            match data.labels() {
+                Labels::MultiLabel { targets, classes } => {
+                    let m: Vec<i64> = targets.iter().map(|&t| i64::from(t)).collect();
+                    files.i64_matrix(dir.join("labels.npy"), &m, data.len(), classes)?;
+                }
+                Labels::MultiClass { labels, .. } => {
+                    let v: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+                    files.i64_vector(dir.join("labels.npy"), &v)?;
+                }
+            }
             if let Some(p) = &positions {
                 files.f32_matrix(dir.join("positions.npy"), p, d.rows(), 2)?;
             }

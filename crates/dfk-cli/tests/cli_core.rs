@@ -573,3 +573,69 @@ fn float_label_matrices_are_named_by_their_dtype() {
         &out,
     );
 }
+
+/// `svm train` names the labels file for a class without samples (a gap in the class indices,
+/// an all-zero column), and refuses features without columns and a label matrix without
+/// columns, before any training.
+#[test]
+fn svm_train_refuses_classes_without_samples_and_empty_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| s(&dir.path().join(name));
+    let x: Vec<f32> = (0..6 * 3).map(|i| (i % 5) as f32 * 0.3).collect();
+    dfk::npy::write_f32_matrix(p("x.npy"), &x, 6, 3).unwrap();
+    dfk::npy::write_f32_matrix(p("x0.npy"), &[], 6, 0).unwrap();
+    dfk::npy::write_i64_vector(p("gap.npy"), &[0, 0, 2, 2, 0, 2]).unwrap();
+    dfk::npy::write_i64_vector(p("ok.npy"), &[0, 0, 1, 1, 0, 1]).unwrap();
+    let mut group = dfk::npy::FileGroup::new();
+    // Column 1 has no positive.
+    group
+        .i64_matrix(
+            p("zero_col.npy"),
+            &[1, 0, 0, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1],
+            6,
+            3,
+        )
+        .unwrap();
+    group.i64_matrix(p("no_cols.npy"), &[], 6, 0).unwrap();
+    group.commit().unwrap();
+    let out = dir.path().join("m.dfk");
+    let train = |x: &str, y: &str| {
+        [
+            "svm".to_string(),
+            "train".into(),
+            "--features".into(),
+            p(x),
+            "--labels".into(),
+            p(y),
+            "--out".into(),
+            s(&out),
+        ]
+    };
+    for (x, y, needles) in [
+        (
+            "x.npy",
+            "gap.npy",
+            &["gap.npy", "class 1 has no sample"][..],
+        ),
+        (
+            "x.npy",
+            "zero_col.npy",
+            &["zero_col.npy", "class 1 has no sample"],
+        ),
+        (
+            "x.npy",
+            "no_cols.npy",
+            &["no_cols.npy", "n×C with 0/1 entries"],
+        ),
+        ("x0.npy", "ok.npy", &["x0.npy", "0 columns"]),
+    ] {
+        let args = train(x, y);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        for needle in needles {
+            fails_leaving_nothing(&args, 1, needle, &out);
+        }
+    }
+    let args = train("x.npy", "ok.npy");
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.exists());
+}

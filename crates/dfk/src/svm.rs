@@ -1255,17 +1255,21 @@ fn solve_impl(
             }
         }
     }
+    // One warning for the solve, not one identical line per problem.
+    let unconverged = states.iter().filter(|s| !s.converged).count();
+    if unconverged > 0 {
+        tracing::warn!(
+            "svm: {unconverged} of {} binary problems reached max_iter = {} epochs before the \
+             projected-gradient violation fell to eps = {}",
+            states.len(),
+            params.max_iter,
+            params.eps
+        );
+    }
     let models = states
         .into_iter()
         .zip(losses)
         .map(|(s, loss)| {
-            if !s.converged {
-                tracing::warn!(
-                    "svm: reached max_iter = {} epochs before the projected-gradient violation fell to eps = {}",
-                    params.max_iter,
-                    params.eps
-                );
-            }
             let reg = 0.5 * (s.w.iter().map(|v| v * v).sum::<f64>() + s.wb * s.wb);
             let sum_alpha: f64 = s.alpha.iter().sum();
             BinarySvm {

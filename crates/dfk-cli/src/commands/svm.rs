@@ -74,7 +74,9 @@ fn read_labels(a: &TrainArgs, n: usize) -> anyhow::Result<Labels> {
             Labels::MultiClass { labels: l, classes }
         }
         Err(vector_err) => match npy::read_i64_matrix(&a.labels) {
-            Ok((m, rows, classes)) if m.iter().all(|&v| v == 0 || v == 1) && rows == n => {
+            Ok((m, rows, classes))
+                if m.iter().all(|&v| v == 0 || v == 1) && rows == n && classes > 0 =>
+            {
                 Labels::MultiLabel {
                     targets: m.iter().map(|&v| v == 1).collect(),
                     classes,
@@ -107,6 +109,19 @@ fn read_labels(a: &TrainArgs, n: usize) -> anyhow::Result<Labels> {
             labels.classes()
         );
     }
+    // Classes are the indices 0..C (the columns of a matrix): one without a sample has no SVM.
+    if let Some(c) = labels.positives_per_class().iter().position(|&p| p == 0) {
+        anyhow::bail!(
+            "{}: class {c} has no sample (classes are 0..{} by index{}): every class needs one \
+             to train its SVM",
+            a.labels.display(),
+            labels.classes(),
+            match labels {
+                Labels::MultiClass { .. } => ", up to the largest label",
+                Labels::MultiLabel { .. } => ", one per column",
+            }
+        );
+    }
     Ok(labels)
 }
 
@@ -122,6 +137,12 @@ fn train(a: TrainArgs, g: &Global) -> anyhow::Result<()> {
         &[("--features", &a.features), ("--labels", &a.labels)],
     )?;
     let (x, n, dim) = npy::read_f32_matrix(&a.features)?;
+    if dim == 0 {
+        anyhow::bail!(
+            "{}: 0 columns: expected at least one feature per row",
+            a.features.display()
+        );
+    }
     npy::require_finite(&a.features, &x, dim)?;
     let labels = read_labels(&a, n)?;
     let params = SvmParams {

@@ -214,7 +214,7 @@ fn labels_must_be_class_indices_with_samples() {
             &s(&m),
         ],
         1,
-        &format!("class {top} has no training sample"),
+        &format!("gap.npy: class {top} has no sample"),
         &m,
     );
 }
@@ -1008,6 +1008,57 @@ fn small_flag_errors_name_their_flags() {
         2,
         "(--images 200 × --per-image 1000)",
     );
+    // A NaN among the rows a stage reads is named with its file in every stage (the stats
+    // stage timed it before); a dimension mismatch names both files; the stages that make
+    // their own data refuse the files instead of ignoring them.
+    let nan = dir.path().join("nan.npy");
+    let mut values = vec![0.5f32; 6 * 4];
+    values[2 * 4 + 1] = f32::NAN;
+    npy::write_f32_matrix(&nan, &values, 6, 4).unwrap();
+    let gmm_args = ["--data", &s(&nan), "--gmm", &s(&prefix)];
+    for stage in [
+        &["--stage", "stats", "--images", "2", "--per-image", "3"][..],
+        &["--stage", "em", "--n", "6", "--k", "2"],
+    ] {
+        let args = [&["bench", "--reps", "1"][..], stage, &gmm_args].concat();
+        fails(&args, 1, "nan.npy");
+        fails(&args, 1, "row 2");
+    }
+    let wide = dir.path().join("wide.npy");
+    npy::write_f32_matrix(&wide, &[0.5; 6 * 3], 6, 3).unwrap();
+    fails(
+        &[
+            "bench",
+            "--stage",
+            "em",
+            "--n",
+            "6",
+            "--data",
+            &s(&wide),
+            "--gmm",
+            &s(&prefix),
+        ],
+        1,
+        &format!(
+            "wide.npy has 3 columns, but the GMM of --gmm {} has 4",
+            s(&prefix)
+        ),
+    );
+    for stage in ["svm", "sift", "peak"] {
+        fails(
+            &[
+                "bench",
+                "--stage",
+                stage,
+                "--data",
+                &s(&nan),
+                "--gmm",
+                &s(&prefix),
+            ],
+            2,
+            "make their own data",
+        );
+    }
     fails(
         &[
             "--threads",

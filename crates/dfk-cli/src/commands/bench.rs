@@ -225,7 +225,12 @@ fn workload(args: &Args, rows: usize) -> anyhow::Result<(Vec<f32>, Gmm)> {
             let gmm = load_gmm(prefix).context("loading --gmm")?;
             let (x, r, d) = dfk::npy::read_f32_matrix(data)?;
             if d != gmm.d() {
-                bail!("--data has {d} columns, the GMM {} dimensions", gmm.d());
+                bail!(
+                    "--data {} has {d} columns, but the GMM of --gmm {} has {} dimensions",
+                    data.display(),
+                    prefix.display(),
+                    gmm.d()
+                );
             }
             if r < rows {
                 // The sizes asked for are the flags': a usage error, like a size out of range.
@@ -236,7 +241,11 @@ fn workload(args: &Args, rows: usize) -> anyhow::Result<(Vec<f32>, Gmm)> {
                     rows_flags(args)
                 ));
             }
-            Ok((x[..rows * d].to_vec(), gmm))
+            // Every stage reads these rows: a NaN or infinity among them is named here (the
+            // stats stage does not check its input itself).
+            let x = x[..rows * d].to_vec();
+            dfk::npy::require_finite(data, &x, d)?;
+            Ok((x, gmm))
         }
         (None, None) => synthetic(rows, args.d, args.k, args.noise, args.seed),
         _ => usage("give both --data and --gmm, or neither"),
@@ -363,8 +372,14 @@ fn check_sizes(args: &Args) -> anyhow::Result<()> {
             "--gmm without --data: give both --data and --gmm, or neither"
         });
     }
-    // The svm stage always makes its own data.
-    let synthetic = args.data.is_none() || args.stage == Stage::Svm;
+    // The svm, sift and peak stages make their own data: files given to them would be ignored.
+    if args.data.is_some() && matches!(args.stage, Stage::Svm | Stage::Sift | Stage::Peak) {
+        return usage(
+            "--data/--gmm are descriptors and a GMM for the stats, encode, backward, em, init \
+             and accuracy stages; the svm, sift and peak stages make their own data",
+        );
+    }
+    let synthetic = args.data.is_none();
     // EM's initialisation needs at least one descriptor per component.
     if synthetic && args.stage == Stage::Init && args.n > 0 && args.k > args.n {
         return usage(format!(

@@ -43,14 +43,34 @@ fn describe(dtype: &DType) -> String {
     }
 }
 
+/// The error for a file whose magic string or header the `.npy` reader rejects: one line (the
+/// reader's own message can span several), with a hint for the shapes of Python 2's numpy
+/// (`(2000L, 8L)`), which the reader does not accept. `start` is the file's first bytes.
+fn header_error(path: &Path, start: &[u8], e: &dyn std::fmt::Display) -> Error {
+    let text = String::from_utf8_lossy(&start[..start.len().min(4096)]);
+    let long_suffix = text
+        .as_bytes()
+        .windows(2)
+        .any(|w| w[0].is_ascii_digit() && w[1] == b'L');
+    let reason = e.to_string();
+    let reason = reason.lines().next().unwrap_or_default().trim();
+    let hint = if start.starts_with(b"\x93NUMPY") && long_suffix {
+        ": its shape has Python 2 long-integer suffixes (e.g. 2000L); save the array again with \
+         a current numpy"
+    } else {
+        ""
+    };
+    Error::format(
+        path,
+        format!(
+            "not a valid .npy file (expected the NumPy magic string and header): {reason}{hint}"
+        ),
+    )
+}
+
 fn read_array(path: &Path) -> Result<Array> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let file = npyz::NpyFile::new(&bytes[..]).map_err(|e| {
-        Error::format(
-            path,
-            format!("not a valid .npy file (expected the NumPy magic string and header): {e}"),
-        )
-    })?;
+    let file = npyz::NpyFile::new(&bytes[..]).map_err(|e| header_error(path, &bytes, &e))?;
     let header = file.header().clone();
     let dtype = header.dtype();
     let descr = describe(&dtype);
@@ -450,10 +470,11 @@ impl F32MatrixReader {
         let path = path.as_ref().to_path_buf();
         let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let header = npyz::NpyHeader::from_reader(&mut file).map_err(|e| {
-            Error::format(
-                &path,
-                format!("not a valid .npy file (expected the NumPy magic string and header): {e}"),
-            )
+            let mut start = Vec::new();
+            if let Ok(f) = File::open(&path) {
+                let _ = f.take(4096).read_to_end(&mut start);
+            }
+            header_error(&path, &start, &e)
         })?;
         let dtype = header.dtype();
         let descr = describe(&dtype);

@@ -468,3 +468,29 @@ fn float64_values_beyond_float32_are_located() {
     let (data, _, _) = npy::read_f32_matrix(&inf).unwrap();
     assert_eq!(data, vec![f32::INFINITY, 3e38f32]);
 }
+
+/// A header the reader rejects gives a one-line message naming the file, with a hint for
+/// Python 2's long-integer shapes (`(2L, 3L)`, which numpy still reads), both when the whole
+/// file is read and when it is streamed.
+#[test]
+fn python2_headers_get_a_one_line_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("py2.npy");
+    let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2L, 3L), }";
+    let mut header = dict.to_string();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend(M.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(&path, bytes).unwrap();
+    let whole = err(npy::read_f32_matrix(&path));
+    let streamed = err(npy::F32MatrixReader::open(&path).map(|_| ()));
+    for msg in [whole, streamed] {
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.contains("py2.npy") && msg.contains("2000L"), "{msg}");
+    }
+}

@@ -797,12 +797,14 @@ impl FisherEncoder {
             }
         }
         self.postprocess(scratch);
-        // Unnormalised, descriptors near the float32 limit give statistics beyond it: refuse
-        // them rather than return infinities.
+        // Unnormalised, descriptors or means near the float32 limit give statistics beyond it:
+        // refuse them rather than return infinities.
         let fits = |v: &f64| v.abs() <= f32::MAX as f64;
         if let Some(index) = scratch.out.iter().position(|v| !fits(v)) {
             return Err(Error::NonFinite {
-                what: "Fisher vector (descriptor values too large for float32 statistics)".into(),
+                what: "unnormalised Fisher vector (its statistics exceed the float32 range: the \
+                       descriptors or the GMM's means are too large for their variances)"
+                    .into(),
                 index,
             });
         }

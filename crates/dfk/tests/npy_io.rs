@@ -478,7 +478,7 @@ fn python2_headers_get_a_one_line_hint() {
     let path = dir.path().join("py2.npy");
     let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2L, 3L), }";
     let mut header = dict.to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');

@@ -639,3 +639,38 @@ fn svm_train_refuses_classes_without_samples_and_empty_shapes() {
     ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.exists());
 }
+
+/// Numbered data (IDX labels) beside a model with named classes is read by index, and a
+/// warning says which index is which class.
+#[test]
+fn numbered_data_beside_a_named_model_warns_of_the_index_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_model(dir.path());
+    let subset = |f: &str| {
+        s(&std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../data/fashion-mnist-subset")
+            .join(f))
+    };
+    let out = dfk(&[
+        "eval",
+        "--model",
+        &s(&model),
+        "--data",
+        &subset("t10k-images-idx3-ubyte.gz"),
+        "--format",
+        "idx",
+        "--labels",
+        &subset("t10k-labels-idx1-ubyte.gz"),
+        "--no-cache",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("numbers its classes") && err.contains("0 = T-shirt/top, 1 = Trouser"),
+        "{err}"
+    );
+    // The embedded set names its classes as the model does: no warning.
+    let out = dfk(&["eval", "--model", &s(&model), "--embedded", "--no-cache"]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("numbers its classes"));
+}

@@ -190,7 +190,26 @@ fn check_same_classes(
     description: &str,
     model_path: &std::path::Path,
 ) -> anyhow::Result<()> {
-    if data.is_empty() || model.is_empty() || data == model || index_names(data) {
+    if data.is_empty() || model.is_empty() || data == model {
+        return Ok(());
+    }
+    if index_names(data) {
+        // Numeric labels are the model's class indices: say which, since a data set numbered
+        // in another order (Fashion-MNIST's own, say) would be scored silently wrong.
+        if !index_names(model) {
+            let shown: Vec<String> = model
+                .iter()
+                .take(4)
+                .enumerate()
+                .map(|(i, n)| format!("{i} = {n}"))
+                .collect();
+            tracing::warn!(
+                "{description} numbers its classes: read as the model's class indices, in the \
+                 model's order ({}{})",
+                shown.join(", "),
+                if model.len() > 4 { ", …" } else { "" }
+            );
+        }
         return Ok(());
     }
     if index_names(model) {

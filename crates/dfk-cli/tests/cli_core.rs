@@ -674,3 +674,33 @@ fn numbered_data_beside_a_named_model_warns_of_the_index_order() {
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("numbers its classes"));
 }
+
+/// Problems that reach `--max-iter` are reported in one warning for the whole solve, whatever
+/// the number of threads (each thread's group of classes printed its own, one line per class
+/// before that).
+#[test]
+fn svm_max_iter_is_one_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.dfk");
+    for threads in ["1", "2"] {
+        let o = dfk(&[
+            "--threads",
+            threads,
+            "svm",
+            "train",
+            "--features",
+            &cli_fixture("features.npy"),
+            "--labels",
+            &cli_fixture("labels.npy"),
+            "--max-iter",
+            "1",
+            "--eps",
+            "1e-9",
+            "--out",
+            &s(&out),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert_eq!(err.matches("reached max_iter").count(), 1, "{err}");
+    }
+}

@@ -47,9 +47,20 @@ fn describe(dtype: &DType) -> String {
 /// reader's own message can span several), with a hint for the shapes of Python 2's numpy
 /// (`(2000L, 8L)`), which the reader does not accept. `start` is the file's first bytes.
 fn header_error(path: &Path, start: &[u8], e: &dyn std::fmt::Display) -> Error {
-    let text = String::from_utf8_lossy(&start[..start.len().min(4096)]);
-    let long_suffix = text
-        .as_bytes()
+    // The header alone (version 1: its length in bytes 8-9, from byte 10; later versions:
+    // bytes 8-11, from byte 12), not the array data after it.
+    let header: &[u8] = match start.get(6) {
+        Some(1) if start.len() >= 10 => {
+            let len = u16::from_le_bytes([start[8], start[9]]) as usize;
+            &start[10..(10 + len).min(start.len())]
+        }
+        Some(2 | 3) if start.len() >= 12 => {
+            let len = u32::from_le_bytes([start[8], start[9], start[10], start[11]]) as usize;
+            &start[12..12usize.saturating_add(len).min(start.len())]
+        }
+        _ => &[],
+    };
+    let long_suffix = header
         .windows(2)
         .any(|w| w[0].is_ascii_digit() && w[1] == b'L');
     let reason = e.to_string();

@@ -771,18 +771,34 @@ fn one_vs_rest(
         .iter()
         .filter_map(|o| match o {
             GroupOutcome::Stopped { bound, .. } => Some(*bound),
-            GroupOutcome::Solved(_) => None,
+            GroupOutcome::Solved(..) => None,
         })
         .reduce(f64::max);
     if let Some(bound) = stopped {
         let alphas = outcomes
             .into_iter()
             .flat_map(|o| match o {
-                GroupOutcome::Solved(models) => models.into_iter().map(|m| m.alpha).collect(),
+                GroupOutcome::Solved(models, _) => models.into_iter().map(|m| m.alpha).collect(),
                 GroupOutcome::Stopped { alphas, .. } => alphas,
             })
             .collect();
         return Ok(OneVsRestOutcome::Exceeded { bound, alphas });
+    }
+    // One warning for the whole solve, not one per group (thread) or class.
+    let unconverged: usize = outcomes
+        .iter()
+        .map(|o| match o {
+            GroupOutcome::Solved(_, u) => *u,
+            GroupOutcome::Stopped { .. } => 0,
+        })
+        .sum();
+    if unconverged > 0 {
+        tracing::warn!(
+            "svm: {unconverged} of {classes} binary problems reached max_iter = {} epochs \
+             before the projected-gradient violation fell to eps = {}",
+            params.max_iter,
+            params.eps
+        );
     }
     let models = outcomes
         .into_iter()
@@ -851,7 +867,8 @@ struct DualStop {
 
 /// What one solver group produced.
 enum GroupOutcome {
-    Solved(Vec<BinarySvm>),
+    /// The models, and how many of them reached `max_iter` before `eps`.
+    Solved(Vec<BinarySvm>, usize),
     Stopped {
         /// Certified lower bound of the whole objective (> the threshold).
         bound: f64,
@@ -863,7 +880,7 @@ enum GroupOutcome {
 impl GroupOutcome {
     fn into_models(self) -> Result<Vec<BinarySvm>> {
         match self {
-            GroupOutcome::Solved(models) => Ok(models),
+            GroupOutcome::Solved(models, _) => Ok(models),
             GroupOutcome::Stopped { .. } => Err(Error::Invalid(
                 "the svm solver stopped on a dual bound without a threshold".into(),
             )),
@@ -1255,17 +1272,8 @@ fn solve_impl(
             }
         }
     }
-    // One warning for the solve, not one identical line per problem.
+    // Counted for one warning over all groups ([`one_vs_rest`]).
     let unconverged = states.iter().filter(|s| !s.converged).count();
-    if unconverged > 0 {
-        tracing::warn!(
-            "svm: {unconverged} of {} binary problems reached max_iter = {} epochs before the \
-             projected-gradient violation fell to eps = {}",
-            states.len(),
-            params.max_iter,
-            params.eps
-        );
-    }
     let models = states
         .into_iter()
         .zip(losses)
@@ -1282,7 +1290,7 @@ fn solve_impl(
             }
         })
         .collect();
-    GroupOutcome::Solved(models)
+    GroupOutcome::Solved(models, unconverged)
 }
 
 /// Bytes of active rows below which a task runs its epochs alone ([`solo_epochs`]): a

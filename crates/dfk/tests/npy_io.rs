@@ -493,4 +493,21 @@ fn python2_headers_get_a_one_line_hint() {
         assert!(!msg.contains('\n'), "{msg}");
         assert!(msg.contains("py2.npy") && msg.contains("2000L"), "{msg}");
     }
+    // A digit and an `L` in the array data after a broken header are not a Python 2 shape.
+    let path = dir.path().join("no_shape.npy");
+    let mut header = "{'descr': '<f4', 'fortran_order': False, }".to_string();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(b"7L7L");
+    std::fs::write(&path, bytes).unwrap();
+    let msg = err(npy::read_f32_matrix(&path));
+    assert!(
+        msg.contains("no_shape.npy") && !msg.contains("Python 2"),
+        "{msg}"
+    );
 }

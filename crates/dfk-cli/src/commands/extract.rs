@@ -76,7 +76,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     if a.data.is_descriptors() {
         return usage(
             "extract computes dense SIFT from images, and --format npy data are descriptors \
-             already: give them to `dfk train`, `dfk fisher` or `dfk deep` as they are",
+             already: `dfk train`, `dfk eval` and `dfk encode` read them as they are",
         );
     }
     let cache = checked_cache_dir(a.cache.as_deref(), a.no_cache, &a.data)?;

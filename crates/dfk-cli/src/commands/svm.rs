@@ -115,7 +115,7 @@ fn read_labels(a: &TrainArgs, n: usize) -> anyhow::Result<Labels> {
             "{}: class {c} has no sample (classes are 0..{} by index{}): every class needs one \
              to train its SVM",
             a.labels.display(),
-            labels.classes(),
+            labels.classes() - 1,
             match labels {
                 Labels::MultiClass { .. } => ", up to the largest label",
                 Labels::MultiLabel { .. } => ", one per column",

@@ -121,6 +121,12 @@ fn train_info_eval_predict_encode() {
         toml.contains("k = 4") && toml.contains("seed = 3"),
         "{toml}"
     );
+    // float32 settings as their shortest decimals (1e-6 printed as 0.0000009999999974752427),
+    // which the round trip below reads back to the same values.
+    assert!(
+        toml.contains("clamp = 0.2\n") && toml.contains("posterior_threshold = 0.000001\n"),
+        "{toml}"
+    );
 
     // The stored configuration, used as --config, reproduces the model exactly.
     let cfg = dir.path().join("cfg.toml");

@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long)]
     with_test: bool,
     /// Also write descriptors.npy (rows × D float32), offsets.npy (int64, images + 1) and
-    /// labels.npy (int64, first label) here (in train/ and test/ with --with-test), and with a
+    /// labels.npy (int64: a class index per image, or images × classes 0/1 for multi-label data) here (in train/ and test/ with --with-test), and with a
     /// --pyramid positions.npy (rows × 2 float32, each descriptor's (x, y)). For raw 128-d SIFT
     /// use --pca-dims 0 --l2 false --spatial false.
     #[arg(long, value_name = "DIR")]

@@ -108,7 +108,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
 /// The configuration as TOML (for `--config`), or with `--json` that TOML and the settings as
 /// one JSON document.
 fn print_config(cfg: &PipelineConfig, g: &Global) -> anyhow::Result<()> {
-    let text = toml::to_string(cfg)?;
+    let text = shortest_f32(&toml::to_string(cfg)?);
     if g.json {
         println!(
             "{}",
@@ -118,4 +118,27 @@ fn print_config(cfg: &PipelineConfig, g: &Global) -> anyhow::Result<()> {
         print!("{text}");
     }
     Ok(())
+}
+
+/// `text` (TOML) with every `key = float` that is an `f32` setting widened to `f64` (`1e-6`
+/// became `0.0000009999999974752427`) written as the shortest decimal of that `f32`, which
+/// reads back to the same `f32`; the keys keep their order.
+fn shortest_f32(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let short = line.split_once(" = ").and_then(|(key, value)| {
+            let v: f64 = value.parse().ok()?;
+            let narrow = v as f32;
+            let fits = value.contains('.') && v.is_finite() && narrow as f64 == v;
+            // Display gives the shortest decimal; TOML needs a point to read a float.
+            let mut digits = narrow.to_string();
+            if !digits.contains(['.', 'e']) {
+                digits.push_str(".0");
+            }
+            fits.then(|| format!("{key} = {digits}"))
+        });
+        out.push_str(short.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }

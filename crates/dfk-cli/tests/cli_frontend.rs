@@ -566,10 +566,6 @@ fn eval_maps_a_named_subset_by_class_name() {
 #[test]
 fn extract_writes_multilabel_labels_as_a_matrix() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("VOC2007");
-    let main = root.join("ImageSets/Main");
-    std::fs::create_dir_all(&main).unwrap();
-    std::fs::create_dir_all(root.join("JPEGImages")).unwrap();
     let ids = ["000001", "000002", "000003"];
     // Image 0: a dog (11) and a difficult chair (8); image 1: a car (6); image 2: a person (14).
     let flag = |i: usize, c: usize| match (i, c) {
@@ -577,18 +573,7 @@ fn extract_writes_multilabel_labels_as_a_matrix() {
         (0, 8) => 0,
         _ => -1,
     };
-    for (c, class) in dfk::dataset::VOC_CLASSES.iter().enumerate() {
-        let text: String = (0..3)
-            .map(|i| format!("{} {}\n", ids[i], flag(i, c)))
-            .collect();
-        std::fs::write(main.join(format!("{class}_trainval.txt")), text).unwrap();
-    }
-    for (i, id) in ids.iter().enumerate() {
-        // A 48 × 48 grey PGM under the `.jpg` name (the format is read from the content).
-        let mut pgm = b"P5\n48 48\n255\n".to_vec();
-        pgm.extend((0..48 * 48).map(|p| ((p * (i + 3) * 7) % 251) as u8));
-        std::fs::write(root.join(format!("JPEGImages/{id}.jpg")), pgm).unwrap();
-    }
+    let root = voc_devkit(dir.path(), &ids, flag);
     let out = dir.path().join("x");
     let text = ok(&[
         "--json",
@@ -638,4 +623,85 @@ fn extract_writes_multilabel_labels_as_a_matrix() {
         "descriptors already",
         &x2,
     );
+}
+
+/// A PASCAL VOC devkit under `dir/VOC2007` with split `trainval`: the images `ids` (48 × 48
+/// grey PGMs under `.jpg` names; the format is read from the content) and `flag(image, class)`
+/// (1 present, 0 difficult, −1 absent) for each of the 20 classes.
+fn voc_devkit(dir: &Path, ids: &[&str], flag: impl Fn(usize, usize) -> i32) -> std::path::PathBuf {
+    let root = dir.join("VOC2007");
+    let main = root.join("ImageSets/Main");
+    std::fs::create_dir_all(&main).unwrap();
+    std::fs::create_dir_all(root.join("JPEGImages")).unwrap();
+    for (c, class) in dfk::dataset::VOC_CLASSES.iter().enumerate() {
+        let text: String = (0..ids.len())
+            .map(|i| format!("{} {}\n", ids[i], flag(i, c)))
+            .collect();
+        std::fs::write(main.join(format!("{class}_trainval.txt")), text).unwrap();
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let mut pgm = b"P5\n48 48\n255\n".to_vec();
+        pgm.extend((0..48 * 48).map(|p| ((p * (i + 3) * 7 + (p / 48) * (i % 5)) % 251) as u8));
+        std::fs::write(root.join(format!("JPEGImages/{id}.jpg")), pgm).unwrap();
+    }
+    root
+}
+
+/// On VOC data, difficult images are left out of their classes' AP in every mAP: the one
+/// `train` prints, the one stored in the model's history and the one `eval` gives agree.
+#[test]
+fn voc_difficult_images_leave_every_map_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..40).map(|i| format!("{:06}", i + 1)).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    // Every class has positives; every third image is difficult for another class.
+    let flag = |i: usize, c: usize| {
+        if c == i % 20 {
+            1
+        } else if i % 3 == 0 && c == (i + 7) % 20 {
+            0
+        } else {
+            -1
+        }
+    };
+    let root = voc_devkit(dir.path(), &ids, flag);
+    let model = dir.path().join("m.dfk");
+    let data = [
+        "--data",
+        &s(&root),
+        "--format",
+        "voc",
+        "--split",
+        "trainval",
+    ];
+    let settings = ["--no-cache", "--k", "1", "--pca-dims", "4", "--c", "0.0001"];
+    let train: serde_json::Value = serde_json::from_str(
+        ok(&[
+            &["--json", "train"][..],
+            &data,
+            &settings,
+            &["--out", &s(&model)],
+        ]
+        .concat())
+        .trim(),
+    )
+    .unwrap();
+    let eval: serde_json::Value = serde_json::from_str(
+        ok(&[
+            &["--json", "eval", "--model", &s(&model), "--no-cache"][..],
+            &data,
+        ]
+        .concat())
+        .trim(),
+    )
+    .unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(ok(&["--json", "info", &s(&model)]).trim()).unwrap();
+    let stored = info["header"]["history"]["train_map"].as_f64().unwrap();
+    let printed = train["map"].as_f64().unwrap();
+    assert!(
+        (eval["map"].as_f64().unwrap() - printed).abs() < 1e-12,
+        "{eval} {train}"
+    );
+    assert!((stored - printed).abs() < 1e-12, "{stored} {printed}");
 }

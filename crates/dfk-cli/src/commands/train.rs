@@ -129,6 +129,18 @@ pub fn train_and_evaluate(
         }
     };
     let mut history = fit.history;
+    // The fit's training mAP counts every image; with VOC's difficult images it is taken
+    // again without them, as every other mAP is.
+    if let Some(mask) = loaded.train.difficult_mask() {
+        let scores = fit.pipeline.scores(&fit.train_features, loaded.train.len());
+        let e = evaluate_ignoring(
+            &scores,
+            &dataset_labels(&loaded.train),
+            &fit.pipeline.class_names,
+            Some(&mask),
+        )?;
+        history["train_map"] = json!(e.map);
+    }
     history["timings"] = serde_json::to_value(&timings)?;
     history["data"] = json!(loaded.description);
     history["train_images"] = json!(loaded.train.len());

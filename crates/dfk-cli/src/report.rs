@@ -71,6 +71,26 @@ fn class_name(e: &Evaluation, c: usize) -> String {
         .unwrap_or_else(|| format!("class {c}"))
 }
 
+/// `name` cut to `max` characters with an ellipsis, for plot labels of fixed width (the
+/// per-class table has the full names).
+fn short(name: &str, max: usize) -> String {
+    if name.chars().count() <= max {
+        return name.to_string();
+    }
+    let mut out: String = name.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+/// Every how many rows (or columns) of `pixels` each a label of `needed` pixels fits.
+fn label_every(pixels: f64, needed: f64) -> usize {
+    (needed / pixels.max(1e-9)).ceil().max(1.0) as usize
+}
+
+/// Most precision–recall curves drawn with a legend: more cannot be told apart (10 colours)
+/// nor fit the legend box.
+const PR_LEGEND_MAX: usize = 20;
+
 fn confusion_svg(e: &Evaluation) -> anyhow::Result<String> {
     let c = e.classes;
     let size = (60 + 44 * c as u32).clamp(420, 900);
@@ -82,21 +102,24 @@ fn confusion_svg(e: &Evaluation) -> anyhow::Result<String> {
             .y_label_area_size(150)
             .build_cartesian_2d(0.0..c as f64, c as f64..0.0)
             .map_err(plot_err)?;
-        // Rows carry the names, columns the class numbers (long names do not fit below).
+        // Rows carry the names, columns the class numbers (long names do not fit below);
+        // with many classes only every k-th row and column is labelled, so labels do not overlap.
         let names: Vec<String> = (0..c)
-            .map(|i| format!("{} ({i})", class_name(e, i)))
+            .map(|i| format!("{} ({i})", short(&class_name(e, i), 18)))
             .collect();
-        let centre = |v: &f64| {
+        let cell = (size as f64 - 60.0) / c.max(1) as f64;
+        let (every_y, every_x) = (label_every(cell, 13.0), label_every(cell, 22.0));
+        let centre = |v: &f64, every: usize| {
             let i = v.floor() as usize;
-            ((v - v.floor() - 0.5).abs() < 1e-9 && i < c).then_some(i)
+            ((v - v.floor() - 0.5).abs() < 1e-9 && i < c && i % every == 0).then_some(i)
         };
         chart
             .configure_mesh()
             .disable_mesh()
             .x_labels(2 * c + 1)
             .y_labels(2 * c + 1)
-            .x_label_formatter(&|v| centre(v).map_or(String::new(), |i| i.to_string()))
-            .y_label_formatter(&|v| centre(v).map_or(String::new(), |i| names[i].clone()))
+            .x_label_formatter(&|v| centre(v, every_x).map_or(String::new(), |i| i.to_string()))
+            .y_label_formatter(&|v| centre(v, every_y).map_or(String::new(), |i| names[i].clone()))
             .x_desc("predicted class")
             .y_desc("true class")
             .draw()
@@ -145,7 +168,7 @@ fn ap_svg(e: &Evaluation) -> anyhow::Result<String> {
             .y_label_area_size(130)
             .build_cartesian_2d(0.0..100.0, c as f64..0.0)
             .map_err(plot_err)?;
-        let names: Vec<String> = (0..c).map(|i| class_name(e, i)).collect();
+        let names: Vec<String> = (0..c).map(|i| short(&class_name(e, i), 20)).collect();
         chart
             .configure_mesh()
             .y_labels(2 * c + 1)
@@ -172,12 +195,24 @@ fn ap_svg(e: &Evaluation) -> anyhow::Result<String> {
             .map_err(plot_err)?;
         chart
             .draw_series(e.per_class_ap.iter().enumerate().map(|(i, &ap)| {
-                // In the bar, white; without a bar, dark on the background.
+                // In the bar, white; after a bar too short to hold it, or without a bar, dark
+                // on the background.
                 let (label, x, colour, align) = if ap.is_nan() {
                     ("no samples".to_string(), 1.0, BLACK, HPos::Left)
+                } else if 100.0 * ap < 10.0 {
+                    (
+                        format!("{:.1}", 100.0 * ap),
+                        100.0 * ap + 1.0,
+                        BLACK,
+                        HPos::Left,
+                    )
                 } else {
-                    let x = (100.0 * ap - 1.0).max(8.0);
-                    (format!("{:.1}", 100.0 * ap), x, WHITE, HPos::Right)
+                    (
+                        format!("{:.1}", 100.0 * ap),
+                        100.0 * ap - 1.0,
+                        WHITE,
+                        HPos::Right,
+                    )
                 };
                 Text::new(
                     label,
@@ -194,9 +229,17 @@ fn ap_svg(e: &Evaluation) -> anyhow::Result<String> {
 }
 
 fn pr_svg(e: &Evaluation) -> anyhow::Result<String> {
+    // Classes without samples have no curve.
+    let drawn = e.per_class_ap.iter().filter(|ap| !ap.is_nan()).count();
+    let legend = drawn <= PR_LEGEND_MAX;
+    let caption = if legend {
+        "Precision–recall curves".to_string()
+    } else {
+        format!("Precision–recall curves ({drawn} classes: no legend, see the table)")
+    };
     svg(760, 520, |root| {
         let mut chart = ChartBuilder::on(root)
-            .caption("Precision–recall curves", ("sans-serif", 20))
+            .caption(caption, ("sans-serif", 20))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(50)
@@ -209,8 +252,12 @@ fn pr_svg(e: &Evaluation) -> anyhow::Result<String> {
             .draw()
             .map_err(plot_err)?;
         for (i, curve) in e.pr_curves.iter().enumerate() {
+            let ap = e.per_class_ap.get(i).copied().unwrap_or(f64::NAN);
+            if ap.is_nan() {
+                continue;
+            }
             let color = PALETTE[i % PALETTE.len()];
-            chart
+            let series = chart
                 .draw_series(LineSeries::new(
                     curve
                         .recall
@@ -219,15 +266,21 @@ fn pr_svg(e: &Evaluation) -> anyhow::Result<String> {
                         .map(|(&r, &p)| (r, p)),
                     color.stroke_width(2),
                 ))
-                .map_err(plot_err)?
-                .label(format!(
-                    "{} (AP {:.1})",
-                    class_name(e, i),
-                    100.0 * e.per_class_ap.get(i).copied().unwrap_or(0.0)
-                ))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-                });
+                .map_err(plot_err)?;
+            if legend {
+                series
+                    .label(format!(
+                        "{} (AP {:.1})",
+                        short(&class_name(e, i), 28),
+                        100.0 * ap
+                    ))
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                    });
+            }
+        }
+        if !legend {
+            return Ok(());
         }
         chart
             .configure_series_labels()
@@ -330,9 +383,16 @@ fn history_series(history: &Value) -> Vec<Curves> {
                 .collect();
             (v.len() >= 2 && v.len() == records.len()).then_some(v)
         };
+        // The iteration whose parameters the model holds (the best validated one).
+        let kept = history
+            .pointer("/deep/best_iteration")
+            .and_then(|b| b.as_u64())
+            .map_or(String::new(), |b| {
+                format!(" (the model keeps iteration {b})")
+            });
         if let Some(v) = field("objective") {
             charts.push((
-                "Deep Fisher Kernel: SVM objective".into(),
+                format!("Deep Fisher Kernel: SVM objective{kept}"),
                 vec![("objective".into(), v)],
             ));
         }
@@ -350,7 +410,7 @@ fn history_series(history: &Value) -> Vec<Curves> {
         .filter_map(|(label, key)| field(key).map(|v| (label.to_string(), v)))
         .collect();
         if !lines.is_empty() {
-            charts.push((format!("Deep Fisher Kernel: {metric}"), lines));
+            charts.push((format!("Deep Fisher Kernel: {metric}{kept}"), lines));
         }
     }
     if let Some(v) = history.pointer("/gmm/loglik").and_then(numbers) {
@@ -377,8 +437,18 @@ fn series_svg(title: &str, lines: &[(String, Vec<f64>)]) -> anyhow::Result<Strin
             .y_label_area_size(70)
             .build_cartesian_2d(0.0..(len - 1) as f64, lo - pad..hi + pad)
             .map_err(plot_err)?;
+        // Iterations are whole numbers: no ticks between them.
+        let whole = |v: &f64| {
+            if (v - v.round()).abs() < 1e-9 {
+                format!("{}", v.round() as i64)
+            } else {
+                String::new()
+            }
+        };
         chart
             .configure_mesh()
+            .x_labels(len.min(12))
+            .x_label_formatter(&whole)
             .x_desc("iteration")
             .draw()
             .map_err(plot_err)?;
@@ -505,11 +575,13 @@ pre{{background:#f7f7f7;padding:1em;overflow-x:auto}}</style></head><body>\n<h1>
         )?;
         if let Some(row) = e.confusion.get(c) {
             let total: usize = row.iter().sum();
-            write!(
-                page,
-                "<td>{}</td><td>{total}</td>",
-                pct(row[c] as f64 / total.max(1) as f64)
-            )?;
+            // A class without images has no recall.
+            let recall = if total == 0 {
+                "–".to_string()
+            } else {
+                pct(row[c] as f64 / total as f64)
+            };
+            write!(page, "<td>{recall}</td><td>{total}</td>")?;
         }
         page.push_str("</tr>\n");
     }
@@ -618,5 +690,69 @@ mod tests {
         assert_eq!(charts[0].1[0].1, vec![10.0, 9.0]);
         let svg = series_svg(&charts[1].0, &charts[1].1).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("validation"));
+        // Whole iterations only on the x axis.
+        assert!(
+            !svg.contains("\n0.5\n</text>") && svg.contains("\n1\n</text>"),
+            "{svg}"
+        );
+        // With the kept iteration recorded, the titles name it.
+        let mut history = history;
+        history["deep"]["best_iteration"] = json!(0);
+        assert_eq!(
+            history_series(&history)[0].0,
+            "Deep Fisher Kernel: SVM objective (the model keeps iteration 0)"
+        );
+    }
+
+    /// Many classes, a class without images and very long names: no "AP NaN" legend entry,
+    /// no legend beyond [`PR_LEGEND_MAX`] curves, names cut in the plots but whole in the
+    /// table, and no recall for the class without images.
+    #[test]
+    fn plots_stay_readable_with_many_classes() {
+        let c = 30;
+        let long = format!("{}_end", "x".repeat(100));
+        let names: Vec<String> = (0..c)
+            .map(|i| {
+                if i == 3 {
+                    long.clone()
+                } else {
+                    format!("c{i}")
+                }
+            })
+            .collect();
+        // Two images of each class but class 5; each scored highest on its own class.
+        let truth: Vec<usize> = (0..c).filter(|&k| k != 5).flat_map(|k| [k, k]).collect();
+        let n = truth.len();
+        let mut scores = vec![0f32; n * c];
+        for (i, &t) in truth.iter().enumerate() {
+            for k in 0..c {
+                scores[i * c + k] = ((i * 7 + k * 3) % 11) as f32 * 0.01;
+            }
+            scores[i * c + t] = 1.0;
+        }
+        let labels = dfk::svm::Labels::MultiClass {
+            labels: truth,
+            classes: c,
+        };
+        let e = dfk::pipeline::evaluate(&scores, &labels, &names).unwrap();
+        assert!(e.per_class_ap[5].is_nan());
+        let pr = pr_svg(&e).unwrap();
+        assert!(!pr.contains("NaN") && pr.contains("no legend"), "{pr}");
+        let ap = ap_svg(&e).unwrap();
+        assert!(!ap.contains(&long) && ap.contains("xxx…"));
+        let cm = confusion_svg(&e).unwrap();
+        assert!(!cm.contains(&long));
+        let page = html(&Report {
+            title: "t",
+            evaluation: &e,
+            timings: &[],
+            history: &json!({}),
+            config: &json!({}),
+            facts: Vec::new(),
+        })
+        .unwrap();
+        assert!(page.contains(&long));
+        assert!(page.contains("<tr><td>c5</td><td>– (no samples)</td><td>–</td><td>0</td>"));
+        assert!(!short("ab", 5).contains('…') && short("abcdefgh", 5) == "abcd…");
     }
 }

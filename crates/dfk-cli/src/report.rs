@@ -111,7 +111,7 @@ fn confusion_svg(e: &Evaluation) -> anyhow::Result<String> {
         let (every_y, every_x) = (label_every(cell, 13.0), label_every(cell, 22.0));
         let centre = |v: &f64, every: usize| {
             let i = v.floor() as usize;
-            ((v - v.floor() - 0.5).abs() < 1e-9 && i < c && i % every == 0).then_some(i)
+            ((v - v.floor() - 0.5).abs() < 1e-9 && i < c && i.is_multiple_of(every)).then_some(i)
         };
         chart
             .configure_mesh()

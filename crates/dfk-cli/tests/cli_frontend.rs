@@ -658,7 +658,7 @@ fn voc_difficult_images_leave_every_map_alike() {
     let flag = |i: usize, c: usize| {
         if c == i % 20 {
             1
-        } else if i % 3 == 0 && c == (i + 7) % 20 {
+        } else if i.is_multiple_of(3) && c == (i + 7) % 20 {
             0
         } else {
             -1

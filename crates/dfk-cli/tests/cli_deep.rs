@@ -197,6 +197,11 @@ fn resume_continues_exactly() {
     );
     assert_eq!(ma.gmm, mb.gmm);
     assert_eq!(ma.svm, mb.svm);
+    // The settings are stored as JSON (they were Rust debug strings), with the command line.
+    let settings = &ma.history["deep_settings"];
+    assert!(settings["fisher"]["improved"].is_boolean(), "{settings}");
+    let line = settings["command_line"].as_array().unwrap();
+    assert!(line.iter().any(|a| a == "deep") && line.iter().any(|a| a == "--iters"));
     assert_eq!(
         objectives(&ma.history["deep"]["records"]),
         objectives(&mb.history["deep"]["records"])

@@ -873,10 +873,13 @@ fn save_model(
         config: serde_json::to_value(config)?,
         history: json!({
             "deep": model.history.to_json(),
+            // As JSON values, and the command line as given (its flags are the settings).
             "deep_settings": {
-                "mode": format!("{:?}", model.mode),
-                "fisher": format!("{:?}", model.fisher),
-                "args": format!("{a:?}"),
+                "mode": serde_json::to_value(model.mode)?,
+                "fisher": serde_json::to_value(model.fisher)?,
+                "command_line": std::env::args_os()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>(),
             },
             "initial_gmm": {
                 "means": init.means(),

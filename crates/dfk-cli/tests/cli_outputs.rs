@@ -388,6 +388,14 @@ fn eval_scores_a_subset_without_some_classes() {
         v["absent_classes"].as_array().unwrap().len(),
         aps.iter().filter(|a| a.is_null()).count()
     );
+    // The stage timings, as the report has them.
+    let stages: Vec<&str> = v["timings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["stage"].as_str().unwrap())
+        .collect();
+    assert!(stages.contains(&"score + metrics"), "{stages:?}");
 }
 
 /// A damaged descriptor-cache entry is extracted afresh and replaced (same model as with the

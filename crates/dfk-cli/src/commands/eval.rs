@@ -105,7 +105,8 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         g,
         &json!({"images": e.images, "accuracy": e.accuracy, "map": e.map, "map_voc11": e.map_voc11,
                 "top_k": e.top_k, "class_names": e.class_names, "per_class_ap": e.per_class_ap,
-                "absent_classes": e.absent_classes, "confusion": e.confusion, "seconds": secs}),
+                "absent_classes": e.absent_classes, "confusion": e.confusion, "seconds": secs,
+                "timings": timings}),
         &format!(
             "{} images: {acc}mAP {:.2} % ({:.1} s)",
             e.images,

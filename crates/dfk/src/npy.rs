@@ -1085,14 +1085,7 @@ impl FileGroup {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
-        if data.len() != rows * cols {
-            return Err(Error::dim(
-                "matrix to write (rows × cols)",
-                rows * cols,
-                data.len(),
-            ));
-        }
-        self.add(path.as_ref(), data, &[rows as u64, cols as u64])
+        self.matrix(path.as_ref(), data, rows, cols)
     }
 
     /// Adds a float32 vector.
@@ -1108,6 +1101,17 @@ impl FileGroup {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
+        self.matrix(path.as_ref(), data, rows, cols)
+    }
+
+    /// A row-major `rows × cols` matrix, its length checked against the shape.
+    fn matrix<T: npyz::AutoSerialize + Copy>(
+        &mut self,
+        path: &Path,
+        data: &[T],
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
         if data.len() != rows * cols {
             return Err(Error::dim(
                 "matrix to write (rows × cols)",
@@ -1115,7 +1119,7 @@ impl FileGroup {
                 data.len(),
             ));
         }
-        self.add(path.as_ref(), data, &[rows as u64, cols as u64])
+        self.add(path, data, &[rows as u64, cols as u64])
     }
 
     /// Adds an int64 vector.

@@ -406,8 +406,13 @@ fn object_arrays_are_an_unsupported_dtype() {
 /// A `.npy` file of `descr` and `shape` holding `payload` (raw bytes in the file's order).
 fn raw_npy(path: &std::path::Path, descr: &str, fortran: bool, shape: &str, payload: &[u8]) {
     let py_bool = if fortran { "True" } else { "False" };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': {py_bool}, 'shape': {shape}, }}");
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': {py_bool}, 'shape': {shape}, }}");
+    raw_npy_dict(path, &dict, payload);
+}
+
+/// A version 1.0 `.npy` file whose header is the text `dict` (padded as numpy pads it).
+fn raw_npy_dict(path: &std::path::Path, dict: &str, payload: &[u8]) {
+    let mut header = dict.to_string();
     while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
@@ -476,17 +481,8 @@ fn float64_values_beyond_float32_are_located() {
 fn python2_headers_get_a_one_line_hint() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("py2.npy");
-    let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2L, 3L), }";
-    let mut header = dict.to_string();
-    while !(10 + header.len() + 1).is_multiple_of(64) {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend(M.iter().flat_map(|v| v.to_le_bytes()));
-    std::fs::write(&path, bytes).unwrap();
+    let payload: Vec<u8> = M.iter().flat_map(|v| v.to_le_bytes()).collect();
+    raw_npy(&path, "<f4", false, "(2L, 3L)", &payload);
     let whole = err(npy::read_f32_matrix(&path));
     let streamed = err(npy::F32MatrixReader::open(&path).map(|_| ()));
     for msg in [whole, streamed] {
@@ -495,16 +491,7 @@ fn python2_headers_get_a_one_line_hint() {
     }
     // A digit and an `L` in the array data after a broken header are not a Python 2 shape.
     let path = dir.path().join("no_shape.npy");
-    let mut header = "{'descr': '<f4', 'fortran_order': False, }".to_string();
-    while !(10 + header.len() + 1).is_multiple_of(64) {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend_from_slice(b"7L7L");
-    std::fs::write(&path, bytes).unwrap();
+    raw_npy_dict(&path, "{'descr': '<f4', 'fortran_order': False, }", b"7L7L");
     let msg = err(npy::read_f32_matrix(&path));
     assert!(
         msg.contains("no_shape.npy") && !msg.contains("Python 2"),

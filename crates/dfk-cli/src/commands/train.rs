@@ -112,34 +112,34 @@ pub fn train_and_evaluate(
         None => fit_pipeline(&loaded.train, cfg, cache, &bars)?,
     };
     let mut timings = fit.timings;
+    // The training set's evaluation, VOC's difficult images left out as in every other mAP:
+    // the result when there is no test set, and the stored training mAP (the fit's counts
+    // every image) when there are difficult images.
+    let difficult = loaded.train.difficult_mask();
+    let train_evaluation = || {
+        let scores = fit.pipeline.scores(&fit.train_features, loaded.train.len());
+        evaluate_ignoring(
+            &scores,
+            &dataset_labels(&loaded.train),
+            &fit.pipeline.class_names,
+            difficult.as_deref(),
+        )
+    };
     let (evaluation, tested) = match &loaded.test {
         Some(test) => (
             evaluate_on(&fit.pipeline, test, None, cache, g, &mut timings, "test ")?,
             true,
         ),
-        None => {
-            let scores = fit.pipeline.scores(&fit.train_features, loaded.train.len());
-            let e = evaluate_ignoring(
-                &scores,
-                &dataset_labels(&loaded.train),
-                &fit.pipeline.class_names,
-                loaded.train.difficult_mask().as_deref(),
-            )?;
-            (e, false)
-        }
+        None => (train_evaluation()?, false),
+    };
+    let train_map = match (&difficult, tested) {
+        (None, _) => None,
+        (Some(_), false) => Some(evaluation.map),
+        (Some(_), true) => Some(train_evaluation()?.map),
     };
     let mut history = fit.history;
-    // The fit's training mAP counts every image; with VOC's difficult images it is taken
-    // again without them, as every other mAP is.
-    if let Some(mask) = loaded.train.difficult_mask() {
-        let scores = fit.pipeline.scores(&fit.train_features, loaded.train.len());
-        let e = evaluate_ignoring(
-            &scores,
-            &dataset_labels(&loaded.train),
-            &fit.pipeline.class_names,
-            Some(&mask),
-        )?;
-        history["train_map"] = json!(e.map);
+    if let Some(map) = train_map {
+        history["train_map"] = json!(map);
     }
     history["timings"] = serde_json::to_value(&timings)?;
     history["data"] = json!(loaded.description);

@@ -140,8 +140,32 @@ fn missing_or_empty_folders() {
         Err(Error::Io { path, .. }) => assert_eq!(path, missing),
         other => panic!("expected an io error, got {other:?}"),
     }
-    // No class folders.
-    assert!(matches!(load_folder(dir.path()), Err(Error::Empty { .. })));
+    // No class folders: an error naming the folder; with a hint when it holds IDX files or
+    // images directly.
+    match load_folder(dir.path()) {
+        Err(Error::Format { path, message }) => {
+            assert_eq!(path, dir.path());
+            assert!(message.contains("no class sub-folders"), "{message}");
+            assert!(!message.contains("IDX"), "{message}");
+        }
+        other => panic!("expected a format error, got {other:?}"),
+    }
+    let idx = tempfile::tempdir().unwrap();
+    std::fs::write(idx.path().join("train-images-idx3-ubyte.gz"), "x").unwrap();
+    match load_folder(idx.path()) {
+        Err(Error::Format { message, .. }) => {
+            assert!(message.contains("--fashion-mnist"), "{message}")
+        }
+        other => panic!("expected a format error, got {other:?}"),
+    }
+    let flat = tempfile::tempdir().unwrap();
+    gray(&flat.path().join("1.png"), 4, 4, 0);
+    match load_folder(flat.path()) {
+        Err(Error::Format { message, .. }) => {
+            assert!(message.contains("holds images directly"), "{message}")
+        }
+        other => panic!("expected a format error, got {other:?}"),
+    }
     // Class folders without images.
     std::fs::create_dir_all(dir.path().join("a")).unwrap();
     std::fs::write(dir.path().join("a/readme.txt"), "x").unwrap();

@@ -38,6 +38,39 @@ fn class_dirs(root: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// The error for a folder without class sub-folders, with a hint when what it holds looks like
+/// another layout (IDX files, images directly in the folder).
+fn no_class_folders(root: &Path) -> Error {
+    let files = sorted_entries(root).unwrap_or_default();
+    let name_has = |p: &PathBuf, part: &str| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().contains(part))
+    };
+    let hint = if files.iter().any(|p| name_has(p, "-ubyte")) {
+        format!(
+            "; it holds IDX files: use --fashion-mnist {} (train-* and t10k-* files), or \
+             --format idx --data IMAGES --labels LABELS",
+            root.display()
+        )
+    } else if files.iter().any(|p| has_image_extension(p)) {
+        format!(
+            "; it holds images directly: move them into one sub-folder per class, e.g. \
+             {}/cat/1.jpg, or list them with their labels in a list file (--format list)",
+            root.display()
+        )
+    } else {
+        String::new()
+    };
+    Error::format(
+        root,
+        format!(
+            "no class sub-folders (a folder data set has one sub-folder of images per class, \
+             e.g. {}/cat/1.jpg){hint}",
+            root.display()
+        ),
+    )
+}
+
 /// Whether `path` is named as an image of a format that folder data sets do not read.
 fn has_other_image_extension(path: &Path) -> bool {
     path.extension()
@@ -141,17 +174,13 @@ fn collect(root: &Path, classes: &[String], policy: OnError) -> Result<(Dataset,
 /// Loads `root/<class>/*.{png,jpg,jpeg,bmp,pgm}` (extensions in any case): classes are the
 /// sub-folders sorted by name, images within a class sorted by name. Every image's header is
 /// checked; `policy` decides whether a bad one fails the load or is skipped (the count of
-/// skipped images is returned). No class folder, a class folder without an image file (named),
-/// or no image at all, is [`Error::Empty`].
+/// skipped images is returned). No class folder is [`Error::Format`] naming `root`; a class
+/// folder without an image file (named), or no image at all, is [`Error::Empty`].
 pub fn load_folder_with(root: impl AsRef<Path>, policy: OnError) -> Result<(Dataset, usize)> {
     let root = root.as_ref();
     let classes = class_dirs(root)?;
     if classes.is_empty() {
-        return Err(empty(format!(
-            "class folders under {} (images go in one sub-folder per class, e.g. {}/cat/1.jpg)",
-            root.display(),
-            root.display()
-        )));
+        return Err(no_class_folders(root));
     }
     collect(root, &classes, policy)
 }
@@ -187,10 +216,7 @@ pub fn load_folder_splits(root: impl AsRef<Path>, policy: OnError) -> Result<(Sp
         classes.extend(class_dirs(dir)?);
     }
     if classes.is_empty() {
-        return Err(empty(format!(
-            "class folders under {}",
-            train_dir.display()
-        )));
+        return Err(no_class_folders(&train_dir));
     }
     let classes: Vec<String> = classes.into_iter().collect();
     let mut skipped = 0;

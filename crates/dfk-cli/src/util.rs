@@ -450,6 +450,14 @@ impl CreatedDirs {
     pub fn keep(mut self) {
         self.created.clear();
     }
+
+    /// One guard for the folders of `self` and of a `later` call, removed latest first (a
+    /// parent that `self` created is then empty again when its turn comes).
+    pub fn and(mut self, mut later: CreatedDirs) -> CreatedDirs {
+        let mut created = std::mem::take(&mut later.created);
+        created.append(&mut self.created);
+        CreatedDirs { created }
+    }
 }
 
 impl Drop for CreatedDirs {

@@ -705,3 +705,56 @@ fn voc_difficult_images_leave_every_map_alike() {
     );
     assert!((stored - printed).abs() < 1e-12, "{stored} {printed}");
 }
+
+/// Writes raw (not gzipped) IDX images and labels: `n` images of `side`×`side` noise, labels
+/// alternating 0 and 1.
+fn write_idx(dir: &std::path::Path, prefix: &str, n: usize, side: usize) {
+    let mut images = vec![0, 0, 8, 3];
+    for v in [n, side, side] {
+        images.extend_from_slice(&(v as u32).to_be_bytes());
+    }
+    let mut state = 12345u32;
+    for _ in 0..n * side * side {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        images.push((state >> 24) as u8);
+    }
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend_from_slice(&(n as u32).to_be_bytes());
+    labels.extend((0..n).map(|i| (i % 2) as u8));
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+}
+
+/// `extract --with-test` writes both sets or neither: a test set that fails (images smaller
+/// than one descriptor) leaves no training files and no output folder behind.
+#[test]
+fn extract_with_test_writes_both_sets_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fm");
+    std::fs::create_dir(&data).unwrap();
+    write_idx(&data, "train", 12, 28);
+    write_idx(&data, "t10k", 4, 10);
+    let out = dir.path().join("x");
+    let args = [
+        "extract",
+        "--fashion-mnist",
+        data.to_str().unwrap(),
+        "--with-test",
+        "--resize",
+        "none",
+        "--pca-dims",
+        "8",
+        "--no-cache",
+        "--out-dir",
+        out.to_str().unwrap(),
+    ];
+    fails_leaving_nothing(&args, 1, "smaller than one descriptor", &out);
+    // With test images of the training images' size, both sets are written.
+    write_idx(&data, "t10k", 4, 28);
+    ok(&args);
+    for set in ["train", "test"] {
+        for f in ["descriptors.npy", "offsets.npy", "labels.npy"] {
+            assert!(out.join(set).join(f).is_file(), "{set}/{f}");
+        }
+    }
+}

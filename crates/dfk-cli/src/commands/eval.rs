@@ -130,11 +130,12 @@ pub fn in_model_classes<'a>(
 ) -> anyhow::Result<std::borrow::Cow<'a, Dataset>> {
     use std::borrow::Cow;
     let mut data = Cow::Borrowed(data);
-    if data.classes() < pipeline.svm.classes && index_names(&data.class_names) {
-        data.to_mut().class_names = (0..pipeline.svm.classes).map(|c| c.to_string()).collect();
-    }
+    // By name first: class folders named `0 1 2` beside a model trained on folders
+    // `0 1 10 2` are the model's classes of those names, not its indices 0..2.
     if let Some(d) = by_model_names(&data, &pipeline.class_names) {
         data = Cow::Owned(d);
+    } else if data.classes() < pipeline.svm.classes && index_names(&data.class_names) {
+        data.to_mut().class_names = (0..pipeline.svm.classes).map(|c| c.to_string()).collect();
     }
     check_same_classes(
         &data.class_names,
@@ -155,9 +156,10 @@ pub fn in_model_classes<'a>(
 
 /// `data` with its classes renamed to the model's (`model` names, in the model's order) and
 /// its labels mapped by name, when its class names are other than the model's but all among
-/// them; `None` otherwise (the same names, index names, or a name the model lacks).
+/// them (numbers included: they are names when the model has them); `None` otherwise (the
+/// same names, or a name the model lacks).
 fn by_model_names(data: &Dataset, model: &[String]) -> Option<Dataset> {
-    if data.class_names == model || index_names(&data.class_names) || index_names(model) {
+    if data.class_names == model {
         return None;
     }
     let to_model: Vec<usize> = data
@@ -265,6 +267,17 @@ mod tests {
         assert!(by_model_names(&data, &names(&["bird", "cat"])).is_none());
         assert!(by_model_names(&data, &names(&["dog", "bird"])).is_none());
         assert!(by_model_names(&data, &names(&["0", "1", "2"])).is_none());
+        // Class folders named by numbers beside a model trained on such folders (sorted as
+        // text): matched by name, not read as indices.
+        let numbered = Dataset {
+            class_names: names(&["0", "1", "2"]),
+            items: vec![item(0), item(1), item(2)],
+            multilabel: false,
+        };
+        let model = names(&["0", "1", "10", "2"]);
+        let mapped = by_model_names(&numbered, &model).unwrap();
+        assert_eq!(mapped.class_names, model);
+        assert_eq!(mapped.first_labels(), vec![0, 1, 3]);
     }
 
     #[test]

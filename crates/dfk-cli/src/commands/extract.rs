@@ -96,6 +96,24 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let pb = spinner(g, "PCA sample");
     let pre = fit_preprocessor(&loaded.train, &cfg, &|_| {})?;
     pb.finish();
+    // Every set's files land together or not at all (a failing test set, a full disk), and
+    // the folders made for them go again on failure.
+    let mut created: Option<crate::util::CreatedDirs> = None;
+    if let Some(dir) = &a.out_dir {
+        for (name, _) in &sets {
+            let dir = if a.with_test {
+                dir.join(name)
+            } else {
+                dir.clone()
+            };
+            let made = crate::util::create_output_dir("--out-dir", &dir)?;
+            created = Some(match created {
+                Some(earlier) => earlier.and(made),
+                None => made,
+            });
+        }
+    }
+    let mut files = npy::FileGroup::new();
     let mut results = Vec::new();
     for (name, data) in sets {
         let pb = bar(g, data.len() as u64, &format!("{name} descriptors"));
@@ -111,9 +129,6 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             } else {
                 dir.clone()
             };
-            let created = crate::util::create_output_dir("--out-dir", &dir)?;
-            // The set's files land together or not at all (a full disk, say).
-            let mut files = npy::FileGroup::new();
             d.stage_npy(
                 &mut files,
                 dir.join("descriptors.npy"),
@@ -134,8 +149,6 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             if let Some(p) = &positions {
                 files.f32_matrix(dir.join("positions.npy"), p, d.rows(), 2)?;
             }
-            files.commit()?;
-            created.keep();
         }
         let cached = Preprocessor {
             spatial: pre.spatial || cfg.pyramid.is_some(),
@@ -159,6 +172,10 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 }
             );
         }
+    }
+    files.commit()?;
+    if let Some(c) = created {
+        c.keep();
     }
     if g.json {
         emit(g, &json!({ "sets": results }), "");

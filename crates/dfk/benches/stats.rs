@@ -35,7 +35,7 @@ fn bench_kernel(c: &mut Criterion) {
         let mut scratch = Scratch::new(k, D);
         g.throughput(Throughput::Elements(BLOCK as u64));
         g.bench_function(BenchmarkId::new("block_posteriors", k), |b| {
-            b.iter(|| block_posteriors(&terms, black_box(&x), BLOCK, &mut scratch))
+            b.iter(|| block_posteriors(&terms, black_box(&x), None, BLOCK, &mut scratch))
         });
         let (_, many) = setup(k, 16 * BLOCK);
         let mut st = EmStats::zeros(k, D);

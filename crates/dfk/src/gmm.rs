@@ -279,6 +279,19 @@ fn centre_into(x: &[f32], shift: &[f32], out: &mut [f32]) {
     }
 }
 
+/// The means (`K × D`, f32) of `gmm`, a model in the coordinates of `x − shift`, in those of `x`.
+fn means_in_x(gmm: &Gmm, shift: &[f32]) -> Vec<f32> {
+    gmm.means
+        .chunks_exact(gmm.d)
+        .flat_map(|m| m.iter().zip(shift).map(|(&m, &s)| m + s))
+        .collect()
+}
+
+/// [`GmmTerms`] of `gmm`, a model in the coordinates of `x − shift`.
+fn terms_in_x(gmm: &Gmm, shift: &[f32]) -> GmmTerms {
+    GmmTerms::new(gmm).with_means_in_x(&means_in_x(gmm, shift))
+}
+
 /// The same GMM with every mean translated by `−shift`.
 fn shifted(gmm: &Gmm, shift: &[f32]) -> Result<Gmm> {
     let mut means = gmm.means.clone();
@@ -294,11 +307,6 @@ fn shifted(gmm: &Gmm, shift: &[f32]) -> Result<Gmm> {
         gmm.variances.clone(),
         gmm.weights.clone(),
     )
-}
-
-/// Per-thread working memory of the E-step: kernel scratch and a centred copy of one chunk.
-fn e_scratch(k: usize, d: usize) -> (Scratch, Vec<f32>) {
-    (Scratch::new(k, d), vec![0.0; CHUNK * d])
 }
 
 /// E-step statistics with the reference points they are taken about.
@@ -349,12 +357,8 @@ where
 /// (tested while the blocks are formed).
 fn e_step(gmm: &Gmm, x: &[f32], shift: &[f32], threshold: f32) -> EStep {
     let (k, d) = (gmm.k, gmm.d);
-    let terms = GmmTerms::new(gmm);
-    let refs: Vec<f32> = gmm
-        .means
-        .chunks_exact(d)
-        .flat_map(|m| m.iter().zip(shift).map(|(&m, &s)| m + s))
-        .collect();
+    let refs = means_in_x(gmm, shift);
+    let terms = GmmTerms::new(gmm).with_means_in_x(&refs);
     // Per-task statistics are recycled once merged: no allocation per task.
     let spare: Mutex<Vec<EmStats>> = Mutex::new(Vec::new());
     let scratches = thread_states(rayon::current_num_threads().max(1));
@@ -397,13 +401,11 @@ fn row_logliks(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> Vec<f64> {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK * d))
         .for_each_init(
-            || e_scratch(k, d),
-            |(scratch, buf), (ll, chunk)| {
-                let buf = &mut buf[..chunk.len()];
-                centre_into(chunk, shift, buf);
-                for (ll, block) in ll.chunks_mut(BLOCK).zip(buf.chunks(BLOCK * d)) {
+            || Scratch::new(k, d),
+            |scratch, (ll, chunk)| {
+                for (ll, block) in ll.chunks_mut(BLOCK).zip(chunk.chunks(BLOCK * d)) {
                     let n = block.len() / d;
-                    block_posteriors(terms, block, n, scratch);
+                    block_posteriors(terms, block, Some(shift), n, scratch);
                     ll.copy_from_slice(&scratch.row_ll[..n]);
                 }
             },
@@ -418,14 +420,12 @@ fn total_loglik(terms: &GmmTerms, x: &[f32], shift: &[f32]) -> f64 {
     ordered_chunks(
         x,
         d,
-        || e_scratch(k, d),
-        |(scratch, buf), chunk| {
-            let buf = &mut buf[..chunk.len()];
-            centre_into(chunk, shift, buf);
+        || Scratch::new(k, d),
+        |scratch, chunk| {
             let mut sum = 0f64;
-            for block in buf.chunks(BLOCK * d) {
+            for block in chunk.chunks(BLOCK * d) {
                 let rows = block.len() / d;
-                block_posteriors(terms, block, rows, scratch);
+                block_posteriors(terms, block, Some(shift), rows, scratch);
                 sum += scratch.row_ll[..rows].iter().sum::<f64>();
             }
             sum
@@ -453,7 +453,7 @@ impl Gmm {
     pub fn log_likelihood(&self, x: &[f32]) -> Result<f64> {
         let n = check_data(x, self.d)?;
         let shift = model_centre(self);
-        let terms = GmmTerms::new(&shifted(self, &shift)?);
+        let terms = GmmTerms::new(&shifted(self, &shift)?).with_means_in_x(&self.means);
         let ll = total_loglik(&terms, x, &shift) / n as f64;
         if !ll.is_finite() {
             return Err(overflow_error(x, self.d, 0));
@@ -467,18 +467,16 @@ impl Gmm {
         let n = check_data(x, self.d)?;
         let (k, d) = (self.k, self.d);
         let shift = model_centre(self);
-        let terms = GmmTerms::new(&shifted(self, &shift)?);
+        let terms = GmmTerms::new(&shifted(self, &shift)?).with_means_in_x(&self.means);
         let mut out = vec![0f32; n * k];
         out.par_chunks_mut(CHUNK * k)
             .zip(x.par_chunks(CHUNK * d))
             .for_each_init(
-                || e_scratch(k, d),
-                |(scratch, buf), (post, chunk)| {
-                    let buf = &mut buf[..chunk.len()];
-                    centre_into(chunk, &shift, buf);
-                    for (post, block) in post.chunks_mut(BLOCK * k).zip(buf.chunks(BLOCK * d)) {
+                || Scratch::new(k, d),
+                |scratch, (post, chunk)| {
+                    for (post, block) in post.chunks_mut(BLOCK * k).zip(chunk.chunks(BLOCK * d)) {
                         let rows = block.len() / d;
-                        block_posteriors(&terms, block, rows, scratch);
+                        block_posteriors(&terms, block, Some(&shift), rows, scratch);
                         post.copy_from_slice(&scratch.post[..rows * k]);
                     }
                 },
@@ -873,7 +871,7 @@ impl<'a> EmContext<'a> {
 
     /// Average log-likelihood of a centred model.
     fn loglik(&self, gmm: &Gmm) -> f64 {
-        total_loglik(&GmmTerms::new(gmm), self.x, &self.shift) / self.n as f64
+        total_loglik(&terms_in_x(gmm, &self.shift), self.x, &self.shift) / self.n as f64
     }
 
     /// M-step in f64 from moments about the reference points r (the old means):
@@ -938,7 +936,7 @@ impl<'a> EmContext<'a> {
                 .map(|&c| weights[c].max(f64::MIN_POSITIVE) as f32)
                 .collect(),
         )?;
-        let ll = row_logliks(&GmmTerms::new(&sub), self.x, &self.shift);
+        let ll = row_logliks(&terms_in_x(&sub, &self.shift), self.x, &self.shift);
         let mut order: Vec<usize> = (0..self.n).collect();
         order.sort_by(|&a, &b| ll[a].total_cmp(&ll[b]).then(a.cmp(&b)));
         let mut avg_var = vec![0f64; d];

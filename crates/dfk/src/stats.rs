@@ -57,6 +57,131 @@ impl<'a> BlockPrefetch<'a> {
 /// −(1/2) log(2π), per dimension.
 const HALF_LOG_2PI: f64 = 0.918_938_533_204_672_8;
 
+/// A component whose `Σ_d μ²/σ²` (in the coordinates the product is formed in) exceeds this is
+/// too narrow for the expanded product: its terms `x²/2σ²`, `xμ/σ²`, `μ²/2σ²` near its mean are
+/// each about this large, and their f32 sum then carries an error of ~1.2·10⁻⁷ of it
+/// (> 10⁻³ nats here; at σ² = 10⁻⁶ and |μ| = 100, hundreds of nats). Its log-densities are
+/// formed directly as `Σ_d −(x − μ)²/2σ²` instead, as VLFeat forms them. A component that has
+/// collapsed onto repeated descriptors (the flat background of Fashion-MNIST images) is one.
+const NARROW_SCALE: f64 = 1e4;
+
+/// A component whose log-densities are formed directly ([`NARROW_SCALE`]).
+#[derive(Clone, Debug)]
+struct NarrowComponent {
+    /// Its index.
+    c: usize,
+    /// `D`: its mean in the coordinates of the rows given to the kernels, before any shift
+    /// (so that `x − μ` is formed from the values as given, exact when they are close).
+    mean: Vec<f32>,
+    /// `D`: the mean in the model's coordinates (`x − shift`), used while no unshifted mean
+    /// is given.
+    shifted_mean: Vec<f32>,
+    /// Whether `mean` holds the unshifted mean ([`GmmTerms::with_means_in_x`]).
+    unshifted: bool,
+    /// `D`: −1/(2σ²).
+    neg_half_precision: Vec<f32>,
+    /// log π − ½ Σ log σ².
+    bias: f32,
+    /// Σ μ²/σ² in the model's coordinates.
+    scale: f32,
+}
+
+impl NarrowComponent {
+    /// `log π − ½ Σ log σ² − ½ Σ (x − μ)²/σ²` of one row `x` (shifted by `shift` first when
+    /// the unshifted mean is not known).
+    #[inline(always)]
+    fn log_density(&self, x: &[f32], shift: Option<&[f32]>) -> f32 {
+        let p = &self.neg_half_precision;
+        let sum = match (self.unshifted, shift) {
+            (true, _) => weighted_square_distance(x, &self.mean, None, p),
+            (false, s) => weighted_square_distance(x, &self.shifted_mean, s, p),
+        };
+        self.bias + sum
+    }
+}
+
+/// `Σ_j p_j (x_j − s_j − μ_j)²` (no `s` when `shift` is `None`), in 16 independent lanes
+/// summed in a fixed order, so that it vectorises and gives the same bits everywhere.
+#[inline(always)]
+fn weighted_square_distance(x: &[f32], mean: &[f32], shift: Option<&[f32]>, p: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let zero = [0f32; 16];
+    let main = x.len() / 16 * 16;
+    for start in (0..main).step_by(16) {
+        let end = start + 16;
+        let s = shift.map_or(&zero[..], |s| &s[start..end]);
+        let (x, m, p) = (&x[start..end], &mean[start..end], &p[start..end]);
+        for l in 0..16 {
+            let delta = (x[l] - s[l]) - m[l];
+            acc[l] += p[l] * delta * delta;
+        }
+    }
+    for j in main..x.len() {
+        let delta = (x[j] - shift.map_or(0.0, |s| s[j])) - mean[j];
+        acc[j - main] += p[j] * delta * delta;
+    }
+    let mut width = 8;
+    while width > 0 {
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+        width /= 2;
+    }
+    acc[0]
+}
+
+/// Largest value of a row (NaN ignored), in 16 lanes so that it vectorises.
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for l in 0..16 {
+            m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+        }
+    }
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        m[l] = if v > m[l] { v } else { m[l] };
+    }
+    m.iter()
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+}
+
+/// [`GmmTerms::fix_narrow_rows`] and [`GmmTerms::fix_narrow_columns`] compiled for one SIMD
+/// level each: the compiler vectorises their 16-lane loops at the width it is allowed.
+macro_rules! narrow_at_level {
+    ($module:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            use super::GmmTerms;
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn rows(t: &GmmTerms, x: &[f32], s: Option<&[f32]>, out: &mut [f32]) {
+                t.fix_narrow_rows_body(x, s, out)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn columns(
+                t: &GmmTerms,
+                x: &[f32],
+                s: Option<&[f32]>,
+                lt: &mut [f32],
+                stride: usize,
+                max: &mut [f32],
+            ) {
+                t.fix_narrow_columns_body(x, s, lt, stride, max)
+            }
+        }
+    };
+}
+narrow_at_level!(narrow_avx512, "avx512f");
+narrow_at_level!(narrow_avx2, "avx2");
+
+/// A narrow component's value from the product is left as it is when even its error bound
+/// keeps it this far (in nats) below the row's largest log-density: its posterior is below
+/// e⁻⁶⁴ of the largest either way, far below what the posteriors and log-likelihoods keep.
+const NARROW_SKIP: f32 = 64.0;
+
 /// Per-GMM constants that turn log-likelihoods into one matrix product.
 #[derive(Clone, Debug)]
 pub struct GmmTerms {
@@ -72,6 +197,11 @@ pub struct GmmTerms {
     log_norm: f64,
     /// SIMD level of the element-wise kernels.
     level: SimdLevel,
+    /// Components whose log-densities are formed directly ([`NARROW_SCALE`]); usually none.
+    narrow: Vec<NarrowComponent>,
+    /// `(2D + 2)·2⁻²⁴`: the bound on the relative error of the product's sum of `2D` terms and
+    /// the bias, relative to the sum of their magnitudes.
+    product_error: f32,
 }
 
 impl GmmTerms {
@@ -80,18 +210,37 @@ impl GmmTerms {
         let (k, d) = (gmm.k(), gmm.d());
         let mut coef = vec![0f32; 2 * d * k];
         let mut bias = vec![0f32; k];
+        let mut narrow = Vec::new();
         for c in 0..k {
             let (mean, var) = (gmm.mean(c), gmm.variance(c));
             let mut b = (gmm.weights()[c] as f64).ln();
+            // Without the Σ μ²/σ² of the product form, for the direct form.
+            let mut b_direct = b;
+            let mut scale = 0f64;
             for j in 0..d {
                 let inv = 1.0 / var[j] as f64;
                 coef[j * k + c] = (-0.5 * inv) as f32;
                 coef[(d + j) * k + c] = (mean[j] as f64 * inv) as f32;
                 b -= 0.5 * (var[j] as f64).ln() + 0.5 * (mean[j] as f64).powi(2) * inv;
+                b_direct -= 0.5 * (var[j] as f64).ln();
+                scale += (mean[j] as f64).powi(2) * inv;
             }
             bias[c] = b as f32;
+            if scale > NARROW_SCALE {
+                narrow.push(NarrowComponent {
+                    c,
+                    mean: mean.to_vec(),
+                    shifted_mean: mean.to_vec(),
+                    unshifted: false,
+                    neg_half_precision: var.iter().map(|&v| (-0.5 / v as f64) as f32).collect(),
+                    bias: b_direct as f32,
+                    scale: scale as f32,
+                });
+            }
         }
         Self {
+            narrow,
+            product_error: (2 * d + 2) as f32 * f32::EPSILON / 2.0,
             k,
             d,
             coef_tiles: kernels::pack_density_tiles(&coef, 2 * d, k),
@@ -99,6 +248,125 @@ impl GmmTerms {
             bias,
             log_norm: -(d as f64) * HALF_LOG_2PI,
             level: SimdLevel::detect(),
+        }
+    }
+
+    /// The same terms for a model that was shifted by `−shift` from one with these `means`
+    /// (`K × D`, in the coordinates of the rows the kernels are given): the components formed
+    /// directly take `x − μ` from the values as given, not through the rounded shift.
+    pub fn with_means_in_x(mut self, means: &[f32]) -> Self {
+        assert_eq!(
+            means.len(),
+            self.k * self.d,
+            "with_means_in_x: means must be K × D"
+        );
+        for n in &mut self.narrow {
+            n.mean = means[n.c * self.d..(n.c + 1) * self.d].to_vec();
+            n.unshifted = true;
+        }
+        self
+    }
+
+    /// Number of components whose log-densities are formed directly, not by the product.
+    pub fn narrow_components(&self) -> usize {
+        self.narrow.len()
+    }
+
+    /// Whether a narrow component's value `t` from the product may matter beside a row's
+    /// largest log-density `max`. The product's terms near x sum in magnitude to
+    /// `Σ (x² + 2|xμ| + μ²)/2σ² ≤ Σ ((x − μ)² + 4μ²)/σ² = 2|t₀| + 4·scale` (t₀ the exact value
+    /// without the bias), so `t` is within `product_error·(2|t| + 4·scale)` of the exact value
+    /// (to first order).
+    #[inline(always)]
+    fn narrow_matters(&self, n: &NarrowComponent, t: f32, max: f32) -> bool {
+        let bound = self.product_error * (2.0 * (t - n.bias).abs() + 4.0 * n.scale);
+        // Also true for NaN, so that a non-finite row is formed directly too.
+        (t + bound).partial_cmp(&(max - NARROW_SKIP)) != Some(std::cmp::Ordering::Less)
+    }
+
+    /// Overwrites the narrow components' entries of row-major log-densities (`n × K`, rows of
+    /// `x`, `n × D`) with their directly formed values where they may matter. The loops are
+    /// compiled for each SIMD level (the same operations in the same order: the same bits).
+    fn fix_narrow_rows(&self, x: &[f32], shift: Option<&[f32]>, out: &mut [f32]) {
+        match self.level.clamp_to_cpu() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512F (clamp_to_cpu).
+            SimdLevel::Avx512 => unsafe { narrow_avx512::rows(self, x, shift, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX2 (clamp_to_cpu).
+            SimdLevel::Avx2 => unsafe { narrow_avx2::rows(self, x, shift, out) },
+            _ => self.fix_narrow_rows_body(x, shift, out),
+        }
+    }
+
+    #[inline(always)]
+    fn fix_narrow_rows_body(&self, x: &[f32], shift: Option<&[f32]>, out: &mut [f32]) {
+        for (row, l) in x.chunks_exact(self.d).zip(out.chunks_exact_mut(self.k)) {
+            // Any entry bounds the row's largest from below: the next component's settles the
+            // rows far from a narrow one (most of them) without a pass over the row.
+            let mut max = None;
+            for n in &self.narrow {
+                let t = l[n.c];
+                if !self.narrow_matters(n, t, l[(n.c + 1) % self.k])
+                    || !self.narrow_matters(n, t, *max.get_or_insert_with(|| row_max(l)))
+                {
+                    continue;
+                }
+                l[n.c] = n.log_density(row, shift);
+            }
+        }
+    }
+
+    /// The same for component-major log-densities (`lt[c·stride + i]`) with each row's
+    /// largest value in `max`, which is kept up to date.
+    fn fix_narrow_columns(
+        &self,
+        x: &[f32],
+        shift: Option<&[f32]>,
+        lt: &mut [f32],
+        stride: usize,
+        max: &mut [f32],
+    ) {
+        match self.level.clamp_to_cpu() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512F (clamp_to_cpu).
+            SimdLevel::Avx512 => unsafe { narrow_avx512::columns(self, x, shift, lt, stride, max) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX2 (clamp_to_cpu).
+            SimdLevel::Avx2 => unsafe { narrow_avx2::columns(self, x, shift, lt, stride, max) },
+            _ => self.fix_narrow_columns_body(x, shift, lt, stride, max),
+        }
+    }
+
+    #[inline(always)]
+    fn fix_narrow_columns_body(
+        &self,
+        x: &[f32],
+        shift: Option<&[f32]>,
+        lt: &mut [f32],
+        stride: usize,
+        max: &mut [f32],
+    ) {
+        for (i, row) in x.chunks_exact(self.d).enumerate() {
+            let mut lost_max = false;
+            for n in &self.narrow {
+                let t = lt[n.c * stride + i];
+                if !self.narrow_matters(n, t, max[i]) {
+                    continue;
+                }
+                let v = n.log_density(row, shift);
+                lt[n.c * stride + i] = v;
+                if v > max[i] {
+                    max[i] = v;
+                } else if t == max[i] && v < t {
+                    lost_max = true;
+                }
+            }
+            if lost_max {
+                max[i] = (0..self.k)
+                    .map(|c| lt[c * stride + i])
+                    .fold(f32::NEG_INFINITY, f32::max);
+            }
         }
     }
 
@@ -153,10 +421,17 @@ impl Scratch {
 }
 
 /// Computes the posteriors γ (into `scratch.post[..n*K]`) and the per-row log-likelihoods
-/// `log p(x)` (into `scratch.row_ll[..n]`) of the `n ≤ BLOCK` rows of `x` (`n × D`).
-/// Also leaves `[x², x]` in `scratch.aug`.
-pub fn block_posteriors(terms: &GmmTerms, x: &[f32], n: usize, scratch: &mut Scratch) {
-    block_log_densities(terms, x, None, n, scratch);
+/// `log p(x)` (into `scratch.row_ll[..n]`) of the `n ≤ BLOCK` rows of `x` (`n × D`), each
+/// first shifted by `−shift` when given (`terms` is then a model in those coordinates).
+/// Also leaves `[x², x]` (shifted) in `scratch.aug`.
+pub fn block_posteriors(
+    terms: &GmmTerms,
+    x: &[f32],
+    shift: Option<&[f32]>,
+    n: usize,
+    scratch: &mut Scratch,
+) {
+    block_log_densities(terms, x, shift, n, scratch);
     let post = &mut scratch.post[..terms.k * n];
     for (row, ll) in post.chunks_exact_mut(terms.k).zip(&mut scratch.row_ll[..n]) {
         *ll = kernels::softmax_in_place_at(terms.level, row) + terms.log_norm;
@@ -192,6 +467,9 @@ pub fn block_log_densities(
         1.0f32,
         Par::Seq,
     );
+    if !terms.narrow.is_empty() {
+        terms.fix_narrow_rows(x, shift, post);
+    }
     finite
 }
 
@@ -341,6 +619,15 @@ impl EmStats {
                         max,
                     );
                 }
+            }
+            if !terms.narrow.is_empty() {
+                terms.fix_narrow_columns(
+                    rows_x,
+                    Some(shift),
+                    &mut scratch.lt,
+                    BLOCK,
+                    &mut scratch.max,
+                );
             }
             ahead.next_part();
             let found = kernels::posteriors_by_component_at(
@@ -517,7 +804,7 @@ mod tests {
         let n = x.len() / 2;
         let terms = GmmTerms::new(&gmm);
         let mut scratch = Scratch::new(3, 2);
-        block_posteriors(&terms, &x, n, &mut scratch);
+        block_posteriors(&terms, &x, None, n, &mut scratch);
         let direct = log_densities_direct(&gmm, &x);
         for i in 0..n {
             let l = &direct[i * 3..(i + 1) * 3];
@@ -553,11 +840,11 @@ mod tests {
         let (gmm, x) = mixture(k, d, n);
         let mut reference = Scratch::new(k, d);
         let scalar = GmmTerms::new(&gmm).with_level(SimdLevel::Scalar);
-        block_posteriors(&scalar, &x, n, &mut reference);
+        block_posteriors(&scalar, &x, None, n, &mut reference);
         for level in SimdLevel::available() {
             let terms = GmmTerms::new(&gmm).with_level(level);
             let mut scratch = Scratch::new(k, d);
-            block_posteriors(&terms, &x, n, &mut scratch);
+            block_posteriors(&terms, &x, None, n, &mut scratch);
             for (a, b) in scratch.post[..n * k].iter().zip(&reference.post[..n * k]) {
                 assert!(
                     (a - b).abs() <= 1e-6 * b.max(1e-30),
@@ -566,6 +853,55 @@ mod tests {
             }
             for (a, b) in scratch.row_ll[..n].iter().zip(&reference.row_ll[..n]) {
                 assert!((a - b).abs() < 1e-6, "{level:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// A component far narrower than its distance from the origin is formed directly, the
+    /// same bits at every level, and matches the f64 definition where the product is off by
+    /// nats; the others keep the product's values.
+    #[test]
+    fn narrow_components_are_formed_directly_at_every_level() {
+        let (k, d) = (3, 20);
+        let mut means = vec![0f32; 2 * d];
+        means.extend((0..d).map(|j| 50.0 + j as f32 * 0.25));
+        let mut variances = vec![100f32; 2 * d];
+        variances.extend(std::iter::repeat_n(1e-6f32, d));
+        let gmm = Gmm::new(k, d, means, variances, vec![0.3, 0.3, 0.4]).unwrap();
+        // Rows alternately within ~1σ of the narrow mean and spread widely.
+        let n = 40;
+        let x: Vec<f32> = (0..n * d)
+            .map(|i| {
+                let (r, j) = (i / d, i % d);
+                let wiggle = ((i * 7919) % 13) as f32 / 13.0 - 0.5;
+                if r % 2 == 0 {
+                    gmm.mean(2)[j] + 1e-3 * wiggle
+                } else {
+                    20.0 * wiggle + r as f32
+                }
+            })
+            .collect();
+        let direct = log_densities_direct(&gmm, &x);
+        let plain = GmmTerms::new(&gmm);
+        assert_eq!(plain.narrow_components(), 1);
+        let mut reference: Option<Vec<f32>> = None;
+        for level in SimdLevel::available() {
+            let terms = GmmTerms::new(&gmm).with_level(level);
+            let mut scratch = Scratch::new(k, d);
+            block_log_densities(&terms, &x, None, n, &mut scratch);
+            let got = scratch.post[..n * k].to_vec();
+            for i in (0..n).step_by(2) {
+                let want = direct[i * k + 2] + d as f64 * HALF_LOG_2PI;
+                let err = (got[i * k + 2] as f64 - want).abs();
+                assert!(
+                    err < 1e-3,
+                    "{level:?} row {i}: {} vs {want}",
+                    got[i * k + 2]
+                );
+            }
+            match &reference {
+                None => reference = Some(got),
+                Some(r) => assert_eq!(&got, r, "{level:?}"),
             }
         }
     }

@@ -131,3 +131,66 @@ fn a_descriptor_far_outside_the_mixture_is_weighed_by_its_exact_posteriors() {
         assert!(rel < 1e-4, "{big}: relative error {rel:e}");
     }
 }
+
+/// A component far narrower than the data's spread (σ² = 10⁻⁶ at |μ| ≈ 100, as a GMM from
+/// elsewhere with a small variance floor has after collapsing onto repeated rows): the
+/// expanded f32 product loses hundreds of nats on it, so its log-densities are formed
+/// directly. Fisher vectors, log-likelihood and posteriors agree with the f64 definition.
+#[test]
+fn a_narrow_component_far_from_the_centre_is_exact() {
+    let (k, d) = (3, 8);
+    let mut rng = Rng(7);
+    let mut means = Vec::new();
+    for _ in 0..2 * d {
+        means.push((100.0 * rng.normal()) as f32);
+    }
+    let narrow: Vec<f32> = (0..d).map(|j| 100.0 + j as f32).collect();
+    means.extend_from_slice(&narrow);
+    let mut variances = vec![1e4f32; 2 * d];
+    variances.extend(std::iter::repeat_n(1e-6f32, d));
+    let gmm = Gmm::new(k, d, means, variances, vec![0.4, 0.4, 0.2]).unwrap();
+    // 10 of 40 descriptors within about one σ of the narrow component, the rest spread.
+    let mut x = Vec::new();
+    for i in 0..40 {
+        for (j, &m) in narrow.iter().enumerate() {
+            x.push(if i % 4 == 0 {
+                m + (1e-3 * rng.normal()) as f32
+            } else {
+                (100.0 * rng.normal()) as f32 + j as f32
+            });
+        }
+    }
+    let o = FisherOptions::default();
+    let want = forward(&to_f64(&x), &Params::of(&gmm), &RefOptions::of(&o)).phi;
+    let got = encode(&gmm, &x, o);
+    let (abs, _) = errors(&to_f64(&got), &want);
+    assert!(abs < 1e-4, "Fisher vector off by {abs}");
+    // Log-likelihood and posteriors by the definition, in f64.
+    let mut total = 0.0;
+    let mut post = Vec::new();
+    for row in x.chunks(d) {
+        let l: Vec<f64> = (0..k)
+            .map(|c| {
+                let mut l = (gmm.weights()[c] as f64).ln();
+                for ((&xv, &m), &v) in row.iter().zip(gmm.mean(c)).zip(gmm.variance(c)) {
+                    let (v, z) = (v as f64, xv as f64 - m as f64);
+                    l -= 0.5 * (2.0 * std::f64::consts::PI * v).ln() + 0.5 * z * z / v;
+                }
+                l
+            })
+            .collect();
+        let m = l.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = m + l.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        total += lse;
+        post.extend(l.iter().map(|v| (v - lse).exp()));
+    }
+    let ll = gmm.log_likelihood(&x).unwrap();
+    let want_ll = total / 40.0;
+    assert!(
+        (ll - want_ll).abs() < 1e-3 * want_ll.abs().max(1.0),
+        "log-likelihood {ll} against {want_ll}"
+    );
+    let got_post = gmm.posteriors(&x).unwrap();
+    let (abs, _) = errors(&to_f64(&got_post), &post);
+    assert!(abs < 1e-4, "posteriors off by {abs}");
+}

@@ -653,3 +653,44 @@ fn values_too_far_for_float32_statistics_are_named_and_large_ones_fit() {
         "{err}"
     );
 }
+
+/// With no relative variance floor, a component collapses onto 300 repeated rows far from the
+/// data's centre (σ² at the absolute floor): EM's reported log-likelihood, the model's
+/// `log_likelihood` and its posteriors still agree with the f64 definition (the expanded f32
+/// product alone was off by nats there).
+#[test]
+fn a_collapsed_component_keeps_the_likelihood_exact() {
+    let d = 4;
+    let mut x = mixture(2000, d, 3, 50.0, 11);
+    let repeated: Vec<f32> = (0..d).map(|j| 80.0 + j as f32 * 0.37).collect();
+    for _ in 0..300 {
+        x.extend_from_slice(&repeated);
+    }
+    let fit = fit_gmm(&x, d, &GmmParams::new(8).variance_floor(0.0).seed(3)).unwrap();
+    let gmm = &fit.gmm;
+    let smallest = gmm
+        .variances()
+        .iter()
+        .cloned()
+        .fold(f32::INFINITY, f32::min);
+    assert!(
+        smallest < 1e-8,
+        "no component collapsed: smallest variance {smallest}"
+    );
+    let (lls, post) = reference(gmm, &x);
+    let want = lls.iter().sum::<f64>() / lls.len() as f64;
+    let reported = *fit.loglik_history.last().unwrap();
+    let direct = gmm.log_likelihood(&x).unwrap();
+    for (what, got) in [("EM's", reported), ("log_likelihood's", direct)] {
+        assert!(
+            (got - want).abs() < 1e-4 * want.abs().max(1.0),
+            "{what} log-likelihood {got} against {want}"
+        );
+    }
+    let got = gmm.posteriors(&x).unwrap();
+    let worst = got
+        .iter()
+        .zip(&post)
+        .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()));
+    assert!(worst < 1e-4, "posteriors off by {worst}");
+}

@@ -312,7 +312,7 @@ fn density(terms: &GmmTerms, x: &[f32]) -> (f64, f64) {
     let (mut nz, mut big) = (0usize, 0usize);
     for block in x[..rows * d].chunks(stats::BLOCK * d) {
         let n = block.len() / d;
-        stats::block_posteriors(terms, block, n, &mut scratch);
+        stats::block_posteriors(terms, block, None, n, &mut scratch);
         nz += scratch.post[..n * k].iter().filter(|&&g| g != 0.0).count();
         big += scratch.post[..n * k].iter().filter(|&&g| g >= 1e-6).count();
     }
@@ -330,7 +330,7 @@ fn accuracy(terms: &GmmTerms, gmm: &Gmm, x: &[f32]) -> (f64, f64, f64) {
     let mut l = vec![0f64; k];
     for block in x[..rows * d].chunks(stats::BLOCK * d) {
         let n = block.len() / d;
-        stats::block_posteriors(terms, block, n, &mut scratch);
+        stats::block_posteriors(terms, block, None, n, &mut scratch);
         for (i, row) in block.chunks_exact(d).enumerate() {
             for (c, lc) in l.iter_mut().enumerate() {
                 let (m, v) = (gmm.mean(c), gmm.variance(c));

@@ -261,7 +261,7 @@ impl FisherEncoder {
         Ok(Self {
             gmm: gmm.clone(),
             options,
-            terms: GmmTerms::new(&shifted_gmm),
+            terms: GmmTerms::new(&shifted_gmm).with_means_in_x(gmm.means()),
             center,
             ml,
             dbias,

@@ -811,6 +811,57 @@ fn multilabel_training_decreases_the_objective_and_reports_map() {
     assert!(model.svms[0].multilabel);
 }
 
+/// A multi-label test set in which a class has no positive image (a rare class of a small
+/// held-out set) does not stop training: its mAP is over the classes that have one, as `dfk
+/// eval` computes it.
+#[test]
+fn a_test_class_without_positives_is_left_out_of_the_map() {
+    let base = synthetic(48, 12, 4, 3, 13);
+    let Labels::MultiClass { labels, classes } = &base.labels else {
+        unreachable!()
+    };
+    let classes = *classes;
+    let targets: Vec<bool> = (0..labels.len() * classes)
+        .map(|ic| labels[ic / classes] == ic % classes)
+        .collect();
+    let multilabel = |targets: Vec<bool>| {
+        ImageSet::new(
+            base.data.clone(),
+            base.d,
+            base.offsets.clone(),
+            Labels::MultiLabel { targets, classes },
+        )
+        .unwrap()
+    };
+    let train = multilabel(targets.clone());
+    // The test set: the same images, with no positive of the last class.
+    let test_targets: Vec<bool> = targets
+        .iter()
+        .enumerate()
+        .map(|(ic, &t)| t && ic % classes != classes - 1)
+        .collect();
+    let test = multilabel(test_targets.clone());
+    let data = DeepData {
+        train: &train,
+        val: None,
+        test: Some(&test),
+    };
+    let model = train_deep(&[gmm(2, 4, 14)], &data, &train_params(2), None).unwrap();
+    let scores = model.scores(&test).unwrap();
+    let want: f64 = (0..classes - 1)
+        .map(|c| {
+            let col: Vec<f32> = scores.iter().skip(c).step_by(classes).copied().collect();
+            let pos: Vec<bool> = test_targets.iter().skip(c).step_by(classes).copied().collect();
+            dfk::metrics::average_precision(&col, &pos).unwrap()
+        })
+        .sum::<f64>()
+        / (classes - 1) as f64;
+    let got = model.evaluate(&test).unwrap();
+    assert!((got - want).abs() < 1e-12, "{got} against {want}");
+    let last = model.history.records.last().unwrap();
+    assert!(last.test_metric.is_some_and(|m| m > 0.0 && m <= 1.0));
+}
+
 /// Image sets whose labels or shape do not fit are errors, not panics or silent misreadings.
 #[test]
 fn image_sets_that_do_not_fit_the_model_are_refused() {

@@ -704,19 +704,18 @@ fn score_and_select(
     for g in &state.groups {
         scatter_scores(&g.train_scores, &g.tasks, classes, &mut scores);
     }
-    record.train_metric = metric(&train.labels, &scores)?;
+    fn named(set: &'static str) -> impl Fn(Error) -> Error {
+        move |e| Error::Invalid(format!("{set} set: {e}"))
+    }
+    record.train_metric = metric(&train.labels, &scores).map_err(named("training"))?;
     let t = Instant::now();
     if let Some(val) = data.val {
-        record.val_metric = Some(metric(
-            &val.labels,
-            &set_scores(&state.groups, val, params)?,
-        )?);
+        let scores = set_scores(&state.groups, val, params)?;
+        record.val_metric = Some(metric(&val.labels, &scores).map_err(named("validation"))?);
     }
     if let Some(test) = data.test {
-        record.test_metric = Some(metric(
-            &test.labels,
-            &set_scores(&state.groups, test, params)?,
-        )?);
+        let scores = set_scores(&state.groups, test, params)?;
+        record.test_metric = Some(metric(&test.labels, &scores).map_err(named("test"))?);
     }
     record.time_eval_s = t.elapsed().as_secs_f64();
     let n = state.groups.len() as f64;
@@ -1018,7 +1017,9 @@ fn metric_name(labels: &Labels) -> &'static str {
     }
 }
 
-/// Accuracy of the arg-max class (multi-class) or mean AP (multi-label).
+/// Accuracy of the arg-max class (multi-class) or mean AP (multi-label) over the classes
+/// with a positive image (as `dfk eval` leaves out the others: their AP is undefined; a
+/// held-out or test set may well lack a rare class). An error when no class has one.
 fn metric(labels: &Labels, scores: &[f32]) -> Result<f64> {
     match labels {
         Labels::MultiClass { labels, classes } => {
@@ -1036,8 +1037,23 @@ fn metric(labels: &Labels, scores: &[f32]) -> Result<f64> {
                 .collect();
             metrics::accuracy(&pred, labels)
         }
-        Labels::MultiLabel { .. } => {
-            metrics::mean_ap(&metrics::per_class_ap(scores, labels, false)?)
+        Labels::MultiLabel { targets, classes } => {
+            let aps: Vec<f64> = (0..*classes)
+                .filter(|&c| targets.iter().skip(c).step_by(*classes).any(|&t| t))
+                .map(|c| {
+                    let col: Vec<f32> = scores.iter().skip(c).step_by(*classes).copied().collect();
+                    let pos: Vec<bool> = targets.iter().skip(c).step_by(*classes).copied().collect();
+                    metrics::average_precision(&col, &pos)
+                        .map_err(|e| Error::Invalid(format!("AP of class {c}: {e}")))
+                })
+                .collect::<Result<_>>()?;
+            if aps.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "mAP of {} images: no class has a positive image",
+                    targets.len() / (*classes).max(1)
+                )));
+            }
+            metrics::mean_ap(&aps)
         }
     }
 }

@@ -641,20 +641,7 @@ fn one_vs_rest(
             }
         }
     }
-    for (c, &pos) in labels.positives_per_class().iter().enumerate() {
-        if pos == 0 {
-            // The likeliest causes, named: a gap in the class indices or a class that the
-            // training subset (a limit, a validation split) left out.
-            return Err(Error::Invalid(format!(
-                "class {c} has no training sample (all {n} samples are negatives of its \
-                 one-vs-rest task): classes are the indices 0..{} and each needs at least one \
-                 sample; check the labels for a gap, or a subset or split that leaves class \
-                 {c} out",
-                labels.classes() - 1
-            )));
-        }
-        check_both_classes(pos, n, &format!("class {c} (one-vs-rest)"))?;
-    }
+    check_every_class_has_samples(labels)?;
     if let Some(w) = warm {
         if w.models.len() != classes {
             return Err(Error::dim(
@@ -908,6 +895,27 @@ fn check_matrix_allow_empty(x: &[f32], n: usize, dim: usize) -> Result<()> {
             "a size that fits in memory",
         )),
     }
+}
+
+/// Every class of `labels` has a positive and a negative sample (one-vs-rest needs both);
+/// the error names the first class that does not.
+pub fn check_every_class_has_samples(labels: &Labels) -> Result<()> {
+    let n = labels.n();
+    for (c, &pos) in labels.positives_per_class().iter().enumerate() {
+        if pos == 0 {
+            // The likeliest causes, named: a gap in the class indices or a class that the
+            // training subset (a limit, a validation split) left out.
+            return Err(Error::Invalid(format!(
+                "class {c} has no training sample (all {n} samples are negatives of its \
+                 one-vs-rest task): classes are the indices 0..{} and each needs at least one \
+                 sample; check the labels for a gap, or a subset or split that leaves class \
+                 {c} out",
+                labels.classes() - 1
+            )));
+        }
+        check_both_classes(pos, n, &format!("class {c} (one-vs-rest)"))?;
+    }
+    Ok(())
 }
 
 fn check_both_classes(positives: usize, n: usize, what: &str) -> Result<()> {

@@ -851,7 +851,12 @@ fn a_test_class_without_positives_is_left_out_of_the_map() {
     let want: f64 = (0..classes - 1)
         .map(|c| {
             let col: Vec<f32> = scores.iter().skip(c).step_by(classes).copied().collect();
-            let pos: Vec<bool> = test_targets.iter().skip(c).step_by(classes).copied().collect();
+            let pos: Vec<bool> = test_targets
+                .iter()
+                .skip(c)
+                .step_by(classes)
+                .copied()
+                .collect();
             dfk::metrics::average_precision(&col, &pos).unwrap()
         })
         .sum::<f64>()
@@ -860,6 +865,46 @@ fn a_test_class_without_positives_is_left_out_of_the_map() {
     assert!((got - want).abs() < 1e-12, "{got} against {want}");
     let last = model.history.records.last().unwrap();
     assert!(last.test_metric.is_some_and(|m| m > 0.0 && m <= 1.0));
+}
+
+/// A class without training images is named by its index in both modes (per-class mode
+/// solved each class as a one-column task and named it class 0).
+#[test]
+fn a_class_without_training_images_is_named_in_both_modes() {
+    let base = synthetic(24, 8, 4, 3, 5);
+    let Labels::MultiClass { labels, .. } = &base.labels else {
+        unreachable!()
+    };
+    // Class 2 of 4 has no image: a gap in the indices.
+    let gap: Vec<usize> = labels.iter().map(|&l| if l == 2 { 3 } else { l }).collect();
+    let set = ImageSet::new(
+        base.data.clone(),
+        base.d,
+        base.offsets.clone(),
+        Labels::MultiClass {
+            labels: gap,
+            classes: 4,
+        },
+    )
+    .unwrap();
+    let data = DeepData {
+        train: &set,
+        val: None,
+        test: None,
+    };
+    for mode in [GmmMode::Shared, GmmMode::PerClass] {
+        let params = DeepParams {
+            mode,
+            ..train_params(1)
+        };
+        let err = train_deep(&[gmm(2, 4, 14)], &data, &params, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("class 2 has no training sample"),
+            "{mode:?}: {err}"
+        );
+    }
 }
 
 /// Image sets whose labels or shape do not fit are errors, not panics or silent misreadings.

@@ -447,6 +447,9 @@ fn initial_state(
     let start = Instant::now();
     let train = data.train;
     let classes = train.labels.classes();
+    // Checked on the whole labels: a per-class group's one-column labels would name its
+    // class 0.
+    crate::svm::check_every_class_has_samples(&train.labels)?;
     let mut timers = Timers::default();
     let mut groups = Vec::with_capacity(inits.len());
     for (i, gmm) in inits.iter().enumerate() {
@@ -1042,7 +1045,8 @@ fn metric(labels: &Labels, scores: &[f32]) -> Result<f64> {
                 .filter(|&c| targets.iter().skip(c).step_by(*classes).any(|&t| t))
                 .map(|c| {
                     let col: Vec<f32> = scores.iter().skip(c).step_by(*classes).copied().collect();
-                    let pos: Vec<bool> = targets.iter().skip(c).step_by(*classes).copied().collect();
+                    let pos: Vec<bool> =
+                        targets.iter().skip(c).step_by(*classes).copied().collect();
                     metrics::average_precision(&col, &pos)
                         .map_err(|e| Error::Invalid(format!("AP of class {c}: {e}")))
                 })

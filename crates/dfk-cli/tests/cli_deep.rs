@@ -408,6 +408,42 @@ fn per_class_model_works_with_eval_and_predict() {
     assert_eq!(p.as_array().unwrap().len(), 1000);
     let info = ok(&["info", &s(&model)]);
     assert!(info.contains("class_gmm.means"), "{info}");
+    // `--gmm` with a per-class model continues from its learned GMMs in per-class mode (it
+    // started from the model's initial GMM), and is a usage error in shared mode.
+    let again = dir.path().join("again.dfk");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "--threads",
+            "1",
+            "-q",
+            "deep",
+            "--embedded",
+            "--max-train",
+            "300",
+        ];
+        a.extend_from_slice(&["--val-fraction", "0.3", "--gmm", model.to_str().unwrap()]);
+        a.extend_from_slice(&["--iters", "0", "-o", again.to_str().unwrap()]);
+        a.extend_from_slice(extra);
+        a.iter().map(|v| v.to_string()).collect::<Vec<_>>()
+    };
+    let shared = args(&[]);
+    let shared: Vec<&str> = shared.iter().map(String::as_str).collect();
+    fails_leaving_nothing(&shared, 2, "--mode per-class", &again);
+    let per_class = args(&["--mode", "per-class"]);
+    ok(&per_class.iter().map(String::as_str).collect::<Vec<_>>());
+    let continued = ModelFile::load(&again).unwrap();
+    assert_eq!(continued.class_gmms.len(), 10);
+    for (a, b) in continued.class_gmms.iter().zip(&m.class_gmms) {
+        let worst = a
+            .means()
+            .iter()
+            .zip(b.means())
+            .fold(0f32, |w, (x, y)| w.max((x - y).abs()));
+        assert!(
+            worst < 1e-5,
+            "the continued run did not start from the learned GMMs"
+        );
+    }
 }
 
 /// Tiny descriptor files in `dir`: 12 images of 5 descriptors in 3 dimensions (pseudo-random),

@@ -266,6 +266,20 @@ pub fn load_gmm(path: impl AsRef<Path>) -> Result<Gmm> {
     r.gmm()
 }
 
+/// Reads the per-class GMMs of a model file of kind `gmm` or `pipeline` (those of a
+/// per-class Deep Fisher Kernel model; empty when it has none).
+pub fn load_class_gmms(path: impl AsRef<Path>) -> Result<Vec<Gmm>> {
+    let path = path.as_ref();
+    let bytes = read_file(path)?;
+    let r = Reader::new(path, &bytes)?;
+    r.expect_kind(&[ModelKind::Gmm, ModelKind::Pipeline])?;
+    if r.has("class_gmm.means") {
+        r.class_gmms()
+    } else {
+        Ok(Vec::new())
+    }
+}
+
 /// Writes one-vs-rest SVMs alone (a model file of kind `svm`) atomically; `class_names` may
 /// be empty.
 pub fn save_svm(path: impl AsRef<Path>, svm: &OneVsRest, class_names: &[String]) -> Result<()> {

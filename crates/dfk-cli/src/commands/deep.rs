@@ -110,7 +110,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0.5)]
     pub val_fraction: f64,
 
-    /// Start from this GMM file (model file of kind gmm or pipeline) instead of fitting by EM.
+    /// Start from this GMM file (model file of kind gmm or pipeline) instead of fitting by EM;
+    /// a per-class deep model's learned GMMs with `--mode per-class`.
     #[arg(long, value_name = "FILE")]
     pub gmm: Option<PathBuf>,
     /// Number of GMM components K (EM initialisation).
@@ -370,7 +371,9 @@ const FISHER_FLAGS: &[(&str, &str)] = &[
     ("sqrt_epsilon", "--sqrt-epsilon"),
 ];
 
-fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<Gmm> {
+/// The starting GMM, and the per-class ones of a per-class deep model given to `--gmm` in
+/// per-class mode (empty otherwise).
+fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<(Gmm, Vec<Gmm>)> {
     if let Some(path) = &a.gmm {
         let gmm = load_gmm(path)?;
         if gmm.d() != train.d {
@@ -381,7 +384,27 @@ fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<Gmm> {
                 train.d
             );
         }
-        return Ok(gmm);
+        let class_gmms = dfk::model::load_class_gmms(path)?;
+        if class_gmms.is_empty() {
+            return Ok((gmm, class_gmms));
+        }
+        let classes = train.labels.classes();
+        if !matches!(a.mode, Mode::PerClass) {
+            return usage(format!(
+                "--gmm {}: the model holds one learned GMM per class (a per-class deep model); \
+                 continue it with --mode per-class, or give a model with one GMM",
+                path.display()
+            ));
+        }
+        if class_gmms.len() != classes {
+            anyhow::bail!(
+                "{}: the model holds {} per-class GMMs but the training labels have {} classes",
+                path.display(),
+                class_gmms.len(),
+                classes
+            );
+        }
+        return Ok((gmm, class_gmms));
     }
     let p = em_params(a, seed);
     let t = std::time::Instant::now();
@@ -401,7 +424,7 @@ fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<Gmm> {
         fit.loglik_history.last().copied().unwrap_or(f64::NAN),
         t.elapsed().as_secs_f64()
     );
-    Ok(fit.gmm)
+    Ok((fit.gmm, Vec::new()))
 }
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
@@ -544,7 +567,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         test.as_ref().map_or(0, |t| t.len()),
         train.d
     );
-    let gmm = initial_gmm(&a, &train, seed)?;
+    let (gmm, class_gmms) = initial_gmm(&a, &train, seed)?;
     if gmm.k() as f64 * a.min_weight >= 1.0 {
         return usage(format!(
             "--min-weight {}: {} components cannot all keep that weight (K · floor must be \
@@ -565,7 +588,12 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         val: val.as_ref(),
         test: test.as_ref(),
     };
-    let model = train_deep(std::slice::from_ref(&gmm), &data, &p, Some(&checkpoint))?;
+    let inits = if class_gmms.is_empty() {
+        std::slice::from_ref(&gmm)
+    } else {
+        &class_gmms[..]
+    };
+    let model = train_deep(inits, &data, &p, Some(&checkpoint))?;
     let h = &model.history;
     // The trainer checks a resumed checkpoint whole, so these cannot fail; but nothing is
     // indexed blindly, and nothing is written before they are known.

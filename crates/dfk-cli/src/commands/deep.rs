@@ -167,10 +167,10 @@ pub struct Args {
     /// Armijo constant c1.
     #[arg(long, default_value_t = 1e-4)]
     pub armijo_c1: f64,
-    /// Variance floor during learning, relative to the initial variances (above 0, at most 1).
+    /// Variance floor from the initial GMM on, relative to its variances (above 0, at most 1).
     #[arg(long, default_value_t = 1e-3)]
     pub variance_floor: f64,
-    /// Weight floor during learning.
+    /// Weight floor from the initial GMM on (K times it must be below 1).
     #[arg(long, default_value_t = 1e-4)]
     pub min_weight: f64,
     /// ε of the smoothed signed square root sign(Φ)(√(|Φ|+ε) − √ε).
@@ -464,6 +464,14 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         .map_err(|e| as_flag_error(e, FISHER_FLAGS))?;
     if a.gmm.is_none() && a.k == 0 {
         return usage("-k 0: the GMM needs at least 1 component");
+    }
+    if a.gmm.is_none() && a.k as f64 * a.min_weight >= 1.0 {
+        // Known before any work when EM fits the GMM (with --gmm, once it is loaded).
+        return usage(format!(
+            "--min-weight {}: {} components cannot all keep that weight (K · floor must be \
+             below 1)",
+            a.min_weight, a.k
+        ));
     }
     crate::options::check_variance_floor("--gmm-variance-floor", a.gmm_variance_floor)?;
     if a.gmm.is_none() {

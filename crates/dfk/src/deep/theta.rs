@@ -190,9 +190,11 @@ impl Theta {
         }
     }
 
-    /// Applies the floors: s ≥ s_min entrywise; then every logit is raised to at least
-    /// log(π_min) + logsumexp(a) of the unclamped logits, so each π_k ≥ π_min up to the small
-    /// renormalisation the raise itself causes. Logits are re-centred to max 0 (π is unchanged).
+    /// Applies the floors: s ≥ s_min entrywise; then the weights below π_min are set to π_min
+    /// and the others scaled down together to keep Σπ = 1, repeated while that scaling takes
+    /// another below π_min (at most K rounds; K·π_min < 1 leaves one above), so that every
+    /// π_k ≥ π_min exactly up to rounding. Logits are re-centred to max 0 (π is unchanged by
+    /// that).
     pub fn project(&mut self, floors: &Floors) {
         for (s, &lo) in self.log_std.iter_mut().zip(&floors.min_log_std) {
             if *s < lo {
@@ -207,12 +209,39 @@ impl Theta {
         if !m.is_finite() {
             return;
         }
-        let lse = m + self.logits.iter().map(|&a| (a - m).exp()).sum::<f64>().ln();
-        let lo = floors.min_weight.max(1e-300).ln() + lse;
-        for a in &mut self.logits {
-            if *a < lo {
-                *a = lo;
+        let floor = floors.min_weight;
+        let mut w = self.weights();
+        if floor > 0.0 && w.iter().any(|&v| v < floor) {
+            let mut floored: Vec<bool> = w.iter().map(|&v| v < floor).collect();
+            loop {
+                let count = floored.iter().filter(|&&f| f).count();
+                let free: f64 = w.iter().zip(&floored).filter(|p| !*p.1).map(|p| p.0).sum();
+                let scale = (1.0 - count as f64 * floor) / free;
+                if !(free > 0.0 && scale.is_finite()) {
+                    break;
+                }
+                let mut more = false;
+                for (v, f) in w.iter().zip(floored.iter_mut()) {
+                    if !*f && v * scale < floor {
+                        *f = true;
+                        more = true;
+                    }
+                }
+                if !more {
+                    for (v, &f) in w.iter_mut().zip(&floored) {
+                        *v = if f { floor } else { *v * scale };
+                    }
+                    break;
+                }
             }
+            let logs: Vec<f64> = w.iter().map(|v| v.ln()).collect();
+            let top = logs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            for (a, l) in self.logits.iter_mut().zip(logs) {
+                *a = l - top;
+            }
+            return;
+        }
+        for a in &mut self.logits {
             *a -= m;
         }
     }
@@ -400,9 +429,32 @@ mod tests {
                 assert!((v - e).abs() < 1e-6);
             }
         }
-        // π₁ ≥ π_min up to the renormalisation of the raise: π_min / (1 + π_min).
-        assert!(back.weights()[1] as f64 >= 0.05 / 1.05 - 1e-6);
-        assert!(back.weights()[1] < 0.06);
+        // π₁ = π_min exactly (up to rounding), the rest of the mass on π₀.
+        assert!((t.weights()[1] - 0.05).abs() < 1e-12, "{:?}", t.weights());
+        assert!((t.weights()[0] - 0.95).abs() < 1e-12);
+    }
+
+    /// Scaling the free weights down can take another below the floor: it is floored too, and
+    /// the weights above the floor keep their ratios.
+    #[test]
+    fn projection_floors_weights_exactly_in_rounds() {
+        let mut floors = Floors::relative_to(&gmm(), 0.1, 0.2);
+        let mut t = Theta::zeros(4, 1);
+        // π = 0.05, 0.21, 0.3, 0.44: the first is floored, which pushes the second below.
+        let pi = [0.05f64, 0.21, 0.3, 0.44];
+        t.logits = pi.iter().map(|p| p.ln()).collect();
+        t.log_std = vec![0.0; 4];
+        floors.min_log_std = vec![-30.0; 4];
+        t.project(&floors);
+        let w = t.weights();
+        assert!(
+            (w[0] - 0.2).abs() < 1e-12 && (w[1] - 0.2).abs() < 1e-12,
+            "{w:?}"
+        );
+        assert!((w[2] / w[3] - 0.3 / 0.44).abs() < 1e-12, "{w:?}");
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!(w.iter().all(|&v| v >= 0.2 - 1e-12), "{w:?}");
+        assert_eq!(t.logits.iter().cloned().fold(f64::MIN, f64::max), 0.0);
     }
 
     #[test]

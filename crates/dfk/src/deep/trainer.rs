@@ -458,8 +458,36 @@ fn initial_state(
             GmmMode::PerClass => vec![i],
         };
         let floors = Floors::relative_to(gmm, params.variance_floor, params.min_weight);
-        let mut theta = Theta::from_gmm(gmm);
+        let given = Theta::from_gmm(gmm);
+        let mut theta = given.clone();
         theta.project(&floors);
+        // The floors hold from iteration 0: say when they move the starting GMM, since its
+        // Fisher kernel is then not the plain EM model's.
+        let raised = theta
+            .log_std
+            .iter()
+            .zip(&given.log_std)
+            .filter(|(a, b)| a != b)
+            .count();
+        let floored = given
+            .weights()
+            .iter()
+            .filter(|&&w| w < params.min_weight)
+            .count();
+        if raised + floored > 0 {
+            warn!(
+                "initial GMM{}: {raised} of its {} standard deviations are below the variance \
+                 floor and {floored} of its {} weights below the weight floor: raised before \
+                 iteration 0 (--variance-floor, --min-weight)",
+                if inits.len() > 1 {
+                    format!(" {i}")
+                } else {
+                    String::new()
+                },
+                given.log_std.len(),
+                given.logits.len()
+            );
+        }
         let labels = group_labels(&train.labels, &tasks);
         let budget = posterior_budget(keep_encoding(inits.len()), params);
         let (objective, ev) = evaluate_fully(&theta, train, &labels, params, budget, &mut timers)?

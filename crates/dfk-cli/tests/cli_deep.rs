@@ -1099,3 +1099,39 @@ fn the_model_records_the_em_settings_used() {
     // Half of the 12 images (5 descriptors each) are held out for validation.
     assert_eq!(gmm["sample"], 30);
 }
+
+/// Multi-label training and test label matrices with different numbers of columns: an error
+/// naming both files.
+#[test]
+fn multilabel_test_labels_need_the_training_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tiny_descriptors(dir.path(), 3);
+    let (three, two) = (dir.path().join("three.npy"), dir.path().join("two.npy"));
+    let t3: Vec<i64> = (0..12 * 3)
+        .map(|ic| i64::from(ic % 3 == (ic / 3) % 3))
+        .collect();
+    write_i64_matrix(&three, &t3, 12, 3);
+    let t2: Vec<i64> = (0..12 * 2)
+        .map(|ic| i64::from(ic % 2 == (ic / 2) % 2))
+        .collect();
+    write_i64_matrix(&two, &t2, 12, 2);
+    let model = dir.path().join("m.dfk");
+    let args = tiny_args(
+        &files,
+        &model,
+        &[
+            "--labels",
+            &s(&three),
+            "--multilabel",
+            "--test-descriptors",
+            &files.0,
+            "--test-offsets",
+            &files.1,
+            "--test-labels",
+            &s(&two),
+        ],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails_leaving_nothing(&args, 1, "2 class columns but --labels", &model);
+    fails(&args, 1, "two.npy");
+}

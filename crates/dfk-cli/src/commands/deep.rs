@@ -547,6 +547,22 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 );
             }
         }
+        if let (Labels::MultiLabel { classes: ct, .. }, Labels::MultiLabel { classes: ca, .. }) =
+            (&t.labels, &all.labels)
+        {
+            if ct != ca {
+                let name = |flag: &str, path: &Option<PathBuf>| match path {
+                    Some(y) => format!("{flag} {}", y.display()),
+                    None => flag.to_string(),
+                };
+                anyhow::bail!(
+                    "{}: {ct} class columns but {} has {ca}: the test label matrix needs one \
+                     column per training class, in the same order",
+                    name("--test-labels", &a.test_labels),
+                    name("--labels", &a.labels)
+                );
+            }
+        }
         align_classes(&mut all, t);
     }
     let (train, val) = if a.val_fraction > 0.0 {

@@ -351,8 +351,9 @@ fn timing_svg(timings: &[StageTime]) -> anyhow::Result<String> {
     })
 }
 
-/// A chart of one or more curves over iterations: `(title, [(label, values)])`.
-type Curves = (String, Vec<(String, Vec<f64>)>);
+/// A chart of one or more curves over iterations: `(title, [(label, values)], kept)`, with
+/// `kept` the iteration whose parameters the model holds (marked on the chart).
+type Curves = (String, Vec<(String, Vec<f64>)>, Option<usize>);
 
 /// Finds curves to plot in the history: numeric arrays whose key contains `objective` or
 /// `validation` (top level or under `deep`), the Deep Fisher Kernel records under
@@ -369,7 +370,7 @@ fn history_series(history: &Value) -> Vec<Curves> {
             for (key, value) in obj {
                 if key.contains("objective") || key.contains("validation") {
                     if let Some(v) = numbers(value) {
-                        charts.push((key.clone(), vec![(key.clone(), v)]));
+                        charts.push((key.clone(), vec![(key.clone(), v)], None));
                     }
                 }
             }
@@ -384,16 +385,19 @@ fn history_series(history: &Value) -> Vec<Curves> {
             (v.len() >= 2 && v.len() == records.len()).then_some(v)
         };
         // The iteration whose parameters the model holds (the best validated one).
-        let kept = history
+        let best = history
             .pointer("/deep/best_iteration")
             .and_then(|b| b.as_u64())
-            .map_or(String::new(), |b| {
-                format!(" (the model keeps iteration {b})")
-            });
+            .map(|b| b as usize)
+            .filter(|&b| b < records.len());
+        let kept = best.map_or(String::new(), |b| {
+            format!(" (the model keeps iteration {b})")
+        });
         if let Some(v) = field("objective") {
             charts.push((
                 format!("Deep Fisher Kernel: SVM objective{kept}"),
                 vec![("objective".into(), v)],
+                best,
             ));
         }
         let metric = history
@@ -410,17 +414,32 @@ fn history_series(history: &Value) -> Vec<Curves> {
         .filter_map(|(label, key)| field(key).map(|v| (label.to_string(), v)))
         .collect();
         if !lines.is_empty() {
-            charts.push((format!("Deep Fisher Kernel: {metric}{kept}"), lines));
+            charts.push((format!("Deep Fisher Kernel: {metric}{kept}"), lines, best));
         }
     }
     if let Some(v) = history.pointer("/gmm/loglik").and_then(numbers) {
         let name = "EM log-likelihood per descriptor".to_string();
-        charts.push((name.clone(), vec![(name, v)]));
+        charts.push((name.clone(), vec![(name, v)], None));
     }
     charts
 }
 
-fn series_svg(title: &str, lines: &[(String, Vec<f64>)]) -> anyhow::Result<String> {
+/// The colour of a curve: the same for a set's curve in every chart and report (train,
+/// validation, test), the others by position.
+fn series_color(label: &str, index: usize) -> RGBColor {
+    match label {
+        "train" => PALETTE[0],
+        "validation" => PALETTE[1],
+        "test" => PALETTE[2],
+        _ => PALETTE[(index + 3) % PALETTE.len()],
+    }
+}
+
+fn series_svg(
+    title: &str,
+    lines: &[(String, Vec<f64>)],
+    kept: Option<usize>,
+) -> anyhow::Result<String> {
     let (lo, hi) = lines
         .iter()
         .flat_map(|(_, v)| v.iter())
@@ -430,7 +449,14 @@ fn series_svg(title: &str, lines: &[(String, Vec<f64>)]) -> anyhow::Result<Strin
     let pad = ((hi - lo) * 0.05).max(1e-9);
     let len = lines.iter().map(|(_, v)| v.len()).max().unwrap_or(2).max(2);
     svg(760, 360, |root| {
-        let mut chart = ChartBuilder::on(root)
+        // Several curves: the legend beside the plot, where it hides none of them.
+        let (plot, legend) = if lines.len() > 1 {
+            let (p, l) = root.split_horizontally(650);
+            (p, Some(l))
+        } else {
+            (root.clone(), None)
+        };
+        let mut chart = ChartBuilder::on(&plot)
             .caption(title, ("sans-serif", 20))
             .margin(10)
             .x_label_area_size(40)
@@ -452,18 +478,39 @@ fn series_svg(title: &str, lines: &[(String, Vec<f64>)]) -> anyhow::Result<Strin
             .x_desc("iteration")
             .draw()
             .map_err(plot_err)?;
-        for (i, (label, values)) in lines.iter().enumerate() {
-            let color = PALETTE[(i + 3) % PALETTE.len()];
+        if let Some(b) = kept {
+            let x = b as f64;
+            chart
+                .draw_series(LineSeries::new(
+                    [(x, lo - pad), (x, hi + pad)],
+                    BLACK.mix(0.45).stroke_width(1),
+                ))
+                .map_err(plot_err)?;
+            // The label on the side of the line where the plot has room.
+            let (side, text) = if 2 * b >= len - 1 {
+                (HPos::Right, "kept ")
+            } else {
+                (HPos::Left, " kept")
+            };
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    text,
+                    (x, hi + pad),
+                    ("sans-serif", 12)
+                        .into_font()
+                        .color(&BLACK.mix(0.7))
+                        .pos(Pos::new(side, VPos::Top)),
+                )))
+                .map_err(plot_err)?;
+        }
+        for (i, (_, values)) in lines.iter().enumerate() {
+            let color = series_color(&lines[i].0, i);
             chart
                 .draw_series(LineSeries::new(
                     values.iter().enumerate().map(|(i, &v)| (i as f64, v)),
                     color.stroke_width(2),
                 ))
-                .map_err(plot_err)?
-                .label(label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-                });
+                .map_err(plot_err)?;
             chart
                 .draw_series(
                     values
@@ -473,15 +520,27 @@ fn series_svg(title: &str, lines: &[(String, Vec<f64>)]) -> anyhow::Result<Strin
                 )
                 .map_err(plot_err)?;
         }
-        if lines.len() > 1 {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 11))
-                .draw()
+        if let Some(area) = legend {
+            for (i, (label, _)) in lines.iter().enumerate() {
+                let color = series_color(label, i);
+                let y = 50 + 22 * i as i32;
+                area.draw(&PathElement::new(
+                    vec![(4, y), (24, y)],
+                    color.stroke_width(2),
+                ))
                 .map_err(plot_err)?;
+                area.draw(&Circle::new((14, y), 3, color.filled()))
+                    .map_err(plot_err)?;
+                area.draw(&Text::new(
+                    label.clone(),
+                    (30, y),
+                    ("sans-serif", 13)
+                        .into_font()
+                        .color(&BLACK)
+                        .pos(Pos::new(HPos::Left, VPos::Center)),
+                ))
+                .map_err(plot_err)?;
+            }
         }
         Ok(())
     })
@@ -555,10 +614,10 @@ pre{{background:#f7f7f7;padding:1em;overflow-x:auto}}</style></head><body>\n<h1>
     if !r.timings.is_empty() {
         figure("Timing", timing_svg(r.timings)?);
     }
-    for (name, values) in history_series(r.history) {
+    for (name, values, kept) in history_series(r.history) {
         figure(
             &format!("Training history: {name}"),
-            series_svg(&name, &values)?,
+            series_svg(&name, &values, kept)?,
         );
     }
     page.push_str("<h2>Per-class results</h2>\n<table><tr><th>class</th><th>AP</th>");
@@ -688,7 +747,7 @@ mod tests {
         let labels: Vec<&str> = charts[1].1.iter().map(|l| l.0.as_str()).collect();
         assert_eq!(labels, ["train", "validation"]);
         assert_eq!(charts[0].1[0].1, vec![10.0, 9.0]);
-        let svg = series_svg(&charts[1].0, &charts[1].1).unwrap();
+        let svg = series_svg(&charts[1].0, &charts[1].1, charts[1].2).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("validation"));
         // Whole iterations only on the x axis.
         assert!(
@@ -698,10 +757,27 @@ mod tests {
         // With the kept iteration recorded, the titles name it.
         let mut history = history;
         history["deep"]["best_iteration"] = json!(0);
+        let charts = history_series(&history);
         assert_eq!(
-            history_series(&history)[0].0,
+            charts[0].0,
             "Deep Fisher Kernel: SVM objective (the model keeps iteration 0)"
         );
+        assert_eq!(charts[1].2, Some(0));
+        // The kept iteration is marked; each set's curve has its own colour whatever the
+        // order of the curves.
+        let marked = series_svg(&charts[1].0, &charts[1].1, charts[1].2).unwrap();
+        assert!(marked.contains("kept") && !svg.contains("kept"));
+        let swapped: Vec<(String, Vec<f64>)> = charts[1].1.iter().rev().cloned().collect();
+        let other = series_svg(&charts[1].0, &swapped, None).unwrap();
+        let stroke = |c: RGBColor| format!("stroke=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);
+        for svg in [&svg, &other] {
+            let pos = |c: RGBColor| svg.find(&stroke(c));
+            assert!(
+                pos(PALETTE[0]).is_some() && pos(PALETTE[1]).is_some(),
+                "{svg}"
+            );
+        }
+        assert_eq!(series_color("validation", 0), series_color("validation", 5));
     }
 
     /// Many classes, a class without images and very long names: no "AP NaN" legend entry,

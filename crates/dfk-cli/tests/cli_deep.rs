@@ -318,9 +318,10 @@ fn bad_flags_and_inputs_fail_without_writing_a_model() {
         fails_leaving_nothing(&a, 2, needle, &model);
     };
     small(&["--max-train", "0"], "--max-train 0: expected at least 1");
+    // Every class keeps one image (10 in all), and then none is left to validate on.
     small(
         &["--max-train", "3", "--val-fraction", "0.5"],
-        "--max-train 3: the stratified subset keeps about 3/2000 of each class's images",
+        "--val-fraction 0.5: a validation fraction of 0.5 of 10 images",
     );
     small(
         &["--max-train", "12", "--val-fraction", "0.9"],

@@ -101,3 +101,19 @@ fn bad_fraction_or_empty_part() {
         Err(Error::Empty { .. })
     ));
 }
+
+/// A class of one item is never held out whole: the rest keeps every class (at 0.5 it
+/// rounded to the held-out side, and training then lacked the class).
+#[test]
+fn the_rest_keeps_every_class() {
+    let ds = synthetic(&[10, 1, 2]);
+    for fraction in [0.5, 0.9] {
+        let (rest, held) = stratified_split(&ds, fraction, 3).unwrap();
+        assert_eq!(rest.class_counts()[1], 1, "fraction {fraction}");
+        assert!(
+            rest.class_counts().iter().all(|&n| n >= 1),
+            "fraction {fraction}"
+        );
+        assert_eq!(rest.len() + held.len(), 13);
+    }
+}

@@ -732,6 +732,31 @@ fn bad_input_is_rejected() {
         set.split_holdout(1.0, 0),
         Err(Error::InvalidParameter { .. })
     ));
+    // A class of one image stays in training at any fraction (at 0.5 it rounded to the
+    // validation side and left training without the class).
+    let Labels::MultiClass { labels: base, .. } = &set.labels else {
+        unreachable!()
+    };
+    let mut rare = base.clone();
+    rare[7] = 2;
+    let with_rare = ImageSet::new(
+        set.data.clone(),
+        set.d,
+        set.offsets.clone(),
+        Labels::MultiClass {
+            labels: rare,
+            classes: 3,
+        },
+    )
+    .unwrap();
+    for fraction in [0.5, 0.9] {
+        let (kept, _) = with_rare.split_holdout(fraction, 0).unwrap();
+        assert_eq!(
+            kept.labels.positives_per_class()[2],
+            1,
+            "fraction {fraction}"
+        );
+    }
     let data = DeepData {
         train: &set,
         val: None,

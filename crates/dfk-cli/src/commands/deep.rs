@@ -99,7 +99,8 @@ pub struct Args {
     /// files only (the labels of images come with their data set).
     #[arg(long, requires = "descriptors")]
     pub multilabel: bool,
-    /// Use only this many training images (stratified, seeded), before the validation split.
+    /// Use about this many training images, before the validation split: each class keeps
+    /// its share of N, rounded, and at least one image (stratified, seeded).
     #[arg(long, value_name = "N")]
     pub max_train: Option<usize>,
     /// Use only the first N test images.
@@ -126,7 +127,8 @@ pub struct Args {
     /// EM variance floor, relative to each dimension's data variance (0 to 1).
     #[arg(long, default_value_t = 1e-3, conflicts_with = "gmm")]
     pub gmm_variance_floor: f64,
-    /// Descriptors sampled for the k-means++ initialisation of EM.
+    /// Descriptors sampled for the k-means++ initialisation of EM (at least K: a smaller
+    /// value samples K).
     #[arg(long, default_value_t = 100_000, conflicts_with = "gmm")]
     pub gmm_sample: usize,
     /// EM's M-step posterior threshold: posteriors below this times a descriptor's largest
@@ -263,27 +265,18 @@ fn align_classes(a: &mut ImageSet, b: &mut ImageSet) {
     }
 }
 
-/// A stratified, seeded subset of `n` images.
-fn limit(set: ImageSet, n: usize, seed: u64) -> anyhow::Result<ImageSet> {
+/// A stratified, seeded subset of about `n` images: each class keeps its share, rounded, and
+/// at least one image. The split keeps a class whole rather than drop it, so it fails only
+/// when nothing rounds away: then the subset is the whole set.
+fn limit(set: ImageSet, n: usize, seed: u64) -> ImageSet {
     if n >= set.len() {
-        return Ok(set);
+        return set;
     }
     let fraction = 1.0 - n as f64 / set.len() as f64;
-    let len = set.len();
-    Ok(set
-        .split_holdout(fraction, seed)
-        .map_err(|e| max_train_error(n, len, e))?
-        .0)
-}
-
-/// `--max-train n` of `len` images that leaves nothing: each class keeps its share
-/// (n / len of its images, rounded), which is none when n is small beside the classes.
-fn max_train_error(n: usize, len: usize, e: dfk::Error) -> anyhow::Error {
-    crate::util::UsageError(format!(
-        "--max-train {n}: the stratified subset keeps about {n}/{len} of each class's images, \
-         which rounds to no image ({e}): give a larger --max-train"
-    ))
-    .into()
+    match set.split_holdout(fraction, seed) {
+        Ok((kept, _)) => kept,
+        Err(_) => set,
+    }
 }
 
 fn params(a: &Args) -> anyhow::Result<DeepParams> {
@@ -991,7 +984,7 @@ fn load_sets(
     if let (Some(x), Some(o), Some(y)) = (&a.descriptors, &a.offsets, &a.labels) {
         let mut train = read_set(x, o, y, a.multilabel)?;
         if let Some(n) = a.max_train {
-            train = limit(train, n, seed)?;
+            train = limit(train, n, seed);
         }
         let test = match (&a.test_descriptors, &a.test_offsets, &a.test_labels) {
             (Some(tx), Some(o), Some(y)) => {
@@ -1076,9 +1069,12 @@ fn load_sets(
     };
     // Subset before extraction, so only the images used are described.
     if let Some(n) = a.max_train.filter(|&n| n < train.len()) {
-        train = dataset::stratified_split(&train, 1.0 - n as f64 / train.len() as f64, seed)
-            .map_err(|e| max_train_error(n, train.len(), e))?
-            .0;
+        // As `limit`: every class keeps an image; an error means nothing rounds away.
+        if let Ok((kept, _)) =
+            dataset::stratified_split(&train, 1.0 - n as f64 / train.len() as f64, seed)
+        {
+            train = kept;
+        }
     }
     let test = match (test, a.max_test) {
         (Some(t), Some(n)) if n < t.len() => Some(t.subset(&(0..n).collect::<Vec<_>>())?),

@@ -22,7 +22,7 @@ pub struct Split {
 /// Each item belongs to one stratum: its label, or for a multi-label item its rarest label (the
 /// usual approximation to multi-label stratification); items without labels form their own
 /// stratum. Within a stratum of `m` items, `round(fraction · m)` chosen by a seeded shuffle are
-/// held out. Both parts keep the original item order. Errors: `fraction` outside `(0, 1)`, an
+/// held out, at most `m − 1` (the rest keeps every class). Both parts keep the original item order. Errors: `fraction` outside `(0, 1)`, an
 /// empty data set, or a split that leaves either part empty.
 pub fn stratified_split(data: &Dataset, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
     if !(fraction > 0.0 && fraction < 1.0) {
@@ -52,7 +52,10 @@ pub fn stratified_split(data: &Dataset, fraction: f64, seed: u64) -> Result<(Dat
     let mut held = vec![false; data.len()];
     for stratum in &mut strata {
         stratum.shuffle(&mut rng);
-        let take = (fraction * stratum.len() as f64).round() as usize;
+        // The rest keeps an item of every stratum: a class of one item at fraction 0.5
+        // would otherwise be held out whole, and training would lack it.
+        let take = ((fraction * stratum.len() as f64).round() as usize)
+            .min(stratum.len().saturating_sub(1));
         for &i in &stratum[..take] {
             held[i] = true;
         }

@@ -148,7 +148,10 @@ impl ImageSet {
         let mut held = vec![false; self.len()];
         for members in &mut by_class {
             members.shuffle(&mut rng);
-            let take = (members.len() as f64 * fraction).round() as usize;
+            // Every class keeps a training image (a class of one image at fraction 0.5
+            // would otherwise go to validation whole and leave training without it).
+            let take = ((members.len() as f64 * fraction).round() as usize)
+                .min(members.len().saturating_sub(1));
             for &i in members.iter().take(take) {
                 held[i] = true;
             }

@@ -295,6 +295,13 @@ fn check_distinct(
         for &(other_flag, other) in outputs {
             if let (Some(a), Some(b)) = (absolute(out), absolute(other)) {
                 if a != b && a.starts_with(&b) {
+                    if other.is_dir() {
+                        // The real mistake (`-o folder/`, whose checkpoint lies inside it).
+                        return usage(format!(
+                            "{other_flag} {}: is a directory, expected a file path",
+                            other.display()
+                        ));
+                    }
                     return usage(format!(
                         "{flag} {} lies inside {other_flag} {}, which is written as a file: \
                          give each output its own path",

@@ -862,6 +862,15 @@ fn deep_outputs_must_not_collide() {
     }
     let (_, before, _) = npy::read_f32_matrix(&files.0).unwrap();
     assert_eq!(before, 60, "the descriptors are intact");
+    // An output folder, trailing slash and all, is named as one (not as the checkpoint that
+    // would lie inside it).
+    let folder = dir.path().join("out");
+    std::fs::create_dir(&folder).unwrap();
+    let slash = format!("{}/", folder.display());
+    let args = tiny_args(&files, Path::new(&slash), &[]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails(&refs, 2, "is a directory, expected a file path");
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 0);
 }
 
 /// Options that used to be ignored without a word are refused or honoured (a review's

@@ -353,6 +353,13 @@ pub fn train_deep(
                 );
             }
             s.threads = Some(threads);
+            if s.iteration > params.max_iter {
+                warn!(
+                    "the checkpoint is already at iteration {}, beyond the budget of {} \
+                     iterations (--iters): the run is returned as it is, not cut back",
+                    s.iteration, params.max_iter
+                );
+            }
             s
         }
         None => {

@@ -224,3 +224,21 @@ fn full_fashion_mnist_when_installed() {
     assert_eq!(test.len(), 10_000);
     assert_eq!(test.class_counts(), vec![1000; 10]);
 }
+
+/// A Fashion-MNIST label beyond the ten classes: an error naming the label file, the image
+/// and the labels expected.
+#[test]
+fn a_fashion_mnist_label_beyond_the_classes_names_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for split in ["train", "t10k"] {
+        let mut images = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
+        images.extend([7u8; 8]);
+        write(dir.path(), &format!("{split}-images-idx3-ubyte"), &images);
+        let label = if split == "t10k" { 12 } else { 3 };
+        let labels = [0, 0, 8, 1, 0, 0, 0, 2, 1, label];
+        write(dir.path(), &format!("{split}-labels-idx1-ubyte"), &labels);
+    }
+    let (path, msg) = format_message(load_fashion_mnist(dir.path()).unwrap_err());
+    assert_eq!(path, dir.path().join("t10k-labels-idx1-ubyte"));
+    assert!(msg.contains("label 12 of image 1: expected 0 to 9"), "{msg}");
+}

@@ -214,11 +214,24 @@ pub fn load_fashion_mnist(dir: impl AsRef<Path>) -> Result<(Dataset, Dataset)> {
         .map(|s| s.to_string())
         .collect();
     let load = |split: &str| {
-        load_idx(
-            find(dir, &format!("{split}-images-idx3-ubyte")),
-            find(dir, &format!("{split}-labels-idx1-ubyte")),
-        )?
-        .with_class_names(names.clone())
+        let labels = find(dir, &format!("{split}-labels-idx1-ubyte"));
+        let set = load_idx(find(dir, &format!("{split}-images-idx3-ubyte")), &labels)?;
+        // A label beyond the ten classes is the label file's fault: name it.
+        if let Some((i, l)) = set
+            .items
+            .iter()
+            .enumerate()
+            .find_map(|(i, it)| it.labels.iter().find(|&&l| l >= names.len()).map(|&l| (i, l)))
+        {
+            return Err(Error::format(
+                &labels,
+                format!(
+                    "label {l} of image {i}: expected 0 to {} (the ten Fashion-MNIST classes)",
+                    names.len() - 1
+                ),
+            ));
+        }
+        set.with_class_names(names.clone())
     };
     Ok((load("train")?, load("t10k")?))
 }

@@ -902,7 +902,7 @@ fn empty_class_folders_and_outputs_inside_the_data_are_named() {
         &strs(&quick(&[])),
         1,
         &format!(
-            "class folder {} (it holds no png/jpg/jpeg/bmp/pgm file",
+            "class folder {} (it holds no png/jpg/jpeg/bmp/pgm/ppm/pbm/pnm/jpe/jfif file",
             imgs.join("aempty").display()
         ),
         &out,

@@ -296,3 +296,28 @@ fn a_class_folder_name_that_is_not_utf8_is_named() {
         other => panic!("expected an error naming the folder, got {other:?}"),
     }
 }
+
+/// PPM/PBM/PNM and the other JPEG names (.jpe, .jfif) are read like the others (they were
+/// left out without a word); their pixels decode.
+#[test]
+fn netpbm_and_jfif_names_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    image::RgbImage::from_pixel(4, 3, image::Rgb([10, 200, 30]))
+        .save(root.join("a/x.ppm"))
+        .unwrap();
+    gray(&root.join("a/y.png"), 4, 4, 0);
+    std::fs::create_dir_all(root.join("b")).unwrap();
+    let jpeg = root.join("b/z.jpg");
+    image::RgbImage::from_pixel(8, 8, image::Rgb([90, 90, 90]))
+        .save(&jpeg)
+        .unwrap();
+    std::fs::rename(&jpeg, root.join("b/z.jfif")).unwrap();
+    let ds = load_folder(root).unwrap();
+    assert_eq!(ds.len(), 3);
+    assert_eq!(ds.first_labels(), [0, 0, 1]);
+    for i in 0..3 {
+        assert!(ds.load_u8(i).is_ok(), "{}", ds.item_name(i));
+    }
+}

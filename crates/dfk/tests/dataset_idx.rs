@@ -240,5 +240,8 @@ fn a_fashion_mnist_label_beyond_the_classes_names_its_file() {
     }
     let (path, msg) = format_message(load_fashion_mnist(dir.path()).unwrap_err());
     assert_eq!(path, dir.path().join("t10k-labels-idx1-ubyte"));
-    assert!(msg.contains("label 12 of image 1: expected 0 to 9"), "{msg}");
+    assert!(
+        msg.contains("label 12 of image 1: expected 0 to 9"),
+        "{msg}"
+    );
 }

@@ -75,7 +75,12 @@ fn no_class_folders(root: &Path) -> Error {
 fn has_other_image_extension(path: &Path) -> bool {
     path.extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .is_some_and(|e| ["gif", "tif", "tiff", "webp"].contains(&e.as_str()))
+        .is_some_and(|e| {
+            [
+                "gif", "tif", "tiff", "webp", "tga", "avif", "heic", "heif", "jxl", "jp2", "ico",
+            ]
+            .contains(&e.as_str())
+        })
 }
 
 /// Whether `path` is named as an image (by its extension, in any case).
@@ -171,7 +176,7 @@ fn collect(root: &Path, classes: &[String], policy: OnError) -> Result<(Dataset,
     ))
 }
 
-/// Loads `root/<class>/*.{png,jpg,jpeg,bmp,pgm}` (extensions in any case): classes are the
+/// Loads `root/<class>/*.{png,jpg,jpeg,bmp,pgm,ppm,…}` ([`IMAGE_EXTENSIONS`], in any case): classes are the
 /// sub-folders sorted by name, images within a class sorted by name. Every image's header is
 /// checked; `policy` decides whether a bad one fails the load or is skipped (the count of
 /// skipped images is returned). No class folder is [`Error::Format`] naming `root`; a class

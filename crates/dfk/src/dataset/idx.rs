@@ -217,12 +217,12 @@ pub fn load_fashion_mnist(dir: impl AsRef<Path>) -> Result<(Dataset, Dataset)> {
         let labels = find(dir, &format!("{split}-labels-idx1-ubyte"));
         let set = load_idx(find(dir, &format!("{split}-images-idx3-ubyte")), &labels)?;
         // A label beyond the ten classes is the label file's fault: name it.
-        if let Some((i, l)) = set
-            .items
-            .iter()
-            .enumerate()
-            .find_map(|(i, it)| it.labels.iter().find(|&&l| l >= names.len()).map(|&l| (i, l)))
-        {
+        if let Some((i, l)) = set.items.iter().enumerate().find_map(|(i, it)| {
+            it.labels
+                .iter()
+                .find(|&&l| l >= names.len())
+                .map(|&l| (i, l))
+        }) {
             return Err(Error::format(
                 &labels,
                 format!(

@@ -5,7 +5,7 @@
 //!
 //! | layout | function |
 //! |---|---|
-//! | `root/<class>/*.{png,jpg,jpeg,bmp,pgm}` (classes sorted by name) | [`load_folder`], [`load_folder_splits`] |
+//! | `root/<class>/*.{png,jpg,jpeg,bmp,pgm,ppm,…}` ([`IMAGE_EXTENSIONS`]; classes sorted by name) | [`load_folder`], [`load_folder_splits`] |
 //! | list file: `path label [label ...]` per line | [`load_list`], [`load_list_splits`] |
 //! | PASCAL VOC devkit (`ImageSets/Main`, `JPEGImages`) | [`load_voc`], [`load_voc_with`] |
 //! | IDX (MNIST, Fashion-MNIST), gzipped or raw | [`load_idx`], [`load_fashion_mnist`] |
@@ -56,7 +56,9 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
 ];
 
 /// File extensions (lower case) recognised as images by the folder loader.
-pub const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "bmp", "pgm"];
+pub const IMAGE_EXTENSIONS: [&str; 10] = [
+    "png", "jpg", "jpeg", "bmp", "pgm", "ppm", "pbm", "pnm", "jpe", "jfif",
+];
 
 /// What a loader does with an image it cannot use (missing, unreadable, corrupt).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

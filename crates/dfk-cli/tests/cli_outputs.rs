@@ -1590,3 +1590,34 @@ fn entries_a_class_folder_does_not_read_are_warned_about() {
     }
     assert!(!err.contains("notes.txt"), "{err}");
 }
+
+/// A truncated JPEG decodes with the missing part filled in, as libjpeg does, but with a
+/// warning naming the file; a complete one gives none.
+#[test]
+fn a_truncated_jpeg_is_named_in_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = small_model(dir.path());
+    let whole = dir.path().join("whole.jpg");
+    image::RgbImage::from_fn(200, 200, |x, y| {
+        image::Rgb([(x * 7 + y * 13) as u8, (x * y) as u8, (x ^ y) as u8])
+    })
+    .save(&whole)
+    .unwrap();
+    let bytes = std::fs::read(&whole).unwrap();
+    let cut = dir.path().join("cut.jpg");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    for (path, warned) in [(&whole, false), (&cut, true)] {
+        let out = dfk(&["predict", "--model", &s(&m), &s(path)]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.contains("end-of-image marker") && err.contains(&s(path)),
+            warned,
+            "{err}"
+        );
+    }
+}

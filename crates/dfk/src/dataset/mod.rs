@@ -169,12 +169,40 @@ impl ImageSource {
 
 /// Opens and decodes an image file (format guessed from its content); errors name the file.
 fn open_image(path: &Path) -> Result<image::DynamicImage> {
-    image::ImageReader::open(path)
+    let reader = image::ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
+        .map_err(|e| Error::io(path, e))?;
+    let jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
+    let decoded = reader
         .decode()
-        .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))
+        .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
+    if jpeg && !ends_with_jpeg_eoi(path) {
+        // The decoder fills what is missing with grey without a word; libjpeg (MATLAB's
+        // imread) warns "premature end of JPEG file" and goes on, and so does this.
+        tracing::warn!(
+            "{}: the JPEG data ends without its end-of-image marker (a truncated file?): \
+             the missing part of the image is filled in",
+            path.display()
+        );
+    }
+    Ok(decoded)
+}
+
+/// Whether the last 4 KiB of a JPEG file hold its end-of-image marker `FF D9` (a truncated
+/// file ends inside its entropy-coded data, where `FF D9` cannot occur).
+fn ends_with_jpeg_eoi(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let tail = (|| -> std::io::Result<Vec<u8>> {
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(4096)))?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail)?;
+        Ok(tail)
+    })();
+    // Unreadable now (it decoded a moment ago): nothing to warn about.
+    tail.map_or(true, |t| t.windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
 /// Checks that `path` exists and has a readable image header (cheap: the pixels are not

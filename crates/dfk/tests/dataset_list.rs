@@ -268,3 +268,26 @@ fn missing_images_name_their_list_and_a_bom_is_ignored() {
         "{e}"
     );
 }
+
+/// A binary file given as a list names the file and the layout it looks like (an IDX file
+/// read as a list failed with "stream did not contain valid UTF-8").
+#[test]
+fn a_binary_file_is_not_read_as_a_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = dir.path().join("train-images-idx3-ubyte");
+    std::fs::write(
+        &idx,
+        [0u8, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0xff],
+    )
+    .unwrap();
+    let (path, message) = format_error(load_list(&idx).unwrap_err());
+    assert_eq!(path, idx);
+    assert!(
+        message.contains("not a text list file") && message.contains("--format idx"),
+        "{message}"
+    );
+    let npy = dir.path().join("x.npy");
+    std::fs::write(&npy, b"\x93NUMPY\x01\x00\xff\xfe").unwrap();
+    let (_, message) = format_error(load_list(&npy).unwrap_err());
+    assert!(message.contains("--format npy"), "{message}");
+}

@@ -176,3 +176,22 @@ fn empty_split_is_an_error() {
         Err(Error::Empty { .. })
     ));
 }
+
+/// The devkit's top folder given instead of its year folder: an error naming the year folder
+/// to give.
+#[test]
+fn the_devkit_root_points_to_its_year_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    devkit(&dir.path().join("VOC2007"), "test", true);
+    match load_voc(dir.path(), "test") {
+        Err(Error::Format { path, message }) => {
+            assert_eq!(path, dir.path());
+            let year = dir.path().join("VOC2007").display().to_string();
+            assert!(
+                message.contains(&format!("give the year folder, e.g. {year}")),
+                "{message}"
+            );
+        }
+        other => panic!("expected a format error, got {other:?}"),
+    }
+}

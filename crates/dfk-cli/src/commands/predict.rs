@@ -17,7 +17,8 @@ use crate::Global;
 /// Output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// One row per image: image, predicted class, then one score column per class.
+    /// A header row, then one row per image: image, predicted class index (`label`), its
+    /// name (`class`), then one `score:<name>` column per class.
     Csv,
     /// An array of {image, label, class, scores}.
     Json,

@@ -25,7 +25,27 @@ struct Entry {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        // A binary file given as a list: name the likely layouts.
+        let b = e.as_bytes();
+        let hint = if b.starts_with(&[0, 0, 8]) || b.starts_with(&[0x1f, 0x8b]) {
+            " (it looks like an IDX or gzip file: for IDX images give --format idx and \
+             --labels LABELS, or --fashion-mnist DIR for the four Fashion-MNIST files)"
+        } else if b.starts_with(b"\x93NUMPY") {
+            " (it is a .npy file: descriptors go in a list file with --format npy, or to \
+             `dfk deep --descriptors`)"
+        } else {
+            ""
+        };
+        Error::format(
+            path,
+            format!(
+                "not a text list file: invalid UTF-8 at byte {}{hint}",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
 }
 
 /// Removes a `#` comment that starts the line or follows whitespace.

@@ -108,6 +108,25 @@ fn read_class_file(path: &Path) -> Result<Vec<(String, i8)>> {
 pub fn load_voc_with(root: impl AsRef<Path>, split: &str, options: VocOptions) -> Result<VocData> {
     let root = root.as_ref();
     let main = root.join("ImageSets").join("Main");
+    if !main.is_dir() && root.is_dir() {
+        // The devkit's top folder instead of a year folder inside it, say.
+        let years: Vec<String> = std::fs::read_dir(root)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().join("ImageSets").join("Main").is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let hint = match years.first() {
+            Some(y) => format!(": give the year folder, e.g. {}", root.join(y).display()),
+            None => String::new(),
+        };
+        return Err(Error::format(
+            root,
+            format!("not a VOC year folder (expected ImageSets/Main inside it){hint}"),
+        ));
+    }
     let c = VOC_CLASSES.len();
     let mut flags: Vec<HashMap<String, i8>> = Vec::with_capacity(c);
     let mut first_order = Vec::new();

@@ -53,8 +53,8 @@ impl Gmm {
         // Normal floats only: below f32::MIN_POSITIVE the precision 1/σ² is infinite.
         if let Some(i) = variances.iter().position(|&v| v < f32::MIN_POSITIVE) {
             return Err(Error::Invalid(format!(
-                "GMM variance at index {i} (component {}, dimension {}) is {:e}: variances must \
-                 be positive and at least {:e}",
+                "GMM variance at index {i} (component {}, dimension {}) is {:e} in f32 (the \
+                 precision models are stored in): variances must be positive and at least {:e}",
                 i / d,
                 i % d,
                 variances[i],

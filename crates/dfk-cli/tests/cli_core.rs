@@ -521,6 +521,22 @@ fn identical_descriptors_fit_with_a_warning() {
         "{stderr}"
     );
     assert!(g.exists());
+    // Distinct descriptors at a scale below the absolute variance floor: said too.
+    let tiny: Vec<f32> = (0..50 * 4).map(|i| (i % 7) as f32 * 1e-20).collect();
+    dfk::npy::write_f32_matrix(&x, &tiny, 50, 4).unwrap();
+    let o = dfk(&[
+        "gmm",
+        "fit",
+        "--descriptors",
+        &s(&x),
+        "--k",
+        "3",
+        "--out",
+        &s(&g),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("absolute variance floor"), "{stderr}");
 }
 
 /// A pipeline model whose stored encoding settings are invalid (edited, or written by another

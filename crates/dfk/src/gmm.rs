@@ -828,6 +828,15 @@ impl<'a> EmContext<'a> {
                  and Fisher vectors of such data carry no information",
                 params.k
             );
+        } else if data_var.iter().all(|&v| v < MIN_VARIANCE) && params.k > 1 {
+            // Every variance sits at the absolute floor: the components cannot resolve the
+            // data, which EM then fits as one point.
+            tracing::warn!(
+                "the descriptors vary by less than the absolute variance floor {MIN_VARIANCE:e} \
+                 in every dimension (largest variance {:e}): the components cannot resolve \
+                 them; scale the descriptors up",
+                data_var.iter().cloned().fold(0.0, f64::max)
+            );
         }
         let shift = mean.iter().map(|&m| m as f32).collect();
         Ok(Self::with_moments(x, n, d, params, shift, data_var))

@@ -1145,3 +1145,51 @@ fn multilabel_test_labels_need_the_training_classes() {
     fails_leaving_nothing(&args, 1, "2 class columns but --labels", &model);
     fails(&args, 1, "two.npy");
 }
+
+/// `--difficult` / `--test-difficult` read VOC difficult flags of the labels' shape; a file of
+/// another shape or with other values is an error naming it, and the flags need --multilabel.
+#[test]
+fn difficult_flags_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tiny_descriptors(dir.path(), 3);
+    let multi = dir.path().join("multi.npy");
+    let t: Vec<i64> = (0..12 * 3)
+        .map(|ic| i64::from(ic % 3 == (ic / 3) % 3))
+        .collect();
+    write_i64_matrix(&multi, &t, 12, 3);
+    let flags = dir.path().join("difficult.npy");
+    let d: Vec<i64> = (0..12 * 3).map(|ic| i64::from(ic == 3)).collect();
+    write_i64_matrix(&flags, &d, 12, 3);
+    let wrong = dir.path().join("wrong.npy");
+    write_i64_matrix(&wrong, &d[..24], 12, 2);
+    let model = dir.path().join("m.dfk");
+    let run = |flag_file: &Path, extra: &[&str]| {
+        let mut e = vec!["--labels", multi.to_str().unwrap(), "--multilabel"];
+        e.extend_from_slice(&["--difficult", flag_file.to_str().unwrap(), "--iters", "1"]);
+        e.extend_from_slice(extra);
+        tiny_args(&files, &model, &e)
+    };
+    let test = [
+        "--test-descriptors",
+        files.0.as_str(),
+        "--test-offsets",
+        files.1.as_str(),
+        "--test-labels",
+        multi.to_str().unwrap(),
+        "--test-difficult",
+        flags.to_str().unwrap(),
+    ];
+    ok(&run(&flags, &test)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(model.is_file());
+    std::fs::remove_file(&model).unwrap();
+    let args = run(&wrong, &[]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails_leaving_nothing(&refs, 1, "wrong.npy: 12 × 2 difficult flags", &model);
+    // Without --multilabel: a usage error.
+    let args = tiny_args(&files, &model, &["--difficult", flags.to_str().unwrap()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails_leaving_nothing(&refs, 2, "--multilabel", &model);
+}

@@ -600,9 +600,14 @@ fn extract_writes_multilabel_labels_as_a_matrix() {
         .chunks(20)
         .map(|r| (0..20).filter(|&c| r[c] == 1).collect())
         .collect();
-    // The difficult chair is a positive, as for training.
+    // The difficult chair is a positive, as for training, and flagged in difficult.npy (for
+    // `dfk deep --difficult`).
     assert_eq!(positives, [vec![8, 11], vec![6], vec![14]]);
     assert!(labels.iter().all(|&l| l == 0 || l == 1));
+    let (flags, rows, cols) = dfk::npy::read_i64_matrix(out.join("difficult.npy")).unwrap();
+    assert_eq!((rows, cols), (3, 20));
+    let flagged: Vec<usize> = (0..60).filter(|&ic| flags[ic] == 1).collect();
+    assert_eq!(flagged, [8]);
 
     let list = dir.path().join("list.txt");
     dfk::npy::write_f32_matrix(dir.path().join("a.npy"), &[0.5; 8], 2, 4).unwrap();

@@ -892,6 +892,68 @@ fn a_test_class_without_positives_is_left_out_of_the_map() {
     assert!(last.test_metric.is_some_and(|m| m > 0.0 && m <= 1.0));
 }
 
+/// VOC "difficult" flags: a flagged image is left out of its class's AP in the trainer's
+/// mAPs (and in `DeepModel::evaluate`), but trains as a positive; subsets keep the flags.
+#[test]
+fn difficult_images_are_left_out_of_their_class_ap() {
+    let base = synthetic(48, 12, 4, 3, 13);
+    let Labels::MultiClass { labels, classes } = &base.labels else {
+        unreachable!()
+    };
+    let classes = *classes;
+    let targets: Vec<bool> = (0..labels.len() * classes)
+        .map(|ic| labels[ic / classes] == ic % classes)
+        .collect();
+    let set = ImageSet::new(
+        base.data.clone(),
+        base.d,
+        base.offsets.clone(),
+        Labels::MultiLabel {
+            targets: targets.clone(),
+            classes,
+        },
+    )
+    .unwrap();
+    // Every third positive of class 0 is difficult.
+    let difficult: Vec<bool> = (0..labels.len() * classes)
+        .map(|ic| ic % classes == 0 && targets[ic] && (ic / classes) % 3 == 0)
+        .collect();
+    let flagged = set.clone().with_difficult(difficult.clone()).unwrap();
+    let data = DeepData {
+        train: &flagged,
+        val: None,
+        test: Some(&flagged),
+    };
+    let model = train_deep(&[gmm(2, 4, 14)], &data, &train_params(1), None).unwrap();
+    let scores = model.scores(&flagged).unwrap();
+    let want: f64 = (0..classes)
+        .map(|c| {
+            let keep: Vec<usize> = (0..labels.len())
+                .filter(|&i| !difficult[i * classes + c])
+                .collect();
+            let col: Vec<f32> = keep.iter().map(|&i| scores[i * classes + c]).collect();
+            let pos: Vec<bool> = keep.iter().map(|&i| targets[i * classes + c]).collect();
+            dfk::metrics::average_precision(&col, &pos).unwrap()
+        })
+        .sum::<f64>()
+        / classes as f64;
+    let got = model.evaluate(&flagged).unwrap();
+    assert!((got - want).abs() < 1e-12, "{got} against {want}");
+    let last = model.history.records.last().unwrap();
+    assert_eq!(last.test_metric, Some(got));
+    // Without the flags the same model scores differently (the flagged images count).
+    assert_ne!(model.evaluate(&set).unwrap(), got);
+    // Subsets and splits carry the flags; flags need multi-label labels of their shape.
+    let sub = flagged.subset(&[3, 0]).unwrap();
+    assert_eq!(
+        sub.difficult[..classes],
+        difficult[3 * classes..4 * classes]
+    );
+    assert_eq!(sub.difficult[classes..], difficult[..classes]);
+    assert!(set.clone().with_difficult(vec![true; 5]).is_err());
+    assert!(base.clone().with_difficult(difficult).is_err());
+}
+
 /// A class without training images is named by its index in both modes (per-class mode
 /// solved each class as a one-column task and named it class 0).
 #[test]

@@ -95,6 +95,14 @@ pub struct Args {
     /// Test labels.
     #[arg(long, value_name = "Y.npy", requires = "test_descriptors")]
     pub test_labels: Option<PathBuf>,
+    /// VOC "difficult" flags of the training images (`images × classes` 0/1, as `dfk extract`
+    /// writes them for a VOC devkit): such an image trains as a positive of the class but is
+    /// left out of the class's AP in the training and validation mAPs. `--multilabel` only.
+    #[arg(long, value_name = "D.npy", requires = "multilabel")]
+    pub difficult: Option<PathBuf>,
+    /// VOC "difficult" flags of the test images, left out of the test mAP's class APs.
+    #[arg(long, value_name = "D.npy", requires_all = ["multilabel", "test_descriptors"])]
+    pub test_difficult: Option<PathBuf>,
     /// Labels are an `images × classes` 0/1 matrix (multi-label, scored by mAP); descriptor
     /// files only (the labels of images come with their data set).
     #[arg(long, requires = "descriptors")]
@@ -252,6 +260,30 @@ fn read_set(x: &Path, o: &Path, y: &Path, multilabel: bool) -> anyhow::Result<Im
         );
     }
     ImageSet::new(data, d, offsets, labels).with_context(|| format!("images of {}", x.display()))
+}
+
+/// `set` with the VOC difficult flags of `path` (an `images × classes` 0/1 matrix of the
+/// labels' shape), when given.
+fn with_difficult(set: ImageSet, path: Option<&Path>, labels: &Path) -> anyhow::Result<ImageSet> {
+    let Some(path) = path else { return Ok(set) };
+    let (flags, n, c) = npy::read_i64_matrix(path)?;
+    if (n, c) != (set.len(), set.labels.classes()) {
+        anyhow::bail!(
+            "{}: {n} × {c} difficult flags, but {} holds {} images × {} classes: expected the \
+             labels' shape",
+            path.display(),
+            labels.display(),
+            set.len(),
+            set.labels.classes()
+        );
+    }
+    if let Some(v) = flags.iter().find(|&&v| v != 0 && v != 1) {
+        anyhow::bail!(
+            "{}: difficult flags must be 0 or 1, found {v}",
+            path.display()
+        );
+    }
+    Ok(set.with_difficult(flags.iter().map(|&v| v == 1).collect())?)
 }
 
 /// Gives multi-class labels of two sets the same number of classes.
@@ -823,6 +855,8 @@ fn check_deep_outputs(a: &Args) -> anyhow::Result<()> {
         ("--test-descriptors", &a.test_descriptors),
         ("--test-offsets", &a.test_offsets),
         ("--test-labels", &a.test_labels),
+        ("--difficult", &a.difficult),
+        ("--test-difficult", &a.test_difficult),
         ("--gmm", &a.gmm),
     ];
     let inputs: Vec<(&str, &Path)> = named
@@ -982,13 +1016,18 @@ fn load_sets(
         return usage("give exactly one of --descriptors, --fashion-mnist, --embedded, --data");
     }
     if let (Some(x), Some(o), Some(y)) = (&a.descriptors, &a.offsets, &a.labels) {
-        let mut train = read_set(x, o, y, a.multilabel)?;
+        let mut train =
+            with_difficult(read_set(x, o, y, a.multilabel)?, a.difficult.as_deref(), y)?;
         if let Some(n) = a.max_train {
             train = limit(train, n, seed);
         }
         let test = match (&a.test_descriptors, &a.test_offsets, &a.test_labels) {
             (Some(tx), Some(o), Some(y)) => {
-                let test = read_set(tx, o, y, a.multilabel)?;
+                let test = with_difficult(
+                    read_set(tx, o, y, a.multilabel)?,
+                    a.test_difficult.as_deref(),
+                    y,
+                )?;
                 if test.d != train.d {
                     anyhow::bail!(
                         "{}: descriptors of dimension {}, but those of --descriptors {} have {}",

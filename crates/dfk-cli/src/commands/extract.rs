@@ -25,7 +25,9 @@ pub struct Args {
     #[arg(long)]
     with_test: bool,
     /// Also write descriptors.npy (rows × D float32), offsets.npy (int64, images + 1) and
-    /// labels.npy (int64: a class index per image, or images × classes 0/1 for multi-label data) here (in train/ and test/ with --with-test), and with a
+    /// labels.npy (int64: a class index per image, or images × classes 0/1 for multi-label
+    /// data, with difficult.npy beside it: the VOC "difficult" flags, images × classes 0/1, for
+    /// `dfk deep --difficult`) here (in train/ and test/ with --with-test), and with a
     /// --pyramid positions.npy (rows × 2 float32, each descriptor's (x, y)). For raw 128-d SIFT
     /// use --pca-dims 0 --l2 false --spatial false.
     #[arg(long, value_name = "DIR")]
@@ -46,7 +48,13 @@ fn out_files(dir: &Path, with_test: bool, positions: bool) -> Vec<PathBuf> {
     } else {
         vec![dir.to_path_buf()]
     };
-    let mut names = vec!["descriptors.npy", "offsets.npy", "labels.npy"];
+    // difficult.npy is written for multi-label data only; checked in any case.
+    let mut names = vec![
+        "descriptors.npy",
+        "offsets.npy",
+        "labels.npy",
+        "difficult.npy",
+    ];
     if positions {
         names.push("positions.npy");
     }
@@ -140,6 +148,13 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 Labels::MultiLabel { targets, classes } => {
                     let m: Vec<i64> = targets.iter().map(|&t| i64::from(t)).collect();
                     files.i64_matrix(dir.join("labels.npy"), &m, data.len(), classes)?;
+                    let flags: Vec<i64> = data
+                        .difficult_mask()
+                        .unwrap_or_else(|| vec![false; m.len()])
+                        .iter()
+                        .map(|&d| i64::from(d))
+                        .collect();
+                    files.i64_matrix(dir.join("difficult.npy"), &flags, data.len(), classes)?;
                 }
                 Labels::MultiClass { labels, .. } => {
                     let v: Vec<i64> = labels.iter().map(|&l| l as i64).collect();

@@ -20,6 +20,11 @@ pub struct ImageSet {
     pub offsets: Vec<usize>,
     /// One label (multi-class) or label set (multi-label) per image.
     pub labels: Labels,
+    /// Multi-label only, `images × classes` or empty (none): the image is a "difficult"
+    /// positive of the class (PASCAL VOC), left out of that class's AP in the trainer's mAPs
+    /// as VOC's evaluation does; it still trains as a positive. Set by
+    /// [`ImageSet::with_difficult`].
+    pub difficult: Vec<bool>,
 }
 
 impl ImageSet {
@@ -75,7 +80,35 @@ impl ImageSet {
             d,
             offsets,
             labels,
+            difficult: Vec::new(),
         })
+    }
+
+    /// The same set with VOC "difficult" flags (`images × classes`, multi-label labels only);
+    /// an empty mask removes them.
+    pub fn with_difficult(mut self, difficult: Vec<bool>) -> Result<Self> {
+        if !difficult.is_empty() {
+            let Labels::MultiLabel { classes, .. } = &self.labels else {
+                return Err(Error::Invalid(
+                    "difficult flags need multi-label labels (images × classes)".into(),
+                ));
+            };
+            if difficult.len() != self.len() * classes {
+                return Err(Error::dim(
+                    "difficult flags (images × classes)",
+                    self.len() * classes,
+                    difficult.len(),
+                ));
+            }
+        }
+        self.difficult = difficult;
+        Ok(self)
+    }
+
+    /// Whether image `i` is a difficult positive of class `c` (never without flags).
+    pub fn is_difficult(&self, i: usize, c: usize) -> bool {
+        let classes = self.labels.classes();
+        !self.difficult.is_empty() && self.difficult[i * classes + c]
     }
 
     /// Number of images.
@@ -118,7 +151,20 @@ impl ImageSet {
                 classes: *classes,
             },
         };
-        Self::new(data, self.d, offsets, labels)
+        let classes = self.labels.classes();
+        let difficult = if self.difficult.is_empty() {
+            Vec::new()
+        } else {
+            indices
+                .iter()
+                .flat_map(|&i| {
+                    self.difficult[i * classes..(i + 1) * classes]
+                        .iter()
+                        .copied()
+                })
+                .collect()
+        };
+        Self::new(data, self.d, offsets, labels)?.with_difficult(difficult)
     }
 
     /// Splits off a held-out part: `fraction` of the images of each class (multi-class; by
@@ -211,6 +257,13 @@ impl ImageSet {
                 for t in targets.chunks(64) {
                     h.write(t.iter().rev().fold(0u64, |a, &b| (a << 1) | u64::from(b)));
                 }
+            }
+        }
+        // Only when present, so that a set without flags hashes as it always did.
+        if !self.difficult.is_empty() {
+            h.write(2);
+            for t in self.difficult.chunks(64) {
+                h.write(t.iter().rev().fold(0u64, |a, &b| (a << 1) | u64::from(b)));
             }
         }
         h.finish()

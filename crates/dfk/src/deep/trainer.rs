@@ -96,7 +96,7 @@ impl DeepModel {
                 set.labels.classes(),
             ));
         }
-        metric(&set.labels, &self.scores(set)?)
+        metric(set, &self.scores(set)?)
     }
 }
 
@@ -745,15 +745,15 @@ fn score_and_select(
     fn named(set: &'static str) -> impl Fn(Error) -> Error {
         move |e| Error::Invalid(format!("{set} set: {e}"))
     }
-    record.train_metric = metric(&train.labels, &scores).map_err(named("training"))?;
+    record.train_metric = metric(train, &scores).map_err(named("training"))?;
     let t = Instant::now();
     if let Some(val) = data.val {
         let scores = set_scores(&state.groups, val, params)?;
-        record.val_metric = Some(metric(&val.labels, &scores).map_err(named("validation"))?);
+        record.val_metric = Some(metric(val, &scores).map_err(named("validation"))?);
     }
     if let Some(test) = data.test {
         let scores = set_scores(&state.groups, test, params)?;
-        record.test_metric = Some(metric(&test.labels, &scores).map_err(named("test"))?);
+        record.test_metric = Some(metric(test, &scores).map_err(named("test"))?);
     }
     record.time_eval_s = t.elapsed().as_secs_f64();
     let n = state.groups.len() as f64;
@@ -1057,9 +1057,10 @@ fn metric_name(labels: &Labels) -> &'static str {
 
 /// Accuracy of the arg-max class (multi-class) or mean AP (multi-label) over the classes
 /// with a positive image (as `dfk eval` leaves out the others: their AP is undefined; a
-/// held-out or test set may well lack a rare class). An error when no class has one.
-fn metric(labels: &Labels, scores: &[f32]) -> Result<f64> {
-    match labels {
+/// held-out or test set may well lack a rare class), each class's AP without the images
+/// flagged difficult for it (VOC's protocol). An error when no class has a positive.
+fn metric(set: &ImageSet, scores: &[f32]) -> Result<f64> {
+    match &set.labels {
         Labels::MultiClass { labels, classes } => {
             let pred: Vec<usize> = scores
                 .chunks_exact(*classes)
@@ -1076,20 +1077,24 @@ fn metric(labels: &Labels, scores: &[f32]) -> Result<f64> {
             metrics::accuracy(&pred, labels)
         }
         Labels::MultiLabel { targets, classes } => {
-            let aps: Vec<f64> = (0..*classes)
-                .filter(|&c| targets.iter().skip(c).step_by(*classes).any(|&t| t))
-                .map(|c| {
-                    let col: Vec<f32> = scores.iter().skip(c).step_by(*classes).copied().collect();
-                    let pos: Vec<bool> =
-                        targets.iter().skip(c).step_by(*classes).copied().collect();
-                    metrics::average_precision(&col, &pos)
-                        .map_err(|e| Error::Invalid(format!("AP of class {c}: {e}")))
-                })
-                .collect::<Result<_>>()?;
+            let n = set.len();
+            let mut aps = Vec::with_capacity(*classes);
+            for c in 0..*classes {
+                let (mut col, mut pos) = (Vec::with_capacity(n), Vec::with_capacity(n));
+                for i in (0..n).filter(|&i| !set.is_difficult(i, c)) {
+                    col.push(scores[i * classes + c]);
+                    pos.push(targets[i * classes + c]);
+                }
+                if pos.iter().any(|&p| p) {
+                    aps.push(
+                        metrics::average_precision(&col, &pos)
+                            .map_err(|e| Error::Invalid(format!("AP of class {c}: {e}")))?,
+                    );
+                }
+            }
             if aps.is_empty() {
                 return Err(Error::Invalid(format!(
-                    "mAP of {} images: no class has a positive image",
-                    targets.len() / (*classes).max(1)
+                    "mAP of {n} images: no class has a positive image"
                 )));
             }
             metrics::mean_ap(&aps)

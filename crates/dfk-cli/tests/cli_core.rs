@@ -503,40 +503,28 @@ fn info_reports_a_model_that_does_not_load() {
 fn identical_descriptors_fit_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
     let (x, g) = (dir.path().join("x.npy"), dir.path().join("g.dfk"));
-    dfk::npy::write_f32_matrix(&x, &[0.25; 50 * 4], 50, 4).unwrap();
-    let o = dfk(&[
-        "gmm",
-        "fit",
-        "--descriptors",
-        &s(&x),
-        "--k",
-        "3",
-        "--out",
-        &s(&g),
-    ]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(0), "{stderr}");
-    assert!(
-        stderr.contains("all 50 descriptors are identical"),
-        "{stderr}"
-    );
-    assert!(g.exists());
-    // Distinct descriptors at a scale below the absolute variance floor: said too.
+    // Identical descriptors, then distinct ones at a scale below the absolute variance floor.
     let tiny: Vec<f32> = (0..50 * 4).map(|i| (i % 7) as f32 * 1e-20).collect();
-    dfk::npy::write_f32_matrix(&x, &tiny, 50, 4).unwrap();
-    let o = dfk(&[
-        "gmm",
-        "fit",
-        "--descriptors",
-        &s(&x),
-        "--k",
-        "3",
-        "--out",
-        &s(&g),
-    ]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("absolute variance floor"), "{stderr}");
+    for (data, warning) in [
+        (vec![0.25; 50 * 4], "all 50 descriptors are identical"),
+        (tiny, "absolute variance floor"),
+    ] {
+        dfk::npy::write_f32_matrix(&x, &data, 50, 4).unwrap();
+        let o = dfk(&[
+            "gmm",
+            "fit",
+            "--descriptors",
+            &s(&x),
+            "--k",
+            "3",
+            "--out",
+            &s(&g),
+        ]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains(warning), "{stderr}");
+        assert!(g.exists());
+    }
 }
 
 /// A pipeline model whose stored encoding settings are invalid (edited, or written by another

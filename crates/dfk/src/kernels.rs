@@ -411,6 +411,21 @@ pub fn pack_density_tiles(coef: &[f32], two_d: usize, k: usize) -> Vec<f32> {
     tiles
 }
 
+/// Pairwise sum of `L` (a power of two) accumulator lanes, in a fixed order: halves added
+/// lane by lane until one is left, so that it vectorises and gives the same bits everywhere.
+#[inline(always)]
+pub(crate) fn pairwise_sum<T: Copy + std::ops::AddAssign, const L: usize>(mut acc: [T; L]) -> T {
+    let mut width = L / 2;
+    while width > 0 {
+        for k in 0..width {
+            let v = acc[k + width];
+            acc[k] += v;
+        }
+        width /= 2;
+    }
+    acc[0]
+}
+
 /// EM's block of log-densities straight into the component-major layout of
 /// [`posteriors_by_component_at`], without a row-major product to transpose: for the `n` rows
 /// of `x` (`n × d`, `n ≤ stride`) with `δ = x − shift`,

@@ -120,14 +120,7 @@ fn weighted_square_distance(x: &[f32], mean: &[f32], shift: Option<&[f32]>, p: &
         let delta = (x[j] - shift.map_or(0.0, |s| s[j])) - mean[j];
         acc[j - main] += p[j] * delta * delta;
     }
-    let mut width = 8;
-    while width > 0 {
-        for l in 0..width {
-            acc[l] += acc[l + width];
-        }
-        width /= 2;
-    }
-    acc[0]
+    kernels::pairwise_sum(acc)
 }
 
 /// Largest value of a row (NaN ignored), in 16 lanes so that it vectorises.

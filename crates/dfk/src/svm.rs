@@ -2015,15 +2015,8 @@ fn sq_norm(x: &[f32]) -> f64 {
 
 /// Pairwise sum of the accumulators.
 #[inline(always)]
-fn reduce<const L: usize>(mut acc: [f64; L]) -> f64 {
-    let mut width = L / 2;
-    while width > 0 {
-        for k in 0..width {
-            acc[k] += acc[k + width];
-        }
-        width /= 2;
-    }
-    acc[0]
+fn reduce<const L: usize>(acc: [f64; L]) -> f64 {
+    crate::kernels::pairwise_sum(acc)
 }
 
 /// `w += d · x`.

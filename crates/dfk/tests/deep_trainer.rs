@@ -836,11 +836,9 @@ fn multilabel_training_decreases_the_objective_and_reports_map() {
     assert!(model.svms[0].multilabel);
 }
 
-/// A multi-label test set in which a class has no positive image (a rare class of a small
-/// held-out set) does not stop training: its mAP is over the classes that have one, as `dfk
-/// eval` computes it.
-#[test]
-fn a_test_class_without_positives_is_left_out_of_the_map() {
+/// The images of `synthetic(48, 12, 4, 3, 13)` with one-hot multi-label targets (each image a
+/// positive of its class only), and those targets.
+fn one_hot_multilabel() -> (ImageSet, Vec<bool>, usize) {
     let base = synthetic(48, 12, 4, 3, 13);
     let Labels::MultiClass { labels, classes } = &base.labels else {
         unreachable!()
@@ -849,23 +847,36 @@ fn a_test_class_without_positives_is_left_out_of_the_map() {
     let targets: Vec<bool> = (0..labels.len() * classes)
         .map(|ic| labels[ic / classes] == ic % classes)
         .collect();
-    let multilabel = |targets: Vec<bool>| {
-        ImageSet::new(
-            base.data.clone(),
-            base.d,
-            base.offsets.clone(),
-            Labels::MultiLabel { targets, classes },
-        )
-        .unwrap()
-    };
-    let train = multilabel(targets.clone());
+    let set = ImageSet::new(
+        base.data.clone(),
+        base.d,
+        base.offsets.clone(),
+        Labels::MultiLabel {
+            targets: targets.clone(),
+            classes,
+        },
+    )
+    .unwrap();
+    (set, targets, classes)
+}
+
+/// A multi-label test set in which a class has no positive image(a rare class of a small
+/// held-out set) does not stop training: its mAP is over the classes that have one, as `dfk
+/// eval` computes it.
+#[test]
+fn a_test_class_without_positives_is_left_out_of_the_map() {
+    let (train, targets, classes) = one_hot_multilabel();
     // The test set: the same images, with no positive of the last class.
     let test_targets: Vec<bool> = targets
         .iter()
         .enumerate()
         .map(|(ic, &t)| t && ic % classes != classes - 1)
         .collect();
-    let test = multilabel(test_targets.clone());
+    let mut test = train.clone();
+    test.labels = Labels::MultiLabel {
+        targets: test_targets.clone(),
+        classes,
+    };
     let data = DeepData {
         train: &train,
         val: None,
@@ -896,26 +907,10 @@ fn a_test_class_without_positives_is_left_out_of_the_map() {
 /// mAPs (and in `DeepModel::evaluate`), but trains as a positive; subsets keep the flags.
 #[test]
 fn difficult_images_are_left_out_of_their_class_ap() {
-    let base = synthetic(48, 12, 4, 3, 13);
-    let Labels::MultiClass { labels, classes } = &base.labels else {
-        unreachable!()
-    };
-    let classes = *classes;
-    let targets: Vec<bool> = (0..labels.len() * classes)
-        .map(|ic| labels[ic / classes] == ic % classes)
-        .collect();
-    let set = ImageSet::new(
-        base.data.clone(),
-        base.d,
-        base.offsets.clone(),
-        Labels::MultiLabel {
-            targets: targets.clone(),
-            classes,
-        },
-    )
-    .unwrap();
+    let (set, targets, classes) = one_hot_multilabel();
+    let images = set.len();
     // Every third positive of class 0 is difficult.
-    let difficult: Vec<bool> = (0..labels.len() * classes)
+    let difficult: Vec<bool> = (0..images * classes)
         .map(|ic| ic % classes == 0 && targets[ic] && (ic / classes) % 3 == 0)
         .collect();
     let flagged = set.clone().with_difficult(difficult.clone()).unwrap();
@@ -928,7 +923,7 @@ fn difficult_images_are_left_out_of_their_class_ap() {
     let scores = model.scores(&flagged).unwrap();
     let want: f64 = (0..classes)
         .map(|c| {
-            let keep: Vec<usize> = (0..labels.len())
+            let keep: Vec<usize> = (0..images)
                 .filter(|&i| !difficult[i * classes + c])
                 .collect();
             let col: Vec<f32> = keep.iter().map(|&i| scores[i * classes + c]).collect();
@@ -951,7 +946,8 @@ fn difficult_images_are_left_out_of_their_class_ap() {
     );
     assert_eq!(sub.difficult[classes..], difficult[..classes]);
     assert!(set.clone().with_difficult(vec![true; 5]).is_err());
-    assert!(base.clone().with_difficult(difficult).is_err());
+    let single = synthetic(48, 12, 4, 3, 13);
+    assert!(single.with_difficult(difficult).is_err());
 }
 
 /// A class without training images is named by its index in both modes (per-class mode

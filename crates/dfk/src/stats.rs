@@ -192,6 +192,8 @@ pub struct GmmTerms {
     level: SimdLevel,
     /// Components whose log-densities are formed directly ([`NARROW_SCALE`]); usually none.
     narrow: Vec<NarrowComponent>,
+    /// A component that is not narrow, if any (its product value is accurate).
+    accurate: Option<usize>,
     /// `(2D + 2)·2⁻²⁴`: the bound on the relative error of the product's sum of `2D` terms and
     /// the bias, relative to the sum of their magnitudes.
     product_error: f32,
@@ -231,7 +233,12 @@ impl GmmTerms {
                 });
             }
         }
+        let mut is_narrow = vec![false; k];
+        for n in &narrow {
+            is_narrow[n.c] = true;
+        }
         Self {
+            accurate: is_narrow.iter().position(|&b| !b),
             narrow,
             product_error: (2 * d + 2) as f32 * f32::EPSILON / 2.0,
             k,
@@ -265,16 +272,82 @@ impl GmmTerms {
         self.narrow.len()
     }
 
-    /// Whether a narrow component's value `t` from the product may matter beside a row's
-    /// largest log-density `max`. The product's terms near x sum in magnitude to
-    /// `Σ (x² + 2|xμ| + μ²)/2σ² ≤ Σ ((x − μ)² + 4μ²)/σ² = 2|t₀| + 4·scale` (t₀ the exact value
-    /// without the bias), so `t` is within `product_error·(2|t| + 4·scale)` of the exact value
-    /// (to first order).
+    /// Bound on the error of a narrow component's value `t` from the product. Its terms near
+    /// x sum in magnitude to `Σ (x² + 2|xμ| + μ²)/2σ² ≤ Σ ((x − μ)² + 4μ²)/σ² = 2|t₀| +
+    /// 4·scale` (t₀ the exact value without the bias), to which the bias adds its own size.
+    /// The 64-nat margin of [`NARROW_SKIP`] covers the roundings of the inputs that this
+    /// first-order bound leaves out.
     #[inline(always)]
-    fn narrow_matters(&self, n: &NarrowComponent, t: f32, max: f32) -> bool {
-        let bound = self.product_error * (2.0 * (t - n.bias).abs() + 4.0 * n.scale);
-        // Also true for NaN, so that a non-finite row is formed directly too.
-        (t + bound).partial_cmp(&(max - NARROW_SKIP)) != Some(std::cmp::Ordering::Less)
+    fn narrow_bound(&self, n: &NarrowComponent, t: f32) -> f32 {
+        self.product_error * (2.0 * (t - n.bias).abs() + 4.0 * n.scale + n.bias.abs())
+    }
+
+    /// Fixes the narrow components of one row (`x`; its log-densities are
+    /// `values[c·stride + i]`, and `max`, when known, the largest of them): each one whose
+    /// value may matter is formed directly. Whether it may is judged against a lower bound of
+    /// the row's true largest value: the largest value when no narrow value reaches it, else
+    /// the product's values of the other components and each narrow one's value minus its
+    /// bound (a narrow value from the product may be too high by thousands of nats). Returns
+    /// whether any was formed.
+    #[inline(always)]
+    fn fix_narrow_row(
+        &self,
+        x: &[f32],
+        shift: Option<&[f32]>,
+        values: &mut [f32],
+        stride: usize,
+        i: usize,
+        max: Option<f32>,
+    ) -> bool {
+        let at = |c: usize| c * stride + i;
+        let skip_below = |n: &NarrowComponent, t: f32, lower: f32| {
+            t + self.narrow_bound(n, t) < lower - NARROW_SKIP
+        };
+        // Most rows are far from every narrow component: one accurate value settles them.
+        if let Some(j) = self.accurate {
+            let q = values[at(j)];
+            if self
+                .narrow
+                .iter()
+                .all(|n| skip_below(n, values[at(n.c)], q))
+            {
+                return false;
+            }
+        }
+        // Without `max` the values are one contiguous row (stride 1).
+        let max = max.unwrap_or_else(|| row_max(&values[i..i + self.k]));
+        // A narrow value at the largest may be too high by thousands of nats: such ones are
+        // formed first (they would be anyway), and their exact values, with each other narrow
+        // value minus its bound, bound the true largest from below. Otherwise the largest is
+        // an accurate value and bounds it.
+        // At or above the largest, or NaN.
+        let reaches = |t: f32| t.partial_cmp(&max) != Some(std::cmp::Ordering::Less);
+        let mut lower = max;
+        // Bit m: narrow component m was formed here (beyond 128 of them, one may be formed
+        // twice, to the same value).
+        let mut formed = 0u128;
+        if self.narrow.iter().any(|n| reaches(values[at(n.c)])) {
+            lower = f32::NEG_INFINITY;
+            for (m, n) in self.narrow.iter().enumerate() {
+                let t = values[at(n.c)];
+                if reaches(t) {
+                    let v = n.log_density(x, shift);
+                    values[at(n.c)] = v;
+                    lower = lower.max(v);
+                    formed |= 1 << m.min(127);
+                } else {
+                    lower = lower.max(t - self.narrow_bound(n, t));
+                }
+            }
+        }
+        for (m, n) in self.narrow.iter().enumerate() {
+            let t = values[at(n.c)];
+            if (m >= 128 || formed & (1 << m) == 0) && !skip_below(n, t, lower) {
+                values[at(n.c)] = n.log_density(x, shift);
+                formed |= 1 << m.min(127);
+            }
+        }
+        formed != 0
     }
 
     /// Overwrites the narrow components' entries of row-major log-densities (`n × K`, rows of
@@ -295,18 +368,7 @@ impl GmmTerms {
     #[inline(always)]
     fn fix_narrow_rows_body(&self, x: &[f32], shift: Option<&[f32]>, out: &mut [f32]) {
         for (row, l) in x.chunks_exact(self.d).zip(out.chunks_exact_mut(self.k)) {
-            // Any entry bounds the row's largest from below: the next component's settles the
-            // rows far from a narrow one (most of them) without a pass over the row.
-            let mut max = None;
-            for n in &self.narrow {
-                let t = l[n.c];
-                if !self.narrow_matters(n, t, l[(n.c + 1) % self.k])
-                    || !self.narrow_matters(n, t, *max.get_or_insert_with(|| row_max(l)))
-                {
-                    continue;
-                }
-                l[n.c] = n.log_density(row, shift);
-            }
+            self.fix_narrow_row(row, shift, l, 1, 0, None);
         }
     }
 
@@ -341,21 +403,7 @@ impl GmmTerms {
         max: &mut [f32],
     ) {
         for (i, row) in x.chunks_exact(self.d).enumerate() {
-            let mut lost_max = false;
-            for n in &self.narrow {
-                let t = lt[n.c * stride + i];
-                if !self.narrow_matters(n, t, max[i]) {
-                    continue;
-                }
-                let v = n.log_density(row, shift);
-                lt[n.c * stride + i] = v;
-                if v > max[i] {
-                    max[i] = v;
-                } else if t == max[i] && v < t {
-                    lost_max = true;
-                }
-            }
-            if lost_max {
+            if self.fix_narrow_row(row, shift, lt, stride, i, Some(max[i])) {
                 max[i] = (0..self.k)
                     .map(|c| lt[c * stride + i])
                     .fold(f32::NEG_INFINITY, f32::max);
@@ -896,6 +944,50 @@ mod tests {
                 None => reference = Some(got),
                 Some(r) => assert_eq!(&got, r, "{level:?}"),
             }
+        }
+    }
+
+    /// Two narrow components side by side, one far too high from the product: the other
+    /// must not be judged against that wrong value (a review's case: log p(x) came out −0.94
+    /// where it is 5.10).
+    #[test]
+    #[allow(clippy::excessive_precision)]
+    fn narrow_components_are_judged_against_their_true_values() {
+        let gmm = Gmm::new(
+            3,
+            2,
+            vec![100.0, 0.0, 100.023_024_544, 0.0, -100.011_512_272, 0.0],
+            vec![
+                1.735_537_2e-4,
+                1.735_537_2e-4,
+                6.034_574e-8,
+                6.034_574e-8,
+                1e4,
+                1e4,
+            ],
+            vec![0.25, 0.25, 0.5],
+        )
+        .unwrap();
+        let x = [100.010_735f32, 0.001_661_426_5];
+        let terms = GmmTerms::new(&gmm);
+        assert_eq!(terms.narrow_components(), 2);
+        let mut scratch = Scratch::new(3, 2);
+        block_posteriors(&terms, &x, None, 1, &mut scratch);
+        let l = log_densities_direct(&gmm, &x);
+        let m = l.iter().cloned().fold(f64::MIN, f64::max);
+        let want = m + l.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        assert!(
+            (scratch.row_ll[0] - want).abs() < 1e-3,
+            "{} vs {want}",
+            scratch.row_ll[0]
+        );
+        for c in 0..3 {
+            let g = (l[c] - want).exp();
+            assert!(
+                (scratch.post[c] as f64 - g).abs() < 1e-4,
+                "{c}: {} vs {g}",
+                scratch.post[c]
+            );
         }
     }
 

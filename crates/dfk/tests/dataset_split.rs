@@ -117,3 +117,22 @@ fn the_rest_keeps_every_class() {
         assert_eq!(rest.len() + held.len(), 13);
     }
 }
+
+/// Multi-label: a class that only appears beside rarer ones is not held out whole (the items
+/// are stratified by their rarest label).
+#[test]
+fn the_rest_keeps_a_class_seen_only_beside_rarer_ones() {
+    // Class 1 is in four items, each beside one of classes 2..5 (two items each, the other
+    // without class 1): each stratum holds out one of its two items.
+    let mut ds = synthetic(&[8, 0, 0, 0, 0, 0]);
+    ds.multilabel = true;
+    for (j, extra) in (2..6).enumerate() {
+        ds.items[2 * j].labels = vec![1, extra];
+        ds.items[2 * j + 1].labels = vec![extra];
+    }
+    for seed in 0..64 {
+        let (rest, _) = stratified_split(&ds, 0.5, seed).unwrap();
+        let counts = rest.class_counts();
+        assert!(counts[1] > 0, "seed {seed}: {counts:?}");
+    }
+}

@@ -757,6 +757,28 @@ fn bad_input_is_rejected() {
             "fraction {fraction}"
         );
     }
+    // Multi-label: class 1 only ever appears beside class 0 (a review's case, 12 images:
+    // {0} × 5, {0, 1}, {2} × 6); every seed keeps it in training.
+    let targets: Vec<bool> = (0..12).flat_map(|i| [i < 6, i == 5, i >= 6]).collect();
+    let twelve = synthetic(12, 5, 3, 2, 7);
+    let multi = ImageSet::new(
+        twelve.data,
+        twelve.d,
+        twelve.offsets,
+        Labels::MultiLabel {
+            targets,
+            classes: 3,
+        },
+    )
+    .unwrap();
+    for seed in 0..8 {
+        let (kept, _) = multi.split_holdout(0.5, seed).unwrap();
+        let per_class = kept.labels.positives_per_class();
+        assert!(
+            per_class.iter().all(|&p| p > 0),
+            "seed {seed}: {per_class:?}"
+        );
+    }
     let data = DeepData {
         train: &set,
         val: None,

@@ -22,7 +22,8 @@ pub struct Split {
 /// Each item belongs to one stratum: its label, or for a multi-label item its rarest label (the
 /// usual approximation to multi-label stratification); items without labels form their own
 /// stratum. Within a stratum of `m` items, `round(fraction · m)` chosen by a seeded shuffle are
-/// held out, at most `m − 1` (the rest keeps every class). Both parts keep the original item order. Errors: `fraction` outside `(0, 1)`, an
+/// held out, at most `m − 1`; a class left without an item in the rest (a multi-label class
+/// that only appears beside a rarer one) gets one back, so the rest keeps every class. Both parts keep the original item order. Errors: `fraction` outside `(0, 1)`, an
 /// empty data set, or a split that leaves either part empty.
 pub fn stratified_split(data: &Dataset, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
     if !(fraction > 0.0 && fraction < 1.0) {
@@ -58,6 +59,16 @@ pub fn stratified_split(data: &Dataset, fraction: f64, seed: u64) -> Result<(Dat
             .min(stratum.len().saturating_sub(1));
         for &i in &stratum[..take] {
             held[i] = true;
+        }
+    }
+    // A multi-label class seen only beside a rarer label can still have been held out
+    // whole: give it back one item.
+    for class in 0..c {
+        let has = |i: usize| data.items[i].labels.contains(&class);
+        if !(0..data.len()).any(|i| !held[i] && has(i)) {
+            if let Some(i) = (0..data.len()).find(|&i| held[i] && has(i)) {
+                held[i] = false;
+            }
         }
     }
     let (mut rest, mut out) = (Vec::new(), Vec::new());

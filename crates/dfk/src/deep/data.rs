@@ -202,6 +202,16 @@ impl ImageSet {
                 held[i] = true;
             }
         }
+        // A multi-label class seen only beside another image's first label can still have
+        // been held out whole: give it back one image.
+        for c in 0..classes {
+            let positive = |i: usize| self.labels.is_positive(i, c);
+            if !(0..self.len()).any(|i| !held[i] && positive(i)) {
+                if let Some(i) = (0..self.len()).find(|&i| held[i] && positive(i)) {
+                    held[i] = false;
+                }
+            }
+        }
         let kept: Vec<usize> = (0..self.len()).filter(|&i| !held[i]).collect();
         let out: Vec<usize> = (0..self.len()).filter(|&i| held[i]).collect();
         if kept.is_empty() || out.is_empty() {

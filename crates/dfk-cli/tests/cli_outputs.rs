@@ -1606,7 +1606,12 @@ fn a_truncated_jpeg_is_named_in_a_warning() {
     let bytes = std::fs::read(&whole).unwrap();
     let cut = dir.path().join("cut.jpg");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    for (path, warned) in [(&whole, false), (&cut, true)] {
+    // A complete JPEG followed by other data (a "motion photo's" video) is no truncated one.
+    let appended = dir.path().join("appended.jpg");
+    let mut longer = bytes.clone();
+    longer.extend((0..6000u32).map(|i| (i * 7 % 256) as u8));
+    std::fs::write(&appended, &longer).unwrap();
+    for (path, warned) in [(&whole, false), (&cut, true), (&appended, false)] {
         let out = dfk(&["predict", "--model", &s(&m), &s(path)]);
         assert!(
             out.status.success(),

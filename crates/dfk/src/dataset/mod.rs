@@ -169,40 +169,81 @@ impl ImageSource {
 
 /// Opens and decodes an image file (format guessed from its content); errors name the file.
 fn open_image(path: &Path) -> Result<image::DynamicImage> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
     let jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
     let decoded = reader
         .decode()
         .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
-    if jpeg && !ends_with_jpeg_eoi(path) {
+    if jpeg && !jpeg_reaches_its_end(&bytes) {
         // The decoder fills what is missing with grey without a word; libjpeg (MATLAB's
-        // imread) warns "premature end of JPEG file" and goes on, and so does this.
-        tracing::warn!(
-            "{}: the JPEG data ends without its end-of-image marker (a truncated file?): \
-             the missing part of the image is filled in",
-            path.display()
-        );
+        // imread) warns "premature end of JPEG file" and goes on, and so does this, once per
+        // file (an image is decoded more than once: PCA sample, extraction).
+        static WARNED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
+            std::sync::LazyLock::new(Default::default);
+        let first = WARNED
+            .lock()
+            .map(|mut w| w.insert(path.to_path_buf()))
+            .unwrap_or(true);
+        if first {
+            tracing::warn!(
+                "{}: the JPEG data ends before its end-of-image marker (a truncated file?): \
+                 the missing part of the image is filled in",
+                path.display()
+            );
+        }
     }
     Ok(decoded)
 }
 
-/// Whether the last 4 KiB of a JPEG file hold its end-of-image marker `FF D9` (a truncated
-/// file ends inside its entropy-coded data, where `FF D9` cannot occur).
-fn ends_with_jpeg_eoi(path: &Path) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
-    let tail = (|| -> std::io::Result<Vec<u8>> {
-        let mut f = std::fs::File::open(path)?;
-        let len = f.metadata()?.len();
-        f.seek(SeekFrom::Start(len.saturating_sub(4096)))?;
-        let mut tail = Vec::new();
-        f.read_to_end(&mut tail)?;
-        Ok(tail)
-    })();
-    // Unreadable now (it decoded a moment ago): nothing to warn about.
-    tail.map_or(true, |t| t.windows(2).any(|w| w == [0xFF, 0xD9]))
+/// Whether JPEG `bytes` reach their end-of-image marker: walks the segments from the start
+/// (lengths of the marker segments, the entropy-coded data of each scan up to the next
+/// marker), so that data appended after the image (a "motion photo's" video) is never
+/// mistaken for it, and an embedded thumbnail's marker, inside its segment, is skipped.
+fn jpeg_reaches_its_end(b: &[u8]) -> bool {
+    if !b.starts_with(&[0xFF, 0xD8]) {
+        return true;
+    }
+    let mut i = 2;
+    loop {
+        // The next marker: 0xFF (fill bytes allowed), then its code.
+        match b[i.min(b.len())..].iter().position(|&v| v == 0xFF) {
+            Some(p) => i += p,
+            None => return false,
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&code) = b.get(i) else { return false };
+        i += 1;
+        match code {
+            0xD9 => return true,
+            0xD0..=0xD7 | 0x01 => {}
+            _ => {
+                let Some(len) = b.get(i..i + 2).map(|l| u16::from_be_bytes([l[0], l[1]])) else {
+                    return false;
+                };
+                i += len as usize;
+                if code == 0xDA {
+                    // Entropy-coded data: up to a 0xFF that is neither stuffed (0xFF 0x00)
+                    // nor a restart marker.
+                    loop {
+                        match b[i.min(b.len())..].iter().position(|&v| v == 0xFF) {
+                            Some(p) => i += p,
+                            None => return false,
+                        }
+                        match b.get(i + 1) {
+                            None => return false,
+                            Some(0x00 | 0xD0..=0xD7) => i += 2,
+                            Some(_) => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Checks that `path` exists and has a readable image header (cheap: the pixels are not

@@ -70,13 +70,11 @@ const NARROW_SCALE: f64 = 1e4;
 struct NarrowComponent {
     /// Its index.
     c: usize,
-    /// `D`: its mean in the coordinates of the rows given to the kernels, before any shift
+    /// `D`: its mean in the model's coordinates (`x − shift`), or, once
+    /// [`GmmTerms::with_means_in_x`] gives it, in those of the rows as given, before any shift
     /// (so that `x − μ` is formed from the values as given, exact when they are close).
     mean: Vec<f32>,
-    /// `D`: the mean in the model's coordinates (`x − shift`), used while no unshifted mean
-    /// is given.
-    shifted_mean: Vec<f32>,
-    /// Whether `mean` holds the unshifted mean ([`GmmTerms::with_means_in_x`]).
+    /// Whether `mean` is in the coordinates of the rows as given.
     unshifted: bool,
     /// `D`: −1/(2σ²).
     neg_half_precision: Vec<f32>,
@@ -92,10 +90,8 @@ impl NarrowComponent {
     #[inline(always)]
     fn log_density(&self, x: &[f32], shift: Option<&[f32]>) -> f32 {
         let p = &self.neg_half_precision;
-        let sum = match (self.unshifted, shift) {
-            (true, _) => weighted_square_distance(x, &self.mean, None, p),
-            (false, s) => weighted_square_distance(x, &self.shifted_mean, s, p),
-        };
+        let shift = if self.unshifted { None } else { shift };
+        let sum = weighted_square_distance(x, &self.mean, shift, p);
         self.bias + sum
     }
 }
@@ -225,7 +221,6 @@ impl GmmTerms {
                 narrow.push(NarrowComponent {
                     c,
                     mean: mean.to_vec(),
-                    shifted_mean: mean.to_vec(),
                     unshifted: false,
                     neg_half_precision: var.iter().map(|&v| (-0.5 / v as f64) as f32).collect(),
                     bias: b_direct as f32,

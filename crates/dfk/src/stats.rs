@@ -280,10 +280,10 @@ impl GmmTerms {
     /// Fixes the narrow components of one row (`x`; its log-densities are
     /// `values[c·stride + i]`, and `max`, when known, the largest of them): each one whose
     /// value may matter is formed directly. Whether it may is judged against a lower bound of
-    /// the row's true largest value: the largest value when no narrow value reaches it, else
-    /// the product's values of the other components and each narrow one's value minus its
-    /// bound (a narrow value from the product may be too high by thousands of nats). Returns
-    /// whether any was formed.
+    /// the row's true largest value: the largest value when no narrow value reaches it (it is
+    /// then an accurate one), else the exact values of the narrow ones that reach it (formed
+    /// first: a narrow value from the product may be too high by thousands of nats) and the
+    /// other narrow values minus their bounds. Returns whether any was formed.
     #[inline(always)]
     fn fix_narrow_row(
         &self,

@@ -318,8 +318,8 @@ impl GmmTerms {
         // At or above the largest, or NaN.
         let reaches = |t: f32| t.partial_cmp(&max) != Some(std::cmp::Ordering::Less);
         let mut lower = max;
-        // Bit m: narrow component m was formed here (beyond 128 of them, one may be formed
-        // twice, to the same value).
+        // Bit m: narrow component m was formed here (from the 128th on they share bit 127 and
+        // may be formed twice, to the same value).
         let mut formed = 0u128;
         if self.narrow.iter().any(|n| reaches(values[at(n.c)])) {
             lower = f32::NEG_INFINITY;
@@ -337,7 +337,8 @@ impl GmmTerms {
         }
         for (m, n) in self.narrow.iter().enumerate() {
             let t = values[at(n.c)];
-            if (m >= 128 || formed & (1 << m) == 0) && !skip_below(n, t, lower) {
+            // Bit 127 also stands for every component past it: from 127 on, check again.
+            if (m >= 127 || formed & (1 << m) == 0) && !skip_below(n, t, lower) {
                 values[at(n.c)] = n.log_density(x, shift);
                 formed |= 1 << m.min(127);
             }

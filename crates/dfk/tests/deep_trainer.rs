@@ -968,6 +968,12 @@ fn difficult_images_are_left_out_of_their_class_ap() {
     );
     assert_eq!(sub.difficult[classes..], difficult[..classes]);
     assert!(set.clone().with_difficult(vec![true; 5]).is_err());
+    // Flags all zero are no flags (the same set, the same checkpoint hash).
+    let zeros = set
+        .clone()
+        .with_difficult(vec![false; images * classes])
+        .unwrap();
+    assert_eq!(zeros, set);
     let single = synthetic(48, 12, 4, 3, 13);
     assert!(single.with_difficult(difficult).is_err());
 }

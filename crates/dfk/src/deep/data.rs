@@ -85,8 +85,9 @@ impl ImageSet {
     }
 
     /// The same set with VOC "difficult" flags (`images × classes`, multi-label labels only);
-    /// an empty mask removes them.
-    pub fn with_difficult(mut self, difficult: Vec<bool>) -> Result<Self> {
+    /// an empty mask, or one without a flag set, removes them (so that a set is the same, and
+    /// hashes the same in checkpoints, whether its flags are absent or all zero).
+    pub fn with_difficult(mut self, mut difficult: Vec<bool>) -> Result<Self> {
         if !difficult.is_empty() {
             let Labels::MultiLabel { classes, .. } = &self.labels else {
                 return Err(Error::Invalid(
@@ -100,6 +101,9 @@ impl ImageSet {
                     difficult.len(),
                 ));
             }
+        }
+        if !difficult.contains(&true) {
+            difficult.clear();
         }
         self.difficult = difficult;
         Ok(self)

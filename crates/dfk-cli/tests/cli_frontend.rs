@@ -754,6 +754,9 @@ fn extract_with_test_writes_both_sets_or_nothing() {
         out.to_str().unwrap(),
     ];
     fails_leaving_nothing(&args, 1, "smaller than one descriptor", &out);
+    // The image is named with its IDX file.
+    fails(&args, 1, "image 0 of ");
+    fails(&args, 1, "t10k-images-idx3-ubyte (memory image 10x10)");
     // With test images of the training images' size, both sets are written.
     write_idx(&data, "t10k", 4, 28);
     ok(&args);

@@ -322,7 +322,8 @@ fn fit_pipeline_on_a_few_fashion_mnist_images() {
 }
 
 /// An image held in memory (IDX, embedded set) that yields no descriptor is named by its
-/// index in the data set: its size alone does not tell it from the others.
+/// index in the data set and the file it comes from: its size alone does not tell it from the
+/// others.
 #[test]
 fn a_memory_image_without_descriptors_is_named_by_its_index() {
     let mut data = small_train(3);
@@ -340,7 +341,7 @@ fn a_memory_image_without_descriptors_is_named_by_its_index() {
         Err(e) => e.to_string(),
     };
     assert!(
-        err.starts_with("image 2 (memory image 6x5): ")
+        err.starts_with("image 2 of <embedded>/train-images-idx3-ubyte.gz (memory image 6x5): ")
             && err.contains("smaller than one descriptor"),
         "{err}"
     );

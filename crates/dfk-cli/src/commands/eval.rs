@@ -258,6 +258,7 @@ mod tests {
             class_names: names(&["dog", "bird"]),
             items: vec![item(0), item(1), item(0)],
             multilabel: false,
+            origin: None,
         };
         let model = names(&["bird", "cat", "dog"]);
         let mapped = by_model_names(&data, &model).unwrap();
@@ -273,6 +274,7 @@ mod tests {
             class_names: names(&["0", "1", "2"]),
             items: vec![item(0), item(1), item(2)],
             multilabel: false,
+            origin: None,
         };
         let model = names(&["0", "1", "10", "2"]);
         let mapped = by_model_names(&numbered, &model).unwrap();

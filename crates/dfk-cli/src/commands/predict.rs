@@ -94,6 +94,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                     })
                     .collect(),
                 multilabel: false,
+                origin: None,
             }
         }
         (true, true) => {

@@ -183,6 +183,7 @@ impl Descriptors {
                 class_names: resolved.classes,
                 items,
                 multilabel: resolved.multilabel,
+                origin: None,
             },
         ))
     }

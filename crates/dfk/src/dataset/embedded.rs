@@ -32,9 +32,9 @@ fn split(images: (&str, &[u8]), labels: (&str, &[u8])) -> Result<Dataset> {
         .map(|s| s.to_string())
         .collect();
     idx_dataset(
-        Path::new(images.0),
+        &Path::new("<embedded>").join(images.0),
         decode(images.0, images.1)?,
-        Path::new(labels.0),
+        &Path::new("<embedded>").join(labels.0),
         decode(labels.0, labels.1)?,
     )?
     .with_class_names(names)

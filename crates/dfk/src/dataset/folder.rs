@@ -171,6 +171,7 @@ fn collect(root: &Path, classes: &[String], policy: OnError) -> Result<(Dataset,
             class_names: classes.to_vec(),
             items,
             multilabel: false,
+            origin: None,
         },
         skipped,
     ))

@@ -181,6 +181,7 @@ pub(crate) fn idx_dataset(
         class_names: (0..classes).map(|c| c.to_string()).collect(),
         items,
         multilabel: false,
+        origin: Some(images_path.display().to_string()),
     })
 }
 

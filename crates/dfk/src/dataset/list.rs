@@ -282,6 +282,7 @@ fn load_lists(
             class_names: resolved.classes.clone(),
             items,
             multilabel: resolved.multilabel,
+            origin: None,
         });
     }
     Ok((out, skipped))

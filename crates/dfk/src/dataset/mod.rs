@@ -101,6 +101,9 @@ pub struct Dataset {
     pub items: Vec<Item>,
     /// Whether items may carry several labels (then `labels()` is [`crate::svm::Labels::MultiLabel`]).
     pub multilabel: bool,
+    /// Where in-memory images come from (an IDX file, the embedded subset), named in errors
+    /// about them; `None` for files, which are named themselves.
+    pub origin: Option<String>,
 }
 
 /// An 8-bit grey image decoded from an [`ImageSource`].
@@ -314,6 +317,7 @@ impl Dataset {
             class_names,
             items,
             multilabel,
+            origin: None,
         };
         ds.validate()?;
         Ok(ds)
@@ -326,21 +330,21 @@ impl Dataset {
             if !self.multilabel && item.labels.len() != 1 {
                 return Err(Error::Invalid(format!(
                     "item {i} ({}) has {} labels: a single-label data set needs exactly one",
-                    item.source.describe(),
+                    self.describe_item(i),
                     item.labels.len()
                 )));
             }
             if let Some(&l) = item.labels.iter().find(|&&l| l >= c) {
                 return Err(Error::Invalid(format!(
                     "item {i} ({}) has label {l}, but there are only {c} classes",
-                    item.source.describe()
+                    self.describe_item(i)
                 )));
             }
             if let Some(&l) = item.difficult.iter().find(|&&l| l >= c) {
                 return Err(Error::Invalid(format!(
                     "item {i} ({}) is marked difficult for class {l}, but there are only {c} \
                      classes",
-                    item.source.describe()
+                    self.describe_item(i)
                 )));
             }
         }
@@ -366,13 +370,25 @@ impl Dataset {
         Some(mask)
     }
 
+    /// What item `i` is: its file, or an in-memory image with where it comes from.
+    fn describe_item(&self, i: usize) -> String {
+        let source = self.items[i].source.describe();
+        match (&self.items[i].source, &self.origin) {
+            (ImageSource::Memory { .. }, Some(origin)) => format!("{source} of {origin}"),
+            _ => source,
+        }
+    }
+
     /// Item `i` for messages: an image file by its path, an image held in memory (from an
     /// IDX file or the embedded set) by its index in the data set, which is all that tells
-    /// it from the others.
+    /// it from the others, and the file it comes from when known.
     pub fn item_name(&self, i: usize) -> String {
         match &self.items[i].source {
             ImageSource::File(p) => p.display().to_string(),
-            source => format!("image {i} ({})", source.describe()),
+            source => match &self.origin {
+                Some(origin) => format!("image {i} of {origin} ({})", source.describe()),
+                None => format!("image {i} ({})", source.describe()),
+            },
         }
     }
 
@@ -459,6 +475,7 @@ impl Dataset {
             class_names: self.class_names.clone(),
             items,
             multilabel: self.multilabel,
+            origin: self.origin.clone(),
         })
     }
 
@@ -505,6 +522,7 @@ impl Dataset {
                 class_names: self.class_names.clone(),
                 items,
                 multilabel: self.multilabel,
+                origin: self.origin.clone(),
             },
             skipped,
         ))

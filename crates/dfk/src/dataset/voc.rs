@@ -201,6 +201,7 @@ pub fn load_voc_with(root: impl AsRef<Path>, split: &str, options: VocOptions) -
             class_names: VOC_CLASSES.iter().map(|s| s.to_string()).collect(),
             items,
             multilabel: true,
+            origin: None,
         },
         difficult: kept_difficult,
         ids: kept_ids,

@@ -142,6 +142,22 @@ pub fn precision_recall_curve(scores: &[f32], positives: &[bool]) -> Result<(Vec
     Ok((precision, recall))
 }
 
+/// The scores of class `class` (`scores` is `images × classes`) and whether each image is a
+/// positive of it, over the images not left out of it by `ignore` (`images × classes`, true
+/// to leave out: VOC's "difficult" images), in image order. Lengths are the caller's to check.
+pub fn class_column(
+    scores: &[f32],
+    labels: &Labels,
+    class: usize,
+    ignore: Option<&[bool]>,
+) -> (Vec<f32>, Vec<bool>) {
+    let (n, c) = (labels.n(), labels.classes());
+    (0..n)
+        .filter(|&i| ignore.is_none_or(|m| !m[i * c + class]))
+        .map(|i| (scores[i * c + class], labels.is_positive(i, class)))
+        .unzip()
+}
+
 /// Average precision as the step-wise area under the PR curve,
 /// `AP = Σ_k (R_k − R_{k−1}) P_k` over distinct thresholds (scikit-learn's
 /// `average_precision_score`). Errors on empty or mismatched inputs, non-finite scores, or no

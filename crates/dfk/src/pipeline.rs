@@ -1374,7 +1374,6 @@ pub fn evaluate_ignoring(
             m.len(),
         ));
     }
-    let counted = |i: usize, class: usize| ignore.is_none_or(|m| !m[i * c + class]);
     if n == 0 {
         return Err(Error::Empty {
             what: "evaluation set".into(),
@@ -1383,8 +1382,11 @@ pub fn evaluate_ignoring(
     crate::error::check_finite("scores", scores)?;
     labels.validate()?;
     // A class without samples here (a subset of a data set) has no AP; the others are scored.
+    let columns: Vec<(Vec<f32>, Vec<bool>)> = (0..c)
+        .map(|class| metrics::class_column(scores, labels, class, ignore))
+        .collect();
     let absent_classes: Vec<usize> = (0..c)
-        .filter(|&class| (0..n).all(|i| !(counted(i, class) && labels.is_positive(i, class))))
+        .filter(|&class| !columns[class].1.contains(&true))
         .collect();
     if absent_classes.len() == c {
         return Err(Error::Invalid(format!(
@@ -1393,18 +1395,15 @@ pub fn evaluate_ignoring(
     }
     let (mut per_class_ap, mut voc11) = (vec![f64::NAN; c], vec![f64::NAN; c]);
     let mut pr_curves = Vec::with_capacity(c);
-    for class in 0..c {
-        let kept = (0..n).filter(|&i| counted(i, class));
-        let s: Vec<f32> = kept.clone().map(|i| scores[i * c + class]).collect();
-        let pos: Vec<bool> = kept.map(|i| labels.is_positive(i, class)).collect();
+    for (class, (s, pos)) in columns.iter().enumerate() {
         if absent_classes.contains(&class) {
             pr_curves.push(thin(Vec::new(), Vec::new(), 200));
             continue;
         }
         let named = |e: Error| Error::Invalid(format!("AP of class {class}: {e}"));
-        per_class_ap[class] = metrics::average_precision(&s, &pos).map_err(named)?;
-        voc11[class] = metrics::average_precision_voc11(&s, &pos).map_err(named)?;
-        let (p, r) = metrics::precision_recall_curve(&s, &pos)?;
+        per_class_ap[class] = metrics::average_precision(s, pos).map_err(named)?;
+        voc11[class] = metrics::average_precision_voc11(s, pos).map_err(named)?;
+        let (p, r) = metrics::precision_recall_curve(s, pos)?;
         pr_curves.push(thin(p, r, 200));
     }
     let present =

@@ -228,12 +228,8 @@ impl GmmTerms {
                 });
             }
         }
-        let mut is_narrow = vec![false; k];
-        for n in &narrow {
-            is_narrow[n.c] = true;
-        }
         Self {
-            accurate: is_narrow.iter().position(|&b| !b),
+            accurate: (0..k).find(|&c| narrow.iter().all(|n| n.c != c)),
             narrow,
             product_error: (2 * d + 2) as f32 * f32::EPSILON / 2.0,
             k,
@@ -311,11 +307,10 @@ impl GmmTerms {
         }
         // Without `max` the values are one contiguous row (stride 1).
         let max = max.unwrap_or_else(|| row_max(&values[i..i + self.k]));
-        // A narrow value at the largest may be too high by thousands of nats: such ones are
-        // formed first (they would be anyway), and their exact values, with each other narrow
-        // value minus its bound, bound the true largest from below. Otherwise the largest is
-        // an accurate value and bounds it.
-        // At or above the largest, or NaN.
+        // A narrow value at the largest (or NaN) may be too high by thousands of nats: such
+        // ones are formed first (they would be anyway), and their exact values, with each
+        // other narrow value minus its bound, bound the true largest from below. Otherwise
+        // the largest is an accurate value and bounds it.
         let reaches = |t: f32| t.partial_cmp(&max) != Some(std::cmp::Ordering::Less);
         let mut lower = max;
         // Bit m: narrow component m was formed here (from the 128th on they share bit 127 and

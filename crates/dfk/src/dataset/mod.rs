@@ -22,7 +22,7 @@ mod embedded;
 mod folder;
 mod idx;
 mod list;
-mod split;
+pub(crate) mod split;
 mod voc;
 
 use std::path::{Path, PathBuf};

@@ -53,24 +53,15 @@ pub fn stratified_split(data: &Dataset, fraction: f64, seed: u64) -> Result<(Dat
     let mut held = vec![false; data.len()];
     for stratum in &mut strata {
         stratum.shuffle(&mut rng);
-        // The rest keeps an item of every stratum: a class of one item at fraction 0.5
-        // would otherwise be held out whole, and training would lack it.
-        let take = ((fraction * stratum.len() as f64).round() as usize)
-            .min(stratum.len().saturating_sub(1));
+        let take = held_out_count(stratum.len(), fraction);
         for &i in &stratum[..take] {
             held[i] = true;
         }
     }
-    // A multi-label class seen only beside a rarer label can still have been held out
-    // whole: give it back one item.
-    for class in 0..c {
-        let has = |i: usize| data.items[i].labels.contains(&class);
-        if !(0..data.len()).any(|i| !held[i] && has(i)) {
-            if let Some(i) = (0..data.len()).find(|&i| held[i] && has(i)) {
-                held[i] = false;
-            }
-        }
-    }
+    // A multi-label class seen only beside a rarer label.
+    keep_every_class(&mut held, c, |i, class| {
+        data.items[i].labels.contains(&class)
+    });
     let (mut rest, mut out) = (Vec::new(), Vec::new());
     for (i, &h) in held.iter().enumerate() {
         if h {
@@ -88,4 +79,28 @@ pub fn stratified_split(data: &Dataset, fraction: f64, seed: u64) -> Result<(Dat
         )));
     }
     Ok((data.subset(&rest)?, data.subset(&out)?))
+}
+
+/// How many of a stratum of `len` items to hold out at `fraction`: rounded, but at most
+/// `len − 1`, so that the rest keeps an item of every stratum (a class of one item at 0.5
+/// would otherwise be held out whole, and training would lack it).
+pub(crate) fn held_out_count(len: usize, fraction: f64) -> usize {
+    ((fraction * len as f64).round() as usize).min(len.saturating_sub(1))
+}
+
+/// Gives back to the rest one held-out item (`held[i]`) of every class of `0..classes` that
+/// the rest has none of (`positive(i, class)`): stratifying multi-label items by one of their
+/// labels can hold out every item of another one.
+pub(crate) fn keep_every_class(
+    held: &mut [bool],
+    classes: usize,
+    positive: impl Fn(usize, usize) -> bool,
+) {
+    for class in 0..classes {
+        if !(0..held.len()).any(|i| !held[i] && positive(i, class)) {
+            if let Some(i) = (0..held.len()).find(|&i| held[i] && positive(i, class)) {
+                held[i] = false;
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use crate::dataset::split::{held_out_count, keep_every_class};
 use crate::error::{Error, Result};
 use crate::svm::Labels;
 
@@ -109,12 +110,6 @@ impl ImageSet {
         Ok(self)
     }
 
-    /// Whether image `i` is a difficult positive of class `c` (never without flags).
-    pub fn is_difficult(&self, i: usize, c: usize) -> bool {
-        let classes = self.labels.classes();
-        !self.difficult.is_empty() && self.difficult[i * classes + c]
-    }
-
     /// Number of images.
     pub fn len(&self) -> usize {
         self.offsets.len() - 1
@@ -198,24 +193,13 @@ impl ImageSet {
         let mut held = vec![false; self.len()];
         for members in &mut by_class {
             members.shuffle(&mut rng);
-            // Every class keeps a training image (a class of one image at fraction 0.5
-            // would otherwise go to validation whole and leave training without it).
-            let take = ((members.len() as f64 * fraction).round() as usize)
-                .min(members.len().saturating_sub(1));
+            let take = held_out_count(members.len(), fraction);
             for &i in members.iter().take(take) {
                 held[i] = true;
             }
         }
-        // A multi-label class seen only beside another image's first label can still have
-        // been held out whole: give it back one image.
-        for c in 0..classes {
-            let positive = |i: usize| self.labels.is_positive(i, c);
-            if !(0..self.len()).any(|i| !held[i] && positive(i)) {
-                if let Some(i) = (0..self.len()).find(|&i| held[i] && positive(i)) {
-                    held[i] = false;
-                }
-            }
-        }
+        // A multi-label class seen only beside another image's first label.
+        keep_every_class(&mut held, classes, |i, c| self.labels.is_positive(i, c));
         let kept: Vec<usize> = (0..self.len()).filter(|&i| !held[i]).collect();
         let out: Vec<usize> = (0..self.len()).filter(|&i| held[i]).collect();
         if kept.is_empty() || out.is_empty() {

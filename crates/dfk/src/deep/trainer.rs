@@ -1076,16 +1076,13 @@ fn metric(set: &ImageSet, scores: &[f32]) -> Result<f64> {
                 .collect();
             metrics::accuracy(&pred, labels)
         }
-        Labels::MultiLabel { targets, classes } => {
+        labels @ Labels::MultiLabel { classes, .. } => {
             let n = set.len();
+            let ignore = (!set.difficult.is_empty()).then_some(&set.difficult[..]);
             let mut aps = Vec::with_capacity(*classes);
             for c in 0..*classes {
-                let (mut col, mut pos) = (Vec::with_capacity(n), Vec::with_capacity(n));
-                for i in (0..n).filter(|&i| !set.is_difficult(i, c)) {
-                    col.push(scores[i * classes + c]);
-                    pos.push(targets[i * classes + c]);
-                }
-                if pos.iter().any(|&p| p) {
+                let (col, pos) = metrics::class_column(scores, labels, c, ignore);
+                if pos.contains(&true) {
                     aps.push(
                         metrics::average_precision(&col, &pos)
                             .map_err(|e| Error::Invalid(format!("AP of class {c}: {e}")))?,

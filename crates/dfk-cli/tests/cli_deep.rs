@@ -902,7 +902,12 @@ fn options_that_would_be_ignored_are_refused() {
     );
     emb(&["--labels", &files.2], 2, "--descriptors");
     emb(&["--test-labels", &files.2], 2, "--test-descriptors");
-    emb(&["--multilabel"], 2, "--descriptors");
+    // Images bring their own labels: the message names the image source, not a missing file.
+    emb(
+        &["--multilabel"],
+        2,
+        "the argument '--embedded' cannot be used with '--multilabel'",
+    );
     emb(&["--gmm", &files.0, "-k", "4"], 2, "--gmm");
     emb(&["--gmm", &files.0, "--gmm-iters", "4"], 2, "--gmm");
     emb(&["--max-test", "0"], 2, "--max-test 0: expected at least 1");

@@ -105,7 +105,11 @@ pub struct Args {
     pub test_difficult: Option<PathBuf>,
     /// Labels are an `images × classes` 0/1 matrix (multi-label, scored by mAP); descriptor
     /// files only (the labels of images come with their data set).
-    #[arg(long, requires = "descriptors")]
+    #[arg(
+        long,
+        requires = "descriptors",
+        conflicts_with_all = ["embedded", "fashion_mnist", "data"]
+    )]
     pub multilabel: bool,
     /// Use about this many training images, before the validation split: each class keeps
     /// its share of N, rounded, and at least one image (stratified, seeded).

@@ -1591,6 +1591,57 @@ fn entries_a_class_folder_does_not_read_are_warned_about() {
     assert!(!err.contains("notes.txt"), "{err}");
 }
 
+/// A JPEG whose EXIF orientation says "turn it" is read as stored (its scores are those of the
+/// same pixels without the tag), with one warning per run naming the first such file.
+#[test]
+fn an_exif_orientation_is_named_once_and_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = small_model(dir.path());
+    let plain = dir.path().join("plain.jpg");
+    image::RgbImage::from_fn(120, 80, |x, y| {
+        image::Rgb([(x * 7 + y * 13) as u8, (x * y) as u8, (x ^ y) as u8])
+    })
+    .save(&plain)
+    .unwrap();
+    let bytes = std::fs::read(&plain).unwrap();
+    // APP1 "Exif": a big-endian TIFF header and one IFD entry, Orientation (0x0112) = 6.
+    let mut app1 = vec![0xFF, 0xE1, 0x00, 0x22];
+    app1.extend_from_slice(b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01");
+    app1.extend_from_slice(&[
+        0x01, 0x12, 0x00, 0x03, 0, 0, 0, 1, 0x00, 0x06, 0, 0, 0, 0, 0, 0,
+    ]);
+    let mut tagged = bytes[..2].to_vec();
+    tagged.extend_from_slice(&app1);
+    tagged.extend_from_slice(&bytes[2..]);
+    let turned = dir.path().join("turned.jpg");
+    std::fs::write(&turned, &tagged).unwrap();
+    let out = dfk(&[
+        "predict",
+        "--model",
+        &s(&m),
+        &s(&turned),
+        &s(&plain),
+        &s(&turned),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("EXIF orientation").count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("{}: its EXIF orientation (Rotate90)", s(&turned))),
+        "{err}"
+    );
+    let csv = String::from_utf8_lossy(&out.stdout);
+    let scores: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split_once(',').unwrap().1)
+        .collect();
+    assert_eq!(scores.len(), 3, "{csv}");
+    assert_eq!(scores[0], scores[1], "{csv}");
+    let out = dfk(&["predict", "--model", &s(&m), &s(&plain)]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("EXIF"));
+}
+
 /// A truncated JPEG decodes with the missing part filled in, as libjpeg does, but with a
 /// warning naming the file; a complete one gives none.
 #[test]

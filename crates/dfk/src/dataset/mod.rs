@@ -172,14 +172,34 @@ impl ImageSource {
 
 /// Opens and decodes an image file (format guessed from its content); errors name the file.
 fn open_image(path: &Path) -> Result<image::DynamicImage> {
+    use image::ImageDecoder;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
     let jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
-    let decoded = reader
-        .decode()
-        .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
+    let cannot = |e: image::ImageError| Error::format(path, format!("cannot decode image: {e}"));
+    let mut decoder = reader.into_decoder().map_err(cannot)?;
+    // What `ImageReader::decode` checks before allocating (its default limits, 512 MiB).
+    image::Limits::default()
+        .reserve(decoder.total_bytes())
+        .map_err(cannot)?;
+    let orientation = decoder.orientation().ok();
+    let decoded = image::DynamicImage::from_decoder(decoder).map_err(cannot)?;
+    if let Some(o) = orientation.filter(|&o| o != image::metadata::Orientation::NoTransforms) {
+        // The pixels are used as stored, as MATLAB's imread gives them to VLFeat: dense SIFT
+        // of a photo whose camera only tagged it as turned sees it turned. Said once per run.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "{}: its EXIF orientation ({o:?}) is not applied: descriptors are computed on \
+                 the pixels as stored (as VLFeat does with MATLAB's imread); other images may \
+                 carry one too. Turn such images upright first (e.g. `mogrify -auto-orient`) \
+                 if their content should be seen upright",
+                path.display()
+            );
+        });
+    }
     if jpeg && !jpeg_reaches_its_end(&bytes) {
         // The decoder fills what is missing with grey without a word; libjpeg (MATLAB's
         // imread) warns "premature end of JPEG file" and goes on, and so does this, once per

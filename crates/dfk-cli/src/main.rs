@@ -149,7 +149,7 @@ fn main() -> std::process::ExitCode {
         .num_threads(threads)
         .build_global()
     {
-        eprintln!("error: cannot start {threads} worker threads: {e}");
+        util::note!("error: cannot start {threads} worker threads: {e}");
         return std::process::ExitCode::from(2);
     }
     let g = &cli.global;
@@ -170,7 +170,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            util::note!("error: {e:#}");
             // Usage errors found after parsing exit with 2, like clap's own.
             if e.downcast_ref::<util::UsageError>().is_some() {
                 std::process::ExitCode::from(2)

@@ -75,13 +75,37 @@ pub fn bar(g: &Global, total: u64, message: &str) -> ProgressBar {
 }
 
 /// Prints a result: `value` as one JSON line with `--json`, else `human` (unless `--quiet`).
-pub fn emit(g: &Global, value: &serde_json::Value, human: &str) {
+/// A standard output that cannot be written (a reader that went away) is an error, not a
+/// panic as with `println!`.
+pub fn emit(g: &Global, value: &serde_json::Value, human: &str) -> anyhow::Result<()> {
     if g.json {
-        println!("{value}");
+        out(format_args!("{value}\n"))
     } else if !g.quiet {
-        println!("{human}");
+        out(format_args!("{human}\n"))
+    } else {
+        Ok(())
     }
 }
+
+/// Writes to standard output; failing to is an error naming it (`println!` would panic).
+pub fn out(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_fmt(text)
+        .and_then(|()| stdout.flush())
+        .context("cannot write to standard output")
+}
+
+/// `eprintln!` for messages: a standard error that cannot be written (`dfk … 2>&1 | head -1`,
+/// once `head` has gone) is ignored, where `eprintln!` would panic and end the work.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use note;
 
 /// Progress bars for the library's pipeline stages (one bar per stage). Without bars (quiet,
 /// JSON, or no terminal), each finished stage is logged with its duration unless `--quiet`.
@@ -124,7 +148,7 @@ impl dfk::pipeline::Progress for Bars<'_> {
             if let Some((pb, stage, start)) = c.take() {
                 pb.finish();
                 if !show_progress(self.g) && !self.g.quiet && !self.g.json {
-                    eprintln!("{stage:>14}: {:.2} s", start.elapsed().as_secs_f64());
+                    note!("{stage:>14}: {:.2} s", start.elapsed().as_secs_f64());
                 }
             }
         }

@@ -1677,3 +1677,45 @@ fn a_truncated_jpeg_is_named_in_a_warning() {
         );
     }
 }
+
+/// Messages to a standard error whose reader has gone (`dfk … 2>&1 | head -1`) are dropped and
+/// the work goes on (`eprintln!` panicked: exit 101, no model); a result that cannot be
+/// written to standard output is an error naming it, exit 1.
+#[test]
+fn a_closed_standard_error_or_output_is_no_panic() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.dfk");
+    let bin = env!("CARGO_BIN_EXE_dfk");
+    let mut child = Command::new(bin)
+        .args([
+            "train",
+            "--embedded",
+            "--limit",
+            "300",
+            "--k",
+            "2",
+            "--no-cache",
+        ])
+        .args(["--out", &s(&m)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nothing reads the stage lines: the first write after this fails.
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(m.is_file());
+    let mut child = Command::new(bin)
+        .args(["info", &s(&m)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write to standard output"), "{err}");
+}

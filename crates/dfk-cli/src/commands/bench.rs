@@ -722,10 +722,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         }
     }
     if g.json {
-        println!("{report}");
+        crate::util::out(format_args!("{report}\n"))?;
     } else {
         for (key, v) in report.as_object().into_iter().flatten() {
-            println!("{key:>24}: {v}");
+            crate::util::out(format_args!("{key:>24}: {v}\n"))?;
         }
     }
     Ok(())

@@ -729,7 +729,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             h.stop_reason,
             a.output.display()
         ),
-    );
+    )?;
     Ok(())
 }
 

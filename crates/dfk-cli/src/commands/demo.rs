@@ -44,7 +44,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     };
     let loaded = data.load()?;
     if !g.quiet && !g.json {
-        eprintln!(
+        crate::util::note!(
             "dfk demo: {} training / {} test images of the embedded Fashion-MNIST subset, K = {}, PCA {}, C = {}",
             loaded.train.len(),
             loaded.test.as_ref().map_or(0, |t| t.len()),
@@ -78,6 +78,6 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         g,
         &value,
         &format!("{human}\nreport: {}", a.report.join("index.html").display()),
-    );
+    )?;
     Ok(())
 }

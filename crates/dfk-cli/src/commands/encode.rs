@@ -99,6 +99,6 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             data.len(),
             a.out.display()
         ),
-    );
+    )?;
     Ok(())
 }

@@ -113,7 +113,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             100.0 * e.map,
             secs
         ),
-    );
+    )?;
     Ok(())
 }
 

@@ -175,8 +175,8 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                             "dim": d.dim, "cache_hit": hit, "cache_key": key}),
         );
         if !g.json && !g.quiet {
-            println!(
-                "{name}: {} images, {} descriptors of dimension {}{}",
+            crate::util::out(format_args!(
+                "{name}: {} images, {} descriptors of dimension {}{}\n",
                 data.len(),
                 d.rows(),
                 d.dim,
@@ -185,7 +185,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                     (Some(c), false) => format!(" (cached in {})", c.join(&key).display()),
                     (None, _) => String::new(),
                 }
-            );
+            ))?;
         }
     }
     files.commit()?;
@@ -193,7 +193,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         c.keep();
     }
     if g.json {
-        emit(g, &json!({ "sets": results }), "");
+        emit(g, &json!({ "sets": results }), "")?;
     }
     Ok(())
 }

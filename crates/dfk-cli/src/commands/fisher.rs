@@ -142,7 +142,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             "encoded {images} image(s), {rows} descriptors → {images}×{len} Fisher vectors in {secs:.3} s → {}",
             a.out.display()
         ),
-    );
+    )?;
     Ok(())
 }
 

@@ -145,7 +145,7 @@ fn fit(a: FitArgs, g: &Global) -> anyhow::Result<()> {
             if fit.converged { "converged" } else { "iteration limit" },
             a.out.display()
         ),
-    );
+    )?;
     Ok(())
 }
 
@@ -190,7 +190,7 @@ fn import(a: ImportArgs, g: &Global) -> anyhow::Result<()> {
         g,
         &json!({"out": a.out, "k": k, "d": d}),
         &format!("imported K={k} D={d} → {}", a.out.display()),
-    );
+    )?;
     Ok(())
 }
 
@@ -223,6 +223,6 @@ fn export(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
             "wrote means.npy, variances.npy, weights.npy (K={k}, D={d}) to {}",
             a.out_dir.display()
         ),
-    );
+    )?;
     Ok(())
 }

@@ -94,7 +94,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     if let Some(e) = &problem {
         writeln!(text, "problem: the file does not load: {e}")?;
     }
-    emit(g, &json, text.trim_end());
+    emit(g, &json, text.trim_end())?;
     match problem {
         Some(e) => Err(anyhow::Error::from(e).context(format!(
             "{} does not load as a {} model",
@@ -110,14 +110,11 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
 fn print_config(cfg: &PipelineConfig, g: &Global) -> anyhow::Result<()> {
     let text = shortest_f32(&toml::to_string(cfg)?);
     if g.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"toml": text, "config": cfg}))?
-        );
+        let json = serde_json::json!({"toml": text, "config": cfg});
+        crate::util::out(format_args!("{}\n", serde_json::to_string_pretty(&json)?))
     } else {
-        print!("{text}");
+        crate::util::out(format_args!("{text}"))
     }
-    Ok(())
 }
 
 /// `text` (TOML) with every `key = float` that is an `f32` setting widened to `f64` (`1e-6`

@@ -195,7 +195,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 g,
                 &json!({"out": p, "images": n, "classes": c}),
                 &format!("predicted {n} images → {}", p.display()),
-            );
+            )?;
         }
         None => std::io::stdout().write_all(text.as_bytes())?,
     }

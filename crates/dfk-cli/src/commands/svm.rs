@@ -188,7 +188,7 @@ fn train(a: TrainArgs, g: &Global) -> anyhow::Result<()> {
             train_acc.map_or(String::new(), |t| format!(", training accuracy {:.2} %", 100.0 * t)),
             a.out.display()
         ),
-    );
+    )?;
     Ok(())
 }
 
@@ -220,6 +220,6 @@ fn predict(a: PredictArgs, g: &Global) -> anyhow::Result<()> {
             svm.classes,
             a.out.display()
         ),
-    );
+    )?;
     Ok(())
 }

@@ -284,7 +284,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         rendered.as_ref().map(|(r, dir)| (r, dir.as_path())),
     )?;
     let (value, human) = summarize(&t, Some(&a.out));
-    emit(g, &value, &human);
+    emit(g, &value, &human)?;
     Ok(())
 }
 

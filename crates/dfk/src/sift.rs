@@ -483,6 +483,15 @@ pub fn dense_sift_with(
     keypoints: &mut Vec<Keypoint>,
 ) -> Result<()> {
     params.validate()?;
+    // The cap of `resize`, for images used at their size: beyond it extraction needs tens of
+    // GB (a 30000×3000 image ~16 GB) and would end in an allocation failure.
+    if params.resize.is_none() && image.width as u64 * image.height as u64 > MAX_RESIZE_PIXELS {
+        return Err(Error::Invalid(format!(
+            "a {}x{} image: more pixels than the {MAX_RESIZE_PIXELS} (2^26, e.g. 8192x8192) \
+             dense SIFT takes without a resize; scale it down first, or give a --resize",
+            image.width, image.height
+        )));
+    }
     image.check()?;
     descriptors.clear();
     keypoints.clear();

@@ -197,6 +197,28 @@ fn keypoints_follow_the_phow_grid_and_count_matches() {
     }
 }
 
+/// Without a resize an image is used at its size, up to the 2²⁶ pixels a resize may have:
+/// beyond, extraction would need tens of GB, so it is refused with the image's size.
+#[test]
+fn images_beyond_the_resize_cap_are_refused_without_a_resize() {
+    let (w, h) = (8193, 8192);
+    // Zeroed memory: its pages are not touched unless the image is scanned.
+    let img = GrayImage::new(w, h, vec![0.0; w * h]).unwrap();
+    let err = dense_sift(&img, &DsiftParams::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a 8193x8192 image: more pixels than"),
+        "{err}"
+    );
+    let params = DsiftParams {
+        resize: Some((64, 64)),
+        ..DsiftParams::default()
+    };
+    let small = random_image(300, 200, 2);
+    assert!(dense_sift(&small, &DsiftParams::default()).is_ok());
+    assert!(dense_sift(&small, &params).is_ok());
+}
+
 #[test]
 fn resize_enlarges_small_images_and_reports_keypoints_in_input_coordinates() {
     let img = random_image(28, 28, 1);

@@ -1719,3 +1719,45 @@ fn a_closed_standard_error_or_output_is_no_panic() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot write to standard output"), "{err}");
 }
+
+/// A model read from a pipe (`--model <(cat m.dfk)`) is read as far as its header says, once
+/// (`info` reads it twice); a device that never ends (`/dev/zero`) is refused at once instead
+/// of being read into memory without end.
+#[cfg(unix)]
+#[test]
+fn models_from_pipes_and_devices() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let m = small_model(dir.path());
+    let bytes = std::fs::read(&m).unwrap();
+    for (input, ok) in [
+        (bytes.clone(), true),
+        (bytes[..bytes.len() - 9].to_vec(), false),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dfk"))
+            .args(["info", "/dev/stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The child may stop reading early (the truncated case): a failed write is no failure.
+        let _ = child.stdin.take().unwrap().write_all(&input);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{err}");
+        if ok {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("kind pipeline"));
+        } else {
+            assert!(err.contains("the file ends within its arrays"), "{err}");
+        }
+    }
+    let out = dfk(&["info", "/dev/zero"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("/dev/zero: a header of 0 bytes: not a model file"),
+        "{err}"
+    );
+}

@@ -356,7 +356,66 @@ fn bare_header(kind: ModelKind, class_names: Vec<String>) -> Header {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    if special {
+        // A pipe can be read once, and a command may read its model more than once (`info`
+        // summarises, then loads): the bytes are kept for the process.
+        type Read = std::collections::HashMap<std::path::PathBuf, Vec<u8>>;
+        static READ: std::sync::LazyLock<std::sync::Mutex<Read>> =
+            std::sync::LazyLock::new(Default::default);
+        let mut read = READ.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bytes) = read.get(path) {
+            return Ok(bytes.clone());
+        }
+        let bytes = read_declared(path)?;
+        read.insert(path.to_path_buf(), bytes.clone());
+        Ok(bytes)
+    } else {
+        std::fs::read(path).map_err(|e| Error::io(path, e))
+    }
+}
+
+/// Largest header a model file may declare (ours are a few kB; safetensors allows 100 MB).
+const MAX_HEADER_BYTES: u64 = 100 << 20;
+
+/// Reads a model from a device or pipe (`--model <(cat m.dfk)`) as far as its header says it
+/// extends, and no further: reading to the end would never stop on `/dev/zero`.
+fn read_declared(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = vec![0u8; 8];
+    let short = |what: &str| Error::format(path, format!("the file ends within its {what}"));
+    file.read_exact(&mut bytes)
+        .map_err(|_| short("header length"))?;
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    if n == 0 || n > MAX_HEADER_BYTES {
+        return Err(Error::format(
+            path,
+            format!("a header of {n} bytes: not a model file (at most {MAX_HEADER_BYTES})"),
+        ));
+    }
+    bytes.resize(8 + n as usize, 0);
+    file.read_exact(&mut bytes[8..])
+        .map_err(|_| short("header"))?;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..])
+        .map_err(|e| Error::format(path, format!("unreadable header: {e}")))?;
+    // The data extend to the largest end offset of the arrays.
+    let end = header
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let at = bytes.len();
+    let data = usize::try_from(end).map_err(|_| short("arrays"))?;
+    bytes
+        .try_reserve_exact(data)
+        .map_err(|_| Error::format(path, format!("arrays of {end} bytes do not fit in memory")))?;
+    bytes.resize(at + data, 0);
+    file.read_exact(&mut bytes[at..])
+        .map_err(|_| short("arrays"))?;
+    Ok(bytes)
 }
 
 /// Collects arrays as little-endian bytes, then serialises them with the header.

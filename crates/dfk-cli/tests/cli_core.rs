@@ -549,6 +549,15 @@ fn invalid_stored_settings_are_reported_on_loading() {
         1,
         "stored configuration",
     );
+    // Nor are such settings printed as a configuration to train with.
+    let o = dfk(&["info", &s(&m), "--config"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("its configuration is not printed"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A float 0/1 label matrix is reported by its dtype (integers expected), not as a matrix

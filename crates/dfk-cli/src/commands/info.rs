@@ -38,6 +38,14 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         }
         let cfg: PipelineConfig = serde_json::from_value(s.header.config.clone())
             .map_err(|e| anyhow::anyhow!("{}: header field `config`: {e}", path.display()))?;
+        // Settings of a file that does not load are no settings to train with.
+        if let Some(e) = load_problem(s.header.kind, path) {
+            return Err(anyhow::Error::from(e).context(format!(
+                "{} does not load as a {} model, so its configuration is not printed",
+                path.display(),
+                s.header.kind
+            )));
+        }
         print_config(&cfg, g)?;
         return Ok(());
     }
@@ -82,13 +90,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     }
     // The summary reads the header and the arrays' shapes only: load the file as the
     // commands that use it do, so that an inconsistent one is reported here too.
-    let problem = match h.kind {
-        ModelKind::Pipeline => ModelFile::load(path)
-            .and_then(|m| Pipeline::from_model(&m, path))
-            .err(),
-        ModelKind::Gmm => model::load_gmm(path).err(),
-        ModelKind::Svm => model::load_svm(path).err(),
-    };
+    let problem = load_problem(h.kind, path);
     let mut json = serde_json::to_value(&s)?;
     json["problem"] = problem.as_ref().map(|e| e.to_string()).into();
     if let Some(e) = &problem {
@@ -102,6 +104,18 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             h.kind
         ))),
         None => Ok(()),
+    }
+}
+
+/// Why the model file at `path` (of kind `kind`) does not load as the commands that use it
+/// load it, if it does not.
+fn load_problem(kind: ModelKind, path: &std::path::Path) -> Option<dfk::Error> {
+    match kind {
+        ModelKind::Pipeline => ModelFile::load(path)
+            .and_then(|m| Pipeline::from_model(&m, path))
+            .err(),
+        ModelKind::Gmm => model::load_gmm(path).err(),
+        ModelKind::Svm => model::load_svm(path).err(),
     }
 }
 

@@ -549,6 +549,22 @@ fn invalid_stored_settings_are_reported_on_loading() {
         1,
         "stored configuration",
     );
+    // `fisher` uses the file's GMM only, but a damaged file is no GMM to trust.
+    let x = dir.path().join("x.npy");
+    dfk::npy::write_f32_matrix(&x, &[0.1; 4 * 34], 4, 34).unwrap();
+    fails(
+        &[
+            "fisher",
+            "--gmm",
+            &s(&m),
+            "--descriptors",
+            &s(&x),
+            "--out",
+            &s(&dir.path().join("f.npy")),
+        ],
+        1,
+        "stored configuration",
+    );
     // Nor are such settings printed as a configuration to train with.
     let o = dfk(&["info", &s(&m), "--config"]);
     assert_eq!(o.status.code(), Some(1));

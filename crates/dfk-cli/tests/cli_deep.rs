@@ -409,6 +409,24 @@ fn per_class_model_works_with_eval_and_predict() {
     assert_eq!(p.as_array().unwrap().len(), 1000);
     let info = ok(&["info", &s(&model)]);
     assert!(info.contains("class_gmm.means"), "{info}");
+    // `dfk fisher` encodes with one GMM: a per-class model has ten learned ones.
+    let x = dir.path().join("x.npy");
+    let fv = dir.path().join("fv.npy");
+    dfk::npy::write_f32_matrix(&x, &vec![0.1; 4 * m.gmm.d()], 4, m.gmm.d()).unwrap();
+    fails_leaving_nothing(
+        &[
+            "fisher",
+            "--gmm",
+            &s(&model),
+            "--descriptors",
+            &s(&x),
+            "--out",
+            &s(&fv),
+        ],
+        1,
+        "a per-class deep model holds one learned GMM per class (10 of them)",
+        &fv,
+    );
     // `--gmm` with a per-class model continues from its learned GMMs in per-class mode (it
     // started from the model's initial GMM), and is a usage error in shared mode.
     let again = dir.path().join("again.dfk");

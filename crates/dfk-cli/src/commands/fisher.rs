@@ -55,7 +55,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         inputs.push(("--offsets", o));
     }
     check_outputs(&[("--out", &a.out)], &inputs)?;
-    let gmm = model::load_gmm(&a.gmm)?;
+    let gmm = load_one_gmm(&a.gmm)?;
     let mut reader = F32MatrixReader::open(&a.descriptors)?;
     let (rows, d) = (reader.rows(), reader.cols());
     if d != gmm.d() {
@@ -151,4 +151,26 @@ fn batch_context(path: &Path, first: usize, last: usize) -> String {
         "encoding images {first}..{last} of {} (image numbers within the batch)",
         path.display()
     )
+}
+
+/// The GMM of `--gmm`: a GMM file, or a pipeline model checked whole as the commands that
+/// classify with it check it (an edited or damaged file is reported, not half used). A
+/// per-class deep model holds one learned GMM per class beside its initial one, which one GMM
+/// cannot stand for: refused.
+fn load_one_gmm(path: &std::path::Path) -> anyhow::Result<dfk::gmm::Gmm> {
+    if model::summarize(path)?.header.kind != model::ModelKind::Pipeline {
+        return Ok(model::load_gmm(path)?);
+    }
+    let file = model::ModelFile::load(path)?;
+    dfk::pipeline::Pipeline::from_model(&file, path)?;
+    if !file.class_gmms.is_empty() {
+        anyhow::bail!(
+            "{}: a per-class deep model holds one learned GMM per class ({} of them) beside its \
+             initial GMM; `dfk fisher` encodes with one GMM: give a GMM file or a pipeline or \
+             shared-mode deep model",
+            path.display(),
+            file.class_gmms.len()
+        );
+    }
+    Ok(file.gmm)
 }

@@ -576,6 +576,45 @@ fn invalid_stored_settings_are_reported_on_loading() {
     );
 }
 
+/// Stored settings that do not describe the arrays (an edited K or PCA size) and class names
+/// listed twice are reported on loading, as `train` would refuse them.
+#[test]
+fn stored_settings_must_match_the_arrays() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = small_model(dir.path());
+    let edits: [(&str, fn(&mut dfk::model::ModelFile)); 3] = [
+        ("gmm.k = 5 but gmm.means holds K = 2", |f| {
+            f.config["gmm"]["k"] = serde_json::json!(5)
+        }),
+        ("pca.dims = 16 but the file holds a PCA to", |f| {
+            f.config["pca"]["dims"] = serde_json::json!(16)
+        }),
+        ("class_names lists 'a' twice", |f| {
+            f.class_names = vec!["a".to_string(); f.class_names.len()]
+        }),
+    ];
+    for (needle, edit) in edits {
+        let edited = dir.path().join("edited.dfk");
+        let mut model = dfk::model::ModelFile::load(&m).unwrap();
+        edit(&mut model);
+        model.save(&edited).unwrap();
+        fails(&["info", &s(&edited)], 1, needle);
+        fails(
+            &[
+                "predict",
+                "--model",
+                &s(&edited),
+                "--embedded",
+                "--limit",
+                "1",
+            ],
+            1,
+            needle,
+        );
+    }
+    ok(&["info", &s(&m)]);
+}
+
 /// A float 0/1 label matrix is reported by its dtype (integers expected), not as a matrix
 /// that should have been a vector.
 #[test]

@@ -1172,6 +1172,39 @@ impl Pipeline {
                 "per-class GMMs with a spatial pyramid are not supported",
             ));
         }
+        // The stored settings must describe the arrays (`info --config` prints them for
+        // training again; an edited K or PCA size would train another model).
+        if config.gmm.k != model.gmm.k() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "stored configuration: gmm.k = {} but gmm.means holds K = {}",
+                    config.gmm.k,
+                    model.gmm.k()
+                ),
+            ));
+        }
+        let pca_dims = model.pca.as_ref().map_or(0, |p| p.dims());
+        if config.pca.dims != pca_dims {
+            return Err(Error::format(
+                path,
+                format!(
+                    "stored configuration: pca.dims = {} but the file holds {}",
+                    config.pca.dims,
+                    match pca_dims {
+                        0 => "no PCA".to_string(),
+                        d => format!("a PCA to {d} dimensions"),
+                    }
+                ),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(name) = model.class_names.iter().find(|n| !seen.insert(n.as_str())) {
+            return Err(Error::format(
+                path,
+                format!("class_names lists '{name}' twice: expected distinct class names"),
+            ));
+        }
         Ok(Pipeline {
             config,
             pre,

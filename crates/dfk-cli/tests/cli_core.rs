@@ -191,6 +191,24 @@ fn malformed_inputs_fail_cleanly() {
             &out,
         );
     }
+    // No rows and no offsets: one image without descriptors, said without naming offsets.
+    let inputs = tempfile::tempdir().unwrap();
+    let empty = inputs.path().join("empty.npy");
+    npy::write_f32_matrix(&empty, &[], 0, 4).unwrap();
+    fails_leaving_nothing(
+        &[
+            "fisher",
+            "--gmm",
+            &g,
+            "--descriptors",
+            &s(&empty),
+            "--out",
+            &o,
+        ],
+        1,
+        "empty.npy: the array has no rows: without --offsets it is one image",
+        &out,
+    );
     for bad in ["offsets_decreasing.npy", "offsets_out_of_range.npy"] {
         let path = cli_fixture(bad);
         fails_leaving_nothing(

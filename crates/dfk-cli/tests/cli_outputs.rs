@@ -1761,3 +1761,25 @@ fn models_from_pipes_and_devices() {
         "{err}"
     );
 }
+
+/// An image whose header declares more pixels than the decoder may hold is named with its
+/// size and the limit; `predict` without anything to predict says so.
+#[test]
+fn oversized_images_and_nothing_to_predict_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = small_model(dir.path());
+    let huge = dir.path().join("huge.pgm");
+    std::fs::write(&huge, b"P5\n60000 60000\n255\n\0\0\0").unwrap();
+    fails(
+        &["predict", "--model", &s(&m), &s(&huge)],
+        1,
+        "huge.pgm: cannot decode image: a 60000x60000 image: its decoded pixels would take \
+         more memory than the decoder's limit of 512 MiB",
+    );
+    fails(&["predict", "--model", &s(&m)], 2, "nothing to predict");
+    fails(
+        &["predict", "--model", &s(&m), &s(&huge), "--embedded"],
+        2,
+        "not both",
+    );
+}

@@ -638,11 +638,19 @@ impl<'a> Reader<'a> {
         Ok(t)
     }
 
-    fn check_shape(&self, name: &str, got: &[usize], expected: &[usize]) -> Result<()> {
+    /// `name`'s shape must be `expected`, which `basis` (e.g. "K × D of `gmm.means`") says
+    /// where it comes from: two arrays that disagree are both named, as either may be wrong.
+    fn check_shape(
+        &self,
+        name: &str,
+        got: &[usize],
+        expected: &[usize],
+        basis: &str,
+    ) -> Result<()> {
         if got != expected {
             return Err(Error::format(
                 self.path,
-                format!("array `{name}` has shape {got:?}: expected {expected:?}"),
+                format!("array `{name}` has shape {got:?}: expected {expected:?}, the {basis}"),
             ));
         }
         Ok(())
@@ -686,9 +694,9 @@ impl<'a> Reader<'a> {
         let (means, ms) = self.f32("gmm.means", 2)?;
         let (k, d) = (ms[0], ms[1]);
         let (variances, vs) = self.f32("gmm.variances", 2)?;
-        self.check_shape("gmm.variances", &vs, &[k, d])?;
+        self.check_shape("gmm.variances", &vs, &[k, d], "K × D of `gmm.means`")?;
         let (weights, ws) = self.f32("gmm.weights", 1)?;
-        self.check_shape("gmm.weights", &ws, &[k])?;
+        self.check_shape("gmm.weights", &ws, &[k], "K of `gmm.means`")?;
         self.build_gmm(k, d, means, variances, weights, "the GMM arrays (gmm.*)")
     }
 
@@ -696,9 +704,11 @@ impl<'a> Reader<'a> {
         let (means, ms) = self.f32("class_gmm.means", 3)?;
         let (c, k, d) = (ms[0], ms[1], ms[2]);
         let (variances, vs) = self.f32("class_gmm.variances", 3)?;
-        self.check_shape("class_gmm.variances", &vs, &[c, k, d])?;
+        let basis = "classes × K × D of `class_gmm.means`";
+        self.check_shape("class_gmm.variances", &vs, &[c, k, d], basis)?;
         let (weights, ws) = self.f32("class_gmm.weights", 2)?;
-        self.check_shape("class_gmm.weights", &ws, &[c, k])?;
+        let basis = "classes × K of `class_gmm.means`";
+        self.check_shape("class_gmm.weights", &ws, &[c, k], basis)?;
         if c == 0 {
             return Err(Error::format(
                 self.path,
@@ -746,7 +756,8 @@ impl<'a> Reader<'a> {
         let (mean, ms) = self.f32("pca.mean", 1)?;
         let (components, cs) = self.f32("pca.components", 2)?;
         let (eigenvalues, es) = self.f32("pca.eigenvalues", 1)?;
-        self.check_shape("pca.components", &cs, &[es[0], ms[0]])?;
+        let basis = "dims of `pca.eigenvalues` × input dimension of `pca.mean`";
+        self.check_shape("pca.components", &cs, &[es[0], ms[0]], basis)?;
         let whiten = self.header.pca_whiten.ok_or_else(|| {
             Error::format(
                 self.path,
@@ -771,13 +782,13 @@ impl<'a> Reader<'a> {
                 ),
             ));
         }
-        self.check_shape("svm.b", &bs, &[c])?;
+        self.check_shape("svm.b", &bs, &[c], "classes of `svm.w` (its rows)")?;
         let (primal, ps) = self.f64("svm.primal", 1)?;
-        self.check_shape("svm.primal", &ps, &[c])?;
+        self.check_shape("svm.primal", &ps, &[c], "classes of `svm.w` (its rows)")?;
         let (dual, ds) = self.f64("svm.dual", 1)?;
-        self.check_shape("svm.dual", &ds, &[c])?;
+        self.check_shape("svm.dual", &ds, &[c], "classes of `svm.w` (its rows)")?;
         let (iterations, is) = self.i64("svm.iterations", 1)?;
-        self.check_shape("svm.iterations", &is, &[c])?;
+        self.check_shape("svm.iterations", &is, &[c], "classes of `svm.w` (its rows)")?;
         let (alpha, a_shape) = self.f64("svm.alpha", 2)?;
         if a_shape[0] != c {
             return Err(Error::format(

@@ -70,6 +70,13 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         Some(p) => npy::read_usize_offsets(p, rows)?,
         None => vec![0, rows],
     };
+    if a.offsets.is_none() && rows == 0 {
+        anyhow::bail!(
+            "{}: the array has no rows: without --offsets it is one image, and a Fisher vector \
+             needs at least one descriptor",
+            a.descriptors.display()
+        );
+    }
     if let Some(i) = offsets.windows(2).position(|w| w[0] == w[1]) {
         anyhow::bail!(
             "{}: image {i} has no descriptors (offsets {} and {} are equal): a Fisher vector needs at least one",

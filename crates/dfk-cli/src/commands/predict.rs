@@ -112,9 +112,18 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 None => loaded.train,
             }
         }
-        _ => return usage(
-            "give image files or one data option (--data, --fashion-mnist, --embedded), not both",
-        ),
+        (true, false) => {
+            return usage(
+                "nothing to predict: give image files or one data option (--data, \
+                 --fashion-mnist, --embedded)",
+            )
+        }
+        (false, true) => {
+            return usage(
+                "give image files or one data option (--data, --fashion-mnist, --embedded), \
+                 not both",
+            )
+        }
     };
     if descriptors.is_some() {
         crate::util::check_positions_not_needed(&pipeline.config, Some(&a.model))?;

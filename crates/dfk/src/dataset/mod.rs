@@ -178,7 +178,24 @@ fn open_image(path: &Path) -> Result<image::DynamicImage> {
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
     let jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
-    let cannot = |e: image::ImageError| Error::format(path, format!("cannot decode image: {e}"));
+    let cannot = |e: image::ImageError| match e {
+        // Name the size the header declares, and the limit.
+        image::ImageError::Limits(_) => {
+            let size = image::ImageReader::new(std::io::Cursor::new(&bytes))
+                .with_guessed_format()
+                .ok()
+                .and_then(|r| r.into_dimensions().ok())
+                .map_or(String::new(), |(w, h)| format!("a {w}x{h} image: "));
+            Error::format(
+                path,
+                format!(
+                    "cannot decode image: {size}its decoded pixels would take more memory \
+                     than the decoder's limit of 512 MiB"
+                ),
+            )
+        }
+        e => Error::format(path, format!("cannot decode image: {e}")),
+    };
     let mut decoder = reader.into_decoder().map_err(cannot)?;
     // What `ImageReader::decode` checks before allocating (its default limits, 512 MiB).
     image::Limits::default()

@@ -600,7 +600,8 @@ fn invalid_stored_settings_are_reported_on_loading() {
 fn stored_settings_must_match_the_arrays() {
     let dir = tempfile::tempdir().unwrap();
     let m = small_model(dir.path());
-    let edits: [(&str, fn(&mut dfk::model::ModelFile)); 3] = [
+    type Edit = fn(&mut dfk::model::ModelFile);
+    let edits: [(&str, Edit); 3] = [
         ("gmm.k = 5 but gmm.means holds K = 2", |f| {
             f.config["gmm"]["k"] = serde_json::json!(5)
         }),

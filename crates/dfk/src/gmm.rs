@@ -34,13 +34,20 @@ impl Gmm {
         if d == 0 {
             return Err(Error::param("d", d, "at least 1 dimension"));
         }
-        if means.len() != k * d {
-            return Err(Error::dim("GMM means (K*D values)", k * d, means.len()));
+        let Some(kd) = k.checked_mul(d) else {
+            return Err(Error::param(
+                "k",
+                k,
+                format!("K × D ({k} × {d}) to fit in memory"),
+            ));
+        };
+        if means.len() != kd {
+            return Err(Error::dim("GMM means (K*D values)", kd, means.len()));
         }
-        if variances.len() != k * d {
+        if variances.len() != kd {
             return Err(Error::dim(
                 "GMM variances (K*D values)",
-                k * d,
+                kd,
                 variances.len(),
             ));
         }
@@ -996,7 +1003,8 @@ impl<'a> EmContext<'a> {
     /// Runs EM from the centred model `gmm` until convergence or `max_iter`.
     fn run(&self, init: Gmm, params: &GmmParams) -> Result<(Gmm, Vec<f64>, usize, bool)> {
         let converged = |prev: f64, ll: f64| (ll - prev).abs() <= params.tol * ll.abs();
-        let mut history = Vec::with_capacity(params.max_iter + 1);
+        // `max_iter` may be huge ("no limit"): the history grows as it goes.
+        let mut history = Vec::with_capacity(params.max_iter.min(1024) + 1);
         if params.max_iter == 0 {
             history.push(self.loglik(&init));
             return Ok((init, history, 0, false));
@@ -1065,7 +1073,7 @@ pub fn em_step(gmm: &Gmm, x: &[f32], params: &GmmParams) -> Result<(Gmm, f64)> {
 pub fn fit_gmm(x: &[f32], d: usize, params: &GmmParams) -> Result<GmmFit> {
     let ctx = EmContext::new(x, d, params)?;
     let mut best: Option<(Gmm, Vec<f64>, usize, bool)> = None;
-    let mut restarts_ll = Vec::with_capacity(params.restarts);
+    let mut restarts_ll = Vec::with_capacity(params.restarts.min(1024));
     for r in 0..params.restarts {
         let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
         rng.set_stream(r as u64);

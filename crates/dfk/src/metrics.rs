@@ -40,7 +40,7 @@ pub fn top_k_accuracy(scores: &[f32], classes: usize, truth: &[usize], k: usize)
     }
     check_pair_len(
         "top-k scores (n × classes)",
-        truth.len() * classes,
+        truth.len().saturating_mul(classes),
         scores.len(),
     )?;
     check_finite("top-k scores", scores)?;

@@ -728,6 +728,14 @@ impl F32MatrixWriter {
     /// float32 matrix.
     pub fn create(path: impl AsRef<Path>, rows: usize, cols: usize) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        // A matrix without columns holds no rows to write, and its file would not read back.
+        if cols == 0 || rows.checked_mul(cols).is_none() {
+            return Err(Error::param(
+                "matrix shape",
+                format!("{rows} × {cols}"),
+                "at least one column, and a size that fits in memory",
+            ));
+        }
         let target = output_target(&path)?;
         // npyz renders the header; it is written before any data, so an unfinished writer over
         // a buffer leaves exactly the header bytes in it.
@@ -1112,10 +1120,10 @@ impl FileGroup {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
-        if data.len() != rows * cols {
+        if rows.checked_mul(cols) != Some(data.len()) {
             return Err(Error::dim(
                 "matrix to write (rows × cols)",
-                rows * cols,
+                rows.saturating_mul(cols),
                 data.len(),
             ));
         }

@@ -208,6 +208,14 @@ impl Pca {
                 x.len(),
             ));
         }
+        // The fields are public: a hand-built projection may not be dims × D_in.
+        if self.components.len() != dims * d_in {
+            return Err(Error::dim(
+                "PCA components (dims × D_in)",
+                dims * d_in,
+                self.components.len(),
+            ));
+        }
         let n = x.len() / d_in;
         if out.len() != n * dims {
             return Err(Error::dim(

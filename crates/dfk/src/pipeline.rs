@@ -708,6 +708,9 @@ impl Preprocessor {
 
     /// Preprocesses `x` (`N × d_in`) with positions `N × 2`, returning `N × dim()`.
     pub fn apply(&self, x: &[f32], positions: &[f32]) -> Result<Vec<f32>> {
+        if self.d_in == 0 {
+            return Err(Error::param("d_in", 0, "at least 1 input dimension"));
+        }
         if !x.len().is_multiple_of(self.d_in) {
             return Err(Error::dim(
                 "descriptor values (N × d_in)",
@@ -727,7 +730,10 @@ impl Preprocessor {
             Some(p) => p.transform(x)?,
             None => x.to_vec(),
         };
-        let d = y.len() / n.max(1);
+        if n == 0 {
+            return Ok(y);
+        }
+        let d = y.len() / n;
         if self.l2 {
             l2_normalize_rows(&mut y, d);
         }
@@ -745,6 +751,16 @@ impl Preprocessor {
     /// Preprocesses every image's descriptors (parallel over blocks of images).
     pub fn apply_all(&self, raw: &RawDescriptors) -> Result<Descriptors> {
         let d = &raw.descriptors;
+        d.check_layout()?;
+        // Positions are used only with `spatial`; without it they may be absent.
+        let with_positions = raw.positions.len() == 2 * d.rows();
+        if self.spatial && !with_positions {
+            return Err(Error::dim(
+                "descriptor positions (rows × 2)",
+                2 * d.rows(),
+                raw.positions.len(),
+            ));
+        }
         if d.dim != self.d_in {
             return Err(Error::dim(
                 "descriptor columns (the model was fitted to descriptors of this dimension)",
@@ -759,10 +775,11 @@ impl Preprocessor {
             .map(|b| {
                 let (i0, i1) = (b * block, ((b + 1) * block).min(images));
                 let (r0, r1) = (d.offsets[i0], d.offsets[i1]);
-                self.apply(
-                    &d.data[r0 * d.dim..r1 * d.dim],
-                    &raw.positions[2 * r0..2 * r1],
-                )
+                let positions = match with_positions {
+                    true => &raw.positions[2 * r0..2 * r1],
+                    false => &[][..],
+                };
+                self.apply(&d.data[r0 * d.dim..r1 * d.dim], positions)
             })
             .collect::<Result<_>>()?;
         let out_dim = self.dim();
@@ -797,6 +814,7 @@ pub fn encode_all(
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Vec<f32>> {
     let encoder = FisherEncoder::new(gmm, options)?;
+    desc.check_layout()?;
     encode_in_blocks(desc, encoder.len(), progress, |rows, local, chunk| {
         encoder.encode_batch(
             &desc.data[rows.start * desc.dim..rows.end * desc.dim],
@@ -842,6 +860,7 @@ pub fn encode_all_pyramid(
     let Some(pyramid) = pyramid else {
         return encode_all(gmm, options, desc, progress);
     };
+    desc.check_layout()?;
     let Some(positions) = positions else {
         return Err(Error::Invalid(
             "a spatial pyramid needs each descriptor's position (x, y), and these descriptors \
@@ -865,23 +884,10 @@ pub fn encode_all_pyramid(
     })
 }
 
-/// The class labels of a data set in the SVM's form.
+/// The class labels of a data set in the SVM's form ([`Dataset::labels`]; a label that names no
+/// class is left out).
 pub fn dataset_labels(data: &Dataset) -> Labels {
-    let classes = data.classes();
-    if data.multilabel {
-        let mut targets = vec![false; data.len() * classes];
-        for (i, item) in data.items.iter().enumerate() {
-            for &l in &item.labels {
-                targets[i * classes + l] = true;
-            }
-        }
-        Labels::MultiLabel { targets, classes }
-    } else {
-        Labels::MultiClass {
-            labels: data.first_labels(),
-            classes,
-        }
-    }
+    data.labels()
 }
 
 /// Wall-clock time of one pipeline stage.
@@ -1138,7 +1144,22 @@ impl Pipeline {
             .ok_or_else(|| Error::format(path, "the model holds no SVMs: it cannot classify"))?;
         let d_in = match &model.pca {
             Some(p) => p.d_in(),
-            None => model.gmm.d() - if config.spatial { 2 } else { 0 },
+            None => {
+                let xy = if config.spatial { 2 } else { 0 };
+                match model.gmm.d().checked_sub(xy) {
+                    Some(d) if d > 0 => d,
+                    _ => {
+                        return Err(Error::format(
+                            path,
+                            format!(
+                                "the GMM has dimension {} but the stored configuration appends \
+                                 (x, y) to descriptors of at least one dimension",
+                                model.gmm.d()
+                            ),
+                        ))
+                    }
+                }
+            }
         };
         let pre = Preprocessor::from_parts(d_in, model.pca.clone(), &config)
             .map_err(|e| Error::format(path, e))?;
@@ -1163,6 +1184,16 @@ impl Pipeline {
                         .pyramid
                         .as_ref()
                         .map_or(String::new(), |p| format!(" in the pyramid {p}")),
+                ),
+            ));
+        }
+        if !model.class_gmms.is_empty() && model.class_gmms.len() != svm.classes {
+            return Err(Error::format(
+                path,
+                format!(
+                    "{} per-class GMMs for {} one-vs-rest SVMs: expected one GMM per class",
+                    model.class_gmms.len(),
+                    svm.classes
                 ),
             ));
         }
@@ -1290,9 +1321,18 @@ impl Pipeline {
 
     /// [`Pipeline::scores`], or an error naming the sample and class of the first score that
     /// overflows `f32` (finite weights near `f32::MAX` in a model file).
+    /// Also an error when `features` is not `n × feature_len()`.
     pub fn try_scores(&self, features: &[f32], n: usize) -> Result<Vec<f32>> {
         if self.class_gmms.is_empty() {
             return self.svm.try_scores(features, n);
+        }
+        let stride = self.feature_len();
+        if n.checked_mul(stride) != Some(features.len()) {
+            return Err(Error::dim(
+                "features (n × the per-class Fisher vectors' length)",
+                n.saturating_mul(stride),
+                features.len(),
+            ));
         }
         let out = self.scores(features, n);
         match out.iter().position(|s| !s.is_finite()) {
@@ -1309,11 +1349,19 @@ impl Pipeline {
 
     /// SVM scores (`n × classes`) of the features from [`encode_dataset`](Self::encode_dataset):
     /// ⟨w_c, φ⟩ + b_c, where φ is the Fisher vector under class c's GMM in per-class mode.
+    ///
+    /// # Panics
+    /// If `features` is not `n × feature_len()`; [`Pipeline::try_scores`] returns an error.
     pub fn scores(&self, features: &[f32], n: usize) -> Vec<f32> {
         if self.class_gmms.is_empty() {
             return self.svm.scores(features, n);
         }
         let (len, stride) = (self.gmm.fisher_len(), self.feature_len());
+        assert_eq!(
+            Some(features.len()),
+            n.checked_mul(stride),
+            "Pipeline::scores: features must be n × feature_len()"
+        );
         let mut out = Vec::with_capacity(n * self.svm.classes);
         for row in features.chunks_exact(stride).take(n) {
             for (c, m) in self.svm.models.iter().enumerate() {

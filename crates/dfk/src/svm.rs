@@ -445,6 +445,9 @@ impl OneVsRest {
 
     /// Checked form of [`OneVsRest::scores`]: also an error when a score overflows `f32`.
     pub fn try_scores(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        // The samples first: `n` is the caller's, and the scores are allocated from it.
+        self.validate()?;
+        check_matrix_allow_empty(x, n, self.dim)?;
         let mut out = vec![0f32; n * self.classes];
         self.scores_into(x, n, &mut out)?;
         self.check_scores(x, &out)?;

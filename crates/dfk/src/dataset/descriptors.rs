@@ -33,6 +33,13 @@ impl Descriptors {
     /// Checks `dim > 0`, that the data length is a multiple of `dim`, that the offsets
     /// partition the rows, and that every value is finite.
     pub fn validate(&self) -> Result<()> {
+        self.check_layout()?;
+        check_finite("descriptors", &self.data)
+    }
+
+    /// [`Descriptors::validate`] without the pass over the values (the fields are public: a
+    /// caller may have built an inconsistent value, which would index out of range).
+    pub fn check_layout(&self) -> Result<()> {
         if self.dim == 0 {
             return Err(Error::param("descriptor dim", 0, "at least 1"));
         }
@@ -64,7 +71,7 @@ impl Descriptors {
                 self.offsets[i + 1]
             )));
         }
-        check_finite("descriptors", &self.data)
+        Ok(())
     }
 
     /// Number of images.

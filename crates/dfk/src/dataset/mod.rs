@@ -153,10 +153,10 @@ impl ImageSource {
                 height,
                 pixels,
             } => {
-                if pixels.len() != width * height {
+                if width.checked_mul(*height) != Some(pixels.len()) {
                     return Err(Error::dim(
                         format!("pixels of a {width}x{height} memory image"),
-                        width * height,
+                        width.saturating_mul(*height),
                         pixels.len(),
                     ));
                 }

@@ -112,7 +112,7 @@ impl ImageSet {
 
     /// Number of images.
     pub fn len(&self) -> usize {
-        self.offsets.len() - 1
+        self.offsets.len().saturating_sub(1)
     }
 
     /// Always false: an image set holds at least one image.

@@ -146,7 +146,7 @@ impl LineSearch {
         } else {
             t
         };
-        next.clamp(self.min_step, self.max_step)
+        self.within_bounds(next)
     }
 
     /// The starting step of the next search after accepting `t` with J = `value` at trial
@@ -159,7 +159,13 @@ impl LineSearch {
         }
         let next =
             quadratic_min(f0, slope, t, value).map_or(t * self.grow, |q| q.clamp(t, t * self.grow));
-        next.clamp(self.min_step, self.max_step)
+        self.within_bounds(next)
+    }
+
+    /// `t` within [`min_step`, `max_step`], without `f64::clamp`'s panic when constants that
+    /// [`Self::validate`] refuses (min above max, NaN) come in.
+    fn within_bounds(&self, t: f64) -> f64 {
+        t.min(self.max_step).max(self.min_step)
     }
 
     /// The step to try after `t` was rejected with J = `value` (`None`: not finite).
@@ -189,10 +195,12 @@ impl LineSearch {
         t0: f64,
         mut eval: impl FnMut(f64, f64) -> Result<Trial<T>>,
     ) -> Result<Outcome<T>> {
+        // Constants outside their ranges could loop for ever (a `min_step` of 0).
+        self.validate()?;
         if !(slope < 0.0 && slope.is_finite() && f0.is_finite()) {
             return Ok(Outcome::Failed { trials: 0 });
         }
-        let mut t = t0.clamp(self.min_step, self.max_step);
+        let mut t = self.within_bounds(t0);
         let mut trials = 0;
         while t >= self.min_step {
             trials += 1;

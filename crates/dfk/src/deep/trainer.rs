@@ -81,7 +81,9 @@ impl DeepModel {
         for (gmm, svm, tasks) in &groups {
             let enc = FisherEncoder::new(gmm, self.fisher)?;
             let feats = encode_features(&enc, set)?;
-            scatter_scores(&svm.scores(&feats, set.len()), tasks, classes, &mut out);
+            // The model's fields are public: an SVM of another width is an error, not a panic.
+            let scores = svm.try_scores(&feats, set.len())?;
+            scatter_scores(&scores, tasks, classes, &mut out);
         }
         Ok(out)
     }
@@ -1608,6 +1610,13 @@ pub fn objective_and_gradient(
     set: &ImageSet,
     params: &DeepParams,
 ) -> Result<(f64, Theta)> {
+    if theta.d != set.d {
+        return Err(Error::dim(
+            "descriptor dimension of the image set (the GMM's D)",
+            theta.d,
+            set.d,
+        ));
+    }
     let mut timers = Timers::default();
     let (j, ev) = evaluate_fully(
         theta,

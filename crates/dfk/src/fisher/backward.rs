@@ -254,13 +254,30 @@ impl FisherEncoder {
                 grad_phi.len(),
             ));
         }
-        if grad.k != k || grad.d != d || grad.means.len() != k * d {
+        // Every array of the accumulator: its fields are public.
+        let arrays = [
+            ("means (K·D)", grad.means.len(), k * d),
+            ("log-std (K·D)", grad.log_std.len(), k * d),
+            ("weight logits (K)", grad.weight_logits.len(), k),
+        ];
+        if grad.k != k || grad.d != d {
             return Err(Error::dim(
-                "gradient accumulator (K·D)",
+                format!(
+                    "gradient accumulator (K = {k}, D = {d}; it has K = {}, D = {})",
+                    grad.k, grad.d
+                ),
                 k * d,
                 grad.k * grad.d,
             ));
         }
+        if let Some((what, got, expected)) = arrays.into_iter().find(|a| a.1 != a.2) {
+            return Err(Error::dim(
+                format!("gradient accumulator {what}"),
+                expected,
+                got,
+            ));
+        }
+        self.check_scratch(scratch)?;
         self.forward(x, scratch)?;
         self.backward_from_forward(x, grad_phi, grad, scratch, None)
     }

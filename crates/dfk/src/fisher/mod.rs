@@ -355,9 +355,25 @@ impl FisherEncoder {
         if out.len() != self.len() {
             return Err(Error::dim("Fisher vector output", self.len(), out.len()));
         }
+        self.check_scratch(scratch)?;
         self.forward(x, scratch)?;
         for (o, &v) in out.iter_mut().zip(&scratch.out) {
             *o = v as f32;
+        }
+        Ok(())
+    }
+
+    /// `scratch` must be this encoder's ([`scratch`](Self::scratch)): another encoder's is
+    /// sized for another K or D.
+    pub(crate) fn check_scratch(&self, scratch: &FisherScratch) -> Result<()> {
+        let (k, d) = (self.gmm.k(), self.gmm.d());
+        if scratch.sel.len() != k || scratch.xd.len() != d {
+            return Err(Error::Invalid(format!(
+                "Fisher scratch for K = {}, D = {}: this encoder has K = {k}, D = {d} (use its \
+                 own scratch())",
+                scratch.sel.len(),
+                scratch.xd.len()
+            )));
         }
         Ok(())
     }

@@ -198,3 +198,20 @@ fn labels_beyond_the_classes_do_not_panic() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The objective of a GMM of another dimension than the image set's descriptors.
+#[test]
+fn the_deep_objective_checks_the_dimension() {
+    use dfk::deep::{objective_and_gradient, DeepParams, ImageSet, Theta};
+    let data: Vec<f32> = (0..4 * 3 * 3).map(|i| (i % 5) as f32 * 0.2).collect();
+    let labels = Labels::MultiClass {
+        labels: vec![0, 1, 0, 1],
+        classes: 2,
+    };
+    let set = ImageSet::new(data, 3, vec![0, 3, 6, 9, 12], labels).unwrap();
+    let e = objective_and_gradient(&Theta::zeros(2, 1), &set, &DeepParams::default()).unwrap_err();
+    assert!(e.to_string().contains("descriptor dimension"), "{e}");
+    assert!(
+        objective_and_gradient(&Theta::from_gmm(&gmm(2, 3)), &set, &DeepParams::default()).is_ok()
+    );
+}

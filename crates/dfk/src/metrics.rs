@@ -144,7 +144,13 @@ pub fn precision_recall_curve(scores: &[f32], positives: &[bool]) -> Result<(Vec
 
 /// The scores of class `class` (`scores` is `images × classes`) and whether each image is a
 /// positive of it, over the images not left out of it by `ignore` (`images × classes`, true
-/// to leave out: VOC's "difficult" images), in image order. Lengths are the caller's to check.
+/// to leave out: VOC's "difficult" images), in image order.
+///
+/// `class` must be below `labels.classes()`, and `scores` and `ignore` must hold `images ×
+/// classes` values (the callers, evaluation and the deep trainer, check them first).
+///
+/// # Panics
+/// If `scores` or `ignore` is shorter than that (index out of range).
 pub fn class_column(
     scores: &[f32],
     labels: &Labels,

@@ -884,12 +884,6 @@ pub fn encode_all_pyramid(
     })
 }
 
-/// The class labels of a data set in the SVM's form ([`Dataset::labels`]; a label that names no
-/// class is left out).
-pub fn dataset_labels(data: &Dataset) -> Labels {
-    data.labels()
-}
-
 /// Wall-clock time of one pipeline stage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StageTime {
@@ -976,7 +970,7 @@ pub fn fit_pipeline(
         pre,
         &desc,
         positions.as_deref(),
-        &dataset_labels(train),
+        &train.labels(),
         config,
         progress,
     )?;

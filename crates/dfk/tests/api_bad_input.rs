@@ -7,7 +7,7 @@ use dfk::deep::{LineSearch, Trial};
 use dfk::fisher::{FisherEncoder, FisherOptions, GmmGradient};
 use dfk::gmm::{fit_gmm, Gmm, GmmParams};
 use dfk::pca::Pca;
-use dfk::pipeline::{dataset_labels, encode_all, Preprocessor, RawDescriptors};
+use dfk::pipeline::{encode_all, Preprocessor, RawDescriptors};
 use dfk::svm::{train_one_vs_rest, ClassWeighting, Labels, SvmParams};
 
 fn gmm(k: usize, d: usize) -> Gmm {
@@ -191,7 +191,7 @@ fn labels_beyond_the_classes_do_not_panic() {
         multilabel: true,
         origin: None,
     };
-    match dataset_labels(&data) {
+    match data.labels() {
         Labels::MultiLabel { targets, classes } => {
             assert_eq!((targets, classes), (vec![false, true], 2))
         }

@@ -16,8 +16,7 @@ use dfk::model::{load_gmm, ModelFile};
 use dfk::npy;
 use dfk::pca::Pca;
 use dfk::pipeline::{
-    dataset_labels, fit_preprocessor, load_or_extract, PcaConfig, PipelineConfig, SvmConfig,
-    Weighting,
+    fit_preprocessor, load_or_extract, PcaConfig, PipelineConfig, SvmConfig, Weighting,
 };
 use dfk::svm::{ClassWeighting, Labels, OneVsRest, SvmParams};
 use serde_json::json;
@@ -987,7 +986,7 @@ fn extract(
         desc.data,
         desc.dim,
         desc.offsets,
-        dataset_labels(ds),
+        ds.labels(),
     )?)
 }
 

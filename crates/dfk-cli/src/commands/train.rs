@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use dfk::dataset::Dataset;
 use dfk::pipeline::{
-    dataset_labels, evaluate_ignoring, fit_from_descriptors, fit_pipeline, Evaluation, Pipeline,
-    PipelineConfig, RawDescriptors, StageTime,
+    evaluate_ignoring, fit_from_descriptors, fit_pipeline, Evaluation, Pipeline, PipelineConfig,
+    RawDescriptors, StageTime,
 };
 use serde_json::json;
 
@@ -74,7 +74,7 @@ pub fn evaluate_on(
     // VOC's difficult images are left out of their classes' AP, as its protocol does.
     let e = evaluate_ignoring(
         &scores,
-        &dataset_labels(data),
+        &data.labels(),
         &pipeline.class_names,
         data.difficult_mask().as_deref(),
     )?;
@@ -105,7 +105,7 @@ pub fn train_and_evaluate(
                      (remove --pyramid or the configuration's `pyramid`)",
                 );
             }
-            let mut fit = fit_from_descriptors(raw, &dataset_labels(&loaded.train), cfg, &bars)?;
+            let mut fit = fit_from_descriptors(raw, &loaded.train.labels(), cfg, &bars)?;
             fit.pipeline.class_names = loaded.train.class_names.clone();
             fit
         }
@@ -120,7 +120,7 @@ pub fn train_and_evaluate(
         let scores = fit.pipeline.scores(&fit.train_features, loaded.train.len());
         evaluate_ignoring(
             &scores,
-            &dataset_labels(&loaded.train),
+            &loaded.train.labels(),
             &fit.pipeline.class_names,
             difficult.as_deref(),
         )

@@ -260,6 +260,10 @@ impl Pca {
     }
 }
 
+/// Largest input dimension [`fit_pca`] takes: a 16384 × 16384 f64 covariance is 2.1 GB and
+/// its eigendecomposition O(D³) ≈ 4·10¹² operations.
+pub const MAX_PCA_INPUT: usize = 16384;
+
 /// Fits a PCA to the rows of `x` (`N × d_in`, row-major) using at most `params.sample` rows drawn
 /// uniformly without replacement (seeded), or all rows when `N ≤ sample`.
 ///
@@ -267,6 +271,19 @@ impl Pca {
 /// `d_in`, a non-finite value in the rows used.
 pub fn fit_pca(x: &[f32], d_in: usize, params: &PcaParams) -> Result<Pca> {
     params.validate(d_in)?;
+    if d_in > MAX_PCA_INPUT {
+        // The covariance and the eigendecomposition's workspace are D_in × D_in f64 each: a
+        // failed allocation would abort the process.
+        return Err(Error::param(
+            "PCA input dimension",
+            d_in,
+            format!(
+                "at most {MAX_PCA_INPUT} (its {d_in} × {d_in} covariance would take {:.1} GB, \
+                 twice over in the eigendecomposition)",
+                (d_in as f64).powi(2) * 8e-9
+            ),
+        ));
+    }
     if !x.len().is_multiple_of(d_in) {
         return Err(Error::dim(
             "PCA training data length (a multiple of d_in)",

@@ -215,3 +215,15 @@ fn the_deep_objective_checks_the_dimension() {
         objective_and_gradient(&Theta::from_gmm(&gmm(2, 3)), &set, &DeepParams::default()).is_ok()
     );
 }
+
+/// A PCA of more input dimensions than its covariance can reasonably hold is refused before
+/// anything is allocated (a failed allocation aborted the process); the limit itself fits.
+#[test]
+fn pca_input_dimensions_are_bounded() {
+    use dfk::pca::{fit_pca, PcaParams, MAX_PCA_INPUT};
+    let d = MAX_PCA_INPUT + 1;
+    let e = fit_pca(&vec![0.5; 2 * d], d, &PcaParams::new(1)).unwrap_err();
+    assert!(e.to_string().contains("at most 16384"), "{e}");
+    let x: Vec<f32> = (0..3 * 40).map(|i| (i % 11) as f32).collect();
+    assert_eq!(fit_pca(&x, 40, &PcaParams::new(2)).unwrap().dims(), 2);
+}

@@ -254,7 +254,9 @@ impl DsiftParams {
     /// Smallest width and height (after `resize`) that holds one descriptor of every scale:
     /// `3 · max bin + 1`.
     pub fn min_image_side(&self) -> usize {
-        3 * self.bin_sizes.iter().copied().max().unwrap_or(0) + 1
+        // Saturating: the fields are public, and unvalidated bins may be any size.
+        let bin = self.bin_sizes.iter().copied().max().unwrap_or(0);
+        bin.saturating_mul(3).saturating_add(1)
     }
 
     /// Number of descriptors [`dense_sift`] returns for an image of this size (before
@@ -270,6 +272,7 @@ impl DsiftParams {
                 what: format!("image ({width}x{height} pixels)"),
             });
         }
+        check_size_without_resize(self, width, height)?;
         let mut n = 0;
         for &b in &self.bin_sizes {
             n += ScaleGrid::new(self, b, w, h)?.count();
@@ -473,6 +476,19 @@ pub fn dense_sift_batch(
         .collect()
 }
 
+/// The cap of `resize`, for images used at their size: beyond it extraction needs tens of GB
+/// (a 30000×3000 image ~16 GB) and would end in an allocation failure.
+fn check_size_without_resize(params: &DsiftParams, width: usize, height: usize) -> Result<()> {
+    if params.resize.is_none() && (width as u64).saturating_mul(height as u64) > MAX_RESIZE_PIXELS {
+        return Err(Error::Invalid(format!(
+            "a {width}x{height} image: more pixels than the {MAX_RESIZE_PIXELS} (2^26, e.g. \
+             8192x8192) dense SIFT takes without a resize; scale it down first, or give a \
+             --resize"
+        )));
+    }
+    Ok(())
+}
+
 /// [`dense_sift`] with caller-provided scratch; `descriptors` and `keypoints` are cleared and
 /// refilled (their capacity is reused).
 pub fn dense_sift_with(
@@ -483,15 +499,7 @@ pub fn dense_sift_with(
     keypoints: &mut Vec<Keypoint>,
 ) -> Result<()> {
     params.validate()?;
-    // The cap of `resize`, for images used at their size: beyond it extraction needs tens of
-    // GB (a 30000×3000 image ~16 GB) and would end in an allocation failure.
-    if params.resize.is_none() && image.width as u64 * image.height as u64 > MAX_RESIZE_PIXELS {
-        return Err(Error::Invalid(format!(
-            "a {}x{} image: more pixels than the {MAX_RESIZE_PIXELS} (2^26, e.g. 8192x8192) \
-             dense SIFT takes without a resize; scale it down first, or give a --resize",
-            image.width, image.height
-        )));
-    }
+    check_size_without_resize(params, image.width, image.height)?;
     image.check()?;
     descriptors.clear();
     keypoints.clear();

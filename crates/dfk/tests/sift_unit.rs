@@ -217,6 +217,17 @@ fn images_beyond_the_resize_cap_are_refused_without_a_resize() {
     let small = random_image(300, 200, 2);
     assert!(dense_sift(&small, &DsiftParams::default()).is_ok());
     assert!(dense_sift(&small, &params).is_ok());
+    // The count agrees, without overflowing on sizes no image has.
+    let defaults = DsiftParams::default();
+    let err = defaults.keypoint_count(w, h).unwrap_err();
+    assert!(err.to_string().contains("more pixels than"), "{err}");
+    assert!(defaults.keypoint_count(usize::MAX, usize::MAX).is_err());
+    assert!(params.keypoint_count(usize::MAX, usize::MAX).is_ok());
+    let huge_bins = DsiftParams {
+        bin_sizes: vec![usize::MAX],
+        ..DsiftParams::default()
+    };
+    assert_eq!(huge_bins.min_image_side(), usize::MAX);
 }
 
 #[test]

@@ -209,6 +209,36 @@ fn malformed_inputs_fail_cleanly() {
         "empty.npy: the array has no rows: without --offsets it is one image",
         &out,
     );
+    // A 1-D array reads as one column: the message says so.
+    let flat = inputs.path().join("flat.npy");
+    npy::write_f32_vector(&flat, &[0.5; 8]).unwrap();
+    fails_leaving_nothing(
+        &[
+            "fisher",
+            "--gmm",
+            &g,
+            "--descriptors",
+            &s(&flat),
+            "--out",
+            &o,
+        ],
+        1,
+        "descriptors have 1 column but the GMM in",
+        &out,
+    );
+    fails(
+        &[
+            "fisher",
+            "--gmm",
+            &g,
+            "--descriptors",
+            &s(&flat),
+            "--out",
+            &o,
+        ],
+        1,
+        "a 1-D array is read as one column",
+    );
     for bad in ["offsets_decreasing.npy", "offsets_out_of_range.npy"] {
         let path = cli_fixture(bad);
         fails_leaving_nothing(

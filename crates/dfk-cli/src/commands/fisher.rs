@@ -60,10 +60,16 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let (rows, d) = (reader.rows(), reader.cols());
     if d != gmm.d() {
         anyhow::bail!(
-            "{}: descriptors have {d} columns but the GMM in {} has dimension {}",
+            "{}: descriptors have {d} column{} but the GMM in {} has dimension {}{}",
             a.descriptors.display(),
+            if d == 1 { "" } else { "s" },
             a.gmm.display(),
-            gmm.d()
+            gmm.d(),
+            if d == 1 {
+                " (a 1-D array is read as one column: save the descriptors as an N × D matrix)"
+            } else {
+                ""
+            }
         );
     }
     let offsets = match &a.offsets {

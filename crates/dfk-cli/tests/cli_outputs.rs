@@ -1720,9 +1720,9 @@ fn a_closed_standard_error_or_output_is_no_panic() {
     assert!(err.contains("cannot write to standard output"), "{err}");
 }
 
-/// A model read from a pipe (`--model <(cat m.dfk)`) is read as far as its header says, once
-/// (`info` reads it twice); a device that never ends (`/dev/zero`) is refused at once instead
-/// of being read into memory without end.
+/// A model read from a pipe (`--model <(cat m.dfk)`) is read as far as its header says, and
+/// one byte more: short or longer input is refused as in a file; a device that never ends
+/// (`/dev/zero`) is refused at once instead of being read into memory without end.
 #[cfg(unix)]
 #[test]
 fn models_from_pipes_and_devices() {
@@ -1731,26 +1731,43 @@ fn models_from_pipes_and_devices() {
     let dir = tempfile::tempdir().unwrap();
     let m = small_model(dir.path());
     let bytes = std::fs::read(&m).unwrap();
-    for (input, ok) in [
-        (bytes.clone(), true),
-        (bytes[..bytes.len() - 9].to_vec(), false),
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(b"GARBAGE");
+    for (input, problem) in [
+        (bytes.clone(), None),
+        (
+            bytes[..bytes.len() - 9].to_vec(),
+            Some("the file ends within its arrays"),
+        ),
+        (longer, Some("data continue after the")),
     ] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dfk"))
-            .args(["info", "/dev/stdin"])
+            .args([
+                "predict",
+                "--model",
+                "/dev/stdin",
+                "--embedded",
+                "--limit",
+                "2",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // The child may stop reading early (the truncated case): a failed write is no failure.
+        // The child may stop reading early: a failed write is no failure.
         let _ = child.stdin.take().unwrap().write_all(&input);
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.success(), ok, "{err}");
-        if ok {
-            assert!(String::from_utf8_lossy(&out.stdout).contains("kind pipeline"));
-        } else {
-            assert!(err.contains("the file ends within its arrays"), "{err}");
+        match problem {
+            None => {
+                assert!(out.status.success(), "{err}");
+                assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+            }
+            Some(needle) => {
+                assert_eq!(out.status.code(), Some(1), "{err}");
+                assert!(err.contains(needle), "{err}");
+            }
         }
     }
     let out = dfk(&["info", "/dev/zero"]);

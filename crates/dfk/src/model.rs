@@ -154,7 +154,12 @@ impl ModelFile {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = read_file(path)?;
-        let r = Reader::new(path, &bytes)?;
+        Self::from_reader(Reader::new(path, &bytes)?)
+    }
+
+    /// [`ModelFile::load`] on a file already read.
+    fn from_reader(r: Reader<'_>) -> Result<Self> {
+        let path = r.path;
         r.expect_kind(&[ModelKind::Pipeline])?;
         let gmm = r.gmm()?;
         let pca = if r.has("pca.mean") {
@@ -266,6 +271,25 @@ pub fn load_gmm(path: impl AsRef<Path>) -> Result<Gmm> {
     r.gmm()
 }
 
+/// The GMM of a model file of kind `gmm`, or of one of kind `pipeline` checked whole as the
+/// commands that classify with it check it ([`crate::pipeline::Pipeline::from_model`] when it
+/// holds SVMs), with the per-class GMMs of a per-class deep model (empty otherwise). The file
+/// is read once, so a pipe will do.
+pub fn load_gmm_checked(path: impl AsRef<Path>) -> Result<(Gmm, Vec<Gmm>)> {
+    let path = path.as_ref();
+    let bytes = read_file(path)?;
+    let r = Reader::new(path, &bytes)?;
+    r.expect_kind(&[ModelKind::Gmm, ModelKind::Pipeline])?;
+    if r.header.kind == ModelKind::Gmm {
+        return Ok((r.gmm()?, Vec::new()));
+    }
+    let file = ModelFile::from_reader(r)?;
+    if file.svm.is_some() {
+        crate::pipeline::Pipeline::from_model(&file, path)?;
+    }
+    Ok((file.gmm, file.class_gmms))
+}
+
 /// Reads the per-class GMMs of a model file of kind `gmm` or `pipeline` (those of a
 /// per-class Deep Fisher Kernel model; empty when it has none).
 pub fn load_class_gmms(path: impl AsRef<Path>) -> Result<Vec<Gmm>> {
@@ -358,18 +382,7 @@ fn bare_header(kind: ModelKind, class_names: Vec<String>) -> Header {
 fn read_file(path: &Path) -> Result<Vec<u8>> {
     let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir());
     if special {
-        // A pipe can be read once, and a command may read its model more than once (`info`
-        // summarises, then loads): the bytes are kept for the process.
-        type Read = std::collections::HashMap<std::path::PathBuf, Vec<u8>>;
-        static READ: std::sync::LazyLock<std::sync::Mutex<Read>> =
-            std::sync::LazyLock::new(Default::default);
-        let mut read = READ.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(bytes) = read.get(path) {
-            return Ok(bytes.clone());
-        }
-        let bytes = read_declared(path)?;
-        read.insert(path.to_path_buf(), bytes.clone());
-        Ok(bytes)
+        read_declared(path)
     } else {
         std::fs::read(path).map_err(|e| Error::io(path, e))
     }
@@ -379,27 +392,36 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 const MAX_HEADER_BYTES: u64 = 100 << 20;
 
 /// Reads a model from a device or pipe (`--model <(cat m.dfk)`) as far as its header says it
-/// extends, and no further: reading to the end would never stop on `/dev/zero`.
+/// extends, and one byte more to find data beyond it (refused, as in a file): reading to the
+/// end would never stop on `/dev/zero`. Nothing is allocated ahead of the bytes read. A pipe
+/// can be read once: commands that read their model twice need a file.
 fn read_declared(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut bytes = vec![0u8; 8];
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let short = |what: &str| Error::format(path, format!("the file ends within its {what}"));
-    file.read_exact(&mut bytes)
-        .map_err(|_| short("header length"))?;
-    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let mut bytes = Vec::new();
+    let mut file = file.take(8);
+    file.read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    let Ok(len) = <[u8; 8]>::try_from(&bytes[..]) else {
+        return Err(short("header length"));
+    };
+    let n = u64::from_le_bytes(len);
     if n == 0 || n > MAX_HEADER_BYTES {
         return Err(Error::format(
             path,
             format!("a header of {n} bytes: not a model file (at most {MAX_HEADER_BYTES})"),
         ));
     }
-    bytes.resize(8 + n as usize, 0);
-    file.read_exact(&mut bytes[8..])
-        .map_err(|_| short("header"))?;
+    file.set_limit(n);
+    file.read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 != 8 + n {
+        return Err(short("header"));
+    }
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..])
         .map_err(|e| Error::format(path, format!("unreadable header: {e}")))?;
-    // The data extend to the largest end offset of the arrays.
+    // The data extend to the largest end offset of the arrays (relative to the header's end).
     let end = header
         .as_object()
         .into_iter()
@@ -407,15 +429,18 @@ fn read_declared(path: &Path) -> Result<Vec<u8>> {
         .filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64())
         .max()
         .unwrap_or(0);
-    let at = bytes.len();
-    let data = usize::try_from(end).map_err(|_| short("arrays"))?;
-    bytes
-        .try_reserve_exact(data)
-        .map_err(|_| Error::format(path, format!("arrays of {end} bytes do not fit in memory")))?;
-    bytes.resize(at + data, 0);
-    file.read_exact(&mut bytes[at..])
-        .map_err(|_| short("arrays"))?;
-    Ok(bytes)
+    let at = bytes.len() as u64;
+    file.set_limit(end.saturating_add(1));
+    file.read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    match (bytes.len() as u64 - at).cmp(&end) {
+        std::cmp::Ordering::Less => Err(short("arrays")),
+        std::cmp::Ordering::Greater => Err(Error::format(
+            path,
+            format!("data continue after the {end} bytes of arrays its header declares"),
+        )),
+        std::cmp::Ordering::Equal => Ok(bytes),
+    }
 }
 
 /// Collects arrays as little-endian bytes, then serialises them with the header.

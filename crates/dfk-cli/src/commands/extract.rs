@@ -123,6 +123,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     }
     let mut files = npy::FileGroup::new();
     let mut results = Vec::new();
+    let mut lines = Vec::new();
     for (name, data) in sets {
         let pb = bar(g, data.len() as u64, &format!("{name} descriptors"));
         // With a pyramid, the entry holding (x, y) is the one `dfk train` reads.
@@ -175,8 +176,8 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                             "dim": d.dim, "cache_hit": hit, "cache_key": key}),
         );
         if !g.json && !g.quiet {
-            crate::util::out(format_args!(
-                "{name}: {} images, {} descriptors of dimension {}{}\n",
+            lines.push(format!(
+                "{name}: {} images, {} descriptors of dimension {}{}",
                 data.len(),
                 d.rows(),
                 d.dim,
@@ -185,15 +186,19 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                     (Some(c), false) => format!(" (cached in {})", c.join(&key).display()),
                     (None, _) => String::new(),
                 }
-            ))?;
+            ));
         }
     }
     files.commit()?;
     if let Some(c) = created {
         c.keep();
     }
+    // Said once every set is extracted and every file written.
     if g.json {
         emit(g, &json!({ "sets": results }), "")?;
+    }
+    for line in lines {
+        crate::util::out(format_args!("{line}\n"))?;
     }
     Ok(())
 }

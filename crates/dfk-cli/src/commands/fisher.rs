@@ -66,7 +66,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             a.gmm.display(),
             gmm.d(),
             if d == 1 {
-                " (a 1-D array is read as one column: save the descriptors as an N × D matrix)"
+                " (a 1-D array is read as one column: descriptors are an N × D matrix)"
             } else {
                 ""
             }
@@ -166,24 +166,19 @@ fn batch_context(path: &Path, first: usize, last: usize) -> String {
     )
 }
 
-/// The GMM of `--gmm`: a GMM file, or a pipeline model checked whole as the commands that
-/// classify with it check it (an edited or damaged file is reported, not half used). A
-/// per-class deep model holds one learned GMM per class beside its initial one, which one GMM
-/// cannot stand for: refused.
+/// The GMM of `--gmm`: a GMM file, or a pipeline model checked whole
+/// ([`model::load_gmm_checked`]). A per-class deep model holds one learned GMM per class beside
+/// its initial one, which one GMM cannot stand for: refused.
 fn load_one_gmm(path: &std::path::Path) -> anyhow::Result<dfk::gmm::Gmm> {
-    if model::summarize(path)?.header.kind != model::ModelKind::Pipeline {
-        return Ok(model::load_gmm(path)?);
-    }
-    let file = model::ModelFile::load(path)?;
-    dfk::pipeline::Pipeline::from_model(&file, path)?;
-    if !file.class_gmms.is_empty() {
+    let (gmm, class_gmms) = model::load_gmm_checked(path)?;
+    if !class_gmms.is_empty() {
         anyhow::bail!(
             "{}: a per-class deep model holds one learned GMM per class ({} of them) beside its \
              initial GMM; `dfk fisher` encodes with one GMM: give a GMM file or a pipeline or \
              shared-mode deep model",
             path.display(),
-            file.class_gmms.len()
+            class_gmms.len()
         );
     }
-    Ok(file.gmm)
+    Ok(gmm)
 }

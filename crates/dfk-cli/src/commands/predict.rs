@@ -1,6 +1,5 @@
 //! `dfk predict`: class scores and predicted labels for new images, as CSV or JSON.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -206,7 +205,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 &format!("predicted {n} images → {}", p.display()),
             )?;
         }
-        None => std::io::stdout().write_all(text.as_bytes())?,
+        None => crate::util::out(format_args!("{text}"))?,
     }
     Ok(())
 }

@@ -821,3 +821,30 @@ fn svm_max_iter_is_one_warning() {
         assert_eq!(err.matches("reached max_iter").count(), 1, "{err}");
     }
 }
+
+/// `fisher --gmm` takes the GMM of a pipeline model without SVMs (nothing to classify with,
+/// but a GMM to encode with), as it did before it checked pipeline models whole.
+#[test]
+fn fisher_takes_a_pipeline_model_without_svms() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = small_model(dir.path());
+    let mut model = dfk::model::ModelFile::load(&m).unwrap();
+    model.svm = None;
+    let bare = dir.path().join("bare.dfk");
+    model.save(&bare).unwrap();
+    let d = model.gmm.d();
+    let x = dir.path().join("x.npy");
+    npy::write_f32_matrix(&x, &vec![0.1; 3 * d], 3, d).unwrap();
+    let fv = dir.path().join("fv.npy");
+    ok(&[
+        "fisher",
+        "--gmm",
+        &s(&bare),
+        "--descriptors",
+        &s(&x),
+        "--out",
+        &s(&fv),
+    ]);
+    let (_, rows, cols) = npy::read_f32_matrix(&fv).unwrap();
+    assert_eq!((rows, cols), (1, model.gmm.fisher_len()));
+}

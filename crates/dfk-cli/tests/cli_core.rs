@@ -191,54 +191,23 @@ fn malformed_inputs_fail_cleanly() {
             &out,
         );
     }
-    // No rows and no offsets: one image without descriptors, said without naming offsets.
     let inputs = tempfile::tempdir().unwrap();
+    let fisher_fails = |x: &std::path::Path, needle: &str| {
+        let args = ["fisher", "--gmm", &g, "--descriptors", &s(x), "--out", &o];
+        fails_leaving_nothing(&args, 1, needle, &out);
+    };
+    // No rows and no offsets: one image without descriptors, said without naming offsets.
     let empty = inputs.path().join("empty.npy");
     npy::write_f32_matrix(&empty, &[], 0, 4).unwrap();
-    fails_leaving_nothing(
-        &[
-            "fisher",
-            "--gmm",
-            &g,
-            "--descriptors",
-            &s(&empty),
-            "--out",
-            &o,
-        ],
-        1,
+    fisher_fails(
+        &empty,
         "empty.npy: the array has no rows: without --offsets it is one image",
-        &out,
     );
     // A 1-D array reads as one column: the message says so.
     let flat = inputs.path().join("flat.npy");
     npy::write_f32_vector(&flat, &[0.5; 8]).unwrap();
-    fails_leaving_nothing(
-        &[
-            "fisher",
-            "--gmm",
-            &g,
-            "--descriptors",
-            &s(&flat),
-            "--out",
-            &o,
-        ],
-        1,
-        "descriptors have 1 column but the GMM in",
-        &out,
-    );
-    fails(
-        &[
-            "fisher",
-            "--gmm",
-            &g,
-            "--descriptors",
-            &s(&flat),
-            "--out",
-            &o,
-        ],
-        1,
-        "a 1-D array is read as one column",
-    );
+    fisher_fails(&flat, "descriptors have 1 column but the GMM in");
+    fisher_fails(&flat, "a 1-D array is read as one column");
     for bad in ["offsets_decreasing.npy", "offsets_out_of_range.npy"] {
         let path = cli_fixture(bad);
         fails_leaving_nothing(

@@ -186,15 +186,7 @@ impl ModelFile {
                     ),
                 ));
             }
-            if svm.as_ref().map(|s| s.classes) != Some(class_gmms.len()) {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "class_gmm.* holds {} per-class GMMs: expected one SVM row per GMM",
-                        class_gmms.len()
-                    ),
-                ));
-            }
+            check_class_gmm_count(path, class_gmms.len(), svm.as_ref().map(|s| s.classes))?;
         }
         if let (Some(pca), Some(_)) = (&pca, Some(&gmm)) {
             // The GMM models projected descriptors, possibly with (x, y) appended.
@@ -288,6 +280,26 @@ pub fn load_gmm_checked(path: impl AsRef<Path>) -> Result<(Gmm, Vec<Gmm>)> {
         crate::pipeline::Pipeline::from_model(&file, path)?;
     }
     Ok((file.gmm, file.class_gmms))
+}
+
+/// Per-class GMMs (a per-class Deep Fisher Kernel model) need one one-vs-rest SVM each; checked
+/// on loading a file and again by `Pipeline::from_model`, which may be given a hand-built model.
+pub(crate) fn check_class_gmm_count(
+    path: &Path,
+    class_gmms: usize,
+    svm_classes: Option<usize>,
+) -> Result<()> {
+    if class_gmms == 0 || svm_classes == Some(class_gmms) {
+        return Ok(());
+    }
+    let svms = match svm_classes {
+        Some(c) => format!("{c} one-vs-rest SVMs"),
+        None => "no SVMs".to_string(),
+    };
+    Err(Error::format(
+        path,
+        format!("{class_gmms} per-class GMMs (class_gmm.*) for {svms}: expected one GMM per class"),
+    ))
 }
 
 /// Reads the per-class GMMs of a model file of kind `gmm` or `pipeline` (those of a

@@ -1181,16 +1181,7 @@ impl Pipeline {
                 ),
             ));
         }
-        if !model.class_gmms.is_empty() && model.class_gmms.len() != svm.classes {
-            return Err(Error::format(
-                path,
-                format!(
-                    "{} per-class GMMs for {} one-vs-rest SVMs: expected one GMM per class",
-                    model.class_gmms.len(),
-                    svm.classes
-                ),
-            ));
-        }
+        crate::model::check_class_gmm_count(path, model.class_gmms.len(), Some(svm.classes))?;
         if !model.class_gmms.is_empty() && config.pyramid.is_some() {
             return Err(Error::format(
                 path,

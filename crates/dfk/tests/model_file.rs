@@ -157,7 +157,10 @@ fn per_class_gmms_round_trip_and_are_checked() {
     bad.class_gmms = (0..2).map(shifted).collect();
     bad.save(&a).unwrap();
     let e = ModelFile::load(&a).unwrap_err().to_string();
-    assert!(e.contains("class_gmm") && e.contains("a.dfk"), "{e}");
+    assert!(
+        e.contains("2 per-class GMMs (class_gmm.*) for 3 one-vs-rest SVMs") && e.contains("a.dfk"),
+        "{e}"
+    );
     // Per-class GMMs of another K than the shared one cannot be written.
     let mut bad = pipeline();
     bad.class_gmms =

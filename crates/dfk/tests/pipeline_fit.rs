@@ -303,6 +303,18 @@ fn fit_from_descriptors_separates_synthetic_classes_and_round_trips() {
     let model = ModelFile::load(&path).unwrap();
     let back = Pipeline::from_model(&model, &path).unwrap();
     assert_eq!(back, named);
+
+    // A hand-built model (never saved, so never checked by `ModelFile::load`) with per-class
+    // GMMs for two of the three classes is refused, naming both counts.
+    let mut short = model.clone();
+    short.class_gmms = vec![model.gmm.clone(); 2];
+    let e = Pipeline::from_model(&short, &path).unwrap_err().to_string();
+    assert!(
+        e.contains("2 per-class GMMs") && e.contains("3 one-vs-rest SVMs") && e.contains("p.dfk"),
+        "{e}"
+    );
+    short.class_gmms.push(model.gmm.clone());
+    assert!(Pipeline::from_model(&short, &path).is_ok());
 }
 
 #[test]

@@ -584,7 +584,7 @@ pre{{background:#f7f7f7;padding:1em;overflow-x:auto}}</style></head><body>\n<h1>
             rows.push((format!("top-{k} accuracy"), pct(*a)));
         }
     }
-    rows.push(("mAP".into(), pct(e.map)));
+    rows.push(("mAP (scikit-learn's AP)".into(), pct(e.map)));
     rows.push(("mAP (11-point, VOC 2007)".into(), pct(e.map_voc11)));
     rows.push(("images".into(), e.images.to_string()));
     rows.push(("classes".into(), e.classes.to_string()));
@@ -620,7 +620,10 @@ pre{{background:#f7f7f7;padding:1em;overflow-x:auto}}</style></head><body>\n<h1>
             series_svg(&name, &values, kept)?,
         );
     }
-    page.push_str("<h2>Per-class results</h2>\n<table><tr><th>class</th><th>AP</th>");
+    page.push_str(
+        "<h2>Per-class results</h2>\n<table><tr><th>class</th><th>AP</th>\
+         <th>AP (11-point, VOC 2007)</th>",
+    );
     if !e.confusion.is_empty() {
         page.push_str("<th>recall (accuracy on the class)</th><th>images</th>");
     }
@@ -628,9 +631,10 @@ pre{{background:#f7f7f7;padding:1em;overflow-x:auto}}</style></head><body>\n<h1>
     for c in 0..e.classes {
         write!(
             page,
-            "<tr><td>{}</td><td>{}</td>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td>",
             escape(&class_name(e, c)),
-            pct(e.per_class_ap[c])
+            pct(e.per_class_ap[c]),
+            pct(e.per_class_ap_voc11.get(c).copied().unwrap_or(f64::NAN))
         )?;
         if let Some(row) = e.confusion.get(c) {
             let total: usize = row.iter().sum();
@@ -828,7 +832,9 @@ mod tests {
         })
         .unwrap();
         assert!(page.contains(&long));
-        assert!(page.contains("<tr><td>c5</td><td>– (no samples)</td><td>–</td><td>0</td>"));
+        assert!(page.contains(
+            "<tr><td>c5</td><td>– (no samples)</td><td>– (no samples)</td><td>–</td><td>0</td>"
+        ));
         assert!(!short("ab", 5).contains('…') && short("abcdefgh", 5) == "abcd…");
     }
 }

@@ -87,6 +87,17 @@ pub fn emit(g: &Global, value: &serde_json::Value, human: &str) -> anyhow::Resul
     }
 }
 
+/// The mAP of an evaluation for the one-line summaries: on multi-label data (VOC style) also
+/// the 11-point mAP of PASCAL VOC 2007, the figure VOC results are compared by.
+pub fn map_summary(e: &dfk::pipeline::Evaluation) -> String {
+    let map = format!("mAP {:.2} %", 100.0 * e.map);
+    if e.multilabel {
+        format!("{map} (11-point VOC 2007 mAP {:.2} %)", 100.0 * e.map_voc11)
+    } else {
+        map
+    }
+}
+
 /// Writes to standard output; failing to is an error naming it (`println!` would panic).
 pub fn out(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
     use std::io::Write;

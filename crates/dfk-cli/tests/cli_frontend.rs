@@ -709,6 +709,42 @@ fn voc_difficult_images_leave_every_map_alike() {
         "{eval} {train}"
     );
     assert!((stored - printed).abs() < 1e-12, "{stored} {printed}");
+
+    // VOC results are compared by the 11-point AP: per class in eval's JSON, their mean as the
+    // train and eval summaries' `map_voc11`, and named in the one-line summary and the report.
+    let per_class: Vec<f64> = eval["per_class_ap_voc11"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .collect();
+    assert_eq!(per_class.len(), 20, "{eval}");
+    let mean = per_class.iter().sum::<f64>() / 20.0;
+    let voc11 = eval["map_voc11"].as_f64().unwrap();
+    assert!((mean - voc11).abs() < 1e-12, "{mean} {voc11}");
+    assert!(
+        (train["map_voc11"].as_f64().unwrap() - voc11).abs() < 1e-12,
+        "{train}"
+    );
+    let report = dir.path().join("report");
+    let text = ok(&[
+        &[
+            "eval",
+            "--model",
+            &s(&model),
+            "--no-cache",
+            "--report",
+            &s(&report),
+        ][..],
+        &data,
+    ]
+    .concat());
+    assert!(
+        text.contains(&format!("(11-point VOC 2007 mAP {:.2} %)", 100.0 * voc11)),
+        "{text}"
+    );
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(html.contains("<th>AP (11-point, VOC 2007)</th>"));
 }
 
 /// Writes raw (not gzipped) IDX images and labels: `n` images of `side`×`side` noise, labels

@@ -4,7 +4,8 @@
 //!
 //! Ranking metrics treat tied scores as scikit-learn does: the precision–recall curve has one
 //! point per distinct score value (all samples with that score enter together), so the results
-//! do not depend on the order of tied samples.
+//! do not depend on the order of tied samples. Ties between the classes of one sample (top-k
+//! accuracy) rank the lower class index first, as the predicted class does.
 
 use crate::error::{check_finite, Error, Result};
 use crate::svm::Labels;
@@ -29,8 +30,11 @@ pub fn accuracy(pred: &[usize], truth: &[usize]) -> Result<f64> {
 }
 
 /// Fraction of samples whose true class is among the `k` highest scores of its row
-/// (`scores` is `n × classes`). A sample counts as a hit when fewer than `k` classes score
-/// strictly higher than its true class (ties resolve in its favour).
+/// (`scores` is `n × classes`). Tied scores rank the lower class index first, as the
+/// prediction of [`crate::svm::argmax_rows`] does, so that top-1 accuracy is the accuracy of the
+/// predictions: a sample is a hit when fewer than `k` classes score higher than its true class
+/// or tie with it at a lower index. (scikit-learn's `top_k_accuracy_score` ranks tied classes by
+/// the higher index first.)
 pub fn top_k_accuracy(scores: &[f32], classes: usize, truth: &[usize], k: usize) -> Result<f64> {
     if classes == 0 {
         return Err(Error::param("top-k classes", 0, "at least 1"));
@@ -51,7 +55,12 @@ pub fn top_k_accuracy(scores: &[f32], classes: usize, truth: &[usize], k: usize)
                 "top-k truth[{i}] = {t}: expected a class index < {classes}"
             )));
         };
-        if row.iter().filter(|&&s| s > st).count() < k {
+        let ahead = row
+            .iter()
+            .enumerate()
+            .filter(|&(j, &s)| s > st || (s == st && j < t))
+            .count();
+        if ahead < k {
             hits += 1;
         }
     }
@@ -181,16 +190,23 @@ pub fn average_precision(scores: &[f32], positives: &[bool]) -> Result<f64> {
     Ok(ap)
 }
 
-/// PASCAL VOC 2007 11-point interpolated average precision: for `t = 0, 0.1, …, 1` (computed as
-/// `k/10`), `p(t)` = the largest precision at recall `≥ t` (0 if none), `AP = Σ p(t) / 11`.
-/// Precision and recall are taken at distinct score thresholds (see the module notes on ties);
-/// without ties this is the VOC development kit's value.
+/// PASCAL VOC 2007 11-point interpolated average precision: for `t = 0, 0.1, …, 1`, `p(t)` =
+/// the largest precision at recall `≥ t` (0 if none), `AP = Σ p(t) / 11`. Precision and recall
+/// are taken at distinct score thresholds (see the module notes on ties); without ties this is
+/// the VOC development kit's value (`VOCevalcls.m`), including its thresholds: MATLAB's
+/// `0:0.1:1` computes them as `k·0.1` for the first half and `1 − (10 − k)·0.1` for the second,
+/// so its third one is `3·0.1 = 0.30000000000000004` and a recall of exactly 3/10 does not
+/// reach it (the others equal `k/10`).
 pub fn average_precision_voc11(scores: &[f32], positives: &[bool]) -> Result<f64> {
     let points = ranked_counts(scores, positives)?;
     let total_pos = points.last().map_or(0, |p| p.0);
     let mut sum = 0.0;
     for k in 0..=10u32 {
-        let t = f64::from(k) / 10.0;
+        let t = if k < 5 {
+            f64::from(k) * 0.1
+        } else {
+            1.0 - f64::from(10 - k) * 0.1
+        };
         let p = points
             .iter()
             .filter(|&&(tp, _)| tp as f64 / total_pos as f64 >= t)

@@ -1381,12 +1381,19 @@ pub struct Evaluation {
     pub accuracy: Option<f64>,
     /// Top-k accuracies `(k, accuracy)` for k = 1, 2, 5 (single-label only).
     pub top_k: Vec<(usize, f64)>,
-    /// Average precision per class (area under the PR curve, as scikit-learn); NaN (null in
-    /// JSON) for a class without samples in the evaluated set, whose AP is undefined.
+    /// Average precision per class (area under the PR curve, as scikit-learn's
+    /// `average_precision_score`); NaN (null in JSON) for a class without samples in the
+    /// evaluated set, whose AP is undefined.
+    #[serde(deserialize_with = "nan_for_null")]
     pub per_class_ap: Vec<f64>,
+    /// 11-point interpolated AP per class (PASCAL VOC 2007's devkit,
+    /// [`metrics::average_precision_voc11`]), the AP that VOC results report; NaN (null) as in
+    /// `per_class_ap`.
+    #[serde(default, deserialize_with = "nan_for_null")]
+    pub per_class_ap_voc11: Vec<f64>,
     /// Mean of `per_class_ap` over the classes with samples.
     pub map: f64,
-    /// Mean 11-point interpolated AP (PASCAL VOC 2007) over the classes with samples.
+    /// Mean of `per_class_ap_voc11` over the classes with samples.
     pub map_voc11: f64,
     /// The classes without samples in the evaluated set (left out of the mAPs).
     #[serde(default)]
@@ -1396,6 +1403,12 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<usize>>,
     /// One precision–recall curve per class, thinned to at most 200 points.
     pub pr_curves: Vec<PrCurve>,
+}
+
+/// JSON has no NaN: serde writes the AP of an absent class as null, read back here as NaN.
+fn nan_for_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<f64>, D::Error> {
+    let values: Vec<Option<f64>> = Deserialize::deserialize(d)?;
+    Ok(values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
 fn thin(p: Vec<f64>, r: Vec<f64>, max: usize) -> PrCurve {
@@ -1521,6 +1534,7 @@ pub fn evaluate_ignoring(
         map: metrics::mean_ap(&present(&per_class_ap))?,
         map_voc11: metrics::mean_ap(&present(&voc11))?,
         per_class_ap,
+        per_class_ap_voc11: voc11,
         absent_classes,
         confusion,
         pr_curves,

@@ -155,13 +155,85 @@ fn multilabel_ap_matches_sklearn() {
             close(*a, e, &format!("multi-label {key} of class {c}"));
         }
     }
+    // The evaluation that `dfk eval` and the reports print carries both APs per class.
+    let e = dfk::pipeline::evaluate(&scores, &labels, &[]).unwrap();
+    for (key, aps) in [("ap", &e.per_class_ap), ("ap_voc11", &e.per_class_ap_voc11)] {
+        assert_eq!(aps.len(), classes);
+        for (c, (a, want)) in aps.iter().zip(f64s(&fx[key])).enumerate() {
+            close(*a, want, &format!("evaluation's {key} of class {c}"));
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    close(e.map_voc11, mean(&f64s(&fx["ap_voc11"])), "map_voc11");
+    close(e.map, mean(&f64s(&fx["ap"])), "map");
 }
 
+/// An evaluation serialised to JSON (as in a report) reads back, the undefined AP of a class
+/// without samples (NaN, written as null) included.
 #[test]
-fn top_k_counts_ties_in_favour_of_the_true_class() {
-    // Row 0: true class 1 ties with class 0 for the top score.
+fn evaluation_with_an_absent_class_reads_back_from_json() {
+    let labels = Labels::MultiClass {
+        labels: vec![0, 1, 0, 1],
+        classes: 3,
+    };
+    let scores = [
+        0.9f32, 0.1, 0.0, 0.2, 0.7, 0.1, 0.6, 0.3, 0.1, 0.4, 0.5, 0.1,
+    ];
+    let e = dfk::pipeline::evaluate(&scores, &labels, &[]).unwrap();
+    assert_eq!(e.absent_classes, [2]);
+    let text = serde_json::to_string(&e).unwrap();
+    assert!(text.contains("null"), "{text}");
+    let back: dfk::pipeline::Evaluation = serde_json::from_str(&text).unwrap();
+    assert!(back.per_class_ap[2].is_nan() && back.per_class_ap_voc11[2].is_nan());
+    assert_eq!(back.per_class_ap[..2], e.per_class_ap[..2]);
+    assert_eq!(back.per_class_ap_voc11[..2], e.per_class_ap_voc11[..2]);
+    assert_eq!((back.map, back.map_voc11), (e.map, e.map_voc11));
+}
+
+/// Tied classes rank the lower index first, as the predicted class does: top-1 accuracy is the
+/// accuracy of the predictions, and top-k agrees with ranks from a stable sort.
+#[test]
+fn top_k_ranks_tied_classes_by_index_as_the_prediction_does() {
+    // Row 0: the true class 1 ties with class 0 for the top score; row 1: the true class 0 is
+    // second.
     let scores = [0.5f32, 0.5, 0.1, 0.2, 0.9, 0.1];
-    assert_eq!(top_k_accuracy(&scores, 3, &[1, 0], 1).unwrap(), 0.5);
+    let truth = [1, 0];
+    assert_eq!(top_k_accuracy(&scores, 3, &truth, 1).unwrap(), 0.0);
+    assert_eq!(top_k_accuracy(&scores, 3, &truth, 2).unwrap(), 1.0);
+
+    // Scores from three values, so most rows have ties.
+    let (n, classes) = (200, 5);
+    let mut state = 12345u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    let scores: Vec<f32> = (0..n * classes).map(|_| (next() % 3) as f32).collect();
+    let truth: Vec<usize> = (0..n).map(|_| next() % classes).collect();
+    let pred = dfk::svm::argmax_rows(&scores, classes);
+    assert_eq!(
+        top_k_accuracy(&scores, classes, &truth, 1).unwrap(),
+        accuracy(&pred, &truth).unwrap()
+    );
+    for k in 1..=classes {
+        let hits = scores
+            .chunks_exact(classes)
+            .zip(&truth)
+            .filter(|(row, &t)| {
+                let mut order: Vec<usize> = (0..classes).collect();
+                // Stable: equal scores keep the index order.
+                order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap());
+                order[..k].contains(&t)
+            })
+            .count();
+        assert_eq!(
+            top_k_accuracy(&scores, classes, &truth, k).unwrap(),
+            hits as f64 / n as f64,
+            "k = {k}"
+        );
+    }
 }
 
 fn is_empty(e: Error) -> bool {

@@ -105,12 +105,13 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         g,
         &json!({"images": e.images, "accuracy": e.accuracy, "map": e.map, "map_voc11": e.map_voc11,
                 "top_k": e.top_k, "class_names": e.class_names, "per_class_ap": e.per_class_ap,
+                "per_class_ap_voc11": e.per_class_ap_voc11,
                 "absent_classes": e.absent_classes, "confusion": e.confusion, "seconds": secs,
                 "timings": timings}),
         &format!(
-            "{} images: {acc}mAP {:.2} % ({:.1} s)",
+            "{} images: {acc}{} ({:.1} s)",
             e.images,
-            100.0 * e.map,
+            crate::util::map_summary(&e),
             secs
         ),
     )?;

@@ -147,6 +147,7 @@ pub fn train_and_evaluate(
     if tested {
         history["test_accuracy"] = json!(evaluation.accuracy);
         history["test_map"] = json!(evaluation.map);
+        history["test_map_voc11"] = json!(evaluation.map_voc11);
         history["test_images"] = json!(evaluation.images);
     }
     Ok(Trained {
@@ -167,9 +168,9 @@ pub fn summarize(t: &Trained, model: Option<&Path>) -> (serde_json::Value, Strin
         .accuracy
         .map_or(String::new(), |a| format!("accuracy {:.2} %, ", 100.0 * a));
     let human = format!(
-        "{set} set ({} images): {acc}mAP {:.2} % — trained in {:.1} s{}",
+        "{set} set ({} images): {acc}{} — trained in {:.1} s{}",
         e.images,
-        100.0 * e.map,
+        crate::util::map_summary(e),
         t.seconds,
         model.map_or(String::new(), |m| format!(" → {}", m.display()))
     );
@@ -178,6 +179,7 @@ pub fn summarize(t: &Trained, model: Option<&Path>) -> (serde_json::Value, Strin
         "images": e.images,
         "accuracy": e.accuracy,
         "map": e.map,
+        "map_voc11": e.map_voc11,
         "top_k": e.top_k,
         "seconds": t.seconds,
         "timings": t.timings,

@@ -1169,6 +1169,107 @@ fn multilabel_test_labels_need_the_training_classes() {
     fails(&args, 1, "two.npy");
 }
 
+/// Labels that would stop the run after EM are refused before it, naming the file or flag: a
+/// class without training images, a test or validation part of a multi-label set without any
+/// positive (no mAP).
+#[test]
+fn unusable_labels_are_refused_before_em() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tiny_descriptors(dir.path(), 3);
+    let model = dir.path().join("m.dfk");
+    let before_em = |args: &[String], code: i32, needles: &[&str]| {
+        // Without -q: the EM's log line must not appear.
+        let args: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .filter(|a| *a != "-q")
+            .collect();
+        let o = dfk(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{err}");
+        for n in needles {
+            assert!(err.contains(n), "{err:?} lacks {n:?}");
+        }
+        assert!(!err.contains("EM: K"), "{err}");
+        assert!(!model.exists());
+    };
+    // Classes 0, 1 and 3: class 2 has no image.
+    let gap = dir.path().join("gap.npy");
+    npy::write_i64_vector(&gap, &(0..12).map(|i| [0, 1, 3][i % 3]).collect::<Vec<_>>()).unwrap();
+    before_em(
+        &tiny_args(&files, &model, &["--labels", &s(&gap)]),
+        1,
+        &["gap.npy", "class 2 has no training sample"],
+    );
+    // Multi-label: the test labels have no positive.
+    let multi = dir.path().join("multi.npy");
+    let t: Vec<i64> = (0..12 * 3)
+        .map(|ic| i64::from(ic % 3 == (ic / 3) % 3))
+        .collect();
+    write_i64_matrix(&multi, &t, 12, 3);
+    let zeros = dir.path().join("zeros.npy");
+    write_i64_matrix(&zeros, &[0; 36], 12, 3);
+    let test = |labels: &Path| {
+        vec![
+            "--multilabel".to_string(),
+            "--labels".to_string(),
+            s(&multi),
+            "--test-descriptors".to_string(),
+            files.0.clone(),
+            "--test-offsets".to_string(),
+            files.1.clone(),
+            "--test-labels".to_string(),
+            s(labels),
+        ]
+    };
+    let extra = test(&zeros);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    before_em(
+        &tiny_args(&files, &model, &extra),
+        1,
+        &["--test-labels", "zeros.npy", "no test image is a positive"],
+    );
+    // Multi-label: one positive image per class, which the split keeps for training, so the
+    // validation part has none.
+    let sparse = dir.path().join("sparse.npy");
+    let t: Vec<i64> = (0..12 * 3)
+        .map(|ic| i64::from(ic / 3 < 3 && ic % 3 == ic / 3))
+        .collect();
+    write_i64_matrix(&sparse, &t, 12, 3);
+    before_em(
+        &tiny_args(
+            &files,
+            &model,
+            &[
+                "--multilabel",
+                "--labels",
+                &s(&sparse),
+                "--val-fraction",
+                "0.5",
+            ],
+        ),
+        2,
+        &["--val-fraction 0.5", "validation part", "--val-fraction 0"],
+    );
+    // The same labels train without a validation part.
+    let ok_args = tiny_args(
+        &files,
+        &model,
+        &[
+            "--multilabel",
+            "--labels",
+            &s(&sparse),
+            "--val-fraction",
+            "0",
+            "--iters",
+            "1",
+        ],
+    );
+    let ok_args: Vec<&str> = ok_args.iter().map(String::as_str).collect();
+    ok(&ok_args);
+    assert!(model.exists());
+}
+
 /// `--difficult` / `--test-difficult` read VOC difficult flags of the labels' shape; a file of
 /// another shape or with other values is an error naming it, and the flags need --multilabel.
 #[test]

@@ -314,6 +314,77 @@ fn limit(set: ImageSet, n: usize, seed: u64) -> ImageSet {
     }
 }
 
+/// Refuses, before EM (minutes on a large set), labels that would stop the run after it: a
+/// class without training samples, or without negatives, cannot train its SVM; a multi-label
+/// set in which no class has a positive that is not flagged difficult has no mAP, the score of
+/// the training, validation and test sets.
+fn check_sets_before_em(
+    a: &Args,
+    train: &ImageSet,
+    val: Option<&ImageSet>,
+    test: Option<&ImageSet>,
+) -> anyhow::Result<()> {
+    let named = |flag: &str, path: &Option<PathBuf>, images: &str| match path {
+        Some(p) => format!("{flag} {}", p.display()),
+        None => images.to_string(),
+    };
+    let labels = named("--labels", &a.labels, "the training images");
+    dfk::svm::check_every_class_has_samples(&train.labels).map_err(|e| {
+        let split = if val.is_some() {
+            " (after the validation split)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("{labels}: training set{split}: {e}")
+    })?;
+    let difficult = |flag: &str, set: &ImageSet| {
+        if set.difficult.is_empty() {
+            String::new()
+        } else {
+            format!(" that {flag} does not flag difficult")
+        }
+    };
+    if !has_scored_positive(train) {
+        anyhow::bail!(
+            "{labels}: no training image is a positive of a class{}: the training mAP is \
+             undefined",
+            difficult("--difficult", train)
+        );
+    }
+    if let Some(v) = val.filter(|v| !has_scored_positive(v)) {
+        return usage(format!(
+            "--val-fraction {}: no image of the validation part ({} images) is a positive of a \
+             class{}: its mAP, which selects the kept iterate, is undefined; give more training \
+             images or --val-fraction 0",
+            a.val_fraction,
+            v.len(),
+            difficult("--difficult", v)
+        ));
+    }
+    if let Some(t) = test.filter(|t| !has_scored_positive(t)) {
+        anyhow::bail!(
+            "{}: no test image is a positive of a class{}: the test mAP is undefined",
+            named("--test-labels", &a.test_labels, "the test images"),
+            difficult("--test-difficult", t)
+        );
+    }
+    Ok(())
+}
+
+/// Whether a set has a score: always for single-label sets (accuracy); for multi-label ones
+/// (mAP over the classes with a positive), some class needs a positive image not flagged
+/// difficult for it.
+fn has_scored_positive(set: &ImageSet) -> bool {
+    match &set.labels {
+        Labels::MultiClass { .. } => true,
+        labels @ Labels::MultiLabel { classes, .. } => (0..set.len()).any(|i| {
+            (0..*classes).any(|c| {
+                labels.is_positive(i, c) && !set.difficult.get(i * classes + c).is_some_and(|&d| d)
+            })
+        }),
+    }
+}
+
 fn params(a: &Args) -> anyhow::Result<DeepParams> {
     let mut groups = ParamGroups {
         means: false,
@@ -612,6 +683,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     } else {
         (all, None)
     };
+    check_sets_before_em(&a, &train, val.as_ref(), test.as_ref())?;
     tracing::info!(
         "{} training, {} validation, {} test images; D = {}",
         train.len(),
@@ -695,9 +767,6 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     // --multilabel descriptor labels), as the shared mode's SVMs record it.
     let multilabel = matches!(train.labels, Labels::MultiLabel { .. });
     save_model(&a, multilabel, &model, &gmm, pca, &config, class_names)?;
-    if let Some(h) = &a.history {
-        npy::write_bytes_atomic(h, &serde_json::to_vec_pretty(&model.history)?)?;
-    }
     let summary = json!({
         "metric": h.metric,
         "iterations": h.records.len() - 1,
@@ -970,7 +1039,14 @@ fn save_model(
             },
         }),
     };
-    file.save(&a.output)?;
+    // The model and `--history` land together or not at all: never a new model beside the
+    // history of an earlier run.
+    let mut files = npy::FileGroup::new();
+    file.stage(&a.output, &mut files)?;
+    if let Some(h) = &a.history {
+        files.bytes(h, &serde_json::to_vec_pretty(&model.history)?)?;
+    }
+    files.commit()?;
     Ok(())
 }
 

@@ -356,7 +356,7 @@ fn check_sets_before_em(
             "--val-fraction {}: no image of the validation part ({} images) is a positive of a \
              class{}: its mAP, which selects the kept iterate, is undefined; give more training \
              images or --val-fraction 0",
-            a.val_fraction,
+            crate::options::tidy_number(&a.val_fraction.to_string()),
             v.len(),
             difficult("--difficult", v)
         ));
@@ -598,7 +598,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&a.val_fraction) {
         return usage(format!(
             "--val-fraction {}: expected a value in [0, 1)",
-            a.val_fraction
+            crate::options::tidy_number(&a.val_fraction.to_string())
         ));
     }
     check_deep_outputs(&a)?;
@@ -669,7 +669,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             crate::util::UsageError(format!(
                 "--val-fraction {}: {e}: give more training images{} or another \
                  --val-fraction (0 for no validation part)",
-                a.val_fraction,
+                crate::options::tidy_number(&a.val_fraction.to_string()),
                 if a.max_train.is_some() {
                     " (--max-train)"
                 } else {

@@ -203,8 +203,14 @@ impl ImageSet {
         let kept: Vec<usize> = (0..self.len()).filter(|&i| !held[i]).collect();
         let out: Vec<usize> = (0..self.len()).filter(|&i| held[i]).collect();
         if kept.is_empty() || out.is_empty() {
+            // 1e-300 as such, not as 300 digits.
+            let shown = if fraction > 0.0 && fraction < 1e-4 {
+                format!("{fraction:e}")
+            } else {
+                fraction.to_string()
+            };
             return Err(Error::Invalid(format!(
-                "a validation fraction of {fraction} of {} images leaves one side empty",
+                "a validation fraction of {shown} of {} images leaves one side empty",
                 self.len()
             )));
         }

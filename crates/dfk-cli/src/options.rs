@@ -236,6 +236,46 @@ impl DataArgs {
         Ok(())
     }
 
+    /// Every class needs a training image, and (multi-label) an image without it: each
+    /// one-vs-rest SVM needs both. Checked before any extraction, which can take hours, and
+    /// named: class indices from a list numbered from 1, a `classes.txt` naming a class the
+    /// list lacks, or a label with a space (read as two labels) are the usual causes.
+    pub fn check_every_class_trainable(
+        &self,
+        train: &Dataset,
+        description: &str,
+    ) -> anyhow::Result<()> {
+        let labels = train.labels();
+        let n = labels.n();
+        let name = |c: usize| {
+            train
+                .class_names
+                .get(c)
+                .filter(|s| **s != c.to_string())
+                .map_or(c.to_string(), |s| format!("{c} ({s})"))
+        };
+        for (c, &pos) in labels.positives_per_class().iter().enumerate() {
+            if pos == 0 {
+                anyhow::bail!(
+                    "the training data ({description}) have no image of class {}: every class \
+                     needs at least one (classes are the indices 0..{}: a list numbered from 1 \
+                     leaves class 0 empty)",
+                    name(c),
+                    labels.classes() - 1
+                );
+            }
+            if train.multilabel && pos == n {
+                anyhow::bail!(
+                    "the training data ({description}): all {n} images are positives of class \
+                     {}: its one-vs-rest SVM needs at least one image without it (a label \
+                     with a space in a list is read as two labels)",
+                    name(c)
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub fn check_limit_keeps_every_class(&self, train: &Dataset) -> anyhow::Result<()> {
         let Some(n) = self.limit else {
             return Ok(());

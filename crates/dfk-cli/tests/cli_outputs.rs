@@ -1800,3 +1800,52 @@ fn oversized_images_and_nothing_to_predict_are_named() {
         "not both",
     );
 }
+
+/// A class that no training image has, or (multi-label) that every image has, is refused
+/// before any extraction, naming the class: here the images are too small for one descriptor,
+/// so reaching the extraction would give another error.
+#[test]
+fn untrainable_classes_are_named_before_extraction() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    for i in 0..4u8 {
+        std::fs::create_dir_all(p("img")).unwrap();
+        std::fs::write(
+            p(&format!("img/{i}.pgm")),
+            b"P5\n4 4\n255\n0123456789abcdef",
+        )
+        .unwrap();
+    }
+    let run = |list: &str, needle: &str| {
+        std::fs::write(p("list.txt"), list).unwrap();
+        let model = p("m.dfk");
+        fails_leaving_nothing(
+            &[
+                "train",
+                "--no-cache",
+                "--data",
+                &s(&p("list.txt")),
+                "--out",
+                &s(&model),
+            ],
+            1,
+            needle,
+            &model,
+        );
+    };
+    // Numbered from 1: class 0 has no image.
+    run(
+        "img/0.pgm 1\nimg/1.pgm 2\nimg/2.pgm 1\nimg/3.pgm 2\n",
+        "have no image of class 0",
+    );
+    // A label with a space is two labels: every image is a positive of `golden`.
+    run(
+        "img/0.pgm golden cat\nimg/1.pgm golden dog\nimg/2.pgm golden cat\nimg/3.pgm golden dog\n",
+        "all 4 images are positives of class",
+    );
+    fails(
+        &["train", "--no-cache", "--data", &s(&p("list.txt"))],
+        1,
+        "(golden)",
+    );
+}

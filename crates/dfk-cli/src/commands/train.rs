@@ -253,6 +253,8 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     a.data
         .check_several_classes(&loaded.train, &loaded.description)?;
     a.data.check_limit_keeps_every_class(&loaded.train)?;
+    a.data
+        .check_every_class_trainable(&loaded.train, &loaded.description)?;
     // (Positions asked of precomputed descriptors are refused first, by train_and_evaluate.)
     if let Some(d) = loaded
         .descriptors

@@ -802,3 +802,32 @@ fn extract_with_test_writes_both_sets_or_nothing() {
         }
     }
 }
+
+/// `extract` says when its cache could not be written: without --out-dir, where filling the
+/// cache is its only output, that is an error; with it, the summary says "not cached".
+#[test]
+fn extract_reports_a_cache_it_could_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fm");
+    std::fs::create_dir(&data).unwrap();
+    write_idx(&data, "train", 12, 28);
+    write_idx(&data, "t10k", 4, 28);
+    // A cache folder below a regular file cannot be created.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let cache = file.join("sub");
+    let base = [
+        "extract",
+        "--fashion-mnist",
+        data.to_str().unwrap(),
+        "--pca-dims",
+        "8",
+        "--cache",
+        cache.to_str().unwrap(),
+    ];
+    fails(&base, 1, "could not be stored in the cache");
+    let out = dir.path().join("x");
+    let text = ok(&[&base[..], &["--out-dir", out.to_str().unwrap()]].concat());
+    assert!(text.contains("not cached"), "{text}");
+    assert!(out.join("descriptors.npy").is_file());
+}

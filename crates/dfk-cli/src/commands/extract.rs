@@ -171,9 +171,22 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             ..pre.clone()
         };
         let key = descriptor_cache_key(data, &cfg.sift, &cached)?;
+        // A cache that cannot be written is only a warning to the loader; here, without
+        // --out-dir, filling it is the whole point, so its absence is an error.
+        let entry = cache.as_ref().map(|c| c.join(&key));
+        let stored = entry
+            .as_ref()
+            .is_some_and(|e| e.join("descriptors.npy").is_file());
+        if let (Some(e), false, None) = (&entry, stored, &a.out_dir) {
+            anyhow::bail!(
+                "{name}: the descriptors could not be stored in the cache {} (see the warning \
+                 above), and without --out-dir nothing else is kept",
+                e.display()
+            );
+        }
         results.push(
             json!({"set": name, "images": data.len(), "descriptors": d.rows(),
-                            "dim": d.dim, "cache_hit": hit, "cache_key": key}),
+                            "dim": d.dim, "cache_hit": hit, "cached": stored, "cache_key": key}),
         );
         if !g.json && !g.quiet {
             lines.push(format!(
@@ -181,10 +194,13 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 data.len(),
                 d.rows(),
                 d.dim,
-                match (&cache, hit) {
-                    (Some(c), true) => format!(" (from cache {})", c.join(&key).display()),
-                    (Some(c), false) => format!(" (cached in {})", c.join(&key).display()),
-                    (None, _) => String::new(),
+                match (&cache, hit, stored) {
+                    (Some(c), true, _) => format!(" (from cache {})", c.join(&key).display()),
+                    (Some(c), false, true) => format!(" (cached in {})", c.join(&key).display()),
+                    (Some(c), false, false) => {
+                        format!(" (not cached: {} could not be written)", c.display())
+                    }
+                    (None, _, _) => String::new(),
                 }
             ));
         }

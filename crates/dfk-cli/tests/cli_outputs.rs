@@ -1495,7 +1495,9 @@ fn a_single_class_is_refused_before_the_work() {
     );
 }
 
-/// `predict` given a folder as an image points at --data; a missing image is named as such.
+/// `predict` given a folder reads the images directly in it, sorted by name, as if they were
+/// listed; a folder of class sub-folders points at --data, one without images is named; a
+/// missing image is named as such.
 #[test]
 fn predict_names_what_an_image_argument_is() {
     let dir = tempfile::tempdir().unwrap();
@@ -1503,8 +1505,33 @@ fn predict_names_what_an_image_argument_is() {
     let folder = s(dir.path());
     fails(
         &["predict", "--model", &s(&m), &folder],
+        1,
+        &format!("{folder}: the folder holds no image"),
+    );
+    for (i, name) in ["b.pgm", "a.PGM", "c.pgm", ".hidden.pgm"]
+        .iter()
+        .enumerate()
+    {
+        pgm(&dir.path().join("flat").join(name), i as u8 + 1);
+    }
+    std::fs::write(dir.path().join("flat/notes.txt"), b"not an image").unwrap();
+    let flat = dir.path().join("flat");
+    let listed: Vec<String> = ["a.PGM", "b.pgm", "c.pgm"]
+        .iter()
+        .map(|n| s(&flat.join(n)))
+        .collect();
+    let mut args = vec!["predict", "--model", &m.to_str().unwrap()];
+    args.extend(listed.iter().map(String::as_str));
+    let by_name = ok(&args);
+    let by_folder = ok(&["predict", "--model", &s(&m), &s(&flat)]);
+    assert_eq!(by_folder, by_name);
+    assert_eq!(by_folder.lines().count(), 4, "{by_folder}");
+    pgm(&dir.path().join("classes/a/0.pgm"), 1);
+    let classes = s(&dir.path().join("classes"));
+    fails(
+        &["predict", "--model", &s(&m), &classes],
         2,
-        &format!("is a folder, not an image: give --data {folder}"),
+        &format!("give --data {classes}"),
     );
     let missing = s(&dir.path().join("nope.png"));
     fails(

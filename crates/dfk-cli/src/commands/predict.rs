@@ -28,7 +28,8 @@ pub struct Args {
     /// Model file (from `dfk train`).
     #[arg(long)]
     model: PathBuf,
-    /// Image files to classify (or use the data options).
+    /// Image files to classify, or folders (the images directly in them, sorted by name; or
+    /// use the data options).
     images: Vec<PathBuf>,
     #[command(flatten)]
     data: DataArgs,
@@ -61,15 +62,32 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let mut descriptors = None;
     let data = match (a.images.is_empty(), has_data) {
         (false, false) => {
+            // A folder stands for the images directly in it (sorted by name).
+            let mut images = Vec::with_capacity(a.images.len());
             for p in &a.images {
-                if p.is_dir() {
-                    return crate::util::usage(format!(
-                        "{}: is a folder, not an image: give --data {} for a folder of \
-                         class sub-folders",
-                        p.display(),
-                        p.display()
-                    ));
+                if !p.is_dir() {
+                    images.push(p.clone());
+                    continue;
                 }
+                let (files, has_folders) = dfk::dataset::image_files(p)?;
+                if files.is_empty() {
+                    if has_folders {
+                        return crate::util::usage(format!(
+                            "{}: a folder without images directly in it: give --data {} for a \
+                             folder of class sub-folders",
+                            p.display(),
+                            p.display()
+                        ));
+                    }
+                    anyhow::bail!(
+                        "{}: the folder holds no image ({} files)",
+                        p.display(),
+                        dfk::dataset::IMAGE_EXTENSIONS.join("/")
+                    );
+                }
+                images.extend(files);
+            }
+            for p in &images {
                 if !p.is_file() {
                     let why = match std::fs::symlink_metadata(p) {
                         Ok(m) if m.file_type().is_symlink() => {
@@ -83,8 +101,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             }
             Dataset {
                 class_names: pipeline.class_names.clone(),
-                items: a
-                    .images
+                items: images
                     .iter()
                     .map(|p| Item {
                         source: ImageSource::File(p.clone()),

@@ -83,6 +83,19 @@ fn has_other_image_extension(path: &Path) -> bool {
         })
 }
 
+/// The entries directly in `dir` named as images ([`IMAGE_EXTENSIONS`], in any case), hidden
+/// ones (starting with `.`) left out, sorted by name; and whether `dir` also holds folders. A
+/// folder of unlabelled images, as `dfk predict` takes.
+pub fn image_files(dir: &Path) -> Result<(Vec<PathBuf>, bool)> {
+    let entries = sorted_entries(dir)?;
+    let has_folders = entries.iter().any(|p| p.is_dir());
+    let images = entries
+        .into_iter()
+        .filter(|p| !p.is_dir() && has_image_extension(p))
+        .collect();
+    Ok((images, has_folders))
+}
+
 /// Whether `path` is named as an image (by its extension, in any case).
 fn has_image_extension(path: &Path) -> bool {
     path.extension()

@@ -1876,3 +1876,26 @@ fn untrainable_classes_are_named_before_extraction() {
         "(golden)",
     );
 }
+
+/// A `train/<class>`, `test/<class>` layout given as one class-folder root points at
+/// `--data ROOT/train` instead of calling the `test` folder empty.
+#[test]
+fn a_layout_of_splits_points_at_the_training_split() {
+    let dir = tempfile::tempdir().unwrap();
+    for split in ["train", "test"] {
+        for (i, class) in ["a", "b"].iter().enumerate() {
+            pgm(
+                &dir.path().join(format!("split/{split}/{class}/0.pgm")),
+                i as u8,
+            );
+        }
+    }
+    let root = s(&dir.path().join("split"));
+    let m = dir.path().join("m.dfk");
+    fails_leaving_nothing(
+        &["train", "--data", &root, "--no-cache", "--out", &s(&m)],
+        1,
+        &format!("give --data {root}/train"),
+        &m,
+    );
+}

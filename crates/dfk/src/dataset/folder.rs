@@ -155,6 +155,19 @@ fn collect(root: &Path, classes: &[String], policy: OnError) -> Result<(Dataset,
             );
         }
         if candidates.len() == before && not_files == not_files_before {
+            if ignored.iter().any(|p| p.is_dir()) {
+                // Likely a `train/<class>`, `test/<class>` layout read one level too high.
+                return Err(empty(format!(
+                    "class folder {} (it holds folders but no {} file: a class folder holds \
+                     its images directly; for a layout of splits such as {}/train/<class> and \
+                     {}/test/<class>, give --data {}/train, and evaluate on the other split)",
+                    dir.display(),
+                    IMAGE_EXTENSIONS.join("/"),
+                    root.display(),
+                    root.display(),
+                    root.display()
+                )));
+            }
             return Err(empty(format!(
                 "class folder {} (it holds no {} file; every sub-folder of {} is read as a \
                  class, except hidden ones starting with `.`: add images to it, or move it out)",

@@ -1899,3 +1899,31 @@ fn a_layout_of_splits_points_at_the_training_split() {
         &m,
     );
 }
+
+/// A K above the number of descriptors, known only after extraction, names `--k`.
+#[test]
+fn too_few_descriptors_for_k_name_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..4u8 {
+        let class = ["a", "b"][i as usize % 2];
+        pgm(&dir.path().join(format!("img/{class}/{i}.pgm")), i);
+    }
+    let m = dir.path().join("m.dfk");
+    fails_leaving_nothing(
+        &[
+            "train",
+            "--data",
+            &s(&dir.path().join("img")),
+            "--no-cache",
+            "--step",
+            "1000",
+            "--k",
+            "64",
+            "--out",
+            &s(&m),
+        ],
+        2,
+        "--k 64: expected at most the number of descriptors",
+        &m,
+    );
+}

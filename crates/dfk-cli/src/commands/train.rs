@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::options::{ConfigArgs, DataArgs, Loaded};
 use crate::report::{self, Report};
-use crate::util::{check_outputs_in_folders, checked_cache_dir, emit, usage, Bars};
+use crate::util::{as_flag_error, check_outputs_in_folders, checked_cache_dir, emit, usage, Bars};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +86,9 @@ pub fn evaluate_on(
 }
 
 /// Trains on `loaded.train`, evaluates on `loaded.test` (or the training set).
+/// The GMM size, whose limit (the number of descriptors) is known only after extraction.
+const K_FLAG: &[(&str, &str)] = &[("k", "--k")];
+
 pub fn train_and_evaluate(
     loaded: &Loaded,
     cfg: &PipelineConfig,
@@ -105,11 +108,14 @@ pub fn train_and_evaluate(
                      (remove --pyramid or the configuration's `pyramid`)",
                 );
             }
-            let mut fit = fit_from_descriptors(raw, &loaded.train.labels(), cfg, &bars)?;
+            let mut fit = fit_from_descriptors(raw, &loaded.train.labels(), cfg, &bars)
+                .map_err(|e| as_flag_error(e, K_FLAG))?;
             fit.pipeline.class_names = loaded.train.class_names.clone();
             fit
         }
-        None => fit_pipeline(&loaded.train, cfg, cache, &bars)?,
+        None => {
+            fit_pipeline(&loaded.train, cfg, cache, &bars).map_err(|e| as_flag_error(e, K_FLAG))?
+        }
     };
     let mut timings = fit.timings;
     // The training set's evaluation, VOC's difficult images left out as in every other mAP:

@@ -797,10 +797,45 @@ fn extract_with_test_writes_both_sets_or_nothing() {
     write_idx(&data, "t10k", 4, 28);
     ok(&args);
     for set in ["train", "test"] {
-        for f in ["descriptors.npy", "offsets.npy", "labels.npy"] {
+        for f in [
+            "descriptors.npy",
+            "offsets.npy",
+            "labels.npy",
+            "classes.txt",
+        ] {
             assert!(out.join(set).join(f).is_file(), "{set}/{f}");
         }
     }
+    // The class names travel to `dfk deep` through classes.txt beside the labels.
+    let names = std::fs::read_to_string(out.join("train/classes.txt")).unwrap();
+    assert_eq!(names.lines().next(), Some("T-shirt/top"), "{names}");
+    let set = |f: &str| s(&out.join("train").join(f));
+    let model = dir.path().join("d.dfk");
+    let deep = [
+        "-q",
+        "deep",
+        "--descriptors",
+        &set("descriptors.npy"),
+        "--offsets",
+        &set("offsets.npy"),
+        "--labels",
+        &set("labels.npy"),
+        "-k",
+        "2",
+        "--iters",
+        "1",
+        "--val-fraction",
+        "0",
+        "-o",
+        &s(&model),
+    ];
+    ok(&deep);
+    let m = dfk::model::ModelFile::load(&model).unwrap();
+    assert_eq!(m.class_names, ["T-shirt/top", "Trouser"]);
+    // A classes.txt without a name for every class index is an error naming it.
+    std::fs::write(out.join("train/classes.txt"), "a\n").unwrap();
+    std::fs::remove_file(&model).unwrap();
+    fails_leaving_nothing(&deep, 1, "classes.txt: 1 class name, but --labels", &model);
 }
 
 /// `extract` says when its cache could not be written: without --out-dir, where filling the

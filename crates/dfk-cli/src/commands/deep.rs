@@ -1123,6 +1123,30 @@ fn load_sets(
             }
             _ => None,
         };
+        // Class names, as for list files, from a `classes.txt` beside the labels (`dfk
+        // extract` writes one), so that `dfk eval` can match class folders by name.
+        // Labels index the names; a subset may not reach the last ones.
+        let class_names = match dataset::classes_beside(y)? {
+            Some(names) if names.len() < train.labels.classes() => {
+                anyhow::bail!(
+                    "{}: {} class name{}, but --labels {} has {} classes: expected a name for \
+                     every class index, in index order",
+                    y.parent()
+                        .unwrap_or(Path::new(""))
+                        .join("classes.txt")
+                        .display(),
+                    names.len(),
+                    if names.len() == 1 { "" } else { "s" },
+                    y.display(),
+                    train.labels.classes()
+                );
+            }
+            Some(mut names) => {
+                names.truncate(train.labels.classes());
+                Some(names)
+            }
+            None => None,
+        };
         // Descriptors are used as given: no SIFT parameters apply, no PCA, no (x, y).
         let config = PipelineConfig {
             pca: PcaConfig {
@@ -1138,7 +1162,7 @@ fn load_sets(
             test,
             pca: None,
             config,
-            class_names: None,
+            class_names,
         });
     }
     if a.descriptors.is_some() {

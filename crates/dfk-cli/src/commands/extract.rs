@@ -27,9 +27,10 @@ pub struct Args {
     /// Also write descriptors.npy (rows × D float32), offsets.npy (int64, images + 1) and
     /// labels.npy (int64: a class index per image, or images × classes 0/1 for multi-label
     /// data, with difficult.npy beside it: the VOC "difficult" flags, images × classes 0/1, for
-    /// `dfk deep --difficult`) here (in train/ and test/ with --with-test), and with a
-    /// --pyramid positions.npy (rows × 2 float32, each descriptor's (x, y)). For raw 128-d SIFT
-    /// use --pca-dims 0 --l2 false --spatial false.
+    /// `dfk deep --difficult`) here (in train/ and test/ with --with-test), classes.txt (the
+    /// class names in index order, which `dfk deep --labels` reads beside the labels), and
+    /// with a --pyramid positions.npy (rows × 2 float32, each descriptor's (x, y)). For raw
+    /// 128-d SIFT use --pca-dims 0 --l2 false --spatial false.
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
     /// Descriptor cache folder (default: $XDG_CACHE_HOME/dfk/descriptors or ~/.cache/dfk/descriptors).
@@ -54,6 +55,7 @@ fn out_files(dir: &Path, with_test: bool, positions: bool) -> Vec<PathBuf> {
         "offsets.npy",
         "labels.npy",
         "difficult.npy",
+        "classes.txt",
     ];
     if positions {
         names.push("positions.npy");
@@ -143,6 +145,20 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 dir.join("descriptors.npy"),
                 dir.join("offsets.npy"),
             )?;
+            // The class names, in index order, where `dfk deep --labels` (and a list file)
+            // look for them. A name that the file cannot hold as a line is left numbered.
+            let names = &loaded.train.class_names;
+            let writable =
+                |n: &String| !n.is_empty() && n.trim() == n && !n.contains(['#', '\n', '\r']);
+            if names.iter().all(writable) {
+                let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+                files.bytes(dir.join("classes.txt"), text.as_bytes())?;
+            } else {
+                tracing::warn!(
+                    "classes.txt not written: a class name is empty, has surrounding spaces, \
+                     a `#` or a line break, which its one-name-per-line format cannot hold"
+                );
+            }
             // Multi-label data (VOC) as the images × classes 0/1 matrix that `dfk deep
             // --multilabel` reads; single-label data as one class index per image.
             match data.labels() {

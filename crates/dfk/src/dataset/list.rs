@@ -100,8 +100,9 @@ pub fn list_paths(list: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
     Ok(parse(list.as_ref())?.into_iter().map(|e| e.path).collect())
 }
 
-/// Reads `classes.txt` (one name per line, `#` comments) when it exists beside `list`.
-fn classes_beside(list: &Path) -> Result<Option<Vec<String>>> {
+/// Reads `classes.txt` (one name per line, `#` comments) when it exists beside `list` (a
+/// list file, or a label file such as `dfk extract`'s `labels.npy`).
+pub fn classes_beside(list: &Path) -> Result<Option<Vec<String>>> {
     let path = list.parent().unwrap_or(Path::new("")).join("classes.txt");
     if !path.is_file() {
         return Ok(None);

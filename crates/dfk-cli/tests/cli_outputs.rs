@@ -1927,3 +1927,34 @@ fn too_few_descriptors_for_k_name_the_flag() {
         &m,
     );
 }
+
+/// A list naming a file twice trains on it twice, with a warning that says so.
+#[test]
+fn a_list_naming_a_file_twice_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut list = String::new();
+    for i in 0..4u8 {
+        let class = ["a", "b"][i as usize % 2];
+        pgm(&dir.path().join(format!("img/{i}.pgm")), i);
+        list.push_str(&format!("img/{i}.pgm {class}\n"));
+    }
+    list.push_str("img/0.pgm b\n");
+    std::fs::write(dir.path().join("list.txt"), list).unwrap();
+    let m = dir.path().join("m.dfk");
+    let o = dfk(&[
+        "train",
+        "--data",
+        &s(&dir.path().join("list.txt")),
+        "--no-cache",
+        "--k",
+        "2",
+        "--out",
+        &s(&m),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("1 line names a file listed before (line 5 repeats line 1)"),
+        "{err}"
+    );
+}

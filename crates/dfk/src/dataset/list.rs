@@ -93,6 +93,32 @@ fn parse(list: &Path) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
+/// Warns when a list names a file more than once: each line is an image of the data set, so a
+/// repeated one trains twice and counts twice in the metrics (with conflicting labels, as
+/// two images of different classes).
+fn warn_repeated_paths(list: &Path, entries: &[Entry]) {
+    let mut first_line = std::collections::HashMap::new();
+    let mut repeats = 0usize;
+    let mut example = None;
+    for e in entries {
+        if let Some(&line) = first_line.get(&e.path) {
+            repeats += 1;
+            example.get_or_insert((e.line, line));
+        } else {
+            first_line.insert(&e.path, e.line);
+        }
+    }
+    if let Some((line, first)) = example {
+        tracing::warn!(
+            "{}: {repeats} line{} name{} a file listed before (line {line} repeats line \
+             {first}): each line is one image, so a repeated file counts once per line",
+            list.display(),
+            if repeats == 1 { "" } else { "s" },
+            if repeats == 1 { "s" } else { "" },
+        );
+    }
+}
+
 /// The files a list file names (relative paths joined to its folder), in file order, without
 /// opening them or resolving the labels: what a program checks its outputs against before it
 /// loads the data.
@@ -218,6 +244,9 @@ pub(crate) fn resolve_lists(paths: &[&Path], classes: Option<&[String]>) -> Resu
         .iter()
         .map(|&p| Ok((p, parse(p)?)))
         .collect::<Result<Vec<_>>>()?;
+    for (list, entries) in &lists {
+        warn_repeated_paths(list, entries);
+    }
     let classes = match classes {
         Some([]) => return Err(empty("class list")),
         Some(c) => c.to_vec(),

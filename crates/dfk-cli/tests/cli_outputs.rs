@@ -1515,6 +1515,7 @@ fn predict_names_what_an_image_argument_is() {
         pgm(&dir.path().join("flat").join(name), i as u8 + 1);
     }
     std::fs::write(dir.path().join("flat/notes.txt"), b"not an image").unwrap();
+    std::fs::write(dir.path().join("flat/anim.gif"), b"GIF89a").unwrap();
     let flat = dir.path().join("flat");
     let listed: Vec<String> = ["a.PGM", "b.pgm", "c.pgm"]
         .iter()
@@ -1525,6 +1526,12 @@ fn predict_names_what_an_image_argument_is() {
     let by_name = ok(&args);
     let by_folder = ok(&["predict", "--model", &s(&m), &s(&flat)]);
     assert_eq!(by_folder, by_name);
+    let o = dfk(&["predict", "--model", &s(&m), &s(&flat)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("1 file of other image formats not read") && err.contains("anim.gif"),
+        "{err}"
+    );
     assert_eq!(by_folder.lines().count(), 4, "{by_folder}");
     pgm(&dir.path().join("classes/a/0.pgm"), 1);
     let classes = s(&dir.path().join("classes"));

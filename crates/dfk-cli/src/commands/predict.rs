@@ -69,7 +69,28 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                     images.push(p.clone());
                     continue;
                 }
-                let (files, has_folders) = dfk::dataset::image_files(p)?;
+                let found = dfk::dataset::image_files(p)?;
+                if let Some(first) = found.other_formats.first() {
+                    tracing::warn!(
+                        "{}: {} file{} of other image formats not read ({first}{}): only {} \
+                         files in a folder are read; name such a file on its own to try it",
+                        p.display(),
+                        found.other_formats.len(),
+                        if found.other_formats.len() == 1 {
+                            ""
+                        } else {
+                            "s"
+                        },
+                        if found.other_formats.len() > 1 {
+                            ", …"
+                        } else {
+                            ""
+                        },
+                        dfk::dataset::IMAGE_EXTENSIONS.join("/"),
+                        first = first.display(),
+                    );
+                }
+                let (files, has_folders) = (found.images, found.has_folders);
                 if files.is_empty() {
                     if has_folders {
                         return crate::util::usage(format!(

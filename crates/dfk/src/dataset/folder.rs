@@ -83,17 +83,31 @@ fn has_other_image_extension(path: &Path) -> bool {
         })
 }
 
-/// The entries directly in `dir` named as images ([`IMAGE_EXTENSIONS`], in any case), hidden
-/// ones (starting with `.`) left out, sorted by name; and whether `dir` also holds folders. A
-/// folder of unlabelled images, as `dfk predict` takes.
-pub fn image_files(dir: &Path) -> Result<(Vec<PathBuf>, bool)> {
-    let entries = sorted_entries(dir)?;
-    let has_folders = entries.iter().any(|p| p.is_dir());
-    let images = entries
-        .into_iter()
-        .filter(|p| !p.is_dir() && has_image_extension(p))
-        .collect();
-    Ok((images, has_folders))
+/// What a folder of unlabelled images holds ([`image_files`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FolderImages {
+    /// The entries named as images ([`IMAGE_EXTENSIONS`], in any case), sorted by name.
+    pub images: Vec<PathBuf>,
+    /// Whether the folder also holds folders (not searched).
+    pub has_folders: bool,
+    /// Files of other image formats (GIF, TIFF, WebP, …), not read, as in a class folder.
+    pub other_formats: Vec<PathBuf>,
+}
+
+/// The entries directly in `dir`, hidden ones (starting with `.`) left out: a folder of
+/// unlabelled images, as `dfk predict` takes.
+pub fn image_files(dir: &Path) -> Result<FolderImages> {
+    let mut found = FolderImages::default();
+    for p in sorted_entries(dir)? {
+        if p.is_dir() {
+            found.has_folders = true;
+        } else if has_image_extension(&p) {
+            found.images.push(p);
+        } else if has_other_image_extension(&p) {
+            found.other_formats.push(p);
+        }
+    }
+    Ok(found)
 }
 
 /// Whether `path` is named as an image (by its extension, in any case).

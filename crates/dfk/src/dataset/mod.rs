@@ -35,7 +35,7 @@ use crate::svm::Labels;
 
 pub use descriptors::Descriptors;
 pub use embedded::embedded_fashion_mnist;
-pub use folder::{image_files, load_folder, load_folder_splits, load_folder_with};
+pub use folder::{image_files, load_folder, load_folder_splits, load_folder_with, FolderImages};
 pub use idx::{load_fashion_mnist, load_idx, read_idx, IdxArray};
 pub use list::{classes_beside, list_paths, load_list, load_list_splits, load_list_with};
 pub use split::{stratified_split, Split};

@@ -427,15 +427,23 @@ fn absolute(path: &std::path::Path) -> Option<std::path::PathBuf> {
     }
 }
 
-/// Whether `path` is `folder` or lies below it (both made absolute, links resolved where they
-/// exist).
 /// Refuses a folder output (`flag dir`) that lies inside the image folder `root`, whose
-/// sub-folders are read as classes.
+/// sub-folders are read as classes, or inside one of its class folders reached through a
+/// symbolic link (`root/cat` → `elsewhere/cat`).
 pub fn check_outside_image_folder(
     flag: &str,
     dir: &std::path::Path,
     root: &std::path::Path,
 ) -> anyhow::Result<()> {
+    let inside_class = || {
+        std::fs::read_dir(root).ok().and_then(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .find(|class| lies_inside(dir, class))
+        })
+    };
     if lies_inside(dir, root) {
         return usage(format!(
             "{flag} {} lies inside the image folder --data {}, whose sub-folders are read as \
@@ -444,9 +452,20 @@ pub fn check_outside_image_folder(
             root.display()
         ));
     }
+    if let Some(class) = inside_class() {
+        return usage(format!(
+            "{flag} {} lies inside the class folder {} of --data {} (through a symbolic link), \
+             whose files are read as images: choose a folder outside it",
+            dir.display(),
+            class.display(),
+            root.display()
+        ));
+    }
     Ok(())
 }
 
+/// Whether `path` is `folder` or lies below it (both made absolute, links resolved where they
+/// exist).
 pub fn lies_inside(path: &std::path::Path, folder: &std::path::Path) -> bool {
     match (absolute(path), absolute(folder)) {
         (Some(p), Some(f)) => p.starts_with(f),

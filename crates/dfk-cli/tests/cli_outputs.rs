@@ -1965,3 +1965,39 @@ fn a_list_naming_a_file_twice_warns() {
         "{err}"
     );
 }
+
+/// A report folder inside a class folder that `--data` reaches through a symbolic link is
+/// refused like one inside `--data` itself.
+#[cfg(unix)]
+#[test]
+fn a_report_inside_a_linked_class_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..4u8 {
+        let class = ["a", "b"][i as usize % 2];
+        pgm(&dir.path().join(format!("real/{class}/{i}.pgm")), i);
+    }
+    let linked = dir.path().join("linked");
+    std::fs::create_dir(&linked).unwrap();
+    for class in ["a", "b"] {
+        std::os::unix::fs::symlink(dir.path().join("real").join(class), linked.join(class))
+            .unwrap();
+    }
+    let report = linked.join("a/report");
+    let m = dir.path().join("m.dfk");
+    fails_leaving_nothing(
+        &[
+            "train",
+            "--data",
+            &s(&linked),
+            "--no-cache",
+            "--report",
+            &s(&report),
+            "--out",
+            &s(&m),
+        ],
+        2,
+        "lies inside the class folder",
+        &m,
+    );
+    assert!(!dir.path().join("real/a/report").exists());
+}

@@ -108,8 +108,10 @@ impl Default for GmmConfig {
 #[serde(rename_all = "lowercase")]
 pub enum Weighting {
     /// Every sample has cost C.
+    #[serde(alias = "Uniform")]
     Uniform,
     /// Positives and negatives of each task weighted to equal total cost.
+    #[serde(alias = "Balanced")]
     Balanced,
 }
 

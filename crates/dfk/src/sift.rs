@@ -113,9 +113,11 @@ pub(crate) mod resize_setting {
                 f.write_str("a [width, height] pair or \"none\"")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                match v {
-                    "none" => Ok(None),
-                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                // Any case, as `--resize none` on the command line.
+                if v.eq_ignore_ascii_case("none") {
+                    Ok(None)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(v), &self))
                 }
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {

@@ -358,3 +358,34 @@ fn a_memory_image_without_descriptors_is_named_by_its_index() {
         "{err}"
     );
 }
+
+/// The settings' names are read in lower case or capitalised alike (`info --config` writes
+/// `window = "Flat"` but `weighting = "uniform"`), and `resize = "none"` in any case, as
+/// `--resize none` on the command line.
+#[test]
+fn setting_names_are_read_in_either_case() {
+    use dfk::pipeline::{PipelineConfig, Weighting};
+    for (weighting, want) in [
+        ("uniform", Weighting::Uniform),
+        ("Uniform", Weighting::Uniform),
+        ("balanced", Weighting::Balanced),
+        ("Balanced", Weighting::Balanced),
+    ] {
+        let cfg: PipelineConfig = serde_json::from_value(serde_json::json!({
+            "svm": {"weighting": weighting},
+        }))
+        .unwrap();
+        assert_eq!(cfg.svm.weighting, want, "{weighting}");
+    }
+    for none in ["none", "None", "NONE"] {
+        let cfg: PipelineConfig = serde_json::from_value(serde_json::json!({
+            "sift": {"resize": none},
+        }))
+        .unwrap();
+        assert_eq!(cfg.sift.resize, None, "{none}");
+    }
+    assert!(serde_json::from_value::<PipelineConfig>(
+        serde_json::json!({"svm": {"weighting": "BALANCED!"}})
+    )
+    .is_err());
+}

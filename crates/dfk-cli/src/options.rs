@@ -256,12 +256,26 @@ impl DataArgs {
         };
         for (c, &pos) in labels.positives_per_class().iter().enumerate() {
             if pos == 0 {
+                let numbered = train
+                    .class_names
+                    .iter()
+                    .enumerate()
+                    .all(|(i, n)| *n == i.to_string());
+                let hint = if numbered {
+                    format!(
+                        "classes are the indices 0..{}: a list numbered from 1 leaves class 0 \
+                         empty",
+                        labels.classes() - 1
+                    )
+                } else {
+                    "a classes.txt naming a class that no image has, or a subset without it, \
+                     leaves it empty"
+                        .to_string()
+                };
                 anyhow::bail!(
                     "the training data ({description}) have no image of class {}: every class \
-                     needs at least one (classes are the indices 0..{}: a list numbered from 1 \
-                     leaves class 0 empty)",
-                    name(c),
-                    labels.classes() - 1
+                     needs at least one ({hint})",
+                    name(c)
                 );
             }
             if train.multilabel && pos == n {

@@ -439,6 +439,8 @@ pub fn check_outside_image_folder(
         std::fs::read_dir(root).ok().and_then(|entries| {
             entries
                 .flatten()
+                // Hidden folders are not classes.
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
                 .map(|e| e.path())
                 .filter(|p| p.is_dir())
                 .find(|class| lies_inside(dir, class))

@@ -1930,7 +1930,7 @@ fn too_few_descriptors_for_k_name_the_flag() {
             &s(&m),
         ],
         2,
-        "--k 64: expected at most the number of descriptors",
+        "--k (or gmm.k) 64: expected at most the number of descriptors",
         &m,
     );
 }
@@ -2000,4 +2000,67 @@ fn a_report_inside_a_linked_class_folder_is_refused() {
         &m,
     );
     assert!(!dir.path().join("real/a/report").exists());
+}
+
+/// `extract --out-dir` writes classes.txt, and removes an earlier run's when these class names
+/// cannot be written as lines (so `dfk deep` does not name the classes after the other data).
+#[test]
+fn extract_never_leaves_another_runs_class_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    for (folder, classes) in [("plain", ["cat", "dog"]), ("odd", ["C#", "x #y"])] {
+        for (i, class) in classes.iter().enumerate() {
+            for j in 0..2u8 {
+                pgm(&p(&format!("{folder}/{class}/{j}.pgm")), i as u8 * 2 + j);
+            }
+        }
+    }
+    let out = p("x");
+    let extract = |folder: &str| {
+        ok(&[
+            "extract",
+            "--data",
+            &s(&p(folder)),
+            "--no-cache",
+            "--pca-dims",
+            "0",
+            "--spatial",
+            "false",
+            "--out-dir",
+            &s(&out),
+        ])
+    };
+    extract("plain");
+    assert_eq!(
+        std::fs::read_to_string(out.join("classes.txt")).unwrap(),
+        "cat\ndog\n"
+    );
+    // `C#` reads back as itself; `x #y` would lose ` #y` as a comment.
+    extract("odd");
+    assert!(!out.join("classes.txt").exists());
+    assert!(dfk::dataset::fits_a_class_line("C#"));
+    assert!(!dfk::dataset::fits_a_class_line("x #y"));
+}
+
+/// `predict --out` may not replace an image of a folder given as an image argument.
+#[test]
+fn predict_out_may_not_replace_an_image_of_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = small_model(dir.path());
+    let flat = dir.path().join("flat");
+    pgm(&flat.join("0.pgm"), 1);
+    let before = std::fs::read(flat.join("0.pgm")).unwrap();
+    fails(
+        &[
+            "predict",
+            "--model",
+            &s(&m),
+            "--out",
+            &s(&flat.join("0.pgm")),
+            &s(&flat),
+        ],
+        2,
+        "--out",
+    );
+    unchanged(&flat.join("0.pgm"), &before);
 }

@@ -561,6 +561,8 @@ pub fn load_or_extract(
         npy::write_f32_matrix(&data_path, &d.data, d.rows(), d.dim)
     })();
     if let Err(e) = stored {
+        // An earlier entry's descriptor file would still mark the entry complete.
+        let _ = std::fs::remove_file(&data_path);
         tracing::warn!("cannot store the descriptors in the cache ({e}): going on without it");
     }
     Ok((d, false))

@@ -1126,11 +1126,15 @@ fn load_sets(
         // Class names, as for list files, from a `classes.txt` beside the labels (`dfk
         // extract` writes one), so that `dfk eval` can match class folders by name.
         // Labels index the names; a subset may not reach the last ones.
+        let exact = matches!(train.labels, Labels::MultiLabel { .. });
         let class_names = match dataset::classes_beside(y)? {
-            Some(names) if names.len() < train.labels.classes() => {
+            Some(names)
+                if names.len() < train.labels.classes()
+                    || (exact && names.len() != train.labels.classes()) =>
+            {
                 anyhow::bail!(
                     "{}: {} class name{}, but --labels {} has {} classes: expected a name for \
-                     every class index, in index order",
+                     every class index (every column of a multi-label matrix), in index order",
                     y.parent()
                         .unwrap_or(Path::new(""))
                         .join("classes.txt")

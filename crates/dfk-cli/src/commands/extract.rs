@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
+
 use dfk::npy;
 use dfk::pipeline::{
     descriptor_cache_key, fit_preprocessor, load_or_extract_with_positions, Preprocessor,
@@ -124,6 +126,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         }
     }
     let mut files = npy::FileGroup::new();
+    let mut stale_classes = Vec::new();
     let mut results = Vec::new();
     let mut lines = Vec::new();
     for (name, data) in sets {
@@ -148,15 +151,16 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             // The class names, in index order, where `dfk deep --labels` (and a list file)
             // look for them. A name that the file cannot hold as a line is left numbered.
             let names = &loaded.train.class_names;
-            let writable =
-                |n: &String| !n.is_empty() && n.trim() == n && !n.contains(['#', '\n', '\r']);
-            if names.iter().all(writable) {
+            if names.iter().all(|n| dfk::dataset::fits_a_class_line(n)) {
                 let text: String = names.iter().map(|n| format!("{n}\n")).collect();
                 files.bytes(dir.join("classes.txt"), text.as_bytes())?;
             } else {
+                // No file rather than an earlier run's names beside these labels.
+                stale_classes.push(dir.join("classes.txt"));
                 tracing::warn!(
                     "classes.txt not written: a class name is empty, has surrounding spaces, \
-                     a `#` or a line break, which its one-name-per-line format cannot hold"
+                     a line break or a `#` after a space, which its one-name-per-line format \
+                     cannot hold"
                 );
             }
             // Multi-label data (VOC) as the images × classes 0/1 matrix that `dfk deep
@@ -222,6 +226,13 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         }
     }
     files.commit()?;
+    for path in stale_classes {
+        if path.is_file() {
+            std::fs::remove_file(&path).with_context(|| {
+                format!("removing {}, an earlier run's class names", path.display())
+            })?;
+        }
+    }
     if let Some(c) = created {
         c.keep();
     }

@@ -108,6 +108,12 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 }
                 images.extend(files);
             }
+            // The folders' images are inputs too: --out must not replace one of them.
+            if let Some(out) = &a.out {
+                let inputs: Vec<(&str, &std::path::Path)> =
+                    images.iter().map(|p| ("an image", p.as_path())).collect();
+                check_outputs(&[("--out", out)], &inputs)?;
+            }
             for p in &images {
                 if !p.is_file() {
                     let why = match std::fs::symlink_metadata(p) {

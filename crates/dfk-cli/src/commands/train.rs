@@ -87,7 +87,7 @@ pub fn evaluate_on(
 
 /// Trains on `loaded.train`, evaluates on `loaded.test` (or the training set).
 /// The GMM size, whose limit (the number of descriptors) is known only after extraction.
-const K_FLAG: &[(&str, &str)] = &[("k", "--k")];
+const K_FLAG: &[(&str, &str)] = &[("k", "--k (or gmm.k)")];
 
 pub fn train_and_evaluate(
     loaded: &Loaded,

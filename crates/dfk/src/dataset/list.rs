@@ -49,6 +49,15 @@ fn read_text(path: &Path) -> Result<String> {
 }
 
 /// Removes a `#` comment that starts the line or follows whitespace.
+/// Whether `name` reads back as itself from a line of a `classes.txt` (not empty, no
+/// surrounding white space, no line break, no `#` that would start a comment).
+pub fn fits_a_class_line(name: &str) -> bool {
+    !name.is_empty()
+        && name.trim() == name
+        && !name.contains(['\n', '\r'])
+        && strip_comment(name) == name
+}
+
 fn strip_comment(line: &str) -> &str {
     let bytes = line.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {

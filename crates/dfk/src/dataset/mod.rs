@@ -37,7 +37,9 @@ pub use descriptors::Descriptors;
 pub use embedded::embedded_fashion_mnist;
 pub use folder::{image_files, load_folder, load_folder_splits, load_folder_with, FolderImages};
 pub use idx::{load_fashion_mnist, load_idx, read_idx, IdxArray};
-pub use list::{classes_beside, list_paths, load_list, load_list_splits, load_list_with};
+pub use list::{
+    classes_beside, fits_a_class_line, list_paths, load_list, load_list_splits, load_list_with,
+};
 pub use split::{stratified_split, Split};
 pub use voc::{load_voc, load_voc_with, VocData, VocDifficult, VocOptions, VOC_CLASSES};
 

@@ -204,10 +204,12 @@ impl ImageSet {
         let out: Vec<usize> = (0..self.len()).filter(|&i| held[i]).collect();
         if kept.is_empty() || out.is_empty() {
             // 1e-300 as such, not as 300 digits.
-            let shown = if fraction > 0.0 && fraction < 1e-4 {
+            // As the command line's messages show numbers: short ones as written.
+            let plain = fraction.to_string();
+            let shown = if plain.len() > 12 {
                 format!("{fraction:e}")
             } else {
-                fraction.to_string()
+                plain
             };
             return Err(Error::Invalid(format!(
                 "a validation fraction of {shown} of {} images leaves one side empty",

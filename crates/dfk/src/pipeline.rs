@@ -1493,21 +1493,7 @@ pub fn evaluate_ignoring(
         |aps: &[f64]| -> Vec<f64> { aps.iter().copied().filter(|a| !a.is_nan()).collect() };
     let (accuracy, top_k, confusion) = match labels {
         Labels::MultiClass { labels: truth, .. } => {
-            let pred: Vec<usize> = scores
-                .chunks_exact(c)
-                .map(|row| {
-                    row.iter()
-                        .enumerate()
-                        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                            if v > bv {
-                                (i, v)
-                            } else {
-                                (bi, bv)
-                            }
-                        })
-                        .0
-                })
-                .collect();
+            let pred = crate::svm::argmax_rows(scores, c);
             // Beyond the table's size limit the confusion matrix is left empty, as for
             // multi-label data.
             let cm = if c <= metrics::MAX_CONFUSION_CLASSES {

@@ -1064,18 +1064,7 @@ fn metric_name(labels: &Labels) -> &'static str {
 fn metric(set: &ImageSet, scores: &[f32]) -> Result<f64> {
     match &set.labels {
         Labels::MultiClass { labels, classes } => {
-            let pred: Vec<usize> = scores
-                .chunks_exact(*classes)
-                .map(|row| {
-                    row.iter()
-                        .enumerate()
-                        .fold(
-                            (0, f32::NEG_INFINITY),
-                            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                        )
-                        .0
-                })
-                .collect();
+            let pred = crate::svm::argmax_rows(scores, *classes);
             metrics::accuracy(&pred, labels)
         }
         labels @ Labels::MultiLabel { classes, .. } => {

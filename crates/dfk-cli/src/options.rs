@@ -52,6 +52,10 @@ pub struct DataArgs {
     /// Use only the first N images of each set (at least 1).
     #[arg(long, value_parser = parse_limit)]
     pub limit: Option<usize>,
+    /// Leave out image files that are missing or whose header cannot be read (a warning
+    /// counts them) instead of stopping at the first; folder, list and VOC data.
+    #[arg(long)]
+    pub skip_unreadable: bool,
 }
 
 /// A data set and, for sources that have one, its separate test set.
@@ -180,6 +184,12 @@ impl DataArgs {
         .count();
         if chosen != 1 {
             return usage("give exactly one of --data, --fashion-mnist, --embedded");
+        }
+        if self.skip_unreadable && (self.data.is_none() || self.format == Some(DataFormat::Npy)) {
+            return usage(
+                "--skip-unreadable applies to image files (folder, list and VOC data given as \
+                 --data), not to --fashion-mnist, --embedded or --format npy",
+            );
         }
         if self.format == Some(DataFormat::Npy) {
             return self.load_npy();
@@ -368,23 +378,47 @@ impl DataArgs {
             }
             _ => {}
         }
-        Ok(match format {
-            DataFormat::Folder => dataset::load_folder(path)?,
-            DataFormat::List => dataset::load_list(path)?,
+        if self.skip_unreadable && format == DataFormat::Idx {
+            return usage(
+                "--skip-unreadable applies to image files (folder, list and VOC data), not to \
+                 --format idx",
+            );
+        }
+        let policy = if self.skip_unreadable {
+            dataset::OnError::Skip
+        } else {
+            dataset::OnError::Fail
+        };
+        let (data, skipped) = match format {
+            DataFormat::Folder => dataset::load_folder_with(path, policy)?,
+            DataFormat::List => dataset::load_list_with(path, None, policy)?,
             DataFormat::Voc => {
                 let Some(split) = &self.split else {
                     return usage("--format voc needs --split (e.g. trainval or test)");
                 };
-                dataset::load_voc(path, split)?
+                let options = dataset::VocOptions {
+                    on_error: policy,
+                    ..dataset::VocOptions::default()
+                };
+                let voc = dataset::load_voc_with(path, split, options)?;
+                (voc.dataset, voc.skipped)
             }
             DataFormat::Npy => return self.load_npy().map(|l| l.train),
             DataFormat::Idx => {
                 let Some(labels) = &self.labels else {
                     return usage("--format idx needs --labels LABELS-FILE");
                 };
-                dataset::load_idx(path, labels)?
+                (dataset::load_idx(path, labels)?, 0)
             }
-        })
+        };
+        if skipped > 0 {
+            tracing::warn!(
+                "{}: {skipped} unreadable image{} left out (--skip-unreadable)",
+                path.display(),
+                if skipped == 1 { "" } else { "s" }
+            );
+        }
+        Ok(data)
     }
 }
 

@@ -2064,3 +2064,40 @@ fn predict_out_may_not_replace_an_image_of_a_folder() {
     );
     unchanged(&flat.join("0.pgm"), &before);
 }
+
+/// `--skip-unreadable` leaves out an image whose header cannot be read, with a warning that
+/// counts it; without it the run stops naming the file; it is refused for data that are not
+/// image files.
+#[test]
+fn skip_unreadable_leaves_out_broken_images() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..4u8 {
+        let class = ["a", "b"][i as usize % 2];
+        pgm(&dir.path().join(format!("img/{class}/{i}.pgm")), i);
+    }
+    std::fs::write(dir.path().join("img/a/broken.pgm"), b"P5\nnot a header").unwrap();
+    let img = s(&dir.path().join("img"));
+    let m = dir.path().join("m.dfk");
+    let train = |extra: &[&str]| {
+        let mut a = vec!["train", "--data", &img, "--no-cache", "--k", "2"];
+        a.extend_from_slice(extra);
+        a.iter().map(|v| v.to_string()).collect::<Vec<_>>()
+    };
+    let args = train(&["--out", m.to_str().unwrap()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails_leaving_nothing(&args, 1, "broken.pgm", &m);
+    let args = train(&["--skip-unreadable", "--json", "--out", m.to_str().unwrap()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = dfk(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("1 unreadable image left out"), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(v["images"], 4, "{v}");
+    fails(
+        &["train", "--embedded", "--skip-unreadable", "--no-cache"],
+        2,
+        "--skip-unreadable applies to image files",
+    );
+}

@@ -41,6 +41,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         fashion_mnist: None,
         embedded: true,
         limit: None,
+        skip_unreadable: false,
     };
     let loaded = data.load()?;
     if !g.quiet && !g.json {

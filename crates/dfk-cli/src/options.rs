@@ -256,7 +256,6 @@ impl DataArgs {
         description: &str,
     ) -> anyhow::Result<()> {
         let labels = train.labels();
-        let n = labels.n();
         let name = |c: usize| {
             train
                 .class_names
@@ -264,8 +263,8 @@ impl DataArgs {
                 .filter(|s| **s != c.to_string())
                 .map_or(c.to_string(), |s| format!("{c} ({s})"))
         };
-        for (c, &pos) in labels.positives_per_class().iter().enumerate() {
-            if pos == 0 {
+        match dfk::svm::untrainable_class(&labels) {
+            Some((c, dfk::svm::Untrainable::NoPositive)) => {
                 let numbered = train
                     .class_names
                     .iter()
@@ -288,14 +287,22 @@ impl DataArgs {
                     name(c)
                 );
             }
-            if train.multilabel && pos == n {
+            Some((c, dfk::svm::Untrainable::NoNegative)) => {
+                // Single-label data with one class are refused earlier (at least two classes);
+                // with several, this class holding every image leaves another empty.
+                let space = if train.multilabel {
+                    " (a label with a space in a list is read as two labels)"
+                } else {
+                    ""
+                };
                 anyhow::bail!(
-                    "the training data ({description}): all {n} images are positives of class \
-                     {}: its one-vs-rest SVM needs at least one image without it (a label \
-                     with a space in a list is read as two labels)",
+                    "the training data ({description}): all {} images are positives of class \
+                     {}: its one-vs-rest SVM needs at least one image without it{space}",
+                    labels.n(),
                     name(c)
                 );
             }
+            None => {}
         }
         Ok(())
     }

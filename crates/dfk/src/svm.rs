@@ -900,12 +900,35 @@ fn check_matrix_allow_empty(x: &[f32], n: usize, dim: usize) -> Result<()> {
     }
 }
 
+/// Why a class cannot train its one-vs-rest SVM ([`untrainable_class`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Untrainable {
+    /// No sample of the class.
+    NoPositive,
+    /// Every sample is of the class.
+    NoNegative,
+}
+
+/// The first class of `labels` without a positive or without a negative sample, if any.
+pub fn untrainable_class(labels: &Labels) -> Option<(usize, Untrainable)> {
+    let n = labels.n();
+    labels
+        .positives_per_class()
+        .iter()
+        .enumerate()
+        .find_map(|(c, &pos)| match pos {
+            0 => Some((c, Untrainable::NoPositive)),
+            p if p == n => Some((c, Untrainable::NoNegative)),
+            _ => None,
+        })
+}
+
 /// Every class of `labels` has a positive and a negative sample (one-vs-rest needs both);
 /// the error names the first class that does not.
 pub fn check_every_class_has_samples(labels: &Labels) -> Result<()> {
     let n = labels.n();
-    for (c, &pos) in labels.positives_per_class().iter().enumerate() {
-        if pos == 0 {
+    if let Some((c, why)) = untrainable_class(labels) {
+        if why == Untrainable::NoPositive {
             // The likeliest causes, named: a gap in the class indices or a class that the
             // training subset (a limit, a validation split) left out.
             return Err(Error::Invalid(format!(
@@ -916,7 +939,7 @@ pub fn check_every_class_has_samples(labels: &Labels) -> Result<()> {
                 labels.classes() - 1
             )));
         }
-        check_both_classes(pos, n, &format!("class {c} (one-vs-rest)"))?;
+        check_both_classes(n, n, &format!("class {c} (one-vs-rest)"))?;
     }
     Ok(())
 }

@@ -90,7 +90,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                         first = first.display(),
                     );
                 }
-                let (files, has_folders) = (found.images, found.has_folders);
+                let (files, has_folders) = (found.images, !found.folders.is_empty());
                 if files.is_empty() {
                     if has_folders {
                         return crate::util::usage(format!(

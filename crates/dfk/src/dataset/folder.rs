@@ -88,8 +88,8 @@ fn has_other_image_extension(path: &Path) -> bool {
 pub struct FolderImages {
     /// The entries named as images ([`IMAGE_EXTENSIONS`], in any case), sorted by name.
     pub images: Vec<PathBuf>,
-    /// Whether the folder also holds folders (not searched).
-    pub has_folders: bool,
+    /// The folders in it (not searched), sorted by name.
+    pub folders: Vec<PathBuf>,
     /// Files of other image formats (GIF, TIFF, WebP, …), not read, as in a class folder.
     pub other_formats: Vec<PathBuf>,
 }
@@ -100,7 +100,7 @@ pub fn image_files(dir: &Path) -> Result<FolderImages> {
     let mut found = FolderImages::default();
     for p in sorted_entries(dir)? {
         if p.is_dir() {
-            found.has_folders = true;
+            found.folders.push(p);
         } else if has_image_extension(&p) {
             found.images.push(p);
         } else if has_other_image_extension(&p) {
@@ -130,16 +130,12 @@ fn collect(root: &Path, classes: &[String], policy: OnError) -> Result<(Dataset,
             continue;
         }
         let (before, not_files_before) = (candidates.len(), not_files);
-        let mut ignored = Vec::new();
-        for path in sorted_entries(&dir)?.into_iter() {
-            if path.is_dir() || !has_image_extension(&path) {
-                // Folders are not searched, and only the listed formats are read: say so
-                // for what looks like data (a nested folder, another image format).
-                if path.is_dir() || has_other_image_extension(&path) {
-                    ignored.push(path);
-                }
-                continue;
-            }
+        let found = image_files(&dir)?;
+        // Folders are not searched, and only the listed formats are read: say so for what
+        // looks like data (a nested folder, another image format).
+        let mut ignored = [&found.folders[..], &found.other_formats[..]].concat();
+        ignored.sort();
+        for path in found.images {
             if path.is_file() {
                 candidates.push((path, vec![c]));
                 continue;
@@ -169,7 +165,7 @@ fn collect(root: &Path, classes: &[String], policy: OnError) -> Result<(Dataset,
             );
         }
         if candidates.len() == before && not_files == not_files_before {
-            if ignored.iter().any(|p| p.is_dir()) {
+            if !found.folders.is_empty() {
                 // Likely a `train/<class>`, `test/<class>` layout read one level too high.
                 return Err(empty(format!(
                     "class folder {} (it holds folders but no {} file: a class folder holds \

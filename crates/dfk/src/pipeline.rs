@@ -237,11 +237,30 @@ fn sift_over_pipeline_defaults<'de, D: serde::Deserializer<'de>>(
     let serde_json::Value::Object(given) = given else {
         return Err(D::Error::custom("expected a table of SIFT settings"));
     };
-    let mut merged = serde_json::to_value(fashion_mnist_sift()).map_err(D::Error::custom)?;
-    if let serde_json::Value::Object(defaults) = &mut merged {
-        defaults.extend(given);
-    }
-    serde_json::from_value(merged).map_err(D::Error::custom)
+    let defaults = serde_json::to_value(fashion_mnist_sift()).map_err(D::Error::custom)?;
+    let over = |entries: &mut dyn Iterator<Item = (&String, &serde_json::Value)>| {
+        let mut merged = defaults.clone();
+        if let serde_json::Value::Object(m) = &mut merged {
+            m.extend(entries.map(|(k, v)| (k.clone(), v.clone())));
+        }
+        serde_json::from_value::<DsiftParams>(merged)
+    };
+    over(&mut given.iter()).map_err(|e| {
+        // The table's position is all the parser reports: name the key that fails alone.
+        let key = given
+            .iter()
+            .find(|&(k, v)| over(&mut std::iter::once((k, v))).is_err())
+            .map(|(k, v)| {
+                // TOML's nan and inf arrive as null (JSON has neither).
+                let non_finite = if v.is_null() {
+                    " (nan and inf are not valid)"
+                } else {
+                    ""
+                };
+                format!("sift.{k}{non_finite}: ")
+            });
+        D::Error::custom(format!("{}{e}", key.unwrap_or_default()))
+    })
 }
 
 impl PipelineConfig {

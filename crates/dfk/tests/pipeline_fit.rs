@@ -389,3 +389,26 @@ fn setting_names_are_read_in_either_case() {
     )
     .is_err());
 }
+
+/// An invalid key of the `sift` table is named (the parser itself points at the table only),
+/// with a hint when the value is TOML's nan or inf (null by then).
+#[test]
+fn a_bad_sift_setting_is_named() {
+    use dfk::pipeline::PipelineConfig;
+    for (sift, want) in [
+        (serde_json::json!({"stepp": 3}), "sift.stepp: unknown field"),
+        (
+            serde_json::json!({"step": 2, "magnif": null}),
+            "sift.magnif (nan and inf are not valid): invalid type: null",
+        ),
+        (
+            serde_json::json!({"resize": [56]}),
+            "sift.resize: invalid length 1",
+        ),
+    ] {
+        let e = serde_json::from_value::<PipelineConfig>(serde_json::json!({ "sift": sift }))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{e}");
+    }
+}

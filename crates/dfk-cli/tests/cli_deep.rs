@@ -1193,6 +1193,10 @@ fn unusable_labels_are_refused_before_em() {
         assert!(!err.contains("EM: K"), "{err}");
         assert!(!model.exists());
     };
+    // K = 1 has one weight, fixed at 1: learning the weights alone would learn nothing.
+    let args = tiny_args(&files, &model, &["-k", "1", "--groups", "weights"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails_leaving_nothing(&args, 2, "--groups weights with K = 1", &model);
     // Classes 0, 1 and 3: class 2 has no image.
     let gap = dir.path().join("gap.npy");
     npy::write_i64_vector(&gap, &(0..12).map(|i| [0, 1, 3][i % 3]).collect::<Vec<_>>()).unwrap();

@@ -692,6 +692,12 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         train.d
     );
     let (gmm, class_gmms) = initial_gmm(&a, &train, seed)?;
+    if gmm.k() == 1 && a.groups.iter().all(|g| g == "weights") {
+        return usage(
+            "--groups weights with K = 1: the one component's weight is 1 whatever its logit, \
+             so nothing would be learned; add means or log-std",
+        );
+    }
     if gmm.k() as f64 * a.min_weight >= 1.0 {
         return usage(format!(
             "--min-weight {}: {} components cannot all keep that weight (K · floor must be \

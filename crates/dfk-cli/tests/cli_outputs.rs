@@ -2100,4 +2100,36 @@ fn skip_unreadable_leaves_out_broken_images() {
         2,
         "--skip-unreadable applies to image files",
     );
+    // `dfk deep --data` takes it too.
+    let deep = |skip: bool| {
+        let mut a = vec![
+            "--threads",
+            "1",
+            "deep",
+            "--data",
+            &img,
+            "-k",
+            "2",
+            "--iters",
+            "1",
+            "--val-fraction",
+            "0",
+            "-o",
+            m.to_str().unwrap(),
+        ];
+        if skip {
+            a.push("--skip-unreadable");
+        }
+        dfk(&a)
+    };
+    std::fs::remove_file(&m).unwrap();
+    let o = deep(false);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("broken.pgm"));
+    assert!(!m.exists());
+    let o = deep(true);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("1 unreadable image left out"), "{err}");
+    assert!(m.exists());
 }

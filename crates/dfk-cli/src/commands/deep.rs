@@ -64,6 +64,10 @@ pub struct Args {
     /// Images: a folder of class sub-folders or a list file (`path label ...` per line).
     #[arg(long, value_name = "PATH", help_heading = "Data")]
     pub data: Option<PathBuf>,
+    /// With --data: leave out image files that are missing or whose header cannot be read (a
+    /// warning counts them) instead of stopping at the first.
+    #[arg(long, requires = "data", help_heading = "Data")]
+    pub skip_unreadable: bool,
     /// Pipeline configuration (TOML) for images: dense SIFT, PCA, L2, (x, y); default: the
     /// pipeline's defaults (`dfk train`).
     #[arg(
@@ -1202,11 +1206,23 @@ fn load_sets(
         (tr, Some(te))
     } else {
         let path = a.data.as_deref().unwrap_or(Path::new("."));
-        let ds = if path.is_dir() {
-            dataset::load_folder(path)?
+        let policy = if a.skip_unreadable {
+            dataset::OnError::Skip
         } else {
-            dataset::load_list(path)?
+            dataset::OnError::Fail
         };
+        let (ds, skipped) = if path.is_dir() {
+            dataset::load_folder_with(path, policy)?
+        } else {
+            dataset::load_list_with(path, None, policy)?
+        };
+        if skipped > 0 {
+            tracing::warn!(
+                "{}: {skipped} unreadable image{} left out (--skip-unreadable)",
+                path.display(),
+                if skipped == 1 { "" } else { "s" }
+            );
+        }
         let paths = output_paths(a);
         let outputs: Vec<(&str, &Path)> = paths.iter().map(|(f, p)| (*f, p.as_path())).collect();
         check_not_data(

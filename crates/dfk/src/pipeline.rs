@@ -551,7 +551,7 @@ pub fn load_or_extract(
     };
     let dir = cache_dir.join(descriptor_cache_key(data, sift, pre)?);
     let (data_path, offsets_path) = (dir.join("descriptors.npy"), dir.join("offsets.npy"));
-    if data_path.is_file() && offsets_path.is_file() {
+    if cache_entry_complete(&dir) {
         match Descriptors::from_npy(&data_path, &offsets_path) {
             Ok(d) if d.images() == data.len() && d.dim == pre.dim() => {
                 progress(data.len());
@@ -585,6 +585,12 @@ pub fn load_or_extract(
         tracing::warn!("cannot store the descriptors in the cache ({e}): going on without it");
     }
     Ok((d, false))
+}
+
+/// Whether the descriptor-cache entry `dir` (`cache_dir/<key>`, see [`load_or_extract`]) was
+/// stored whole: its descriptor file, written last, marks that (and a failed store removes it).
+pub fn cache_entry_complete(dir: &Path) -> bool {
+    dir.join("descriptors.npy").is_file() && dir.join("offsets.npy").is_file()
 }
 
 /// [`load_or_extract`], plus (with a pyramid in `config`) each descriptor's position `(x, y)`,

@@ -196,7 +196,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         let entry = cache.as_ref().map(|c| c.join(&key));
         let stored = entry
             .as_ref()
-            .is_some_and(|e| e.join("descriptors.npy").is_file());
+            .is_some_and(|e| dfk::pipeline::cache_entry_complete(e));
         if let (Some(e), false, None) = (&entry, stored, &a.out_dir) {
             anyhow::bail!(
                 "{name}: the descriptors could not be stored in the cache {} (see the warning \

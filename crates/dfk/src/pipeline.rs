@@ -393,6 +393,11 @@ fn extract_images(
             progress(1);
             Ok((d, pos))
         })
+        // Every result, then the first error in image order: a parallel collect into a
+        // `Result` returns whichever error a thread met first, so the message would depend
+        // on the timing.
+        .collect::<Vec<Result<_>>>()
+        .into_iter()
         .collect::<Result<_>>()?;
     let rows: usize = per_image.iter().map(|(_, p)| p.len() / 2).sum();
     let mut out = RawDescriptors {
@@ -810,6 +815,9 @@ impl Preprocessor {
                 };
                 self.apply(&d.data[r0 * d.dim..r1 * d.dim], positions)
             })
+            // The first error in block order, whatever the threads' timing.
+            .collect::<Vec<Result<_>>>()
+            .into_iter()
             .collect::<Result<_>>()?;
         let out_dim = self.dim();
         let mut data = Vec::with_capacity(d.rows() * out_dim);

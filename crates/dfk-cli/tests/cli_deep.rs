@@ -180,7 +180,15 @@ fn resume_continues_exactly() {
     let a = json(&ok(&deep_args(&s(&straight), &["--iters", "4"])));
     let first = json(&ok(&deep_args(&s(&resumed), &["--iters", "2"])));
     assert_eq!(first["iterations"], 2);
-    let b = json(&ok(&deep_args(&s(&resumed), &["--iters", "4", "--resume"])));
+    let out = dfk(&deep_args(&s(&resumed), &["--iters", "4", "--resume"]));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    // EM's GMM comes from the checkpoint, which records EM's settings.
+    assert!(
+        err.contains("taken from the checkpoint") && err.contains("EM is not run again"),
+        "{err}"
+    );
+    let b = json(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(b["iterations"], 4);
     for key in [
         "objective_initial",
@@ -238,6 +246,42 @@ fn resume_continues_exactly() {
         1,
         "other settings",
         &other,
+    );
+    // Other EM settings are named before EM would run, and nothing is written.
+    for (flags, needle) in [
+        (
+            &["--gmm-iters", "7"][..],
+            "--gmm-iters: \"100\" in the checkpoint, \"7\" given",
+        ),
+        (
+            &["--seed", "5"][..],
+            "--seed: \"0\" in the checkpoint, \"5\" given",
+        ),
+    ] {
+        let mut args: Vec<String> = deep_args(&s(&other), &["--iters", "5", "--resume"])
+            .into_iter()
+            .map(String::from)
+            .collect();
+        args.extend(flags.iter().map(|f| f.to_string()));
+        resume_fails(
+            &args,
+            &other,
+            &["initial GMM was made with other settings", needle],
+        );
+    }
+    // A value changed by hand is caught by the checksum.
+    let mut c = json(&std::fs::read_to_string(dir_file(&other, "ckpt")).unwrap());
+    let w = &mut c["groups"][0]["svm"]["models"][0]["w"][0];
+    *w = (w.as_f64().unwrap() + 0.25).into();
+    std::fs::write(dir_file(&other, "ckpt"), serde_json::to_vec(&c).unwrap()).unwrap();
+    let args: Vec<String> = deep_args(&s(&other), &["--iters", "5", "--resume"])
+        .into_iter()
+        .map(String::from)
+        .collect();
+    resume_fails(
+        &args,
+        &other,
+        &["does not match its checksum", "changed or damaged"],
     );
 }
 
@@ -730,6 +774,11 @@ fn resume_rejects_a_malformed_checkpoint_without_panicking() {
         let model = dir.path().join(format!("case{i}.dfk"));
         let mut c = good.clone();
         edit(&mut c);
+        // Without the checksum (as an earlier dfk wrote checkpoints), so that the structural
+        // checks are what rejects the damage.
+        if let Some(o) = c.as_object_mut() {
+            o.remove("checksum");
+        }
         std::fs::write(dir_file(&model, "ckpt"), serde_json::to_vec(&c).unwrap()).unwrap();
         // Half the cases with an earlier model in place, which must be left as it was.
         if i % 2 == 1 {
@@ -797,7 +846,8 @@ fn resume_names_the_setting_that_differs() {
     let cases: &[(&[&str], &[&str])] = &[
         (
             &["-k", "3"],
-            &["K (--k or --gmm): \"2\" in the checkpoint, \"3\" given"],
+            // Named by EM's settings, recorded with its GMM, before EM would run.
+            &["-k: \"2\" in the checkpoint, \"3\" given"],
         ),
         (
             &["--labels", &multi, "--multilabel"],
@@ -839,8 +889,15 @@ fn resume_names_the_setting_that_differs() {
             &["--val-fraction", "0.25"],
             &["training set", "validation set"],
         ),
-        (&["--seed", "5"], &["training set", "--seed"]),
-        (&["--gmm-iters", "1"], &["groups[0].init", "--gmm-iters"]),
+        // EM's seed too: named by the checkpoint's record of EM's settings.
+        (
+            &["--seed", "5"],
+            &["--seed: \"0\" in the checkpoint, \"5\" given"],
+        ),
+        (
+            &["--gmm-iters", "1"],
+            &["--gmm-iters: \"100\" in the checkpoint, \"1\" given"],
+        ),
     ];
     for (i, (extra, needles)) in cases.iter().enumerate() {
         let model = dir.path().join(format!("case{i}.dfk"));
@@ -848,9 +905,6 @@ fn resume_names_the_setting_that_differs() {
         let mut e = vec!["--iters", "3", "--resume"];
         e.extend_from_slice(extra);
         let mut n = vec!["other settings"];
-        if extra[0] == "--gmm-iters" {
-            n.clear();
-        }
         n.extend_from_slice(needles);
         resume_fails(&tiny_args(&files, &model, &e), &model, &n);
         assert!(!model.exists(), "{extra:?}: a model was written");

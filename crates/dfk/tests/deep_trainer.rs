@@ -3,8 +3,8 @@
 //! exact resumption from a checkpoint, and bad input.
 
 use dfk::deep::{
-    objective_and_gradient, train_deep, Checkpoint, DeepData, DeepModel, DeepParams, GmmMode,
-    ImageSet, Theta,
+    objective_and_gradient, resume_initial_gmms, train_deep, Checkpoint, DeepData, DeepModel,
+    DeepParams, GmmMode, ImageSet, Theta,
 };
 use dfk::fisher::FisherOptions;
 use dfk::gmm::Gmm;
@@ -196,6 +196,7 @@ fn resumed_run_matches_an_uninterrupted_one() {
     let cp = Checkpoint {
         path: dir.path().join("run.ckpt"),
         resume: true,
+        origin: Vec::new(),
     };
     let first = train_deep(&init, &data, &train_params(2), Some(&cp)).unwrap();
     assert_eq!(first.history.records.len(), 3);
@@ -238,6 +239,7 @@ fn resuming_with_looser_stopping_rules_continues_the_run() {
     let cp = Checkpoint {
         path: dir.path().join("run.ckpt"),
         resume: true,
+        origin: Vec::new(),
     };
     let strict = DeepParams {
         rel_tol: 0.5,
@@ -446,6 +448,7 @@ fn resume_rejects_other_settings_and_corrupt_files() {
     let cp = Checkpoint {
         path: dir.path().join("run.ckpt"),
         resume: true,
+        origin: Vec::new(),
     };
     let init = [gmm(2, 3, 11)];
     train_deep(&init, &data, &train_params(1), Some(&cp)).unwrap();
@@ -505,6 +508,7 @@ fn resume_rejects_a_malformed_checkpoint() {
         let cp = Checkpoint {
             path: dir.path().join(format!("{mode:?}.ckpt")),
             resume: true,
+            origin: Vec::new(),
         };
         train_deep(&init, &data, &params(1), Some(&cp)).unwrap();
         let good: serde_json::Value =
@@ -566,6 +570,9 @@ fn resume_rejects_a_malformed_checkpoint() {
         for (edit, needle) in cases {
             let mut c = good.clone();
             edit(&mut c);
+            // Without its checksum (as an earlier dfk wrote them), so that the structural
+            // checks are what rejects it.
+            c.as_object_mut().unwrap().remove("checksum").unwrap();
             let bytes = serde_json::to_vec(&c).unwrap();
             std::fs::write(&cp.path, &bytes).unwrap();
             let message = format_message(train_deep(&init, &data, &params(3), Some(&cp)), &cp.path);
@@ -601,6 +608,7 @@ fn resume_names_changed_data_and_initial_gmms() {
     let cp = Checkpoint {
         path: dir.path().join("run.ckpt"),
         resume: true,
+        origin: Vec::new(),
     };
     let init = [gmm(2, 3, 42)];
     train_deep(&init, &data, &train_params(1), Some(&cp)).unwrap();
@@ -674,7 +682,9 @@ fn resume_names_changed_data_and_initial_gmms() {
     // A checkpoint without recorded settings (an older one) is checked by its fingerprint and
     // structure, and resumes exactly.
     let mut old: serde_json::Value = serde_json::from_slice(&saved).unwrap();
-    old.as_object_mut().unwrap().remove("settings").unwrap();
+    for key in ["settings", "checksum"] {
+        old.as_object_mut().unwrap().remove(key).unwrap();
+    }
     std::fs::write(&cp.path, serde_json::to_vec(&old).unwrap()).unwrap();
     let resumed = train_deep(&init, &data, &train_params(3), Some(&cp)).unwrap();
     let straight = train_deep(&init, &data, &train_params(3), None).unwrap();
@@ -696,6 +706,122 @@ fn resume_names_changed_data_and_initial_gmms() {
         message.contains("other settings") && message.contains("predates the record"),
         "{message}"
     );
+}
+
+/// The checkpoint's checksum covers every value: one changed value (here a dual, which no
+/// structural check could catch) is refused and the file left as it was, while the file
+/// rewritten with other formatting and key order, values unchanged, still resumes.
+#[test]
+fn checkpoint_checksum_catches_a_changed_value() {
+    let set = synthetic(20, 10, 3, 2, 50);
+    let data = DeepData {
+        train: &set,
+        val: None,
+        test: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cp = Checkpoint {
+        path: dir.path().join("run.ckpt"),
+        resume: true,
+        origin: Vec::new(),
+    };
+    let init = [gmm(2, 3, 51)];
+    train_deep(&init, &data, &train_params(1), Some(&cp)).unwrap();
+    let saved = std::fs::read(&cp.path).unwrap();
+    assert!(saved.starts_with(b"{\"checksum\":\"crc32:"));
+    let good: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+
+    let mut edited = good.clone();
+    let alpha = &mut edited["groups"][0]["svm"]["models"][0]["alpha"][0];
+    *alpha = (alpha.as_f64().unwrap() * 0.5 + 1e-3).into();
+    let bytes = serde_json::to_vec(&edited).unwrap();
+    std::fs::write(&cp.path, &bytes).unwrap();
+    let message = format_message(
+        train_deep(&init, &data, &train_params(2), Some(&cp)),
+        &cp.path,
+    );
+    assert!(message.contains("does not match its checksum"), "{message}");
+    assert_eq!(std::fs::read(&cp.path).unwrap(), bytes);
+
+    // Pretty-printed, keys sorted (serde_json's map): the same values, so the same checksum.
+    std::fs::write(&cp.path, serde_json::to_vec_pretty(&good).unwrap()).unwrap();
+    let resumed = train_deep(&init, &data, &train_params(2), Some(&cp)).unwrap();
+    let straight = train_deep(&init, &data, &train_params(2), None).unwrap();
+    assert_eq!(resumed.gmms, straight.gmms);
+}
+
+/// A checkpoint written with an origin gives back its initial GMMs, bit for bit, to a caller
+/// with the same origin; another origin is refused naming each difference; a checkpoint
+/// without one (or none at all) gives nothing.
+#[test]
+fn checkpoint_returns_its_initial_gmms_for_the_same_origin() {
+    let set = synthetic(20, 10, 3, 2, 60);
+    let data = DeepData {
+        train: &set,
+        val: None,
+        test: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let origin = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let path = dir.path().join("run.ckpt");
+    assert!(resume_initial_gmms(&path, &origin(&[("em", "a")]))
+        .unwrap()
+        .is_none());
+    let cp = Checkpoint {
+        path: path.clone(),
+        resume: true,
+        origin: origin(&[("em", "a"), ("seed", "3")]),
+    };
+    let init = [gmm(2, 3, 61)];
+    train_deep(&init, &data, &train_params(1), Some(&cp)).unwrap();
+    let got = resume_initial_gmms(&path, &cp.origin).unwrap().unwrap();
+    assert_eq!(got, init.to_vec());
+    // Resuming records the origin again.
+    train_deep(&got, &data, &train_params(2), Some(&cp)).unwrap();
+    assert_eq!(
+        resume_initial_gmms(&path, &cp.origin).unwrap().unwrap(),
+        init.to_vec()
+    );
+
+    let refused =
+        |given: &[(&str, &str)], needles: &[&str]| match resume_initial_gmms(&path, &origin(given))
+        {
+            Err(Error::Format { path: p, message }) => {
+                assert_eq!(p, path);
+                for needle in needles {
+                    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+                }
+            }
+            other => panic!("expected a format error, got {other:?}"),
+        };
+    refused(
+        &[("em", "b"), ("seed", "3")],
+        &["em: \"a\" in the checkpoint, \"b\" given"],
+    );
+    refused(
+        &[("em", "a"), ("seed", "3"), ("k", "2")],
+        &["k: not in the checkpoint, \"2\" given"],
+    );
+    refused(
+        &[("em", "a")],
+        &["seed: \"3\" in the checkpoint, not given"],
+    );
+
+    // Written without an origin: nothing to take.
+    let plain = Checkpoint {
+        path: dir.path().join("plain.ckpt"),
+        resume: true,
+        origin: Vec::new(),
+    };
+    train_deep(&init, &data, &train_params(1), Some(&plain)).unwrap();
+    assert!(resume_initial_gmms(&plain.path, &cp.origin)
+        .unwrap()
+        .is_none());
 }
 
 #[test]

@@ -229,7 +229,8 @@ pub struct Args {
     pub checkpoint: Option<PathBuf>,
     /// Continue from the checkpoint if it exists. Every setting other than the stopping rules
     /// (--iters, --rel-tol, --patience) and --posterior-cache-mb must be the one it was written
-    /// with, and the data the same; the checkpoint is checked whole before it is used.
+    /// with, and the data the same; the checkpoint is checked whole (and against its
+    /// checksum) before it is used. EM is not run again: its GMM is in the checkpoint.
     #[arg(long)]
     pub resume: bool,
     /// Also write the history as JSON here.
@@ -457,6 +458,37 @@ fn em_params(a: &Args, seed: u64) -> GmmParams {
         .posterior_threshold(a.gmm_posterior_threshold)
         .seed(seed)
         .kmeans_sample(Some(a.gmm_sample.max(a.k)))
+}
+
+/// The settings that make EM's initial GMM, by flag, recorded in the checkpoint
+/// ([`Checkpoint::origin`]); none with `--gmm` (loading it is cheap, and the trainer compares
+/// it with the checkpoint's).
+fn em_origin(a: &Args, seed: u64) -> Vec<(String, String)> {
+    if a.gmm.is_some() {
+        return Vec::new();
+    }
+    let p = em_params(a, seed);
+    [
+        ("-k", p.k.to_string()),
+        ("--gmm-iters", p.max_iter.to_string()),
+        ("--gmm-restarts", p.restarts.to_string()),
+        ("--gmm-variance-floor", p.variance_floor.to_string()),
+        (
+            "--gmm-posterior-threshold",
+            p.posterior_threshold.to_string(),
+        ),
+        ("--gmm-sample", a.gmm_sample.to_string()),
+        ("--seed", seed.to_string()),
+        // The rest of EM's settings are fixed by this build; recorded so that a build with
+        // other defaults does not take a GMM that it would not have made.
+        (
+            "em (fixed)",
+            format!("{:?} tol {} weight floor {}", p.init, p.tol, p.weight_floor),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// The flags of the EM settings, by the library's parameter names.
@@ -695,7 +727,31 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         test.as_ref().map_or(0, |t| t.len()),
         train.d
     );
-    let (gmm, class_gmms) = initial_gmm(&a, &train, seed)?;
+    let checkpoint = Checkpoint {
+        path: a
+            .checkpoint
+            .clone()
+            .unwrap_or_else(|| sibling(&a.output, "ckpt")),
+        resume: a.resume,
+        origin: em_origin(&a, seed),
+    };
+    // A resumed run takes EM's GMM from its checkpoint when EM's settings are the same.
+    let from_checkpoint = match a.resume && !checkpoint.origin.is_empty() {
+        true => dfk::deep::resume_initial_gmms(&checkpoint.path, &checkpoint.origin)?,
+        false => None,
+    };
+    let (gmm, class_gmms) = match from_checkpoint.and_then(|g| g.into_iter().next()) {
+        Some(gmm) => {
+            tracing::info!(
+                "initial GMM (K = {}) taken from the checkpoint {}, made by EM with the same \
+                 settings: EM is not run again",
+                gmm.k(),
+                checkpoint.path.display()
+            );
+            (gmm, Vec::new())
+        }
+        None => initial_gmm(&a, &train, seed)?,
+    };
     if gmm.k() == 1 && a.groups.iter().all(|g| g == "weights") {
         return usage(
             "--groups weights with K = 1: the one component's weight is 1 whatever its logit, \
@@ -710,13 +766,6 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             gmm.k()
         ));
     }
-    let checkpoint = Checkpoint {
-        path: a
-            .checkpoint
-            .clone()
-            .unwrap_or_else(|| sibling(&a.output, "ckpt")),
-        resume: a.resume,
-    };
     let data = DeepData {
         train: &train,
         val: val.as_ref(),

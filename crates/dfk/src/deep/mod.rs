@@ -13,4 +13,6 @@ pub use history::{DeepHistory, IterationRecord};
 pub use line_search::{Accepted, LineSearch, Outcome, Trial};
 pub use params::{DeepParams, GmmMode};
 pub use theta::{Displacement, Floors, ParamGroups, Theta};
-pub use trainer::{objective_and_gradient, train_deep, Checkpoint, DeepData, DeepModel};
+pub use trainer::{
+    objective_and_gradient, resume_initial_gmms, train_deep, Checkpoint, DeepData, DeepModel,
+};

@@ -41,6 +41,28 @@ pub struct Checkpoint {
     /// initial GMMs and the images must match; the file is checked whole before it is used);
     /// otherwise start afresh.
     pub resume: bool,
+    /// How the caller made the initial GMMs (for `dfk deep`: the EM settings, by flag), as
+    /// `(name, value)` pairs. When not empty, the checkpoint records them with the GMMs, so
+    /// that a resumed run can take the GMMs from it instead of making them again
+    /// ([`resume_initial_gmms`]).
+    pub origin: Vec<(String, String)>,
+}
+
+/// The initial GMMs as the caller gave them, and how it made them ([`Checkpoint::origin`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Origin {
+    settings: BTreeMap<String, String>,
+    gmms: Vec<Gmm>,
+}
+
+impl Origin {
+    fn new(cp: Option<&Checkpoint>, init: &[Gmm]) -> Option<Self> {
+        let cp = cp.filter(|cp| !cp.origin.is_empty())?;
+        Some(Self {
+            settings: cp.origin.iter().cloned().collect(),
+            gmms: init.to_vec(),
+        })
+    }
 }
 
 /// A trained Deep Fisher Kernel: the kept (best-validated) GMMs and their SVMs.
@@ -250,6 +272,14 @@ struct TrainState {
     /// run bit for bit (absent in checkpoints written before it was recorded).
     #[serde(default)]
     threads: Option<usize>,
+    /// The initial GMMs and how they were made (absent when the caller gave no origin, and in
+    /// checkpoints written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<Origin>,
+    /// CRC-32 of the checkpoint's JSON without this field ([`save_checkpoint`]; absent in
+    /// checkpoints written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checksum: Option<String>,
 }
 
 const CHECKPOINT_FORMAT: &str = "dfk-deep-checkpoint-1";
@@ -364,12 +394,13 @@ pub fn train_deep(
             }
             s
         }
-        None => {
-            let s = initial_state(&inits, data, params, &settings)?;
-            save_checkpoint(checkpoint, &s)?;
-            s
-        }
+        None => initial_state(&inits, data, params, &settings)?,
     };
+    // The given GMMs passed the checks against a resumed checkpoint's, so they are its own.
+    state.origin = Origin::new(checkpoint, init);
+    if state.iteration == 0 {
+        save_checkpoint(checkpoint, &state)?;
+    }
 
     while state.stop.is_none() {
         if state.iteration >= params.max_iter {
@@ -566,6 +597,8 @@ fn initial_state(
         stop: None,
         last_decrease: None,
         threads: Some(rayon::current_num_threads()),
+        origin: None,
+        checksum: None,
     };
     score_and_select(&mut state, data, params, &mut record)?;
     record.time_total_s = start.elapsed().as_secs_f64();
@@ -1090,11 +1123,128 @@ fn metric(set: &ImageSet, scores: &[f32]) -> Result<f64> {
     }
 }
 
+/// Writes the state as JSON with its CRC-32 (of the same JSON without the `checksum` field)
+/// as the first field.
 fn save_checkpoint(cp: Option<&Checkpoint>, state: &TrainState) -> Result<()> {
     let Some(cp) = cp else { return Ok(()) };
-    let bytes = serde_json::to_vec(state)
-        .map_err(|e| Error::format(&cp.path, format!("cannot serialise the trainer state: {e}")))?;
+    let body = state_json(state).map_err(|e| Error::format(&cp.path, e))?;
+    // `body` is a JSON object, "{...}": the checksum goes in front of its first field.
+    let mut bytes = format!("{{\"checksum\":\"{}\",", checksum(&body)).into_bytes();
+    bytes.extend_from_slice(&body[1..]);
     write_bytes_atomic(&cp.path, &bytes)
+}
+
+/// The state's JSON without its checksum: what the checksum covers.
+fn state_json(state: &TrainState) -> std::result::Result<Vec<u8>, String> {
+    let mut state = std::borrow::Cow::Borrowed(state);
+    if state.checksum.is_some() {
+        state.to_mut().checksum = None;
+    }
+    let body = serde_json::to_vec(&state)
+        .map_err(|e| format!("cannot serialise the trainer state: {e}"))?;
+    if body.len() < 2 || body[0] != b'{' || body[1] == b'}' {
+        return Err("the trainer state did not serialise to a JSON object".into());
+    }
+    Ok(body)
+}
+
+fn checksum(body: &[u8]) -> String {
+    format!("crc32:{:08x}", crc32fast::hash(body))
+}
+
+/// Reads a checkpoint and checks its checksum (when it has one: earlier checkpoints do not).
+fn read_state(path: &Path) -> Result<TrainState> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let state: TrainState = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::format(path, format!("not a dfk deep checkpoint: {e}")))?;
+    if state.format != CHECKPOINT_FORMAT {
+        return Err(Error::format(
+            path,
+            format!(
+                "checkpoint format {:?}, expected {CHECKPOINT_FORMAT:?}",
+                state.format
+            ),
+        ));
+    }
+    if let Some(recorded) = &state.checksum {
+        // The JSON of the values read, as the writer made it: it round-trips every value
+        // exactly, so any change to a value (or a damaged digit) changes the checksum.
+        let computed = checksum(&state_json(&state).map_err(|e| Error::format(path, e))?);
+        if *recorded != computed {
+            return Err(Error::format(
+                path,
+                format!(
+                    "the checkpoint's content does not match its checksum ({recorded} recorded, \
+                     {computed} computed): it was changed or damaged after it was written; \
+                     remove it to start afresh"
+                ),
+            ));
+        }
+    }
+    Ok(state)
+}
+
+/// The initial GMMs recorded in the checkpoint at `path`, when it was made with the same
+/// [`Checkpoint::origin`]: a resumed run can then skip making them again (for `dfk deep`, EM).
+///
+/// `Ok(None)` when there is no checkpoint or it records no origin (earlier checkpoints, or
+/// written without one); an error, naming each setting that differs, when its origin is
+/// another. The trainer still checks the whole checkpoint when it resumes.
+pub fn resume_initial_gmms(path: &Path, origin: &[(String, String)]) -> Result<Option<Vec<Gmm>>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let state = read_state(path)?;
+    let Some(recorded) = state.origin else {
+        return Ok(None);
+    };
+    let given: BTreeMap<String, String> = origin.iter().cloned().collect();
+    let differ: Vec<String> = recorded
+        .settings
+        .keys()
+        .chain(given.keys().filter(|k| !recorded.settings.contains_key(*k)))
+        .filter(|k| recorded.settings.get(*k) != given.get(*k))
+        .map(|k| {
+            let show = |v: Option<&String>, place: &str| {
+                v.map_or(format!("not {place}"), |v| format!("{v:?} {place}"))
+            };
+            format!(
+                "{k}: {}, {}",
+                show(recorded.settings.get(k), "in the checkpoint"),
+                show(given.get(k), "given")
+            )
+        })
+        .collect();
+    if !differ.is_empty() {
+        return Err(Error::format(
+            path,
+            format!(
+                "the checkpoint's initial GMM was made with other settings: {}; resume with \
+                 the checkpoint's settings, or remove the checkpoint to start afresh",
+                differ.join("; ")
+            ),
+        ));
+    }
+    if recorded.gmms.is_empty() {
+        return Err(Error::format(
+            path,
+            "origin.gmms is empty: expected at least one GMM",
+        ));
+    }
+    for (i, g) in recorded.gmms.iter().enumerate() {
+        // The deserialised GMM skipped the constructor's checks: run them on a copy (the
+        // copy's renormalised weights may differ in the last bit; the recorded ones are
+        // returned, as the run used them).
+        Gmm::new(
+            g.k(),
+            g.d(),
+            g.means().to_vec(),
+            g.variances().to_vec(),
+            g.weights().to_vec(),
+        )
+        .map_err(|e| Error::format(path, format!("origin.gmms[{i}]: {e}")))?;
+    }
+    Ok(Some(recorded.gmms))
 }
 
 /// One setting that shapes the trainer's state: recorded in the checkpoint, so that a resumed
@@ -1180,18 +1330,7 @@ fn load_state(
     data: &DeepData,
     settings: &[Setting],
 ) -> Result<TrainState> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let state: TrainState = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::format(path, format!("not a dfk deep checkpoint: {e}")))?;
-    if state.format != CHECKPOINT_FORMAT {
-        return Err(Error::format(
-            path,
-            format!(
-                "checkpoint format {:?}, expected {CHECKPOINT_FORMAT:?}",
-                state.format
-            ),
-        ));
-    }
+    let state = read_state(path)?;
     if !state.settings.is_empty() {
         let differ: Vec<String> = settings
             .iter()

@@ -128,10 +128,29 @@ fn clean_up_on_signals() {
     }
 }
 
+/// The command line, with negative numbers accepted as flag values: `--c -1` then reaches the
+/// flag's own check, which names the accepted range, instead of reading `-1` as an unknown
+/// flag (and `-0.1` as the flag `-0`).
+fn parse_command_line() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    fn negative_values(cmd: clap::Command) -> clap::Command {
+        cmd.mut_args(|a| {
+            if a.get_action().takes_values() {
+                a.allow_negative_numbers(true)
+            } else {
+                a
+            }
+        })
+        .mut_subcommands(negative_values)
+    }
+    let matches = negative_values(Cli::command()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> std::process::ExitCode {
     #[cfg(unix)]
     clean_up_on_signals();
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     let filter = if cli.global.quiet { "error" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(

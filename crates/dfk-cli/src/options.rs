@@ -516,7 +516,7 @@ pub struct ConfigArgs {
     #[arg(long, value_parser = parse_pyramid, value_name = "LEVELS", help_heading = "Fisher vector")]
     pub pyramid: Option<PyramidArg>,
     /// Number of GMM components K.
-    #[arg(long, help_heading = "GMM")]
+    #[arg(long, short = 'k', help_heading = "GMM")]
     pub k: Option<usize>,
     /// Maximum EM iterations.
     #[arg(long, help_heading = "GMM")]

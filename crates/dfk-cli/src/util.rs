@@ -21,6 +21,18 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 /// Returns a usage error (exit status 2) with `message`.
+/// For a dimension error about the matrix read from `path` with `cols` columns: a note when
+/// the file holds a 1-D array (read as `n` rows × 1 column), saying what was meant; empty
+/// otherwise.
+pub fn rank1_note(path: &std::path::Path, cols: usize, expected: &str) -> String {
+    match dfk::npy::header_shape(path).as_deref() {
+        Some(&[n]) if cols == 1 => format!(
+            " (the file holds a 1-D array of {n} values, read as {n} rows × 1 column: {expected})"
+        ),
+        _ => String::new(),
+    }
+}
+
 pub fn usage<T>(message: impl Into<String>) -> anyhow::Result<T> {
     Err(UsageError(message.into()).into())
 }

@@ -140,6 +140,62 @@ fn svm_train_and_predict() {
             &format!("{flag} {value}: expected a finite number > 0"),
         );
     }
+    // A negative value as the next argument reaches the same check (it used to read as an
+    // unknown flag `-1`, and `-0.5` as the flag `-0`).
+    for (flag, value) in [("--c", "-1"), ("--eps", "-0.5")] {
+        fails(
+            &[
+                "svm",
+                "train",
+                "--features",
+                &cli_fixture("features.npy"),
+                "--labels",
+                &cli_fixture("labels.npy"),
+                flag,
+                value,
+                "--out",
+                &s(&dir.path().join("never.dfk")),
+            ],
+            2,
+            &format!("{flag} {value}: expected a finite number > 0"),
+        );
+    }
+    // A label matrix of the wrong shape is named by its shape (60 feature rows).
+    let labels = npy::read_labels(cli_fixture("labels.npy")).unwrap();
+    let onehot = |rows: usize| -> Vec<i64> {
+        (0..rows * 3)
+            .map(|i| i64::from(labels[i / 3] == i % 3))
+            .collect()
+    };
+    for (name, data, shape, needle) in [
+        (
+            "short.npy",
+            onehot(50),
+            (50, 3),
+            "short.npy: shape [50, 3]: 50 rows but",
+        ),
+        ("wide.npy", vec![0i64; 3 * 60], (3, 60), "(transposed?)"),
+        ("two.npy", vec![2i64; 60 * 3], (60, 3), "holds the value 2"),
+    ] {
+        let path = dir.path().join(name);
+        let mut files = npy::FileGroup::new();
+        files.i64_matrix(&path, &data, shape.0, shape.1).unwrap();
+        files.commit().unwrap();
+        fails(
+            &[
+                "svm",
+                "train",
+                "--features",
+                &cli_fixture("features.npy"),
+                "--labels",
+                &s(&path),
+                "--out",
+                &s(&dir.path().join("never.dfk")),
+            ],
+            1,
+            needle,
+        );
+    }
     let scores = dir.path().join("scores.npy");
     ok(&[
         "svm",
@@ -152,7 +208,28 @@ fn svm_train_and_predict() {
     ]);
     let (sc, n, c) = npy::read_f32_matrix(&scores).unwrap();
     assert_eq!((n, c), (60, 3));
-    let labels = npy::read_labels(cli_fixture("labels.npy")).unwrap();
+    // One feature vector saved as a 1-D array: the error says how it was read.
+    let (features, _, dim) = npy::read_f32_matrix(cli_fixture("features.npy")).unwrap();
+    let one = dir.path().join("one.npy");
+    npy::write_f32_vector(&one, &features[..dim]).unwrap();
+    fails(
+        &[
+            "svm",
+            "predict",
+            &s(&model),
+            "--features",
+            &s(&one),
+            "--out",
+            &s(&dir.path().join("never.npy")),
+        ],
+        1,
+        &format!(
+            "features have 1 column but the SVMs in {} expect {dim} (the file holds a 1-D array \
+             of {dim} values, read as {dim} rows × 1 column: one feature vector is a 1 × {dim} \
+             matrix)",
+            s(&model)
+        ),
+    );
     for i in 0..n {
         let row = &sc[i * c..(i + 1) * c];
         let best = (0..c).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
@@ -207,7 +284,34 @@ fn malformed_inputs_fail_cleanly() {
     let flat = inputs.path().join("flat.npy");
     npy::write_f32_vector(&flat, &[0.5; 8]).unwrap();
     fisher_fails(&flat, "descriptors have 1 column but the GMM in");
-    fisher_fails(&flat, "a 1-D array is read as one column");
+    fisher_fails(
+        &flat,
+        "(the file holds a 1-D array of 8 values, read as 8 rows × 1 column: descriptors are an \
+         N × D matrix)",
+    );
+    // A true N × 1 matrix gets no such note.
+    let column = inputs.path().join("column.npy");
+    npy::write_f32_matrix(&column, &[0.5; 8], 8, 1).unwrap();
+    let args = [
+        "fisher",
+        "--gmm",
+        &g,
+        "--descriptors",
+        &s(&column),
+        "--out",
+        &o,
+    ];
+    let err = String::from_utf8_lossy(&dfk(&args).stderr).into_owned();
+    assert!(
+        err.contains("descriptors have 1 column") && !err.contains("1-D array"),
+        "{err}"
+    );
+    // The descriptors are read in batches from their place in the file: a pipe or device is
+    // refused as such (it used to fail with "Illegal seek").
+    fisher_fails(
+        std::path::Path::new("/dev/zero"),
+        "/dev/zero: not a regular file (a pipe or device?)",
+    );
     for bad in ["offsets_decreasing.npy", "offsets_out_of_range.npy"] {
         let path = cli_fixture(bad);
         fails_leaving_nothing(
@@ -711,7 +815,7 @@ fn svm_train_refuses_classes_without_samples_and_empty_shapes() {
         (
             "x.npy",
             "no_cols.npy",
-            &["no_cols.npy", "n×C with 0/1 entries"],
+            &["no_cols.npy", "shape [6, 0]: no class columns"],
         ),
         ("x0.npy", "ok.npy", &["x0.npy", "0 columns"]),
     ] {

@@ -779,6 +779,19 @@ impl<'a> Reader<'a> {
     ) -> Result<Gmm> {
         let checked =
             Gmm::new(k, d, means, variances, weights.clone()).map_err(|e| self.invalid(what, e))?;
+        // Saved weights sum to 1 within their f32 roundings (≤ 6e-8 in all); another sum is
+        // a file that dfk did not write, whose weights would scale the plain Fisher vectors.
+        let sum: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+        if (sum - 1.0).abs() > 1e-5 {
+            return Err(Error::format(
+                self.path,
+                format!(
+                    "{what}: the weights sum to {}, expected 1 (within 1e-5): a model \
+                     file holds normalised weights (`dfk gmm import` normalises them)",
+                    sum as f32
+                ),
+            ));
+        }
         // `Gmm::new` renormalises the weights, which can move a stored weight by one ulp; the
         // stored values were normalised when saved, so restore them exactly.
         let mut value = serde_json::to_value(&checked)

@@ -289,6 +289,14 @@ fn vector_len(path: &Path, shape: &[usize], what: &str) -> Result<usize> {
     }
 }
 
+/// The shape in the header of the `.npy` file at `path`, or `None` when it cannot be read
+/// (for error messages that depend on how an array was read, e.g. a rank-1 array as `n × 1`).
+pub fn header_shape(path: impl AsRef<Path>) -> Option<Vec<u64>> {
+    let mut file = File::open(path).ok()?;
+    let header = npyz::NpyHeader::from_reader(&mut file).ok()?;
+    Some(header.shape().to_vec())
+}
+
 /// Reads a float32 or float64 matrix as row-major `f32` (`rows × cols`); a rank-1 array of
 /// length `n` is read as `n × 1`. Values are not checked for finiteness (see [`require_finite`]).
 pub fn read_f32_matrix(path: impl AsRef<Path>) -> Result<(Vec<f32>, usize, usize)> {
@@ -480,6 +488,15 @@ impl F32MatrixReader {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // Rows are read in batches from their place in the file, so it must be one.
+        if !file.metadata().map_err(|e| Error::io(&path, e))?.is_file() {
+            return Err(Error::format(
+                &path,
+                "not a regular file (a pipe or device?): the descriptors are read in batches \
+                 from their place in the file, which needs a file on disk; save the array to \
+                 a file first",
+            ));
+        }
         let header = npyz::NpyHeader::from_reader(&mut file).map_err(|e| {
             let mut start = Vec::new();
             if let Ok(f) = File::open(&path) {

@@ -276,6 +276,21 @@ fn malformed_files_give_errors_naming_file_and_field() {
     );
     assert!(load_err(&p("nan.dfk")).contains("non-finite"));
 
+    // Weights that do not sum to 1 (another writer's file) would scale the plain Fisher
+    // vectors: refused, naming the arrays and the sum.
+    let mut unnormalised = gmm_arrays(vec![2, 3], 0.0);
+    unnormalised[2].2 = vec![5.0, 5.0];
+    craft(
+        &p("weights.dfk"),
+        Some(header(FORMAT_VERSION, "gmm")),
+        &unnormalised,
+    );
+    let e = load_err(&p("weights.dfk"));
+    assert!(
+        e.contains("gmm.*") && e.contains("the weights sum to 10, expected 1"),
+        "{e}"
+    );
+
     let mut missing = gmm_arrays(vec![2, 3], 0.0);
     missing.pop();
     craft(

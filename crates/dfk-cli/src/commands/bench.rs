@@ -63,7 +63,7 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     pub d: usize,
     /// GMM components (synthetic data).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, short = 'k', default_value_t = 256)]
     pub k: usize,
     /// Images (stats/encode stages).
     #[arg(long, default_value_t = 200)]

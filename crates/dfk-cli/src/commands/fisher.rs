@@ -27,7 +27,7 @@ pub struct Args {
     /// Descriptors, N×D float32/float64 .npy (D must match the GMM).
     #[arg(long)]
     descriptors: PathBuf,
-    /// int64 offsets, images+1 entries: image i owns rows `O[i]..O[i+1]`. Without it the whole
+    /// Integer offsets (any integer dtype), images+1 entries: image i owns rows `O[i]..O[i+1]`. Without it the whole
     /// matrix is one image.
     #[arg(long)]
     offsets: Option<PathBuf>,
@@ -65,11 +65,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             if d == 1 { "" } else { "s" },
             a.gmm.display(),
             gmm.d(),
-            if d == 1 {
-                " (a 1-D array is read as one column: descriptors are an N × D matrix)"
-            } else {
-                ""
-            }
+            crate::util::rank1_note(&a.descriptors, d, "descriptors are an N × D matrix")
         );
     }
     let offsets = match &a.offsets {

@@ -26,7 +26,7 @@ pub struct FitArgs {
     #[arg(long)]
     descriptors: PathBuf,
     /// Number of components.
-    #[arg(long)]
+    #[arg(long, short = 'k')]
     k: usize,
     /// Maximum EM iterations (default: the library's, 500).
     #[arg(long)]

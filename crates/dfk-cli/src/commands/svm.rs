@@ -82,10 +82,26 @@ fn read_labels(a: &TrainArgs, n: usize) -> anyhow::Result<Labels> {
                     classes,
                 }
             }
-            Ok(_) => anyhow::bail!(
-                "{}: a label matrix must be n×C with 0/1 entries (n = {n})",
-                a.labels.display()
-            ),
+            Ok((m, rows, classes)) => {
+                let shape = format!("shape [{rows}, {classes}]");
+                let problem = if rows != n {
+                    format!(
+                        "{shape}: {rows} rows but {} has {n}{}",
+                        a.features.display(),
+                        if classes == n { " (transposed?)" } else { "" }
+                    )
+                } else if classes == 0 {
+                    format!("{shape}: no class columns")
+                } else {
+                    let v = m.iter().find(|&&v| v != 0 && v != 1).copied().unwrap_or(0);
+                    format!("{shape}: it holds the value {v}")
+                };
+                anyhow::bail!(
+                    "{}: {problem}; a label matrix is n × C (one row per feature row, one \
+                     column per class) with 0/1 entries",
+                    a.labels.display()
+                )
+            }
             // A file that is not a vector is reported as the matrix it tried to be (a float
             // 0/1 matrix: its dtype, not its shape, is wrong).
             Err(matrix_err) if vector_err.to_string().contains("as a vector (rank 1)") => {
@@ -201,10 +217,16 @@ fn predict(a: PredictArgs, g: &Global) -> anyhow::Result<()> {
     let (x, n, dim) = npy::read_f32_matrix(&a.features)?;
     if dim != svm.dim {
         anyhow::bail!(
-            "{}: features have {dim} columns but the SVMs in {} expect {}",
+            "{}: features have {dim} column{} but the SVMs in {} expect {}{}",
             a.features.display(),
+            if dim == 1 { "" } else { "s" },
             a.svm.display(),
-            svm.dim
+            svm.dim,
+            crate::util::rank1_note(
+                &a.features,
+                dim,
+                &format!("one feature vector is a 1 × {} matrix", svm.dim)
+            )
         );
     }
     npy::require_finite(&a.features, &x, dim)?;

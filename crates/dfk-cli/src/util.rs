@@ -33,6 +33,19 @@ pub fn rank1_note(path: &std::path::Path, cols: usize, expected: &str) -> String
     }
 }
 
+/// For a command that reads the file at `path` more than once (`why`): a pipe or device,
+/// which would be empty (or different) the second time, is a usage error naming `flag`, before
+/// any work. Missing files and folders are left to the readers' own messages.
+pub fn require_file_on_disk(flag: &str, path: &std::path::Path, why: &str) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() && !m.is_dir() => usage(format!(
+            "{flag} {}: not a regular file (a pipe or device?): {why}, so it needs a file on disk",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn usage<T>(message: impl Into<String>) -> anyhow::Result<T> {
     Err(UsageError(message.into()).into())
 }

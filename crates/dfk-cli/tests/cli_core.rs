@@ -704,10 +704,18 @@ fn stored_settings_must_match_the_arrays() {
     let dir = tempfile::tempdir().unwrap();
     let m = small_model(dir.path());
     type Edit = fn(&mut dfk::model::ModelFile);
-    let edits: [(&str, Edit); 3] = [
+    let edits: [(&str, Edit); 4] = [
         ("gmm.k = 5 but gmm.means holds K = 2", |f| {
             f.config["gmm"]["k"] = serde_json::json!(5)
         }),
+        // The header's pca_whiten is what runs; the configuration must say the same.
+        (
+            "pca.whiten = true but the file's PCA (header field pca_whiten) is not whitened",
+            |f| {
+                assert_eq!(f.config["pca"]["whiten"], false);
+                f.config["pca"]["whiten"] = serde_json::json!(true)
+            },
+        ),
         ("pca.dims = 16 but the file holds a PCA to", |f| {
             f.config["pca"]["dims"] = serde_json::json!(16)
         }),
@@ -920,4 +928,62 @@ fn fisher_takes_a_pipeline_model_without_svms() {
     ]);
     let (_, rows, cols) = npy::read_f32_matrix(&fv).unwrap();
     assert_eq!((rows, cols), (1, model.gmm.fisher_len()));
+}
+
+/// A model given through a pipe: `eval --report`, which used to read the model twice (and
+/// failed after all its work, calling the pipe's end a damaged file), reads it once; `info`
+/// and `deep --gmm`, which read it more than once, refuse a pipe before any work, saying so.
+#[test]
+#[cfg(unix)]
+fn models_given_through_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_model(dir.path());
+    let fifo = dir.path().join("model.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Nothing writes to the pipe: these must refuse it without opening it.
+    fails(
+        &["info", &s(&fifo)],
+        2,
+        "not a regular file (a pipe or device?): `dfk info` reads it twice",
+    );
+    fails(
+        &[
+            "deep",
+            "--embedded",
+            "--max-train",
+            "40",
+            "--gmm",
+            &s(&fifo),
+            "-o",
+            &s(&dir.path().join("d.dfk")),
+        ],
+        2,
+        "--gmm",
+    );
+    assert!(!dir.path().join("d.dfk").exists());
+
+    let bytes = std::fs::read(&model).unwrap();
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(&fifo, bytes).unwrap())
+    };
+    let report = dir.path().join("report");
+    ok(&[
+        "-q",
+        "eval",
+        "--model",
+        &s(&fifo),
+        "--embedded",
+        "--limit",
+        "10",
+        "--no-cache",
+        "--report",
+        &s(&report),
+    ]);
+    writer.join().unwrap();
+    assert!(report.join("index.html").exists());
 }

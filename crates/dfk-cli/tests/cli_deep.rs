@@ -148,6 +148,22 @@ fn deep_model_works_with_eval_predict_and_info() {
     // `dfk info` describes it.
     let info = ok(&["info", &s(&model)]);
     assert!(info.contains("kind pipeline"), "{info}");
+    // With a line on the deep training: iteration 0 against the kept one.
+    let kept = h["best_iteration"].as_u64().unwrap();
+    assert!(
+        info.contains(&format!(
+            "deep: {} iterations, kept iteration {kept} (",
+            j.len() - 1
+        )) && info.contains("; objective ")
+            && info.contains("; test_accuracy "),
+        "{info}"
+    );
+    // Its checkpoint is named as such when given as a model.
+    fails(
+        &["info", &s(&dir_file(&model, "ckpt"))],
+        1,
+        "it looks like a `dfk deep` checkpoint (JSON)",
+    );
     assert!(info.contains("gmm.means"), "{info}");
     // The image data set's class names, not numbers.
     assert!(

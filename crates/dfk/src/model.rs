@@ -574,6 +574,27 @@ impl Writer {
     }
 }
 
+/// What a file that is not a model looks like by its first bytes, for the error message.
+fn looks_like(bytes: &[u8]) -> Option<&'static str> {
+    let start = &bytes[..bytes.len().min(4096)];
+    let has = |needle: &[u8]| start.windows(needle.len()).any(|w| w == needle);
+    Some(if start.starts_with(b"\x93NUMPY") {
+        "a .npy array"
+    } else if start.starts_with(b"\x89PNG")
+        || start.starts_with(b"\xff\xd8\xff")
+        || start.starts_with(b"GIF8")
+    {
+        "an image"
+    } else if start.starts_with(b"{") && has(b"dfk-deep-checkpoint") {
+        "a `dfk deep` checkpoint (JSON), which `dfk deep --resume` continues; the model is \
+         the file `dfk deep -o` wrote"
+    } else if start.starts_with(b"{") {
+        "a JSON file"
+    } else {
+        return None;
+    })
+}
+
 /// A parsed model file: checked header plus typed, shape-checked access to its arrays.
 struct Reader<'a> {
     path: &'a Path,
@@ -584,9 +605,13 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn new(path: &'a Path, bytes: &'a [u8]) -> Result<Self> {
         let tensors = SafeTensors::deserialize(bytes).map_err(|e| {
+            let what = match looks_like(bytes) {
+                Some(kind) => format!("it looks like {kind}"),
+                None => "the file may be truncated or of another type".to_string(),
+            };
             Error::format(
                 path,
-                format!("not a dfk model file (expected a safetensors container; {e}); the file may be truncated or of another type"),
+                format!("not a dfk model file (expected a safetensors container; {e}); {what}"),
             )
         })?;
         let (_, metadata) = SafeTensors::read_metadata(bytes)

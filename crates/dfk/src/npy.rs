@@ -916,12 +916,51 @@ fn temp_path(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
+    remove_stale_temporaries(path, &name);
     let unique = format!(
         ".{name}.tmp-{}-{}",
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     );
     path.with_file_name(unique)
+}
+
+/// Removes the temporary files that earlier writers of `path` left when they were killed
+/// without a chance to clean up (`kill -9`, a crash): `.NAME.tmp-PID-N` beside it whose
+/// process no longer runs. Only where `/proc` tells which processes run (Linux); a file whose
+/// process id has been reused is kept.
+fn remove_stale_temporaries(path: &Path, name: &str) {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.tmp-");
+    let own = std::process::id();
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some((pid, counter)) = rest.split_once('-') else {
+            continue;
+        };
+        let (Ok(pid), true) = (
+            pid.parse::<u32>(),
+            !counter.is_empty() && counter.bytes().all(|b| b.is_ascii_digit()),
+        ) else {
+            continue;
+        };
+        if pid != own && !proc.join(pid.to_string()).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Where a writer puts the bytes meant for an output path.
@@ -1246,6 +1285,33 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// A killed writer's temporary file (its process gone) is removed by the next write of
+    /// the same output; those of running processes, of other outputs and other names stay.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_next_write_removes_a_killed_writers_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.npy");
+        // Process ids stay below 2^22 on Linux: 4000000000 never runs; 1 always does.
+        let own = std::process::id();
+        let kept = [
+            format!(".out.npy.tmp-{own}-999999"),
+            ".out.npy.tmp-1-0".to_string(),
+            ".other.npy.tmp-4000000000-1".to_string(),
+            ".out.npy.tmp-4000000000-".to_string(),
+            ".out.npy.tmp-x-1".to_string(),
+        ];
+        let stale = ".out.npy.tmp-4000000000-7";
+        for name in kept.iter().map(String::as_str).chain([stale]) {
+            std::fs::write(dir.path().join(name), b"partial").unwrap();
+        }
+        write_f32_vector(&out, &[1.0, 2.0]).unwrap();
+        let mut expected: Vec<String> = kept.to_vec();
+        expected.push("out.npy".into());
+        expected.sort();
+        assert_eq!(names(dir.path()), expected);
     }
 
     #[test]

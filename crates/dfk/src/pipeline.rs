@@ -1251,6 +1251,23 @@ impl Pipeline {
                 ),
             ));
         }
+        if let Some(pca) = &model.pca {
+            if config.pca.whiten != pca.whiten {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "stored configuration: pca.whiten = {} but the file's PCA (header field \
+                         pca_whiten) is {}",
+                        config.pca.whiten,
+                        if pca.whiten {
+                            "whitened"
+                        } else {
+                            "not whitened"
+                        }
+                    ),
+                ));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         if let Some(name) = model.class_names.iter().find(|n| !seen.insert(n.as_str())) {
             return Err(Error::format(

@@ -484,8 +484,8 @@ fn check_size_without_resize(params: &DsiftParams, width: usize, height: usize) 
     if params.resize.is_none() && (width as u64).saturating_mul(height as u64) > MAX_RESIZE_PIXELS {
         return Err(Error::Invalid(format!(
             "a {width}x{height} image: more pixels than the {MAX_RESIZE_PIXELS} (2^26, e.g. \
-             8192x8192) dense SIFT takes without a resize; scale it down first, or give a \
-             --resize"
+             8192x8192) dense SIFT takes without a resize; scale it down first, or set a \
+             resize (--resize when training; a model keeps the one it was trained with)"
         )));
     }
     Ok(())

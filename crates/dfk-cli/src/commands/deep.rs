@@ -638,6 +638,14 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         ));
     }
     check_deep_outputs(&a)?;
+    if let Some(path) = &a.gmm {
+        crate::util::require_file_on_disk(
+            "--gmm",
+            path,
+            "`dfk deep` reads the model more than once (its GMM, its per-class GMMs, with \
+             images its PCA)",
+        )?;
+    }
     let cache = checked_cache(&a)?;
     let has_test = a.fashion_mnist.is_some() || a.embedded || a.test_descriptors.is_some();
     if a.max_test.is_some() && !has_test {

@@ -23,7 +23,8 @@ pub struct Args {
     #[arg(long)]
     test: bool,
     /// Output Fisher vectors, images × 2KD float32 .npy (with a spatial pyramid in the model:
-    /// images × cells·2KD).
+    /// images × cells·2KD; with a per-class deep model, one vector per class GMM side by side:
+    /// images × classes·2KD).
     #[arg(long)]
     out: PathBuf,
     /// Also write the first label of each image as int64 .npy.

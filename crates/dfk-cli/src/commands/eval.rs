@@ -55,7 +55,9 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     }
     a.data.check_outputs_not_listed(&in_report)?;
     let cache = checked_cache_dir(a.cache.as_deref(), a.no_cache, &a.data)?;
-    let pipeline = load_pipeline(&a.model)?;
+    // Read once (a pipe will do): the report takes its history and configuration.
+    let model = ModelFile::load(&a.model)?;
+    let pipeline = Pipeline::from_model(&model, &a.model)?;
     let loaded = a.data.load()?;
     a.data.check_outputs_not_loaded(&in_report, &loaded)?;
     let (data, descriptors) = match &loaded.test {
@@ -82,7 +84,6 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     })?;
     let secs = start.elapsed().as_secs_f64();
     if let Some(dir) = &a.report {
-        let model = ModelFile::load(&a.model)?;
         report::write(
             dir,
             &Report {

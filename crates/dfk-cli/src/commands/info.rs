@@ -27,6 +27,11 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         }
         return crate::util::usage("give a model file (or --config for the default configuration)");
     };
+    crate::util::require_file_on_disk(
+        "the model",
+        path,
+        "`dfk info` reads it twice (its summary, then a full load)",
+    )?;
     let s = model::summarize(path)?;
     if a.config {
         if s.header.config.is_null() {
@@ -69,8 +74,9 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         )?;
     }
     writeln!(text, "arrays:")?;
+    let width = s.arrays.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0);
     for (name, dtype, shape) in &s.arrays {
-        writeln!(text, "  {name:<16} {dtype:<4} {shape:?}")?;
+        writeln!(text, "  {name:<width$} {dtype:<4} {shape:?}")?;
     }
     if let Some(obj) = h.history.as_object() {
         for key in [
@@ -84,6 +90,9 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 writeln!(text, "{key}: {v}")?;
             }
         }
+    }
+    if let Some(line) = deep_summary(&h.history) {
+        writeln!(text, "{line}")?;
     }
     if !h.config.is_null() {
         writeln!(text, "configuration: {}", h.config)?;
@@ -105,6 +114,40 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+/// One line on a Deep Fisher Kernel model's training (`history.deep`): iterations, the kept
+/// one and why it stopped, and the objective and scores of iteration 0 (the plain Fisher
+/// kernel) against the kept iteration's.
+fn deep_summary(history: &serde_json::Value) -> Option<String> {
+    let deep = history.get("deep")?;
+    let records = deep.get("records")?.as_array()?;
+    let best = deep.get("best_iteration")?.as_u64()? as usize;
+    let (first, kept) = (records.first()?, records.get(best)?);
+    let metric = deep
+        .get("metric")
+        .and_then(|m| m.as_str())
+        .unwrap_or("metric");
+    let pair = |key: &str, percent: bool| -> Option<String> {
+        let (a, b) = (first.get(key)?.as_f64()?, kept.get(key)?.as_f64()?);
+        Some(if percent {
+            format!("{key} {:.2} % → {:.2} %", 100.0 * a, 100.0 * b)
+        } else {
+            format!("{key} {a:.4} → {b:.4}")
+        })
+    };
+    let mut parts = vec![format!(
+        "deep: {} iterations, kept iteration {best} ({})",
+        records.len() - 1,
+        deep.get("stop_reason")
+            .and_then(|r| r.as_str())
+            .unwrap_or("")
+    )];
+    parts.extend(pair("objective", false));
+    for key in ["val_metric", "test_metric"] {
+        parts.extend(pair(key, true).map(|p| p.replace("metric", metric)));
+    }
+    Some(parts.join("; "))
 }
 
 /// Why the model file at `path` (of kind `kind`) does not load as the commands that use it

@@ -1804,12 +1804,19 @@ fn models_from_pipes_and_devices() {
             }
         }
     }
-    let out = dfk(&["info", "/dev/zero"]);
+    // A device as the model of a command that reads it once: its zero header is named.
+    let out = dfk(&["predict", "--model", "/dev/zero", "--embedded", "--limit", "1"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("/dev/zero: a header of 0 bytes: not a model file"),
         "{err}"
+    );
+    // `info` reads the model twice: a device is refused as such, before reading it.
+    fails(
+        &["info", "/dev/zero"],
+        2,
+        "/dev/zero: not a regular file (a pipe or device?)",
     );
 }
 

@@ -52,8 +52,9 @@ pub struct DataArgs {
     /// Use only the first N images of each set (at least 1).
     #[arg(long, value_parser = parse_limit)]
     pub limit: Option<usize>,
-    /// Leave out image files that are missing or whose header cannot be read (a warning
-    /// counts them) instead of stopping at the first; folder, list and VOC data.
+    /// Leave out image files that are missing, whose header cannot be read or whose pixels do
+    /// not decode (a warning counts them) instead of stopping at the first; folder, list and
+    /// VOC data. Decodes every image once more to find the last kind.
     #[arg(long)]
     pub skip_unreadable: bool,
 }
@@ -221,9 +222,26 @@ impl DataArgs {
                 _ => Ok(d),
             }
         };
+        // --skip-unreadable: a header that reads can still hide pixels that do not decode (a
+        // truncated file); decode every image kept once now, so that a long extraction does
+        // not stop at one.
+        let decodable = |d: Dataset| -> anyhow::Result<Dataset> {
+            if !self.skip_unreadable {
+                return Ok(d);
+            }
+            let (kept, skipped) = d.retain_decodable(dataset::OnError::Skip)?;
+            if skipped > 0 {
+                tracing::warn!(
+                    "{description}: {skipped} image{} that cannot be decoded left out \
+                     (--skip-unreadable)",
+                    if skipped == 1 { "" } else { "s" }
+                );
+            }
+            Ok(kept)
+        };
         Ok(Loaded {
-            train: cut(train)?,
-            test: test.map(cut).transpose()?,
+            train: decodable(cut(train)?)?,
+            test: test.map(|t| decodable(cut(t)?)).transpose()?,
             descriptors: None,
             description,
         })

@@ -1805,7 +1805,14 @@ fn models_from_pipes_and_devices() {
         }
     }
     // A device as the model of a command that reads it once: its zero header is named.
-    let out = dfk(&["predict", "--model", "/dev/zero", "--embedded", "--limit", "1"]);
+    let out = dfk(&[
+        "predict",
+        "--model",
+        "/dev/zero",
+        "--embedded",
+        "--limit",
+        "1",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -2083,6 +2090,10 @@ fn skip_unreadable_leaves_out_broken_images() {
         pgm(&dir.path().join(format!("img/{class}/{i}.pgm")), i);
     }
     std::fs::write(dir.path().join("img/a/broken.pgm"), b"P5\nnot a header").unwrap();
+    // A header that reads, pixels cut short: found only by decoding.
+    let mut cut = std::fs::read(dir.path().join("img/b/1.pgm")).unwrap();
+    cut.truncate(cut.len() - 10);
+    std::fs::write(dir.path().join("img/b/cut.pgm"), &cut).unwrap();
     let img = s(&dir.path().join("img"));
     let m = dir.path().join("m.dfk");
     let train = |extra: &[&str]| {
@@ -2099,6 +2110,10 @@ fn skip_unreadable_leaves_out_broken_images() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("1 unreadable image left out"), "{err}");
+    assert!(
+        err.contains("cut.pgm") && err.contains("1 image that cannot be decoded left out"),
+        "{err}"
+    );
     let v: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
     assert_eq!(v["images"], 4, "{v}");
@@ -2138,5 +2153,16 @@ fn skip_unreadable_leaves_out_broken_images() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("1 unreadable image left out"), "{err}");
+    assert!(
+        err.contains("1 image that cannot be decoded left out"),
+        "{err}"
+    );
     assert!(m.exists());
+    // Without the flag, the truncated image alone stops the run, named.
+    std::fs::remove_file(dir.path().join("img/a/broken.pgm")).unwrap();
+    std::fs::remove_file(&m).unwrap();
+    let o = deep(false);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cut.pgm"));
+    assert!(!m.exists());
 }

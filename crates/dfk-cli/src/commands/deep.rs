@@ -64,8 +64,8 @@ pub struct Args {
     /// Images: a folder of class sub-folders or a list file (`path label ...` per line).
     #[arg(long, value_name = "PATH", help_heading = "Data")]
     pub data: Option<PathBuf>,
-    /// With --data: leave out image files that are missing or whose header cannot be read (a
-    /// warning counts them) instead of stopping at the first.
+    /// With --data: leave out image files that are missing, whose header cannot be read or
+    /// whose pixels do not decode (a warning counts them) instead of stopping at the first.
     #[arg(long, requires = "data", help_heading = "Data")]
     pub skip_unreadable: bool,
     /// Pipeline configuration (TOML) for images: dense SIFT, PCA, L2, (x, y); default: the
@@ -1280,6 +1280,22 @@ fn load_sets(
                 if skipped == 1 { "" } else { "s" }
             );
         }
+        // Pixels that do not decode behind a readable header (a truncated file): found now,
+        // by decoding every image once, rather than stopping the extraction.
+        let ds = if a.skip_unreadable {
+            let (kept, undecodable) = ds.retain_decodable(dataset::OnError::Skip)?;
+            if undecodable > 0 {
+                tracing::warn!(
+                    "{}: {undecodable} image{} that cannot be decoded left out \
+                     (--skip-unreadable)",
+                    path.display(),
+                    if undecodable == 1 { "" } else { "s" }
+                );
+            }
+            kept
+        } else {
+            ds
+        };
         let paths = output_paths(a);
         let outputs: Vec<(&str, &Path)> = paths.iter().map(|(f, p)| (*f, p.as_path())).collect();
         check_not_data(

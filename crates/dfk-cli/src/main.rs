@@ -130,15 +130,22 @@ fn clean_up_on_signals() {
 
 /// The command line, with negative numbers accepted as flag values: `--c -1` then reaches the
 /// flag's own check, which names the accepted range, instead of reading `-1` as an unknown
-/// flag (and `-0.1` as the flag `-0`).
+/// flag (and `-0.1` as the flag `-0`). A float flag takes any value that starts with `-`
+/// (clap's test of a number misses `-1e-3`, `-.5` and `-inf`): one that is not a number is
+/// then an invalid value named by its flag.
 fn parse_command_line() -> Cli {
     use clap::{CommandFactory, FromArgMatches};
+    use std::any::TypeId;
     fn negative_values(cmd: clap::Command) -> clap::Command {
         cmd.mut_args(|a| {
-            if a.get_action().takes_values() {
-                a.allow_negative_numbers(true)
+            if !a.get_action().takes_values() {
+                return a;
+            }
+            let parsed = a.get_value_parser().type_id();
+            if parsed == TypeId::of::<f64>() || parsed == TypeId::of::<f32>() {
+                a.allow_hyphen_values(true)
             } else {
-                a
+                a.allow_negative_numbers(true)
             }
         })
         .mut_subcommands(negative_values)

@@ -142,7 +142,12 @@ fn svm_train_and_predict() {
     }
     // A negative value as the next argument reaches the same check (it used to read as an
     // unknown flag `-1`, and `-0.5` as the flag `-0`).
-    for (flag, value) in [("--c", "-1"), ("--eps", "-0.5")] {
+    for (flag, value, shown) in [
+        ("--c", "-1", "-1"),
+        ("--eps", "-0.5", "-0.5"),
+        ("--c", "-1e-3", "-0.001"),
+        ("--c", "-inf", "-inf"),
+    ] {
         fails(
             &[
                 "svm",
@@ -157,9 +162,26 @@ fn svm_train_and_predict() {
                 &s(&dir.path().join("never.dfk")),
             ],
             2,
-            &format!("{flag} {value}: expected a finite number > 0"),
+            &format!("{flag} {shown}: expected a finite number > 0"),
         );
     }
+    // A float flag followed by something that is not a number: an invalid value of that flag.
+    fails(
+        &[
+            "svm",
+            "train",
+            "--features",
+            &cli_fixture("features.npy"),
+            "--labels",
+            &cli_fixture("labels.npy"),
+            "--c",
+            "-q",
+            "--out",
+            &s(&dir.path().join("never.dfk")),
+        ],
+        2,
+        "invalid value '-q' for '--c <C>'",
+    );
     // A label matrix of the wrong shape is named by its shape (60 feature rows).
     let labels = npy::read_labels(cli_fixture("labels.npy")).unwrap();
     let onehot = |rows: usize| -> Vec<i64> {

@@ -925,6 +925,18 @@ fn resume_names_the_setting_that_differs() {
         resume_fails(&tiny_args(&files, &model, &e), &model, &n);
         assert!(!model.exists(), "{extra:?}: a model was written");
     }
+    // Descriptors of another dimension: named with the checkpoint, before EM or training.
+    let wider = dir.path().join("x4.npy");
+    npy::write_f32_matrix(&wider, &vec![0.25; 60 * 4], 60, 4).unwrap();
+    let model = dir.path().join("wider.dfk");
+    std::fs::copy(dir_file(&base, "ckpt"), dir_file(&model, "ckpt")).unwrap();
+    let other_files = (s(&wider), files.1.clone(), files.2.clone());
+    resume_fails(
+        &tiny_args(&other_files, &model, &["--iters", "3", "--resume"]),
+        &model,
+        &["the checkpoint was made on descriptors of dimension 3, these have 4"],
+    );
+    assert!(!model.exists());
 }
 
 /// Outputs that collide with each other or with an input are refused before training.

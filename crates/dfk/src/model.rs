@@ -580,10 +580,7 @@ fn looks_like(bytes: &[u8]) -> Option<&'static str> {
     let has = |needle: &[u8]| start.windows(needle.len()).any(|w| w == needle);
     Some(if start.starts_with(b"\x93NUMPY") {
         "a .npy array"
-    } else if start.starts_with(b"\x89PNG")
-        || start.starts_with(b"\xff\xd8\xff")
-        || start.starts_with(b"GIF8")
-    {
+    } else if image::guess_format(start).is_ok() {
         "an image"
     } else if start.starts_with(b"{") && has(b"dfk-deep-checkpoint") {
         "a `dfk deep` checkpoint (JSON), which `dfk deep --resume` continues; the model is \

@@ -918,22 +918,45 @@ fn temp_path(path: &Path) -> PathBuf {
         .unwrap_or_else(|| "out".into());
     remove_stale_temporaries(path, &name);
     let unique = format!(
-        ".{name}.tmp-{}-{}",
+        ".{name}.tmp-{}-{}-{}",
+        namespace_token().unwrap_or("dfk"),
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     );
     path.with_file_name(unique)
 }
 
+/// What names this machine's boot and process-id namespace in temporary file names:
+/// `dfk` and the CRC-32 of the boot id and the pid namespace, so that a process id in a
+/// temporary name is only ever compared with the processes of the namespace that made it
+/// (containers sharing a folder, machines sharing a network disk). `None` where `/proc` does
+/// not tell them (not Linux), or hides other users' processes (`hidepid`): no clean-up then.
+fn namespace_token() -> Option<&'static str> {
+    static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| {
+            let boot = std::fs::read("/proc/sys/kernel/random/boot_id").ok()?;
+            let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+            // Process 1 is visible unless /proc hides other users' processes.
+            if !Path::new("/proc/1").exists() {
+                return None;
+            }
+            let mut h = crc32fast::Hasher::new();
+            h.update(&boot);
+            h.update(ns.as_os_str().as_encoded_bytes());
+            Some(format!("dfk{:08x}", h.finalize()))
+        })
+        .as_deref()
+}
+
 /// Removes the temporary files that earlier writers of `path` left when they were killed
-/// without a chance to clean up (`kill -9`, a crash): `.NAME.tmp-PID-N` beside it whose
-/// process no longer runs. Only where `/proc` tells which processes run (Linux); a file whose
-/// process id has been reused is kept.
+/// without a chance to clean up (`kill -9`, a crash): `.NAME.tmp-TOKEN-PID-N` beside it, made
+/// in this boot and pid namespace ([`namespace_token`]), whose process no longer runs. A file
+/// whose process id has been reused is kept.
 fn remove_stale_temporaries(path: &Path, name: &str) {
-    let proc = Path::new("/proc");
-    if !proc.join("self").exists() {
+    let Some(token) = namespace_token() else {
         return;
-    }
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -941,8 +964,9 @@ fn remove_stale_temporaries(path: &Path, name: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let prefix = format!(".{name}.tmp-");
+    let prefix = format!(".{name}.tmp-{token}-");
     let own = std::process::id();
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
     for entry in entries.flatten() {
         let file = entry.file_name();
         let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
@@ -951,13 +975,13 @@ fn remove_stale_temporaries(path: &Path, name: &str) {
         let Some((pid, counter)) = rest.split_once('-') else {
             continue;
         };
-        let (Ok(pid), true) = (
-            pid.parse::<u32>(),
-            !counter.is_empty() && counter.bytes().all(|b| b.is_ascii_digit()),
-        ) else {
+        if !digits(pid) || !digits(counter) {
+            continue;
+        }
+        let Ok(pid) = pid.parse::<u32>() else {
             continue;
         };
-        if pid != own && !proc.join(pid.to_string()).exists() {
+        if pid != own && !Path::new("/proc").join(pid.to_string()).exists() {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -1296,15 +1320,20 @@ mod tests {
         let out = dir.path().join("out.npy");
         // Process ids stay below 2^22 on Linux: 4000000000 never runs; 1 always does.
         let own = std::process::id();
+        let token = namespace_token().expect("Linux tells the boot and pid namespace");
         let kept = [
-            format!(".out.npy.tmp-{own}-999999"),
-            ".out.npy.tmp-1-0".to_string(),
-            ".other.npy.tmp-4000000000-1".to_string(),
-            ".out.npy.tmp-4000000000-".to_string(),
-            ".out.npy.tmp-x-1".to_string(),
+            format!(".out.npy.tmp-{token}-{own}-999999"),
+            format!(".out.npy.tmp-{token}-1-0"),
+            format!(".other.npy.tmp-{token}-4000000000-1"),
+            format!(".out.npy.tmp-{token}-4000000000-"),
+            format!(".out.npy.tmp-{token}-x-1"),
+            // Another namespace's or machine's writer, and a user's file of a similar name.
+            ".out.npy.tmp-dfk00000000-4000000000-7".to_string(),
+            ".out.npy.tmp-4000000000-7".to_string(),
+            ".out.npy.tmp-2024-01".to_string(),
         ];
-        let stale = ".out.npy.tmp-4000000000-7";
-        for name in kept.iter().map(String::as_str).chain([stale]) {
+        let stale = format!(".out.npy.tmp-{token}-4000000000-7");
+        for name in kept.iter().map(String::as_str).chain([stale.as_str()]) {
             std::fs::write(dir.path().join(name), b"partial").unwrap();
         }
         write_f32_vector(&out, &[1.0, 2.0]).unwrap();

@@ -477,6 +477,8 @@ fn em_origin(a: &Args, seed: u64) -> Vec<(String, String)> {
             "--gmm-posterior-threshold",
             p.posterior_threshold.to_string(),
         ),
+        // The flag's value, not the sample it makes (which depends on the rows, so that
+        // other data would be named as another --gmm-sample; the trainer names the data).
         ("--gmm-sample", a.gmm_sample.to_string()),
         ("--seed", seed.to_string()),
         // The rest of EM's settings are fixed by this build; recorded so that a build with
@@ -748,7 +750,21 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         true => dfk::deep::resume_initial_gmms(&checkpoint.path, &checkpoint.origin)?,
         false => None,
     };
-    let (gmm, class_gmms) = match from_checkpoint.and_then(|g| g.into_iter().next()) {
+    let from_checkpoint = from_checkpoint.and_then(|g| g.into_iter().next());
+    if let Some(gmm) = &from_checkpoint {
+        // Said here, naming the checkpoint: the trainer would only see a GMM of another D.
+        if gmm.d() != train.d {
+            anyhow::bail!(
+                "{}: the checkpoint was made on descriptors of dimension {}, these have {} (the \
+                 descriptors: --descriptors, or --config for images); resume with the \
+                 checkpoint's data and settings, or remove it to start afresh",
+                checkpoint.path.display(),
+                gmm.d(),
+                train.d
+            );
+        }
+    }
+    let (gmm, class_gmms) = match from_checkpoint {
         Some(gmm) => {
             tracing::info!(
                 "initial GMM (K = {}) taken from the checkpoint {}, made by EM with the same \

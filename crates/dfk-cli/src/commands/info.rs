@@ -136,9 +136,10 @@ fn deep_summary(history: &serde_json::Value) -> Option<String> {
             format!("{key} {a:.4} → {b:.4}")
         })
     };
+    let iterations = records.len() - 1;
     let mut parts = vec![format!(
-        "deep: {} iterations, kept iteration {best} ({})",
-        records.len() - 1,
+        "deep: {iterations} iteration{}, kept iteration {best} ({})",
+        if iterations == 1 { "" } else { "s" },
         deep.get("stop_reason")
             .and_then(|r| r.as_str())
             .unwrap_or("")

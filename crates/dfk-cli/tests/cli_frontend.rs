@@ -866,3 +866,52 @@ fn extract_reports_a_cache_it_could_not_write() {
     assert!(text.contains("not cached"), "{text}");
     assert!(out.join("descriptors.npy").is_file());
 }
+
+/// `encode --labels-out` on multi-label data writes the images × classes 0/1 matrix: an image
+/// in no class is a row of zeros (it was written as class 0, like a real class-0 image).
+#[test]
+fn encode_writes_multilabel_labels_as_a_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..40).map(|i| format!("{:06}", i + 1)).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    // Image i is in class i mod 20, and image 21 also in class 5; image 39 in none.
+    let flag = |i: usize, c: usize| {
+        if (c == i % 20 && i != 39) || (i == 21 && c == 5) {
+            1
+        } else {
+            -1
+        }
+    };
+    let root = voc_devkit(dir.path(), &ids, flag);
+    let model = dir.path().join("m.dfk");
+    let data = [
+        "--data",
+        &s(&root),
+        "--format",
+        "voc",
+        "--split",
+        "trainval",
+    ];
+    let settings = ["--no-cache", "--k", "1", "--pca-dims", "4"];
+    ok(&[
+        &["-q", "train"][..],
+        &data,
+        &settings,
+        &["--out", &s(&model)],
+    ]
+    .concat());
+    let (fv, y) = (dir.path().join("fv.npy"), dir.path().join("y.npy"));
+    ok(&[
+        &["-q", "encode", "--model", &s(&model), "--no-cache"][..],
+        &data,
+        &["--out", &s(&fv), "--labels-out", &s(&y)],
+    ]
+    .concat());
+    let (labels, rows, cols) = dfk::npy::read_i64_matrix(&y).unwrap();
+    assert_eq!((rows, cols), (40, 20));
+    for i in 0..40 {
+        let expected: Vec<i64> = (0..20).map(|c| i64::from(flag(i, c) == 1)).collect();
+        assert_eq!(labels[i * 20..(i + 1) * 20], expected, "image {i}");
+    }
+    assert!(labels[39 * 20..].iter().all(|&l| l == 0));
+}

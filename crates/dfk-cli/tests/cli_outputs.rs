@@ -2056,6 +2056,38 @@ fn extract_never_leaves_another_runs_class_names() {
     assert!(!dfk::dataset::fits_a_class_line("x #y"));
 }
 
+/// `extract --out-dir` removes an earlier run's `positions.npy` (from a pyramid) and
+/// `difficult.npy` (from multi-label data) when these data have none, so that no file beside
+/// the new descriptors describes other ones.
+#[test]
+fn extract_never_leaves_another_runs_positions_or_difficult_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x");
+    let extract = |extra: &[&str]| {
+        let mut a = vec![
+            "-q",
+            "extract",
+            "--embedded",
+            "--limit",
+            "12",
+            "--no-cache",
+            "--out-dir",
+        ];
+        let o = s(&out);
+        a.push(&o);
+        a.extend_from_slice(extra);
+        ok(&a)
+    };
+    extract(&["--pyramid", "1x1,2x2"]);
+    assert!(out.join("positions.npy").exists());
+    // Stand-in for an earlier multi-label run's flags.
+    std::fs::write(out.join("difficult.npy"), b"earlier").unwrap();
+    extract(&[]);
+    assert!(!out.join("positions.npy").exists());
+    assert!(!out.join("difficult.npy").exists());
+    assert!(out.join("descriptors.npy").exists());
+}
+
 /// `predict --out` may not replace an image of a folder given as an image argument.
 #[test]
 fn predict_out_may_not_replace_an_image_of_a_folder() {

@@ -27,7 +27,9 @@ pub struct Args {
     /// images × classes·2KD).
     #[arg(long)]
     out: PathBuf,
-    /// Also write the first label of each image as int64 .npy.
+    /// Also write the labels as int64 .npy, in the model's class indices: one class index per
+    /// image, or for multi-label data (VOC) the images × classes 0/1 matrix (as `extract`
+    /// writes them, and `svm train` and `dfk deep --multilabel` read them).
     #[arg(long)]
     labels_out: Option<PathBuf>,
     /// Descriptor cache folder (default: $XDG_CACHE_HOME/dfk/descriptors or ~/.cache/dfk/descriptors).
@@ -61,7 +63,8 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     }
     // The labels as the model's class indices (the rows of its SVMs' scores), checked before
     // the work.
-    let labels: Option<Vec<i64>> = match &a.labels_out {
+    // (values, columns: 0 for a vector of class indices).
+    let labels: Option<(Vec<i64>, usize)> = match &a.labels_out {
         Some(_) => {
             let mapped = crate::commands::eval::in_model_classes(
                 data,
@@ -69,7 +72,16 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 &loaded.description,
                 &a.model,
             )?;
-            Some(mapped.first_labels().iter().map(|&l| l as i64).collect())
+            // An image of multi-label data may belong to no class: a class index cannot say
+            // so, the matrix's row of zeros does.
+            Some(match mapped.labels() {
+                dfk::svm::Labels::MultiLabel { targets, classes } => {
+                    (targets.iter().map(|&t| i64::from(t)).collect(), classes)
+                }
+                dfk::svm::Labels::MultiClass { labels, .. } => {
+                    (labels.iter().map(|&l| l as i64).collect(), 0)
+                }
+            })
         }
         None => None,
     };
@@ -87,8 +99,12 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let dim = pipeline.feature_len();
     let mut files = npy::FileGroup::new();
     files.f32_matrix(&a.out, &fv, data.len(), dim)?;
-    if let (Some(p), Some(labels)) = (&a.labels_out, &labels) {
-        files.i64_vector(p, labels)?;
+    match (&a.labels_out, &labels) {
+        (Some(p), Some((m, classes))) if *classes > 0 => {
+            files.i64_matrix(p, m, data.len(), *classes)?
+        }
+        (Some(p), Some((v, _))) => files.i64_vector(p, v)?,
+        _ => {}
     }
     files.commit()?;
     emit(

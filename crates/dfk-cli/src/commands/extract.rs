@@ -126,7 +126,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         }
     }
     let mut files = npy::FileGroup::new();
-    let mut stale_classes = Vec::new();
+    let mut stale_files = Vec::new();
     let mut results = Vec::new();
     let mut lines = Vec::new();
     for (name, data) in sets {
@@ -156,7 +156,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 files.bytes(dir.join("classes.txt"), text.as_bytes())?;
             } else {
                 // No file rather than an earlier run's names beside these labels.
-                stale_classes.push(dir.join("classes.txt"));
+                stale_files.push(dir.join("classes.txt"));
                 tracing::warn!(
                     "classes.txt not written: a class name is empty, has surrounding spaces, \
                      a line break or a `#` after a space, which its one-name-per-line format \
@@ -180,10 +180,14 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 Labels::MultiClass { labels, .. } => {
                     let v: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
                     files.i64_vector(dir.join("labels.npy"), &v)?;
+                    // Only multi-label data have difficult flags.
+                    stale_files.push(dir.join("difficult.npy"));
                 }
             }
-            if let Some(p) = &positions {
-                files.f32_matrix(dir.join("positions.npy"), p, d.rows(), 2)?;
+            match &positions {
+                Some(p) => files.f32_matrix(dir.join("positions.npy"), p, d.rows(), 2)?,
+                // No earlier run's positions beside descriptors they do not fit.
+                None => stale_files.push(dir.join("positions.npy")),
             }
         }
         let cached = Preprocessor {
@@ -226,10 +230,13 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         }
     }
     files.commit()?;
-    for path in stale_classes {
+    for path in stale_files {
         if path.is_file() {
             std::fs::remove_file(&path).with_context(|| {
-                format!("removing {}, an earlier run's class names", path.display())
+                format!(
+                    "removing {}, an earlier run's file that these data do not have",
+                    path.display()
+                )
             })?;
         }
     }

@@ -167,6 +167,71 @@ fn unbounded_values_are_refused() {
     fails(&["bench", "--stage", "svm", "--svm-n", "0"], 2, "--svm-n");
 }
 
+/// `bench --stage svm --write-svm DIR`: its outputs are checked before the work as every
+/// command's are (they were written in place, with bare OS errors and partial files left),
+/// land together, and the documented minimum `--svm-n 2` has both classes.
+#[test]
+fn bench_svm_data_are_written_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let bench = |out: &std::path::Path| {
+        vec![
+            "bench".to_string(),
+            "--stage".into(),
+            "svm".into(),
+            "--svm-n".into(),
+            "2".into(),
+            "--k".into(),
+            "1".into(),
+            "--d".into(),
+            "2".into(),
+            "--reps".into(),
+            "1".into(),
+            "--write-svm".into(),
+            s(out),
+        ]
+    };
+    let run =
+        |out: &std::path::Path| dfk(&bench(out).iter().map(String::as_str).collect::<Vec<_>>());
+    std::fs::write(p("afile"), b"").unwrap();
+    let o = run(&p("afile"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--write-svm"));
+    std::fs::create_dir_all(p("w/labels.f32")).unwrap();
+    let o = run(&p("w"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--write-svm"));
+    assert!(!p("w/fv.f32").exists());
+    let o = run(&p("new/x"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let labels: Vec<f32> = std::fs::read(p("new/x/labels.f32"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(labels.len(), 2);
+    assert!(
+        labels.contains(&1.0) && labels.contains(&-1.0),
+        "{labels:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p("new/x/dims.txt")).unwrap(),
+        "2 4\n"
+    );
+    fails(
+        &["bench", "--stage", "em", "--write-svm", &s(&p("z"))],
+        2,
+        "only the svm stage writes its data",
+    );
+    fails(
+        &[
+            "bench", "--stage", "em", "--n", "3", "--k", "50", "--d", "1",
+        ],
+        2,
+        "--k 50 is more than --n 3: the em stage",
+    );
+}
+
 #[test]
 fn labels_must_be_class_indices_with_samples() {
     let dir = tempfile::tempdir().unwrap();

@@ -381,9 +381,10 @@ fn check_sizes(args: &Args) -> anyhow::Result<()> {
     }
     let synthetic = args.data.is_none();
     // EM's initialisation needs at least one descriptor per component.
-    if synthetic && args.stage == Stage::Init && args.n > 0 && args.k > args.n {
+    if synthetic && matches!(args.stage, Stage::Init | Stage::Em) && args.n > 0 && args.k > args.n {
+        let stage = format!("{:?}", args.stage).to_lowercase();
         return usage(format!(
-            "--k {} is more than --n {}: the init stage fits K components on N descriptors, \
+            "--k {} is more than --n {}: the {stage} stage fits K components on N descriptors, \
              so it needs --n at least --k",
             args.k, args.n
         ));
@@ -477,8 +478,26 @@ fn check_sizes(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The files `--write-svm DIR` writes.
+fn svm_files(dir: &std::path::Path) -> [PathBuf; 3] {
+    ["fv.f32", "labels.f32", "dims.txt"].map(|f| dir.join(f))
+}
+
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     check_sizes(&args)?;
+    if let Some(dir) = &args.write_svm {
+        if args.stage != Stage::Svm {
+            return crate::util::usage(format!(
+                "--write-svm {}: only the svm stage writes its data (--stage svm)",
+                dir.display()
+            ));
+        }
+        // Checked before the work, as every command's outputs are.
+        let files = svm_files(dir);
+        let outputs: Vec<(&str, &std::path::Path)> =
+            files.iter().map(|f| ("--write-svm", f.as_path())).collect();
+        crate::util::check_outputs_in_folders(&[], &outputs, &[])?;
+    }
     if !(args.threshold.is_finite() && (0.0..1.0).contains(&args.threshold)) {
         return crate::util::usage(format!(
             "--threshold {}: expected a posterior threshold in [0, 1)",
@@ -756,7 +775,7 @@ fn svm_data(args: &Args) -> anyhow::Result<(Vec<f32>, Vec<f32>, usize)> {
     let mut sorted = scores.clone();
     sorted.sort_by(f32::total_cmp);
     let mid = sorted[sorted.len() / 2];
-    let y = scores
+    let mut y: Vec<f32> = scores
         .iter()
         .map(|&s| {
             let flip = rng.uniform() < 0.1;
@@ -767,6 +786,15 @@ fn svm_data(args: &Args) -> anyhow::Result<(Vec<f32>, Vec<f32>, usize)> {
             }
         })
         .collect();
+    // Both classes, however few the vectors (with 2 the median is the larger score, so
+    // none lies above it): the highest score positive, the lowest negative.
+    if y.iter().all(|&v| v == y[0]) {
+        let order = |a: &usize, b: &usize| scores[*a].total_cmp(&scores[*b]);
+        let top = (0..scores.len()).max_by(order).unwrap_or(0);
+        let bottom = (0..scores.len()).min_by(order).unwrap_or(0);
+        y[top] = 1.0;
+        y[bottom] = -1.0;
+    }
     Ok((fv, y, dim))
 }
 
@@ -774,11 +802,16 @@ fn svm_stage(args: &Args, report: &mut serde_json::Value) -> anyhow::Result<()> 
     let (fv, y, dim) = svm_data(args)?;
     let n = args.svm_n;
     if let Some(dir) = &args.write_svm {
-        std::fs::create_dir_all(dir)?;
+        // All three files or none, and a folder made for them goes again on failure.
+        let created = crate::util::create_output_dir("--write-svm", dir)?;
         let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
-        std::fs::write(dir.join("fv.f32"), bytes(&fv))?;
-        std::fs::write(dir.join("labels.f32"), bytes(&y))?;
-        std::fs::write(dir.join("dims.txt"), format!("{n} {dim}\n"))?;
+        let [fv_file, labels_file, dims_file] = svm_files(dir);
+        let mut files = dfk::npy::FileGroup::new();
+        files.bytes(fv_file, &bytes(&fv))?;
+        files.bytes(labels_file, &bytes(&y))?;
+        files.bytes(dims_file, format!("{n} {dim}\n").as_bytes())?;
+        files.commit()?;
+        created.keep();
     }
     let cost = vec![5.0f64; n];
     let mut runs = Vec::new();

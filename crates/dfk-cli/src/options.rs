@@ -627,6 +627,32 @@ impl ConfigArgs {
             cfg.seed = g.seed;
         }
         self.validate(&cfg)?;
+        // The model stores the configuration, which `info --config` prints as TOML (and
+        // `--config` reads): its integers are 64-bit signed, the flags' unsigned.
+        if let Some((key, v)) = beyond_toml_integers(&serde_json::to_value(&cfg)?, "") {
+            let flags = [
+                ("seed", "--seed", crate::util::seed_given()),
+                ("gmm.k", "--k", self.k.is_some()),
+                ("gmm.max_iter", "--gmm-iter", self.gmm_iter.is_some()),
+                ("gmm.sample", "--gmm-sample", self.gmm_sample.is_some()),
+                ("pca.dims", "--pca-dims", self.pca_dims.is_some()),
+            ];
+            let (flag, given) = flags
+                .iter()
+                .find(|f| f.0 == key)
+                .map_or(("", false), |f| (f.1, f.2));
+            return self
+                .setting_usage(
+                    (flag, &key, given),
+                    &v.to_string(),
+                    &format!(
+                        "at most {} (the configuration is stored as TOML, whose integers are \
+                         64-bit signed)",
+                        i64::MAX
+                    ),
+                )
+                .map(|()| cfg);
+        }
         Ok(cfg)
     }
 
@@ -827,9 +853,37 @@ pub fn k_beyond_weight_floor(k: usize, weight_floor: f64) -> Option<String> {
 /// A number for a message: as written when short, else in scientific notation (`1e300`, not
 /// three hundred digits).
 pub fn tidy_number(value: &str) -> String {
+    // Integers are shown as given (a huge count or seed is not a float).
+    if value.parse::<i128>().is_ok() {
+        return value.to_string();
+    }
     match value.parse::<f64>() {
         Ok(v) if value.len() > 12 && v.is_finite() => format!("{v:e}"),
         _ => value.to_string(),
+    }
+}
+
+/// The first integer setting of `value` (a configuration as JSON, keys joined by `.`) beyond
+/// the TOML integers (64-bit signed), with its key.
+fn beyond_toml_integers(value: &serde_json::Value, key: &str) -> Option<(String, u64)> {
+    match value {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .filter(|&v| v > i64::MAX as u64)
+            .map(|v| (key.to_string(), v)),
+        serde_json::Value::Object(m) => m.iter().find_map(|(k, v)| {
+            let key = if key.is_empty() {
+                k.clone()
+            } else {
+                format!("{key}.{k}")
+            };
+            beyond_toml_integers(v, &key)
+        }),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| beyond_toml_integers(v, &format!("{key}[{i}]"))),
+        _ => None,
     }
 }
 

@@ -167,6 +167,34 @@ fn unbounded_values_are_refused() {
     fails(&["bench", "--stage", "svm", "--svm-n", "0"], 2, "--svm-n");
 }
 
+/// Integer settings beyond TOML's (64-bit signed) integers are refused before any work,
+/// named by their flag and shown as integers: the model stores its configuration, which
+/// `info --config` prints as TOML (it failed with "out-of-range value for u64 type").
+#[test]
+fn settings_beyond_toml_integers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.dfk");
+    let huge = "18446744073709551615";
+    for (flag, command) in [
+        ("--seed", "train"),
+        ("--gmm-sample", "train"),
+        ("--seed", "deep"),
+        ("--gmm-iters", "deep"),
+    ] {
+        let mut args = vec![command, "--embedded", "-k", "2", "-o", m.to_str().unwrap()];
+        if command == "train" {
+            args.extend(["--limit", "20", "--no-cache"]);
+        }
+        args.extend([flag, huge]);
+        fails_leaving_nothing(
+            &args,
+            2,
+            &format!("{flag} {huge}: expected at most 9223372036854775807"),
+            &m,
+        );
+    }
+}
+
 /// `bench --stage svm --write-svm DIR`: its outputs are checked before the work as every
 /// command's are (they were written in place, with bare OS errors and partial files left),
 /// land together, and the documented minimum `--svm-n 2` has both classes.

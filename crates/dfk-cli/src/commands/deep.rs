@@ -574,6 +574,21 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         Some(c) if !crate::util::seed_given() => c.seed,
         _ => g.seed,
     };
+    // The model stores these in its configuration, which `info --config` prints as TOML,
+    // whose integers are 64-bit signed.
+    for (flag, value) in [
+        ("--seed", seed),
+        ("--gmm-iters", a.gmm_iters as u64),
+        ("--svm-max-iter", a.svm_max_iter as u64),
+    ] {
+        if value > i64::MAX as u64 {
+            return usage(format!(
+                "{flag} {value}: expected at most {} (the configuration is stored as TOML, \
+                 whose integers are 64-bit signed)",
+                i64::MAX
+            ));
+        }
+    }
     let p = params(&a)?;
     p.validate().map_err(|e| {
         as_flag_error(

@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR", default_value = "dfk-demo-report")]
     report: PathBuf,
     /// Also save the trained model here.
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     out: Option<PathBuf>,
 }
 

@@ -25,7 +25,7 @@ pub struct Args {
     /// Output Fisher vectors, images × 2KD float32 .npy (with a spatial pyramid in the model:
     /// images × cells·2KD; with a per-class deep model, one vector per class GMM side by side:
     /// images × classes·2KD).
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     out: PathBuf,
     /// Also write the labels as int64 .npy, in the model's class indices: one class index per
     /// image, or for multi-label data (VOC) the images × classes 0/1 matrix (as `extract`

@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long, default_value_t = 256)]
     batch_images: usize,
     /// Output: images × 2KD float32 .npy (all mean blocks, then all variance blocks).
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     out: PathBuf,
 }
 

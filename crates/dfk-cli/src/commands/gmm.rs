@@ -47,7 +47,7 @@ pub struct FitArgs {
           value_parser = crate::options::parse_f32)]
     posterior_threshold: f32,
     /// Output GMM file.
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     out: PathBuf,
 }
 
@@ -63,7 +63,7 @@ pub struct ImportArgs {
     #[arg(long)]
     weights: PathBuf,
     /// Output GMM file.
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     out: PathBuf,
 }
 

@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, value_enum)]
     output_format: Option<Format>,
     /// Write to this file instead of standard output.
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     out: Option<PathBuf>,
 }
 

@@ -44,7 +44,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "uniform")]
     weighting: WeightingArg,
     /// Output SVM file.
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     out: PathBuf,
 }
 
@@ -56,7 +56,7 @@ pub struct PredictArgs {
     #[arg(long)]
     features: PathBuf,
     /// Output scores, n×C float32 .npy.
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     out: PathBuf,
 }
 

@@ -23,7 +23,7 @@ pub struct Args {
     #[command(flatten)]
     config: ConfigArgs,
     /// Output model file.
-    #[arg(long, default_value = "model.dfk")]
+    #[arg(long, short = 'o', default_value = "model.dfk")]
     out: PathBuf,
     /// Write an HTML + JSON report of the test-set (else training-set) evaluation here.
     #[arg(long, value_name = "DIR")]

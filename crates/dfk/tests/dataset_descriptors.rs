@@ -96,10 +96,36 @@ fn column_mismatch_between_files() {
     let (a, b) = (dir.path().join("a.npy"), dir.path().join("b.npy"));
     dfk::npy::write_f32_matrix(&a, &[1.0, 2.0, 3.0], 1, 3).unwrap();
     dfk::npy::write_f32_matrix(&b, &[], 0, 3).unwrap();
-    match Descriptors::from_npy_files(&[a, b]) {
+    match Descriptors::from_npy_files(&[a.clone(), b]) {
         Err(Error::Format { path, message }) => {
             assert!(
                 path.ends_with("b.npy") && message.contains("0 rows"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a format error, got {other:?}"),
+    }
+    // A 1-D array first (one descriptor saved as a vector) reads as 3 rows × 1 column: the
+    // error on the next, valid file says that the first one is the odd one out.
+    let flat = dir.path().join("flat.npy");
+    dfk::npy::write_f32_vector(&flat, &[1.0, 2.0, 3.0]).unwrap();
+    match Descriptors::from_npy_files(&[flat.clone(), a.clone()]) {
+        Err(Error::Format { path, message }) => {
+            assert!(path.ends_with("a.npy"), "{path:?}");
+            assert!(
+                message.contains("3 columns: expected 1 like")
+                    && message.contains("flat.npy holds a 1-D array"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a format error, got {other:?}"),
+    }
+    match Descriptors::from_npy_files(&[a, flat]) {
+        Err(Error::Format { path, message }) => {
+            assert!(path.ends_with("flat.npy"), "{path:?}");
+            assert!(
+                message.contains("1 column: expected 3")
+                    && message.contains("this file holds a 1-D array"),
                 "{message}"
             );
         }

@@ -128,10 +128,26 @@ impl Descriptors {
                 }
                 out.dim = dim;
             } else if dim != out.dim {
+                // A 1-D array reads as one column: say which file is the odd one out.
+                let rank1 = |p: &Path| matches!(npy::header_shape(p).as_deref(), Some(&[_]));
+                let note = if rank1(&paths[0]) {
+                    format!(
+                        " ({} holds a 1-D array, read as one descriptor value per row; save \
+                         each image's descriptors as an N × D matrix)",
+                        paths[0].display()
+                    )
+                } else if rank1(path) {
+                    " (this file holds a 1-D array, read as one column; save each image's \
+                     descriptors as an N × D matrix)"
+                        .to_string()
+                } else {
+                    String::new()
+                };
                 return Err(Error::format(
                     path,
                     format!(
-                        "{dim} columns: expected {} like {}",
+                        "{dim} column{}: expected {} like {}{note}",
+                        if dim == 1 { "" } else { "s" },
                         out.dim,
                         paths[0].display()
                     ),

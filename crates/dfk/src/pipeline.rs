@@ -669,11 +669,37 @@ pub fn fit_preprocessor(
         });
     }
     let first = extract_images(data, &[0], &config.sift, &|_| {})?;
-    let per_image = first.descriptors.rows().max(1);
-    let images = config.pca.sample.div_ceil(per_image).max(1);
-    let idx = sample_rows(data.len(), images, config.seed ^ 0x5ca1_ab1e);
+    let idx = pca_images(data.len(), first.descriptors.rows(), config);
     let raw = extract_images(data, &idx, &config.sift, progress)?;
     Preprocessor::fit(&raw.descriptors, config)
+}
+
+/// The images whose descriptors the PCA is fitted on: a seeded random subset, enough for
+/// `config.pca.sample` descriptors at the first image's count (`first_rows`). The same for
+/// images and for their descriptors given as files, so that both fit the same PCA.
+fn pca_images(images: usize, first_rows: usize, config: &PipelineConfig) -> Vec<usize> {
+    let wanted = config.pca.sample.div_ceil(first_rows.max(1)).max(1);
+    sample_rows(images, wanted, config.seed ^ 0x5ca1_ab1e)
+}
+
+/// [`Preprocessor::fit`] on the images of `raw` that [`fit_preprocessor`] would extract for
+/// the PCA: the same PCA as from the images themselves.
+fn fit_on_pca_images(raw: &Descriptors, config: &PipelineConfig) -> Result<Preprocessor> {
+    if config.pca.dims == 0 || raw.images() == 0 {
+        return Preprocessor::fit(raw, config);
+    }
+    let idx = pca_images(raw.images(), raw.image(0).len() / raw.dim.max(1), config);
+    if idx.len() == raw.images() {
+        return Preprocessor::fit(raw, config);
+    }
+    let mut data = Vec::new();
+    let mut offsets = vec![0];
+    for &i in &idx {
+        let image = raw.image(i);
+        data.extend_from_slice(image);
+        offsets.push(offsets[offsets.len() - 1] + image.len() / raw.dim);
+    }
+    Preprocessor::fit(&Descriptors::new(data, raw.dim, offsets)?, config)
 }
 
 /// Draws `min(n, max)` distinct indices out of `n` (sorted), seeded.
@@ -1029,7 +1055,7 @@ pub fn fit_from_descriptors(
     config.validate()?;
     let mut clock = Clock::default();
     progress.start("PCA", 1);
-    let pre = clock.time("pca", || Preprocessor::fit(&raw.descriptors, config))?;
+    let pre = clock.time("pca", || fit_on_pca_images(&raw.descriptors, config))?;
     progress.finish();
     progress.start("preprocess", 1);
     let desc = clock.time("preprocess", || pre.apply_all(raw))?;

@@ -412,3 +412,31 @@ fn a_bad_sift_setting_is_named() {
         assert!(e.contains(want), "{e}");
     }
 }
+
+/// The PCA of a pipeline trained from extracted descriptors is the one trained from the images
+/// themselves, also when `pca.sample` takes a subset of the images (it was fitted on sampled
+/// rows of all images instead of the images' sample, a different PCA).
+#[test]
+fn descriptors_and_images_fit_the_same_pca() {
+    let data = small_train(40);
+    let mut cfg = PipelineConfig::default();
+    cfg.pca.dims = 8;
+    cfg.pca.sample = 500;
+    cfg.gmm.k = 2;
+    cfg.gmm.max_iter = 5;
+    let from_images = fit_preprocessor(&data, &cfg, &|_| {}).unwrap();
+    let raw = extract_descriptors(&data, &cfg.sift, &|_| {}).unwrap();
+    assert!(
+        raw.descriptors.rows() > 2 * cfg.pca.sample,
+        "the sample must take a subset of the images"
+    );
+    let fit = fit_from_descriptors(&raw, &data.labels(), &cfg, &Silent).unwrap();
+    assert_eq!(fit.pipeline.pre, from_images);
+    // Without the sample taking a subset, the same too.
+    cfg.pca.sample = 1_000_000;
+    let fit = fit_from_descriptors(&raw, &data.labels(), &cfg, &Silent).unwrap();
+    assert_eq!(
+        fit.pipeline.pre,
+        fit_preprocessor(&data, &cfg, &|_| {}).unwrap()
+    );
+}

@@ -118,6 +118,7 @@ fn clean_up_on_signals() {
             // SAFETY: `set` is a valid signal set and `sig` a valid out-pointer.
             if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
                 dfk::npy::remove_temporary_files();
+                util::remove_created_dirs();
                 std::process::exit(128 + sig);
             }
         });

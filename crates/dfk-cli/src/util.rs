@@ -522,9 +522,37 @@ pub fn create_output_dir(flag: &str, dir: &std::path::Path) -> anyhow::Result<Cr
         .map(|p| p.to_path_buf())
         .collect();
     let guard = CreatedDirs { created };
+    register_created(&guard.created);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("{flag}: cannot create {}", dir.display()))?;
     Ok(guard)
+}
+
+/// The folders of every live [`CreatedDirs`], for [`remove_created_dirs`] on a signal.
+static CREATED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn register_created(dirs: &[std::path::PathBuf]) {
+    if let Ok(mut all) = CREATED.lock() {
+        all.extend_from_slice(dirs);
+    }
+}
+
+fn unregister_created(dirs: &[std::path::PathBuf]) {
+    if let Ok(mut all) = CREATED.lock() {
+        all.retain(|d| !dirs.contains(d));
+    }
+}
+
+/// Removes the folders that outputs in progress created, deepest first, where they are empty
+/// (after [`dfk::npy::remove_temporary_files`]): for a program about to exit on a signal,
+/// whose guards' `Drop` will not run.
+pub fn remove_created_dirs() {
+    if let Ok(mut all) = CREATED.lock() {
+        all.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for dir in all.drain(..) {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 /// The folders [`create_output_dir`] created, deepest first.
@@ -536,6 +564,7 @@ pub struct CreatedDirs {
 impl CreatedDirs {
     /// The output is complete: keep the folders.
     pub fn keep(mut self) {
+        unregister_created(&self.created);
         self.created.clear();
     }
 
@@ -556,6 +585,7 @@ impl Drop for CreatedDirs {
                 break;
             }
         }
+        unregister_created(&self.created);
     }
 }
 

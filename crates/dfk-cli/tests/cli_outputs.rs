@@ -312,6 +312,46 @@ fn labels_must_be_class_indices_with_samples() {
     );
 }
 
+/// SIGTERM while `extract --out-dir` works: the folders it created for its outputs go again,
+/// as they do when it fails (they were left empty).
+#[cfg(unix)]
+#[test]
+fn an_interrupted_extraction_leaves_no_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = dir.path().join("new");
+    let out = new.join("a");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dfk"))
+        .args([
+            "-q",
+            "--threads",
+            "1",
+            "extract",
+            "--embedded",
+            "--with-test",
+        ])
+        .args(["--no-cache", "--out-dir", &s(&out)])
+        .spawn()
+        .unwrap();
+    // The folders are made after the PCA sample, before the sets are extracted.
+    let start = std::time::Instant::now();
+    while !out.join("test").exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be interrupted"
+        );
+        assert!(start.elapsed().as_secs() < 120, "no output folder appeared");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // SAFETY: sends a signal to the child's pid.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert!(!new.exists(), "the folders made for the output were left");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
 /// Ctrl-C (SIGINT), SIGTERM, SIGHUP (a closed terminal) or SIGQUIT while an output is being
 /// written: exit status 128 + signal, the target untouched and no hidden temporary file left
 /// in its folder.

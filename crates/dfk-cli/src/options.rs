@@ -549,7 +549,9 @@ pub struct ConfigArgs {
     /// one are left out of the means, variances and weights (0: keep all).
     #[arg(long, value_parser = parse_f32, help_heading = "GMM")]
     pub gmm_posterior_threshold: Option<f32>,
-    /// Improved Fisher vector (signed square root + L2).
+    /// Improved Fisher vector: the signed square root (`fisher.improved`). The L2
+    /// normalisation that completes VLFeat's improved FV is its own setting, `fisher.l2` in a
+    /// --config file (on by default): `--improved false` alone still L2-normalises.
     #[arg(long, help_heading = "Fisher vector")]
     pub improved: Option<bool>,
     /// SVM cost C.

@@ -259,6 +259,13 @@ pub fn checked_cache_dir(
         return Ok(None);
     }
     if let Some(dir) = flag {
+        if data.is_descriptors() {
+            return usage(format!(
+                "--cache {}: the data are descriptors already (--format npy), which are read, \
+                 not extracted or cached: leave --cache out",
+                dir.display()
+            ));
+        }
         if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
             return usage(format!(
                 "--cache {}: exists and is not a folder: give a folder path (created when \

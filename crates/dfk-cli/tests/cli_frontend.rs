@@ -915,3 +915,31 @@ fn encode_writes_multilabel_labels_as_a_matrix() {
     }
     assert!(labels[39 * 20..].iter().all(|&l| l == 0));
 }
+
+/// `--cache` with descriptor files (`--format npy`), which are read and never cached, is a
+/// usage error rather than silently ignored.
+#[test]
+fn cache_with_descriptor_files_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    dfk::npy::write_f32_matrix(dir.path().join("a.npy"), &[0.5; 8], 2, 4).unwrap();
+    std::fs::write(&list, "a.npy 0\n").unwrap();
+    let m = dir.path().join("m.dfk");
+    fails_leaving_nothing(
+        &[
+            "train",
+            "--data",
+            &s(&list),
+            "--format",
+            "npy",
+            "--cache",
+            &s(&dir.path().join("cache")),
+            "--out",
+            &s(&m),
+        ],
+        2,
+        "--cache",
+        &m,
+    );
+    assert!(!dir.path().join("cache").exists());
+}

@@ -2331,3 +2331,84 @@ fn skip_unreadable_leaves_out_broken_images() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("cut.pgm"));
     assert!(!m.exists());
 }
+
+/// `predict` with image arguments: `--limit` and `--skip-unreadable` apply to them, data-set
+/// settings (`--format`, `--split`, `--labels`) are refused rather than ignored, a carriage
+/// return in a name is quoted in the CSV, non-UTF-8 names stay distinct, a pipe is read as an
+/// image and a folder given as the model is named as such.
+#[test]
+fn predict_reads_image_arguments_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let m = small_model(dir.path());
+    pgm(&p("img/a.pgm"), 1);
+    pgm(&p("img/b.pgm"), 2);
+    std::fs::write(p("img/bad.pgm"), b"P5\n32 32\n255\nshort").unwrap();
+    let (a, b, bad) = (s(&p("img/a.pgm")), s(&p("img/b.pgm")), s(&p("img/bad.pgm")));
+    let ms = s(&m);
+    let rows = |out: &str| out.lines().count() - 1;
+    assert_eq!(
+        rows(&ok(&[
+            "-q", "predict", "--model", &ms, "--limit", "1", &a, &b
+        ])),
+        1
+    );
+    fails(&["predict", "--model", &ms, &a, &bad], 1, "bad.pgm");
+    let o = dfk(&["predict", "--model", &ms, "--skip-unreadable", &a, &bad, &b]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("bad.pgm") && err.contains("1 image that cannot be decoded"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(rows(&out), 2, "{out}");
+    for (flag, value) in [
+        ("--format", "folder"),
+        ("--split", "test"),
+        ("--labels", "y.npy"),
+    ] {
+        fails(&["predict", "--model", &ms, flag, value, &a], 2, flag);
+    }
+    // A carriage return in a file name: quoted (it split the row in two for CSV readers).
+    let cr = p("img/c\rd.pgm");
+    std::fs::copy(p("img/a.pgm"), &cr).unwrap();
+    let out = ok(&["-q", "predict", "--model", &ms, &s(&cr)]);
+    assert!(out.contains(&format!("\"{}\",", s(&cr))), "{out:?}");
+    // Two names that are not UTF-8: escaped, so they stay distinct (both printed as `�`).
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = p("odd");
+        std::fs::create_dir_all(&odd).unwrap();
+        for byte in [0xfe_u8, 0xff] {
+            let bytes = [b'x', byte, b'.', b'p', b'g', b'm'];
+            let name = std::ffi::OsStr::from_bytes(&bytes);
+            std::fs::copy(p("img/a.pgm"), odd.join(name)).unwrap();
+        }
+        let out = ok(&["-q", "predict", "--model", &ms, &s(&odd)]);
+        assert!(
+            out.contains("x\\xfe.pgm,") && out.contains("x\\xff.pgm,"),
+            "{out}"
+        );
+    }
+    // An image through a pipe.
+    #[cfg(unix)]
+    {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dfk"))
+            .args(["-q", "predict", "--model", &ms, "/dev/stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let bytes = std::fs::read(p("img/a.pgm")).unwrap();
+        child.stdin.take().unwrap().write_all(&bytes).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(rows(&String::from_utf8_lossy(&o.stdout)), 1);
+    }
+    fails(
+        &["predict", "--model", &s(&p("img")), &a],
+        1,
+        "a folder, not a model file",
+    );
+}

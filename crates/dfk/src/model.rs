@@ -392,6 +392,13 @@ fn bare_header(kind: ModelKind, class_names: Vec<String>) -> Header {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(Error::format(
+            path,
+            "a folder, not a model file (a .dfk file that `dfk train`, `dfk deep` or `dfk gmm` \
+             wrote)",
+        ));
+    }
     let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir());
     if special {
         read_declared(path)

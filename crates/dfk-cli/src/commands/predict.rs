@@ -42,14 +42,48 @@ pub struct Args {
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
+    if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
     }
 }
 
+/// An image's path as text: as it is when it is UTF-8; otherwise with every non-ASCII byte
+/// escaped (`\xff`), so that two names never print alike (lossy text would make both `�`).
+fn path_text(p: &std::path::Path) -> String {
+    match p.to_str() {
+        Some(s) => s.to_string(),
+        None => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "{}: file names that are not UTF-8 are written with their non-ASCII bytes \
+                     escaped (\\xNN)",
+                    p.display()
+                )
+            });
+            p.as_os_str().as_encoded_bytes().escape_ascii().to_string()
+        }
+    }
+}
+
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    if !a.images.is_empty() {
+        // Settings of a data set (--data); images given as arguments are read as they are.
+        for (flag, given) in [
+            ("--format", a.data.format.is_some()),
+            ("--split", a.data.split.is_some()),
+            ("--labels", a.data.labels.is_some()),
+        ] {
+            if given {
+                return usage(format!(
+                    "{flag} describes a data set given with --data: image files and folders \
+                     given as arguments are read as images"
+                ));
+            }
+        }
+    }
     if let Some(out) = &a.out {
         let mut inputs = a.data.inputs();
         inputs.push(("--model", &a.model));
@@ -114,21 +148,40 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                     images.iter().map(|p| ("an image", p.as_path())).collect();
                 check_outputs(&[("--out", out)], &inputs)?;
             }
-            for p in &images {
-                if !p.is_file() {
-                    let why = match std::fs::symlink_metadata(p) {
-                        Ok(m) if m.file_type().is_symlink() => {
-                            "a symbolic link that leads to no file"
-                        }
-                        Ok(_) => "not a regular file",
-                        Err(_) => "no such file",
-                    };
-                    anyhow::bail!("{}: {why}: expected an image file", p.display());
-                }
+            if let Some(n) = a.data.limit {
+                images.truncate(n);
             }
-            Dataset {
+            let mut kept = Vec::with_capacity(images.len());
+            for p in images {
+                // A pipe (`<(cat x.png)`, `/dev/stdin`) is read once, as a file is; a device
+                // such as /dev/zero would never end.
+                #[cfg(unix)]
+                let pipe = {
+                    use std::os::unix::fs::FileTypeExt;
+                    std::fs::metadata(&p).is_ok_and(|m| m.file_type().is_fifo())
+                };
+                #[cfg(not(unix))]
+                let pipe = false;
+                if p.is_file() || pipe {
+                    kept.push(p);
+                    continue;
+                }
+                let why = match (std::fs::symlink_metadata(&p), std::fs::metadata(&p)) {
+                    (Ok(_), Ok(_)) => "not a regular file (a device?)",
+                    (Ok(m), Err(_)) if m.file_type().is_symlink() => {
+                        "a symbolic link that leads to no file"
+                    }
+                    _ => "no such file",
+                };
+                if a.data.skip_unreadable {
+                    tracing::warn!("skipping {}: {why}", p.display());
+                    continue;
+                }
+                anyhow::bail!("{}: {why}: expected an image file", p.display());
+            }
+            let set = Dataset {
                 class_names: pipeline.class_names.clone(),
-                items: images
+                items: kept
                     .iter()
                     .map(|p| Item {
                         source: ImageSource::File(p.clone()),
@@ -138,6 +191,22 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                     .collect(),
                 multilabel: false,
                 origin: None,
+            };
+            if !a.data.skip_unreadable {
+                set
+            } else {
+                // Pixels that do not decode are found by decoding each image once now.
+                let (set, skipped) = set.retain_decodable(dfk::dataset::OnError::Skip)?;
+                if set.is_empty() {
+                    anyhow::bail!("no image left to predict (--skip-unreadable)");
+                }
+                if skipped > 0 {
+                    tracing::warn!(
+                        "{skipped} image{} that cannot be decoded left out (--skip-unreadable)",
+                        if skipped == 1 { "" } else { "s" }
+                    );
+                }
+                set
             }
         }
         (true, true) => {
@@ -203,7 +272,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     }
     // Files by path; in-memory images (IDX, embedded) by their index in the set.
     let image = |i: usize| match &data.items[i].source {
-        ImageSource::File(p) => p.display().to_string(),
+        ImageSource::File(p) => path_text(p),
         ImageSource::Memory { .. } => format!("#{i}"),
     };
     let mut text = String::new();

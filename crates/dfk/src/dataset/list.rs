@@ -35,6 +35,9 @@ fn read_text(path: &Path) -> Result<String> {
         } else if b.starts_with(b"\x93NUMPY") {
             " (it is a .npy file: descriptors go in a list file with --format npy, or to \
              `dfk deep --descriptors`)"
+        } else if image::guess_format(b).is_ok() {
+            " (it is an image: a data set is a folder of class sub-folders or a list file; \
+             `dfk predict --model M.dfk IMAGE…` classifies single images)"
         } else {
             ""
         };

@@ -173,8 +173,14 @@ pub fn summarize(t: &Trained, model: Option<&Path>) -> (serde_json::Value, Strin
     let acc = e
         .accuracy
         .map_or(String::new(), |a| format!("accuracy {:.2} %, ", 100.0 * a));
+    // The time covers the test set's extraction and scoring too.
+    let done = if t.tested {
+        "trained and tested"
+    } else {
+        "trained"
+    };
     let human = format!(
-        "{set} set ({} images): {acc}{} — trained in {:.1} s{}",
+        "{set} set ({} images): {acc}{} — {done} in {:.1} s{}",
         e.images,
         crate::util::map_summary(e),
         t.seconds,

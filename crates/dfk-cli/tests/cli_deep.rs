@@ -1403,3 +1403,66 @@ fn difficult_flags_are_read_and_checked() {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     fails_leaving_nothing(&refs, 2, "--multilabel", &model);
 }
+
+/// Test labels from another `extract` run number their own classes: with a `classes.txt`
+/// beside both label files they are matched to the training classes by name (they were taken
+/// by index, silently scoring the wrong classes); a test class the training lacks is named.
+#[test]
+fn test_labels_are_matched_to_training_classes_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tiny_descriptors(dir.path(), 3);
+    std::fs::write(dir.path().join("classes.txt"), "a\nb\nc\n").unwrap();
+    let te = dir.path().join("te");
+    std::fs::create_dir_all(&te).unwrap();
+    let y = npy::read_labels(&files.2).unwrap();
+    // The same images, labelled in the test folder's own order c, b, a.
+    let own: Vec<i64> = y.iter().map(|&l| 2 - l as i64).collect();
+    npy::write_i64_vector(te.join("y.npy"), &own).unwrap();
+    std::fs::write(te.join("classes.txt"), "c\nb\na\n").unwrap();
+    let run = |labels: &str, model: &str| {
+        let model = dir.path().join(model);
+        let mut args = tiny_args(&files, &model, &["--iters", "1"]);
+        args.retain(|a| a != "-q");
+        args.insert(2, "--json".into());
+        args.extend(
+            [
+                "--test-descriptors",
+                &files.0,
+                "--test-offsets",
+                &files.1,
+                "--test-labels",
+                labels,
+            ]
+            .map(String::from),
+        );
+        dfk(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let same = run(&files.2, "same.dfk");
+    assert!(
+        same.status.success(),
+        "{}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+    let renamed = run(&s(&te.join("y.npy")), "renamed.dfk");
+    let err = String::from_utf8_lossy(&renamed.stderr);
+    assert!(renamed.status.success(), "{err}");
+    assert!(
+        err.contains("matched to the training classes by name"),
+        "{err}"
+    );
+    let (a, b) = (
+        json(&String::from_utf8_lossy(&same.stdout)),
+        json(&String::from_utf8_lossy(&renamed.stdout)),
+    );
+    assert_eq!(a["test_initial"], b["test_initial"]);
+    assert_eq!(a["test_best"], b["test_best"]);
+    // A test class that the training set does not have.
+    std::fs::write(te.join("classes.txt"), "c\nb\nzebra\n").unwrap();
+    let o = run(&s(&te.join("y.npy")), "zebra.dfk");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("test class \"zebra\" is not a training class"),
+        "{err}"
+    );
+}

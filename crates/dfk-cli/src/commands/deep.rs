@@ -270,6 +270,98 @@ fn read_set(x: &Path, o: &Path, y: &Path, multilabel: bool) -> anyhow::Result<Im
     ImageSet::new(data, d, offsets, labels).with_context(|| format!("images of {}", x.display()))
 }
 
+/// The test set with its labels in the training classes' indices: its class `i` is the
+/// training class of the same name, when both label files have a `classes.txt` beside them
+/// (a test folder extracted on its own numbers only its own classes). Without names on both
+/// sides the indices are taken as they are (with a warning when only one side has names).
+fn test_in_training_classes(
+    test: ImageSet,
+    train_names: Option<&[String]>,
+    test_names: Option<&[String]>,
+    y: &Path,
+    ty: &Path,
+) -> anyhow::Result<ImageSet> {
+    let beside = |p: &Path| p.parent().unwrap_or(Path::new("")).join("classes.txt");
+    let (train_names, test_names) = match (train_names, test_names) {
+        (Some(a), Some(b)) => (a, b),
+        (None, None) => return Ok(test),
+        (a, _) => {
+            let (with, without) = if a.is_some() { (y, ty) } else { (ty, y) };
+            tracing::warn!(
+                "{} names the classes but {} has no classes.txt beside it: the test labels are \
+                 taken as the training class indices",
+                beside(with).display(),
+                without.display()
+            );
+            return Ok(test);
+        }
+    };
+    if train_names == test_names {
+        return Ok(test);
+    }
+    let used = test.labels.classes();
+    if test_names.len() < used {
+        anyhow::bail!(
+            "{}: {} class names, but --test-labels {} has {used} classes: expected a name for \
+             every class index",
+            beside(ty).display(),
+            test_names.len(),
+            ty.display()
+        );
+    }
+    let to_train: Vec<usize> = test_names[..used]
+        .iter()
+        .map(|name| {
+            train_names.iter().position(|n| n == name).with_context(|| {
+                format!(
+                    "{}: test class {name:?} is not a training class ({} lists {})",
+                    beside(ty).display(),
+                    beside(y).display(),
+                    train_names.join(", ")
+                )
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    tracing::info!(
+        "test classes matched to the training classes by name ({} → {})",
+        beside(ty).display(),
+        beside(y).display()
+    );
+    let classes = train_names.len();
+    let moved = |values: &[bool], rows: usize| -> Vec<bool> {
+        let mut out = vec![false; rows * classes];
+        for r in 0..rows {
+            for (c, &t) in to_train.iter().enumerate() {
+                out[r * classes + t] = values[r * used + c];
+            }
+        }
+        out
+    };
+    let n = test.len();
+    let labels = match &test.labels {
+        Labels::MultiClass { labels, .. } => Labels::MultiClass {
+            labels: labels.iter().map(|&l| to_train[l]).collect(),
+            classes,
+        },
+        Labels::MultiLabel { targets, .. } => Labels::MultiLabel {
+            targets: moved(targets, n),
+            classes,
+        },
+    };
+    let difficult = if test.difficult.is_empty() {
+        Vec::new()
+    } else {
+        moved(&test.difficult, n)
+    };
+    let remapped = ImageSet::new(test.data, test.d, test.offsets, labels)
+        .with_context(|| format!("images of --test-labels {}", ty.display()))?;
+    Ok(if difficult.is_empty() {
+        remapped
+    } else {
+        remapped.with_difficult(difficult)?
+    })
+}
+
 /// `set` with the VOC difficult flags of `path` (an `images × classes` 0/1 matrix of the
 /// labels' shape), when given.
 fn with_difficult(set: ImageSet, path: Option<&Path>, labels: &Path) -> anyhow::Result<ImageSet> {
@@ -1225,7 +1317,19 @@ fn load_sets(
         // extract` writes one), so that `dfk eval` can match class folders by name.
         // Labels index the names; a subset may not reach the last ones.
         let exact = matches!(train.labels, Labels::MultiLabel { .. });
-        let class_names = match dataset::classes_beside(y)? {
+        let all_names = dataset::classes_beside(y)?;
+        // Test labels from another `extract` run number their own classes: matched by name.
+        let test = match (test, &a.test_labels) {
+            (Some(t), Some(ty)) => Some(test_in_training_classes(
+                t,
+                all_names.as_deref(),
+                dataset::classes_beside(ty)?.as_deref(),
+                y,
+                ty,
+            )?),
+            (t, _) => t,
+        };
+        let class_names = match all_names {
             Some(names)
                 if names.len() < train.labels.classes()
                     || (exact && names.len() != train.labels.classes()) =>

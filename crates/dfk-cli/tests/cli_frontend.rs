@@ -943,3 +943,56 @@ fn cache_with_descriptor_files_is_refused() {
     );
     assert!(!dir.path().join("cache").exists());
 }
+
+/// `extract --format voc --split trainval --test-split test`: both splits with the training
+/// split's PCA (here the same images, so the same descriptors), each with its labels and
+/// difficult flags.
+#[test]
+fn extract_voc_test_split_shares_the_training_pca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = ["000001", "000002", "000003"];
+    let flag = |i: usize, c: usize| match (i, c) {
+        (0, 11) | (1, 6) | (2, 14) => 1,
+        (0, 8) => 0,
+        _ => -1,
+    };
+    let root = voc_devkit(dir.path(), &ids, flag);
+    let main = root.join("ImageSets/Main");
+    for class in dfk::dataset::VOC_CLASSES {
+        std::fs::copy(
+            main.join(format!("{class}_trainval.txt")),
+            main.join(format!("{class}_test.txt")),
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("x");
+    ok(&[
+        "-q",
+        "extract",
+        "--data",
+        &s(&root),
+        "--format",
+        "voc",
+        "--split",
+        "trainval",
+        "--test-split",
+        "test",
+        "--no-cache",
+        "--pca-dims",
+        "4",
+        "--out-dir",
+        &s(&out),
+    ]);
+    for f in [
+        "descriptors.npy",
+        "labels.npy",
+        "difficult.npy",
+        "classes.txt",
+    ] {
+        assert_eq!(
+            std::fs::read(out.join("train").join(f)).unwrap(),
+            std::fs::read(out.join("test").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}

@@ -2412,3 +2412,58 @@ fn predict_reads_image_arguments_as_given() {
         "a folder, not a model file",
     );
 }
+
+/// `extract --test-data` extracts a test set of the user's own data with the training set's
+/// PCA (one `extract` per set fitted two PCAs): the training folder given as its own test set
+/// gives the very same descriptors; a test set with fewer classes is labelled in the training
+/// classes' indices; a class the training lacks is named.
+#[test]
+fn extract_test_data_shares_the_training_pca() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    for (i, class) in ["a", "b", "c"].iter().enumerate() {
+        for j in 0..3u8 {
+            pgm(&p(&format!("train/{class}/{j}.pgm")), i as u8 * 5 + j);
+        }
+    }
+    pgm(&p("test/b/0.pgm"), 40);
+    pgm(&p("test/c/0.pgm"), 41);
+    let extract = |test: &str, out: &str| {
+        dfk(&[
+            "-q",
+            "extract",
+            "--data",
+            &s(&p("train")),
+            "--test-data",
+            &s(&p(test)),
+            "--no-cache",
+            "--pca-dims",
+            "8",
+            "--out-dir",
+            &s(&p(out)),
+        ])
+    };
+    let o = extract("train", "same");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |f: &str| std::fs::read(p(f)).unwrap();
+    assert_eq!(
+        read("same/train/descriptors.npy"),
+        read("same/test/descriptors.npy")
+    );
+    let o = extract("test", "own");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(p("own/test/classes.txt")).unwrap(),
+        "a\nb\nc\n"
+    );
+    assert_eq!(npy::read_labels(p("own/test/labels.npy")).unwrap(), [1, 2]);
+    pgm(&p("test/zebra/0.pgm"), 42);
+    let o = extract("test", "bad");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("the class zebra that the training data"),
+        "{err}"
+    );
+    assert!(!p("bad").exists());
+}

@@ -86,6 +86,8 @@ pub struct Args {
     )]
     pub cache: Option<PathBuf>,
     /// Test descriptors, scored at every iteration for the report (never used for decisions).
+    /// They must be in the training descriptors' space: extract both sets in one run
+    /// (`dfk extract --test-data`, `--test-split` or `--with-test`), which fits one PCA.
     #[arg(
         long,
         value_name = "X.npy",

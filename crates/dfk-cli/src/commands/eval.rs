@@ -160,7 +160,7 @@ pub fn in_model_classes<'a>(
 /// its labels mapped by name, when its class names are other than the model's but all among
 /// them (numbers included: they are names when the model has them); `None` otherwise (the
 /// same names, or a name the model lacks).
-fn by_model_names(data: &Dataset, model: &[String]) -> Option<Dataset> {
+pub fn by_model_names(data: &Dataset, model: &[String]) -> Option<Dataset> {
     if data.class_names == model {
         return None;
     }

@@ -26,6 +26,20 @@ pub struct Args {
     /// With --fashion-mnist or --embedded: extract the test set too.
     #[arg(long)]
     with_test: bool,
+    /// A test set (folder or list file, as --data) extracted with the training set's PCA
+    /// (one `extract` per set would fit two PCAs, so their descriptors would not match); its
+    /// classes are matched to the training classes by name. Writes train/ and test/.
+    #[arg(long, value_name = "PATH", requires = "data", conflicts_with_all = ["with_test", "test_split"])]
+    test_data: Option<PathBuf>,
+    /// With --format voc: the test split of the same devkit (e.g. test), extracted with the
+    /// training split's PCA. Writes train/ and test/.
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "split",
+        conflicts_with = "with_test"
+    )]
+    test_split: Option<String>,
     /// Also write descriptors.npy (rows × D float32), offsets.npy (int64, images + 1) and
     /// labels.npy (int64: a class index per image, or images × classes 0/1 for multi-label
     /// data, with difficult.npy beside it: the VOC "difficult" flags, images × classes 0/1, for
@@ -67,8 +81,25 @@ fn out_files(dir: &Path, with_test: bool, positions: bool) -> Vec<PathBuf> {
         .collect()
 }
 
-pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+pub fn run(mut a: Args, g: &Global) -> anyhow::Result<()> {
     let cfg = a.config.resolve(g)?;
+    // The test set of the user's own data: the data options with its path or split.
+    let test_args = match (&a.test_data, &a.test_split) {
+        (None, None) => None,
+        (data, split) => {
+            let mut t = a.data.clone();
+            if let Some(p) = data {
+                t.data = Some(p.clone());
+            }
+            if let Some(s) = split {
+                t.split = Some(s.clone());
+            }
+            Some(t)
+        }
+    };
+    if test_args.is_some() {
+        a.with_test = true;
+    }
     if a.no_cache && a.out_dir.is_none() {
         return usage("--no-cache without --out-dir would keep nothing");
     }
@@ -80,10 +111,19 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let in_dir: Vec<(&str, &Path)> = files.iter().map(|p| ("--out-dir", p.as_path())).collect();
     let mut inputs = a.data.inputs();
     inputs.extend(a.config.inputs());
+    if let Some(t) = &test_args {
+        inputs.extend(t.inputs());
+    }
     check_outputs_in_folders(&[], &in_dir, &inputs)?;
     a.data.check_outputs_not_listed(&in_dir)?;
     if let Some(dir) = &a.out_dir {
         a.data.check_folders_outside_data(&[("--out-dir", dir)])?;
+    }
+    if let Some(t) = &test_args {
+        t.check_outputs_not_listed(&in_dir)?;
+        if let Some(dir) = &a.out_dir {
+            t.check_folders_outside_data(&[("--out-dir", dir)])?;
+        }
     }
     if a.data.is_descriptors() {
         return usage(
@@ -94,14 +134,45 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let cache = checked_cache_dir(a.cache.as_deref(), a.no_cache, &a.data)?;
     a.config
         .check_pca_dims(&cfg, dfk::sift::DESCRIPTOR_LEN, crate::options::SIFT_VALUES)?;
-    let loaded = a.data.load()?;
+    let mut loaded = a.data.load()?;
     a.data.check_outputs_not_loaded(&in_dir, &loaded)?;
+    if let Some(t) = &test_args {
+        let test = t.load()?;
+        t.check_outputs_not_loaded(&in_dir, &test)?;
+        let names = &loaded.train.class_names;
+        let test = match crate::commands::eval::by_model_names(&test.train, names) {
+            Some(mapped) => mapped,
+            None => test.train,
+        };
+        if &test.class_names != names {
+            let missing: Vec<&str> = test
+                .class_names
+                .iter()
+                .filter(|n| !names.contains(n))
+                .map(String::as_str)
+                .collect();
+            anyhow::bail!(
+                "the test data ({}) have the class{} {} that the training data ({}) lack: \
+                 expected test classes among the training classes",
+                t.data.as_deref().unwrap_or(Path::new(".")).display(),
+                if missing.len() == 1 { "" } else { "es" },
+                missing.join(", "),
+                loaded.description
+            );
+        }
+        loaded.test = Some(test);
+    }
     // Without --with-test the one set is whatever was loaded (a VOC test split, say).
     let mut sets = vec![(if a.with_test { "train" } else { "data" }, &loaded.train)];
     if a.with_test {
         match &loaded.test {
             Some(t) => sets.push(("test", t)),
-            None => return usage("--with-test needs --fashion-mnist or --embedded"),
+            None => {
+                return usage(
+                    "--with-test needs --fashion-mnist or --embedded; for other data give \
+                     --test-data PATH (or --test-split NAME with --format voc)",
+                )
+            }
         }
     }
     // The PCA is fitted on the training set, as `dfk train` does, so the cache entries match.

@@ -1466,3 +1466,55 @@ fn test_labels_are_matched_to_training_classes_by_name() {
         "{err}"
     );
 }
+
+/// `dfk fisher --gmm DEEP.dfk` encodes with the model's own Fisher vector settings (here
+/// `--sqrt-epsilon 0.05`, `--posterior-threshold 0.2`), the vectors its SVMs score: it used
+/// VLFeat's defaults whatever the model said.
+#[test]
+fn fisher_with_a_deep_model_uses_its_encoder_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tiny_descriptors(dir.path(), 3);
+    let model = dir.path().join("eps.dfk");
+    ok(&tiny_args(
+        &files,
+        &model,
+        &[
+            "--iters",
+            "1",
+            "--sqrt-epsilon",
+            "0.05",
+            "--posterior-threshold",
+            "0.2",
+        ],
+    )
+    .iter()
+    .map(String::as_str)
+    .collect::<Vec<_>>());
+    let out = dir.path().join("fv.npy");
+    ok(&[
+        "-q",
+        "fisher",
+        "--gmm",
+        &s(&model),
+        "--descriptors",
+        &files.0,
+        "--offsets",
+        &files.1,
+        "--out",
+        &s(&out),
+    ]);
+    let (fv, n, len) = npy::read_f32_matrix(&out).unwrap();
+    let m = ModelFile::load(&model).unwrap();
+    let config: dfk::pipeline::PipelineConfig = serde_json::from_value(m.config.clone()).unwrap();
+    assert_eq!(config.fisher.sqrt_epsilon, 0.05);
+    let enc = dfk::fisher::FisherEncoder::new(&m.gmm, config.fisher).unwrap();
+    let (x, _, _) = npy::read_f32_matrix(&files.0).unwrap();
+    let offsets: Vec<usize> = (0..=12).map(|i| i * 5).collect();
+    let mut want = vec![0f32; n * len];
+    enc.encode_batch(&x, &offsets, &mut want).unwrap();
+    assert_eq!(fv, want);
+    let default = dfk::fisher::FisherEncoder::new(&m.gmm, Default::default()).unwrap();
+    let mut other = vec![0f32; n * len];
+    default.encode_batch(&x, &offsets, &mut other).unwrap();
+    assert_ne!(fv, other, "the settings make no difference on these data");
+}

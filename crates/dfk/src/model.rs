@@ -268,18 +268,38 @@ pub fn load_gmm(path: impl AsRef<Path>) -> Result<Gmm> {
 /// holds SVMs), with the per-class GMMs of a per-class deep model (empty otherwise). The file
 /// is read once, so a pipe will do.
 pub fn load_gmm_checked(path: impl AsRef<Path>) -> Result<(Gmm, Vec<Gmm>)> {
+    load_gmm_and_encoder(path).map(|(gmm, class_gmms, _)| (gmm, class_gmms))
+}
+
+/// [`load_gmm_checked`], with the Fisher vector settings that a pipeline model's SVMs were
+/// trained on (its configuration's `fisher`: a deep model may have its own `sqrt_epsilon` and
+/// posterior threshold); `None` for a GMM file, which has none.
+pub fn load_gmm_and_encoder(
+    path: impl AsRef<Path>,
+) -> Result<(Gmm, Vec<Gmm>, Option<crate::fisher::FisherOptions>)> {
     let path = path.as_ref();
     let bytes = read_file(path)?;
     let r = Reader::new(path, &bytes)?;
     r.expect_kind(&[ModelKind::Gmm, ModelKind::Pipeline])?;
     if r.header.kind == ModelKind::Gmm {
-        return Ok((r.gmm()?, Vec::new()));
+        return Ok((r.gmm()?, Vec::new(), None));
     }
     let file = ModelFile::from_reader(r)?;
-    if file.svm.is_some() {
-        crate::pipeline::Pipeline::from_model(&file, path)?;
-    }
-    Ok((file.gmm, file.class_gmms))
+    let fisher = if file.svm.is_some() {
+        Some(
+            crate::pipeline::Pipeline::from_model(&file, path)?
+                .config
+                .fisher,
+        )
+    } else if file.config.is_null() {
+        None
+    } else {
+        let config: crate::pipeline::PipelineConfig =
+            serde_json::from_value(file.config.clone())
+                .map_err(|e| Error::format(path, format!("stored configuration: {e}")))?;
+        Some(config.fisher)
+    };
+    Ok((file.gmm, file.class_gmms, fisher))
 }
 
 /// Per-class GMMs (a per-class Deep Fisher Kernel model) need one one-vs-rest SVM each; checked

@@ -55,7 +55,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         inputs.push(("--offsets", o));
     }
     check_outputs(&[("--out", &a.out)], &inputs)?;
-    let gmm = load_one_gmm(&a.gmm)?;
+    let (gmm, model_fisher) = load_one_gmm(&a.gmm)?;
     let mut reader = F32MatrixReader::open(&a.descriptors)?;
     let (rows, d) = (reader.rows(), reader.cols());
     if d != gmm.d() {
@@ -87,10 +87,12 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             offsets[i + 1]
         );
     }
-    let options = if a.plain {
-        FisherOptions::plain()
-    } else {
-        FisherOptions::default()
+    // A pipeline model's own settings (a deep model's sqrt_epsilon and posterior threshold),
+    // so that the vectors are those its SVMs score; a GMM file's: VLFeat's improved FV.
+    let options = match (a.plain, model_fisher) {
+        (true, _) => FisherOptions::plain(),
+        (false, Some(o)) => o,
+        (false, None) => FisherOptions::default(),
     };
     let encoder = FisherEncoder::new(&gmm, options)?;
     let images = offsets.len() - 1;
@@ -165,8 +167,8 @@ fn batch_context(path: &Path, first: usize, last: usize) -> String {
 /// The GMM of `--gmm`: a GMM file, or a pipeline model checked whole
 /// ([`model::load_gmm_checked`]). A per-class deep model holds one learned GMM per class beside
 /// its initial one, which one GMM cannot stand for: refused.
-fn load_one_gmm(path: &std::path::Path) -> anyhow::Result<dfk::gmm::Gmm> {
-    let (gmm, class_gmms) = model::load_gmm_checked(path)?;
+fn load_one_gmm(path: &std::path::Path) -> anyhow::Result<(dfk::gmm::Gmm, Option<FisherOptions>)> {
+    let (gmm, class_gmms, fisher) = model::load_gmm_and_encoder(path)?;
     if !class_gmms.is_empty() {
         anyhow::bail!(
             "{}: a per-class deep model holds one learned GMM per class ({} of them) beside its \
@@ -176,5 +178,5 @@ fn load_one_gmm(path: &std::path::Path) -> anyhow::Result<dfk::gmm::Gmm> {
             class_gmms.len()
         );
     }
-    Ok(gmm)
+    Ok((gmm, fisher))
 }

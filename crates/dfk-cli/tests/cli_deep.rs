@@ -1518,3 +1518,53 @@ fn fisher_with_a_deep_model_uses_its_encoder_settings() {
     default.encode_batch(&x, &offsets, &mut other).unwrap();
     assert_ne!(fv, other, "the settings make no difference on these data");
 }
+
+/// A per-class deep model continued with `--gmm` on data whose classes come in another order:
+/// each class starts from the model's GMM of the same name (they were taken by index, so
+/// class `a` started from class `c`'s learned GMM).
+#[test]
+fn per_class_gmms_are_continued_by_class_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tiny_descriptors(dir.path(), 3);
+    std::fs::write(dir.path().join("classes.txt"), "a\nb\nc\n").unwrap();
+    let first = dir.path().join("first.dfk");
+    let per_class = ["--mode", "per-class", "--val-fraction", "0"];
+    ok(&tiny_args(
+        &files,
+        &first,
+        &[&["--iters", "2"][..], &per_class].concat(),
+    )
+    .iter()
+    .map(String::as_str)
+    .collect::<Vec<_>>());
+    let rev = dir.path().join("rev");
+    std::fs::create_dir_all(&rev).unwrap();
+    let y = npy::read_labels(&files.2).unwrap();
+    let reversed: Vec<i64> = y.iter().map(|&l| 2 - l as i64).collect();
+    npy::write_i64_vector(rev.join("y.npy"), &reversed).unwrap();
+    std::fs::write(rev.join("classes.txt"), "c\nb\na\n").unwrap();
+    let rev_files = (files.0.clone(), files.1.clone(), s(&rev.join("y.npy")));
+    let second = dir.path().join("second.dfk");
+    let mut args = tiny_args(
+        &rev_files,
+        &second,
+        &[&["--iters", "0", "--gmm", &s(&first)][..], &per_class].concat(),
+    );
+    // `-k` conflicts with --gmm.
+    let k = args.iter().position(|a| a == "-k").unwrap();
+    args.drain(k..k + 2);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (a, b) = (
+        ModelFile::load(&first).unwrap(),
+        ModelFile::load(&second).unwrap(),
+    );
+    assert_eq!(b.class_names, ["c", "b", "a"]);
+    for (i, j) in [(0, 2), (1, 1), (2, 0)] {
+        assert_eq!(
+            a.class_gmms[i].means(),
+            b.class_gmms[j].means(),
+            "class {}",
+            a.class_names[i]
+        );
+    }
+}

@@ -602,6 +602,50 @@ const FISHER_FLAGS: &[(&str, &str)] = &[
     ("sqrt_epsilon", "--sqrt-epsilon"),
 ];
 
+/// The per-class GMMs of the per-class deep model `path` in the order of the training
+/// classes `names`, matched by name when both have names (a data set whose classes come in
+/// another order, or numbered another way, would otherwise start each class from another
+/// class's GMM); by index when either side has none.
+fn by_class_name(
+    class_gmms: Vec<Gmm>,
+    path: &Path,
+    names: Option<&[String]>,
+) -> anyhow::Result<Vec<Gmm>> {
+    let model_names = dfk::model::summarize(path)?.header.class_names;
+    let Some(names) = names.filter(|n| !n.is_empty()) else {
+        return Ok(class_gmms);
+    };
+    if model_names.is_empty() || model_names == names {
+        return Ok(class_gmms);
+    }
+    let order: Vec<usize> = names
+        .iter()
+        .map(|name| {
+            model_names.iter().position(|m| m == name).with_context(|| {
+                format!(
+                    "--gmm {}: the model has no class {name:?} (its classes: {}), so no learned \
+                     GMM to start that class from",
+                    path.display(),
+                    model_names.join(", ")
+                )
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if order.iter().any(|&i| i >= class_gmms.len()) {
+        anyhow::bail!(
+            "--gmm {}: {} class names but {} per-class GMMs",
+            path.display(),
+            model_names.len(),
+            class_gmms.len()
+        );
+    }
+    tracing::info!(
+        "--gmm {}: its per-class GMMs matched to the training classes by name",
+        path.display()
+    );
+    Ok(order.iter().map(|&i| class_gmms[i].clone()).collect())
+}
+
 /// The starting GMM, and the per-class ones of a per-class deep model given to `--gmm` in
 /// per-class mode (empty otherwise).
 fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<(Gmm, Vec<Gmm>)> {
@@ -884,6 +928,10 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             (gmm, Vec::new())
         }
         None => initial_gmm(&a, &train, seed)?,
+    };
+    let class_gmms = match (&a.gmm, class_gmms.is_empty()) {
+        (Some(path), false) => by_class_name(class_gmms, path, class_names.as_deref())?,
+        _ => class_gmms,
     };
     if gmm.k() == 1 && a.groups.iter().all(|g| g == "weights") {
         return usage(

@@ -292,9 +292,17 @@ pub fn checked_cache_dir(
 /// Whether `--seed` was given on the command line (clap fills in 0 otherwise; a configuration
 /// file's seed is kept unless the flag is explicit).
 pub fn seed_given() -> bool {
+    flag_given("--seed")
+}
+
+/// Whether the long flag `flag` (e.g. `--patience`) was given on the command line, as
+/// `--flag VALUE` or `--flag=VALUE` (clap fills in defaults, which are not "given").
+pub fn flag_given(flag: &str) -> bool {
     std::env::args_os().any(|a| {
         let a = a.to_string_lossy();
-        a == "--seed" || a.starts_with("--seed=")
+        a == flag
+            || a.strip_prefix(flag)
+                .is_some_and(|rest| rest.starts_with('='))
     })
 }
 

@@ -1012,6 +1012,40 @@ fn options_that_would_be_ignored_are_refused() {
     emb(&["--gmm", &files.0, "--gmm-iters", "4"], 2, "--gmm");
     emb(&["--max-test", "0"], 2, "--max-test 0: expected at least 1");
     emb(
+        &["--val-fraction", "0", "--patience", "5"],
+        2,
+        "--patience 5 with --val-fraction 0",
+    );
+    emb(
+        &["--mode", "per-class", "--posterior-cache-mb", "7"],
+        2,
+        "--posterior-cache-mb with --mode per-class",
+    );
+    // Known from the flags alone: said before the data are read (this folder does not exist).
+    fails_leaving_nothing(
+        &[
+            "deep",
+            "--data",
+            "/nonexistent/images",
+            "-k",
+            "1",
+            "--groups",
+            "weights",
+            "-o",
+            &m,
+        ],
+        2,
+        "--groups weights with K = 1",
+        &model,
+    );
+    let pyramid = dir.path().join("pyramid.toml");
+    std::fs::write(&pyramid, "pyramid = [[1, 1], [2, 2]]\n").unwrap();
+    emb(
+        &["--config", &s(&pyramid)],
+        2,
+        &format!("--config {} asks for the spatial pyramid", s(&pyramid)),
+    );
+    emb(
         &["-k", "4", "--min-weight", "0.3", "--iters", "0"],
         2,
         "--min-weight 0.3",

@@ -128,8 +128,9 @@ pub struct Args {
     #[arg(long, default_value_t = 0.5)]
     pub val_fraction: f64,
 
-    /// Start from this GMM file (model file of kind gmm or pipeline) instead of fitting by EM;
-    /// a per-class deep model's learned GMMs with `--mode per-class`.
+    /// Start from this GMM file (model file of kind gmm or pipeline; with images a pipeline,
+    /// whose SIFT settings and PCA are used) instead of fitting by EM; a per-class deep
+    /// model's learned GMMs with `--mode per-class`, matched to the classes by name.
     #[arg(long, value_name = "FILE")]
     pub gmm: Option<PathBuf>,
     /// Number of GMM components K (EM initialisation).
@@ -144,7 +145,8 @@ pub struct Args {
     /// EM variance floor, relative to each dimension's data variance (0 to 1).
     #[arg(long, default_value_t = 1e-3, conflicts_with = "gmm")]
     pub gmm_variance_floor: f64,
-    /// Descriptors sampled for the k-means++ initialisation of EM (at least K: a smaller
+    /// Descriptors sampled for EM's k-means initialisation (k-means++ seeding, then Lloyd
+    /// iterations) (at least K: a smaller
     /// value samples K).
     #[arg(long, default_value_t = 100_000, conflicts_with = "gmm")]
     pub gmm_sample: usize,
@@ -602,6 +604,17 @@ const FISHER_FLAGS: &[(&str, &str)] = &[
     ("sqrt_epsilon", "--sqrt-epsilon"),
 ];
 
+const WEIGHTS_WITH_ONE_COMPONENT: &str = "--groups weights with K = 1: the one component's \
+     weight is 1 whatever its logit, so nothing would be learned; add means or log-std";
+
+fn per_class_model_in_shared_mode(path: &Path) -> String {
+    format!(
+        "--gmm {}: the model holds one learned GMM per class (a per-class deep model); continue \
+         it with --mode per-class, or give a model with one GMM",
+        path.display()
+    )
+}
+
 /// The per-class GMMs of the per-class deep model `path` in the order of the training
 /// classes `names`, matched by name when both have names (a data set whose classes come in
 /// another order, or numbered another way, would otherwise start each class from another
@@ -665,11 +678,7 @@ fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<(Gmm, Ve
         }
         let classes = train.labels.classes();
         if !matches!(a.mode, Mode::PerClass) {
-            return usage(format!(
-                "--gmm {}: the model holds one learned GMM per class (a per-class deep model); \
-                 continue it with --mode per-class, or give a model with one GMM",
-                path.display()
-            ));
+            return usage(per_class_model_in_shared_mode(path));
         }
         if class_gmms.len() != classes {
             anyhow::bail!(
@@ -786,6 +795,21 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             crate::options::tidy_number(&a.variance_floor.to_string())
         ));
     }
+    // Options that could not act: refused rather than silently ignored.
+    if a.val_fraction == 0.0 && a.patience > 0 && crate::util::flag_given("--patience") {
+        return usage(format!(
+            "--patience {} with --val-fraction 0: patience counts iterations without a better \
+             validation score, and there is no validation part; give --val-fraction, or leave \
+             --patience out",
+            a.patience
+        ));
+    }
+    if matches!(a.mode, Mode::PerClass) && crate::util::flag_given("--posterior-cache-mb") {
+        return usage(
+            "--posterior-cache-mb with --mode per-class: the posteriors are stored for a shared \
+             GMM only (per-class mode would keep one encoding per class); leave it out",
+        );
+    }
     if !(0.0..1.0).contains(&a.val_fraction) {
         return usage(format!(
             "--val-fraction {}: expected a value in [0, 1)",
@@ -800,6 +824,19 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             "`dfk deep` reads the model more than once (its GMM, its per-class GMMs, with \
              images its PCA)",
         )?;
+    }
+    // What the starting GMM forbids, known before the data are read (and extracted).
+    let start_k = match &a.gmm {
+        Some(path) => {
+            if !matches!(a.mode, Mode::PerClass) && !dfk::model::load_class_gmms(path)?.is_empty() {
+                return usage(per_class_model_in_shared_mode(path));
+            }
+            load_gmm(path)?.k()
+        }
+        None => a.k,
+    };
+    if start_k == 1 && a.groups.iter().all(|g| g == "weights") {
+        return usage(WEIGHTS_WITH_ONE_COMPONENT);
     }
     let cache = checked_cache(&a)?;
     let has_test = a.fashion_mnist.is_some() || a.embedded || a.test_descriptors.is_some();
@@ -934,10 +971,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         _ => class_gmms,
     };
     if gmm.k() == 1 && a.groups.iter().all(|g| g == "weights") {
-        return usage(
-            "--groups weights with K = 1: the one component's weight is 1 whatever its logit, \
-             so nothing would be learned; add means or log-std",
-        );
+        return usage(WEIGHTS_WITH_ONE_COMPONENT);
     }
     if gmm.k() as f64 * a.min_weight >= 1.0 {
         return usage(format!(
@@ -1436,8 +1470,13 @@ fn load_sets(
     config.seed = seed;
     config.validate()?;
     if let Some(p) = &config.pyramid {
+        let source = match (&a.gmm, &a.config) {
+            (Some(m), _) => format!("the model --gmm {} was trained with", m.display()),
+            (None, Some(c)) => format!("--config {} asks for", c.display()),
+            (None, None) => "the configuration asks for".to_string(),
+        };
         return usage(format!(
-            "the configuration asks for the spatial pyramid {p}: dfk deep learns the GMM of plain (whole-image) Fisher vectors only"
+            "{source} the spatial pyramid {p}: dfk deep learns the GMM of plain (whole-image) Fisher vectors only"
         ));
     }
     let (mut train, test) = if a.embedded {

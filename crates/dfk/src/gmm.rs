@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{all_finite, check_finite, Error, Result};
 
-/// A diagonal-covariance GMM with `k` components in `d` dimensions.
+/// A diagonal-covariance GMM with `k` components in `d` dimensions. Deserialised values are
+/// checked as [`Gmm::from_normalised`] checks them (a GMM is never built unchecked).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "GmmFields")]
 pub struct Gmm {
     k: usize,
     d: usize,
@@ -18,7 +20,45 @@ pub struct Gmm {
     weights: Vec<f32>,
 }
 
+/// The fields of a serialised [`Gmm`], checked on the way in.
+#[derive(Deserialize)]
+struct GmmFields {
+    k: usize,
+    d: usize,
+    means: Vec<f32>,
+    variances: Vec<f32>,
+    weights: Vec<f32>,
+}
+
+impl TryFrom<GmmFields> for Gmm {
+    type Error = Error;
+    fn try_from(f: GmmFields) -> Result<Self> {
+        Gmm::from_normalised(f.k, f.d, f.means, f.variances, f.weights)
+    }
+}
+
 impl Gmm {
+    /// [`Gmm::new`] for weights that already sum to one (within 1e-5, as saved weights do
+    /// after their f32 roundings), kept exactly as given instead of renormalised: restores a
+    /// saved GMM bit for bit. Other sums are an error.
+    pub fn from_normalised(
+        k: usize,
+        d: usize,
+        means: Vec<f32>,
+        variances: Vec<f32>,
+        weights: Vec<f32>,
+    ) -> Result<Self> {
+        let checked = Gmm::new(k, d, means, variances, weights.clone())?;
+        let sum: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+        if (sum - 1.0).abs() > 1e-5 {
+            return Err(Error::Invalid(format!(
+                "GMM weights sum to {}: expected 1 (within 1e-5)",
+                sum as f32
+            )));
+        }
+        Ok(Self { weights, ..checked })
+    }
+
     /// Builds a GMM after checking shapes, finiteness, positive variances and non-negative
     /// weights. Weights are renormalised to sum to one (they must have a positive sum).
     pub fn new(

@@ -826,29 +826,18 @@ impl<'a> Reader<'a> {
         weights: Vec<f32>,
         what: &str,
     ) -> Result<Gmm> {
-        let checked =
-            Gmm::new(k, d, means, variances, weights.clone()).map_err(|e| self.invalid(what, e))?;
-        // Saved weights sum to 1 within their f32 roundings (≤ 6e-8 in all); another sum is
-        // a file that dfk did not write, whose weights would scale the plain Fisher vectors.
-        let sum: f64 = weights.iter().map(|&w| f64::from(w)).sum();
-        if (sum - 1.0).abs() > 1e-5 {
-            return Err(Error::format(
-                self.path,
-                format!(
-                    "{what}: the weights sum to {}, expected 1 (within 1e-5): a model \
-                     file holds normalised weights (`dfk gmm import` normalises them)",
-                    sum as f32
+        // The stored weights exactly (renormalising could move one by an ulp); saved weights
+        // sum to 1 within their f32 roundings, another sum is a file that dfk did not write,
+        // whose weights would scale the plain Fisher vectors.
+        Gmm::from_normalised(k, d, means, variances, weights).map_err(|e| {
+            let e = match e {
+                Error::Invalid(m) if m.starts_with("GMM weights sum to") => Error::Invalid(
+                    format!("{m}: a model file holds normalised weights (`dfk gmm import` normalises them)"),
                 ),
-            ));
-        }
-        // `Gmm::new` renormalises the weights, which can move a stored weight by one ulp; the
-        // stored values were normalised when saved, so restore them exactly.
-        let mut value = serde_json::to_value(&checked)
-            .map_err(|e| Error::format(self.path, format!("GMM: {e}")))?;
-        value["weights"] = serde_json::to_value(&weights)
-            .map_err(|e| Error::format(self.path, format!("GMM weights: {e}")))?;
-        serde_json::from_value(value)
-            .map_err(|e| Error::format(self.path, format!("GMM weights: {e}")))
+                e => e,
+            };
+            self.invalid(what, e)
+        })
     }
 
     fn pca(&self) -> Result<Pca> {

@@ -233,3 +233,40 @@ fn skipped_posteriors_below_the_cutoff_do_not_change_the_gradient() {
     check("log-std", &got.log_std, &s, 2e-7);
     check("logits", &got.weight_logits, &a, 2e-7);
 }
+
+/// Finite descriptors far from every component (|x − μ|/σ ~ 1e5) overflow the pass's f32
+/// products for some values: the backward pass returns an error then, never `Ok` with a NaN
+/// gradient (401 of 1000 such values did); the others give finite gradients.
+#[test]
+fn far_descriptors_give_an_error_or_a_finite_gradient() {
+    let gmm = Gmm::new(1, 1, vec![0.0], vec![1.0], vec![1.0]).unwrap();
+    for o in [FisherOptions::default(), FisherOptions::plain()] {
+        let enc = FisherEncoder::new(&gmm, o).unwrap();
+        let (mut errors, mut finite) = (0, 0);
+        for i in 0..1000 {
+            let x = [2e5f32 + 1000.0 * i as f32];
+            let mut grad = GmmGradient::zeros(1, 1);
+            match enc.backward(&x, &[1.0, 1.0], &mut grad, &mut enc.scratch()) {
+                Ok(()) => {
+                    assert!(
+                        grad.means
+                            .iter()
+                            .chain(&grad.log_std)
+                            .chain(&grad.weight_logits)
+                            .all(|v| v.is_finite()),
+                        "x = {}: Ok with {grad:?}",
+                        x[0]
+                    );
+                    finite += 1;
+                }
+                Err(e) => {
+                    assert!(e.to_string().contains("the gradient is not finite"), "{e}");
+                    errors += 1;
+                }
+            }
+            let batch = enc.backward_batch(&x, &[0, 1], &[1.0, 1.0]);
+            assert!(batch.as_ref().map_or(true, |g| g.means[0].is_finite()));
+        }
+        assert!(finite > 0, "{errors} errors, no finite gradient");
+    }
+}

@@ -287,7 +287,7 @@ fn malformed_files_give_errors_naming_file_and_field() {
     );
     let e = load_err(&p("weights.dfk"));
     assert!(
-        e.contains("gmm.*") && e.contains("the weights sum to 10, expected 1"),
+        e.contains("gmm.*") && e.contains("GMM weights sum to 10: expected 1"),
         "{e}"
     );
 
@@ -364,4 +364,22 @@ fn a_transposed_svm_weight_matrix_is_named() {
         e.contains("`svm.w` has shape [5, 3]") && e.contains("looks transposed"),
         "{e}"
     );
+}
+
+/// A `Gmm` deserialised from JSON is checked as `Gmm::from_normalised` checks it (it used to
+/// skip every check: wrong lengths panicked later, unnormalised weights scaled the vectors),
+/// and a valid one keeps its values exactly.
+#[test]
+fn deserialised_gmms_are_checked() {
+    let parse = |text: &str| serde_json::from_str::<Gmm>(text);
+    assert!(
+        parse(r#"{"k":2,"d":2,"means":[0,0],"variances":[1,1,1,1],"weights":[0.5,0.5]}"#).is_err()
+    );
+    let e = parse(r#"{"k":2,"d":1,"means":[0,1],"variances":[1,1],"weights":[3,3]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("GMM weights sum to 6"), "{e}");
+    let g = gmm();
+    let back: Gmm = parse(&serde_json::to_string(&g).unwrap()).unwrap();
+    assert_eq!(back, g);
 }

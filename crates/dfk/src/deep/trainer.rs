@@ -1231,19 +1231,7 @@ pub fn resume_initial_gmms(path: &Path, origin: &[(String, String)]) -> Result<O
             "origin.gmms is empty: expected at least one GMM",
         ));
     }
-    for (i, g) in recorded.gmms.iter().enumerate() {
-        // The deserialised GMM skipped the constructor's checks: run them on a copy (the
-        // copy's renormalised weights may differ in the last bit; the recorded ones are
-        // returned, as the run used them).
-        Gmm::new(
-            g.k(),
-            g.d(),
-            g.means().to_vec(),
-            g.variances().to_vec(),
-            g.weights().to_vec(),
-        )
-        .map_err(|e| Error::format(path, format!("origin.gmms[{i}]: {e}")))?;
-    }
+    // Deserialising checked each GMM (`Gmm::from_normalised`), keeping the recorded weights.
     Ok(Some(recorded.gmms))
 }
 

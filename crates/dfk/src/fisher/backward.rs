@@ -304,6 +304,17 @@ impl FisherEncoder {
             None => self.second_pass(x, scratch),
         }
         self.parameter_gradient(n_total, grad, scratch);
+        // Finite descriptors far from every component (|x − μ|/σ ≳ 1e5) overflow the f32
+        // products of the pass: an error, never a NaN gradient returned as a result.
+        let finite = |v: &[f64]| v.iter().all(|g| g.is_finite());
+        if !(finite(&grad.means) && finite(&grad.log_std) && finite(&grad.weight_logits)) {
+            return Err(Error::Invalid(
+                "the gradient is not finite: a descriptor lies so far from the GMM's \
+                 components (|x − μ|/σ of order 1e5 or more) that float32 products overflow; \
+                 rescale the descriptors (PCA whitening, L2 normalisation)"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 

@@ -1,5 +1,8 @@
-//! The one error type of the `dfk` library. Library code never panics on user input: every
-//! invalid shape, value or file comes back as one of these variants, naming what was wrong.
+//! The one error type of the `dfk` library. The functions that return a `Result` do not
+//! panic on user input: every invalid shape, value or file comes back as one of these
+//! variants, naming what was wrong. The few unchecked ones (`OneVsRest::scores`,
+//! `Pipeline::scores`, the E-step kernel `EmStats::accumulate`, …) say when they panic under
+//! `# Panics` and name their checked form.
 
 use std::path::PathBuf;
 

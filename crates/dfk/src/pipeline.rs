@@ -1391,6 +1391,23 @@ impl Pipeline {
         if self.class_gmms.is_empty() {
             return self.svm.try_scores(features, n);
         }
+        // The fields are public: one GMM per class and SVMs of one Fisher vector's width.
+        self.svm.validate()?;
+        if self.class_gmms.len() != self.svm.classes {
+            return Err(Error::Invalid(format!(
+                "{} per-class GMMs for {} classes: expected one GMM per class",
+                self.class_gmms.len(),
+                self.svm.classes
+            )));
+        }
+        let per_class = self.config.feature_len(&self.gmm);
+        if self.svm.dim != per_class {
+            return Err(Error::dim(
+                "SVM weights (one per-class Fisher vector)",
+                per_class,
+                self.svm.dim,
+            ));
+        }
         let stride = self.feature_len();
         if n.checked_mul(stride) != Some(features.len()) {
             return Err(Error::dim(
@@ -1522,6 +1539,8 @@ pub fn evaluate_ignoring(
     class_names: &[String],
     ignore: Option<&[bool]>,
 ) -> Result<Evaluation> {
+    // The labels first: their class count sizes what follows.
+    labels.validate()?;
     let (n, c) = (labels.n(), labels.classes());
     if scores.len() != n * c {
         return Err(Error::dim("scores (images × classes)", n * c, scores.len()));
@@ -1539,7 +1558,6 @@ pub fn evaluate_ignoring(
         });
     }
     crate::error::check_finite("scores", scores)?;
-    labels.validate()?;
     // A class without samples here (a subset of a data set) has no AP; the others are scored.
     let columns: Vec<(Vec<f32>, Vec<bool>)> = (0..c)
         .map(|class| metrics::class_column(scores, labels, class, ignore))

@@ -327,12 +327,29 @@ impl SpatialPyramid {
                 grad_psi.len(),
             ));
         }
-        if grad.k != k || grad.d != d || grad.means.len() != k * d {
-            return Err(Error::dim(
-                "gradient accumulator (K·D)",
-                k * d,
-                grad.k * grad.d,
-            ));
+        // Every array of the accumulator and of the scratch's (their fields are public, and a
+        // scratch may come from another encoder): merged below, so checked here.
+        for (what, g) in [("gradient accumulator", &*grad), ("scratch", &scratch.grad)] {
+            let shapes = [
+                (g.k, k),
+                (g.d, d),
+                (g.means.len(), k * d),
+                (g.log_std.len(), k * d),
+                (g.weight_logits.len(), k),
+            ];
+            if shapes.iter().any(|(got, want)| got != want) {
+                return Err(Error::Invalid(format!(
+                    "{what}: K = {}, D = {} with {} / {} / {} means / log-std / weight-logit \
+                     entries, expected K = {k}, D = {d} ({} / {} / {k})",
+                    g.k,
+                    g.d,
+                    g.means.len(),
+                    g.log_std.len(),
+                    g.weight_logits.len(),
+                    k * d,
+                    k * d
+                )));
+            }
         }
         check_image(encoder, x, positions)?;
         let acc = &mut scratch.grad;

@@ -576,6 +576,11 @@ impl EmStats {
     /// consecutive rows save an eighth of it or more (dense descriptors of flat image regions),
     /// each run is computed once and weighted by its length. Returns whether every value of
     /// `x` was finite.
+    ///
+    /// # Panics
+    /// If the shapes disagree: `refs` not `K × D`, `shift` not `D`, `self` or `scratch` made
+    /// for another `K`/`D` (`EmStats::new(K, D)`, `EmScratch::new(K, D)`). This is the E-step's
+    /// kernel; `gmm::em_step` and `gmm::fit_gmm` are the checked entry points.
     pub fn accumulate(
         &mut self,
         terms: &GmmTerms,

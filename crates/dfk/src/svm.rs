@@ -91,6 +91,11 @@ impl Labels {
     }
 
     /// Number of positive samples of each class.
+    ///
+    /// # Panics
+    /// If the labels fail [`Labels::validate`] (more than `MAX_CLASSES` classes, a label beyond
+    /// `classes`): the checked entry points ([`train_one_vs_rest`],
+    /// [`check_every_class_has_samples`]) validate first.
     pub fn positives_per_class(&self) -> Vec<usize> {
         let mut counts = vec![0usize; self.classes()];
         match self {
@@ -357,6 +362,13 @@ pub struct OneVsRest {
 impl OneVsRest {
     /// Checks that the model is consistent: `classes` models with `dim` finite weights each.
     pub fn validate(&self) -> Result<()> {
+        if self.classes == 0 {
+            return Err(Error::param(
+                "one-vs-rest classes",
+                0,
+                "at least 1 (a model that scores nothing)",
+            ));
+        }
         if self.models.len() != self.classes {
             return Err(Error::dim(
                 "one-vs-rest models",
@@ -448,7 +460,14 @@ impl OneVsRest {
         // The samples first: `n` is the caller's, and the scores are allocated from it.
         self.validate()?;
         check_matrix_allow_empty(x, n, self.dim)?;
-        let mut out = vec![0f32; n * self.classes];
+        let Some(cells) = n.checked_mul(self.classes) else {
+            return Err(Error::param(
+                "samples",
+                n,
+                format!("n × {} classes to fit in memory", self.classes),
+            ));
+        };
+        let mut out = vec![0f32; cells];
         self.scores_into(x, n, &mut out)?;
         self.check_scores(x, &out)?;
         Ok(out)
@@ -926,6 +945,7 @@ pub fn untrainable_class(labels: &Labels) -> Option<(usize, Untrainable)> {
 /// Every class of `labels` has a positive and a negative sample (one-vs-rest needs both);
 /// the error names the first class that does not.
 pub fn check_every_class_has_samples(labels: &Labels) -> Result<()> {
+    labels.validate()?;
     let n = labels.n();
     if let Some((c, why)) = untrainable_class(labels) {
         if why == Untrainable::NoPositive {

@@ -227,3 +227,107 @@ fn pca_input_dimensions_are_bounded() {
     let x: Vec<f32> = (0..3 * 40).map(|i| (i % 11) as f32).collect();
     assert_eq!(fit_pca(&x, 40, &PcaParams::new(2)).unwrap().dims(), 2);
 }
+
+/// Image sets, models and labels edited through their public fields are errors in the
+/// functions that take them (each case panicked or gave a silent wrong result before).
+#[test]
+fn edited_sets_models_and_labels_are_errors() {
+    use dfk::deep::{train_deep, DeepData, DeepParams, ImageSet};
+    use dfk::svm::{BinarySvm, OneVsRest};
+    // An image set with a label beyond its classes.
+    let mut set = ImageSet::new(
+        vec![0.0, 1.0, 2.0, 3.0],
+        1,
+        vec![0, 1, 2, 3, 4],
+        Labels::MultiClass {
+            labels: vec![0, 1, 0, 1],
+            classes: 2,
+        },
+    )
+    .unwrap();
+    set.labels = Labels::MultiClass {
+        labels: vec![0, 1, 5, 1],
+        classes: 2,
+    };
+    assert!(set.split_holdout(0.5, 0).is_err());
+    assert!(set.subset(&[0, 1]).is_err());
+    let data = DeepData {
+        train: &set,
+        val: None,
+        test: None,
+    };
+    let e = train_deep(&[gmm(1, 1)], &data, &DeepParams::default(), None).unwrap_err();
+    assert!(e.to_string().contains("the training images"), "{e}");
+    // Difficult flags of the wrong length.
+    let mut ml = ImageSet::new(
+        vec![0.0, 1.0],
+        1,
+        vec![0, 1, 2],
+        Labels::MultiLabel {
+            targets: vec![true, false, false, true],
+            classes: 2,
+        },
+    )
+    .unwrap();
+    ml.difficult = vec![true];
+    assert!(ml.validate().is_err());
+    // A weight floor that cannot hold for K = 2 (it was silently not applied).
+    let two = ImageSet::new(
+        vec![0.0, 1.0, 2.0, 3.0],
+        1,
+        vec![0, 1, 2, 3, 4],
+        Labels::MultiClass {
+            labels: vec![0, 1, 0, 1],
+            classes: 2,
+        },
+    )
+    .unwrap();
+    let params = DeepParams {
+        max_iter: 1,
+        min_weight: 0.6,
+        ..DeepParams::default()
+    };
+    let data = DeepData {
+        train: &two,
+        val: None,
+        test: None,
+    };
+    let e = train_deep(&[gmm(2, 1)], &data, &params, None).unwrap_err();
+    assert!(e.to_string().contains("min_weight"), "{e}");
+    // Labels with an absurd class count.
+    let huge = Labels::MultiClass {
+        labels: vec![0, 1],
+        classes: 1 << 62,
+    };
+    assert!(dfk::svm::check_every_class_has_samples(&huge).is_err());
+    let huge = Labels::MultiClass {
+        labels: vec![0, 1],
+        classes: 1 << 63,
+    };
+    assert!(dfk::pipeline::evaluate(&[], &huge, &[]).is_err());
+    // A model of no classes, and samples whose scores would overflow the allocation.
+    let none = OneVsRest {
+        classes: 0,
+        dim: 2,
+        multilabel: false,
+        models: Vec::new(),
+    };
+    assert!(none.try_scores(&[0.0; 6], 3).is_err());
+    let flat = OneVsRest {
+        classes: 2,
+        dim: 0,
+        multilabel: false,
+        models: vec![
+            BinarySvm {
+                w: Vec::new(),
+                b: 0.0,
+                alpha: Vec::new(),
+                primal: 0.0,
+                dual: 0.0,
+                iterations: 0,
+            };
+            2
+        ],
+    };
+    assert!(flat.try_scores(&[], 1 << 63).is_err());
+}

@@ -33,6 +33,28 @@ impl ImageSet {
     /// one descriptor — and end at the number of rows; one label per image) and that every
     /// descriptor is finite.
     pub fn new(data: Vec<f32>, d: usize, offsets: Vec<usize>, labels: Labels) -> Result<Self> {
+        let set = Self {
+            data,
+            d,
+            offsets,
+            labels,
+            difficult: Vec::new(),
+        };
+        set.validate()?;
+        if let Some(i) = set.data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: format!("descriptor row {} (dimension {})", i / set.d, i % set.d),
+                index: i,
+            });
+        }
+        Ok(set)
+    }
+
+    /// The checks of [`ImageSet::new`] but the descriptors' finiteness, and that the
+    /// difficult flags fit the labels: the fields are public, so the functions that take a set
+    /// check it again rather than index it blindly.
+    pub fn validate(&self) -> Result<()> {
+        let (d, data, offsets, labels) = (self.d, &self.data, &self.offsets, &self.labels);
         if d == 0 {
             return Err(Error::param("d", d, "at least 1 dimension"));
         }
@@ -70,19 +92,21 @@ impl ImageSet {
         }
         // Class indices are used to index per-class tables (the hold-out split, the SVMs).
         labels.validate()?;
-        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                what: format!("descriptor row {} (dimension {})", i / d, i % d),
-                index: i,
-            });
+        if !self.difficult.is_empty() {
+            let Labels::MultiLabel { classes, .. } = labels else {
+                return Err(Error::Invalid(
+                    "difficult flags need multi-label labels (images × classes)".into(),
+                ));
+            };
+            if self.difficult.len() != n * classes {
+                return Err(Error::dim(
+                    "difficult flags (images × classes)",
+                    n * classes,
+                    self.difficult.len(),
+                ));
+            }
         }
-        Ok(Self {
-            data,
-            d,
-            offsets,
-            labels,
-            difficult: Vec::new(),
-        })
+        Ok(())
     }
 
     /// The same set with VOC "difficult" flags (`images × classes`, multi-label labels only);
@@ -127,6 +151,7 @@ impl ImageSet {
 
     /// The images at `indices`, in that order.
     pub fn subset(&self, indices: &[usize]) -> Result<Self> {
+        self.validate()?;
         let n = self.len();
         if let Some(&i) = indices.iter().find(|&&i| i >= n) {
             return Err(Error::param("image index", i, format!("< {n}")));
@@ -170,6 +195,7 @@ impl ImageSet {
     /// first positive label for multi-label) chosen with a seeded shuffle. Returns
     /// `(kept, held_out)`, each in the original image order.
     pub fn split_holdout(&self, fraction: f64, seed: u64) -> Result<(Self, Self)> {
+        self.validate()?;
         if !(fraction > 0.0 && fraction < 1.0) {
             return Err(Error::param(
                 "validation fraction",

@@ -194,7 +194,8 @@ impl Theta {
     /// and the others scaled down together to keep Σπ = 1, repeated while that scaling takes
     /// another below π_min (at most K rounds; K·π_min < 1 leaves one above), so that every
     /// π_k ≥ π_min exactly up to rounding. Logits are re-centred to max 0 (π is unchanged by
-    /// that).
+    /// that). A weight floor with K·π_min ≥ 1 cannot hold and leaves the weights as they are
+    /// ([`crate::deep::train_deep`] refuses such a floor).
     pub fn project(&mut self, floors: &Floors) {
         for (s, &lo) in self.log_std.iter_mut().zip(&floors.min_log_std) {
             if *s < lo {

@@ -87,6 +87,29 @@ impl DeepModel {
     /// Scores (`images × classes`) of the images of `set`: class c's SVM applied to the Fisher
     /// vector under its GMM.
     pub fn scores(&self, set: &ImageSet) -> Result<Vec<f32>> {
+        set.validate()?;
+        // The fields are public: a model of another shape is an error, not a silent zero.
+        if self.gmms.is_empty() || self.gmms.len() != self.svms.len() {
+            return Err(Error::Invalid(format!(
+                "the model has {} GMMs and {} SVM sets: expected one SVM set per GMM, at least one",
+                self.gmms.len(),
+                self.svms.len()
+            )));
+        }
+        if self.mode == GmmMode::Shared && self.gmms.len() != 1 {
+            return Err(Error::Invalid(format!(
+                "a shared-mode model has {} GMMs: expected 1",
+                self.gmms.len()
+            )));
+        }
+        if self.mode == GmmMode::PerClass {
+            if let Some(i) = self.svms.iter().position(|s| s.models.len() != 1) {
+                return Err(Error::Invalid(format!(
+                    "per-class model: GMM {i}'s SVMs hold {} models: expected one (its class's)",
+                    self.svms[i].models.len()
+                )));
+            }
+        }
         if let Some(gmm) = self.gmms.first().filter(|g| g.d() != set.d) {
             return Err(Error::dim(
                 "descriptor dimension of the image set (the model's GMM)",
@@ -112,6 +135,7 @@ impl DeepModel {
 
     /// Accuracy (multi-class) or mAP (multi-label) on `set`.
     pub fn evaluate(&self, set: &ImageSet) -> Result<f64> {
+        set.validate()?;
         let classes: usize = self.svms.iter().map(|s| s.models.len()).sum();
         if set.labels.classes() != classes {
             return Err(Error::dim(
@@ -316,6 +340,17 @@ pub fn train_deep(
 ) -> Result<DeepModel> {
     params.validate()?;
     let train = data.train;
+    // The sets' fields are public: check them before anything indexes them.
+    for (what, set) in [
+        ("training", Some(train)),
+        ("validation", data.val),
+        ("test", data.test),
+    ] {
+        if let Some(set) = set {
+            set.validate()
+                .map_err(|e| Error::Invalid(format!("the {what} images: {e}")))?;
+        }
+    }
     for (what, set) in [("validation", data.val), ("test", data.test)] {
         if let Some(set) = set {
             if set.d != train.d {
@@ -336,6 +371,22 @@ pub fn train_deep(
     }
     let classes = train.labels.classes();
     let inits = initial_gmms(init, params.mode, classes, train.d)?;
+    // Every weight kept at or above the floor needs K · floor < 1 (else the floor could not
+    // hold, and was silently not applied).
+    if let Some(g) = inits
+        .iter()
+        .find(|g| g.k() as f64 * params.min_weight >= 1.0)
+    {
+        return Err(Error::param(
+            "min_weight",
+            params.min_weight,
+            format!(
+                "below 1/K = {} for K = {} components (K · floor < 1)",
+                1.0 / g.k() as f64,
+                g.k()
+            ),
+        ));
+    }
     // Only a checkpoint records them (hashing the images costs a pass over them).
     let settings = match checkpoint {
         Some(_) => run_settings(params, &inits, data),

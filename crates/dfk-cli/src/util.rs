@@ -531,26 +531,37 @@ pub fn folder_path(dir: &std::path::Path) -> std::path::PathBuf {
 /// before [`CreatedDirs::keep`]: a command that fails leaves no empty output folder behind.
 pub fn create_output_dir(flag: &str, dir: &std::path::Path) -> anyhow::Result<CreatedDirs> {
     let dir = folder_path(dir);
-    let created: Vec<std::path::PathBuf> = dir
+    let missing: Vec<std::path::PathBuf> = dir
         .ancestors()
         .take_while(|p| !p.as_os_str().is_empty() && std::fs::symlink_metadata(p).is_err())
         .map(|p| p.to_path_buf())
         .collect();
-    let guard = CreatedDirs { created };
-    register_created(&guard.created);
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("{flag}: cannot create {}", dir.display()))?;
-    Ok(guard)
+    // Each missing folder made one by one, outermost first, and counted as this run's only
+    // when this run made it (another process may make the same one at the same time: a
+    // failure or signal here must not remove that one's folders). Under the lock that
+    // [`remove_created_dirs`] takes for good, so that a signal sees every folder made.
+    let mut all = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut created = Vec::new();
+    for folder in missing.iter().rev() {
+        match std::fs::create_dir(folder) {
+            Ok(()) => created.push(folder.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && folder.is_dir() => {}
+            Err(e) => {
+                drop(all);
+                drop(CreatedDirs { created });
+                return Err(anyhow::Error::new(e))
+                    .with_context(|| format!("{flag}: cannot create {}", folder.display()));
+            }
+        }
+    }
+    // Deepest first, as the guard removes them.
+    created.reverse();
+    all.extend_from_slice(&created);
+    Ok(CreatedDirs { created })
 }
 
 /// The folders of every live [`CreatedDirs`], for [`remove_created_dirs`] on a signal.
 static CREATED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
-
-fn register_created(dirs: &[std::path::PathBuf]) {
-    if let Ok(mut all) = CREATED.lock() {
-        all.extend_from_slice(dirs);
-    }
-}
 
 fn unregister_created(dirs: &[std::path::PathBuf]) {
     if let Ok(mut all) = CREATED.lock() {
@@ -562,12 +573,13 @@ fn unregister_created(dirs: &[std::path::PathBuf]) {
 /// (after [`dfk::npy::remove_temporary_files`]): for a program about to exit on a signal,
 /// whose guards' `Drop` will not run.
 pub fn remove_created_dirs() {
-    if let Ok(mut all) = CREATED.lock() {
-        all.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for dir in all.drain(..) {
-            let _ = std::fs::remove_dir(dir);
-        }
+    let mut all = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+    all.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for dir in all.drain(..) {
+        let _ = std::fs::remove_dir(dir);
     }
+    // Kept taken: no folder is made between here and the exit.
+    std::mem::forget(all);
 }
 
 /// The folders [`create_output_dir`] created, deepest first.

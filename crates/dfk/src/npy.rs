@@ -783,8 +783,7 @@ impl F32MatrixWriter {
         let file = if w.in_place {
             std::fs::OpenOptions::new().write(true).open(&w.tmp)
         } else {
-            track_temp(&w.tmp);
-            File::create(&w.tmp)
+            create_tracked(&w.tmp)
         }
         .map_err(|e| Error::io(&w.path, e))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
@@ -861,6 +860,7 @@ impl F32MatrixWriter {
         let result = (|| {
             let file = out.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
+            keep_mode(&self.tmp, &target);
             std::fs::rename(&self.tmp, &target)
         })();
         untrack_temp(&self.tmp);
@@ -888,10 +888,21 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// ([`remove_temporary_files`]).
 static LIVE_TEMPS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
-fn track_temp(path: &Path) {
-    if let Ok(mut live) = LIVE_TEMPS.lock() {
-        live.push(path.to_path_buf());
+/// Gives the temporary file `tmp` the permissions of the file it replaces, `target`, if any:
+/// a private output stays private (the new file would get the umask's mode).
+fn keep_mode(tmp: &Path, target: &Path) {
+    if let Ok(m) = std::fs::metadata(target) {
+        let _ = std::fs::set_permissions(tmp, m.permissions());
     }
+}
+
+/// Creates the temporary file `path` and records it, under the lock that
+/// [`remove_temporary_files`] takes for good: a file is either removed by it or never made.
+fn create_tracked(path: &Path) -> std::io::Result<File> {
+    let mut live = LIVE_TEMPS.lock().unwrap_or_else(|e| e.into_inner());
+    let file = File::create(path)?;
+    live.push(path.to_path_buf());
+    Ok(file)
 }
 
 fn untrack_temp(path: &Path) {
@@ -903,12 +914,15 @@ fn untrack_temp(path: &Path) {
 /// Removes the temporary files of every write in progress (the targets stay as they were).
 /// For a program that is about to exit on a signal: Ctrl-C during a long write would
 /// otherwise leave a hidden `.NAME.tmp-…` file of up to the output's size.
+///
+/// The lock on the list stays taken afterwards, so that no other thread makes a new temporary
+/// file before the program exits: call it only on the way out.
 pub fn remove_temporary_files() {
-    if let Ok(mut live) = LIVE_TEMPS.lock() {
-        for p in live.drain(..) {
-            let _ = std::fs::remove_file(p);
-        }
+    let mut live = LIVE_TEMPS.lock().unwrap_or_else(|e| e.into_inner());
+    for p in live.drain(..) {
+        let _ = std::fs::remove_file(p);
     }
+    std::mem::forget(live);
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -1098,6 +1112,7 @@ struct Staged {
 
 impl Staged {
     fn commit(self) -> Result<()> {
+        keep_mode(&self.tmp, &self.target);
         let result = std::fs::rename(&self.tmp, &self.target);
         self.discard();
         result.map_err(|e| Error::io(&self.shown, e))
@@ -1133,9 +1148,8 @@ fn stage(
         target,
         shown: path.to_path_buf(),
     };
-    track_temp(&staged.tmp);
     let result = (|| {
-        let file = std::fs::File::create(&staged.tmp)?;
+        let file = create_tracked(&staged.tmp)?;
         let mut w = std::io::BufWriter::new(file);
         fill(&mut w)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
@@ -1341,6 +1355,27 @@ mod tests {
         expected.push("out.npy".into());
         expected.sort();
         assert_eq!(names(dir.path()), expected);
+    }
+
+    /// Replacing an output keeps its permissions (a private file stayed private only until
+    /// the first rewrite, which gave it the umask's mode).
+    #[test]
+    #[cfg(unix)]
+    fn a_replaced_output_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.npy");
+        write_f32_vector(&out, &[1.0]).unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_f32_vector(&out, &[2.0]).unwrap();
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mut w = F32MatrixWriter::create(&out, 1, 1).unwrap();
+        w.write_rows(&[3.0]).unwrap();
+        w.finish().unwrap();
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(read_f32_vector(&out).unwrap(), [3.0]);
     }
 
     #[test]

@@ -202,6 +202,7 @@ pub fn run(mut a: Args, g: &Global) -> anyhow::Result<()> {
     let mut lines = Vec::new();
     for (name, data) in sets {
         let pb = bar(g, data.len() as u64, &format!("{name} descriptors"));
+        let started = std::time::SystemTime::now();
         // With a pyramid, the entry holding (x, y) is the one `dfk train` reads.
         let (d, positions, hit) =
             load_or_extract_with_positions(data, &cfg, &pre, cache.as_deref(), &|n| {
@@ -269,9 +270,16 @@ pub fn run(mut a: Args, g: &Global) -> anyhow::Result<()> {
         // A cache that cannot be written is only a warning to the loader; here, without
         // --out-dir, filling it is the whole point, so its absence is an error.
         let entry = cache.as_ref().map(|c| c.join(&key));
+        // A hit, or an entry written by this run: a failed store can leave an earlier,
+        // damaged entry's files behind (a read-only cache folder keeps them).
+        let written = |e: &Path| {
+            std::fs::metadata(e.join("descriptors.npy"))
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= started)
+        };
         let stored = entry
             .as_ref()
-            .is_some_and(|e| dfk::pipeline::cache_entry_complete(e));
+            .is_some_and(|e| dfk::pipeline::cache_entry_complete(e) && (hit || written(e)));
         if let (Some(e), false, None) = (&entry, stored, &a.out_dir) {
             anyhow::bail!(
                 "{name}: the descriptors could not be stored in the cache {} (see the warning \

@@ -234,17 +234,21 @@ fn pca_input_dimensions_are_bounded() {
 fn edited_sets_models_and_labels_are_errors() {
     use dfk::deep::{train_deep, DeepData, DeepParams, ImageSet};
     use dfk::svm::{BinarySvm, OneVsRest};
+    // Four one-descriptor images of two classes.
+    let four = || {
+        ImageSet::new(
+            vec![0.0, 1.0, 2.0, 3.0],
+            1,
+            vec![0, 1, 2, 3, 4],
+            Labels::MultiClass {
+                labels: vec![0, 1, 0, 1],
+                classes: 2,
+            },
+        )
+        .unwrap()
+    };
     // An image set with a label beyond its classes.
-    let mut set = ImageSet::new(
-        vec![0.0, 1.0, 2.0, 3.0],
-        1,
-        vec![0, 1, 2, 3, 4],
-        Labels::MultiClass {
-            labels: vec![0, 1, 0, 1],
-            classes: 2,
-        },
-    )
-    .unwrap();
+    let mut set = four();
     set.labels = Labels::MultiClass {
         labels: vec![0, 1, 5, 1],
         classes: 2,
@@ -272,16 +276,7 @@ fn edited_sets_models_and_labels_are_errors() {
     ml.difficult = vec![true];
     assert!(ml.validate().is_err());
     // A weight floor that cannot hold for K = 2 (it was silently not applied).
-    let two = ImageSet::new(
-        vec![0.0, 1.0, 2.0, 3.0],
-        1,
-        vec![0, 1, 2, 3, 4],
-        Labels::MultiClass {
-            labels: vec![0, 1, 0, 1],
-            classes: 2,
-        },
-    )
-    .unwrap();
+    let two = four();
     let params = DeepParams {
         max_iter: 1,
         min_weight: 0.6,

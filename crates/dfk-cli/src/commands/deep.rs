@@ -604,17 +604,6 @@ const FISHER_FLAGS: &[(&str, &str)] = &[
     ("sqrt_epsilon", "--sqrt-epsilon"),
 ];
 
-const WEIGHTS_WITH_ONE_COMPONENT: &str = "--groups weights with K = 1: the one component's \
-     weight is 1 whatever its logit, so nothing would be learned; add means or log-std";
-
-fn per_class_model_in_shared_mode(path: &Path) -> String {
-    format!(
-        "--gmm {}: the model holds one learned GMM per class (a per-class deep model); continue \
-         it with --mode per-class, or give a model with one GMM",
-        path.display()
-    )
-}
-
 /// The per-class GMMs of the per-class deep model `path` in the order of the training
 /// classes `names`, matched by name when both have names (a data set whose classes come in
 /// another order, or numbered another way, would otherwise start each class from another
@@ -677,9 +666,7 @@ fn initial_gmm(a: &Args, train: &ImageSet, seed: u64) -> anyhow::Result<(Gmm, Ve
             return Ok((gmm, class_gmms));
         }
         let classes = train.labels.classes();
-        if !matches!(a.mode, Mode::PerClass) {
-            return usage(per_class_model_in_shared_mode(path));
-        }
+        // Shared mode with such a model was refused before the data were read.
         if class_gmms.len() != classes {
             anyhow::bail!(
                 "{}: the model holds {} per-class GMMs but the training labels have {} classes",
@@ -829,14 +816,21 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let start_k = match &a.gmm {
         Some(path) => {
             if !matches!(a.mode, Mode::PerClass) && !dfk::model::load_class_gmms(path)?.is_empty() {
-                return usage(per_class_model_in_shared_mode(path));
+                return usage(format!(
+                    "--gmm {}: the model holds one learned GMM per class (a per-class deep \
+                     model); continue it with --mode per-class, or give a model with one GMM",
+                    path.display()
+                ));
             }
             load_gmm(path)?.k()
         }
         None => a.k,
     };
     if start_k == 1 && a.groups.iter().all(|g| g == "weights") {
-        return usage(WEIGHTS_WITH_ONE_COMPONENT);
+        return usage(
+            "--groups weights with K = 1: the one component's weight is 1 whatever its logit, \
+             so nothing would be learned; add means or log-std",
+        );
     }
     let cache = checked_cache(&a)?;
     let has_test = a.fashion_mnist.is_some() || a.embedded || a.test_descriptors.is_some();
@@ -970,9 +964,6 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         (Some(path), false) => by_class_name(class_gmms, path, class_names.as_deref())?,
         _ => class_gmms,
     };
-    if gmm.k() == 1 && a.groups.iter().all(|g| g == "weights") {
-        return usage(WEIGHTS_WITH_ONE_COMPONENT);
-    }
     if gmm.k() as f64 * a.min_weight >= 1.0 {
         return usage(format!(
             "--min-weight {}: {} components cannot all keep that weight (K · floor must be \

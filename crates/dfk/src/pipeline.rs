@@ -556,11 +556,22 @@ pub fn load_or_extract(
     };
     let dir = cache_dir.join(descriptor_cache_key(data, sift, pre)?);
     let (data_path, offsets_path) = (dir.join("descriptors.npy"), dir.join("offsets.npy"));
+    let checksum_path = dir.join("checksum.txt");
     if cache_entry_complete(&dir) {
         match Descriptors::from_npy(&data_path, &offsets_path) {
             Ok(d) if d.images() == data.len() && d.dim == pre.dim() => {
-                progress(data.len());
-                return Ok((d, true));
+                // Entries written before the checksum was recorded have none.
+                match std::fs::read_to_string(&checksum_path) {
+                    Ok(text) if text.trim() != descriptors_checksum(&d) => tracing::warn!(
+                        "{}: the cached descriptors do not match their checksum (changed or \
+                         damaged): extracting afresh and replacing them",
+                        dir.display()
+                    ),
+                    _ => {
+                        progress(data.len());
+                        return Ok((d, true));
+                    }
+                }
             }
             Ok(d) => tracing::warn!(
                 "{}: cached descriptors of {} images × {} columns do not match the data set \
@@ -582,6 +593,10 @@ pub fn load_or_extract(
         // The descriptor file is written last: its presence marks a complete entry.
         let offsets: Vec<i64> = d.offsets.iter().map(|&o| o as i64).collect();
         npy::write_i64_vector(&offsets_path, &offsets)?;
+        npy::write_bytes_atomic(
+            &checksum_path,
+            format!("{}\n", descriptors_checksum(&d)).as_bytes(),
+        )?;
         npy::write_f32_matrix(&data_path, &d.data, d.rows(), d.dim)
     })();
     if let Err(e) = stored {
@@ -590,6 +605,23 @@ pub fn load_or_extract(
         tracing::warn!("cannot store the descriptors in the cache ({e}): going on without it");
     }
     Ok((d, false))
+}
+
+/// CRC-32 of a cache entry's values (dimension, offsets, descriptors), as its `checksum.txt`
+/// records it: values changed in place within the right shape are caught on loading.
+fn descriptors_checksum(d: &Descriptors) -> String {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&(d.dim as u64).to_le_bytes());
+    for &o in &d.offsets {
+        h.update(&(o as u64).to_le_bytes());
+    }
+    let mut bytes = Vec::with_capacity(4 * 4096);
+    for chunk in d.data.chunks(4096) {
+        bytes.clear();
+        bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+        h.update(&bytes);
+    }
+    format!("crc32:{:08x}", h.finalize())
 }
 
 /// Whether the descriptor-cache entry `dir` (`cache_dir/<key>`, see [`load_or_extract`]) was

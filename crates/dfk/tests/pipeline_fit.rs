@@ -440,3 +440,36 @@ fn descriptors_and_images_fit_the_same_pca() {
         fit_preprocessor(&data, &cfg, &|_| {}).unwrap()
     );
 }
+
+/// A cache entry whose values were changed in place (same shape, so the structural checks
+/// pass) no longer matches its checksum: it is extracted afresh and replaced, and the result is
+/// the true descriptors (it was read as it was, silently changing the model). An entry
+/// without a checksum (written before it was recorded) is still read.
+#[test]
+fn a_cache_entry_changed_in_place_is_extracted_again() {
+    let data = small_train(10);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PipelineConfig::default();
+    let pre = fit_preprocessor(&data, &cfg, &|_| {}).unwrap();
+    let run = || load_or_extract(&data, &cfg.sift, &pre, Some(dir.path()), &|_| {}).unwrap();
+    let (truth, hit) = run();
+    assert!(!hit);
+    let entry = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(entry.join("checksum.txt").is_file());
+    let mut changed = truth.clone();
+    changed.data[7] += 0.25;
+    changed
+        .save_npy(entry.join("descriptors.npy"), entry.join("offsets.npy"))
+        .unwrap();
+    let (again, hit) = run();
+    assert!(!hit, "a changed entry was read as a hit");
+    assert_eq!(again, truth);
+    assert!(run().1, "the replaced entry is a hit again");
+    std::fs::remove_file(entry.join("checksum.txt")).unwrap();
+    assert!(run().1, "an entry without a checksum is read");
+}

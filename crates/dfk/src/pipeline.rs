@@ -554,7 +554,8 @@ pub fn load_or_extract(
     let Some(cache_dir) = cache_dir else {
         return Ok((extract_preprocessed(data, sift, pre, progress)?, false));
     };
-    let dir = cache_dir.join(descriptor_cache_key(data, sift, pre)?);
+    let key = descriptor_cache_key(data, sift, pre)?;
+    let dir = cache_dir.join(&key);
     let (data_path, offsets_path) = (dir.join("descriptors.npy"), dir.join("offsets.npy"));
     let checksum_path = dir.join("checksum.txt");
     if cache_entry_complete(&dir) {
@@ -588,6 +589,17 @@ pub fn load_or_extract(
         }
     }
     let d = extract_preprocessed(data, sift, pre, progress)?;
+    // The key hashed the images before the extraction read them: images replaced in between
+    // would store these descriptors under the old content's key. Hashed again, they must
+    // give the same key (reading the files costs little beside decoding and SIFT).
+    if descriptor_cache_key(data, sift, pre)? != key {
+        tracing::warn!(
+            "images changed while their descriptors were extracted: not stored in the cache \
+             {} (run again to cache the new images)",
+            dir.display()
+        );
+        return Ok((d, false));
+    }
     let stored = (|| {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         // The descriptor file is written last: its presence marks a complete entry.

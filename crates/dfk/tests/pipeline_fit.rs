@@ -473,3 +473,52 @@ fn a_cache_entry_changed_in_place_is_extracted_again() {
     std::fs::remove_file(entry.join("checksum.txt")).unwrap();
     assert!(run().1, "an entry without a checksum is read");
 }
+
+/// Images replaced while their descriptors are extracted (between the key's hashing and the
+/// reading) are not cached under the old content's key: the next run misses and stores the
+/// new images' descriptors.
+#[test]
+fn images_changed_during_extraction_are_not_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let pgm = |path: &std::path::Path, seed: u32| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut bytes = b"P5\n40 40\n255\n".to_vec();
+        bytes.extend((0..1600u32).map(|i| (i.wrapping_mul(seed * 2 + 1) % 251) as u8));
+        std::fs::write(path, bytes).unwrap();
+    };
+    for (c, class) in ["a", "b"].iter().enumerate() {
+        for j in 0..3u32 {
+            pgm(
+                &dir.path().join(format!("img/{class}/{j}.pgm")),
+                c as u32 * 3 + j,
+            );
+        }
+    }
+    let data = dfk::dataset::load_folder(dir.path().join("img")).unwrap();
+    let mut cfg = PipelineConfig::default();
+    cfg.pca.dims = 0;
+    let pre = fit_preprocessor(&data, &cfg, &|_| {}).unwrap();
+    let cache = dir.path().join("cache");
+    let changed = std::sync::Once::new();
+    let replace = |_| changed.call_once(|| pgm(&dir.path().join("img/a/0.pgm"), 40));
+    let (_, hit) = load_or_extract(&data, &cfg.sift, &pre, Some(&cache), &replace).unwrap();
+    assert!(!hit);
+    let complete = |c: &std::path::Path| {
+        std::fs::read_dir(c)
+            .map(|r| {
+                r.flatten()
+                    .any(|e| dfk::pipeline::cache_entry_complete(&e.path()))
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        !complete(&cache),
+        "descriptors cached under the old images' key"
+    );
+    let (new, hit) = load_or_extract(&data, &cfg.sift, &pre, Some(&cache), &|_| {}).unwrap();
+    assert!(!hit);
+    assert!(complete(&cache));
+    let (again, hit) = load_or_extract(&data, &cfg.sift, &pre, Some(&cache), &|_| {}).unwrap();
+    assert!(hit);
+    assert_eq!(again, new);
+}

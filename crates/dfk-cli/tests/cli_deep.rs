@@ -1602,3 +1602,28 @@ fn per_class_gmms_are_continued_by_class_name() {
         );
     }
 }
+
+/// A model trained on descriptor files cannot score images (their dense SIFT has another
+/// length): said as such before any image is read, not as a dimension mismatch deep inside.
+#[test]
+fn a_descriptor_model_refuses_images_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tiny_descriptors(dir.path(), 3);
+    let model = dir.path().join("m.dfk");
+    ok(&tiny_args(&files, &model, &["--iters", "0"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    fails(
+        &[
+            "predict",
+            "--model",
+            &s(&model),
+            "--embedded",
+            "--limit",
+            "5",
+        ],
+        1,
+        "the model was trained on descriptors of dimension 3, not on the 128 values of dense SIFT",
+    );
+}

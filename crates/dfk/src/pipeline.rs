@@ -1368,6 +1368,16 @@ impl Pipeline {
         cache_dir: Option<&Path>,
         progress: &dyn Progress,
     ) -> Result<Vec<f32>> {
+        // A model trained on descriptor files of another length (`dfk deep --descriptors`)
+        // cannot take the dense SIFT of images: said before any image is read.
+        if self.pre.d_in != DESCRIPTOR_LEN {
+            return Err(Error::Invalid(format!(
+                "the model was trained on descriptors of dimension {}, not on the {DESCRIPTOR_LEN} \
+                 values of dense SIFT: it scores descriptor files (`--format npy`, `dfk fisher` \
+                 then `dfk svm predict`), not images",
+                self.pre.d_in
+            )));
+        }
         progress.start("descriptors", data.len());
         let (desc, positions, _) =
             load_or_extract_with_positions(data, &self.config, &self.pre, cache_dir, &|n| {

@@ -222,22 +222,11 @@ impl DataArgs {
                 _ => Ok(d),
             }
         };
-        // --skip-unreadable: a header that reads can still hide pixels that do not decode (a
-        // truncated file); decode every image kept once now, so that a long extraction does
-        // not stop at one.
         let decodable = |d: Dataset| -> anyhow::Result<Dataset> {
-            if !self.skip_unreadable {
-                return Ok(d);
+            match self.skip_unreadable {
+                true => crate::util::keep_decodable(d, &description),
+                false => Ok(d),
             }
-            let (kept, skipped) = d.retain_decodable(dataset::OnError::Skip)?;
-            if skipped > 0 {
-                tracing::warn!(
-                    "{description}: {skipped} image{} that cannot be decoded left out \
-                     (--skip-unreadable)",
-                    if skipped == 1 { "" } else { "s" }
-                );
-            }
-            Ok(kept)
         };
         Ok(Loaded {
             train: decodable(cut(train)?)?,

@@ -46,6 +46,23 @@ pub fn require_file_on_disk(flag: &str, path: &std::path::Path, why: &str) -> an
     }
 }
 
+/// `--skip-unreadable`'s decoding pass: every image of `set` decoded once, those whose
+/// pixels do not decode behind a readable header (a truncated file) left out with a warning
+/// that counts them under `source`, so that a long extraction does not stop at one.
+pub fn keep_decodable(
+    set: dfk::dataset::Dataset,
+    source: &str,
+) -> anyhow::Result<dfk::dataset::Dataset> {
+    let (kept, skipped) = set.retain_decodable(dfk::dataset::OnError::Skip)?;
+    if skipped > 0 {
+        tracing::warn!(
+            "{source}: {skipped} image{} that cannot be decoded left out (--skip-unreadable)",
+            if skipped == 1 { "" } else { "s" }
+        );
+    }
+    Ok(kept)
+}
+
 pub fn usage<T>(message: impl Into<String>) -> anyhow::Result<T> {
     Err(UsageError(message.into()).into())
 }

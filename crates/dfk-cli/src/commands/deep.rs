@@ -1498,16 +1498,7 @@ fn load_sets(
         // Pixels that do not decode behind a readable header (a truncated file): found now,
         // by decoding every image once, rather than stopping the extraction.
         let ds = if a.skip_unreadable {
-            let (kept, undecodable) = ds.retain_decodable(dataset::OnError::Skip)?;
-            if undecodable > 0 {
-                tracing::warn!(
-                    "{}: {undecodable} image{} that cannot be decoded left out \
-                     (--skip-unreadable)",
-                    path.display(),
-                    if undecodable == 1 { "" } else { "s" }
-                );
-            }
-            kept
+            crate::util::keep_decodable(ds, &path.display().to_string())?
         } else {
             ds
         };

@@ -195,16 +195,9 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             if !a.data.skip_unreadable {
                 set
             } else {
-                // Pixels that do not decode are found by decoding each image once now.
-                let (set, skipped) = set.retain_decodable(dfk::dataset::OnError::Skip)?;
+                let set = crate::util::keep_decodable(set, "the images given")?;
                 if set.is_empty() {
                     anyhow::bail!("no image left to predict (--skip-unreadable)");
-                }
-                if skipped > 0 {
-                    tracing::warn!(
-                        "{skipped} image{} that cannot be decoded left out (--skip-unreadable)",
-                        if skipped == 1 { "" } else { "s" }
-                    );
                 }
                 set
             }
